@@ -1,0 +1,347 @@
+//! The binary layout shared by the XDP program (`rampart-filter-ebpf`) and the
+//! daemon: map names, keys, values, reason codes and counter indexes.
+//!
+//! Every type here is `#[repr(C)]`, made of integers and fixed arrays only,
+//! with explicit padding and a compile-time size check, because the kernel and
+//! userspace read the same bytes. Byte order is in the field name (`_be`).
+//! Changing anything here changes [`LAYOUT_VERSION`], which names the pin
+//! directory: a daemon never reuses maps pinned by an incompatible build.
+#![no_std]
+
+/// Version of the map layout. Pins live under `<pin_root>/v<LAYOUT_VERSION>/`.
+pub const LAYOUT_VERSION: u32 = 1;
+
+// ---------------------------------------------------------------------------
+// Map names (also the pin file names).
+// ---------------------------------------------------------------------------
+
+pub const MAP_CONFIG: &str = "RAMPART_CONFIG";
+pub const MAP_PORTS: &str = "RAMPART_PORTS";
+pub const MAP_NODES: &str = "RAMPART_NODES";
+pub const MAP_CLASSES: &str = "RAMPART_CLASSES";
+pub const MAP_DENY_V4: &str = "RAMPART_DENY_V4";
+pub const MAP_DENY_V6: &str = "RAMPART_DENY_V6";
+pub const MAP_FLOOD: &str = "RAMPART_FLOOD";
+pub const MAP_COUNTERS: &str = "RAMPART_COUNTERS";
+pub const MAP_COUNTRY_DROPS: &str = "RAMPART_COUNTRY_DROPS";
+pub const MAP_EVENTS: &str = "RAMPART_EVENTS";
+pub const MAP_EVENT_BUDGET: &str = "RAMPART_EVENT_BUDGET";
+/// Every map the program declares, for pinning.
+pub const ALL_MAPS: [&str; 11] = [
+    MAP_CONFIG,
+    MAP_PORTS,
+    MAP_NODES,
+    MAP_CLASSES,
+    MAP_DENY_V4,
+    MAP_DENY_V6,
+    MAP_FLOOD,
+    MAP_COUNTERS,
+    MAP_COUNTRY_DROPS,
+    MAP_EVENTS,
+    MAP_EVENT_BUDGET,
+];
+/// Name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "rampart";
+
+// ---------------------------------------------------------------------------
+// The prefix table: a multibit trie shared by IPv4 and IPv6.
+//
+// Every prefix rule (bypass, deny CIDRs, allowlist, country) is folded by the
+// daemon into one table whose leaves are *class ids*; a class says everything
+// the kernel needs about a source. The trie is a pool of nodes of 256 `u16`
+// entries (stride 8). Nodes 0..256 are the IPv4 root (node = first byte,
+// entry = second byte), nodes 256..512 the IPv6 root, so the first 16 bits
+// cost one array access; each further byte costs one more. The real country
+// table answers an IPv4 lookup in at most three array accesses and an IPv6
+// lookup in at most six, whatever the number of prefixes.
+//
+// The pool and the class table exist twice (buffers 0 and 1). The daemon
+// writes the inactive buffer, then flips `Config::active`, so a change is
+// applied in one step.
+// ---------------------------------------------------------------------------
+
+/// Entries per node (stride 8 bits).
+pub const NODE_FANOUT: usize = 256;
+/// Nodes per buffer. Two buffers are allocated.
+pub const NODES_PER_BUFFER: u32 = 49_152;
+/// First node of the IPv4 root.
+pub const V4_ROOT: u32 = 0;
+/// First node of the IPv6 root.
+pub const V6_ROOT: u32 = 256;
+/// First node available for inner nodes.
+pub const FIRST_INNER_NODE: u32 = 512;
+/// Entry values below this are class ids; values at or above are
+/// `CHILD_BASE + node index`.
+pub const CHILD_BASE: u16 = 8192;
+/// Class ids per buffer (ids 0..MAX_CLASSES). Class 0 is "no rule matched".
+pub const MAX_CLASSES: u32 = CHILD_BASE as u32;
+/// Deepest walk: 2 root bytes + 14 more bytes of an IPv6 address.
+pub const MAX_DEPTH: usize = 16;
+/// Inner nodes available in one buffer.
+pub const MAX_INNER_NODES: u32 = NODES_PER_BUFFER - FIRST_INNER_NODE;
+/// Highest node index that fits in an entry.
+const _: () = assert!(NODES_PER_BUFFER <= (u16::MAX - CHILD_BASE) as u32 + 1);
+
+/// One node of the trie.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Node {
+    pub entries: [u16; NODE_FANOUT],
+}
+const _: () = assert!(core::mem::size_of::<Node>() == 512);
+
+/// Class flags.
+pub mod class_flags {
+    /// A bypass network: always pass.
+    pub const BYPASS: u16 = 1 << 0;
+    /// Covered by a deny CIDR (subject to `deny_expires_ns`).
+    pub const DENY: u16 = 1 << 1;
+    /// An allowlist is active and this source is not on it.
+    pub const NOT_ALLOWLISTED: u16 = 1 << 2;
+    /// The source's country is blocked (and it is not allowlisted).
+    pub const COUNTRY_BLOCKED: u16 = 1 << 3;
+    /// The source is on the allowlist (informational for the kernel).
+    pub const ALLOWLISTED: u16 = 1 << 4;
+}
+
+/// What the kernel knows about a source once its class is found.
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct Class {
+    /// `class_flags::*`.
+    pub flags: u16,
+    /// Country index (see [`country_index`]); 0 = unknown.
+    pub country: u16,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) time at which the deny CIDR
+    /// stops applying; 0 = never.
+    pub deny_expires_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Class>() == 16);
+
+/// Value of the exact-address deny maps.
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct DenyEntry {
+    /// CLOCK_MONOTONIC expiry; 0 = permanent.
+    pub expires_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<DenyEntry>() == 8);
+
+/// Capacity of each exact deny map (IPv4 and IPv6).
+pub const MAX_EXACT_DENY: u32 = 2 * 1024 * 1024;
+
+// ---------------------------------------------------------------------------
+// Configuration (single-element array).
+// ---------------------------------------------------------------------------
+
+pub mod config_flags {
+    /// Every packet is protected (scope `all`).
+    pub const PROTECT_ALL: u32 = 1 << 0;
+    /// Drop malformed IP packets (otherwise pass them).
+    pub const DROP_MALFORMED: u32 = 1 << 1;
+    /// Per-source flood limit enabled.
+    pub const FLOOD: u32 = 1 << 2;
+    /// Send sampled drop events.
+    pub const EVENTS: u32 = 1 << 3;
+    /// Dry run: count and report drops under their reason, but pass.
+    pub const MONITOR: u32 = 1 << 4;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct Config {
+    /// Active buffer of the prefix table: 0 or 1.
+    pub active: u32,
+    /// `config_flags::*`.
+    pub flags: u32,
+    /// Flood limit: nanoseconds of credit one packet costs (1e9 / pps).
+    pub flood_interval_ns: u64,
+    /// Flood limit: burst tolerance in nanoseconds ((burst - 1) * interval).
+    pub flood_tolerance_ns: u64,
+    /// Drop events: nanoseconds between events per CPU (1e9 / rate).
+    pub event_interval_ns: u64,
+    /// Drop events: burst tolerance in nanoseconds.
+    pub event_tolerance_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 40);
+
+// ---------------------------------------------------------------------------
+// Protected ports: a bitmap, 1024 words of 64 bits for TCP then 1024 for UDP.
+// ---------------------------------------------------------------------------
+
+pub const PORT_WORDS: u32 = 2048;
+pub const PORT_WORDS_UDP_BASE: u32 = 1024;
+/// Port 0 is never a destination: its bit says "some port of this protocol
+/// is protected", which decides for packets whose port cannot be read.
+pub const ANY_PORT: u16 = 0;
+/// Word index and bit of a (protocol, port) in the bitmap.
+#[inline(always)]
+pub const fn port_slot(udp: bool, port: u16) -> (u32, u64) {
+    let base = if udp { PORT_WORDS_UDP_BASE } else { 0 };
+    (base + (port as u32 >> 6), 1u64 << (port & 63))
+}
+
+// ---------------------------------------------------------------------------
+// Flood limiter state (LRU hash keyed by source).
+// ---------------------------------------------------------------------------
+
+/// Flood map key: an IPv6 address, or an IPv4 address mapped (::ffff:a.b.c.d).
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct SourceKey {
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<SourceKey>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct FloodState {
+    /// GCRA theoretical arrival time (bpf_ktime_get_ns clock).
+    pub tat_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FloodState>() == 8);
+pub const MAX_FLOOD_SOURCES: u32 = 262_144;
+
+// ---------------------------------------------------------------------------
+// Verdict reasons and counters. Each packet moves exactly one counter.
+// ---------------------------------------------------------------------------
+
+pub mod reason {
+    /// Protected traffic that passed every check.
+    pub const PASS: u32 = 0;
+    /// Traffic outside the protected scope (after bypass and deny checks).
+    pub const PASS_UNPROTECTED: u32 = 1;
+    /// Source on the bypass list.
+    pub const BYPASS: u32 = 2;
+    /// Source on the deny list (exact address or CIDR).
+    pub const DENY: u32 = 3;
+    /// An allowlist is set and the source is not on it.
+    pub const NOT_ALLOWLISTED: u32 = 4;
+    /// The source's country is blocked.
+    pub const COUNTRY: u32 = 5;
+    /// The source exceeded the flood limit.
+    pub const FLOOD: u32 = 6;
+    /// Truncated or malformed Ethernet/VLAN/IP/L4 header.
+    pub const MALFORMED: u32 = 7;
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...): passed.
+    pub const NOT_IP: u32 = 8;
+    /// IPv6 neighbour discovery / router discovery: always passed.
+    pub const NEIGHBOR_DISCOVERY: u32 = 9;
+    pub const COUNT: u32 = 16;
+}
+
+/// Human names of the reasons, indexed by reason code.
+pub const REASON_NAMES: [&str; 10] = [
+    "passed",
+    "passed_unprotected",
+    "bypassed",
+    "denied",
+    "not_allowlisted",
+    "country",
+    "flood",
+    "malformed",
+    "not_ip",
+    "neighbor_discovery",
+];
+
+// ---------------------------------------------------------------------------
+// Countries.
+// ---------------------------------------------------------------------------
+
+/// Number of country slots: 0 = unknown, then 26*26 two-letter codes.
+pub const COUNTRY_SLOTS: u32 = 1 + 26 * 26;
+
+/// Index of a lower- or upper-case two-letter code; None if not letters.
+pub const fn country_index(code: [u8; 2]) -> Option<u16> {
+    let a = code[0].to_ascii_lowercase();
+    let b = code[1].to_ascii_lowercase();
+    if !a.is_ascii_lowercase() || !b.is_ascii_lowercase() {
+        return None;
+    }
+    Some(1 + (a - b'a') as u16 * 26 + (b - b'a') as u16)
+}
+
+/// The lower-case code of a country index; None for 0 or out of range.
+pub const fn country_code(index: u16) -> Option<[u8; 2]> {
+    if index == 0 || index as u32 >= COUNTRY_SLOTS {
+        return None;
+    }
+    let i = index - 1;
+    Some([b'a' + (i / 26) as u8, b'a' + (i % 26) as u8])
+}
+
+// ---------------------------------------------------------------------------
+// Drop events (ring buffer), sampled and rate-limited per CPU.
+// ---------------------------------------------------------------------------
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct DropEvent {
+    /// Source address; IPv4 as ::ffff:a.b.c.d.
+    pub src: [u8; 16],
+    /// bpf_ktime_get_ns at the drop.
+    pub time_ns: u64,
+    /// Interface index the packet arrived on.
+    pub ifindex: u32,
+    /// `reason::*`.
+    pub reason: u32,
+    /// Country index of the source (0 = unknown).
+    pub country: u16,
+    /// IP protocol number (6 TCP, 17 UDP, ...), 0 if not known.
+    pub protocol: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// Destination port, host order (0 when not known).
+    pub dst_port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<DropEvent>() == 40);
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct EventBudget {
+    pub tat_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<EventBudget>() == 8);
+pub const EVENT_RING_BYTES: u32 = 256 * 1024;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), made of integers only, with explicit
+    // padding, so any bit pattern is valid.
+    unsafe impl aya::Pod for Node {}
+    unsafe impl aya::Pod for Class {}
+    unsafe impl aya::Pod for DenyEntry {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for SourceKey {}
+    unsafe impl aya::Pod for FloodState {}
+    unsafe impl aya::Pod for DropEvent {}
+    unsafe impl aya::Pod for EventBudget {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn country_index_round_trips() {
+        assert_eq!(country_index(*b"aa"), Some(1));
+        assert_eq!(country_index(*b"ZZ"), Some(676));
+        assert_eq!(country_index(*b"a1"), None);
+        for i in 1..COUNTRY_SLOTS as u16 {
+            let code = country_code(i).unwrap();
+            assert_eq!(country_index(code), Some(i));
+        }
+        assert_eq!(country_code(0), None);
+        assert_eq!(country_code(677), None);
+    }
+
+    #[test]
+    fn port_slots_do_not_overlap() {
+        assert_eq!(port_slot(false, 0), (0, 1));
+        assert_eq!(port_slot(false, 65535), (1023, 1 << 63));
+        assert_eq!(port_slot(true, 443), (1024 + 6, 1 << (443 - 384)));
+    }
+}

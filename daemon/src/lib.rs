@@ -1,0 +1,10 @@
+//! rampart: an edge filter for HTTP APIs on Linux hosts.
+//!
+//! The library behind `rampartd` (the service) and, later, the `rampart` CLI.
+//! Each module owns one concern and its errors.
+
+pub mod config;
+pub mod filter;
+pub mod geo;
+pub mod paths;
+pub mod rules;

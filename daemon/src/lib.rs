@@ -8,3 +8,4 @@ pub mod filter;
 pub mod geo;
 pub mod paths;
 pub mod rules;
+pub mod service;

@@ -80,7 +80,6 @@ const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
 const IPPROTO_ICMPV6: u8 = 58;
-const IPPROTO_NONE: u8 = 59;
 const IPPROTO_DSTOPTS: u8 = 60;
 const IPPROTO_MH: u8 = 135;
 
@@ -92,6 +91,9 @@ struct Packet {
     protocol: u8,
     /// Destination port when the L4 header was read.
     dst_port: Option<u16>,
+    /// The IPv6 extension chain was longer than the walk: the transport
+    /// protocol is unknown.
+    unknown_l4: bool,
 }
 
 /// Why parsing stopped without a packet to judge.
@@ -281,6 +283,9 @@ fn protected(cfg: &Config, pkt: &Packet) -> bool {
     if cfg.flags & config_flags::PROTECT_ALL != 0 {
         return true;
     }
+    if pkt.unknown_l4 {
+        return any_port(false) || any_port(true);
+    }
     let udp = match pkt.protocol {
         IPPROTO_TCP => false,
         IPPROTO_UDP => true,
@@ -296,13 +301,16 @@ fn protected(cfg: &Config, pkt: &Packet) -> bool {
         }
         // No port (non-first fragment, unreachable L4 header): judged by
         // the source alone when any port of the protocol is protected.
-        None => {
-            let (word, bit) = port_slot(udp, ANY_PORT);
-            match RAMPART_PORTS.get(word) {
-                Some(w) => *w & bit != 0,
-                None => false,
-            }
-        }
+        None => any_port(udp),
+    }
+}
+
+#[inline(always)]
+fn any_port(udp: bool) -> bool {
+    let (word, bit) = port_slot(udp, ANY_PORT);
+    match RAMPART_PORTS.get(word) {
+        Some(w) => *w & bit != 0,
+        None => false,
     }
 }
 
@@ -426,6 +434,7 @@ fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, Stop> {
         v6: false,
         protocol,
         dst_port,
+        unknown_l4: false,
     })
 }
 
@@ -446,6 +455,11 @@ fn l4_port(ctx: &XdpContext, off: usize, protocol: u8, ip_end: usize) -> Result<
     Ok(Some(be16([ports[2], ports[3]])))
 }
 
+/// Where the IPv6 extension-header walk ended.
+const WALK_L4: u8 = 0;
+const WALK_NO_PORT: u8 = 1;
+const WALK_TOO_LONG: u8 = 2;
+
 #[inline(always)]
 fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, Stop> {
     let h: [u8; 8] = read(ctx, off)?;
@@ -460,8 +474,8 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, Stop> {
     }
     let mut next = h[6];
     let mut at = off + IPV6_HLEN;
+    let mut walk = WALK_TOO_LONG;
     let mut i = 0;
-    let mut reached = false;
     while i < MAX_IPV6_EXT {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH => {
@@ -480,16 +494,12 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, Stop> {
                 at += 8;
                 if be16([e[2], e[3]]) & 0xfff8 != 0 {
                     // Non-first fragment: no L4 header, judged by source.
-                    return Ok(Packet {
-                        src,
-                        v6: true,
-                        protocol: next,
-                        dst_port: None,
-                    });
+                    walk = WALK_NO_PORT;
+                    break;
                 }
             }
             _ => {
-                reached = true;
+                walk = WALK_L4;
                 break;
             }
         }
@@ -498,34 +508,28 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, Stop> {
         }
         i += 1;
     }
-    if !reached || next == IPPROTO_NONE {
-        // Extension chain longer than we walk: judged by source alone.
-        return Ok(Packet {
-            src,
-            v6: true,
-            protocol: next,
-            dst_port: None,
-        });
-    }
-    if next == IPPROTO_ICMPV6 {
-        let t: [u8; 1] = read(ctx, at)?;
-        if (133..=137).contains(&t[0]) {
-            return Err(Stop::NeighborDiscovery);
-        }
-        return Ok(Packet {
-            src,
-            v6: true,
-            protocol: next,
-            dst_port: None,
-        });
-    }
-    let dst_port = l4_port(ctx, at, next, ip_end)?;
-    Ok(Packet {
+    let mut pkt = Packet {
         src,
         v6: true,
         protocol: next,
-        dst_port,
-    })
+        dst_port: None,
+        // A chain longer than the walk: judged by source alone, as protected
+        // traffic (the stack behind us may still find a port).
+        unknown_l4: walk == WALK_TOO_LONG,
+    };
+    if walk == WALK_L4 {
+        if next == IPPROTO_ICMPV6 {
+            // The whole 4-byte ICMPv6 header (a 1-byte read at a variable
+            // offset gets a bounds check the verifier cannot follow).
+            let t: [u8; 4] = read(ctx, at)?;
+            if (133..=137).contains(&t[0]) {
+                return Err(Stop::NeighborDiscovery);
+            }
+        } else {
+            pkt.dst_port = l4_port(ctx, at, next, ip_end)?;
+        }
+    }
+    Ok(pkt)
 }
 
 #[cfg(not(test))]

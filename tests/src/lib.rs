@@ -1,0 +1,59 @@
+//! Helpers for rampart's privileged tests: crafted packets, and guards that
+//! own every kernel object a test creates (pin directories, network
+//! namespaces, processes) and remove it on drop, also when the test fails.
+
+pub mod daemon;
+pub mod netns;
+pub mod packet;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+/// True when the tests can use BPF and network namespaces. When false the
+/// caller prints why and returns (the test is skipped, visibly).
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("SKIPPED: needs root (BPF, XDP and network namespaces)");
+    }
+    root
+}
+
+/// A name unique to this process and call, for pins and namespaces.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A pin directory under /sys/fs/bpf that is detached and removed on drop.
+pub struct PinDir {
+    path: PathBuf,
+}
+
+impl PinDir {
+    pub fn new() -> Self {
+        Self {
+            path: Path::new("/sys/fs/bpf").join(unique("rampart-test-")),
+        }
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Default for PinDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(e) = rampart::filter::detach(&self.path) {
+            eprintln!("cleanup of {}: {e}", self.path.display());
+        }
+    }
+}

@@ -1,1 +1,68 @@
-fn main(){}
+//! rampart's build tooling, run as `cargo xtask <command>` (the alias lives in
+//! `.cargo/config.toml`). Each command is a module with its `Options` and a
+//! `run`; `process` runs the tools they drive.
+
+mod build;
+mod process;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The eBPF crate only builds for the BPF target (`#![no_main]`, no libc), so
+/// host builds leave it out; daemon/build.rs builds it with aya-build.
+const EBPF_PACKAGE: &str = "rampart-filter-ebpf";
+
+/// The crate holding the tests that need root (XDP, network namespaces).
+const PRIVILEGED_TESTS_PACKAGE: &str = "rampart-tests";
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Build, set up and test rampart")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what building and testing need: rust-src, bpf-linker, Debian packages, bpffs.
+    Setup(setup::Options),
+    /// Check the eBPF toolchain, then build the workspace (XDP object included).
+    Build(build::Options),
+    /// Format check, setup, clippy, then every test (the command CI runs).
+    Test(test::Options),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Setup(options) => setup::run(&options),
+        Command::Build(options) => build::run(&options),
+        Command::Test(options) => test::run(&options),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The chain, without the backtrace anyhow adds under RUST_BACKTRACE:
+            // these errors come from the machine's state, not from a bug here.
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,1 +1,80 @@
-fn main(){}
+//! `rampartd`: the rampart service.
+//!
+//! `rampartd [--config FILE]` runs until SIGTERM (the filter stays attached);
+//! `rampartd --check-config FILE` validates a file and exits 0 or 64;
+//! `rampartd --detach [--config FILE]` removes the filter.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use rampart::{paths, service};
+
+#[derive(Parser)]
+#[command(name = "rampartd", version, about = "rampart edge filter daemon")]
+struct Args {
+    /// Configuration file.
+    #[arg(long, value_name = "FILE", default_value_os_t = PathBuf::from(paths::DEFAULT_CONFIG_FILE))]
+    config: PathBuf,
+    /// Validate FILE (and the country database it names), print every error
+    /// with file:line:column, and exit: 0 valid, 64 invalid.
+    #[arg(long, value_name = "FILE", conflicts_with = "detach")]
+    check_config: Option<PathBuf>,
+    /// Detach the filter from every interface and remove its pinned maps.
+    #[arg(long)]
+    detach: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(file) = args.check_config {
+        return match service::prepare(&file) {
+            Ok(d) => {
+                println!(
+                    "{}: ok ({} interface(s), {} country prefixes)",
+                    file.display(),
+                    d.config.filter.interfaces.len(),
+                    d.countries.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}", service::chain(&e));
+                ExitCode::from(e.exit_code())
+            }
+        };
+    }
+    init_logging(&args.config);
+    if args.detach {
+        return match service::detach(&args.config) {
+            Ok(links) => {
+                println!("detached: {}", if links.is_empty() { "nothing was attached".to_string() } else { links.join(", ") });
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("rampartd: {}", service::chain(&e));
+                ExitCode::from(e.exit_code())
+            }
+        };
+    }
+    match service::run(args.config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %service::chain(&e), "rampartd cannot start");
+            eprintln!("rampartd: {}", service::chain(&e));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Logs to stderr at the configured level (RUST_LOG overrides it).
+fn init_logging(config: &std::path::Path) {
+    let level = rampart::config::load(config)
+        .map(|c| c.daemon.log_level.as_str())
+        .unwrap_or("info");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

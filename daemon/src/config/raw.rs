@@ -1,0 +1,61 @@
+//! The file as serde reads it: every value optional and spanned, so that
+//! validation can apply defaults, check every value and point at each one.
+//!
+//! Only syntax, types and key names are checked here; numbers are read as
+//! TOML's `i64` and enumerations as strings so that a value out of range is
+//! reported with all the other validation errors instead of stopping serde.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub(super) type Text = Spanned<String>;
+pub(super) type TextList = Spanned<Vec<Text>>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table of sections")]
+pub(super) struct RawConfig {
+    pub daemon: Option<RawDaemon>,
+    pub filter: Option<Spanned<RawFilter>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawDaemon {
+    pub state_dir: Option<Text>,
+    pub runtime_dir: Option<Text>,
+    pub pin_root: Option<Text>,
+    pub log_level: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawFilter {
+    pub interfaces: Option<TextList>,
+    pub attach_mode: Option<Text>,
+    pub protect: Option<TextList>,
+    pub drop_malformed: Option<bool>,
+    pub monitor: Option<bool>,
+    pub bypass: Option<TextList>,
+    pub deny: Option<TextList>,
+    pub allow: Option<TextList>,
+    pub events_per_second: Option<Spanned<i64>>,
+    pub events_burst: Option<Spanned<i64>>,
+    pub geo: Option<Spanned<RawGeo>>,
+    pub flood: Option<Spanned<RawFlood>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawGeo {
+    pub path: Option<Text>,
+    pub block: Option<TextList>,
+    pub allow_only: Option<TextList>,
+    pub allow_unknown: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawFlood {
+    pub packets_per_second: Option<Spanned<i64>>,
+    pub burst: Option<Spanned<i64>>,
+}

@@ -1,0 +1,98 @@
+//! The commented default configuration an installer writes.
+
+use super::{
+    AttachMode, DEFAULT_EVENTS_BURST, DEFAULT_EVENTS_PER_SECOND, DEFAULT_PROTECT, LogLevel,
+    MAX_EVENTS_PER_SECOND, MAX_FLOOD_PACKETS_PER_SECOND,
+};
+use crate::paths::{DEFAULT_CONFIG_FILE, DEFAULT_PIN_ROOT, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
+
+/// A configuration file with every key at its default value, each explained,
+/// filtering on `interfaces`. The optional sections are present but
+/// commented out. Parsing the result gives the default configuration.
+pub fn render_default<S: AsRef<str>>(interfaces: &[S]) -> String {
+    let interfaces = interfaces
+        .iter()
+        .map(|name| quote(name.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let log_level = quote(LogLevel::default().as_str());
+    let attach_mode = quote(AttachMode::default().as_str());
+    let state_dir = quote(DEFAULT_STATE_DIR);
+    let runtime_dir = quote(DEFAULT_RUNTIME_DIR);
+    let pin_root = quote(DEFAULT_PIN_ROOT);
+    let protect = quote(DEFAULT_PROTECT);
+    let geo_path = quote(&format!("{DEFAULT_STATE_DIR}/geo"));
+    format!(
+        r##"# rampart configuration ({DEFAULT_CONFIG_FILE}).
+#
+# Every key is shown with its default value; keys marked "required" have none.
+# Unknown keys are errors. `rampartd --check-config FILE` checks a file, and
+# docs/configuration.md describes every key.
+
+[daemon]
+# Durable state: rules added with the CLI, keys, quotas.
+state_dir = {state_dir}
+# Runtime files: the control socket.
+runtime_dir = {runtime_dir}
+# Pinned BPF maps and XDP links (on a bpffs mount). They keep the filter
+# running while the daemon restarts.
+pin_root = {pin_root}
+# "trace", "debug", "info", "warn" or "error".
+log_level = {log_level}
+
+[filter]
+# Required. Interfaces the XDP program is attached to. Whether they exist is
+# checked when attaching.
+interfaces = [{interfaces}]
+# "native" (in the driver) or "skb" (generic XDP, slower). There is no
+# fallback: if the driver cannot run XDP natively, attaching fails.
+attach_mode = {attach_mode}
+# Destinations the allowlist, country and flood rules apply to: "tcp/PORT",
+# "udp/PORT", "tcp/FIRST-LAST", "udp/FIRST-LAST", or "all" alone.
+# Bypass and deny apply to every destination.
+protect = [{protect}]
+# Drop packets with truncated or malformed headers.
+drop_malformed = true
+# Dry run: count and report drops, but let every packet pass.
+monitor = false
+# Address lists take addresses, CIDRs ("192.0.2.0/24", "2001:db8::/32") and
+# inclusive ranges ("192.0.2.10-192.0.2.20").
+# Management networks, never filtered: put the sources you administer from here.
+bypass = []
+# Always dropped (unless bypassed).
+deny = []
+# When not empty, only these sources reach the protected destinations.
+allow = []
+# Sampled drop events per second and CPU (0 = no events; at most {MAX_EVENTS_PER_SECOND}),
+# and how many may come at once.
+events_per_second = {DEFAULT_EVENTS_PER_SECOND}
+events_burst = {DEFAULT_EVENTS_BURST}
+
+# Country rules: remove the leading "# " to enable.
+# [filter.geo]
+# # Country database: a directory of <cc>.cidr zone files (flat, or in ipv4/
+# # and ipv6/ subdirectories) or a network,country CSV file. Required with
+# # block or allow_only.
+# path = {geo_path}
+# # Either drop sources from these countries (two-letter codes) ...
+# block = ["xx", "yy"]
+# # ... or let only these countries through. Not both.
+# allow_only = ["de", "fr"]
+# # With allow_only: whether sources of no known country pass.
+# allow_unknown = false
+
+# Per-source packet rate limit on protected traffic: remove the leading "# "
+# to enable.
+# [filter.flood]
+# # Required, 1 to {MAX_FLOOD_PACKETS_PER_SECOND}.
+# packets_per_second = 1000
+# # Default: packets_per_second.
+# burst = 1000
+"##
+    )
+}
+
+/// A TOML basic string.
+fn quote(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}

@@ -1,0 +1,485 @@
+//! From what serde read to a [`Config`]: defaults, ranges, formats and
+//! combinations, with every error collected rather than the first returned.
+
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use toml::Spanned;
+
+use super::raw::{RawConfig, RawDaemon, RawFilter, RawFlood, RawGeo, Text, TextList};
+use super::source::Source;
+use super::{
+    AttachMode, Config, CountryCode, CountryPolicy, DEFAULT_EVENTS_BURST,
+    DEFAULT_EVENTS_PER_SECOND, DaemonConfig, Diagnostic, FilterConfig, FloodConfig, GeoConfig,
+    LogLevel, MAX_EVENTS_BURST, MAX_EVENTS_PER_SECOND, MAX_FLOOD_BURST,
+    MAX_FLOOD_PACKETS_PER_SECOND, ProtectScope,
+};
+use crate::paths::{DEFAULT_PIN_ROOT, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
+
+/// Linux's IFNAMSIZ, including the terminating NUL.
+const IFNAMSIZ: usize = 16;
+
+const ATTACH_MODES: [(&str, AttachMode); 2] =
+    [("native", AttachMode::Native), ("skb", AttachMode::Skb)];
+
+pub(super) fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, Vec<Diagnostic>> {
+    let mut checker = Checker {
+        source,
+        errors: Vec::new(),
+    };
+    let daemon = checker.daemon(raw.daemon);
+    let filter = match raw.filter {
+        Some(filter) => Some(checker.filter(filter)),
+        None => {
+            checker.error(
+                0,
+                "missing section [filter] (it must at least list `interfaces`)",
+            );
+            None
+        }
+    };
+    let mut errors = checker.errors;
+    match filter {
+        Some(filter) if errors.is_empty() => Ok(Config { daemon, filter }),
+        _ => {
+            errors.sort_by_key(|d| (d.line, d.column));
+            Err(errors)
+        }
+    }
+}
+
+struct Checker<'a> {
+    source: &'a Source<'a>,
+    errors: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, offset: usize, message: impl Into<String>) {
+        self.errors.push(self.source.diagnostic(offset, message));
+    }
+
+    fn daemon(&mut self, raw: Option<RawDaemon>) -> DaemonConfig {
+        let Some(raw) = raw else {
+            return DaemonConfig::default();
+        };
+        DaemonConfig {
+            state_dir: self.path_or("daemon.state_dir", raw.state_dir, DEFAULT_STATE_DIR),
+            runtime_dir: self.path_or("daemon.runtime_dir", raw.runtime_dir, DEFAULT_RUNTIME_DIR),
+            pin_root: self.path_or("daemon.pin_root", raw.pin_root, DEFAULT_PIN_ROOT),
+            log_level: self.choice(
+                "daemon.log_level",
+                raw.log_level,
+                &LogLevel::ALL,
+                LogLevel::default(),
+            ),
+        }
+    }
+
+    fn filter(&mut self, raw: Spanned<RawFilter>) -> FilterConfig {
+        let section = raw.span().start;
+        let raw = raw.into_inner();
+        let interfaces = match raw.interfaces {
+            Some(list) => self.interfaces(list),
+            None => {
+                self.error(
+                    section,
+                    "[filter] needs `interfaces`, e.g. interfaces = [\"eth0\"]",
+                );
+                Vec::new()
+            }
+        };
+        FilterConfig {
+            interfaces,
+            attach_mode: self.choice(
+                "filter.attach_mode",
+                raw.attach_mode,
+                &ATTACH_MODES,
+                AttachMode::default(),
+            ),
+            protect: self.protect(raw.protect),
+            drop_malformed: raw.drop_malformed.unwrap_or(true),
+            monitor: raw.monitor.unwrap_or(false),
+            bypass: self.networks("filter.bypass", raw.bypass),
+            deny: self.networks("filter.deny", raw.deny),
+            allow: self.networks("filter.allow", raw.allow),
+            events_per_second: self.integer(
+                "filter.events_per_second",
+                raw.events_per_second,
+                0..=MAX_EVENTS_PER_SECOND,
+                DEFAULT_EVENTS_PER_SECOND,
+            ),
+            events_burst: self.integer(
+                "filter.events_burst",
+                raw.events_burst,
+                1..=MAX_EVENTS_BURST,
+                DEFAULT_EVENTS_BURST,
+            ),
+            geo: raw.geo.and_then(|geo| self.geo(geo)),
+            flood: raw.flood.and_then(|flood| self.flood(flood)),
+        }
+    }
+
+    fn interfaces(&mut self, list: TextList) -> Vec<String> {
+        if list.get_ref().is_empty() {
+            self.error(
+                list.span().start,
+                "`filter.interfaces` must list at least one interface",
+            );
+        }
+        let mut names: Vec<String> = Vec::new();
+        for name in list.into_inner() {
+            let at = name.span().start;
+            let name = name.into_inner();
+            if let Err(why) = check_ifname(&name) {
+                self.error(at, format!("invalid interface name {name:?}: {why}"));
+            } else if names.contains(&name) {
+                self.error(at, format!("interface {name:?} is listed twice"));
+            } else {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    fn protect(&mut self, list: Option<TextList>) -> ProtectScope {
+        let Some(list) = list else {
+            return ProtectScope::default();
+        };
+        let mut all_at = None;
+        let mut ports_given = false;
+        let mut tcp = Vec::new();
+        let mut udp = Vec::new();
+        for entry in list.into_inner() {
+            let at = entry.span().start;
+            match parse_protect_entry(entry.get_ref()) {
+                Ok(ProtectEntry::All) => all_at = all_at.or(Some(at)),
+                Ok(ProtectEntry::Tcp(ports)) => tcp.push(ports),
+                Ok(ProtectEntry::Udp(ports)) => udp.push(ports),
+                Err(why) => self.error(
+                    at,
+                    format!(
+                        "invalid `filter.protect` entry {:?}: {why}",
+                        entry.get_ref()
+                    ),
+                ),
+            }
+            ports_given |= !entry.get_ref().trim().eq_ignore_ascii_case("all");
+        }
+        match all_at {
+            Some(at) => {
+                if ports_given {
+                    self.error(
+                        at,
+                        "\"all\" must be the only entry of `filter.protect` (it covers every port)",
+                    );
+                }
+                ProtectScope::All
+            }
+            None => ProtectScope::Ports {
+                tcp: merge_ranges(tcp),
+                udp: merge_ranges(udp),
+            },
+        }
+    }
+
+    fn networks(&mut self, key: &str, list: Option<TextList>) -> Vec<IpNet> {
+        let mut networks = Vec::new();
+        for entry in list.map(Spanned::into_inner).unwrap_or_default() {
+            match crate::rules::parse_entry(entry.get_ref()) {
+                Ok(parsed) => networks.extend(parsed),
+                Err(e) => self.error(
+                    entry.span().start,
+                    format!("invalid `{key}` entry {:?}: {e}", entry.get_ref()),
+                ),
+            }
+        }
+        networks
+    }
+
+    fn geo(&mut self, raw: Spanned<RawGeo>) -> Option<GeoConfig> {
+        let raw = raw.into_inner();
+        let path = raw.path.map(|path| self.path("filter.geo.path", path));
+        let allow_only_empty = raw
+            .allow_only
+            .as_ref()
+            .is_some_and(|list| list.get_ref().is_empty());
+        let block = raw
+            .block
+            .map(|list| self.countries("filter.geo.block", list));
+        let allow_only = raw
+            .allow_only
+            .map(|list| self.countries("filter.geo.allow_only", list));
+
+        if let (Some(_), Some((at, _))) = (&block, &allow_only) {
+            self.error(
+                *at,
+                "`filter.geo.block` and `filter.geo.allow_only` cannot both be set: choose one",
+            );
+        }
+        if let Some((at, _)) = &allow_only
+            && allow_only_empty
+        {
+            self.error(
+                *at,
+                "`filter.geo.allow_only` must list at least one country (remove it to allow every country)",
+            );
+        }
+        if let Some(flag) = &raw.allow_unknown
+            && allow_only.is_none()
+        {
+            self.error(
+                flag.span().start,
+                "`filter.geo.allow_unknown` only applies together with `filter.geo.allow_only`",
+            );
+        }
+        if path.is_none() {
+            let (key, list) = match (&allow_only, &block) {
+                (Some(list), _) => ("allow_only", list),
+                (None, Some(list)) => ("block", list),
+                (None, None) => return None,
+            };
+            self.error(
+                list.0,
+                format!("`filter.geo.{key}` needs `filter.geo.path` (the country database)"),
+            );
+        }
+        let policy = match (block, allow_only) {
+            (_, Some((_, countries))) => CountryPolicy::AllowOnly {
+                countries,
+                allow_unknown: raw.allow_unknown.is_some_and(Spanned::into_inner),
+            },
+            (Some((_, countries)), None) if !countries.is_empty() => {
+                CountryPolicy::Block(countries)
+            }
+            _ => CountryPolicy::LabelOnly,
+        };
+        path.map(|path| GeoConfig { path, policy })
+    }
+
+    /// Checks a list of country codes; returns where the list starts and the
+    /// codes, sorted and without duplicates.
+    fn countries(&mut self, key: &str, list: TextList) -> (usize, Vec<CountryCode>) {
+        let at = list.span().start;
+        let mut codes = Vec::new();
+        for code in list.into_inner() {
+            match CountryCode::parse(code.get_ref()) {
+                Some(parsed) => codes.push(parsed),
+                None => self.error(
+                    code.span().start,
+                    format!(
+                        "invalid country code {:?} in `{key}`: expected two ASCII letters, e.g. \"de\"",
+                        code.get_ref()
+                    ),
+                ),
+            }
+        }
+        codes.sort_unstable();
+        codes.dedup();
+        (at, codes)
+    }
+
+    fn flood(&mut self, raw: Spanned<RawFlood>) -> Option<FloodConfig> {
+        let section = raw.span().start;
+        let raw = raw.into_inner();
+        let Some(rate) = raw.packets_per_second else {
+            self.error(
+                section,
+                "[filter.flood] needs `packets_per_second` (remove the section to disable the flood limit)",
+            );
+            return None;
+        };
+        let packets_per_second = self.integer(
+            "filter.flood.packets_per_second",
+            Some(rate),
+            1..=MAX_FLOOD_PACKETS_PER_SECOND,
+            1,
+        );
+        let burst = self.integer(
+            "filter.flood.burst",
+            raw.burst,
+            1..=MAX_FLOOD_BURST,
+            packets_per_second,
+        );
+        Some(FloodConfig {
+            packets_per_second,
+            burst,
+        })
+    }
+
+    /// An integer within `range`, or `default` when absent (or invalid, after
+    /// reporting it).
+    fn integer(
+        &mut self,
+        key: &str,
+        value: Option<Spanned<i64>>,
+        range: RangeInclusive<u32>,
+        default: u32,
+    ) -> u32 {
+        let Some(value) = value else {
+            return default;
+        };
+        match u32::try_from(*value.get_ref()) {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                self.error(
+                    value.span().start,
+                    format!(
+                        "`{key}` must be between {} and {}, not {}",
+                        range.start(),
+                        range.end(),
+                        value.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    /// One of `options` (by its configuration spelling), or `default` when
+    /// absent (or invalid, after reporting it).
+    fn choice<T: Copy>(
+        &mut self,
+        key: &str,
+        value: Option<Text>,
+        options: &[(&str, T)],
+        default: T,
+    ) -> T {
+        let Some(value) = value else {
+            return default;
+        };
+        match options.iter().find(|(name, _)| name == value.get_ref()) {
+            Some((_, choice)) => *choice,
+            None => {
+                let names: Vec<String> = options
+                    .iter()
+                    .map(|(name, _)| format!("{name:?}"))
+                    .collect();
+                self.error(
+                    value.span().start,
+                    format!(
+                        "invalid `{key}` {:?}: expected one of {}",
+                        value.get_ref(),
+                        names.join(", ")
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn path_or(&mut self, key: &str, value: Option<Text>, default: &str) -> PathBuf {
+        match value {
+            Some(value) => self.path(key, value),
+            None => PathBuf::from(default),
+        }
+    }
+
+    /// An absolute path: the daemon's working directory is not something an
+    /// operator should have to think about.
+    fn path(&mut self, key: &str, value: Text) -> PathBuf {
+        let path = PathBuf::from(value.get_ref());
+        if !path.is_absolute() {
+            self.error(
+                value.span().start,
+                format!(
+                    "`{key}` must be an absolute path, not {:?}",
+                    value.get_ref()
+                ),
+            );
+        }
+        path
+    }
+}
+
+/// Whether the kernel would accept `name` as an interface name
+/// (`dev_valid_name` in net/core/dev.c).
+fn check_ifname(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("it is empty");
+    }
+    if name.len() >= IFNAMSIZ {
+        return Err("it is longer than 15 bytes");
+    }
+    if name == "." || name == ".." {
+        return Err("\".\" and \"..\" are not interface names");
+    }
+    if name.contains('/') {
+        return Err("it contains '/'");
+    }
+    if name.contains(':') {
+        return Err("it contains ':'");
+    }
+    if name.chars().any(|c| c.is_whitespace() || c == '\0') {
+        return Err("it contains whitespace or a NUL");
+    }
+    Ok(())
+}
+
+enum ProtectEntry {
+    All,
+    Tcp(RangeInclusive<u16>),
+    Udp(RangeInclusive<u16>),
+}
+
+/// `all`, `tcp/N`, `udp/N`, `tcp/N-M` or `udp/N-M`.
+fn parse_protect_entry(entry: &str) -> Result<ProtectEntry, String> {
+    let entry = entry.trim();
+    if entry.eq_ignore_ascii_case("all") {
+        return Ok(ProtectEntry::All);
+    }
+    let Some((protocol, ports)) = entry.split_once('/') else {
+        return Err("expected \"tcp/PORT\", \"udp/PORT\", \"tcp/FIRST-LAST\" or \"all\"".into());
+    };
+    let ports = match ports.split_once('-') {
+        Some((first, last)) => {
+            let (first, last) = (parse_port(first)?, parse_port(last)?);
+            if first > last {
+                return Err(format!("port range {first}-{last} is reversed"));
+            }
+            first..=last
+        }
+        None => {
+            let port = parse_port(ports)?;
+            port..=port
+        }
+    };
+    if protocol.eq_ignore_ascii_case("tcp") {
+        Ok(ProtectEntry::Tcp(ports))
+    } else if protocol.eq_ignore_ascii_case("udp") {
+        Ok(ProtectEntry::Udp(ports))
+    } else {
+        Err(format!(
+            "unknown protocol {protocol:?} (expected tcp or udp)"
+        ))
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    // `u32::from_str` accepts a leading '+'; a port is digits only.
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{text:?} is not a port number"));
+    }
+    text.parse::<u32>()
+        .ok()
+        .and_then(|port| u16::try_from(port).ok())
+        .filter(|&port| port != 0)
+        .ok_or_else(|| format!("port {text} is out of range 1..=65535"))
+}
+
+/// Sorts ranges and merges those that overlap or touch.
+fn merge_ranges(mut ranges: Vec<RangeInclusive<u16>>) -> Vec<RangeInclusive<u16>> {
+    ranges.sort_by_key(|range| *range.start());
+    let mut merged: Vec<RangeInclusive<u16>> = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        match merged.last_mut() {
+            Some(last) if u32::from(*range.start()) <= u32::from(*last.end()) + 1 => {
+                if range.end() > last.end() {
+                    *last = *last.start()..=*range.end();
+                }
+            }
+            _ => merged.push(range),
+        }
+    }
+    merged
+}

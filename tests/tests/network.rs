@@ -1,0 +1,230 @@
+//! End-to-end tests: two network namespaces joined by a veth pair, the real
+//! `rampartd` (or the filter library) attached in native mode on the server
+//! side, and real TCP connections from several source addresses.
+
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use rampart::filter::{AttachMode, EntryOrigin, Filter, ListKind, Lists, Settings};
+use rampart_tests::{
+    PinDir,
+    daemon::{Daemon, TempDir},
+    netns::Pair,
+    privileged,
+};
+
+const PORT: u16 = 8080;
+const QUICK: Duration = Duration::from_millis(700);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn config(pair: &Pair, pins: &PinDir, dir: &TempDir, extra_deny: &[&str]) -> String {
+    let mut deny = vec!["\"198.18.0.3\"".to_string(), "\"2001:db8::3\"".to_string()];
+    deny.extend(extra_deny.iter().map(|d| format!("\"{d}\"")));
+    format!(
+        r#"
+[daemon]
+state_dir = "{state}"
+runtime_dir = "{run}"
+pin_root = "{pins}"
+
+[filter]
+interfaces = ["{iface}"]
+attach_mode = "native"
+protect = ["tcp/{PORT}"]
+deny = [{deny}]
+
+[filter.geo]
+path = "{geo}"
+block = ["xx"]
+"#,
+        state = dir.path.join("state").display(),
+        run = dir.path.join("run").display(),
+        pins = pins.path().display(),
+        iface = pair.srv_if,
+        deny = deny.join(", "),
+        geo = dir.path.join("geo.csv").display(),
+    )
+}
+
+#[test]
+fn rampartd_enforces_reloads_and_survives_restarts() {
+    if !privileged() {
+        return;
+    }
+    let pair = Pair::new(&[ip("198.18.0.3"), ip("198.18.0.4"), ip("2001:db8::3")]).unwrap();
+    let _server = pair.serve(PORT).unwrap();
+    let dir = TempDir::new().unwrap();
+    // The pin root is the test's own; the layout version is below it.
+    let pins = PinDir::new();
+    let pin_dir = pins.path().join(format!("v{}", rampart_common::LAYOUT_VERSION));
+    let _pins_guard = PinDirAt(pin_dir.clone());
+    std::fs::write(dir.path.join("geo.csv"), "network,country\n198.18.0.4/32,xx\n203.0.113.0/24,aa\n").unwrap();
+    let cfg = dir.path.join("rampart.toml");
+    std::fs::write(&cfg, config(&pair, &pins, &dir, &[])).unwrap();
+
+    let srv4 = pair.srv_v4;
+    let srv6 = pair.srv_v6;
+    let reach = |src: &str, dst: IpAddr| pair.connects(ip(src), dst, PORT, QUICK);
+
+    // Before rampartd: everyone gets through.
+    assert!(reach("198.18.0.3", srv4), "no filter yet");
+
+    let mut d = Daemon::start(&pair.srv, &cfg).unwrap();
+    assert!(d.log().contains("filter attached"), "{}", d.log());
+    assert!(reach("198.18.0.2", srv4), "allowed source connects");
+    assert!(!reach("198.18.0.3", srv4), "denied source is dropped");
+    assert!(!reach("198.18.0.4", srv4), "country-blocked source is dropped");
+    assert!(reach("2001:db8::2", srv6), "allowed IPv6 source connects");
+    assert!(!reach("2001:db8::3", srv6), "denied IPv6 source is dropped");
+
+    // Reload: a new deny entry takes effect without a restart...
+    std::fs::write(&cfg, config(&pair, &pins, &dir, &["2001:db8::2"])).unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_for_log("configuration reloaded", Duration::from_secs(10)).unwrap();
+    assert!(!reach("2001:db8::2", srv6), "entry added by reload applies");
+    // ...and a bad file is rejected whole: the running rules stay.
+    std::fs::write(&cfg, "[filter]\ninterfaces = [\"x\"]\ndeny = [\"not-an-address\"]\n").unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_for_log("reload rejected", Duration::from_secs(10)).unwrap();
+    assert!(!reach("2001:db8::2", srv6), "rules unchanged after a rejected reload");
+    assert!(reach("198.18.0.2", srv4), "rules unchanged after a rejected reload");
+    std::fs::write(&cfg, config(&pair, &pins, &dir, &[])).unwrap();
+
+    // SIGKILL: the pinned filter keeps enforcing with no daemon at all.
+    d.signal(libc::SIGKILL);
+    d.wait(Duration::from_secs(5)).unwrap();
+    assert!(!reach("198.18.0.3", srv4), "still dropped after SIGKILL");
+    assert!(reach("198.18.0.2", srv4), "still passing after SIGKILL");
+
+    // A new rampartd reuses the pins: probes during the restart never see
+    // a gap (no denied connection gets through, no allowed one fails).
+    let stop = Arc::new(AtomicBool::new(false));
+    let leaked = Arc::new(AtomicU32::new(0));
+    let refused = Arc::new(AtomicU32::new(0));
+    let probes = Arc::new(AtomicU32::new(0));
+    let prober = {
+        let (stop, leaked, refused, probes) =
+            (stop.clone(), leaked.clone(), refused.clone(), probes.clone());
+        let cli = pair.cli.clone();
+        std::thread::spawn(move || {
+            Pair::in_ns(&cli, move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if rampart_tests::netns::connect_from(ip("198.18.0.3"), (srv4, PORT).into(), Duration::from_millis(200)) {
+                        leaked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if !rampart_tests::netns::connect_from(ip("198.18.0.2"), (srv4, PORT).into(), Duration::from_secs(2)) {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    probes.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .unwrap();
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut d = Daemon::start(&pair.srv, &cfg).unwrap();
+    assert!(d.log().contains("no gap"), "pinned link reused: {}", d.log());
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    prober.join().unwrap();
+    assert!(probes.load(Ordering::Relaxed) >= 2, "the prober ran");
+    assert_eq!(leaked.load(Ordering::Relaxed), 0, "a denied source got through during the restart");
+    assert_eq!(refused.load(Ordering::Relaxed), 0, "an allowed source was refused during the restart");
+
+    // SIGTERM: exit 0, the filter stays.
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(10)).unwrap(), Some(0));
+    assert!(!reach("198.18.0.3", srv4), "filter stays after SIGTERM");
+
+    // --detach removes it.
+    let out = std::process::Command::new(rampart_tests::daemon::rampartd_bin().unwrap())
+        .args(["--detach", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(reach("198.18.0.3", srv4), "detached: the denied source connects again");
+    assert!(!pin_dir.exists(), "pins removed");
+}
+
+/// Detaches a pin directory on drop (rampartd pins below the pin root).
+struct PinDirAt(std::path::PathBuf);
+
+impl Drop for PinDirAt {
+    fn drop(&mut self) {
+        let _ = rampart::filter::detach(&self.0);
+    }
+}
+
+#[test]
+fn live_changes_and_temporary_bans_on_a_real_interface() {
+    if !privileged() {
+        return;
+    }
+    let pair = Pair::new(&[ip("198.18.0.3")]).unwrap();
+    let _server = pair.serve(PORT).unwrap();
+    let pins = PinDir::new();
+    let pin_path = pins.path().to_path_buf();
+    let iface = pair.srv_if.clone();
+    // Attaching looks the interface up in the calling thread's namespace.
+    let mut filter = Pair::in_ns(&pair.srv, move || -> anyhow::Result<Filter> {
+        let mut f = Filter::open(&pin_path)?;
+        let settings = Settings {
+            protect: rampart::filter::Protect::Ports {
+                tcp: vec![PORT..=PORT],
+                udp: vec![],
+            },
+            ..Settings::default()
+        };
+        f.replace_all(settings, Lists::default(), vec![], rampart::rules::CountryPolicy::Off)?;
+        let info = f.attach(&iface, AttachMode::Native)?;
+        assert!(!info.reused);
+        Ok(f)
+    })
+    .unwrap()
+    .unwrap();
+    let srv4 = pair.srv_v4;
+    let reach = |src: &str| pair.connects(ip(src), srv4, PORT, QUICK);
+    assert!(reach("198.18.0.3"));
+
+    // An entry added while running applies at once.
+    filter
+        .add(ListKind::Deny, &["198.18.0.3/32".parse().unwrap()], None, EntryOrigin::Operator)
+        .unwrap();
+    assert!(!reach("198.18.0.3"), "deny added live");
+    assert!(reach("198.18.0.2"));
+    filter.remove(ListKind::Deny, &["198.18.0.3/32".parse().unwrap()]).unwrap();
+    assert!(reach("198.18.0.3"), "deny removed live");
+
+    // An allowlist on the API port leaves other ports alone.
+    filter
+        .add(ListKind::Allow, &["198.18.0.2/32".parse().unwrap()], None, EntryOrigin::Operator)
+        .unwrap();
+    assert!(!reach("198.18.0.3"), "not on the allowlist");
+    assert!(reach("198.18.0.2"), "on the allowlist");
+    filter.remove(ListKind::Allow, &["198.18.0.2/32".parse().unwrap()]).unwrap();
+
+    // A temporary ban expires in the kernel with no userspace action.
+    filter
+        .add(
+            ListKind::Deny,
+            &["198.18.0.0/24".parse().unwrap()],
+            Some(Duration::from_secs(2)),
+            EntryOrigin::Auto,
+        )
+        .unwrap();
+    assert!(!reach("198.18.0.3"), "banned");
+    std::thread::sleep(Duration::from_millis(2300));
+    assert!(reach("198.18.0.3"), "ban expired");
+    let c = filter.counters().unwrap();
+    assert!(c.get("denied") > 0 && c.get("not_allowlisted") > 0 && c.get("passed") > 0, "{c:?}");
+}

@@ -186,11 +186,13 @@ pub const fn port_slot(udp: bool, port: u16) -> (u32, u64) {
 // Flood limiter state (LRU hash keyed by source).
 // ---------------------------------------------------------------------------
 
-/// Flood map key: an IPv6 address, or an IPv4 address mapped (::ffff:a.b.c.d).
+/// Flood map key: an IPv6 address, or an IPv4 address mapped
+/// (::ffff:a.b.c.d); the 16 address bytes in packet order, held as four
+/// words so the kernel copies them with four loads.
 #[repr(C)]
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub struct SourceKey {
-    pub addr: [u8; 16],
+    pub addr: [u32; 4],
 }
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 16);
 
@@ -280,7 +282,7 @@ pub const fn country_code(index: u16) -> Option<[u8; 2]> {
 pub struct DropEvent {
     /// Source address; IPv4 as ::ffff:a.b.c.d.
     pub src: [u8; 16],
-    /// bpf_ktime_get_ns at the drop.
+    /// CLOCK_MONOTONIC (coarse) at the drop.
     pub time_ns: u64,
     /// Interface index the packet arrived on.
     pub ifindex: u32,

@@ -260,11 +260,14 @@ impl Filter {
         let expires_ns = ttl.map_or(0, |t| now + t.as_nanos() as u64);
         let mut next = self.lists.clone();
         for net in nets {
-            next.insert(kind, ListEntry {
-                net: *net,
-                expires_ns,
-                origin,
-            });
+            next.insert(
+                kind,
+                ListEntry {
+                    net: *net,
+                    expires_ns,
+                    origin,
+                },
+            );
         }
         self.commit(next, now)
     }
@@ -369,7 +372,10 @@ impl From<&DropEvent> for DropRecord {
         };
         Self {
             source,
-            reason: REASON_NAMES.get(e.reason as usize).copied().unwrap_or("unknown"),
+            reason: REASON_NAMES
+                .get(e.reason as usize)
+                .copied()
+                .unwrap_or("unknown"),
             country: rampart_common::country_code(e.country)
                 .map(|c| String::from_utf8_lossy(&c).into_owned()),
             ifindex: e.ifindex,

@@ -254,7 +254,7 @@ pub fn load(path: &Path) -> Result<CountryData, GeoError> {
     let (entries, files) = if meta.is_dir() {
         load_dir(path)?
     } else {
-        let entries = load_csv(path, 0)?;
+        let entries = load_csv(path)?;
         (entries, vec![path.to_path_buf()])
     };
     if entries.is_empty() {
@@ -331,7 +331,7 @@ fn zone_files(dir: &Path, out: &mut Vec<(PathBuf, u16)>) -> Result<(), GeoError>
 }
 
 /// Reads `network,country` lines.
-fn load_csv(path: &Path, file: usize) -> Result<Vec<Entry>, GeoError> {
+fn load_csv(path: &Path) -> Result<Vec<Entry>, GeoError> {
     let text = read(path)?;
     let mut entries = Vec::new();
     let mut first = true;
@@ -365,7 +365,7 @@ fn load_csv(path: &Path, file: usize) -> Result<Vec<Entry>, GeoError> {
         entries.extend(nets.into_iter().map(|net| Entry {
             net,
             country,
-            file,
+            file: 0,
             line,
         }));
     }

@@ -18,8 +18,8 @@ use tokio::{
 use crate::{
     config::{self, Config, ConfigError, CountryPolicy as ConfigCountryPolicy, ProtectScope},
     filter::{
-        AttachMode, DropRecord, EntryOrigin, Filter, FilterError, ListEntry, ListKind,
-        Lists, Protect, Settings,
+        AttachMode, DropRecord, EntryOrigin, Filter, FilterError, ListEntry, ListKind, Lists,
+        Protect, Settings,
     },
     geo::{self, GeoError},
     rules::CountryPolicy,
@@ -98,11 +98,14 @@ pub fn prepare(path: &Path) -> Result<Desired, ServiceError> {
         (ListKind::Allow, &f.allow),
     ] {
         for net in nets {
-            lists.insert(kind, ListEntry {
-                net: *net,
-                expires_ns: 0,
-                origin: EntryOrigin::Config,
-            });
+            lists.insert(
+                kind,
+                ListEntry {
+                    net: *net,
+                    expires_ns: 0,
+                    origin: EntryOrigin::Config,
+                },
+            );
         }
     }
     let (countries, policy) = match &f.geo {
@@ -216,8 +219,8 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
         let mut hup = signal(SignalKind::hangup()).map_err(ServiceError::Signals)?;
         // SAFETY: the AsyncFd owns `events`, so the ring's fd stays open for
         // as long as it is registered.
-        let mut ring = unsafe { AsyncFd::register(events) }
-            .map_err(|e| ServiceError::Signals(e.into()))?;
+        let mut ring =
+            unsafe { AsyncFd::register(events) }.map_err(|e| ServiceError::Signals(e.into()))?;
         let mut expire = tokio::time::interval(Duration::from_secs(1));
         let mut summary = tokio::time::interval(EVENT_INTERVAL);
         let mut drops = DropSummary::default();
@@ -247,14 +250,22 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
             }
         }
         drops.flush();
-        tracing::info!("rampartd stopping; the filter stays attached (rampartd --detach removes it)");
+        tracing::info!(
+            "rampartd stopping; the filter stays attached (rampartd --detach removes it)"
+        );
         Ok(())
     })
 }
 
 fn reload(config_path: &Path, filter: &mut Filter, interfaces: &mut Vec<String>) {
     let result = prepare(config_path).and_then(|d| {
-        if let Some(name) = d.config.filter.interfaces.iter().find(|i| interface_missing(i)) {
+        if let Some(name) = d
+            .config
+            .filter
+            .interfaces
+            .iter()
+            .find(|i| interface_missing(i))
+        {
             return Err(FilterError::UnknownInterface { name: name.clone() }.into());
         }
         filter.replace_all(d.settings, d.lists, d.countries, d.policy)?;
@@ -310,7 +321,7 @@ impl DropSummary {
             return;
         }
         let mut all: Vec<_> = self.counts.drain().collect();
-        all.sort_by(|a, b| b.1.0.cmp(&a.1.0));
+        all.sort_by_key(|e| std::cmp::Reverse(e.1.0));
         let rest = all.len().saturating_sub(EVENT_SOURCES_PER_SUMMARY);
         for ((src, reason), (count, country)) in all.into_iter().take(EVENT_SOURCES_PER_SUMMARY) {
             tracing::warn!(
@@ -323,7 +334,11 @@ impl DropSummary {
             );
         }
         if rest > 0 {
-            tracing::warn!(event = "xdp_drop", more_sources = rest, "more sources dropped");
+            tracing::warn!(
+                event = "xdp_drop",
+                more_sources = rest,
+                "more sources dropped"
+            );
         }
     }
 }

@@ -99,7 +99,10 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        bail!("rampartd did not log {needle:?} within {timeout:?}; log:\n{}", self.log())
+        bail!(
+            "rampartd did not log {needle:?} within {timeout:?}; log:\n{}",
+            self.log()
+        )
     }
 
     pub fn pid(&self) -> i32 {

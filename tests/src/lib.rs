@@ -25,7 +25,11 @@ pub fn privileged() -> bool {
 /// A name unique to this process and call, for pins and namespaces.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A pin directory under /sys/fs/bpf that is detached and removed on drop.

@@ -20,9 +20,16 @@ use std::{
 use anyhow::{Context, bail};
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -56,17 +63,61 @@ impl Pair {
         ip(&["netns", "add", &pair.srv])?;
         ip(&["netns", "add", &pair.cli])?;
         ip(&[
-            "link", "add", &pair.srv_if, "netns", &pair.srv, "type", "veth", "peer", "name",
-            &pair.cli_if, "netns", &pair.cli,
+            "link",
+            "add",
+            &pair.srv_if,
+            "netns",
+            &pair.srv,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &pair.cli_if,
+            "netns",
+            &pair.cli,
         ])?;
         for (ns, dev) in [(&pair.srv, &pair.srv_if), (&pair.cli, &pair.cli_if)] {
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;
         }
-        ip(&["-n", &pair.srv, "addr", "add", "198.18.0.1/24", "dev", &pair.srv_if])?;
-        ip(&["-n", &pair.srv, "addr", "add", "2001:db8::1/64", "dev", &pair.srv_if, "nodad"])?;
-        ip(&["-n", &pair.cli, "addr", "add", "198.18.0.2/24", "dev", &pair.cli_if])?;
-        ip(&["-n", &pair.cli, "addr", "add", "2001:db8::2/64", "dev", &pair.cli_if, "nodad"])?;
+        ip(&[
+            "-n",
+            &pair.srv,
+            "addr",
+            "add",
+            "198.18.0.1/24",
+            "dev",
+            &pair.srv_if,
+        ])?;
+        ip(&[
+            "-n",
+            &pair.srv,
+            "addr",
+            "add",
+            "2001:db8::1/64",
+            "dev",
+            &pair.srv_if,
+            "nodad",
+        ])?;
+        ip(&[
+            "-n",
+            &pair.cli,
+            "addr",
+            "add",
+            "198.18.0.2/24",
+            "dev",
+            &pair.cli_if,
+        ])?;
+        ip(&[
+            "-n",
+            &pair.cli,
+            "addr",
+            "add",
+            "2001:db8::2/64",
+            "dev",
+            &pair.cli_if,
+            "nodad",
+        ])?;
         for a in client_addrs {
             let (cidr, extra) = match a {
                 IpAddr::V4(v4) => (format!("{v4}/24"), None),
@@ -95,7 +146,8 @@ impl Pair {
             }
             Ok(f())
         });
-        h.join().map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+        h.join()
+            .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
     }
 
     /// A TCP server in `srv` on `port` (IPv4 and IPv6) that accepts and
@@ -132,8 +184,10 @@ impl Pair {
     /// to `dst:port` completes within `timeout`.
     pub fn connects(&self, src: IpAddr, dst: IpAddr, port: u16, timeout: Duration) -> bool {
         let cli = self.cli.clone();
-        Self::in_ns(&cli, move || connect_from(src, SocketAddr::new(dst, port), timeout))
-            .unwrap_or(false)
+        Self::in_ns(&cli, move || {
+            connect_from(src, SocketAddr::new(dst, port), timeout)
+        })
+        .unwrap_or(false)
     }
 
     /// Runs `ip` inside a namespace (for tests that change addresses).

@@ -58,7 +58,7 @@ impl Frame {
     pub fn ipv4(&self, v4: &Ipv4) -> Vec<u8> {
         let mut b = self.eth(0x0800);
         let opts_len = v4.options.len();
-        assert!(opts_len % 4 == 0 && opts_len <= 40);
+        assert!(opts_len.is_multiple_of(4) && opts_len <= 40);
         let ihl = 5 + opts_len / 4;
         let total = (ihl * 4 + v4.l4.len()) as u16;
         b.push(0x40 | ihl as u8);

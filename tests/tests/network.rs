@@ -2,6 +2,9 @@
 //! `rampartd` (or the filter library) attached in native mode on the server
 //! side, and real TCP connections from several source addresses.
 
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{
     net::IpAddr,
     sync::{
@@ -65,9 +68,15 @@ fn rampartd_enforces_reloads_and_survives_restarts() {
     let dir = TempDir::new().unwrap();
     // The pin root is the test's own; the layout version is below it.
     let pins = PinDir::new();
-    let pin_dir = pins.path().join(format!("v{}", rampart_common::LAYOUT_VERSION));
+    let pin_dir = pins
+        .path()
+        .join(format!("v{}", rampart_common::LAYOUT_VERSION));
     let _pins_guard = PinDirAt(pin_dir.clone());
-    std::fs::write(dir.path.join("geo.csv"), "network,country\n198.18.0.4/32,xx\n203.0.113.0/24,aa\n").unwrap();
+    std::fs::write(
+        dir.path.join("geo.csv"),
+        "network,country\n198.18.0.4/32,xx\n203.0.113.0/24,aa\n",
+    )
+    .unwrap();
     let cfg = dir.path.join("rampart.toml");
     std::fs::write(&cfg, config(&pair, &pins, &dir, &[])).unwrap();
 
@@ -82,21 +91,36 @@ fn rampartd_enforces_reloads_and_survives_restarts() {
     assert!(d.log().contains("filter attached"), "{}", d.log());
     assert!(reach("198.18.0.2", srv4), "allowed source connects");
     assert!(!reach("198.18.0.3", srv4), "denied source is dropped");
-    assert!(!reach("198.18.0.4", srv4), "country-blocked source is dropped");
+    assert!(
+        !reach("198.18.0.4", srv4),
+        "country-blocked source is dropped"
+    );
     assert!(reach("2001:db8::2", srv6), "allowed IPv6 source connects");
     assert!(!reach("2001:db8::3", srv6), "denied IPv6 source is dropped");
 
     // Reload: a new deny entry takes effect without a restart...
     std::fs::write(&cfg, config(&pair, &pins, &dir, &["2001:db8::2"])).unwrap();
     d.signal(libc::SIGHUP);
-    d.wait_for_log("configuration reloaded", Duration::from_secs(10)).unwrap();
+    d.wait_for_log("configuration reloaded", Duration::from_secs(10))
+        .unwrap();
     assert!(!reach("2001:db8::2", srv6), "entry added by reload applies");
     // ...and a bad file is rejected whole: the running rules stay.
-    std::fs::write(&cfg, "[filter]\ninterfaces = [\"x\"]\ndeny = [\"not-an-address\"]\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[filter]\ninterfaces = [\"x\"]\ndeny = [\"not-an-address\"]\n",
+    )
+    .unwrap();
     d.signal(libc::SIGHUP);
-    d.wait_for_log("reload rejected", Duration::from_secs(10)).unwrap();
-    assert!(!reach("2001:db8::2", srv6), "rules unchanged after a rejected reload");
-    assert!(reach("198.18.0.2", srv4), "rules unchanged after a rejected reload");
+    d.wait_for_log("reload rejected", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        !reach("2001:db8::2", srv6),
+        "rules unchanged after a rejected reload"
+    );
+    assert!(
+        reach("198.18.0.2", srv4),
+        "rules unchanged after a rejected reload"
+    );
     std::fs::write(&cfg, config(&pair, &pins, &dir, &[])).unwrap();
 
     // SIGKILL: the pinned filter keeps enforcing with no daemon at all.
@@ -112,16 +136,28 @@ fn rampartd_enforces_reloads_and_survives_restarts() {
     let refused = Arc::new(AtomicU32::new(0));
     let probes = Arc::new(AtomicU32::new(0));
     let prober = {
-        let (stop, leaked, refused, probes) =
-            (stop.clone(), leaked.clone(), refused.clone(), probes.clone());
+        let (stop, leaked, refused, probes) = (
+            stop.clone(),
+            leaked.clone(),
+            refused.clone(),
+            probes.clone(),
+        );
         let cli = pair.cli.clone();
         std::thread::spawn(move || {
             Pair::in_ns(&cli, move || {
                 while !stop.load(Ordering::Relaxed) {
-                    if rampart_tests::netns::connect_from(ip("198.18.0.3"), (srv4, PORT).into(), Duration::from_millis(200)) {
+                    if rampart_tests::netns::connect_from(
+                        ip("198.18.0.3"),
+                        (srv4, PORT).into(),
+                        Duration::from_millis(200),
+                    ) {
                         leaked.fetch_add(1, Ordering::Relaxed);
                     }
-                    if !rampart_tests::netns::connect_from(ip("198.18.0.2"), (srv4, PORT).into(), Duration::from_secs(2)) {
+                    if !rampart_tests::netns::connect_from(
+                        ip("198.18.0.2"),
+                        (srv4, PORT).into(),
+                        Duration::from_secs(2),
+                    ) {
                         refused.fetch_add(1, Ordering::Relaxed);
                     }
                     probes.fetch_add(1, Ordering::Relaxed);
@@ -132,13 +168,25 @@ fn rampartd_enforces_reloads_and_survives_restarts() {
     };
     std::thread::sleep(Duration::from_millis(300));
     let mut d = Daemon::start(&pair.srv, &cfg).unwrap();
-    assert!(d.log().contains("no gap"), "pinned link reused: {}", d.log());
+    assert!(
+        d.log().contains("no gap"),
+        "pinned link reused: {}",
+        d.log()
+    );
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     prober.join().unwrap();
     assert!(probes.load(Ordering::Relaxed) >= 2, "the prober ran");
-    assert_eq!(leaked.load(Ordering::Relaxed), 0, "a denied source got through during the restart");
-    assert_eq!(refused.load(Ordering::Relaxed), 0, "an allowed source was refused during the restart");
+    assert_eq!(
+        leaked.load(Ordering::Relaxed),
+        0,
+        "a denied source got through during the restart"
+    );
+    assert_eq!(
+        refused.load(Ordering::Relaxed),
+        0,
+        "an allowed source was refused during the restart"
+    );
 
     // SIGTERM: exit 0, the filter stays.
     d.signal(libc::SIGTERM);
@@ -151,8 +199,15 @@ fn rampartd_enforces_reloads_and_survives_restarts() {
         .arg(&cfg)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(reach("198.18.0.3", srv4), "detached: the denied source connects again");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        reach("198.18.0.3", srv4),
+        "detached: the denied source connects again"
+    );
     assert!(!pin_dir.exists(), "pins removed");
 }
 
@@ -185,7 +240,12 @@ fn live_changes_and_temporary_bans_on_a_real_interface() {
             },
             ..Settings::default()
         };
-        f.replace_all(settings, Lists::default(), vec![], rampart::rules::CountryPolicy::Off)?;
+        f.replace_all(
+            settings,
+            Lists::default(),
+            vec![],
+            rampart::rules::CountryPolicy::Off,
+        )?;
         let info = f.attach(&iface, AttachMode::Native)?;
         assert!(!info.reused);
         Ok(f)
@@ -198,20 +258,34 @@ fn live_changes_and_temporary_bans_on_a_real_interface() {
 
     // An entry added while running applies at once.
     filter
-        .add(ListKind::Deny, &["198.18.0.3/32".parse().unwrap()], None, EntryOrigin::Operator)
+        .add(
+            ListKind::Deny,
+            &["198.18.0.3/32".parse().unwrap()],
+            None,
+            EntryOrigin::Operator,
+        )
         .unwrap();
     assert!(!reach("198.18.0.3"), "deny added live");
     assert!(reach("198.18.0.2"));
-    filter.remove(ListKind::Deny, &["198.18.0.3/32".parse().unwrap()]).unwrap();
+    filter
+        .remove(ListKind::Deny, &["198.18.0.3/32".parse().unwrap()])
+        .unwrap();
     assert!(reach("198.18.0.3"), "deny removed live");
 
     // An allowlist on the API port leaves other ports alone.
     filter
-        .add(ListKind::Allow, &["198.18.0.2/32".parse().unwrap()], None, EntryOrigin::Operator)
+        .add(
+            ListKind::Allow,
+            &["198.18.0.2/32".parse().unwrap()],
+            None,
+            EntryOrigin::Operator,
+        )
         .unwrap();
     assert!(!reach("198.18.0.3"), "not on the allowlist");
     assert!(reach("198.18.0.2"), "on the allowlist");
-    filter.remove(ListKind::Allow, &["198.18.0.2/32".parse().unwrap()]).unwrap();
+    filter
+        .remove(ListKind::Allow, &["198.18.0.2/32".parse().unwrap()])
+        .unwrap();
 
     // A temporary ban expires in the kernel with no userspace action.
     filter
@@ -226,5 +300,8 @@ fn live_changes_and_temporary_bans_on_a_real_interface() {
     std::thread::sleep(Duration::from_millis(2300));
     assert!(reach("198.18.0.3"), "ban expired");
     let c = filter.counters().unwrap();
-    assert!(c.get("denied") > 0 && c.get("not_allowlisted") > 0 && c.get("passed") > 0, "{c:?}");
+    assert!(
+        c.get("denied") > 0 && c.get("not_allowlisted") > 0 && c.get("passed") > 0,
+        "{c:?}"
+    );
 }

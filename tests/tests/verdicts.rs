@@ -2,6 +2,9 @@
 //! on crafted packets through BPF_PROG_TEST_RUN. Each case asserts the XDP
 //! action and the one counter that moved.
 
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -54,11 +57,14 @@ fn lists(bypass: &[&str], deny: &[&str], allow: &[&str]) -> Lists {
     ] {
         for s in items {
             for net in rampart::rules::parse_entry(s).unwrap() {
-                l.insert(kind, ListEntry {
-                    net,
-                    expires_ns: 0,
-                    origin: EntryOrigin::Config,
-                });
+                l.insert(
+                    kind,
+                    ListEntry {
+                        net,
+                        expires_ns: 0,
+                        origin: EntryOrigin::Config,
+                    },
+                );
             }
         }
     }
@@ -93,7 +99,12 @@ impl Harness {
             Settings::default(),
             lists(
                 &["198.18.3.0/24", "2001:db8:3::/48"],
-                &["198.18.1.1", "198.18.2.0/24", "2001:db8::bad", "2001:db8:dead::/48"],
+                &[
+                    "198.18.1.1",
+                    "198.18.2.0/24",
+                    "2001:db8::bad",
+                    "2001:db8:dead::/48",
+                ],
                 &[],
             ),
             CountryPolicy::Block(BTreeSet::from([cc("xx")])),
@@ -112,7 +123,11 @@ impl Harness {
             .filter(|(a, b)| a.1 != b.1)
             .map(|(a, b)| (a.0, a.1 - b.1))
             .collect();
-        assert_eq!(moved.len(), 1, "exactly one counter moves per packet: {moved:?}");
+        assert_eq!(
+            moved.len(),
+            1,
+            "exactly one counter moves per packet: {moved:?}"
+        );
         assert_eq!(moved[0].1, 1, "by one: {moved:?}");
         (action, moved[0].0)
     }
@@ -148,18 +163,78 @@ fn ipv4_rules_on_every_encapsulation() {
     ];
     for (enc, f) in &frames {
         let c = |s: &str| format!("{enc}: {s}");
-        h.expect(&c("allowed to API"), &f.ipv4(&Ipv4::tcp(v4("198.18.0.5"), 443)), XDP_PASS, "passed");
-        h.expect(&c("allowed to ssh"), &f.ipv4(&Ipv4::tcp(v4("198.18.0.5"), 22)), XDP_PASS, "passed_unprotected");
-        h.expect(&c("exact deny, API"), &f.ipv4(&Ipv4::tcp(v4("198.18.1.1"), 443)), XDP_DROP, "denied");
-        h.expect(&c("exact deny, any port"), &f.ipv4(&Ipv4::udp(v4("198.18.1.1"), 53)), XDP_DROP, "denied");
-        h.expect(&c("neighbour of exact deny"), &f.ipv4(&Ipv4::tcp(v4("198.18.1.2"), 443)), XDP_PASS, "passed");
-        h.expect(&c("deny CIDR"), &f.ipv4(&Ipv4::tcp(v4("198.18.2.200"), 443)), XDP_DROP, "denied");
-        h.expect(&c("bypass"), &f.ipv4(&Ipv4::tcp(v4("198.18.3.9"), 443)), XDP_PASS, "bypassed");
-        h.expect(&c("blocked country, API"), &f.ipv4(&Ipv4::tcp(v4("198.19.200.1"), 443)), XDP_DROP, "country");
-        h.expect(&c("blocked country, ssh"), &f.ipv4(&Ipv4::tcp(v4("198.19.200.1"), 22)), XDP_PASS, "passed_unprotected");
-        h.expect(&c("more specific country"), &f.ipv4(&Ipv4::tcp(v4("198.19.7.7"), 443)), XDP_PASS, "passed");
-        h.expect(&c("udp/443 not protected"), &f.ipv4(&Ipv4::udp(v4("198.19.200.1"), 443)), XDP_PASS, "passed_unprotected");
-        h.expect(&c("ARP from a denied sender"), &f.arp(v4("198.18.1.1"), v4("198.18.0.1")), XDP_PASS, "not_ip");
+        h.expect(
+            &c("allowed to API"),
+            &f.ipv4(&Ipv4::tcp(v4("198.18.0.5"), 443)),
+            XDP_PASS,
+            "passed",
+        );
+        h.expect(
+            &c("allowed to ssh"),
+            &f.ipv4(&Ipv4::tcp(v4("198.18.0.5"), 22)),
+            XDP_PASS,
+            "passed_unprotected",
+        );
+        h.expect(
+            &c("exact deny, API"),
+            &f.ipv4(&Ipv4::tcp(v4("198.18.1.1"), 443)),
+            XDP_DROP,
+            "denied",
+        );
+        h.expect(
+            &c("exact deny, any port"),
+            &f.ipv4(&Ipv4::udp(v4("198.18.1.1"), 53)),
+            XDP_DROP,
+            "denied",
+        );
+        h.expect(
+            &c("neighbour of exact deny"),
+            &f.ipv4(&Ipv4::tcp(v4("198.18.1.2"), 443)),
+            XDP_PASS,
+            "passed",
+        );
+        h.expect(
+            &c("deny CIDR"),
+            &f.ipv4(&Ipv4::tcp(v4("198.18.2.200"), 443)),
+            XDP_DROP,
+            "denied",
+        );
+        h.expect(
+            &c("bypass"),
+            &f.ipv4(&Ipv4::tcp(v4("198.18.3.9"), 443)),
+            XDP_PASS,
+            "bypassed",
+        );
+        h.expect(
+            &c("blocked country, API"),
+            &f.ipv4(&Ipv4::tcp(v4("198.19.200.1"), 443)),
+            XDP_DROP,
+            "country",
+        );
+        h.expect(
+            &c("blocked country, ssh"),
+            &f.ipv4(&Ipv4::tcp(v4("198.19.200.1"), 22)),
+            XDP_PASS,
+            "passed_unprotected",
+        );
+        h.expect(
+            &c("more specific country"),
+            &f.ipv4(&Ipv4::tcp(v4("198.19.7.7"), 443)),
+            XDP_PASS,
+            "passed",
+        );
+        h.expect(
+            &c("udp/443 not protected"),
+            &f.ipv4(&Ipv4::udp(v4("198.19.200.1"), 443)),
+            XDP_PASS,
+            "passed_unprotected",
+        );
+        h.expect(
+            &c("ARP from a denied sender"),
+            &f.arp(v4("198.18.1.1"), v4("198.18.0.1")),
+            XDP_PASS,
+            "not_ip",
+        );
     }
 }
 
@@ -176,24 +251,54 @@ fn ipv4_options_fragments_and_malformed_headers() {
     opts.src = v4("198.18.0.5");
     h.expect("IHL 15, allowed", &f.ipv4(&opts), XDP_PASS, "passed");
     opts.l4 = rampart_tests::packet::tcp(22);
-    h.expect("IHL 15 reaches the port", &f.ipv4(&opts), XDP_PASS, "passed_unprotected");
+    h.expect(
+        "IHL 15 reaches the port",
+        &f.ipv4(&opts),
+        XDP_PASS,
+        "passed_unprotected",
+    );
 
     // A non-first fragment has no port: judged by the source alone.
     let mut frag = Ipv4::tcp(v4("198.19.200.1"), 22);
     frag.frag_offset = 185;
     frag.l4 = vec![0xab; 16];
-    h.expect("non-first fragment, blocked country", &f.ipv4(&frag), XDP_DROP, "country");
+    h.expect(
+        "non-first fragment, blocked country",
+        &f.ipv4(&frag),
+        XDP_DROP,
+        "country",
+    );
     frag.src = v4("198.18.0.5");
-    h.expect("non-first fragment, allowed", &f.ipv4(&frag), XDP_PASS, "passed");
+    h.expect(
+        "non-first fragment, allowed",
+        &f.ipv4(&frag),
+        XDP_PASS,
+        "passed",
+    );
     frag.src = v4("198.18.1.1");
-    h.expect("non-first fragment, denied", &f.ipv4(&frag), XDP_DROP, "denied");
+    h.expect(
+        "non-first fragment, denied",
+        &f.ipv4(&frag),
+        XDP_DROP,
+        "denied",
+    );
     // A first fragment carries the port.
     let mut first = Ipv4::tcp(v4("198.19.200.1"), 22);
     first.more_fragments = true;
-    h.expect("first fragment to ssh", &f.ipv4(&first), XDP_PASS, "passed_unprotected");
+    h.expect(
+        "first fragment to ssh",
+        &f.ipv4(&first),
+        XDP_PASS,
+        "passed_unprotected",
+    );
     // A first fragment too short for a TCP header is malformed (RFC 1858).
     first.l4 = first.l4[..8].to_vec();
-    h.expect("tiny first fragment", &f.ipv4(&first), XDP_DROP, "malformed");
+    h.expect(
+        "tiny first fragment",
+        &f.ipv4(&first),
+        XDP_DROP,
+        "malformed",
+    );
 
     let good = f.ipv4(&Ipv4::tcp(v4("198.18.0.5"), 443));
     let mut bad = good.clone();
@@ -212,7 +317,12 @@ fn ipv4_options_fragments_and_malformed_headers() {
     // BPF_PROG_TEST_RUN refuses XDP frames shorter than an Ethernet header
     // (so does every driver): truncations start there.
     for len in 14..good.len() {
-        h.expect(&format!("IPv4 truncated to {len}"), &good[..len], XDP_DROP, "malformed");
+        h.expect(
+            &format!("IPv4 truncated to {len}"),
+            &good[..len],
+            XDP_DROP,
+            "malformed",
+        );
     }
     h.expect("IPv4 whole", &good, XDP_PASS, "passed");
 }
@@ -223,26 +333,89 @@ fn ipv6_rules_extension_headers_and_neighbour_discovery() {
         return;
     }
     let h = Harness::standard();
-    for (enc, f) in [("untagged", Frame::new()), ("QinQ", Frame::new().qinq(7).vlan(8))] {
+    for (enc, f) in [
+        ("untagged", Frame::new()),
+        ("QinQ", Frame::new().qinq(7).vlan(8)),
+    ] {
         let c = |s: &str| format!("{enc}: {s}");
-        h.expect(&c("allowed"), &f.ipv6(&Ipv6::tcp(v6("2001:db8::5"), 443)), XDP_PASS, "passed");
-        h.expect(&c("exact deny"), &f.ipv6(&Ipv6::tcp(v6("2001:db8::bad"), 443)), XDP_DROP, "denied");
-        h.expect(&c("deny /48"), &f.ipv6(&Ipv6::udp(v6("2001:db8:dead:1::9"), 53)), XDP_DROP, "denied");
-        h.expect(&c("bypass"), &f.ipv6(&Ipv6::tcp(v6("2001:db8:3::1"), 443)), XDP_PASS, "bypassed");
-        h.expect(&c("blocked country"), &f.ipv6(&Ipv6::tcp(v6("2001:db8:c000:1::1"), 443)), XDP_DROP, "country");
-        h.expect(&c("more specific country"), &f.ipv6(&Ipv6::tcp(v6("2001:db8:c000:aa01::1"), 443)), XDP_PASS, "passed");
-        h.expect(&c("blocked country, ssh"), &f.ipv6(&Ipv6::tcp(v6("2001:db8:c000:1::1"), 22)), XDP_PASS, "passed_unprotected");
-        h.expect(&c("ND from a denied source"), &f.ipv6(&Ipv6::icmp(v6("2001:db8::bad"), 135)), XDP_PASS, "neighbor_discovery");
-        h.expect(&c("RA from a denied source"), &f.ipv6(&Ipv6::icmp(v6("2001:db8::bad"), 134)), XDP_PASS, "neighbor_discovery");
-        h.expect(&c("echo from a denied source"), &f.ipv6(&Ipv6::icmp(v6("2001:db8::bad"), 128)), XDP_DROP, "denied");
+        h.expect(
+            &c("allowed"),
+            &f.ipv6(&Ipv6::tcp(v6("2001:db8::5"), 443)),
+            XDP_PASS,
+            "passed",
+        );
+        h.expect(
+            &c("exact deny"),
+            &f.ipv6(&Ipv6::tcp(v6("2001:db8::bad"), 443)),
+            XDP_DROP,
+            "denied",
+        );
+        h.expect(
+            &c("deny /48"),
+            &f.ipv6(&Ipv6::udp(v6("2001:db8:dead:1::9"), 53)),
+            XDP_DROP,
+            "denied",
+        );
+        h.expect(
+            &c("bypass"),
+            &f.ipv6(&Ipv6::tcp(v6("2001:db8:3::1"), 443)),
+            XDP_PASS,
+            "bypassed",
+        );
+        h.expect(
+            &c("blocked country"),
+            &f.ipv6(&Ipv6::tcp(v6("2001:db8:c000:1::1"), 443)),
+            XDP_DROP,
+            "country",
+        );
+        h.expect(
+            &c("more specific country"),
+            &f.ipv6(&Ipv6::tcp(v6("2001:db8:c000:aa01::1"), 443)),
+            XDP_PASS,
+            "passed",
+        );
+        h.expect(
+            &c("blocked country, ssh"),
+            &f.ipv6(&Ipv6::tcp(v6("2001:db8:c000:1::1"), 22)),
+            XDP_PASS,
+            "passed_unprotected",
+        );
+        h.expect(
+            &c("ND from a denied source"),
+            &f.ipv6(&Ipv6::icmp(v6("2001:db8::bad"), 135)),
+            XDP_PASS,
+            "neighbor_discovery",
+        );
+        h.expect(
+            &c("RA from a denied source"),
+            &f.ipv6(&Ipv6::icmp(v6("2001:db8::bad"), 134)),
+            XDP_PASS,
+            "neighbor_discovery",
+        );
+        h.expect(
+            &c("echo from a denied source"),
+            &f.ipv6(&Ipv6::icmp(v6("2001:db8::bad"), 128)),
+            XDP_DROP,
+            "denied",
+        );
     }
     let f = Frame::new();
     // Extension headers before TCP: the walk reaches the port.
     let mut p = Ipv6::tcp(v6("2001:db8:c000:1::1"), 443);
     p.ext = vec![ext_generic(0, 0), ext_generic(60, 1), ext_generic(43, 0)];
-    h.expect("3 ext headers, blocked, API", &f.ipv6(&p), XDP_DROP, "country");
+    h.expect(
+        "3 ext headers, blocked, API",
+        &f.ipv6(&p),
+        XDP_DROP,
+        "country",
+    );
     p.l4 = rampart_tests::packet::tcp(22);
-    h.expect("3 ext headers, blocked, ssh", &f.ipv6(&p), XDP_PASS, "passed_unprotected");
+    h.expect(
+        "3 ext headers, blocked, ssh",
+        &f.ipv6(&p),
+        XDP_PASS,
+        "passed_unprotected",
+    );
     // A chain longer than the walk: judged by source as protected traffic.
     p.ext = (0..8).map(|_| ext_generic(60, 0)).collect();
     h.expect("8 ext headers, blocked", &f.ipv6(&p), XDP_DROP, "country");
@@ -252,26 +425,51 @@ fn ipv6_rules_extension_headers_and_neighbour_discovery() {
     let mut frag = Ipv6::tcp(v6("2001:db8:c000:1::1"), 22);
     frag.ext = vec![ext_fragment(100, true)];
     frag.l4 = vec![0xab; 16];
-    h.expect("non-first fragment, blocked", &f.ipv6(&frag), XDP_DROP, "country");
+    h.expect(
+        "non-first fragment, blocked",
+        &f.ipv6(&frag),
+        XDP_DROP,
+        "country",
+    );
     frag.src = v6("2001:db8::5");
-    h.expect("non-first fragment, allowed", &f.ipv6(&frag), XDP_PASS, "passed");
+    h.expect(
+        "non-first fragment, allowed",
+        &f.ipv6(&frag),
+        XDP_PASS,
+        "passed",
+    );
     let mut first = Ipv6::tcp(v6("2001:db8:c000:1::1"), 22);
     first.ext = vec![ext_fragment(0, true)];
-    h.expect("first fragment to ssh", &f.ipv6(&first), XDP_PASS, "passed_unprotected");
+    h.expect(
+        "first fragment to ssh",
+        &f.ipv6(&first),
+        XDP_PASS,
+        "passed_unprotected",
+    );
 
     let good = f.ipv6(&Ipv6::tcp(v6("2001:db8::5"), 443));
     let mut bad = good.clone();
     bad[14] = 0x40;
     h.expect("wrong version", &bad, XDP_DROP, "malformed");
     for len in 14..good.len() {
-        h.expect(&format!("IPv6 truncated to {len}"), &good[..len], XDP_DROP, "malformed");
+        h.expect(
+            &format!("IPv6 truncated to {len}"),
+            &good[..len],
+            XDP_DROP,
+            "malformed",
+        );
     }
     h.expect("IPv6 whole", &good, XDP_PASS, "passed");
     let mut with_ext = Ipv6::tcp(v6("2001:db8::5"), 443);
     with_ext.ext = vec![ext_generic(0, 1)];
     let good = f.ipv6(&with_ext);
     for len in 54..good.len() {
-        h.expect(&format!("IPv6+ext truncated to {len}"), &good[..len], XDP_DROP, "malformed");
+        h.expect(
+            &format!("IPv6+ext truncated to {len}"),
+            &good[..len],
+            XDP_DROP,
+            "malformed",
+        );
     }
 }
 
@@ -282,16 +480,50 @@ fn allowlist_and_allow_only_countries() {
     }
     let h = Harness::new(
         Settings::default(),
-        lists(&[], &[], &["198.18.0.0/24", "198.19.200.0/24", "2001:db8:1::/48"]),
+        lists(
+            &[],
+            &[],
+            &["198.18.0.0/24", "198.19.200.0/24", "2001:db8:1::/48"],
+        ),
         CountryPolicy::Block(BTreeSet::from([cc("xx")])),
     );
     let f = Frame::new();
-    h.expect("allowlisted", &f.ipv4(&Ipv4::tcp(v4("198.18.0.5"), 443)), XDP_PASS, "passed");
-    h.expect("not allowlisted", &f.ipv4(&Ipv4::tcp(v4("198.18.9.9"), 443)), XDP_DROP, "not_allowlisted");
-    h.expect("not allowlisted, ssh", &f.ipv4(&Ipv4::tcp(v4("198.18.9.9"), 22)), XDP_PASS, "passed_unprotected");
-    h.expect("allowlist beats country", &f.ipv4(&Ipv4::tcp(v4("198.19.200.1"), 443)), XDP_PASS, "passed");
-    h.expect("v6 allowlisted", &f.ipv6(&Ipv6::tcp(v6("2001:db8:1::7"), 443)), XDP_PASS, "passed");
-    h.expect("v6 not allowlisted", &f.ipv6(&Ipv6::tcp(v6("2001:db8:2::7"), 443)), XDP_DROP, "not_allowlisted");
+    h.expect(
+        "allowlisted",
+        &f.ipv4(&Ipv4::tcp(v4("198.18.0.5"), 443)),
+        XDP_PASS,
+        "passed",
+    );
+    h.expect(
+        "not allowlisted",
+        &f.ipv4(&Ipv4::tcp(v4("198.18.9.9"), 443)),
+        XDP_DROP,
+        "not_allowlisted",
+    );
+    h.expect(
+        "not allowlisted, ssh",
+        &f.ipv4(&Ipv4::tcp(v4("198.18.9.9"), 22)),
+        XDP_PASS,
+        "passed_unprotected",
+    );
+    h.expect(
+        "allowlist beats country",
+        &f.ipv4(&Ipv4::tcp(v4("198.19.200.1"), 443)),
+        XDP_PASS,
+        "passed",
+    );
+    h.expect(
+        "v6 allowlisted",
+        &f.ipv6(&Ipv6::tcp(v6("2001:db8:1::7"), 443)),
+        XDP_PASS,
+        "passed",
+    );
+    h.expect(
+        "v6 not allowlisted",
+        &f.ipv6(&Ipv6::tcp(v6("2001:db8:2::7"), 443)),
+        XDP_DROP,
+        "not_allowlisted",
+    );
 
     let h = Harness::new(
         Settings::default(),
@@ -301,11 +533,36 @@ fn allowlist_and_allow_only_countries() {
             allow_unknown: false,
         },
     );
-    h.expect("allowed country", &f.ipv4(&Ipv4::tcp(v4("198.19.7.1"), 443)), XDP_PASS, "passed");
-    h.expect("other country", &f.ipv4(&Ipv4::tcp(v4("198.19.8.1"), 443)), XDP_DROP, "country");
-    h.expect("unknown country", &f.ipv4(&Ipv4::tcp(v4("198.18.0.5"), 443)), XDP_DROP, "country");
-    h.expect("v6 allowed country", &f.ipv6(&Ipv6::tcp(v6("2001:db8:c000:aa00::1"), 443)), XDP_PASS, "passed");
-    h.expect("v6 unknown country", &f.ipv6(&Ipv6::tcp(v6("2001:db8::5"), 443)), XDP_DROP, "country");
+    h.expect(
+        "allowed country",
+        &f.ipv4(&Ipv4::tcp(v4("198.19.7.1"), 443)),
+        XDP_PASS,
+        "passed",
+    );
+    h.expect(
+        "other country",
+        &f.ipv4(&Ipv4::tcp(v4("198.19.8.1"), 443)),
+        XDP_DROP,
+        "country",
+    );
+    h.expect(
+        "unknown country",
+        &f.ipv4(&Ipv4::tcp(v4("198.18.0.5"), 443)),
+        XDP_DROP,
+        "country",
+    );
+    h.expect(
+        "v6 allowed country",
+        &f.ipv6(&Ipv6::tcp(v6("2001:db8:c000:aa00::1"), 443)),
+        XDP_PASS,
+        "passed",
+    );
+    h.expect(
+        "v6 unknown country",
+        &f.ipv6(&Ipv6::tcp(v6("2001:db8::5"), 443)),
+        XDP_DROP,
+        "country",
+    );
 }
 
 #[test]
@@ -317,23 +574,51 @@ fn scope_all_monitor_and_malformed_pass() {
         protect: Protect::All,
         ..Settings::default()
     };
-    let h = Harness::new(settings, lists(&[], &[], &[]), CountryPolicy::Block(BTreeSet::from([cc("xx")])));
+    let h = Harness::new(
+        settings,
+        lists(&[], &[], &[]),
+        CountryPolicy::Block(BTreeSet::from([cc("xx")])),
+    );
     let f = Frame::new();
-    h.expect("scope all: ssh is protected", &f.ipv4(&Ipv4::tcp(v4("198.19.200.1"), 22)), XDP_DROP, "country");
+    h.expect(
+        "scope all: ssh is protected",
+        &f.ipv4(&Ipv4::tcp(v4("198.19.200.1"), 22)),
+        XDP_DROP,
+        "country",
+    );
     let mut icmp = Ipv4::tcp(v4("198.19.200.1"), 0);
     icmp.protocol = rampart_tests::packet::ICMP;
     icmp.l4 = vec![8, 0, 0, 0, 0, 0, 0, 0];
-    h.expect("scope all: ICMP is protected", &f.ipv4(&icmp), XDP_DROP, "country");
+    h.expect(
+        "scope all: ICMP is protected",
+        &f.ipv4(&icmp),
+        XDP_DROP,
+        "country",
+    );
 
     let settings = Settings {
         monitor: true,
         drop_malformed: false,
         ..Settings::default()
     };
-    let h = Harness::new(settings, lists(&[], &["198.18.1.1"], &[]), CountryPolicy::Off);
-    h.expect("monitor: counted, passed", &f.ipv4(&Ipv4::tcp(v4("198.18.1.1"), 443)), XDP_PASS, "denied");
+    let h = Harness::new(
+        settings,
+        lists(&[], &["198.18.1.1"], &[]),
+        CountryPolicy::Off,
+    );
+    h.expect(
+        "monitor: counted, passed",
+        &f.ipv4(&Ipv4::tcp(v4("198.18.1.1"), 443)),
+        XDP_PASS,
+        "denied",
+    );
     let good = f.ipv4(&Ipv4::tcp(v4("198.18.0.5"), 443));
-    h.expect("malformed passed when asked", &good[..30], XDP_PASS, "malformed");
+    h.expect(
+        "malformed passed when asked",
+        &good[..30],
+        XDP_PASS,
+        "malformed",
+    );
 }
 
 #[test]
@@ -361,7 +646,12 @@ fn flood_limit_per_source() {
     assert!((5..=6).contains(&passed), "{passed} passed");
     // Another source has its own bucket; unprotected traffic is not limited.
     h.expect("other source", &b, XDP_PASS, "passed");
-    h.expect("unprotected", &f.ipv4(&Ipv4::tcp(v4("198.18.0.5"), 22)), XDP_PASS, "passed_unprotected");
+    h.expect(
+        "unprotected",
+        &f.ipv4(&Ipv4::tcp(v4("198.18.0.5"), 22)),
+        XDP_PASS,
+        "passed_unprotected",
+    );
     std::thread::sleep(Duration::from_millis(250));
     h.expect("refilled", &a, XDP_PASS, "passed");
 }
@@ -371,13 +661,22 @@ fn temporary_entries_expire_in_the_kernel() {
     if !privileged() {
         return;
     }
-    let mut h = Harness::new(Settings::default(), lists(&[], &[], &[]), CountryPolicy::Off);
+    let mut h = Harness::new(
+        Settings::default(),
+        lists(&[], &[], &[]),
+        CountryPolicy::Off,
+    );
     let f = Frame::new();
     let exact = f.ipv4(&Ipv4::tcp(v4("198.18.5.5"), 443));
     let cidr = f.ipv6(&Ipv6::tcp(v6("2001:db8:5::5"), 443));
     let ttl = Some(Duration::from_millis(800));
     h.filter
-        .add(ListKind::Deny, &[net("198.18.5.5/32"), net("2001:db8:5::/48")], ttl, EntryOrigin::Operator)
+        .add(
+            ListKind::Deny,
+            &[net("198.18.5.5/32"), net("2001:db8:5::/48")],
+            ttl,
+            EntryOrigin::Operator,
+        )
         .unwrap();
     h.expect("banned", &exact, XDP_DROP, "denied");
     h.expect("banned prefix", &cidr, XDP_DROP, "denied");
@@ -386,7 +685,10 @@ fn temporary_entries_expire_in_the_kernel() {
     // No userspace action in between: the kernel honours the expiry.
     h.expect("ban over", &exact, XDP_PASS, "passed");
     h.expect("prefix ban over", &cidr, XDP_PASS, "passed");
-    assert!(h.filter.list(ListKind::Deny).is_empty(), "expired entries vanish from listings");
+    assert!(
+        h.filter.list(ListKind::Deny).is_empty(),
+        "expired entries vanish from listings"
+    );
     assert_eq!(h.filter.expire().unwrap(), 2);
 }
 
@@ -395,15 +697,38 @@ fn live_changes_and_rejected_changes() {
     if !privileged() {
         return;
     }
-    let mut h = Harness::new(Settings::default(), lists(&[], &[], &[]), CountryPolicy::Off);
+    let mut h = Harness::new(
+        Settings::default(),
+        lists(&[], &[], &[]),
+        CountryPolicy::Off,
+    );
     let f = Frame::new();
     let p = f.ipv4(&Ipv4::tcp(v4("198.18.7.7"), 443));
     h.expect("before", &p, XDP_PASS, "passed");
-    h.filter.add(ListKind::Deny, &[net("198.18.7.0/24")], None, EntryOrigin::Operator).unwrap();
+    h.filter
+        .add(
+            ListKind::Deny,
+            &[net("198.18.7.0/24")],
+            None,
+            EntryOrigin::Operator,
+        )
+        .unwrap();
     h.expect("after add", &p, XDP_DROP, "denied");
-    h.filter.add(ListKind::Bypass, &[net("198.18.7.7/32")], None, EntryOrigin::Operator).unwrap();
+    h.filter
+        .add(
+            ListKind::Bypass,
+            &[net("198.18.7.7/32")],
+            None,
+            EntryOrigin::Operator,
+        )
+        .unwrap();
     h.expect("bypass wins", &p, XDP_PASS, "bypassed");
-    assert_eq!(h.filter.remove(ListKind::Bypass, &[net("198.18.7.7/32")]).unwrap(), 1);
+    assert_eq!(
+        h.filter
+            .remove(ListKind::Bypass, &[net("198.18.7.7/32")])
+            .unwrap(),
+        1
+    );
     h.expect("bypass removed", &p, XDP_DROP, "denied");
 
     // A change the table cannot hold is refused whole; nothing changes.
@@ -424,9 +749,22 @@ fn live_changes_and_rejected_changes() {
         ),
         "{err:?}"
     );
-    assert!(h.filter.list(ListKind::Bypass).is_empty(), "nothing was added");
-    h.expect("not bypassed", &f.ipv4(&Ipv4::tcp(v4("10.0.0.1"), 443)), XDP_PASS, "passed");
-    h.expect("rules still apply after a refused change", &p, XDP_DROP, "denied");
+    assert!(
+        h.filter.list(ListKind::Bypass).is_empty(),
+        "nothing was added"
+    );
+    h.expect(
+        "not bypassed",
+        &f.ipv4(&Ipv4::tcp(v4("10.0.0.1"), 443)),
+        XDP_PASS,
+        "passed",
+    );
+    h.expect(
+        "rules still apply after a refused change",
+        &p,
+        XDP_DROP,
+        "denied",
+    );
     h.expect(
         "other sources unaffected",
         &f.ipv4(&Ipv4::tcp(v4("198.18.8.8"), 443)),
@@ -457,7 +795,10 @@ fn country_table_swap_is_atomic_under_traffic() {
     table_b.push((net("2001:db8:c080::/41"), cc("xx")));
     table_b.push((net("2001:db8:c000:aa00::/56"), cc("aa")));
     for i in 0..200u32 {
-        table_b.push((IpNet::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i << 12))), 20).unwrap(), cc("zz")));
+        table_b.push((
+            IpNet::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i << 12))), 20).unwrap(),
+            cc("zz"),
+        ));
     }
     let mut h = Harness::new(
         Settings::default(),
@@ -470,7 +811,10 @@ fn country_table_swap_is_atomic_under_traffic() {
         (f.ipv4(&Ipv4::tcp(v4("198.19.7.1"), 443)), XDP_PASS),
         (f.ipv4(&Ipv4::tcp(v4("198.19.1.1"), 443)), XDP_DROP),
         (f.ipv6(&Ipv6::tcp(v6("2001:db8:c000:1::1"), 443)), XDP_DROP),
-        (f.ipv6(&Ipv6::tcp(v6("2001:db8:c000:aa00::1"), 443)), XDP_PASS),
+        (
+            f.ipv6(&Ipv6::tcp(v6("2001:db8:c000:aa00::1"), 443)),
+            XDP_PASS,
+        ),
         (f.ipv4(&Ipv4::tcp(v4("198.18.0.1"), 443)), XDP_PASS),
     ];
     let pins = h.filter.kernel().pin_dir().to_path_buf();
@@ -496,7 +840,11 @@ fn country_table_swap_is_atomic_under_traffic() {
         std::thread::sleep(Duration::from_millis(10));
     }
     for i in 0..40 {
-        let t = if i % 2 == 0 { table_b.clone() } else { table_a.clone() };
+        let t = if i % 2 == 0 {
+            table_b.clone()
+        } else {
+            table_a.clone()
+        };
         h.filter.set_countries(t).unwrap();
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

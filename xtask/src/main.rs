@@ -15,6 +15,9 @@ use clap::{Parser, Subcommand};
 /// host builds leave it out; daemon/build.rs builds it with aya-build.
 const EBPF_PACKAGE: &str = "rampart-filter-ebpf";
 
+/// The target the eBPF crate is built for (little-endian hosts: x86_64, aarch64).
+const BPF_TARGET: &str = "bpfel-unknown-none";
+
 /// The crate holding the tests that need root (XDP, network namespaces).
 const PRIVILEGED_TESTS_PACKAGE: &str = "rampart-tests";
 

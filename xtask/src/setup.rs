@@ -141,11 +141,17 @@ struct Step {
     install: Option<fn(&Nightly) -> Result<()>>,
 }
 
-const TOOLCHAIN_STEPS: [Step; 2] = [
+const TOOLCHAIN_STEPS: [Step; 3] = [
     Step {
         name: "rust-src",
-        check: check_rust_src,
-        install: Some(install_rust_src),
+        check: |nightly| check_component(nightly, "rust-src"),
+        install: Some(|_| add_component("rust-src")),
+    },
+    // `cargo xtask test` lints the eBPF crate for its own target, with the nightly.
+    Step {
+        name: "clippy (nightly)",
+        check: |nightly| check_component(nightly, "clippy"),
+        install: Some(|_| add_component("clippy")),
     },
     Step {
         name: "bpf-linker",
@@ -174,7 +180,9 @@ const HOST_STEPS: [Step; 3] = [
 
 /// What the eBPF build needs to know about the nightly toolchain.
 struct Nightly {
+    /// The first line of `rustc -vV`.
     version: String,
+    host: String,
     llvm_version: String,
     sysroot: PathBuf,
 }
@@ -187,12 +195,29 @@ impl Nightly {
                      -Z build-std): install it with `rustup toolchain install {NIGHTLY}`"
             )
         })?;
-        let (version, llvm_version) = parse_verbose_version(&verbose_version)?;
         let sysroot = process::stdout(nightly_rustc().args(["--print", "sysroot"]))?;
+        Self::parse(&verbose_version, sysroot.trim())
+    }
+
+    /// Reads the output of `rustc -vV`.
+    fn parse(verbose_version: &str, sysroot: &str) -> Result<Self> {
+        let field = |name: &str| {
+            verbose_version
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .map(|value| value.trim().to_owned())
+                .with_context(|| format!("no `{name}` in `rustc -vV` output:\n{verbose_version}"))
+        };
         Ok(Self {
-            version,
-            llvm_version,
-            sysroot: PathBuf::from(sysroot.trim()),
+            version: verbose_version
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            host: field("host")?,
+            llvm_version: field("LLVM version")?,
+            sysroot: PathBuf::from(sysroot),
         })
     }
 
@@ -211,6 +236,14 @@ fn nightly_rustc() -> Command {
     cmd
 }
 
+/// `cargo +nightly`, run from the workspace root.
+pub(crate) fn nightly_cargo() -> Command {
+    let mut cmd = rustup_proxy("cargo");
+    cmd.arg(format!("+{NIGHTLY}"))
+        .current_dir(process::workspace_root());
+    cmd
+}
+
 /// A program that rustup provides (`rustup` itself or one of its proxies).
 fn rustup_proxy(program: &str) -> Command {
     let mut cmd = Command::new(program);
@@ -220,18 +253,7 @@ fn rustup_proxy(program: &str) -> Command {
     cmd
 }
 
-/// The first line of `rustc -vV` and its LLVM version.
-fn parse_verbose_version(text: &str) -> Result<(String, String)> {
-    let version = text.lines().next().unwrap_or_default().trim().to_owned();
-    let llvm_version = text
-        .lines()
-        .find_map(|line| line.strip_prefix("LLVM version:"))
-        .map(|v| v.trim().to_owned())
-        .with_context(|| format!("no LLVM version in `rustc -vV` output:\n{text}"))?;
-    Ok((version, llvm_version))
-}
-
-fn check_rust_src(_: &Nightly) -> Result<State> {
+fn check_component(nightly: &Nightly, component: &str) -> Result<State> {
     let installed = process::stdout(rustup_proxy("rustup").args([
         "component",
         "list",
@@ -239,18 +261,29 @@ fn check_rust_src(_: &Nightly) -> Result<State> {
         NIGHTLY,
         "--installed",
     ]))?;
-    // Components print as `rust-src` or `name-<host triple>`.
-    Ok(if installed.lines().any(|line| line.trim() == "rust-src") {
+    Ok(if has_component(&installed, component, &nightly.host) {
         State::Ready(format!("{NIGHTLY} component"))
     } else {
         State::Missing(format!("not a component of {NIGHTLY}"))
     })
 }
 
-fn install_rust_src(_: &Nightly) -> Result<()> {
+/// Whether `rustup component list --installed` lists `component`, which it
+/// prints bare (`rust-src`) or with the host triple (`clippy-x86_64-...`).
+fn has_component(installed: &str, component: &str, host: &str) -> bool {
+    installed.lines().map(str::trim).any(|line| {
+        line == component
+            || line
+                .strip_prefix(component)
+                .and_then(|rest| rest.strip_prefix('-'))
+                == Some(host)
+    })
+}
+
+fn add_component(component: &str) -> Result<()> {
     process::run(
         rustup_proxy("rustup")
-            .args(["component", "add", "rust-src", "--toolchain", NIGHTLY])
+            .args(["component", "add", component, "--toolchain", NIGHTLY])
             .stdin(Stdio::null()),
     )
 }
@@ -468,17 +501,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn verbose_version_gives_first_line_and_llvm() {
+    fn nightly_from_verbose_version() {
         let text = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\n\
-                    release: 1.97.0-nightly\nLLVM version: 22.1.4\n";
-        let (version, llvm) = parse_verbose_version(text).unwrap();
-        assert_eq!(version, "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)");
-        assert_eq!(llvm, "22.1.4");
+                    host: x86_64-unknown-linux-gnu\nrelease: 1.97.0-nightly\n\
+                    LLVM version: 22.1.4\n";
+        let nightly = Nightly::parse(text, "/sysroot").unwrap();
+        assert_eq!(
+            nightly.version,
+            "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)"
+        );
+        assert_eq!(nightly.host, "x86_64-unknown-linux-gnu");
+        assert_eq!(nightly.llvm_version, "22.1.4");
+        assert_eq!(nightly.llvm_major().unwrap(), 22);
     }
 
     #[test]
     fn verbose_version_without_llvm_is_an_error() {
-        assert!(parse_verbose_version("rustc 1.97.0\nrelease: 1.97.0\n").is_err());
+        let text = "rustc 1.97.0\nhost: x86_64-unknown-linux-gnu\nrelease: 1.97.0\n";
+        assert!(Nightly::parse(text, "/sysroot").is_err());
+    }
+
+    #[test]
+    fn components_match_bare_or_with_the_host() {
+        let host = "x86_64-unknown-linux-gnu";
+        let installed = "cargo-x86_64-unknown-linux-gnu\nclippy-x86_64-unknown-linux-gnu\n\
+                         rust-src\nrust-std-x86_64-unknown-linux-gnu\n";
+        assert!(has_component(installed, "rust-src", host));
+        assert!(has_component(installed, "clippy", host));
+        assert!(!has_component(installed, "rustfmt", host));
+        assert!(!has_component(
+            "rust-std-x86_64-unknown-linux-gnu\n",
+            "rust",
+            host
+        ));
     }
 
     #[test]

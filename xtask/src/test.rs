@@ -1,12 +1,13 @@
 //! `cargo xtask test`: the one test command of the README and CI. Runs the
 //! cheap checks first so that they fail fast: format, then setup (which the
-//! build needs), clippy, and the tests, whose output is passed through
-//! untouched (CI reads cargo's `test result:` lines).
+//! build needs), clippy on the host crates and on the eBPF crate for its own
+//! target, and the tests, whose output is passed through untouched (CI reads
+//! cargo's `test result:` lines).
 
 use anyhow::{Result, bail};
 
 use crate::{
-    EBPF_PACKAGE, PRIVILEGED_TESTS_PACKAGE, process,
+    BPF_TARGET, EBPF_PACKAGE, PRIVILEGED_TESTS_PACKAGE, process,
     setup::{self, Mode, Scope},
 };
 
@@ -49,7 +50,23 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     process::run(process::cargo().args([
         "clippy",
         "--workspace",
+        "--exclude",
+        EBPF_PACKAGE,
         "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The eBPF crate only compiles for the BPF target: lint it there, with the
+    // nightly that builds it (as aya's own CI does).
+    process::run(setup::nightly_cargo().args([
+        "clippy",
+        "--package",
+        EBPF_PACKAGE,
+        "--target",
+        BPF_TARGET,
+        "-Z",
+        "build-std=core",
         "--",
         "-D",
         "warnings",

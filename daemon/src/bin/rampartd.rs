@@ -47,7 +47,14 @@ fn main() -> ExitCode {
     if args.detach {
         return match service::detach(&args.config) {
             Ok(links) => {
-                println!("detached: {}", if links.is_empty() { "nothing was attached".to_string() } else { links.join(", ") });
+                println!(
+                    "detached: {}",
+                    if links.is_empty() {
+                        "nothing was attached".to_string()
+                    } else {
+                        links.join(", ")
+                    }
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {

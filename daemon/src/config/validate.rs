@@ -225,7 +225,9 @@ impl Checker<'_> {
                 "`filter.geo.allow_only` must list at least one country (remove it to allow every country)",
             );
         }
+        // `allow_unknown = false` is what every other policy does anyway.
         if let Some(flag) = &raw.allow_unknown
+            && *flag.get_ref()
             && allow_only.is_none()
         {
             self.error(

@@ -21,9 +21,9 @@ use aya::{
 };
 use rampart_common::{
     ALL_MAPS, ANY_PORT, COUNTRY_SLOTS, Class, Config as KernelConfig, DenyEntry, DropEvent,
-    MAP_CLASSES, MAP_CONFIG, MAP_COUNTERS, MAP_COUNTRY_DROPS, MAP_DENY_V4, MAP_DENY_V6,
-    MAP_EVENTS, MAP_NODES, MAP_PORTS, MAX_CLASSES, MAX_EXACT_DENY, NODES_PER_BUFFER, Node,
-    PORT_WORDS, PROGRAM_NAME, REASON_NAMES, port_slot,
+    MAP_CLASSES, MAP_CONFIG, MAP_COUNTERS, MAP_COUNTRY_DROPS, MAP_DENY_V4, MAP_DENY_V6, MAP_EVENTS,
+    MAP_NODES, MAP_PORTS, MAX_CLASSES, MAX_EXACT_DENY, NODES_PER_BUFFER, Node, PORT_WORDS,
+    PROGRAM_NAME, REASON_NAMES, port_slot,
 };
 
 use super::{Counters, FilterError, Protect, Settings};
@@ -237,7 +237,8 @@ impl Kernel {
     }
 
     fn link_pin(&self, interface: &str, mode: AttachMode) -> PathBuf {
-        self.pin_dir.join(format!("link_{interface}_{}", mode.name()))
+        self.pin_dir
+            .join(format!("link_{interface}_{}", mode.name()))
     }
 
     /// Attaches to `interface`. When a pinned link for it exists, the
@@ -323,9 +324,11 @@ impl Kernel {
             })?
             .try_into()
             .map_err(prog_err("find"))?;
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(packet);
-        opts.repeat = repeat;
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            repeat,
+            ..Default::default()
+        };
         let r = prog.test_run(opts).map_err(prog_err("test run"))?;
         Ok((r.return_value, r.duration))
     }

@@ -89,7 +89,11 @@ impl Lists {
     }
 
     pub fn live(&self, kind: ListKind, now: u64) -> Vec<ListEntry> {
-        self.map(kind).values().filter(|e| e.live(now)).copied().collect()
+        self.map(kind)
+            .values()
+            .filter(|e| e.live(now))
+            .copied()
+            .collect()
     }
 
     /// Removes expired entries; returns how many.
@@ -116,7 +120,11 @@ impl Lists {
     /// Whether the prefix-table part of the lists differs.
     pub fn prefix_differs(&self, other: &Lists) -> bool {
         let denies = |l: &Lists| -> Vec<ListEntry> {
-            l.deny.values().filter(|e| !is_host(&e.net)).copied().collect()
+            l.deny
+                .values()
+                .filter(|e| !is_host(&e.net))
+                .copied()
+                .collect()
         };
         self.bypass != other.bypass || self.allow != other.allow || denies(self) != denies(other)
     }
@@ -129,9 +137,17 @@ impl Lists {
         country_policy: CountryPolicy,
         now: u64,
     ) -> PrefixRules {
-        let allow: Vec<IpNet> = self.live(ListKind::Allow, now).iter().map(|e| e.net).collect();
+        let allow: Vec<IpNet> = self
+            .live(ListKind::Allow, now)
+            .iter()
+            .map(|e| e.net)
+            .collect();
         PrefixRules {
-            bypass: self.live(ListKind::Bypass, now).iter().map(|e| e.net).collect(),
+            bypass: self
+                .live(ListKind::Bypass, now)
+                .iter()
+                .map(|e| e.net)
+                .collect(),
             deny: self
                 .deny
                 .values()
@@ -177,8 +193,14 @@ mod tests {
     fn allowlist_is_active_while_it_has_live_entries() {
         let mut l = Lists::default();
         l.insert(ListKind::Allow, entry("198.18.0.0/24", 100));
-        assert!(l.prefix_rules(vec![], CountryPolicy::Off, 99).allowlist_active);
-        assert!(!l.prefix_rules(vec![], CountryPolicy::Off, 100).allowlist_active);
+        assert!(
+            l.prefix_rules(vec![], CountryPolicy::Off, 99)
+                .allowlist_active
+        );
+        assert!(
+            !l.prefix_rules(vec![], CountryPolicy::Off, 100)
+                .allowlist_active
+        );
         assert_eq!(l.expire(100), 1);
         assert!(l.live(ListKind::Allow, 0).is_empty());
     }

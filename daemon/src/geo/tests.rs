@@ -225,10 +225,7 @@ fn one_file_giving_a_prefix_two_countries_is_an_error() {
         } => {
             assert_eq!(*prefix, net("5.1.0.0/16"));
             assert_eq!((*first, first_path, *first_line), (cc("de"), &path, 1));
-            assert_eq!(
-                (second.as_str(), second_path, *second_line),
-                ("at", &path, 4)
-            );
+            assert_eq!((*second, second_path, *second_line), (cc("at"), &path, 4));
         }
         other => panic!("{other:?}"),
     }

@@ -156,6 +156,14 @@ fn geo_variants() {
     // A database without a policy only labels.
     let config = parse_ok(&with_filter("[filter.geo]\npath = \"/g\"\n"));
     assert_eq!(config.filter.geo.unwrap().policy, CountryPolicy::LabelOnly);
+    // allow_unknown = false is harmless without allow_only.
+    let config = parse_ok(&with_filter(
+        "[filter.geo]\npath = \"/g\"\nblock = [\"xx\"]\nallow_unknown = false\n",
+    ));
+    assert!(matches!(
+        config.filter.geo.unwrap().policy,
+        CountryPolicy::Block(_)
+    ));
     // An empty section changes nothing.
     let config = parse_ok(&with_filter("[filter.geo]\n"));
     assert_eq!(config.filter.geo, None);
@@ -201,7 +209,7 @@ fn rendered_default_is_the_default_configuration() {
         .lines()
         .filter_map(|line| line.strip_prefix("# "))
         .filter(|line| line.starts_with('[') || line.contains(" = "))
-        .filter(|line| !line.starts_with("allow_"))
+        .filter(|line| !line.starts_with("allow_only"))
         .map(|line| format!("{line}\n"))
         .collect();
     let config = parse_ok(&format!("{}{uncommented}", &text[..start]));

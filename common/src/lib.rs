@@ -128,8 +128,9 @@ pub struct DenyEntry {
 }
 const _: () = assert!(core::mem::size_of::<DenyEntry>() == 8);
 
-/// Capacity of each exact deny map (IPv4 and IPv6).
-pub const MAX_EXACT_DENY: u32 = 2 * 1024 * 1024;
+/// Capacity of each exact deny map (IPv4 and IPv6) in the object file; the
+/// daemon sets the real size at load time (`filter.max_deny_entries`).
+pub const MAX_EXACT_DENY: u32 = 131_072;
 
 // ---------------------------------------------------------------------------
 // Configuration (single-element array).

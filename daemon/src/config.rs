@@ -34,6 +34,12 @@ pub const MAX_EVENTS_PER_SECOND: u32 = 100_000;
 pub const DEFAULT_EVENTS_BURST: u32 = 50;
 /// Highest configurable drop event burst.
 pub const MAX_EVENTS_BURST: u32 = 100_000;
+/// Exact deny entries per address family unless configured.
+pub const DEFAULT_MAX_DENY_ENTRIES: u32 = 131_072;
+/// Smallest configurable exact deny map.
+pub const MIN_DENY_ENTRIES: u32 = 1024;
+/// Largest configurable exact deny map.
+pub const MAX_DENY_ENTRIES: u32 = 16_777_216;
 /// Highest configurable per-source flood limit.
 pub const MAX_FLOOD_PACKETS_PER_SECOND: u32 = 10_000_000;
 /// Highest configurable flood burst.
@@ -140,6 +146,8 @@ pub struct FilterConfig {
     /// Drop events per second per CPU; 0 = no drop events.
     pub events_per_second: u32,
     pub events_burst: u32,
+    /// Capacity of each exact deny map (IPv4 and IPv6).
+    pub max_deny_entries: u32,
     pub geo: Option<GeoConfig>,
     /// `Some` when `[filter.flood]` is present.
     pub flood: Option<FloodConfig>,

@@ -73,8 +73,19 @@ pub enum FilterError {
         #[source]
         source: RuleError,
     },
-    #[error("the exact deny map for IPv{family} is full ({capacity} entries)")]
+    #[error(
+        "the exact deny map for IPv{family} is full ({capacity} entries; see filter.max_deny_entries)"
+    )]
     DenyMapFull { family: u8, capacity: u32 },
+    #[error(
+        "pinned map {map} holds {pinned} entries but the configuration asks for {wanted}; \
+         run `rampartd --detach` to rebuild the maps with the new size"
+    )]
+    PinnedCapacity {
+        map: &'static str,
+        pinned: u32,
+        wanted: u32,
+    },
 }
 
 /// Nanoseconds of CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
@@ -197,7 +208,15 @@ impl Filter {
     /// attached yet and the kernel keeps its current rules until the first
     /// change.
     pub fn open(pin_dir: &std::path::Path) -> Result<Self, FilterError> {
-        let kernel = Kernel::open(pin_dir)?;
+        Self::open_sized(pin_dir, crate::config::DEFAULT_MAX_DENY_ENTRIES)
+    }
+
+    /// [`Filter::open`] with exact deny maps of `max_deny_entries` per family.
+    pub fn open_sized(
+        pin_dir: &std::path::Path,
+        max_deny_entries: u32,
+    ) -> Result<Self, FilterError> {
+        let kernel = Kernel::open(pin_dir, max_deny_entries)?;
         let lists = Lists::default();
         let table = rules::compile(&lists.prefix_rules(Vec::new(), CountryPolicy::Off, 0))
             .map_err(|source| FilterError::Table { source })?;

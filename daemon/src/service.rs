@@ -53,6 +53,7 @@ impl ServiceError {
             ServiceError::Geo(GeoError::Io { .. }) => 66,
             ServiceError::Geo(_) => 65,
             ServiceError::Filter(FilterError::UnknownInterface { .. }) => 64,
+            ServiceError::Filter(FilterError::PinnedCapacity { .. }) => 64,
             ServiceError::Filter(FilterError::Table { .. }) => 65,
             ServiceError::Filter(_) => 69,
             ServiceError::Runtime(_) | ServiceError::Signals(_) => 71,
@@ -172,7 +173,7 @@ pub fn start(config_path: &Path) -> Result<(Filter, Desired), ServiceError> {
         return Err(FilterError::UnknownInterface { name: name.clone() }.into());
     }
     let pin_dir = desired.config.daemon.paths().pin_dir();
-    let mut filter = Filter::open(&pin_dir)?;
+    let mut filter = Filter::open_sized(&pin_dir, desired.config.filter.max_deny_entries)?;
     filter.replace_all(
         desired.settings.clone(),
         desired.lists.clone(),

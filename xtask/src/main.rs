@@ -2,7 +2,9 @@
 //! `.cargo/config.toml`). Each command is a module with its `Options` and a
 //! `run`; `process` runs the tools they drive.
 
+mod bench;
 mod build;
+mod demo;
 mod process;
 mod setup;
 mod test;
@@ -36,6 +38,10 @@ enum Command {
     Build(build::Options),
     /// Format check, setup, clippy, then every test (the command CI runs).
     Test(test::Options),
+    /// Benchmarks, side by side with their anchors; figures go to docs/benchmarks.md.
+    Bench(bench::Options),
+    /// rampartd on a demo pair of network namespaces, with things to try.
+    Demo(demo::Options),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +49,8 @@ fn main() -> ExitCode {
         Command::Setup(options) => setup::run(&options),
         Command::Build(options) => build::run(&options),
         Command::Test(options) => test::run(&options),
+        Command::Bench(options) => bench::run(&options),
+        Command::Demo(options) => demo::run(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -40,6 +40,7 @@ pub(super) struct RawFilter {
     pub allow: Option<TextList>,
     pub events_per_second: Option<Spanned<i64>>,
     pub events_burst: Option<Spanned<i64>>,
+    pub max_deny_entries: Option<Spanned<i64>>,
     pub geo: Option<Spanned<RawGeo>>,
     pub flood: Option<Spanned<RawFlood>>,
 }

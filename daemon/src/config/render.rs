@@ -1,8 +1,9 @@
 //! The commented default configuration an installer writes.
 
 use super::{
-    AttachMode, DEFAULT_EVENTS_BURST, DEFAULT_EVENTS_PER_SECOND, DEFAULT_PROTECT, LogLevel,
-    MAX_EVENTS_PER_SECOND, MAX_FLOOD_PACKETS_PER_SECOND,
+    AttachMode, DEFAULT_EVENTS_BURST, DEFAULT_EVENTS_PER_SECOND, DEFAULT_MAX_DENY_ENTRIES,
+    DEFAULT_PROTECT, LogLevel, MAX_DENY_ENTRIES, MAX_EVENTS_PER_SECOND,
+    MAX_FLOOD_PACKETS_PER_SECOND, MIN_DENY_ENTRIES,
 };
 use crate::paths::{DEFAULT_CONFIG_FILE, DEFAULT_PIN_ROOT, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
 
@@ -67,6 +68,10 @@ allow = []
 # and how many may come at once.
 events_per_second = {DEFAULT_EVENTS_PER_SECOND}
 events_burst = {DEFAULT_EVENTS_BURST}
+# Capacity of the kernel's exact-address deny maps, per address family
+# ({MIN_DENY_ENTRIES}..={MAX_DENY_ENTRIES}). Larger maps cost cache misses on every packet;
+# changing it needs `rampartd --detach` first (the pinned maps keep their size).
+max_deny_entries = {DEFAULT_MAX_DENY_ENTRIES}
 
 # Country rules: remove the leading "# " to enable.
 # [filter.geo]

@@ -11,9 +11,9 @@ use super::raw::{RawConfig, RawDaemon, RawFilter, RawFlood, RawGeo, Text, TextLi
 use super::source::Source;
 use super::{
     AttachMode, Config, CountryCode, CountryPolicy, DEFAULT_EVENTS_BURST,
-    DEFAULT_EVENTS_PER_SECOND, DaemonConfig, Diagnostic, FilterConfig, FloodConfig, GeoConfig,
-    LogLevel, MAX_EVENTS_BURST, MAX_EVENTS_PER_SECOND, MAX_FLOOD_BURST,
-    MAX_FLOOD_PACKETS_PER_SECOND, ProtectScope,
+    DEFAULT_EVENTS_PER_SECOND, DEFAULT_MAX_DENY_ENTRIES, DaemonConfig, Diagnostic, FilterConfig,
+    FloodConfig, GeoConfig, LogLevel, MAX_DENY_ENTRIES, MAX_EVENTS_BURST, MAX_EVENTS_PER_SECOND,
+    MAX_FLOOD_BURST, MAX_FLOOD_PACKETS_PER_SECOND, MIN_DENY_ENTRIES, ProtectScope,
 };
 use crate::paths::{DEFAULT_PIN_ROOT, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
 
@@ -114,6 +114,12 @@ impl Checker<'_> {
                 raw.events_burst,
                 1..=MAX_EVENTS_BURST,
                 DEFAULT_EVENTS_BURST,
+            ),
+            max_deny_entries: self.integer(
+                "filter.max_deny_entries",
+                raw.max_deny_entries,
+                MIN_DENY_ENTRIES..=MAX_DENY_ENTRIES,
+                DEFAULT_MAX_DENY_ENTRIES,
             ),
             geo: raw.geo.and_then(|geo| self.geo(geo)),
             flood: raw.flood.and_then(|flood| self.flood(flood)),

@@ -12,7 +12,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, MapInfo, PerCpuArray, RingBuf},
     programs::{
         ProgramError, TestRun, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -22,8 +22,8 @@ use aya::{
 use rampart_common::{
     ALL_MAPS, ANY_PORT, COUNTRY_SLOTS, Class, Config as KernelConfig, DenyEntry, DropEvent,
     MAP_CLASSES, MAP_CONFIG, MAP_COUNTERS, MAP_COUNTRY_DROPS, MAP_DENY_V4, MAP_DENY_V6, MAP_EVENTS,
-    MAP_NODES, MAP_PORTS, MAX_CLASSES, MAX_EXACT_DENY, NODES_PER_BUFFER, Node, PORT_WORDS,
-    PROGRAM_NAME, REASON_NAMES, port_slot,
+    MAP_NODES, MAP_PORTS, MAX_CLASSES, NODES_PER_BUFFER, Node, PORT_WORDS, PROGRAM_NAME,
+    REASON_NAMES, port_slot,
 };
 
 use super::{Counters, FilterError, Protect, Settings};
@@ -179,17 +179,36 @@ pub struct Kernel {
     shadow_ports: Option<Vec<u64>>,
     /// The exact deny entries in the kernel maps.
     exact: StdHashMap<IpAddr, u64>,
+    max_deny_entries: u32,
 }
 
 impl Kernel {
     /// Loads the program, reusing maps pinned in `pin_dir` (created and
-    /// pinned there when absent).
-    pub fn open(pin_dir: &Path) -> Result<Self, FilterError> {
+    /// pinned there when absent). The exact deny maps hold
+    /// `max_deny_entries` addresses per family; pinned maps of another size
+    /// are refused (aya would reuse them silently).
+    pub fn open(pin_dir: &Path, max_deny_entries: u32) -> Result<Self, FilterError> {
         ensure_bpffs(pin_dir)?;
         std::fs::create_dir_all(pin_dir).map_err(io_err(pin_dir))?;
+        for name in [MAP_DENY_V4, MAP_DENY_V6] {
+            let pin = pin_dir.join(name);
+            if pin.exists() {
+                let info = MapInfo::from_pin(&pin).map_err(map_err(name, "inspect pin"))?;
+                if info.max_entries() != max_deny_entries {
+                    return Err(FilterError::PinnedCapacity {
+                        map: name,
+                        pinned: info.max_entries(),
+                        wanted: max_deny_entries,
+                    });
+                }
+            }
+        }
         let pins: Vec<(&'static str, PathBuf)> =
             ALL_MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
         let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(MAP_DENY_V4, max_deny_entries)
+            .map_max_entries(MAP_DENY_V6, max_deny_entries);
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
@@ -225,6 +244,7 @@ impl Kernel {
             shadow_classes: [None, None],
             shadow_ports: None,
             exact,
+            max_deny_entries,
         })
     }
 
@@ -445,7 +465,7 @@ impl Kernel {
             {
                 Err(FilterError::DenyMapFull {
                     family,
-                    capacity: MAX_EXACT_DENY,
+                    capacity: self.max_deny_entries,
                 })
             }
             Err(e) => Err(map_err(name, "write")(e)),
@@ -464,6 +484,11 @@ impl Kernel {
             }
             Err(e) => Err(map_err(name, "delete")(e)),
         }
+    }
+
+    /// Capacity of each exact deny map.
+    pub fn max_deny_entries(&self) -> u32 {
+        self.max_deny_entries
     }
 
     /// Number of exact deny entries in the kernel.

@@ -413,9 +413,17 @@ fn main() -> anyhow::Result<()> {
         blocked.len()
     )?;
     writeln!(report, "| rule set | packet | ns/packet |\n|---|---|---:|")?;
-    let pins = PinDir::new();
-    let mut filter = Filter::open(pins.path())?;
+    // Rule sets up to 10k exact entries run with the default exact-map size
+    // (filter.max_deny_entries); the 1M sets need maps sized for them.
+    let (pins_small, pins_big) = (PinDir::new(), PinDir::new());
+    let mut small = Filter::open(pins_small.path())?;
+    let mut big = Filter::open_sized(pins_big.path(), 2 * 1024 * 1024)?;
     for case in &cases {
+        let filter = if case.name.starts_with("1M") || case.name == "everything" {
+            &mut big
+        } else {
+            &mut small
+        };
         let t = Instant::now();
         filter.replace_all(
             Settings::default(),
@@ -437,11 +445,13 @@ fn main() -> anyhow::Result<()> {
     }
 
     // Under traffic: the same rules as xdp-filter, then everything.
-    let same = &cases[1];
-    let full = &cases[5];
-    let traffic = under_traffic(&mut filter, args.traffic_secs, &[same, full]);
-    drop(filter);
-    drop(pins);
+    let traffic = under_traffic(&mut small, args.traffic_secs, &cases[1]).and_then(|same| {
+        Ok(vec![
+            same,
+            under_traffic(&mut big, args.traffic_secs, &cases[5])?,
+        ])
+    });
+    drop((small, big, pins_small, pins_big));
 
     let xf = xdp_filter(
         &exact4[..10_000],
@@ -624,33 +634,30 @@ impl Drop for BpfStats {
     }
 }
 
-fn under_traffic(filter: &mut Filter, secs: u64, cases: &[&Case]) -> anyhow::Result<Vec<Traffic>> {
+fn under_traffic(filter: &mut Filter, secs: u64, case: &Case) -> anyhow::Result<Traffic> {
+    filter.replace_all(
+        Settings::default(),
+        case.lists.clone(),
+        case.countries.clone(),
+        case.policy.clone(),
+    )?;
     let pair = Pair::new(&[])?;
     let iface = pair.srv_if.clone();
     let pins = filter.kernel().pin_dir().to_path_buf();
+    let capacity = filter.kernel().max_deny_entries();
     // Attach a second handle on the same maps from inside the namespace.
     let attached = Pair::in_ns(&pair.srv, move || -> anyhow::Result<Filter> {
-        let mut f = Filter::open(&pins)?;
+        let mut f = Filter::open_sized(&pins, capacity)?;
         f.attach(&iface, AttachMode::Native)?;
         Ok(f)
     })??;
     let _stats = BpfStats::on()?;
     let prog = attached_prog(&pair.srv, &pair.srv_if)?;
-    let mut out = Vec::new();
-    for case in cases {
-        filter.replace_all(
-            Settings::default(),
-            case.lists.clone(),
-            case.countries.clone(),
-            case.policy.clone(),
-        )?;
-        eprintln!("under traffic, rampart, {}:", case.name);
-        let v4 = measure_stream(&pair, prog, false, secs)?;
-        let v6 = measure_stream(&pair, prog, true, secs)?;
-        out.push(Traffic { v4, v6 });
-    }
+    eprintln!("under traffic, rampart, {}:", case.name);
+    let v4 = measure_stream(&pair, prog, false, secs)?;
+    let v6 = measure_stream(&pair, prog, true, secs)?;
     drop(attached);
-    Ok(out)
+    Ok(Traffic { v4, v6 })
 }
 
 struct XdpFilterResult {
@@ -684,12 +691,12 @@ fn xdp_filter(
     repeat: u32,
     secs: u64,
 ) -> anyhow::Result<XdpFilterResult> {
-    let version = Command::new("xdp-filter").arg("--version").output()?;
-    let version = String::from_utf8_lossy(&version.stdout)
-        .split_whitespace()
-        .find(|w| w.starts_with('v') || w.chars().next().is_some_and(|c| c.is_ascii_digit()))
-        .unwrap_or("?")
-        .to_string();
+    // xdp-filter has no --version; Debian's package says which build it is.
+    let version = Command::new("dpkg-query")
+        .args(["-W", "-f", "xdp-tools ${Version}", "xdp-tools"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "xdp-tools".to_string());
     let pair = Pair::new(&[])?;
     // nsenter keeps this mount namespace, so xdp-filter pins its maps in the
     // host's /sys/fs/bpf/xdp-filter where this process can open them.

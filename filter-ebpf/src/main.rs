@@ -294,9 +294,9 @@ fn judge(cfg: &Config, pkt: &Packet, class: &Class) -> u32 {
 #[inline(always)]
 fn exact_denied(pkt: &Packet) -> bool {
     let entry = if pkt.v6 {
-        RAMPART_DENY_V6.get_ptr(&pkt.src)
+        RAMPART_DENY_V6.get_ptr(pkt.src)
     } else {
-        RAMPART_DENY_V4.get_ptr(&pkt.src[0])
+        RAMPART_DENY_V4.get_ptr(pkt.src[0])
     };
     match entry {
         None => false,
@@ -345,7 +345,7 @@ fn any_port(udp: bool) -> bool {
 fn flooding(cfg: &Config, pkt: &Packet) -> bool {
     let key = source_key(pkt);
     let now = now();
-    match RAMPART_FLOOD.get_ptr_mut(&key) {
+    match RAMPART_FLOOD.get_ptr_mut(key) {
         Some(p) => {
             // GCRA: racy across CPUs by design (a lost update lets one more
             // packet through, never drops a legitimate one).
@@ -363,7 +363,7 @@ fn flooding(cfg: &Config, pkt: &Packet) -> bool {
             let state = FloodState {
                 tat_ns: now + cfg.flood_interval_ns,
             };
-            let _ = RAMPART_FLOOD.insert(&key, &state, 0);
+            let _ = RAMPART_FLOOD.insert(key, state, 0);
             false
         }
     }

@@ -851,3 +851,18 @@ fn country_table_swap_is_atomic_under_traffic() {
     let runs = prober.join().expect("no verdict changed");
     assert!(runs > 100, "the prober ran ({runs} packets)");
 }
+
+#[test]
+fn pinned_maps_of_another_size_are_refused() {
+    if !privileged() {
+        return;
+    }
+    let pins = PinDir::new();
+    let first = Filter::open_sized(pins.path(), 4096).unwrap();
+    drop(first);
+    // The same size reuses the pins; another size is refused with the fix.
+    assert!(Filter::open_sized(pins.path(), 4096).is_ok());
+    let err = Filter::open_sized(pins.path(), 8192).err().expect("refused");
+    let text = err.to_string();
+    assert!(text.contains("4096") && text.contains("8192") && text.contains("--detach"), "{text}");
+}

@@ -26,6 +26,7 @@ fn minimal_file_gets_every_default() {
             allow: vec![],
             events_per_second: 100,
             events_burst: 50,
+            max_deny_entries: 131_072,
             geo: None,
             flood: None,
         },

@@ -147,6 +147,10 @@ pub mod config_flags {
     pub const EVENTS: u32 = 1 << 3;
     /// Dry run: count and report drops under their reason, but pass.
     pub const MONITOR: u32 = 1 << 4;
+    /// The IPv4 exact deny map has entries (otherwise its lookup is skipped).
+    pub const EXACT_V4: u32 = 1 << 5;
+    /// The IPv6 exact deny map has entries.
+    pub const EXACT_V6: u32 = 1 << 6;
 }
 
 #[repr(C)]

@@ -267,7 +267,7 @@ fn judge(cfg: &Config, pkt: &Packet, class: &Class) -> u32 {
     if flags & class_flags::BYPASS != 0 {
         return reason::BYPASS;
     }
-    if exact_denied(pkt) {
+    if exact_denied(cfg, pkt) {
         return reason::DENY;
     }
     if flags & class_flags::DENY != 0 {
@@ -292,7 +292,15 @@ fn judge(cfg: &Config, pkt: &Packet, class: &Class) -> u32 {
 }
 
 #[inline(always)]
-fn exact_denied(pkt: &Packet) -> bool {
+fn exact_denied(cfg: &Config, pkt: &Packet) -> bool {
+    let family = if pkt.v6 {
+        config_flags::EXACT_V6
+    } else {
+        config_flags::EXACT_V4
+    };
+    if cfg.flags & family == 0 {
+        return false;
+    }
     let entry = if pkt.v6 {
         RAMPART_DENY_V6.get_ptr(pkt.src)
     } else {

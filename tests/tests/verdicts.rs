@@ -862,7 +862,12 @@ fn pinned_maps_of_another_size_are_refused() {
     drop(first);
     // The same size reuses the pins; another size is refused with the fix.
     assert!(Filter::open_sized(pins.path(), 4096).is_ok());
-    let err = Filter::open_sized(pins.path(), 8192).err().expect("refused");
+    let err = Filter::open_sized(pins.path(), 8192)
+        .err()
+        .expect("refused");
     let text = err.to_string();
-    assert!(text.contains("4096") && text.contains("8192") && text.contains("--detach"), "{text}");
+    assert!(
+        text.contains("4096") && text.contains("8192") && text.contains("--detach"),
+        "{text}"
+    );
 }

@@ -26,6 +26,8 @@ use rampart_common::{
     REASON_NAMES, port_slot,
 };
 
+use rampart_common::config_flags;
+
 use super::{Counters, FilterError, Protect, Settings};
 use crate::rules::CompiledTable;
 
@@ -406,17 +408,54 @@ impl Kernel {
                     .map_err(map_err(MAP_NODES, "write"))?;
             }
         }
+        let mut cfg = settings.kernel_config(target);
+        cfg.flags |= self.exact_presence();
         self.config
-            .set(0, settings.kernel_config(target), 0)
+            .set(0, cfg, 0)
             .map_err(map_err(MAP_CONFIG, "write"))?;
         self.shadow_classes[t] = Some(table.classes.clone());
         self.shadow_nodes[t] = Some(table.nodes.clone());
         Ok(())
     }
 
+    /// `config_flags::EXACT_V4 | EXACT_V6` for the families with entries.
+    fn exact_presence(&self) -> u32 {
+        let mut flags = 0;
+        for a in self.exact.keys() {
+            flags |= match a {
+                IpAddr::V4(_) => config_flags::EXACT_V4,
+                IpAddr::V6(_) => config_flags::EXACT_V6,
+            };
+            if flags == config_flags::EXACT_V4 | config_flags::EXACT_V6 {
+                break;
+            }
+        }
+        flags
+    }
+
+    /// Tells the program which exact maps have entries (it skips the lookup
+    /// in an empty one).
+    fn publish_presence(&mut self) -> Result<(), FilterError> {
+        let mut cfg = self.current_config()?;
+        let both = config_flags::EXACT_V4 | config_flags::EXACT_V6;
+        let flags = (cfg.flags & !both) | self.exact_presence();
+        if flags != cfg.flags {
+            cfg.flags = flags;
+            self.config
+                .set(0, cfg, 0)
+                .map_err(map_err(MAP_CONFIG, "write"))?;
+        }
+        Ok(())
+    }
+
     /// Makes the exact deny maps hold exactly `want`: inserts first, then
     /// deletes. If an insert fails, the inserts made so far are undone.
     pub fn sync_exact(&mut self, want: &[(IpAddr, u64)]) -> Result<(), FilterError> {
+        self.sync_exact_entries(want)?;
+        self.publish_presence()
+    }
+
+    fn sync_exact_entries(&mut self, want: &[(IpAddr, u64)]) -> Result<(), FilterError> {
         let mut inserted: Vec<IpAddr> = Vec::new();
         for (addr, expires) in want {
             if self.exact.get(addr) == Some(expires) {
@@ -433,6 +472,8 @@ impl Kernel {
                 inserted.push(*addr);
             }
         }
+        // New entries are visible to the program before stale ones go.
+        self.publish_presence()?;
         let want: HashSet<IpAddr> = want.iter().map(|(a, _)| *a).collect();
         let stale: Vec<IpAddr> = self
             .exact

@@ -151,6 +151,21 @@ pub fn detach(config_path: &Path) -> Result<Vec<String>, ServiceError> {
     Ok(crate::filter::detach(&config.daemon.paths().pin_dir())?)
 }
 
+/// Checked before anything reaches the kernel: a missing interface changes
+/// nothing.
+fn interfaces_exist(d: &Desired) -> Result<(), ServiceError> {
+    match d
+        .config
+        .filter
+        .interfaces
+        .iter()
+        .find(|i| interface_missing(i))
+    {
+        Some(name) => Err(FilterError::UnknownInterface { name: name.clone() }.into()),
+        None => Ok(()),
+    }
+}
+
 fn interface_missing(name: &str) -> bool {
     let Ok(c) = std::ffi::CString::new(name) else {
         return true;
@@ -163,15 +178,7 @@ fn interface_missing(name: &str) -> bool {
 /// bad file, database or interface changes nothing in the kernel.
 pub fn start(config_path: &Path) -> Result<(Filter, Desired), ServiceError> {
     let desired = prepare(config_path)?;
-    if let Some(name) = desired
-        .config
-        .filter
-        .interfaces
-        .iter()
-        .find(|i| interface_missing(i))
-    {
-        return Err(FilterError::UnknownInterface { name: name.clone() }.into());
-    }
+    interfaces_exist(&desired)?;
     let pin_dir = desired.config.daemon.paths().pin_dir();
     let mut filter = Filter::open_sized(&pin_dir, desired.config.filter.max_deny_entries)?;
     filter.replace_all(
@@ -260,15 +267,7 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
 
 fn reload(config_path: &Path, filter: &mut Filter, interfaces: &mut Vec<String>) {
     let result = prepare(config_path).and_then(|d| {
-        if let Some(name) = d
-            .config
-            .filter
-            .interfaces
-            .iter()
-            .find(|i| interface_missing(i))
-        {
-            return Err(FilterError::UnknownInterface { name: name.clone() }.into());
-        }
+        interfaces_exist(&d)?;
         filter.replace_all(d.settings, d.lists, d.countries, d.policy)?;
         let mode = attach_mode(d.config.filter.attach_mode);
         for iface in &d.config.filter.interfaces {

@@ -308,9 +308,13 @@ const _: () = assert!(core::mem::size_of::<DropEvent>() == 40);
 #[repr(C)]
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub struct EventBudget {
+    /// GCRA theoretical arrival time of the next event.
     pub tat_ns: u64,
+    /// Drops still to pass without looking at the clock: set when the budget
+    /// is spent, so that a flood of drops pays for the clock once in 64.
+    pub skip: u64,
 }
-const _: () = assert!(core::mem::size_of::<EventBudget>() == 8);
+const _: () = assert!(core::mem::size_of::<EventBudget>() == 16);
 pub const EVENT_RING_BYTES: u32 = 256 * 1024;
 
 #[cfg(feature = "user")]

@@ -33,9 +33,8 @@ use aya_ebpf::{
 };
 use rampart_common::{
     ANY_PORT, CHILD_BASE, COUNTRY_SLOTS, Class, Config, DenyEntry, DropEvent, EVENT_RING_BYTES,
-    EventBudget, FloodState, MAX_CLASSES, MAX_DEPTH, MAX_EXACT_DENY, MAX_FLOOD_SOURCES,
-    NODES_PER_BUFFER, Node, PORT_WORDS, SourceKey, V4_ROOT, V6_ROOT, class_flags, config_flags,
-    port_slot, reason,
+    EventBudget, FloodState, MAX_CLASSES, MAX_EXACT_DENY, MAX_FLOOD_SOURCES, NODES_PER_BUFFER,
+    Node, PORT_WORDS, SourceKey, V4_ROOT, V6_ROOT, class_flags, config_flags, port_slot, reason,
 };
 
 #[map]
@@ -93,20 +92,21 @@ const IPPROTO_MH: u8 = 135;
 /// ::ffff:0:0/96 as the third word of an address held as four words.
 const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
-/// What the parser learnt about a packet.
-struct Packet {
-    /// Source address bytes in packet order, as four words; IPv4 uses the
-    /// first word only.
-    src: [u32; 4],
-    v6: bool,
+/// Where the L4 header was, as far as the parser could tell.
+#[derive(Clone, Copy)]
+struct L4 {
     protocol: u8,
-    /// Destination port (host order) when `has_port`.
-    dst_port: u16,
-    has_port: bool,
-    /// The IPv6 extension chain was longer than the walk: the transport
-    /// protocol is unknown.
-    unknown_l4: bool,
+    /// Destination port, host order; `NO_PORT` when there is none (a
+    /// non-first fragment, a protocol without ports).
+    port: u32,
+    /// The IPv6 extension chain was longer than the walk.
+    unknown: bool,
 }
+
+const NO_PORT: u32 = 0x1_0000;
+
+/// Drops that skip the event clock once the event budget is spent.
+const EVENT_SKIP: u64 = 63;
 
 /// Why parsing stopped without a packet to judge.
 enum Stop {
@@ -116,6 +116,85 @@ enum Stop {
     NeighborDiscovery,
     /// Truncated or malformed headers.
     Malformed,
+}
+
+/// A source address of one family. The two families are separate types so
+/// that every function below is compiled once per family (no merged paths,
+/// no packet struct shuffled through the stack).
+trait Source {
+    const V6: bool;
+    /// The class id from the prefix table.
+    fn walk(&self, base: u32) -> u16;
+    /// Whether an exact deny entry covers the source.
+    fn exact(&self, cfg: &Config) -> bool;
+    /// The address as flood-map key (IPv4 mapped into IPv6).
+    fn key(&self) -> SourceKey;
+}
+
+struct V4(u32);
+struct V6([u32; 4]);
+
+impl Source for V4 {
+    const V6: bool = false;
+
+    #[inline(always)]
+    fn walk(&self, base: u32) -> u16 {
+        walk_v4(base, self.0)
+    }
+
+    #[inline(always)]
+    fn exact(&self, cfg: &Config) -> bool {
+        cfg.flags & config_flags::EXACT_V4 != 0
+            && live(
+                RAMPART_DENY_V4
+                    .get_ptr(self.0)
+                    .map(|p| p as *const DenyEntry),
+            )
+    }
+
+    #[inline(always)]
+    fn key(&self) -> SourceKey {
+        SourceKey {
+            addr: [0, 0, V4_MAPPED_WORD, self.0],
+        }
+    }
+}
+
+impl Source for V6 {
+    const V6: bool = true;
+
+    #[inline(always)]
+    fn walk(&self, base: u32) -> u16 {
+        walk_v6(base, &self.0)
+    }
+
+    #[inline(always)]
+    fn exact(&self, cfg: &Config) -> bool {
+        cfg.flags & config_flags::EXACT_V6 != 0
+            && live(
+                RAMPART_DENY_V6
+                    .get_ptr(self.0)
+                    .map(|p| p as *const DenyEntry),
+            )
+    }
+
+    #[inline(always)]
+    fn key(&self) -> SourceKey {
+        SourceKey { addr: self.0 }
+    }
+}
+
+/// Whether a found exact entry still applies.
+#[inline(always)]
+fn live(entry: Option<*const DenyEntry>) -> bool {
+    match entry {
+        None => false,
+        Some(p) => {
+            // SAFETY: a map value pointer from a successful lookup.
+            let expires = unsafe { (*p).expires_ns };
+            expires == 0 || now() < expires
+        }
+    }
 }
 
 /// A pointer to `len` bytes at `offset`, or `Malformed` when the packet is
@@ -171,12 +250,16 @@ fn decide(ctx: &XdpContext) -> (u32, u32) {
     let Some(cfg) = RAMPART_CONFIG.get(0) else {
         return (reason::PASS_UNPROTECTED, xdp_action::XDP_PASS);
     };
-    let pkt = match parse(ctx) {
-        Ok(p) => p,
-        Err(Stop::NotIp) => return (reason::NOT_IP, xdp_action::XDP_PASS),
-        Err(Stop::NeighborDiscovery) => {
-            return (reason::NEIGHBOR_DISCOVERY, xdp_action::XDP_PASS);
-        }
+    let verdict = match ethertype(ctx) {
+        Ok((ETH_P_IP, off)) => v4(ctx, cfg, off),
+        Ok((ETH_P_IPV6, off)) => v6(ctx, cfg, off),
+        Ok(_) => Err(Stop::NotIp),
+        Err(e) => Err(e),
+    };
+    match verdict {
+        Ok(v) => v,
+        Err(Stop::NotIp) => (reason::NOT_IP, xdp_action::XDP_PASS),
+        Err(Stop::NeighborDiscovery) => (reason::NEIGHBOR_DISCOVERY, xdp_action::XDP_PASS),
         Err(Stop::Malformed) => {
             let drop = cfg.flags & config_flags::DROP_MALFORMED != 0
                 && cfg.flags & config_flags::MONITOR == 0;
@@ -185,259 +268,14 @@ fn decide(ctx: &XdpContext) -> (u32, u32) {
             } else {
                 xdp_action::XDP_PASS
             };
-            return (reason::MALFORMED, action);
-        }
-    };
-    let Some(class) = class_of(cfg.active, &pkt) else {
-        return (reason::PASS_UNPROTECTED, xdp_action::XDP_PASS);
-    };
-    let r = judge(cfg, &pkt, class);
-    if r == reason::PASS || r == reason::PASS_UNPROTECTED || r == reason::BYPASS {
-        return (r, xdp_action::XDP_PASS);
-    }
-    (r, dropped(ctx, cfg, &pkt, r, class.country))
-}
-
-/// Bookkeeping for a drop; returns the action (PASS in monitor mode).
-#[inline(always)]
-fn dropped(ctx: &XdpContext, cfg: &Config, pkt: &Packet, r: u32, country: u16) -> u32 {
-    if let Some(c) = RAMPART_COUNTRY_DROPS.get_ptr_mut(country as u32) {
-        // SAFETY: per-CPU slot.
-        unsafe { *c += 1 };
-    }
-    if cfg.flags & config_flags::EVENTS != 0 {
-        emit(ctx, cfg, pkt, r, country);
-    }
-    if cfg.flags & config_flags::MONITOR != 0 {
-        xdp_action::XDP_PASS
-    } else {
-        xdp_action::XDP_DROP
-    }
-}
-
-#[inline(always)]
-fn emit(ctx: &XdpContext, cfg: &Config, pkt: &Packet, r: u32, country: u16) {
-    let Some(b) = RAMPART_EVENT_BUDGET.get_ptr_mut(0) else {
-        return;
-    };
-    let now = now();
-    // Per-CPU GCRA: at most one event per interval after a small burst.
-    // SAFETY: per-CPU slot.
-    let tat = unsafe { (*b).tat_ns };
-    let tat = if tat > now { tat } else { now };
-    if tat - now > cfg.event_tolerance_ns {
-        return;
-    }
-    // SAFETY: per-CPU slot.
-    unsafe { (*b).tat_ns = tat + cfg.event_interval_ns };
-    let Some(mut entry) = RAMPART_EVENTS.reserve::<DropEvent>(0) else {
-        return;
-    };
-    let words = source_key(pkt).addr;
-    // SAFETY: [u32; 4] and [u8; 16] have the same size; bytes keep order.
-    let src: [u8; 16] = unsafe { mem::transmute(words) };
-    entry.write(DropEvent {
-        src,
-        time_ns: now,
-        ifindex: ctx.ingress_ifindex() as u32,
-        reason: r,
-        country,
-        protocol: pkt.protocol,
-        family: if pkt.v6 { 6 } else { 4 },
-        dst_port: if pkt.has_port { pkt.dst_port } else { 0 },
-        _pad: 0,
-    });
-    entry.submit(0);
-}
-
-#[inline(always)]
-fn source_key(pkt: &Packet) -> SourceKey {
-    if pkt.v6 {
-        SourceKey { addr: pkt.src }
-    } else {
-        SourceKey {
-            addr: [0, 0, V4_MAPPED_WORD, pkt.src[0]],
+            (reason::MALFORMED, action)
         }
     }
 }
 
+/// The ethertype after up to two VLAN tags, and the network header offset.
 #[inline(always)]
-fn judge(cfg: &Config, pkt: &Packet, class: &Class) -> u32 {
-    let flags = class.flags;
-    if flags & class_flags::BYPASS != 0 {
-        return reason::BYPASS;
-    }
-    if exact_denied(cfg, pkt) {
-        return reason::DENY;
-    }
-    if flags & class_flags::DENY != 0 {
-        let expires = class.deny_expires_ns;
-        if expires == 0 || now() < expires {
-            return reason::DENY;
-        }
-    }
-    if !protected(cfg, pkt) {
-        return reason::PASS_UNPROTECTED;
-    }
-    if flags & class_flags::NOT_ALLOWLISTED != 0 {
-        return reason::NOT_ALLOWLISTED;
-    }
-    if flags & class_flags::COUNTRY_BLOCKED != 0 {
-        return reason::COUNTRY;
-    }
-    if cfg.flags & config_flags::FLOOD != 0 && flooding(cfg, pkt) {
-        return reason::FLOOD;
-    }
-    reason::PASS
-}
-
-#[inline(always)]
-fn exact_denied(cfg: &Config, pkt: &Packet) -> bool {
-    let family = if pkt.v6 {
-        config_flags::EXACT_V6
-    } else {
-        config_flags::EXACT_V4
-    };
-    if cfg.flags & family == 0 {
-        return false;
-    }
-    let entry = if pkt.v6 {
-        RAMPART_DENY_V6.get_ptr(pkt.src)
-    } else {
-        RAMPART_DENY_V4.get_ptr(pkt.src[0])
-    };
-    match entry {
-        None => false,
-        Some(p) => {
-            // SAFETY: a map value pointer from a successful lookup.
-            let expires = unsafe { (*p).expires_ns };
-            expires == 0 || now() < expires
-        }
-    }
-}
-
-#[inline(always)]
-fn protected(cfg: &Config, pkt: &Packet) -> bool {
-    if cfg.flags & config_flags::PROTECT_ALL != 0 {
-        return true;
-    }
-    if pkt.unknown_l4 {
-        return any_port(false) || any_port(true);
-    }
-    let udp = match pkt.protocol {
-        IPPROTO_TCP => false,
-        IPPROTO_UDP => true,
-        _ => return false,
-    };
-    if !pkt.has_port {
-        return any_port(udp);
-    }
-    let (word, bit) = port_slot(udp, pkt.dst_port);
-    match RAMPART_PORTS.get(word) {
-        Some(w) => *w & bit != 0,
-        None => false,
-    }
-}
-
-/// Whether any port of the protocol is protected (the bit of port 0).
-#[inline(always)]
-fn any_port(udp: bool) -> bool {
-    let (word, bit) = port_slot(udp, ANY_PORT);
-    match RAMPART_PORTS.get(word) {
-        Some(w) => *w & bit != 0,
-        None => false,
-    }
-}
-
-#[inline(always)]
-fn flooding(cfg: &Config, pkt: &Packet) -> bool {
-    let key = source_key(pkt);
-    let now = now();
-    match RAMPART_FLOOD.get_ptr_mut(key) {
-        Some(p) => {
-            // GCRA: racy across CPUs by design (a lost update lets one more
-            // packet through, never drops a legitimate one).
-            // SAFETY: a map value pointer from a successful lookup.
-            let tat = unsafe { (*p).tat_ns };
-            let tat = if tat > now { tat } else { now };
-            if tat - now > cfg.flood_tolerance_ns {
-                return true;
-            }
-            // SAFETY: as above.
-            unsafe { (*p).tat_ns = tat + cfg.flood_interval_ns };
-            false
-        }
-        None => {
-            let state = FloodState {
-                tat_ns: now + cfg.flood_interval_ns,
-            };
-            let _ = RAMPART_FLOOD.insert(key, state, 0);
-            false
-        }
-    }
-}
-
-/// The class of the packet's source: one walk of the prefix table.
-#[inline(always)]
-fn class_of(active: u32, pkt: &Packet) -> Option<&'static Class> {
-    let base = (active & 1) * NODES_PER_BUFFER;
-    let id = if pkt.v6 {
-        walk_v6(base, &pkt.src)
-    } else {
-        walk_v4(base, pkt.src[0])
-    };
-    RAMPART_CLASSES.get((active & 1) * MAX_CLASSES + (id as u32 & (MAX_CLASSES - 1)))
-}
-
-/// Entry `byte` of node `node` (absolute index).
-#[inline(always)]
-fn entry(node: u32, byte: u32) -> u16 {
-    match RAMPART_NODES.get(node) {
-        Some(n) => n.entries[(byte & 0xff) as usize],
-        None => 0,
-    }
-}
-
-#[inline(always)]
-fn child(base: u32, e: u16) -> u32 {
-    base + (e - CHILD_BASE) as u32
-}
-
-/// IPv4: the root gives the first 16 bits, then at most two more nodes.
-/// `src` holds the bytes in packet order (byte 0 in the low bits, bpfel).
-#[inline(always)]
-fn walk_v4(base: u32, src: u32) -> u16 {
-    let e = entry(base + V4_ROOT + (src & 0xff), src >> 8);
-    if e < CHILD_BASE {
-        return e;
-    }
-    let e = entry(child(base, e), src >> 16);
-    if e < CHILD_BASE {
-        return e;
-    }
-    let e = entry(child(base, e), src >> 24);
-    if e < CHILD_BASE { e } else { 0 }
-}
-
-/// IPv6: the root gives the first 16 bits, then one node per byte.
-#[inline(always)]
-fn walk_v6(base: u32, src: &[u32; 4]) -> u16 {
-    let w0 = src[0];
-    let mut e = entry(base + V6_ROOT + (w0 & 0xff), w0 >> 8);
-    let mut depth = 2;
-    while depth < MAX_DEPTH {
-        if e < CHILD_BASE {
-            return e;
-        }
-        let byte = src[(depth >> 2) & 3] >> ((depth & 3) * 8);
-        e = entry(child(base, e), byte);
-        depth += 1;
-    }
-    if e < CHILD_BASE { e } else { 0 }
-}
-
-#[inline(always)]
-fn parse(ctx: &XdpContext) -> Result<Packet, Stop> {
+fn ethertype(ctx: &XdpContext) -> Result<(u16, usize), Stop> {
     let eth = ptr_at(ctx, 0, ETH_HLEN)?;
     // SAFETY: 14 bytes checked.
     let mut proto = be16(unsafe { field::<u16>(eth, 12) });
@@ -453,15 +291,11 @@ fn parse(ctx: &XdpContext) -> Result<Packet, Stop> {
         off += VLAN_HLEN;
         i += 1;
     }
-    match proto {
-        ETH_P_IP => parse_v4(ctx, off),
-        ETH_P_IPV6 => parse_v6(ctx, off),
-        _ => Err(Stop::NotIp),
-    }
+    Ok((proto, off))
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, Stop> {
+fn v4(ctx: &XdpContext, cfg: &Config, off: usize) -> Result<(u32, u32), Stop> {
     let h = ptr_at(ctx, off, IPV4_HLEN)?;
     // SAFETY (all reads of h): 20 bytes checked.
     let ver_ihl: u8 = unsafe { field(h, 0) };
@@ -479,39 +313,36 @@ fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, Stop> {
     }
     let frag = be16(unsafe { field::<u16>(h, 6) });
     let protocol: u8 = unsafe { field(h, 9) };
-    let src: u32 = unsafe { field(h, 12) };
-    let mut pkt = Packet {
-        src: [src, 0, 0, 0],
-        v6: false,
-        protocol,
-        dst_port: 0,
-        has_port: false,
-        unknown_l4: false,
+    let src = V4(unsafe { field(h, 12) });
+    let port = if frag & 0x1fff == 0 {
+        l4_port(ctx, off + ihl, ip_end, protocol)?
+    } else {
+        NO_PORT
     };
-    if frag & 0x1fff == 0 {
-        l4_port(ctx, off + ihl, ip_end, &mut pkt)?;
-    }
-    Ok(pkt)
+    let l4 = L4 {
+        protocol,
+        port,
+        unknown: false,
+    };
+    Ok(judge(ctx, cfg, &src, l4))
 }
 
-/// Reads the destination port of a TCP or UDP header at `off`; the whole L4
-/// header must be inside the IP packet (a first fragment too short to hold
-/// it is malformed, RFC 1858).
+/// The destination port of a TCP or UDP header at `off` (`NO_PORT` for
+/// other protocols); the whole L4 header must be inside the IP packet (a
+/// first fragment too short to hold it is malformed, RFC 1858).
 #[inline(always)]
-fn l4_port(ctx: &XdpContext, off: usize, ip_end: usize, pkt: &mut Packet) -> Result<(), Stop> {
-    let hlen = match pkt.protocol {
+fn l4_port(ctx: &XdpContext, off: usize, ip_end: usize, protocol: u8) -> Result<u32, Stop> {
+    let hlen = match protocol {
         IPPROTO_TCP => 20,
         IPPROTO_UDP => 8,
-        _ => return Ok(()),
+        _ => return Ok(NO_PORT),
     };
     let l4 = ptr_at(ctx, off, 4)?;
     if ctx.data() + off + hlen > ip_end {
         return Err(Stop::Malformed);
     }
     // SAFETY: 4 bytes checked.
-    pkt.dst_port = be16(unsafe { field::<u16>(l4, 2) });
-    pkt.has_port = true;
-    Ok(())
+    Ok(be16(unsafe { field::<u16>(l4, 2) }) as u32)
 }
 
 /// Where the IPv6 extension-header walk ended.
@@ -520,7 +351,7 @@ const WALK_NO_PORT: u8 = 1;
 const WALK_TOO_LONG: u8 = 2;
 
 #[inline(always)]
-fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, Stop> {
+fn v6(ctx: &XdpContext, cfg: &Config, off: usize) -> Result<(u32, u32), Stop> {
     let h = ptr_at(ctx, off, IPV6_HLEN)?;
     // SAFETY (all reads of h): 40 bytes checked.
     let ver: u8 = unsafe { field(h, 0) };
@@ -532,7 +363,7 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, Stop> {
     if ip_end > ctx.data_end() {
         return Err(Stop::Malformed);
     }
-    let src: [u32; 4] = unsafe { [field(h, 8), field(h, 12), field(h, 16), field(h, 20)] };
+    let src = V6(unsafe { [field(h, 8), field(h, 12), field(h, 16), field(h, 20)] });
     let mut next: u8 = unsafe { field(h, 6) };
     let mut at = off + IPV6_HLEN;
     let mut walk = WALK_TOO_LONG;
@@ -575,16 +406,7 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, Stop> {
         }
         i += 1;
     }
-    let mut pkt = Packet {
-        src,
-        v6: true,
-        protocol: next,
-        dst_port: 0,
-        has_port: false,
-        // A chain longer than the walk: judged by source alone, as protected
-        // traffic (the stack behind us may still find a port).
-        unknown_l4: walk == WALK_TOO_LONG,
-    };
+    let mut port = NO_PORT;
     if walk == WALK_L4 {
         if next == IPPROTO_ICMPV6 {
             // The whole 4-byte ICMPv6 header: a 1-byte read at a variable
@@ -596,10 +418,240 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, Stop> {
                 return Err(Stop::NeighborDiscovery);
             }
         } else {
-            l4_port(ctx, at, ip_end, &mut pkt)?;
+            port = l4_port(ctx, at, ip_end, next)?;
         }
     }
-    Ok(pkt)
+    let l4 = L4 {
+        protocol: next,
+        port,
+        // A chain longer than the walk: judged by source alone, as protected
+        // traffic (the stack behind us may still find a port).
+        unknown: walk == WALK_TOO_LONG,
+    };
+    Ok(judge(ctx, cfg, &src, l4))
+}
+
+/// The verdict for a parsed packet: (reason, action).
+#[inline(always)]
+fn judge<S: Source>(ctx: &XdpContext, cfg: &Config, src: &S, l4: L4) -> (u32, u32) {
+    let active = cfg.active & 1;
+    let id = src.walk(active * NODES_PER_BUFFER);
+    let Some(class) = RAMPART_CLASSES.get(active * MAX_CLASSES + (id as u32 & (MAX_CLASSES - 1)))
+    else {
+        return (reason::PASS_UNPROTECTED, xdp_action::XDP_PASS);
+    };
+    let flags = class.flags;
+    if flags & class_flags::BYPASS != 0 {
+        return (reason::BYPASS, xdp_action::XDP_PASS);
+    }
+    let r = if src.exact(cfg) {
+        reason::DENY
+    } else if flags & class_flags::DENY != 0
+        && (class.deny_expires_ns == 0 || now() < class.deny_expires_ns)
+    {
+        reason::DENY
+    } else if !protected(cfg, l4) {
+        return (reason::PASS_UNPROTECTED, xdp_action::XDP_PASS);
+    } else if flags & class_flags::NOT_ALLOWLISTED != 0 {
+        reason::NOT_ALLOWLISTED
+    } else if flags & class_flags::COUNTRY_BLOCKED != 0 {
+        reason::COUNTRY
+    } else if cfg.flags & config_flags::FLOOD != 0 && flooding(cfg, src.key()) {
+        reason::FLOOD
+    } else {
+        return (reason::PASS, xdp_action::XDP_PASS);
+    };
+    (r, dropped(ctx, cfg, src, l4, r, class.country))
+}
+
+/// Bookkeeping for a drop; returns the action (PASS in monitor mode).
+#[inline(always)]
+fn dropped<S: Source>(
+    ctx: &XdpContext,
+    cfg: &Config,
+    src: &S,
+    l4: L4,
+    r: u32,
+    country: u16,
+) -> u32 {
+    if let Some(c) = RAMPART_COUNTRY_DROPS.get_ptr_mut(country as u32) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
+    }
+    if cfg.flags & config_flags::EVENTS != 0 {
+        emit(ctx, cfg, src, l4, r, country);
+    }
+    if cfg.flags & config_flags::MONITOR != 0 {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
+}
+
+#[inline(always)]
+fn emit<S: Source>(ctx: &XdpContext, cfg: &Config, src: &S, l4: L4, r: u32, country: u16) {
+    let Some(b) = RAMPART_EVENT_BUDGET.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY (all accesses to *b): this CPU's slot.
+    let skip = unsafe { (*b).skip };
+    if skip > 0 {
+        unsafe { (*b).skip = skip - 1 };
+        return;
+    }
+    let now = now();
+    // Per-CPU GCRA: at most one event per interval after a small burst.
+    let tat = unsafe { (*b).tat_ns };
+    let tat = if tat > now { tat } else { now };
+    if tat - now > cfg.event_tolerance_ns {
+        // Spent: the next drops skip the clock.
+        unsafe { (*b).skip = EVENT_SKIP };
+        return;
+    }
+    unsafe { (*b).tat_ns = tat + cfg.event_interval_ns };
+    let Some(mut entry) = RAMPART_EVENTS.reserve::<DropEvent>(0) else {
+        return;
+    };
+    let words = src.key().addr;
+    // SAFETY: [u32; 4] and [u8; 16] have the same size; bytes keep order.
+    let addr: [u8; 16] = unsafe { mem::transmute(words) };
+    entry.write(DropEvent {
+        src: addr,
+        time_ns: now,
+        ifindex: ctx.ingress_ifindex() as u32,
+        reason: r,
+        country,
+        protocol: l4.protocol,
+        family: if S::V6 { 6 } else { 4 },
+        dst_port: if l4.port == NO_PORT {
+            0
+        } else {
+            l4.port as u16
+        },
+        _pad: 0,
+    });
+    entry.submit(0);
+}
+
+#[inline(always)]
+fn protected(cfg: &Config, l4: L4) -> bool {
+    if cfg.flags & config_flags::PROTECT_ALL != 0 {
+        return true;
+    }
+    if l4.unknown {
+        return any_port(false) || any_port(true);
+    }
+    let udp = match l4.protocol {
+        IPPROTO_TCP => false,
+        IPPROTO_UDP => true,
+        _ => return false,
+    };
+    if l4.port == NO_PORT {
+        return any_port(udp);
+    }
+    let (word, bit) = port_slot(udp, l4.port as u16);
+    match RAMPART_PORTS.get(word) {
+        Some(w) => *w & bit != 0,
+        None => false,
+    }
+}
+
+/// Whether any port of the protocol is protected (the bit of port 0).
+#[inline(always)]
+fn any_port(udp: bool) -> bool {
+    let (word, bit) = port_slot(udp, ANY_PORT);
+    match RAMPART_PORTS.get(word) {
+        Some(w) => *w & bit != 0,
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn flooding(cfg: &Config, key: SourceKey) -> bool {
+    let now = now();
+    match RAMPART_FLOOD.get_ptr_mut(key) {
+        Some(p) => {
+            // GCRA: racy across CPUs by design (a lost update lets one more
+            // packet through, never drops a legitimate one).
+            // SAFETY: a map value pointer from a successful lookup.
+            let tat = unsafe { (*p).tat_ns };
+            let tat = if tat > now { tat } else { now };
+            if tat - now > cfg.flood_tolerance_ns {
+                return true;
+            }
+            // SAFETY: as above.
+            unsafe { (*p).tat_ns = tat + cfg.flood_interval_ns };
+            false
+        }
+        None => {
+            let state = FloodState {
+                tat_ns: now + cfg.flood_interval_ns,
+            };
+            let _ = RAMPART_FLOOD.insert(key, state, 0);
+            false
+        }
+    }
+}
+
+/// Entry `byte` of node `node` (absolute index).
+#[inline(always)]
+fn entry(node: u32, byte: u32) -> u16 {
+    match RAMPART_NODES.get(node) {
+        Some(n) => n.entries[(byte & 0xff) as usize],
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn child(base: u32, e: u16) -> u32 {
+    base + (e - CHILD_BASE) as u32
+}
+
+/// IPv4: the root gives the first 16 bits, then at most two more nodes.
+/// `src` holds the bytes in packet order (byte 0 in the low bits, bpfel).
+#[inline(always)]
+fn walk_v4(base: u32, src: u32) -> u16 {
+    let e = entry(base + V4_ROOT + (src & 0xff), src >> 8);
+    if e < CHILD_BASE {
+        return e;
+    }
+    let e = entry(child(base, e), src >> 16);
+    if e < CHILD_BASE {
+        return e;
+    }
+    let e = entry(child(base, e), src >> 24);
+    if e < CHILD_BASE { e } else { 0 }
+}
+
+/// IPv6: the root gives the first 16 bits, then one node per byte, unrolled
+/// so that every byte index is a constant.
+#[inline(always)]
+fn walk_v6(base: u32, src: &[u32; 4]) -> u16 {
+    let [w0, w1, w2, w3] = *src;
+    let mut e = entry(base + V6_ROOT + (w0 & 0xff), w0 >> 8);
+    macro_rules! step {
+        ($word:expr, $shift:expr) => {
+            if e < CHILD_BASE {
+                return e;
+            }
+            e = entry(child(base, e), $word >> $shift);
+        };
+    }
+    step!(w0, 16);
+    step!(w0, 24);
+    step!(w1, 0);
+    step!(w1, 8);
+    step!(w1, 16);
+    step!(w1, 24);
+    step!(w2, 0);
+    step!(w2, 8);
+    step!(w2, 16);
+    step!(w2, 24);
+    step!(w3, 0);
+    step!(w3, 8);
+    step!(w3, 16);
+    step!(w3, 24);
+    if e < CHILD_BASE { e } else { 0 }
 }
 
 #[cfg(not(test))]

@@ -444,87 +444,88 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    // Under traffic: the same rules as xdp-filter, then everything.
-    let traffic = under_traffic(&mut small, args.traffic_secs, &cases[1]).and_then(|same| {
-        Ok(vec![
-            same,
-            under_traffic(&mut big, args.traffic_secs, &cases[5])?,
-        ])
-    });
-    drop((small, big, pins_small, pins_big));
-
-    let xf = xdp_filter(
-        &exact4[..10_000],
-        &exact6[..10_000],
-        deny4,
-        args.repeat,
-        args.traffic_secs,
-    );
-    writeln!(report)?;
-    match (&xf, &traffic) {
-        (Ok(x), Ok(t)) => {
-            writeln!(
-                report,
-                "### Side by side with xdp-filter ({}), same run\n\nxdp-filter holds exact addresses only (10,000 per family at most): \
-                 it is loaded with the first 10,000 IPv4 and IPv6 entries of the deny set, and rampart is measured with \
-                 those same rules and with everything.\n",
-                x.version
-            )?;
-            writeln!(
-                report,
-                "| measurement | xdp-filter | rampart, same rules | ratio | rampart, everything | ratio |\n|---|---:|---:|---:|---:|---:|"
-            )?;
-            let g = |k: &str| fig.get(k).copied().unwrap_or(f64::NAN);
-            let rows = [
-                (
-                    "test run, IPv4 pass",
-                    x.v4_pass,
-                    g("10k+10k exact deny (xdp-filter's rules)/IPv4 pass"),
-                    g("everything/IPv4 pass"),
-                ),
-                (
-                    "test run, IPv4 drop (exact)",
-                    x.v4_drop,
-                    g("10k+10k exact deny (xdp-filter's rules)/IPv4 drop"),
-                    g("everything/IPv4 drop, exact"),
-                ),
-                (
-                    "test run, IPv6 pass",
-                    x.v6_pass,
-                    g("10k+10k exact deny (xdp-filter's rules)/IPv6 pass"),
-                    g("everything/IPv6 pass"),
-                ),
-                (
-                    "under traffic, IPv4 random sources",
-                    x.traffic_v4,
-                    t[0].v4,
-                    t[1].v4,
-                ),
-                (
-                    "under traffic, IPv6 random sources",
-                    x.traffic_v6,
-                    t[0].v6,
-                    t[1].v6,
-                ),
-            ];
-            for (what, xv, same, all) in rows {
-                writeln!(
-                    report,
-                    "| {what} | {xv:.1} ns | {same:.1} ns | {:.2} | {all:.1} ns | {:.2} |",
-                    same / xv,
-                    all / xv
-                )?;
-            }
-        }
-        (x, t) => {
-            if let Err(e) = x {
-                writeln!(report, "xdp-filter comparison failed: {e:#}")?;
-            }
-            if let Err(e) = t {
-                writeln!(report, "under-traffic measurement failed: {e:#}")?;
-            }
+    // Side by side, interleaved: each round measures xdp-filter, rampart with
+    // the same rules, and rampart with everything, so that the machine's
+    // drift (a shared VM) hits all three alike; medians over the rounds.
+    small.replace_all(
+        Settings::default(),
+        cases[1].lists.clone(),
+        vec![],
+        CountryPolicy::Off,
+    )?;
+    let xf = XdpFilter::load(&exact4[..10_000], &exact6[..10_000])?;
+    let probes = [
+        ("test run, IPv4 pass", packet(pass4), packet(geo_pass4)),
+        ("test run, IPv4 drop (exact)", packet(deny4), packet(deny4)),
+        ("test run, IPv6 pass", packet(pass6), packet(geo_pass6)),
+        ("test run, IPv6 drop (exact)", packet(deny6), packet(deny6)),
+    ];
+    let rounds = 9;
+    let mut series: Vec<[Vec<f64>; 3]> = vec![Default::default(); probes.len() + 2];
+    for round in 0..rounds {
+        eprintln!("side by side, test runs, round {}/{rounds}", round + 1);
+        for (i, (_, same_pkt, all_pkt)) in probes.iter().enumerate() {
+            series[i][0].push(xf.test_run(same_pkt, args.repeat)?);
+            series[i][1].push(small.kernel().test_run(same_pkt, args.repeat)?.1.as_nanos() as f64);
+            series[i][2].push(big.kernel().test_run(all_pkt, args.repeat)?.1.as_nanos() as f64);
         }
     }
+    let same_pair = Attached::new(&small)?;
+    let all_pair = Attached::new(&big)?;
+    for round in 0..3 {
+        eprintln!("side by side, under traffic, round {}/3", round + 1);
+        for (j, v6) in [false, true].into_iter().enumerate() {
+            let row = &mut series[probes.len() + j];
+            row[0].push(measure_stream(&xf.pair, xf.prog, v6, args.traffic_secs)?);
+            row[1].push(measure_stream(
+                &same_pair.pair,
+                same_pair.prog,
+                v6,
+                args.traffic_secs,
+            )?);
+            row[2].push(measure_stream(
+                &all_pair.pair,
+                all_pair.prog,
+                v6,
+                args.traffic_secs,
+            )?);
+        }
+    }
+    drop((same_pair, all_pair));
+    writeln!(
+        report,
+        "\n### Side by side with xdp-filter ({}), same run\n\n\
+         xdp-filter holds exact addresses only (10,000 per family at most): it is loaded with the \
+         first 10,000 IPv4 and IPv6 entries of the deny set; rampart is measured with those same \
+         rules (default `max_deny_entries`) and with everything. Measurements are interleaved \
+         round by round; test runs are medians of {rounds} rounds of {} repeats, traffic figures \
+         medians of 3 rounds of {} s of trafgen SYNs with random sources (run_time_ns / run_cnt \
+         with `kernel.bpf_stats_enabled=1`). Ratios below 1 mean rampart is faster.\n",
+        xf.version, args.repeat, args.traffic_secs
+    )?;
+    writeln!(
+        report,
+        "| measurement | xdp-filter | rampart, same rules | ratio | rampart, everything | ratio |\n|---|---:|---:|---:|---:|---:|"
+    )?;
+    let names: Vec<&str> = probes
+        .iter()
+        .map(|p| p.0)
+        .chain([
+            "under traffic, IPv4 random sources",
+            "under traffic, IPv6 random sources",
+        ])
+        .collect();
+    for (name, row) in names.iter().zip(series) {
+        let [x, same, all] = row.map(median);
+        writeln!(
+            report,
+            "| {name} | {x:.1} ns | {same:.1} ns | {:.2} | {all:.1} ns | {:.2} |",
+            same / x,
+            all / x
+        )?;
+    }
+    drop(xf);
+    drop((small, big, pins_small, pins_big));
     writeln!(report, "\nTotal benchmark time: {:.0?}.", started.elapsed())?;
     println!("{report}");
     if let Some(out) = args.out {
@@ -532,11 +533,6 @@ fn main() -> anyhow::Result<()> {
         eprintln!("written to {}", out.display());
     }
     Ok(())
-}
-
-struct Traffic {
-    v4: f64,
-    v6: f64,
 }
 
 /// The trafgen packet config: TCP SYNs to port 443 with random sources.
@@ -584,6 +580,9 @@ fn attached_prog(ns: &str, dev: &str) -> anyhow::Result<u32> {
 fn measure_stream(pair: &Pair, prog: u32, v6: bool, secs: u64) -> anyhow::Result<f64> {
     let conf = std::env::temp_dir().join(rampart_tests::unique("trafgen-"));
     std::fs::write(&conf, trafgen_conf(v6))?;
+    // Only while measuring: statistics cost two clock reads per run, which
+    // would also inflate the test-run figures.
+    let _stats = BpfStats::on()?;
     let before = prog_stats(prog)?;
     let status = Command::new("timeout")
         .arg(secs.to_string())
@@ -634,39 +633,44 @@ impl Drop for BpfStats {
     }
 }
 
-fn under_traffic(filter: &mut Filter, secs: u64, case: &Case) -> anyhow::Result<Traffic> {
-    filter.replace_all(
-        Settings::default(),
-        case.lists.clone(),
-        case.countries.clone(),
-        case.policy.clone(),
-    )?;
-    let pair = Pair::new(&[])?;
-    let iface = pair.srv_if.clone();
-    let pins = filter.kernel().pin_dir().to_path_buf();
-    let capacity = filter.kernel().max_deny_entries();
-    // Attach a second handle on the same maps from inside the namespace.
-    let attached = Pair::in_ns(&pair.srv, move || -> anyhow::Result<Filter> {
-        let mut f = Filter::open_sized(&pins, capacity)?;
-        f.attach(&iface, AttachMode::Native)?;
-        Ok(f)
-    })??;
-    let _stats = BpfStats::on()?;
-    let prog = attached_prog(&pair.srv, &pair.srv_if)?;
-    eprintln!("under traffic, rampart, {}:", case.name);
-    let v4 = measure_stream(&pair, prog, false, secs)?;
-    let v6 = measure_stream(&pair, prog, true, secs)?;
-    drop(attached);
-    Ok(Traffic { v4, v6 })
+/// A second handle on a filter's pinned maps, attached in native mode to the
+/// server side of its own namespace pair, for measurements under traffic.
+struct Attached {
+    // Field order: the handle (and its link) goes before the namespaces.
+    _filter: Filter,
+    pair: Pair,
+    prog: u32,
 }
 
-struct XdpFilterResult {
+impl Attached {
+    fn new(filter: &Filter) -> anyhow::Result<Self> {
+        let pair = Pair::new(&[])?;
+        let iface = pair.srv_if.clone();
+        let pins = filter.kernel().pin_dir().to_path_buf();
+        let capacity = filter.kernel().max_deny_entries();
+        // Attaching looks the interface up in the calling thread's namespace.
+        let attached = Pair::in_ns(&pair.srv, move || -> anyhow::Result<Filter> {
+            let mut f = Filter::open_sized(&pins, capacity)?;
+            f.attach(&iface, AttachMode::Native)?;
+            Ok(f)
+        })??;
+        let prog = attached_prog(&pair.srv, &pair.srv_if)?;
+        Ok(Self {
+            _filter: attached,
+            pair,
+            prog,
+        })
+    }
+}
+
+/// xdp-filter loaded on the server side of its own namespace pair; unloaded
+/// on drop.
+struct XdpFilter {
     version: String,
-    v4_pass: f64,
-    v6_pass: f64,
-    v4_drop: f64,
-    traffic_v4: f64,
-    traffic_v6: f64,
+    prog: u32,
+    // Dropped before the pair: unloads xdp-filter while the device exists.
+    _loaded: XdpFilterLoaded,
+    pair: Pair,
 }
 
 /// Unloads xdp-filter from the device on drop.
@@ -684,115 +688,81 @@ impl Drop for XdpFilterLoaded {
     }
 }
 
-fn xdp_filter(
-    exact4: &[IpNet],
-    exact6: &[IpNet],
-    probe_drop: IpAddr,
-    repeat: u32,
-    secs: u64,
-) -> anyhow::Result<XdpFilterResult> {
-    // xdp-filter has no --version; Debian's package says which build it is.
-    let version = Command::new("dpkg-query")
-        .args(["-W", "-f", "xdp-tools ${Version}", "xdp-tools"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|_| "xdp-tools".to_string());
-    let pair = Pair::new(&[])?;
-    // nsenter keeps this mount namespace, so xdp-filter pins its maps in the
-    // host's /sys/fs/bpf/xdp-filter where this process can open them.
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{}", pair.srv))
-        .args([
-            "xdp-filter",
-            "load",
-            "-m",
-            "native",
-            "-f",
-            "ipv4,ipv6",
-            &pair.srv_if,
-        ])
-        .output()?;
-    if !out.status.success() {
-        bail!("xdp-filter load: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let _loaded = XdpFilterLoaded {
-        ns: pair.srv.clone(),
-        dev: pair.srv_if.clone(),
-    };
-    // Its maps are pinned under /sys/fs/bpf/xdp-filter.
-    let deny4: Vec<Ipv4Addr> = exact4
-        .iter()
-        .take(10_000)
-        .filter_map(|n| match n.addr() {
-            IpAddr::V4(a) => Some(a),
-            IpAddr::V6(_) => None,
-        })
-        .collect();
-    let deny6: Vec<Ipv6Addr> = exact6
-        .iter()
-        .take(10_000)
-        .filter_map(|n| match n.addr() {
-            IpAddr::V6(a) => Some(a),
-            IpAddr::V4(_) => None,
-        })
-        .collect();
-    let nproc = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    {
-        let (d4, d6) = (&deny4, &deny6);
-        // MAP_FLAG_SRC = 1 (xdp-filter common_kern_user.h)
-
+impl XdpFilter {
+    fn load(exact4: &[IpNet], exact6: &[IpNet]) -> anyhow::Result<Self> {
+        // xdp-filter has no --version; Debian's package says which build it is.
+        let version = Command::new("dpkg-query")
+            .args(["-W", "-f", "xdp-tools ${Version}", "xdp-tools"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|_| "xdp-tools".to_string());
+        let pair = Pair::new(&[])?;
+        // nsenter keeps this mount namespace, so xdp-filter pins its maps in
+        // the host's /sys/fs/bpf/xdp-filter where this process can open them.
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", pair.srv))
+            .args([
+                "xdp-filter",
+                "load",
+                "-m",
+                "native",
+                "-f",
+                "ipv4,ipv6",
+                &pair.srv_if,
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!("xdp-filter load: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let loaded = XdpFilterLoaded {
+            ns: pair.srv.clone(),
+            dev: pair.srv_if.clone(),
+        };
+        let nproc = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        // MAP_FLAG_SRC = 1 (xdp-filter common_kern_user.h), on every CPU.
+        let flags = || PerCpuValues::try_from(vec![1u64; nproc]);
         let m4 = MapData::from_pin("/sys/fs/bpf/xdp-filter/filter_ipv4")?;
         let mut m4: PerCpuHashMap<MapData, u32, u64> =
             PerCpuHashMap::try_from(Map::PerCpuHashMap(m4))?;
-        for a in d4 {
-            m4.insert(
-                u32::from_ne_bytes(a.octets()),
-                PerCpuValues::try_from(vec![1u64; nproc])?,
-                0,
-            )?;
+        for n in exact4 {
+            if let IpAddr::V4(a) = n.addr() {
+                m4.insert(u32::from_ne_bytes(a.octets()), flags()?, 0)?;
+            }
         }
         let m6 = MapData::from_pin("/sys/fs/bpf/xdp-filter/filter_ipv6")?;
         let mut m6: PerCpuHashMap<MapData, [u8; 16], u64> =
             PerCpuHashMap::try_from(Map::PerCpuHashMap(m6))?;
-        for a in d6 {
-            m6.insert(a.octets(), PerCpuValues::try_from(vec![1u64; nproc])?, 0)?;
+        for n in exact6 {
+            if let IpAddr::V6(a) = n.addr() {
+                m6.insert(a.octets(), flags()?, 0)?;
+            }
         }
+        let prog = attached_prog(&pair.srv, &pair.srv_if)?;
+        Ok(Self {
+            version,
+            prog,
+            _loaded: loaded,
+            pair,
+        })
     }
-    let prog = attached_prog(&pair.srv, &pair.srv_if)?;
-    let run = |pkt: &[u8]| -> anyhow::Result<f64> {
+
+    /// ns per packet through `bpftool prog run ... repeat` (its dispatcher
+    /// included: that is how xdp-filter runs on an interface).
+    fn test_run(&self, pkt: &[u8], repeat: u32) -> anyhow::Result<f64> {
         let file = std::env::temp_dir().join(rampart_tests::unique("pkt-"));
         std::fs::write(&file, pkt)?;
-        let r = test_run_ns(|| {
-            let out = Command::new("bpftool")
-                .args(["prog", "run", "id", &prog.to_string(), "data_in"])
-                .arg(&file)
-                .args(["repeat", &repeat.to_string()])
-                .output()?;
-            let text = String::from_utf8_lossy(&out.stdout).to_string()
-                + &String::from_utf8_lossy(&out.stderr);
-            let ns = text
-                .lines()
-                .find_map(|l| l.split("duration (average):").nth(1).map(str::trim))
-                .and_then(|d| d.trim_end_matches("ns").trim().parse::<u64>().ok())
-                .with_context(|| format!("bpftool prog run said: {text}"))?;
-            Ok(Duration::from_nanos(ns))
-        });
+        let out = Command::new("bpftool")
+            .args(["prog", "run", "id", &self.prog.to_string(), "data_in"])
+            .arg(&file)
+            .args(["repeat", &repeat.to_string()])
+            .output();
         let _ = std::fs::remove_file(&file);
-        r
-    };
-    let v4_pass = run(&packet("198.18.0.2".parse()?))?;
-    let v6_pass = run(&packet("2001:db8::2".parse()?))?;
-    let v4_drop = run(&packet(probe_drop))?;
-    let _stats = BpfStats::on()?;
-    eprintln!("under traffic, xdp-filter:");
-    let traffic_v4 = measure_stream(&pair, prog, false, secs)?;
-    let traffic_v6 = measure_stream(&pair, prog, true, secs)?;
-    Ok(XdpFilterResult {
-        version,
-        v4_pass,
-        v6_pass,
-        v4_drop,
-        traffic_v4,
-        traffic_v6,
-    })
+        let out = out?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        text.lines()
+            .find_map(|l| l.split("duration (average):").nth(1).map(str::trim))
+            .and_then(|d| d.trim_end_matches("ns").trim().parse::<f64>().ok())
+            .with_context(|| format!("bpftool prog run said: {text}"))
+    }
 }

@@ -22,12 +22,10 @@ pub const MAP_CLASSES: &str = "RAMPART_CLASSES";
 pub const MAP_DENY_V4: &str = "RAMPART_DENY_V4";
 pub const MAP_DENY_V6: &str = "RAMPART_DENY_V6";
 pub const MAP_FLOOD: &str = "RAMPART_FLOOD";
-pub const MAP_COUNTERS: &str = "RAMPART_COUNTERS";
-pub const MAP_COUNTRY_DROPS: &str = "RAMPART_COUNTRY_DROPS";
+pub const MAP_STATS: &str = "RAMPART_STATS";
 pub const MAP_EVENTS: &str = "RAMPART_EVENTS";
-pub const MAP_EVENT_BUDGET: &str = "RAMPART_EVENT_BUDGET";
 /// Every map the program declares, for pinning.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 9] = [
     MAP_CONFIG,
     MAP_PORTS,
     MAP_NODES,
@@ -35,10 +33,8 @@ pub const ALL_MAPS: [&str; 11] = [
     MAP_DENY_V4,
     MAP_DENY_V6,
     MAP_FLOOD,
-    MAP_COUNTERS,
-    MAP_COUNTRY_DROPS,
+    MAP_STATS,
     MAP_EVENTS,
-    MAP_EVENT_BUDGET,
 ];
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "rampart";
@@ -305,16 +301,24 @@ pub struct DropEvent {
 }
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 40);
 
+/// Per-CPU statistics and event budget: one map value, so that a packet
+/// (and a drop) costs one map lookup for all of its bookkeeping.
 #[repr(C)]
-#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
-pub struct EventBudget {
-    /// GCRA theoretical arrival time of the next event.
-    pub tat_ns: u64,
-    /// Drops still to pass without looking at the clock: set when the budget
-    /// is spent, so that a flood of drops pays for the clock once in 64.
-    pub skip: u64,
+#[derive(Clone, Copy)]
+pub struct Stats {
+    /// Packets by `reason::*`.
+    pub reasons: [u64; reason::COUNT as usize],
+    /// Dropped packets by country index (0 = unknown).
+    pub country_drops: [u64; COUNTRY_SLOTS as usize],
+    pub _pad: u64,
+    /// Drop events: GCRA theoretical arrival time of the next event.
+    pub event_tat_ns: u64,
+    /// Drops still to pass without looking at the clock: set when the event
+    /// budget is spent, so that a flood of drops pays for the clock once in 64.
+    pub event_skip: u64,
 }
-const _: () = assert!(core::mem::size_of::<EventBudget>() == 16);
+const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (16 + 677 + 3));
+
 pub const EVENT_RING_BYTES: u32 = 256 * 1024;
 
 #[cfg(feature = "user")]
@@ -329,7 +333,7 @@ mod pod {
     unsafe impl aya::Pod for SourceKey {}
     unsafe impl aya::Pod for FloodState {}
     unsafe impl aya::Pod for DropEvent {}
-    unsafe impl aya::Pod for EventBudget {}
+    unsafe impl aya::Pod for Stats {}
 }
 
 #[cfg(test)]

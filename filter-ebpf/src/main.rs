@@ -32,9 +32,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use rampart_common::{
-    ANY_PORT, CHILD_BASE, COUNTRY_SLOTS, Class, Config, DenyEntry, DropEvent, EVENT_RING_BYTES,
-    EventBudget, FloodState, MAX_CLASSES, MAX_EXACT_DENY, MAX_FLOOD_SOURCES, NODES_PER_BUFFER,
-    Node, PORT_WORDS, SourceKey, V4_ROOT, V6_ROOT, class_flags, config_flags, port_slot, reason,
+    ANY_PORT, CHILD_BASE, Class, Config, DenyEntry, DropEvent, EVENT_RING_BYTES, FloodState,
+    MAX_CLASSES, MAX_EXACT_DENY, MAX_FLOOD_SOURCES, NODES_PER_BUFFER, Node, PORT_WORDS, SourceKey,
+    Stats, V4_ROOT, V6_ROOT, class_flags, config_flags, port_slot, reason,
 };
 
 #[map]
@@ -57,13 +57,9 @@ static RAMPART_DENY_V6: HashMap<[u32; 4], DenyEntry> =
 static RAMPART_FLOOD: LruHashMap<SourceKey, FloodState> =
     LruHashMap::with_max_entries(MAX_FLOOD_SOURCES, 0);
 #[map]
-static RAMPART_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reason::COUNT, 0);
-#[map]
-static RAMPART_COUNTRY_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTRY_SLOTS, 0);
+static RAMPART_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static RAMPART_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
-#[map]
-static RAMPART_EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
@@ -237,22 +233,22 @@ fn be16(v: u16) -> u16 {
 
 #[xdp]
 pub fn rampart(ctx: XdpContext) -> u32 {
-    let (reason, action) = decide(&ctx);
-    if let Some(c) = RAMPART_COUNTERS.get_ptr_mut(reason) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *c += 1 };
+    let (Some(cfg), Some(stats)) = (RAMPART_CONFIG.get(0), RAMPART_STATS.get_ptr_mut(0)) else {
+        return xdp_action::XDP_PASS;
+    };
+    let (reason, action) = decide(&ctx, cfg, stats);
+    // SAFETY: this CPU's statistics; no concurrent writer on this CPU.
+    if let Some(c) = unsafe { (*stats).reasons.get_mut(reason as usize) } {
+        *c += 1;
     }
     action
 }
 
 #[inline(always)]
-fn decide(ctx: &XdpContext) -> (u32, u32) {
-    let Some(cfg) = RAMPART_CONFIG.get(0) else {
-        return (reason::PASS_UNPROTECTED, xdp_action::XDP_PASS);
-    };
+fn decide(ctx: &XdpContext, cfg: &Config, stats: *mut Stats) -> (u32, u32) {
     let verdict = match ethertype(ctx) {
-        Ok((ETH_P_IP, off)) => v4(ctx, cfg, off),
-        Ok((ETH_P_IPV6, off)) => v6(ctx, cfg, off),
+        Ok((ETH_P_IP, off)) => v4(ctx, cfg, stats, off),
+        Ok((ETH_P_IPV6, off)) => v6(ctx, cfg, stats, off),
         Ok(_) => Err(Stop::NotIp),
         Err(e) => Err(e),
     };
@@ -295,7 +291,7 @@ fn ethertype(ctx: &XdpContext) -> Result<(u16, usize), Stop> {
 }
 
 #[inline(always)]
-fn v4(ctx: &XdpContext, cfg: &Config, off: usize) -> Result<(u32, u32), Stop> {
+fn v4(ctx: &XdpContext, cfg: &Config, stats: *mut Stats, off: usize) -> Result<(u32, u32), Stop> {
     let h = ptr_at(ctx, off, IPV4_HLEN)?;
     // SAFETY (all reads of h): 20 bytes checked.
     let ver_ihl: u8 = unsafe { field(h, 0) };
@@ -324,7 +320,7 @@ fn v4(ctx: &XdpContext, cfg: &Config, off: usize) -> Result<(u32, u32), Stop> {
         port,
         unknown: false,
     };
-    Ok(judge(ctx, cfg, &src, l4))
+    Ok(judge(ctx, cfg, stats, &src, l4))
 }
 
 /// The destination port of a TCP or UDP header at `off` (`NO_PORT` for
@@ -351,7 +347,7 @@ const WALK_NO_PORT: u8 = 1;
 const WALK_TOO_LONG: u8 = 2;
 
 #[inline(always)]
-fn v6(ctx: &XdpContext, cfg: &Config, off: usize) -> Result<(u32, u32), Stop> {
+fn v6(ctx: &XdpContext, cfg: &Config, stats: *mut Stats, off: usize) -> Result<(u32, u32), Stop> {
     let h = ptr_at(ctx, off, IPV6_HLEN)?;
     // SAFETY (all reads of h): 40 bytes checked.
     let ver: u8 = unsafe { field(h, 0) };
@@ -428,12 +424,18 @@ fn v6(ctx: &XdpContext, cfg: &Config, off: usize) -> Result<(u32, u32), Stop> {
         // traffic (the stack behind us may still find a port).
         unknown: walk == WALK_TOO_LONG,
     };
-    Ok(judge(ctx, cfg, &src, l4))
+    Ok(judge(ctx, cfg, stats, &src, l4))
 }
 
 /// The verdict for a parsed packet: (reason, action).
 #[inline(always)]
-fn judge<S: Source>(ctx: &XdpContext, cfg: &Config, src: &S, l4: L4) -> (u32, u32) {
+fn judge<S: Source>(
+    ctx: &XdpContext,
+    cfg: &Config,
+    stats: *mut Stats,
+    src: &S,
+    l4: L4,
+) -> (u32, u32) {
     let active = cfg.active & 1;
     let id = src.walk(active * NODES_PER_BUFFER);
     let Some(class) = RAMPART_CLASSES.get(active * MAX_CLASSES + (id as u32 & (MAX_CLASSES - 1)))
@@ -461,7 +463,7 @@ fn judge<S: Source>(ctx: &XdpContext, cfg: &Config, src: &S, l4: L4) -> (u32, u3
     } else {
         return (reason::PASS, xdp_action::XDP_PASS);
     };
-    (r, dropped(ctx, cfg, src, l4, r, class.country))
+    (r, dropped(ctx, cfg, stats, src, l4, r, class.country))
 }
 
 /// Bookkeeping for a drop; returns the action (PASS in monitor mode).
@@ -469,17 +471,18 @@ fn judge<S: Source>(ctx: &XdpContext, cfg: &Config, src: &S, l4: L4) -> (u32, u3
 fn dropped<S: Source>(
     ctx: &XdpContext,
     cfg: &Config,
+    stats: *mut Stats,
     src: &S,
     l4: L4,
     r: u32,
     country: u16,
 ) -> u32 {
-    if let Some(c) = RAMPART_COUNTRY_DROPS.get_ptr_mut(country as u32) {
-        // SAFETY: per-CPU slot.
-        unsafe { *c += 1 };
+    // SAFETY: this CPU's statistics.
+    if let Some(c) = unsafe { (*stats).country_drops.get_mut(country as usize) } {
+        *c += 1;
     }
     if cfg.flags & config_flags::EVENTS != 0 {
-        emit(ctx, cfg, src, l4, r, country);
+        emit(ctx, cfg, stats, src, l4, r, country);
     }
     if cfg.flags & config_flags::MONITOR != 0 {
         xdp_action::XDP_PASS
@@ -489,26 +492,31 @@ fn dropped<S: Source>(
 }
 
 #[inline(always)]
-fn emit<S: Source>(ctx: &XdpContext, cfg: &Config, src: &S, l4: L4, r: u32, country: u16) {
-    let Some(b) = RAMPART_EVENT_BUDGET.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY (all accesses to *b): this CPU's slot.
-    let skip = unsafe { (*b).skip };
+fn emit<S: Source>(
+    ctx: &XdpContext,
+    cfg: &Config,
+    b: *mut Stats,
+    src: &S,
+    l4: L4,
+    r: u32,
+    country: u16,
+) {
+    // SAFETY (all accesses to *b): this CPU's statistics.
+    let skip = unsafe { (*b).event_skip };
     if skip > 0 {
-        unsafe { (*b).skip = skip - 1 };
+        unsafe { (*b).event_skip = skip - 1 };
         return;
     }
     let now = now();
     // Per-CPU GCRA: at most one event per interval after a small burst.
-    let tat = unsafe { (*b).tat_ns };
+    let tat = unsafe { (*b).event_tat_ns };
     let tat = if tat > now { tat } else { now };
     if tat - now > cfg.event_tolerance_ns {
         // Spent: the next drops skip the clock.
-        unsafe { (*b).skip = EVENT_SKIP };
+        unsafe { (*b).event_skip = EVENT_SKIP };
         return;
     }
-    unsafe { (*b).tat_ns = tat + cfg.event_interval_ns };
+    unsafe { (*b).event_tat_ns = tat + cfg.event_interval_ns };
     let Some(mut entry) = RAMPART_EVENTS.reserve::<DropEvent>(0) else {
         return;
     };

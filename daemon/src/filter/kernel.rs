@@ -21,9 +21,8 @@ use aya::{
 };
 use rampart_common::{
     ALL_MAPS, ANY_PORT, COUNTRY_SLOTS, Class, Config as KernelConfig, DenyEntry, DropEvent,
-    MAP_CLASSES, MAP_CONFIG, MAP_COUNTERS, MAP_COUNTRY_DROPS, MAP_DENY_V4, MAP_DENY_V6, MAP_EVENTS,
-    MAP_NODES, MAP_PORTS, MAX_CLASSES, NODES_PER_BUFFER, Node, PORT_WORDS, PROGRAM_NAME,
-    REASON_NAMES, port_slot,
+    MAP_CLASSES, MAP_CONFIG, MAP_DENY_V4, MAP_DENY_V6, MAP_EVENTS, MAP_NODES, MAP_PORTS, MAP_STATS,
+    MAX_CLASSES, NODES_PER_BUFFER, Node, PORT_WORDS, PROGRAM_NAME, REASON_NAMES, Stats, port_slot,
 };
 
 use rampart_common::config_flags;
@@ -172,8 +171,7 @@ pub struct Kernel {
     classes: Array<MapData, Class>,
     deny_v4: HashMap<MapData, [u8; 4], DenyEntry>,
     deny_v6: HashMap<MapData, [u8; 16], DenyEntry>,
-    counters: PerCpuArray<MapData, u64>,
-    country_drops: PerCpuArray<MapData, u64>,
+    stats: PerCpuArray<MapData, Stats>,
     events: Option<RingBuf<MapData>>,
     /// What each table buffer holds, when known (not after a restart).
     shadow_nodes: [Option<Vec<Node>>; 2],
@@ -235,8 +233,7 @@ impl Kernel {
             ports: take(&mut ebpf, MAP_PORTS)?,
             nodes: take(&mut ebpf, MAP_NODES)?,
             classes: take(&mut ebpf, MAP_CLASSES)?,
-            counters: take(&mut ebpf, MAP_COUNTERS)?,
-            country_drops: take(&mut ebpf, MAP_COUNTRY_DROPS)?,
+            stats: take(&mut ebpf, MAP_STATS)?,
             events: Some(take(&mut ebpf, MAP_EVENTS)?),
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
@@ -538,30 +535,30 @@ impl Kernel {
     }
 
     pub fn counters(&self) -> Result<Counters, FilterError> {
-        let mut by_reason = Vec::new();
-        for (i, name) in REASON_NAMES.iter().enumerate() {
-            let v = self
-                .counters
-                .get(&(i as u32), 0)
-                .map_err(map_err(MAP_COUNTERS, "read"))?;
-            by_reason.push((*name, v.iter().sum()));
+        let per_cpu = self.stats.get(&0, 0).map_err(map_err(MAP_STATS, "read"))?;
+        let mut reasons = [0u64; REASON_NAMES.len()];
+        let mut countries = vec![0u64; COUNTRY_SLOTS as usize];
+        for cpu in per_cpu.iter() {
+            for (sum, v) in reasons.iter_mut().zip(cpu.reasons.iter()) {
+                *sum += v;
+            }
+            for (sum, v) in countries.iter_mut().zip(cpu.country_drops.iter()) {
+                *sum += v;
+            }
         }
-        let mut drops_by_country = Vec::new();
-        for i in 0..COUNTRY_SLOTS {
-            let v: u64 = self
-                .country_drops
-                .get(&i, 0)
-                .map_err(map_err(MAP_COUNTRY_DROPS, "read"))?
-                .iter()
-                .sum();
-            if v > 0 {
+        let by_reason = REASON_NAMES.iter().copied().zip(reasons).collect();
+        let drops_by_country = countries
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v > 0)
+            .map(|(i, v)| {
                 let code = rampart_common::country_code(i as u16).map_or_else(
                     || "??".to_string(),
                     |c| String::from_utf8_lossy(&c).into_owned(),
                 );
-                drops_by_country.push((code, v));
-            }
-        }
+                (code, *v)
+            })
+            .collect();
         Ok(Counters {
             by_reason,
             drops_by_country,

@@ -871,3 +871,63 @@ fn pinned_maps_of_another_size_are_refused() {
         "{text}"
     );
 }
+
+#[test]
+fn a_full_exact_map_refuses_the_whole_change() {
+    if !privileged() {
+        return;
+    }
+    let pins = PinDir::new();
+    let mut filter = Filter::open_sized(pins.path(), 1024).unwrap();
+    filter
+        .replace_all(
+            Settings::default(),
+            Lists::default(),
+            vec![],
+            CountryPolicy::Off,
+        )
+        .unwrap();
+    let first: Vec<IpNet> = (0..1000u32)
+        .map(|i| IpNet::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), 32).unwrap())
+        .collect();
+    filter
+        .add(ListKind::Deny, &first, None, EntryOrigin::Operator)
+        .unwrap();
+    let more: Vec<IpNet> = (0..100u32)
+        .map(|i| IpNet::new(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)), 32).unwrap())
+        .collect();
+    let err = filter
+        .add(ListKind::Deny, &more, None, EntryOrigin::Operator)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            rampart::filter::FilterError::DenyMapFull {
+                family: 4,
+                capacity: 1024
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        filter.list(ListKind::Deny).len(),
+        1000,
+        "the listing is unchanged"
+    );
+    assert_eq!(
+        filter.kernel().exact_len(),
+        1000,
+        "no partial insert stays in the kernel"
+    );
+    let f = Frame::new();
+    let (action, _) = filter
+        .kernel()
+        .test_run(&f.ipv4(&Ipv4::tcp(v4("11.0.0.5"), 443)), 1)
+        .unwrap();
+    assert_eq!(action, XDP_PASS, "a refused entry does not apply");
+    let (action, _) = filter
+        .kernel()
+        .test_run(&f.ipv4(&Ipv4::tcp(v4("10.0.0.5"), 443)), 1)
+        .unwrap();
+    assert_eq!(action, XDP_DROP, "the earlier entries still apply");
+}

@@ -140,12 +140,7 @@ impl Source for V4 {
 
     #[inline(always)]
     fn exact(&self, cfg: &Config) -> bool {
-        cfg.flags & config_flags::EXACT_V4 != 0
-            && live(
-                RAMPART_DENY_V4
-                    .get_ptr(self.0)
-                    .map(|p| p as *const DenyEntry),
-            )
+        cfg.flags & config_flags::EXACT_V4 != 0 && live(RAMPART_DENY_V4.get_ptr(self.0))
     }
 
     #[inline(always)]
@@ -166,12 +161,7 @@ impl Source for V6 {
 
     #[inline(always)]
     fn exact(&self, cfg: &Config) -> bool {
-        cfg.flags & config_flags::EXACT_V6 != 0
-            && live(
-                RAMPART_DENY_V6
-                    .get_ptr(self.0)
-                    .map(|p| p as *const DenyEntry),
-            )
+        cfg.flags & config_flags::EXACT_V6 != 0 && live(RAMPART_DENY_V6.get_ptr(self.0))
     }
 
     #[inline(always)]
@@ -446,11 +436,10 @@ fn judge<S: Source>(
     if flags & class_flags::BYPASS != 0 {
         return (reason::BYPASS, xdp_action::XDP_PASS);
     }
-    let r = if src.exact(cfg) {
-        reason::DENY
-    } else if flags & class_flags::DENY != 0
-        && (class.deny_expires_ns == 0 || now() < class.deny_expires_ns)
-    {
+    let denied = src.exact(cfg)
+        || (flags & class_flags::DENY != 0
+            && (class.deny_expires_ns == 0 || now() < class.deny_expires_ns));
+    let r = if denied {
         reason::DENY
     } else if !protected(cfg, l4) {
         return (reason::PASS_UNPROTECTED, xdp_action::XDP_PASS);

@@ -7,5 +7,6 @@ pub mod config;
 pub mod filter;
 pub mod geo;
 pub mod paths;
+pub mod policy;
 pub mod rules;
 pub mod service;

@@ -1,0 +1,83 @@
+//! Finding the key in a request, and removing it before the request is forwarded.
+
+use http::HeaderMap;
+
+/// Where the key was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyLocation {
+    Header,
+    Query,
+}
+
+/// A key as sent by the client (header or query value, percent-decoded for the query).
+/// `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PresentedKey {
+    pub value: Vec<u8>,
+    pub location: KeyLocation,
+}
+
+impl std::fmt::Debug for PresentedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresentedKey")
+            .field("value", &"<redacted>")
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+/// APIM's order: the header if present, else the query parameter ("the query parameter is
+/// checked only if the header isn't present"). An empty header value counts as absent.
+/// `query` is the raw query string (without `?`).
+pub fn extract_key(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    header_name: &str,
+    query_param: &str,
+) -> Option<PresentedKey> {
+    let from_header = headers
+        .get_all(header_name)
+        .iter()
+        .map(|v| v.as_bytes())
+        .find(|v| !v.is_empty());
+    if let Some(value) = from_header {
+        return Some(PresentedKey {
+            value: value.to_vec(),
+            location: KeyLocation::Header,
+        });
+    }
+    let query = query?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(name, value)| name == query_param && !value.is_empty())
+        .map(|(_, value)| PresentedKey {
+            value: value.as_bytes().to_vec(),
+            location: KeyLocation::Query,
+        })
+}
+
+/// Removes the key header and every `query_param` parameter, so the key never reaches the
+/// backend. Returns the new query string (`None` if nothing is left); the other parameters
+/// are kept byte for byte, in order.
+pub fn strip_key(
+    headers: &mut HeaderMap,
+    query: Option<&str>,
+    header_name: &str,
+    query_param: &str,
+) -> Option<String> {
+    headers.remove(header_name);
+    let query = query?;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            form_urlencoded::parse(pair.as_bytes())
+                .next()
+                .is_none_or(|(name, _)| name != query_param)
+        })
+        .collect();
+    let joined = kept.join("&");
+    if joined.is_empty() {
+        None
+    } else {
+        Some(joined)
+    }
+}

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod filter;
+pub mod gateway;
 pub mod geo;
 pub mod paths;
 pub mod policy;

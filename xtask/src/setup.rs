@@ -27,13 +27,14 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM_MAJORS: [u32; 3] = [21, 22, 23];
 
 /// Debian packages the privileged tests and the benchmarks call.
-const PACKAGES: [&str; 7] = [
+const PACKAGES: [&str; 8] = [
     "iproute2",
     "bpftool",
     "xdp-tools",
     "netsniff-ng",
     "ethtool",
     "curl",
+    "openssl",
     "python3",
 ];
 

@@ -1,0 +1,201 @@
+//! Errors of the gateway: start-up errors, and the JSON rejections sent to clients.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+
+/// Errors that stop the gateway from starting or a certificate reload from applying.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot read {path}")]
+    ReadPem {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no certificate in {path}")]
+    NoCertificate { path: PathBuf },
+    #[error("no usable private key in {path}")]
+    NoPrivateKey { path: PathBuf },
+    #[error("{path}: PEM does not parse")]
+    BadPem {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("certificate {cert} does not match key {key}")]
+    CertKeyMismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("SNI host name {hostname:?} is not a valid DNS name")]
+    BadSniName { hostname: String },
+    #[error("SNI host name {hostname:?} appears twice")]
+    DuplicateSniName { hostname: String },
+    #[error("certificate for {hostname:?} is not valid for that name")]
+    SniNameNotInCertificate {
+        hostname: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{path}: not a usable CA certificate")]
+    BadCaCertificate {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("building the TLS configuration")]
+    TlsConfig {
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("API {api:?}: backend URL {url} must be http or https with a host")]
+    BadBackend { api: String, url: String },
+    #[error("API {api:?}: path prefix {prefix:?} must start with '/'")]
+    BadPathPrefix { api: String, prefix: String },
+    #[error("APIs {first:?} and {second:?} have the same host and path prefix")]
+    DuplicateRoute { first: String, second: String },
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A request refused by the gateway itself, rendered as APIM's JSON error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: StatusCode,
+    /// Shown to the client: never internals.
+    pub message: String,
+    /// Extra response headers (`WWW-Authenticate`, `Retry-After`, ...).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Machine-readable reason for logs and counters (APIM's `LastError.Reason`).
+    pub reason: &'static str,
+}
+
+impl Rejection {
+    pub fn new(status: StatusCode, message: impl Into<String>, reason: &'static str) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            headers: Vec::new(),
+            reason,
+        }
+    }
+
+    #[must_use]
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "Resource not found",
+            "OperationNotFound",
+        )
+    }
+
+    pub fn bad_gateway() -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "Bad gateway",
+            "BackendConnectionFailure",
+        )
+    }
+
+    pub fn gateway_timeout() -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "Gateway timeout", "Timeout")
+    }
+
+    pub fn payload_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request entity too large",
+            "RequestEntityTooLarge",
+        )
+    }
+
+    pub fn header_too_large() -> Self {
+        Self::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "Request header fields too large",
+            "RequestHeaderFieldsTooLarge",
+        )
+    }
+
+    pub fn bad_request() -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "Bad request", "BadRequest")
+    }
+
+    /// The body APIM sends: `{ "statusCode": N, "message": "..." }`, spaced exactly
+    /// like APIM's wire form (its captured 401 has `Content-Length: 152`).
+    pub fn body(&self) -> String {
+        let message = serde_json::Value::String(self.message.clone());
+        format!(
+            "{{ \"statusCode\": {}, \"message\": {} }}",
+            self.status.as_u16(),
+            message
+        )
+    }
+
+    /// The full response, with `Content-Type: application/json`.
+    pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
+        let body = Bytes::from(self.body());
+        let mut response = Response::new(B::from(body.clone()));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        for (name, value) in self.headers {
+            headers.append(name, value);
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_apim_wire_form() {
+        let rejection = Rejection::new(
+            StatusCode::UNAUTHORIZED,
+            "Access denied due to missing subscription key. Make sure to include subscription key when making requests to an API.",
+            "SubscriptionKeyNotFound",
+        );
+        assert_eq!(rejection.body().len(), 152);
+        assert_eq!(
+            Rejection::not_found().body(),
+            r#"{ "statusCode": 404, "message": "Resource not found" }"#
+        );
+    }
+
+    #[test]
+    fn message_is_json_escaped() {
+        let rejection = Rejection::new(StatusCode::BAD_REQUEST, "a \"quoted\"\nline", "x");
+        let parsed: serde_json::Value = serde_json::from_str(&rejection.body()).unwrap();
+        assert_eq!(parsed["message"], "a \"quoted\"\nline");
+        assert_eq!(parsed["statusCode"], 400);
+    }
+
+    #[test]
+    fn response_has_json_content_type_and_extra_headers() {
+        let response: Response<http_body_util::Full<Bytes>> = Rejection::not_found()
+            .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("5"))
+            .into_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        assert_eq!(response.headers()[http::header::RETRY_AFTER], "5");
+    }
+}

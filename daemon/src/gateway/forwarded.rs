@@ -1,0 +1,263 @@
+//! Header rewriting between client and backend: hop-by-hop headers (RFC 9110 §7.6.1)
+//! and the forwarding headers `X-Forwarded-For`, `X-Forwarded-Proto`,
+//! `X-Forwarded-Host` and `Forwarded` (RFC 7239).
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use http::header::{
+    CONNECTION, FORWARDED, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Removes the headers that concern only one hop: the fixed list, every `Proxy-*`
+/// header, and every header named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        CONNECTION,
+        KEEP_ALIVE,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy {
+        headers.remove(name);
+    }
+}
+
+/// What the gateway knows about the hop it received a request on.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientHop<'a> {
+    pub peer: IpAddr,
+    /// `https` or `http`: what the client spoke to the gateway.
+    pub proto: &'a str,
+    /// The host the client asked for (`Host` or the `:authority`).
+    pub host: Option<&'a str>,
+    /// The peer is a configured proxy: its forwarding headers are kept and extended.
+    pub trusted: bool,
+}
+
+/// Sets the forwarding headers for the backend. From an untrusted peer, whatever
+/// the client sent in `X-Forwarded-*` and `Forwarded` is dropped first, so the
+/// backend sees only what the gateway itself observed.
+pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: ClientHop<'_>) {
+    let peer = canonical(hop.peer);
+    if !hop.trusted {
+        let forged: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("x-forwarded-"))
+            .cloned()
+            .collect();
+        for name in forged {
+            headers.remove(name);
+        }
+        headers.remove(FORWARDED);
+    }
+
+    let xff = match joined(headers, &X_FORWARDED_FOR) {
+        Some(prior) => format!("{prior}, {peer}"),
+        None => peer.to_string(),
+    };
+    insert(headers, X_FORWARDED_FOR, &xff);
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        insert(headers, X_FORWARDED_PROTO, hop.proto);
+    }
+    if let Some(host) = hop.host
+        && !headers.contains_key(X_FORWARDED_HOST)
+    {
+        insert(headers, X_FORWARDED_HOST, host);
+    }
+
+    let mut element = format!("for={}", forwarded_node(peer));
+    if let Some(host) = hop.host {
+        element.push_str(";host=");
+        element.push_str(&forwarded_value(host));
+    }
+    element.push_str(";proto=");
+    element.push_str(hop.proto);
+    let forwarded = match joined(headers, &FORWARDED) {
+        Some(prior) => format!("{prior}, {element}"),
+        None => element,
+    };
+    insert(headers, FORWARDED, &forwarded);
+}
+
+/// An IPv4-mapped IPv6 peer (dual-stack listener) is reported as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// All values of a header joined with ", " (several header lines are one list).
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+/// Values built here come from an IP address, `http`/`https` and a host that
+/// hyper already accepted as a header value, so they are always valid; a value that
+/// is not is skipped rather than sent broken.
+fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+/// RFC 7239 §6: an IPv6 node is quoted and bracketed.
+fn forwarded_node(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    }
+}
+
+/// A token as is, anything else as a quoted-string.
+fn forwarded_value(value: &str) -> String {
+    let is_token = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if is_token {
+        value.to_owned()
+    } else {
+        let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
+        format!("\"{escaped}\"")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    fn hop(peer: &str, trusted: bool) -> ClientHop<'static> {
+        ClientHop {
+            peer: peer.parse().unwrap(),
+            proto: "https",
+            host: Some("api.example.com"),
+            trusted,
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, X-Secret , close"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("proxy-authorization", "Basic abc"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("accept", "*/*"),
+            ("authorization", "Bearer t"),
+        ]);
+        remove_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["accept", "authorization"]);
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_forge_forwarding_headers() {
+        let mut headers = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "evil"),
+            ("x-forwarded-client-cert", "forged"),
+            ("forwarded", "for=1.2.3.4"),
+        ]);
+        set_forwarding_headers(&mut headers, hop("192.0.2.7", false));
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-forwarded-host"], "api.example.com");
+        assert!(!headers.contains_key("x-forwarded-client-cert"));
+        assert_eq!(
+            headers["forwarded"],
+            "for=192.0.2.7;host=api.example.com;proto=https"
+        );
+    }
+
+    #[test]
+    fn trusted_proxy_headers_are_extended() {
+        let mut headers = map(&[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("x-forwarded-proto", "http"),
+            ("forwarded", "for=203.0.113.1"),
+        ]);
+        set_forwarding_headers(&mut headers, hop("10.0.0.1", true));
+        assert_eq!(
+            headers["x-forwarded-for"],
+            "203.0.113.1, 198.51.100.2, 10.0.0.1"
+        );
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(
+            headers["forwarded"],
+            "for=203.0.113.1, for=10.0.0.1;host=api.example.com;proto=https"
+        );
+    }
+
+    #[test]
+    fn ipv6_and_ported_host_are_quoted() {
+        let mut headers = HeaderMap::new();
+        let hop = ClientHop {
+            peer: "2001:db8::1".parse().unwrap(),
+            proto: "http",
+            host: Some("[::1]:8080"),
+            trusted: false,
+        };
+        set_forwarding_headers(&mut headers, hop);
+        assert_eq!(headers["x-forwarded-for"], "2001:db8::1");
+        assert_eq!(
+            headers["forwarded"],
+            "for=\"[2001:db8::1]\";host=\"[::1]:8080\";proto=http"
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_peer_is_reported_as_ipv4() {
+        let mut headers = HeaderMap::new();
+        set_forwarding_headers(&mut headers, hop("::ffff:192.0.2.9", false));
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.9");
+    }
+}

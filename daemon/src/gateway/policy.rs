@@ -1,0 +1,56 @@
+//! The hook where request policies (keys, throttling, CORS, validation, header
+//! rules) plug into the gateway. Each policy runs after routing, in the order
+//! the policies were added, and may stop the request.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Extensions, request, response};
+
+use super::error::Rejection;
+
+/// A request as a policy sees it, after routing and before forwarding.
+pub struct RequestContext<'a> {
+    /// The name of the API the request was routed to.
+    pub api: &'a str,
+    /// The client's address (the TCP peer, not `X-Forwarded-For`).
+    pub peer: SocketAddr,
+    /// Method, URI and headers; a policy may change them (e.g. remove a key) and
+    /// the backend receives the changed request.
+    pub parts: &'a mut request::Parts,
+    /// Carried to [`RequestPolicy::on_response`] of every policy of this request
+    /// (e.g. the CORS origin that was allowed, the subscription name).
+    pub state: &'a mut Extensions,
+}
+
+/// What a policy sees of the response, gateway-made or from the backend.
+pub struct ResponseContext<'a> {
+    pub api: &'a str,
+    pub peer: SocketAddr,
+    pub state: &'a Extensions,
+}
+
+/// Why a request goes no further.
+#[derive(Debug)]
+pub enum Stop {
+    /// Answered with APIM's JSON error body.
+    Reject(Rejection),
+    /// Answered by the gateway with this response (e.g. a CORS preflight).
+    Respond(Box<http::Response<Bytes>>),
+}
+
+impl From<Rejection> for Stop {
+    fn from(rejection: Rejection) -> Self {
+        Self::Reject(rejection)
+    }
+}
+
+/// A check or rewrite applied to every routed request.
+pub trait RequestPolicy: Send + Sync + 'static {
+    /// Lets the request go on (`Ok`) or stops it.
+    fn on_request(&self, request: &mut RequestContext<'_>) -> Result<(), Stop>;
+
+    /// Adjusts the response headers of every routed request, including rejections
+    /// made by this or another policy. Runs in reverse order of `on_request`.
+    fn on_response(&self, _response: &ResponseContext<'_>, _parts: &mut response::Parts) {}
+}

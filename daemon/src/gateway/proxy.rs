@@ -1,0 +1,284 @@
+//! Forwarding to backends through hyper's pooled client; bodies are streamed.
+
+use std::error::Error as StdError;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HOST};
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response, Version, request};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use url::Url;
+
+use super::error::{GatewayError, Rejection};
+use super::settings::{ApiSettings, BackendProtocol, BackendTimeouts};
+use super::{BoxError, ResponseBody};
+
+/// The body sent upstream: the client's body, cut off past the size limit.
+pub(crate) type UpstreamBody = Limited<ClientBody>;
+
+/// The client's request body, its errors marked as the client's (bad chunking, a
+/// connection cut mid-body) so they are told apart from the backend's.
+pub(crate) struct ClientBody(pub(crate) Incoming);
+
+/// Reading the client's request body failed.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the client's request body")]
+pub(crate) struct ClientBodyError(#[source] hyper::Error);
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, ClientBodyError>>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll_frame(cx)
+            .map(|frame| frame.map(|f| f.map_err(ClientBodyError)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.0.size_hint()
+    }
+}
+
+/// One API's backend: its base URL and its own connection pool.
+pub(crate) struct Backend {
+    pub(crate) name: String,
+    base: Url,
+    timeouts: BackendTimeouts,
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("name", &self.name)
+            .field("base", &self.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend {
+    pub(crate) fn new(api: &ApiSettings, tls: rustls::ClientConfig) -> Result<Self, GatewayError> {
+        let scheme_ok = matches!(api.backend.scheme(), "http" | "https");
+        if !scheme_ok || api.backend.host_str().is_none() {
+            return Err(GatewayError::BadBackend {
+                api: api.name.clone(),
+                url: api.backend.to_string(),
+            });
+        }
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(api.timeouts.connect));
+        let builder = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1();
+        // Over TLS, ALPN offers h2 then http/1.1; plain http speaks HTTP/1.1
+        // unless h2 prior knowledge is asked for.
+        let connector = builder.enable_http2().wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(api.timeouts.pool_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(api.backend_protocol == BackendProtocol::Http2)
+            .build(connector);
+        Ok(Self {
+            name: api.name.clone(),
+            base: api.backend.clone(),
+            timeouts: api.timeouts,
+            client,
+        })
+    }
+
+    /// Sends the request and returns the backend's response head with its body
+    /// streaming, or the rejection the client gets instead.
+    pub(crate) async fn forward(
+        &self,
+        parts: request::Parts,
+        body: UpstreamBody,
+        rest_of_path: &str,
+    ) -> Result<Response<ResponseBody>, Rejection> {
+        let mut parts = parts;
+        parts.uri = self.upstream_uri(rest_of_path, parts.uri.query())?;
+        parts.version = Version::HTTP_11;
+        // The client sets Host from the URI: the backend sees its own name, the
+        // original one travels in X-Forwarded-Host and Forwarded.
+        parts.headers.remove(HOST);
+        let request = Request::from_parts(parts, body);
+
+        let sent =
+            tokio::time::timeout(self.timeouts.response_header, self.client.request(request));
+        let response = match sent.await {
+            Err(_elapsed) => {
+                tracing::warn!(api = %self.name, timeout = ?self.timeouts.response_header, "backend did not answer in time");
+                return Err(Rejection::gateway_timeout());
+            }
+            Ok(Err(error)) => return Err(self.classify(&error)),
+            Ok(Ok(response)) => response,
+        };
+        let (mut parts, body) = response.into_parts();
+        super::forwarded::remove_hop_by_hop(&mut parts.headers);
+        let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
+        Ok(Response::from_parts(parts, body))
+    }
+
+    fn classify(&self, error: &hyper_util::client::legacy::Error) -> Rejection {
+        if find_in_chain::<http_body_util::LengthLimitError>(error) {
+            tracing::info!(api = %self.name, "request body over the limit while streaming");
+            return Rejection::payload_too_large();
+        }
+        if find_in_chain::<ClientBodyError>(error) {
+            tracing::info!(api = %self.name, error = %Chain(error), "client request body unreadable");
+            return Rejection::bad_request();
+        }
+        if error.is_connect() {
+            tracing::warn!(api = %self.name, error = %Chain(error), "backend connection failed");
+        } else {
+            tracing::warn!(api = %self.name, error = %Chain(error), "backend request failed");
+        }
+        Rejection::bad_gateway()
+    }
+
+    fn upstream_uri(&self, rest_of_path: &str, query: Option<&str>) -> Result<Uri, Rejection> {
+        let path = join_path(self.base.path(), rest_of_path);
+        let path_and_query = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let authority = match self.base.port() {
+            Some(port) => format!("{}:{port}", host_for_uri(&self.base)),
+            None => host_for_uri(&self.base),
+        };
+        let uri = Uri::builder()
+            .scheme(self.base.scheme())
+            .authority(authority)
+            .path_and_query(
+                PathAndQuery::try_from(path_and_query).map_err(|_| Rejection::bad_request())?,
+            )
+            .build();
+        uri.map_err(|_| Rejection::bad_request())
+    }
+}
+
+fn host_for_uri(url: &Url) -> String {
+    match url.host() {
+        Some(url::Host::Ipv6(v6)) => format!("[{v6}]"),
+        Some(host) => host.to_string(),
+        None => String::new(),
+    }
+}
+
+/// Backend base path + what follows the API's prefix: `/api` + `/1` = `/api/1`.
+pub(crate) fn join_path(base: &str, rest: &str) -> String {
+    let base = base.trim_end_matches('/');
+    let joined = format!("{base}{rest}");
+    if joined.is_empty() {
+        "/".to_owned()
+    } else if joined.starts_with('/') {
+        joined
+    } else {
+        format!("/{joined}")
+    }
+}
+
+/// The body length the client declared in `Content-Length`, if any.
+pub(crate) fn declared_length(parts: &request::Parts) -> Option<u64> {
+    parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Whether an error of type `E` is somewhere in `error`'s source chain.
+pub(crate) fn find_in_chain<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<E>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// Displays an error with its sources, for logs.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn StdError + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// The TLS configuration towards backends: the Mozilla roots plus the extra CA
+/// certificates configured (a private CA of the backends).
+pub(crate) fn client_tls(extra_roots: &[PathBuf]) -> Result<rustls::ClientConfig, GatewayError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for path in extra_roots {
+        let pem = std::fs::read(path).map_err(|source| GatewayError::ReadPem {
+            path: path.clone(),
+            source,
+        })?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| GatewayError::BadPem {
+                path: path.clone(),
+                source,
+            })?;
+        if certs.is_empty() {
+            return Err(GatewayError::NoCertificate { path: path.clone() });
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|source| GatewayError::BadCaCertificate {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(super::tls::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|source| GatewayError::TlsConfig { source })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_join_without_double_slashes() {
+        assert_eq!(join_path("/", ""), "/");
+        assert_eq!(join_path("/", "/a"), "/a");
+        assert_eq!(join_path("/api/", "/a/b"), "/api/a/b");
+        assert_eq!(join_path("/api", ""), "/api");
+        assert_eq!(join_path("", ""), "/");
+    }
+}

@@ -1,0 +1,227 @@
+//! Listeners and connections: accept, TLS handshake, HTTP/1.1 + HTTP/2, graceful
+//! shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::GatewayStats;
+use super::error::GatewayError;
+use super::handler::{Connection, Shared, handle};
+use super::proxy::Chain;
+use super::settings::Limits;
+
+pub(crate) struct BoundListener {
+    socket: TcpListener,
+    tls: Option<TlsAcceptor>,
+    pub(crate) local_addr: SocketAddr,
+}
+
+impl BoundListener {
+    pub(crate) fn new(
+        configured: SocketAddr,
+        socket: TcpListener,
+        tls: Option<TlsAcceptor>,
+    ) -> Result<Self, GatewayError> {
+        let local_addr = socket.local_addr().map_err(|source| GatewayError::Bind {
+            addr: configured,
+            source,
+        })?;
+        Ok(Self {
+            socket,
+            tls,
+            local_addr,
+        })
+    }
+}
+
+/// Everything a connection task needs.
+struct ConnectionSetup {
+    shared: Arc<Shared>,
+    http: Arc<auto::Builder<TokioExecutor>>,
+    /// Cancelled when the drain time is over: connections still open are dropped.
+    hard_stop: CancellationToken,
+}
+
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own head limit is a backstop (431 with an empty body); the handler
+    // applies `max_header_bytes` first and answers with the JSON body.
+    let backstop = limits.max_header_bytes.saturating_mul(2).max(64 * 1024);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(backstop);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(backstop).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.max_concurrent_streams);
+    builder
+}
+
+pub(crate) async fn serve(
+    listeners: Vec<BoundListener>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let limits = shared.limits;
+    let setup = Arc::new(ConnectionSetup {
+        http: Arc::new(http_builder(&limits)),
+        shared,
+        hard_stop: CancellationToken::new(),
+    });
+    let graceful = Arc::new(GracefulShutdown::new());
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+
+    let mut accept_loops = tokio::task::JoinSet::new();
+    for listener in listeners {
+        tracing::info!(addr = %listener.local_addr, tls = listener.tls.is_some(), "gateway listening");
+        accept_loops.spawn(accept_loop(
+            listener,
+            Arc::clone(&setup),
+            Arc::clone(&slots),
+            Arc::clone(&graceful),
+            shutdown.clone(),
+        ));
+    }
+    // The accept loops end when shutdown is cancelled, dropping their sockets.
+    while accept_loops.join_next().await.is_some() {}
+
+    match Arc::try_unwrap(graceful) {
+        Ok(graceful) => {
+            tracing::info!(connections = graceful.count(), "gateway draining");
+            if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!(timeout = ?limits.drain_timeout, "drain time over, closing remaining connections");
+            }
+        }
+        Err(_) => tracing::warn!("gateway shutdown watcher still shared; not draining"),
+    }
+    setup.hard_stop.cancel();
+    tracing::info!("gateway stopped");
+}
+
+/// Each accepted connection takes a watcher at once, so that shutdown also waits
+/// for connections still in their TLS handshake.
+async fn accept_loop(
+    listener: BoundListener,
+    setup: Arc<ConnectionSetup>,
+    slots: Arc<Semaphore>,
+    graceful: Arc<GracefulShutdown>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.socket.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors or a connection reset before accept: wait
+                // a little rather than spin.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // The slot is taken after accept: taking it before would let an idle
+        // listener hold a slot that another listener's clients need. While all
+        // slots are taken, this listener holds one accepted connection unserved
+        // and the rest wait in the kernel's backlog.
+        let slot = tokio::select! {
+            () = shutdown.cancelled() => break,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_closed) => break,
+            },
+        };
+        GatewayStats::bump(&setup.shared.stats.connections_accepted);
+        let _ = stream.set_nodelay(true);
+        let setup = Arc::clone(&setup);
+        let tls = listener.tls.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let hard_stop = setup.hard_stop.clone();
+            tokio::select! {
+                () = serve_connection(stream, peer, tls, setup, watcher) => {}
+                () = hard_stop.cancelled() => {}
+            }
+            drop(slot);
+        });
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    setup: Arc<ConnectionSetup>,
+    watcher: Watcher,
+) {
+    let shared = &setup.shared;
+    let stats = &shared.stats;
+    let timeout = shared.limits.header_read_timeout;
+    match tls {
+        Some(acceptor) => {
+            let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    GatewayStats::bump(&stats.tls_handshake_failures);
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_elapsed) => {
+                    GatewayStats::bump(&stats.header_timeouts);
+                    tracing::debug!(%peer, "TLS handshake too slow");
+                    return;
+                }
+            };
+            run_http(TokioIo::new(stream), peer, "https", &setup, watcher).await;
+        }
+        None => run_http(TokioIo::new(stream), peer, "http", &setup, watcher).await,
+    }
+}
+
+async fn run_http<I>(
+    io: I,
+    peer: SocketAddr,
+    proto: &'static str,
+    setup: &Arc<ConnectionSetup>,
+    watcher: Watcher,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let shared = Arc::clone(&setup.shared);
+    let conn = Connection { peer, proto };
+    let service = service_fn(move |request| handle(Arc::clone(&shared), conn, request));
+    let connection = setup.http.serve_connection(io, service);
+    if let Err(error) = watcher.watch(connection).await {
+        let stats = &setup.shared.stats;
+        match error.downcast_ref::<hyper::Error>() {
+            Some(e) if e.is_parse() || e.is_parse_too_large() => {
+                GatewayStats::bump(&stats.malformed_requests);
+                tracing::debug!(%peer, error = %Chain(e), "malformed request");
+            }
+            Some(e) if e.is_timeout() => {
+                GatewayStats::bump(&stats.header_timeouts);
+                tracing::debug!(%peer, "request head too slow");
+            }
+            _ => {
+                tracing::debug!(%peer, error = %Chain(error.as_ref()), "connection ended with an error")
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Typed settings of the gateway, independent of the TOML configuration: the
+//! configuration module validates its file and builds these.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use url::Url;
+
+/// One address the gateway accepts connections on.
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    pub addr: SocketAddr,
+    /// What the listener speaks: TLS, or plain HTTP only when asked for explicitly.
+    pub transport: Transport,
+}
+
+/// A listener's transport. There is no default: plain HTTP must be chosen by name.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    Tls(TlsSettings),
+    PlainHttp,
+}
+
+/// Certificates of a TLS listener (PEM files, read at start and at each reload).
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// Served to clients that send no SNI or a name no other certificate covers.
+    pub default_cert: CertFiles,
+    /// Further certificates chosen by the SNI host name (exact, case-insensitive).
+    pub sni_certs: Vec<SniCert>,
+}
+
+/// A certificate chain and its private key, both PEM.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert_chain_pem: PathBuf,
+    pub key_pem: PathBuf,
+}
+
+/// A certificate served for one SNI host name.
+#[derive(Debug, Clone)]
+pub struct SniCert {
+    pub hostname: String,
+    pub files: CertFiles,
+}
+
+/// One proxied API: requests whose host (if set) and path prefix match go to `backend`.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub name: String,
+    /// Matched against the request's host (without port), case-insensitively.
+    pub host: Option<String>,
+    /// Matched on whole path segments: `/orders` matches `/orders` and `/orders/1`,
+    /// not `/ordersx`. `/` matches everything.
+    pub path_prefix: String,
+    /// `http://` or `https://` base URL; its path is prepended to the remaining path.
+    pub backend: Url,
+    pub backend_protocol: BackendProtocol,
+    pub timeouts: BackendTimeouts,
+}
+
+/// The HTTP version spoken to a backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BackendProtocol {
+    /// HTTP/1.1 to `http://`; over `https://`, HTTP/2 when the backend offers it (ALPN).
+    #[default]
+    Auto,
+    /// HTTP/2 only: prior knowledge (h2c) to `http://`, ALPN `h2` to `https://`.
+    Http2,
+}
+
+/// Timeouts towards one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendTimeouts {
+    /// TCP connect (a refused or timed-out connect gives 502).
+    pub connect: Duration,
+    /// From sending the request to receiving the response head (504 when exceeded).
+    pub response_header: Duration,
+    /// How long an unused pooled upstream connection is kept.
+    pub pool_idle: Duration,
+}
+
+impl Default for BackendTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            response_header: Duration::from_secs(30),
+            pool_idle: Duration::from_secs(90),
+        }
+    }
+}
+
+/// Limits that protect the gateway from clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Request line plus headers; larger requests get 431.
+    pub max_header_bytes: usize,
+    /// Request body; larger bodies get 413, by `Content-Length` or while streaming.
+    pub max_body_bytes: u64,
+    /// Concurrent client connections over all listeners; further ones wait in the
+    /// kernel backlog until a slot frees.
+    pub max_connections: usize,
+    /// Time allowed for the TLS handshake and for each request head (slowloris).
+    pub header_read_timeout: Duration,
+    /// HTTP/2 concurrent streams per connection.
+    pub max_concurrent_streams: u32,
+    /// How long in-flight requests may run after shutdown was asked for.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 32 * 1024,
+            max_body_bytes: 100 * 1024 * 1024,
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 100,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything the gateway needs besides its listeners.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub apis: Vec<ApiSettings>,
+    pub limits: Limits,
+    /// Peers whose `X-Forwarded-*` and `Forwarded` headers are kept; from any
+    /// other peer they are replaced.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Extra CA certificates (PEM) trusted for `https://` backends, besides the
+    /// Mozilla roots.
+    pub backend_ca_pem: Vec<PathBuf>,
+}
+
+/// Whether `peer` is one of the configured proxies (IPv4-mapped IPv6 counts as IPv4).
+pub(crate) fn is_trusted(nets: &[IpNet], peer: IpAddr) -> bool {
+    let peer = match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+        IpAddr::V4(_) => peer,
+    };
+    nets.iter().any(|net| net.contains(&peer))
+}

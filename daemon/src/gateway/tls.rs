@@ -1,0 +1,160 @@
+//! TLS termination: certificates loaded from PEM, chosen by SNI, swapped on reload
+//! without touching established connections.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert, ResolvesServerCertUsingSni};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::error::GatewayError;
+use super::settings::{CertFiles, TlsSettings};
+
+/// The one crypto provider of the gateway (server and backend side). `ring` builds
+/// with a C compiler alone; aws-lc-rs would need cmake on every build machine.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Certificates of one listener, chosen by SNI; the whole set is replaced at once.
+pub struct CertResolver {
+    current: ArcSwap<CertSet>,
+}
+
+struct CertSet {
+    by_name: ResolvesServerCertUsingSni,
+    default: Arc<CertifiedKey>,
+}
+
+impl fmt::Debug for CertResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Private keys never reach Debug output.
+        f.debug_struct("CertResolver").finish_non_exhaustive()
+    }
+}
+
+impl CertResolver {
+    /// Loads every certificate; any error leaves nothing half-loaded.
+    pub fn load(settings: &TlsSettings) -> Result<Self, GatewayError> {
+        Ok(Self {
+            current: ArcSwap::from_pointee(CertSet::load(settings)?),
+        })
+    }
+
+    /// Re-reads the files. New handshakes use the new certificates; on error the
+    /// old ones stay in use.
+    pub fn reload(&self, settings: &TlsSettings) -> Result<(), GatewayError> {
+        self.install(PreparedCerts::load(settings)?);
+        Ok(())
+    }
+
+    pub(crate) fn install(&self, certs: PreparedCerts) {
+        self.current.store(Arc::new(certs.0));
+    }
+}
+
+/// Certificates loaded and checked, not yet in use.
+pub(crate) struct PreparedCerts(CertSet);
+
+impl PreparedCerts {
+    pub(crate) fn load(settings: &TlsSettings) -> Result<Self, GatewayError> {
+        CertSet::load(settings).map(Self)
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let set = self.current.load();
+        set.by_name
+            .resolve(client_hello)
+            .or_else(|| Some(Arc::clone(&set.default)))
+    }
+}
+
+impl CertSet {
+    fn load(settings: &TlsSettings) -> Result<Self, GatewayError> {
+        let provider = crypto_provider();
+        let default = Arc::new(load_certified_key(&settings.default_cert, &provider)?);
+        let mut by_name = ResolvesServerCertUsingSni::new();
+        let mut seen: Vec<String> = Vec::new();
+        for sni in &settings.sni_certs {
+            let hostname = sni.hostname.to_ascii_lowercase();
+            if seen.contains(&hostname) {
+                return Err(GatewayError::DuplicateSniName {
+                    hostname: sni.hostname.clone(),
+                });
+            }
+            if rustls_pki_types::DnsName::try_from(hostname.as_str()).is_err() {
+                return Err(GatewayError::BadSniName {
+                    hostname: sni.hostname.clone(),
+                });
+            }
+            let key = load_certified_key(&sni.files, &provider)?;
+            by_name.add(&hostname, key).map_err(|source| {
+                GatewayError::SniNameNotInCertificate {
+                    hostname: sni.hostname.clone(),
+                    source,
+                }
+            })?;
+            seen.push(hostname);
+        }
+        Ok(Self { by_name, default })
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, GatewayError> {
+    std::fs::read(path).map_err(|source| GatewayError::ReadPem {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn load_certified_key(
+    files: &CertFiles,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, GatewayError> {
+    let pem = read(&files.cert_chain_pem)?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| GatewayError::BadPem {
+            path: files.cert_chain_pem.clone(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(GatewayError::NoCertificate {
+            path: files.cert_chain_pem.clone(),
+        });
+    }
+    let pem = read(&files.key_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|source| match source {
+        rustls_pki_types::pem::Error::NoItemsFound => GatewayError::NoPrivateKey {
+            path: files.key_pem.clone(),
+        },
+        source => GatewayError::BadPem {
+            path: files.key_pem.clone(),
+            source,
+        },
+    })?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|source| GatewayError::CertKeyMismatch {
+        cert: files.cert_chain_pem.clone(),
+        key: files.key_pem.clone(),
+        source,
+    })
+}
+
+/// TLS 1.2 and 1.3 only, ALPN `h2` then `http/1.1`, certificates from `resolver`.
+pub fn server_config(resolver: Arc<CertResolver>) -> Result<ServerConfig, GatewayError> {
+    let mut config = ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|source| GatewayError::TlsConfig { source })?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}

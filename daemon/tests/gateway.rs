@@ -1,0 +1,781 @@
+//! The gateway end to end on loopback: real TLS clients (hyper + rustls, curl,
+//! openssl), a real backend, certificates made by the test.
+
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod gateway_support;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gateway_support::*;
+use http::header::{HeaderValue, WWW_AUTHENTICATE};
+use http::{Request, StatusCode};
+use http_body_util::Empty;
+use rampart::gateway::{
+    BackendProtocol, BackendTimeouts, Limits, Rejection, RequestContext, RequestPolicy,
+    ResponseContext, SniCert, Stop,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Setup {
+    pki: Pki,
+    backend: std::net::SocketAddr,
+    gateway: Running,
+}
+
+async fn setup(limits: Limits) -> Setup {
+    let pki = Pki::new();
+    let backend = start_backend().await;
+    let default_cert = pki.leaf("localhost", &["localhost", "127.0.0.1"]);
+    let apis = vec![
+        api("orders", None, "/orders", &format!("http://{backend}/api")),
+        api(
+            "root",
+            Some("root.test"),
+            "/",
+            &format!("http://{backend}/"),
+        ),
+        api("echo", None, "/echo", &format!("http://{backend}/")),
+    ];
+    let gateway = start_gateway_with(
+        tls_settings(default_cert, Vec::new()),
+        settings(apis, limits),
+        None,
+    )
+    .await;
+    Setup {
+        pki,
+        backend,
+        gateway,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_longest_prefix_and_rewrites_the_path() {
+    let s = setup(Limits::default()).await;
+    let client = client(&s.pki, false);
+    let base = format!("https://localhost:{}", s.gateway.tls.port());
+
+    let (parts, body) = get(&client, &format!("{base}/orders/42?x=1")).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert!(body.starts_with("GET /api/42?x=1\n"), "{body}");
+    assert!(body.contains(&format!("host: {}\n", s.backend)), "{body}");
+
+    let (_, body) = get(&client, &format!("{base}/orders")).await;
+    assert!(body.starts_with("GET /api\n"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_route_gets_apim_404() {
+    let s = setup(Limits::default()).await;
+    let client = client(&s.pki, false);
+    let base = format!("https://localhost:{}", s.gateway.tls.port());
+    for path in ["/nothing", "/ordersx", "/"] {
+        let (parts, body) = get(&client, &format!("{base}{path}")).await;
+        assert_apim_error(&parts, &body, 404, "Resource not found");
+        assert_eq!(
+            body,
+            r#"{ "statusCode": 404, "message": "Resource not found" }"#
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_bound_api_matches_its_host_only() {
+    let s = setup(Limits::default()).await;
+    let port = s.gateway.tls.port();
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&s.pki.ca_pem)
+        .args(["-H", "Host: root.test"])
+        .arg(format!("https://localhost:{port}/anything"))
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.starts_with("GET /anything\n"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_and_http2_both_work_with_hyper_client() {
+    let s = setup(Limits::default()).await;
+    let url = format!("https://localhost:{}/echo/v", s.gateway.tls.port());
+    for h2 in [false, true] {
+        let client = client(&s.pki, h2);
+        let (parts, body) = get(&client, &url).await;
+        assert_eq!(parts.status, StatusCode::OK, "{body}");
+        let expected = if h2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
+        assert_eq!(parts.version, expected);
+        // Upstream is HTTP/1.1 to a plain backend, whatever the client spoke.
+        assert_eq!(parts.headers["x-backend-version"], "HTTP/1.1");
+        // The backend's hop-by-hop header does not reach the client.
+        assert!(!parts.headers.contains_key("connection"));
+    }
+}
+
+fn curl(pki: &Pki, args: &[&str], url: &str) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&pki.ca_pem)
+        .args(args)
+        .args(["-w", "\n%{http_version} %{http_code}"])
+        .arg(url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = stdout.rsplit_once('\n').unwrap_or((&stdout, ""));
+    (body.to_owned(), status.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_speaks_http2_and_http1_over_tls12_and_tls13() {
+    let s = setup(Limits::default()).await;
+    let url = format!("https://localhost:{}/echo/x", s.gateway.tls.port());
+    let pki = &s.pki;
+    // curl blocks: run it off the runtime threads.
+    let cases: [(&[&str], &str); 4] = [
+        (&["--http2"], "2 200"),
+        (&["--http1.1"], "1.1 200"),
+        (&["--http2", "--tlsv1.2", "--tls-max", "1.2"], "2 200"),
+        (&["--http1.1", "--tlsv1.3"], "1.1 200"),
+    ];
+    for (args, expected) in cases {
+        let (body, status) = tokio::task::block_in_place(|| curl(pki, args, &url));
+        assert_eq!(status, expected, "curl {args:?}: {body}");
+        assert!(body.starts_with("GET /x\n"), "{body}");
+    }
+}
+
+fn s_client(port: u16, version_flag: &str, extra: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-servername", "localhost", version_flag])
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_2_and_1_3_accepted_tls_1_1_refused() {
+    let s = setup(Limits::default()).await;
+    let port = s.gateway.tls.port();
+    tokio::task::block_in_place(|| {
+        let (ok, text) = s_client(port, "-tls1_3", &[]);
+        assert!(ok && text.contains("TLSv1.3"), "{text}");
+        let (ok, text) = s_client(port, "-tls1_2", &[]);
+        assert!(ok && text.contains("TLSv1.2"), "{text}");
+        // SECLEVEL=0 makes openssl really offer TLS 1.1; the refusal is the server's.
+        let (ok, text) = s_client(port, "-tls1_1", &["-cipher", "DEFAULT@SECLEVEL=0"]);
+        assert!(!ok, "TLS 1.1 was accepted: {text}");
+        assert!(
+            text.contains("protocol version") || text.contains("alert"),
+            "unexpected failure: {text}"
+        );
+    });
+    assert!(rampart::gateway::GatewayStats::get(&s.gateway.stats.tls_handshake_failures) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_offers_h2_and_http11() {
+    let s = setup(Limits::default()).await;
+    let port = s.gateway.tls.port();
+    tokio::task::block_in_place(|| {
+        let (ok, text) = s_client(port, "-tls1_3", &["-alpn", "h2"]);
+        assert!(ok && text.contains("ALPN protocol: h2"), "{text}");
+        let (ok, text) = s_client(port, "-tls1_3", &["-alpn", "http/1.1"]);
+        assert!(ok && text.contains("ALPN protocol: http/1.1"), "{text}");
+    });
+}
+
+async fn peer_cert_der(pki: &Pki, port: u16, sni: &str) -> Vec<u8> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(pki.client_config(&[])));
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (_, conn) = tls.get_ref();
+    conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_is_chosen_by_sni_and_reloaded() {
+    let pki = Pki::new();
+    let backend = start_backend().await;
+    let default_cert = pki.leaf("default", &["localhost"]);
+    let a = pki.leaf("a", &["a.test"]);
+    let b = pki.leaf("b", &["b.test"]);
+    let sni = vec![
+        SniCert {
+            hostname: "a.test".to_owned(),
+            files: a.clone(),
+        },
+        SniCert {
+            hostname: "B.test".to_owned(),
+            files: b.clone(),
+        },
+    ];
+    let gw = start_gateway_with(
+        tls_settings(default_cert, sni),
+        settings(
+            vec![api("echo", None, "/", &format!("http://{backend}/"))],
+            Limits::default(),
+        ),
+        None,
+    )
+    .await;
+    let port = gw.tls.port();
+    let der = |f: &rampart::gateway::CertFiles| {
+        let pem = std::fs::read(&f.cert_chain_pem).unwrap();
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(&pem)
+            .unwrap()
+            .to_vec()
+    };
+    let a_der = der(&a);
+    let b_der = der(&b);
+    assert_eq!(peer_cert_der(&pki, port, "a.test").await, a_der);
+    assert_eq!(peer_cert_der(&pki, port, "b.test").await, b_der);
+
+    // An HTTP/2 connection opened before the reload keeps working after it.
+    let h2 = client(&pki, true);
+    let url = format!("https://localhost:{port}/before");
+    assert_eq!(get(&h2, &url).await.0.status, StatusCode::OK);
+
+    // Renew a.test's certificate in place, then reload: new handshakes get it.
+    let renewed = pki.leaf("a", &["a.test"]);
+    let renewed_der = der(&renewed);
+    assert_ne!(renewed_der, a_der);
+    gw.certificates.reload().unwrap();
+    assert_eq!(peer_cert_der(&pki, port, "a.test").await, renewed_der);
+    assert_eq!(get(&h2, &url).await.0.status, StatusCode::OK);
+
+    // A broken file is refused and the certificates in use stay.
+    std::fs::write(&b.key_pem, "not a key").unwrap();
+    assert!(gw.certificates.reload().is_err());
+    assert_eq!(peer_cert_der(&pki, port, "b.test").await, b_der);
+    assert_eq!(peer_cert_der(&pki, port, "a.test").await, renewed_der);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_set_and_client_forgeries_dropped() {
+    let s = setup(Limits::default()).await;
+    let client = client(&s.pki, false);
+    let url = format!("https://localhost:{}/echo/h", s.gateway.tls.port());
+    let request = Request::get(&url)
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-proto", "http")
+        .header("forwarded", "for=6.6.6.6")
+        .header("connection", "x-drop-me")
+        .header("x-drop-me", "1")
+        .header("x-keep", "1")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let (_, body) = send(&client, request).await;
+    assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "{body}");
+    assert!(body.contains("x-forwarded-proto: https\n"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "x-forwarded-host: localhost:{}\n",
+            s.gateway.tls.port()
+        )),
+        "{body}"
+    );
+    assert!(
+        body.contains("forwarded: for=127.0.0.1;host=\"localhost:"),
+        "{body}"
+    );
+    assert!(!body.contains("6.6.6.6"), "{body}");
+    assert!(!body.contains("x-drop-me"), "{body}");
+    assert!(body.contains("x-keep: 1\n"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxy_forwarding_headers_are_kept() {
+    let pki = Pki::new();
+    let backend = start_backend().await;
+    let mut gw_settings = settings(
+        vec![api("echo", None, "/", &format!("http://{backend}/"))],
+        Limits::default(),
+    );
+    gw_settings.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    let gw = start_gateway_with(
+        tls_settings(pki.leaf("localhost", &["localhost"]), Vec::new()),
+        gw_settings,
+        None,
+    )
+    .await;
+    let client = client(&pki, false);
+    let url = format!("http://127.0.0.1:{}/h", gw.plain.port());
+    let request = Request::get(&url)
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let (_, body) = send(&client, request).await;
+    assert!(
+        body.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1\n"),
+        "{body}"
+    );
+    assert!(body.contains("x-forwarded-proto: https\n"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_down_gives_502_quickly() {
+    let pki = Pki::new();
+    let dead = closed_port().await;
+    let gw = start_gateway_with(
+        tls_settings(pki.leaf("localhost", &["localhost"]), Vec::new()),
+        settings(
+            vec![api("dead", None, "/", &format!("http://{dead}/"))],
+            Limits::default(),
+        ),
+        None,
+    )
+    .await;
+    let client = client(&pki, false);
+    let started = Instant::now();
+    let (parts, body) = get(&client, &format!("https://localhost:{}/x", gw.tls.port())).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_apim_error(&parts, &body, 502, "Bad gateway");
+    assert!(!body.contains("127.0.0.1"), "leaks internals: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_backend_gives_504() {
+    let pki = Pki::new();
+    let backend = start_backend().await;
+    let mut slow = api("slow", None, "/", &format!("http://{backend}/"));
+    slow.timeouts = BackendTimeouts {
+        response_header: Duration::from_millis(300),
+        ..BackendTimeouts::default()
+    };
+    let gw = start_gateway_with(
+        tls_settings(pki.leaf("localhost", &["localhost"]), Vec::new()),
+        settings(vec![slow], Limits::default()),
+        None,
+    )
+    .await;
+    let client = client(&pki, true);
+    let started = Instant::now();
+    let (parts, body) = get(
+        &client,
+        &format!("https://localhost:{}/slow?ms=3000", gw.tls.port()),
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_apim_error(&parts, &body, 504, "Gateway timeout");
+}
+
+/// Sends raw bytes on a plain connection and returns what came back until close.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_too_large_gets_431() {
+    let limits = Limits {
+        max_header_bytes: 8 * 1024,
+        ..Limits::default()
+    };
+    let s = setup(limits).await;
+    let h1 = client(&s.pki, false);
+    let h2 = client(&s.pki, true);
+    let url = format!("https://localhost:{}/echo/x", s.gateway.tls.port());
+    let big = "a".repeat(16 * 1024);
+    let request = Request::get(&url)
+        .header("x-big", big.as_str())
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let (parts, body) = send(&h1, request).await;
+    assert_apim_error(&parts, &body, 431, "Request header fields too large");
+
+    // Over HTTP/2 the same limit applies.
+    let request = Request::get(&url)
+        .header("x-big", big.as_str())
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let (parts, body) = send(&h2, request).await;
+    assert_apim_error(&parts, &body, 431, "Request header fields too large");
+
+    // Far over the limit, hyper itself refuses the head.
+    let huge = format!(
+        "GET /echo/x HTTP/1.1\r\nHost: x\r\nX-Huge: {}\r\n\r\n",
+        "b".repeat(512 * 1024)
+    );
+    let answer = raw_exchange(s.gateway.plain, huge.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_body_too_large_gets_413() {
+    let limits = Limits {
+        max_body_bytes: 1024 * 1024,
+        ..Limits::default()
+    };
+    let s = setup(limits).await;
+    let answer = raw_exchange(
+        s.gateway.plain,
+        b"POST /echo/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains("content-type: application/json"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with(r#"{ "statusCode": 413, "message": "Request entity too large" }"#),
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_body_too_large_gets_413() {
+    let limits = Limits {
+        max_body_bytes: 1024 * 1024,
+        ..Limits::default()
+    };
+    let s = setup(limits).await;
+    let client = client(&s.pki, true);
+    let url = format!("https://localhost:{}/echo/upload", s.gateway.tls.port());
+    // Under the limit, without Content-Length: passes.
+    let request = Request::post(&url)
+        .body(PatternBody::new(512 * 1024, false))
+        .unwrap();
+    let (parts, body) = send(&client, request).await;
+    assert_eq!(parts.status, StatusCode::OK, "{body}");
+    assert_eq!(body, "received 524288");
+    // Over it: cut off while streaming.
+    let request = Request::post(&url)
+        .body(PatternBody::new(3 * 1024 * 1024, false))
+        .unwrap();
+    let (parts, body) = send(&client, request).await;
+    assert_apim_error(&parts, &body, 413, "Request entity too large");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_request_gets_400_and_is_counted() {
+    let s = setup(Limits::default()).await;
+    let answer = raw_exchange(
+        s.gateway.plain,
+        b"GET /echo/x HTTP/1.1\r\nBad Header\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let answer = raw_exchange(
+        s.gateway.plain,
+        b"POST /echo/x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // Content-Length and Transfer-Encoding together: hyper frames the body by
+    // Transfer-Encoding, drops Content-Length and closes the connection after the
+    // response (RFC 9112 §6.3), so gateway and backend cannot disagree on framing.
+    let answer = raw_exchange(
+        s.gateway.plain,
+        b"POST /echo/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(!answer.contains("content-length: 5"), "{answer}");
+    assert!(!answer.contains("/smuggled"), "{answer}");
+    // Bad chunk size.
+    let answer = raw_exchange(
+        s.gateway.plain,
+        b"POST /echo/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.ends_with(r#"{ "statusCode": 400, "message": "Bad request" }"#),
+        "{answer}"
+    );
+    assert!(rampart::gateway::GatewayStats::get(&s.gateway.stats.malformed_requests) >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_cut_off_after_header_timeout() {
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let s = setup(limits).await;
+    let mut stream = TcpStream::connect(s.gateway.plain).await.unwrap();
+    let started = Instant::now();
+    let head =
+        b"GET /echo/x HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut closed_after = None;
+    for byte in head {
+        if stream.write_all(&[*byte]).await.is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            Ok(Ok(_)) => {
+                // hyper may answer 408 before closing; then the close follows.
+            }
+            Err(_still_open) => {}
+        }
+    }
+    let closed_after = closed_after.expect("the slow client was never cut off");
+    assert!(
+        closed_after >= Duration::from_millis(900),
+        "{closed_after:?}"
+    );
+    assert!(closed_after < Duration::from_secs(3), "{closed_after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tls_client_is_cut_off_after_header_timeout() {
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let s = setup(limits).await;
+    let mut stream = TcpStream::connect(s.gateway.tls).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+/// A policy like the key check will be: rejects, strips a header, decorates the response.
+struct TestPolicy;
+
+#[derive(Clone)]
+struct Seen(String);
+
+impl RequestPolicy for TestPolicy {
+    fn on_request(&self, request: &mut RequestContext<'_>) -> Result<(), Stop> {
+        if request.parts.headers.contains_key("x-deny") {
+            return Err(
+                Rejection::new(StatusCode::UNAUTHORIZED, "Access denied", "Test")
+                    .with_header(
+                        WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Test realm=\"x\""),
+                    )
+                    .into(),
+            );
+        }
+        request.parts.headers.remove("x-secret");
+        request.state.insert(Seen(request.api.to_owned()));
+        Ok(())
+    }
+
+    fn on_response(&self, response: &ResponseContext<'_>, parts: &mut http::response::Parts) {
+        let api = response
+            .state
+            .get::<Seen>()
+            .map_or("none", |s| s.0.as_str());
+        parts
+            .headers
+            .insert("x-policy-api", HeaderValue::from_str(api).unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_hook_can_reject_rewrite_and_decorate() {
+    let pki = Pki::new();
+    let backend = start_backend().await;
+    let gw = start_gateway_with(
+        tls_settings(pki.leaf("localhost", &["localhost"]), Vec::new()),
+        settings(
+            vec![api("echo", None, "/echo", &format!("http://{backend}/"))],
+            Limits::default(),
+        ),
+        Some(Arc::new(TestPolicy)),
+    )
+    .await;
+    let client = client(&pki, false);
+    let url = format!("https://localhost:{}/echo/p", gw.tls.port());
+
+    let request = Request::get(&url)
+        .header("x-deny", "1")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let (parts, body) = send(&client, request).await;
+    assert_apim_error(&parts, &body, 401, "Access denied");
+    assert_eq!(parts.headers[WWW_AUTHENTICATE], "Test realm=\"x\"");
+    assert_eq!(parts.headers["x-policy-api"], "none");
+
+    let request = Request::get(&url)
+        .header("x-secret", "k")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let (parts, body) = send(&client, request).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert!(!body.contains("x-secret"), "{body}");
+    assert_eq!(parts.headers["x-policy-api"], "echo");
+
+    // Unrouted requests never reach policies.
+    let (parts, _) = get(
+        &client,
+        &format!("https://localhost:{}/other", gw.tls.port()),
+    )
+    .await;
+    assert_eq!(parts.status, StatusCode::NOT_FOUND);
+    assert!(!parts.headers.contains_key("x-policy-api"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests_then_stops_accepting() {
+    let s = setup(Limits::default()).await;
+    let client = client(&s.pki, false);
+    let url = format!(
+        "https://localhost:{}/echo/slow?ms=700",
+        s.gateway.tls.port()
+    );
+    let in_flight = tokio::spawn(async move {
+        let (parts, body) = get(&client, &url).await;
+        (parts.status, body)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let Running { shutdown, .. } = &s.gateway;
+    shutdown.cancel();
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "slow done");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(TcpStream::connect(s.gateway.tls).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_and_h2c_backends() {
+    let pki = Pki::new();
+    let tls_backend = start_tls_backend(&pki).await;
+    let plain_backend = start_backend().await;
+    let mut h2c = api("h2c", None, "/h2c", &format!("http://{plain_backend}/"));
+    h2c.backend_protocol = BackendProtocol::Http2;
+    let apis = vec![
+        api(
+            "secure",
+            None,
+            "/secure",
+            &format!("https://localhost:{}/", tls_backend.port()),
+        ),
+        h2c,
+    ];
+    let mut gw_settings = settings(apis.clone(), Limits::default());
+    gw_settings.backend_ca_pem = vec![pki.ca_pem.clone()];
+    let gw = start_gateway_with(
+        tls_settings(pki.leaf("localhost", &["localhost"]), Vec::new()),
+        gw_settings,
+        None,
+    )
+    .await;
+    let client = client(&pki, false);
+    let base = format!("https://localhost:{}", gw.tls.port());
+
+    let (parts, body) = get(&client, &format!("{base}/secure/a")).await;
+    assert_eq!(parts.status, StatusCode::OK, "{body}");
+    // Over HTTP/2 the backend sees the absolute URI.
+    let line = body.lines().next().unwrap();
+    assert!(line.starts_with("GET ") && line.ends_with("/a"), "{body}");
+    // ALPN picked HTTP/2 towards the TLS backend.
+    assert_eq!(parts.headers["x-backend-version"], "HTTP/2.0");
+
+    let (parts, body) = get(&client, &format!("{base}/h2c/b")).await;
+    assert_eq!(parts.status, StatusCode::OK, "{body}");
+    assert_eq!(parts.headers["x-backend-version"], "HTTP/2.0");
+
+    // A backend certificate from an untrusted CA is a 502, not a connection.
+    let untrusted = start_gateway_with(
+        tls_settings(pki.leaf("localhost2", &["localhost"]), Vec::new()),
+        settings(apis, Limits::default()),
+        None,
+    )
+    .await;
+    let url = format!("https://localhost:{}/secure/a", untrusted.tls.port());
+    let (parts, body) = get(&client, &url).await;
+    assert_apim_error(&parts, &body, 502, "Bad gateway");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_wait_for_a_free_slot() {
+    let limits = Limits {
+        max_connections: 1,
+        ..Limits::default()
+    };
+    let s = setup(limits).await;
+    let first = TcpStream::connect(s.gateway.plain).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut second = TcpStream::connect(s.gateway.plain).await.unwrap();
+    second
+        .write_all(b"GET /echo/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await;
+    assert!(early.is_err(), "served over the connection limit");
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(3), second.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_is_bounded_by_the_drain_timeout() {
+    let limits = Limits {
+        drain_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let s = setup(limits).await;
+    let client = client(&s.pki, false);
+    let url = format!(
+        "https://localhost:{}/echo/slow?ms=5000",
+        s.gateway.tls.port()
+    );
+    let in_flight = tokio::spawn(async move {
+        client
+            .request(Request::get(url).body(Empty::<Bytes>::new()).unwrap())
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let Setup { gateway, .. } = s;
+    gateway.shutdown.cancel();
+    let mut gateway = gateway;
+    (&mut gateway.task).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // The request cut off at the end of the drain fails rather than hanging.
+    let result = tokio::time::timeout(Duration::from_secs(2), in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(result.is_err(), "{result:?}");
+}

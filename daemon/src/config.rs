@@ -8,6 +8,7 @@
 //! all errors together. A bad file never yields a partial or defaulted
 //! configuration.
 
+mod gateway;
 mod raw;
 mod render;
 mod source;
@@ -24,6 +25,10 @@ use ipnet::IpNet;
 
 use crate::paths::Paths;
 
+pub use gateway::{
+    ApiConfig, ListenerConfig, ListenerTransport, MAX_RATE_LIMIT_CALLS, MAX_RATE_LIMIT_PERIOD_SECS,
+    ProductConfig, RateLimitConfig, SniCertConfig, SubscriptionRequirement,
+};
 pub use render::render_default;
 
 /// Drop events per second (per CPU) unless configured.
@@ -51,7 +56,15 @@ pub const DEFAULT_PROTECT: &str = "tcp/443";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub daemon: DaemonConfig,
-    pub filter: FilterConfig,
+    /// `None` when the file has no `[filter]` (then it has a `[[listener]]`):
+    /// the gateway runs without the kernel filter.
+    pub filter: Option<FilterConfig>,
+    /// `[[listener]]`s, in file order; none means no gateway.
+    pub listeners: Vec<ListenerConfig>,
+    /// `[[api]]`s, in file order, names unique.
+    pub apis: Vec<ApiConfig>,
+    /// `[[product]]`s, in file order, names unique.
+    pub products: Vec<ProductConfig>,
 }
 
 /// `[daemon]`: where the daemon keeps its files, and how much it logs.

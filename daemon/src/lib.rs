@@ -8,6 +8,7 @@ pub mod filter;
 pub mod gateway;
 pub mod geo;
 pub mod paths;
+pub mod pipeline;
 pub mod policy;
 pub mod rules;
 pub mod service;

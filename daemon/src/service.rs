@@ -1,27 +1,35 @@
 //! `rampartd`'s life: load and validate the configuration, put the rules in
-//! the kernel, attach, then run until SIGTERM (the filter stays attached),
-//! reloading on SIGHUP, expiring temporary entries and logging drop events.
+//! the kernel, attach, serve the gateway when listeners are configured, then
+//! run until SIGTERM (the gateway drains, the filter stays attached), reloading
+//! the rules and certificates on SIGHUP, expiring temporary entries and
+//! logging drop events.
 
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use thiserror::Error;
 use tokio::{
-    io::unix::AsyncFd,
+    io::unix::{AsyncFd, AsyncFdReadyMutGuard},
     signal::unix::{SignalKind, signal},
 };
+use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{self, Config, ConfigError, CountryPolicy as ConfigCountryPolicy, ProtectScope},
+    config::{
+        self, Config, ConfigError, CountryPolicy as ConfigCountryPolicy, FilterConfig, ProtectScope,
+    },
     filter::{
         AttachMode, DropRecord, EntryOrigin, Filter, FilterError, ListEntry, ListKind, Lists,
         Protect, Settings,
     },
+    gateway::{CertReloader, Gateway, GatewayError},
     geo::{self, GeoError},
+    pipeline::{self, ApiPolicies, PipelineError},
     rules::CountryPolicy,
 };
 
@@ -38,6 +46,12 @@ pub enum ServiceError {
     Geo(#[from] GeoError),
     #[error("kernel filter")]
     Filter(#[from] FilterError),
+    #[error("adding or removing [filter] needs a restart")]
+    FilterAddedOrRemoved,
+    #[error("gateway")]
+    Gateway(#[from] GatewayError),
+    #[error("gateway policies")]
+    Pipeline(#[from] PipelineError),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error("cannot listen for signals")]
@@ -56,15 +70,28 @@ impl ServiceError {
             ServiceError::Filter(FilterError::PinnedCapacity { .. }) => 64,
             ServiceError::Filter(FilterError::Table { .. }) => 65,
             ServiceError::Filter(_) => 69,
+            ServiceError::FilterAddedOrRemoved => 64,
+            ServiceError::Gateway(GatewayError::Bind { .. }) => 71,
+            // Certificates, keys and backend URLs named by the configuration.
+            ServiceError::Gateway(_) => 64,
+            ServiceError::Pipeline(PipelineError::KeyStore(_)) => 65,
+            ServiceError::Pipeline(_) => 64,
             ServiceError::Runtime(_) | ServiceError::Signals(_) => 71,
         }
     }
 }
 
-/// Everything a configuration asks of the kernel filter, loaded and
-/// validated (country database included) before anything is applied.
+/// A configuration, loaded and validated with everything it names (country
+/// database included) before anything is applied.
 pub struct Desired {
     pub config: Config,
+    /// What the kernel filter is asked to do; `None` without `[filter]`.
+    pub filter: Option<FilterPlan>,
+}
+
+/// Everything `[filter]` asks of the kernel filter.
+pub struct FilterPlan {
+    pub config: FilterConfig,
     pub settings: Settings,
     pub lists: Lists,
     pub countries: Vec<(ipnet::IpNet, u16)>,
@@ -75,7 +102,11 @@ pub struct Desired {
 /// database). Used by `--check-config`, start-up and reload.
 pub fn prepare(path: &Path) -> Result<Desired, ServiceError> {
     let config = config::load(path)?;
-    let f = &config.filter;
+    let filter = config.filter.clone().map(plan_filter).transpose()?;
+    Ok(Desired { config, filter })
+}
+
+fn plan_filter(f: FilterConfig) -> Result<FilterPlan, ServiceError> {
     let settings = Settings {
         protect: match &f.protect {
             ProtectScope::All => Protect::All,
@@ -129,8 +160,8 @@ pub fn prepare(path: &Path) -> Result<Desired, ServiceError> {
             (data.into_prefixes(), policy)
         }
     };
-    Ok(Desired {
-        config,
+    Ok(FilterPlan {
+        config: f,
         settings,
         lists,
         countries,
@@ -153,14 +184,8 @@ pub fn detach(config_path: &Path) -> Result<Vec<String>, ServiceError> {
 
 /// Checked before anything reaches the kernel: a missing interface changes
 /// nothing.
-fn interfaces_exist(d: &Desired) -> Result<(), ServiceError> {
-    match d
-        .config
-        .filter
-        .interfaces
-        .iter()
-        .find(|i| interface_missing(i))
-    {
+fn interfaces_exist(plan: &FilterPlan) -> Result<(), ServiceError> {
+    match plan.config.interfaces.iter().find(|i| interface_missing(i)) {
         Some(name) => Err(FilterError::UnknownInterface { name: name.clone() }.into()),
         None => Ok(()),
     }
@@ -176,19 +201,24 @@ fn interface_missing(name: &str) -> bool {
 
 /// Starts the filter from `config_path`: everything is validated first; a
 /// bad file, database or interface changes nothing in the kernel.
-pub fn start(config_path: &Path) -> Result<(Filter, Desired), ServiceError> {
+/// Without `[filter]`, nothing is attached and the filter is `None`.
+pub fn start(config_path: &Path) -> Result<(Option<Filter>, Desired), ServiceError> {
     let desired = prepare(config_path)?;
-    interfaces_exist(&desired)?;
+    let Some(plan) = &desired.filter else {
+        tracing::info!("no [filter] configured: the kernel filter is not attached");
+        return Ok((None, desired));
+    };
+    interfaces_exist(plan)?;
     let pin_dir = desired.config.daemon.paths().pin_dir();
-    let mut filter = Filter::open_sized(&pin_dir, desired.config.filter.max_deny_entries)?;
+    let mut filter = Filter::open_sized(&pin_dir, plan.config.max_deny_entries)?;
     filter.replace_all(
-        desired.settings.clone(),
-        desired.lists.clone(),
-        desired.countries.clone(),
-        desired.policy.clone(),
+        plan.settings.clone(),
+        plan.lists.clone(),
+        plan.countries.clone(),
+        plan.policy.clone(),
     )?;
-    let mode = attach_mode(desired.config.filter.attach_mode);
-    for iface in &desired.config.filter.interfaces {
+    let mode = attach_mode(plan.config.attach_mode);
+    for iface in &plan.config.interfaces {
         let info = filter.attach(iface, mode)?;
         tracing::info!(
             interface = %info.interface,
@@ -204,19 +234,19 @@ pub fn start(config_path: &Path) -> Result<(Filter, Desired), ServiceError> {
     }
     tracing::info!(
         pins = %pin_dir.display(),
-        countries = desired.countries.len(),
-        bypass = desired.lists.live(ListKind::Bypass, 0).len(),
-        deny = desired.lists.live(ListKind::Deny, 0).len(),
-        allow = desired.lists.live(ListKind::Allow, 0).len(),
+        countries = plan.countries.len(),
+        bypass = plan.lists.live(ListKind::Bypass, 0).len(),
+        deny = plan.lists.live(ListKind::Deny, 0).len(),
+        allow = plan.lists.live(ListKind::Allow, 0).len(),
         "rules applied"
     );
-    Ok((filter, desired))
+    Ok((Some(filter), desired))
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. The filter stays attached.
 pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
     let (mut filter, desired) = start(&config_path)?;
-    let events = filter.take_events()?;
+    let events = filter.as_mut().map(Filter::take_events).transpose()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -227,27 +257,43 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
         let mut hup = signal(SignalKind::hangup()).map_err(ServiceError::Signals)?;
         // SAFETY: the AsyncFd owns `events`, so the ring's fd stays open for
         // as long as it is registered.
-        let mut ring =
-            unsafe { AsyncFd::register(events) }.map_err(|e| ServiceError::Signals(e.into()))?;
+        let mut ring = events
+            .map(|events| {
+                unsafe { AsyncFd::register(events) }.map_err(|e| ServiceError::Signals(e.into()))
+            })
+            .transpose()?;
         let mut expire = tokio::time::interval(Duration::from_secs(1));
         let mut summary = tokio::time::interval(EVENT_INTERVAL);
         let mut drops = DropSummary::default();
-        let mut interfaces = desired.config.filter.interfaces.clone();
+        let mut interfaces = desired
+            .filter
+            .as_ref()
+            .map(|plan| plan.config.interfaces.clone())
+            .unwrap_or_default();
+        let shutdown = CancellationToken::new();
+        let gateway = start_gateway(&desired.config, shutdown.clone()).await?;
         tracing::info!(config = %config_path.display(), "rampartd running");
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => reload(&config_path, &mut filter, &mut interfaces),
-                _ = expire.tick() => {
-                    match filter.expire() {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(expired = n, "temporary entries expired"),
-                        Err(e) => tracing::error!(error = %chain(&e), "expiring entries failed"),
+                _ = hup.recv() => {
+                    reload(&config_path, filter.as_mut(), &mut interfaces);
+                    if let Some((certificates, _)) = &gateway {
+                        reload_certificates(certificates);
+                    }
+                }
+                _ = expire.tick(), if filter.is_some() => {
+                    match filter.as_mut().map(Filter::expire) {
+                        None | Some(Ok(0)) => {}
+                        Some(Ok(n)) => tracing::info!(expired = n, "temporary entries expired"),
+                        Some(Err(e)) => {
+                            tracing::error!(error = %chain(&e), "expiring entries failed");
+                        }
                     }
                 }
                 _ = summary.tick() => drops.flush(),
-                guard = ring.readable_mut() => {
+                guard = readable(ring.as_mut()) => {
                     if let Ok(mut g) = guard {
                         for e in g.get_inner_mut().drain() {
                             drops.add(DropRecord::from(&e));
@@ -258,6 +304,13 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
             }
         }
         drops.flush();
+        shutdown.cancel();
+        if let Some((_, serving)) = gateway {
+            tracing::info!("gateway draining");
+            if let Err(e) = serving.await {
+                tracing::error!(error = %e, "gateway task failed");
+            }
+        }
         tracing::info!(
             "rampartd stopping; the filter stays attached (rampartd --detach removes it)"
         );
@@ -265,18 +318,72 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
     })
 }
 
-fn reload(config_path: &Path, filter: &mut Filter, interfaces: &mut Vec<String>) {
-    let result = prepare(config_path).and_then(|d| {
-        interfaces_exist(&d)?;
-        filter.replace_all(d.settings, d.lists, d.countries, d.policy)?;
-        let mode = attach_mode(d.config.filter.attach_mode);
-        for iface in &d.config.filter.interfaces {
-            if !interfaces.contains(iface) {
-                filter.attach(iface, mode)?;
+/// Binds the gateway's listeners when the configuration has any, and serves them
+/// on this runtime until `shutdown` is cancelled.
+async fn start_gateway(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> Result<Option<(CertReloader, tokio::task::JoinHandle<()>)>, ServiceError> {
+    if config.listeners.is_empty() {
+        return Ok(None);
+    }
+    let policies = ApiPolicies::from_config(config)?;
+    let (listeners, settings) = pipeline::gateway_settings(config);
+    let gateway = Gateway::bind(&listeners, settings)
+        .await?
+        .with_policy(Arc::new(policies));
+    let addresses: Vec<String> = gateway
+        .local_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    tracing::info!(
+        addresses = %addresses.join(","),
+        apis = config.apis.len(),
+        "gateway listening"
+    );
+    let certificates = gateway.certificates();
+    let serving = tokio::spawn(gateway.serve(shutdown));
+    Ok(Some((certificates, serving)))
+}
+
+/// SIGHUP: new certificates for new connections; a bad file keeps the old ones.
+fn reload_certificates(certificates: &CertReloader) {
+    match certificates.reload() {
+        Ok(()) => tracing::info!("certificates reloaded"),
+        Err(e) => tracing::error!(
+            error = %chain(&e),
+            "certificate reload rejected; the running certificates stay"
+        ),
+    }
+}
+
+/// The drop event ring when it becomes readable; never without a filter.
+async fn readable<T: std::os::fd::AsRawFd>(
+    ring: Option<&mut AsyncFd<T>>,
+) -> std::io::Result<AsyncFdReadyMutGuard<'_, T>> {
+    match ring {
+        Some(ring) => ring.readable_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn reload(config_path: &Path, filter: Option<&mut Filter>, interfaces: &mut Vec<String>) {
+    let result = prepare(config_path).and_then(|d| match (filter, d.filter) {
+        (Some(filter), Some(plan)) => {
+            interfaces_exist(&plan)?;
+            filter.replace_all(plan.settings, plan.lists, plan.countries, plan.policy)?;
+            let mode = attach_mode(plan.config.attach_mode);
+            for iface in &plan.config.interfaces {
+                if !interfaces.contains(iface) {
+                    filter.attach(iface, mode)?;
+                }
             }
+            *interfaces = plan.config.interfaces;
+            Ok(())
         }
-        *interfaces = d.config.filter.interfaces;
-        Ok(())
+        (None, None) => Ok(()),
+        (Some(_), None) | (None, Some(_)) => Err(ServiceError::FilterAddedOrRemoved),
     });
     match result {
         Ok(()) => tracing::info!(config = %config_path.display(), "configuration reloaded"),

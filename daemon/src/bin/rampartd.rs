@@ -29,11 +29,14 @@ fn main() -> ExitCode {
     if let Some(file) = args.check_config {
         return match service::prepare(&file) {
             Ok(d) => {
+                let (interfaces, countries) = d.filter.as_ref().map_or((0, 0), |plan| {
+                    (plan.config.interfaces.len(), plan.countries.len())
+                });
                 println!(
-                    "{}: ok ({} interface(s), {} country prefixes)",
+                    "{}: ok ({interfaces} interface(s), {countries} country prefixes, {} listener(s), {} API(s))",
                     file.display(),
-                    d.config.filter.interfaces.len(),
-                    d.countries.len()
+                    d.config.listeners.len(),
+                    d.config.apis.len(),
                 );
                 ExitCode::SUCCESS
             }

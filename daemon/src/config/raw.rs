@@ -8,6 +8,9 @@
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::policy::cors::CorsSettings;
+use crate::policy::headers::HeaderRulesSettings;
+
 pub(super) type Text = Spanned<String>;
 pub(super) type TextList = Spanned<Vec<Text>>;
 
@@ -16,6 +19,9 @@ pub(super) type TextList = Spanned<Vec<Text>>;
 pub(super) struct RawConfig {
     pub daemon: Option<RawDaemon>,
     pub filter: Option<Spanned<RawFilter>>,
+    pub listener: Option<Vec<Spanned<RawListener>>>,
+    pub api: Option<Vec<Spanned<RawApi>>>,
+    pub product: Option<Vec<Spanned<RawProduct>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,4 +65,59 @@ pub(super) struct RawGeo {
 pub(super) struct RawFlood {
     pub packets_per_second: Option<Spanned<i64>>,
     pub burst: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawListener {
+    pub address: Option<Text>,
+    pub tls: Option<Spanned<RawTls>>,
+    pub plain_http: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawTls {
+    pub cert: Option<Text>,
+    pub key: Option<Text>,
+    pub sni: Option<Vec<Spanned<RawSni>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawSni {
+    pub hostname: Option<Text>,
+    pub cert: Option<Text>,
+    pub key: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawApi {
+    pub name: Option<Text>,
+    pub host: Option<Text>,
+    pub path_prefix: Option<Text>,
+    pub backend: Option<Text>,
+    pub products: Option<TextList>,
+    pub subscription: Option<Text>,
+    pub subscription_key_header: Option<Text>,
+    pub subscription_key_query: Option<Text>,
+    pub forward_subscription_key: Option<bool>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
+    pub cors: Option<Spanned<CorsSettings>>,
+    pub headers: Option<Spanned<HeaderRulesSettings>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawRateLimit {
+    pub calls: Option<Spanned<i64>>,
+    pub period_secs: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawProduct {
+    pub name: Option<Text>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
 }

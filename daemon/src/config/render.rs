@@ -93,6 +93,49 @@ max_deny_entries = {DEFAULT_MAX_DENY_ENTRIES}
 # packets_per_second = 1000
 # # Default: packets_per_second.
 # burst = 1000
+
+# The gateway (TLS-terminating reverse proxy): remove the leading "# " to
+# enable. Without a [[listener]], rampartd runs the kernel filter only.
+# [[listener]]
+# # Required. IP:PORT.
+# address = "0.0.0.0:443"
+# # Required unless plain_http = true: PEM certificate chain and key, re-read on
+# # SIGHUP. Further certificates chosen by SNI go in
+# # sni = [{{ hostname = "NAME", cert = PATH, key = PATH }}].
+# tls = {{ cert = "/etc/rampart/tls/cert.pem", key = "/etc/rampart/tls/key.pem" }}
+# # Plain HTTP instead of TLS, only when asked for: plain_http = true.
+#
+# # Products group APIs; a subscription scoped to a product may call its APIs.
+# [[product]]
+# # Required, unique.
+# name = "starter"
+# # Optional: calls per period, counted per subscription.
+# rate_limit = {{ calls = 100, period_secs = 60 }}
+#
+# [[api]]
+# # Required, unique.
+# name = "orders"
+# # Optional: only requests for this host (without port) match.
+# host = "api.example.com"
+# # Required: matched on whole path segments, longest prefix wins.
+# path_prefix = "/orders"
+# # Required: http:// or https:// base URL; its path is prepended.
+# backend = "http://127.0.0.1:8080"
+# # Products this API belongs to (each declared with [[product]]).
+# products = ["starter"]
+# # "required", "optional" or "none".
+# subscription = "required"
+# # Where the key is read: the header first, then the query parameter.
+# subscription_key_header = "Ocp-Apim-Subscription-Key"
+# subscription_key_query = "subscription-key"
+# # Send the key on to the backend (it is removed by default).
+# forward_subscription_key = false
+# # Optional: calls per period, counted per subscription.
+# rate_limit = {{ calls = 10, period_secs = 1 }}
+# # Optional CORS (see docs/configuration.md for every key).
+# cors = {{ allowed_origins = ["https://app.example.com"], allowed_methods = ["GET", "POST"] }}
+# # Optional header rules: action "set" (default), "append" or "remove".
+# headers = {{ request = [{{ name = "X-Env", values = ["prod"] }}], response = [{{ name = "Server", action = "remove" }}] }}
 "##
     )
 }

@@ -3,6 +3,7 @@
 //! what a wrong one reports and where.
 
 mod errors;
+mod gateway;
 mod valid;
 
 use std::path::{Path, PathBuf};

@@ -15,6 +15,8 @@ use super::{
     FloodConfig, GeoConfig, LogLevel, MAX_DENY_ENTRIES, MAX_EVENTS_BURST, MAX_EVENTS_PER_SECOND,
     MAX_FLOOD_BURST, MAX_FLOOD_PACKETS_PER_SECOND, MIN_DENY_ENTRIES, ProtectScope,
 };
+mod gateway;
+
 use crate::paths::{DEFAULT_PIN_ROOT, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
 
 /// Linux's IFNAMSIZ, including the terminating NUL.
@@ -29,23 +31,29 @@ pub(super) fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, Ve
         errors: Vec::new(),
     };
     let daemon = checker.daemon(raw.daemon);
-    let filter = match raw.filter {
-        Some(filter) => Some(checker.filter(filter)),
-        None => {
-            checker.error(
-                0,
-                "missing section [filter] (it must at least list `interfaces`)",
-            );
-            None
-        }
-    };
+    let filter = raw.filter.map(|filter| checker.filter(filter));
+    let has_listeners = raw.listener.as_ref().is_some_and(|l| !l.is_empty());
+    if filter.is_none() && !has_listeners {
+        checker.error(
+            0,
+            "missing section [filter] (it must at least list `interfaces`) or [[listener]]",
+        );
+    }
+    let listeners = checker.listeners(raw.listener.unwrap_or_default());
+    let products = checker.products(raw.product.unwrap_or_default());
+    let apis = checker.apis(raw.api.unwrap_or_default(), &products);
     let mut errors = checker.errors;
-    match filter {
-        Some(filter) if errors.is_empty() => Ok(Config { daemon, filter }),
-        _ => {
-            errors.sort_by_key(|d| (d.line, d.column));
-            Err(errors)
-        }
+    if errors.is_empty() {
+        Ok(Config {
+            daemon,
+            filter,
+            listeners,
+            apis,
+            products,
+        })
+    } else {
+        errors.sort_by_key(|d| (d.line, d.column));
+        Err(errors)
     }
 }
 

@@ -9,7 +9,7 @@ fn each_validation_error_is_located() {
         // [filter] and interfaces
         (
             "[daemon]\n".into(),
-            "t.toml:1:1: missing section [filter] (it must at least list `interfaces`)",
+            "t.toml:1:1: missing section [filter] (it must at least list `interfaces`) or [[listener]]",
         ),
         (
             "\n[filter]\nmonitor = true\n".into(),
@@ -277,12 +277,16 @@ fn unknown_keys_and_sections_are_rejected_with_their_position() {
             "t.toml:3:1: unknown field `monitr`",
         ),
         (
-            with_filter("[listener]\naddress = \"0.0.0.0:443\"\n"),
-            "t.toml:3:2: unknown field `listener`",
+            with_filter("[listeners]\naddress = \"0.0.0.0:443\"\n"),
+            "t.toml:3:2: unknown field `listeners`",
         ),
         (
-            format!("{}[[api]]\nname = \"x\"\n", with_filter("")),
-            "t.toml:3:3: unknown field `api`",
+            format!("{}[[apis]]\nname = \"x\"\n", with_filter("")),
+            "t.toml:3:3: unknown field `apis`",
+        ),
+        (
+            with_filter("[[api]]\nname = \"x\"\npath = \"/\"\n"),
+            "t.toml:5:1: unknown field `path`",
         ),
         (
             with_filter("[filter.geo]\npath = \"/g\"\n  blocked = [\"xx\"]\n"),

@@ -12,7 +12,7 @@ fn minimal_file_gets_every_default() {
             pin_root: "/sys/fs/bpf/rampart".into(),
             log_level: LogLevel::Info,
         },
-        filter: FilterConfig {
+        filter: Some(FilterConfig {
             interfaces: vec!["eth0".into()],
             attach_mode: AttachMode::Native,
             protect: ProtectScope::Ports {
@@ -29,12 +29,18 @@ fn minimal_file_gets_every_default() {
             max_deny_entries: 131_072,
             geo: None,
             flood: None,
-        },
+        }),
+        listeners: vec![],
+        apis: vec![],
+        products: vec![],
     };
     assert_eq!(config, expected);
     assert_eq!(config.daemon, DaemonConfig::default());
     assert_eq!(config.daemon.paths(), crate::paths::Paths::default());
-    assert_eq!(config.filter.protect, ProtectScope::default());
+    assert_eq!(
+        config.filter.as_ref().unwrap().protect,
+        ProtectScope::default()
+    );
 }
 
 #[test]
@@ -42,7 +48,10 @@ fn default_protect_constant_matches_default_scope() {
     let config = parse_ok(&with_filter(&format!(
         "protect = [\"{DEFAULT_PROTECT}\"]\n"
     )));
-    assert_eq!(config.filter.protect, ProtectScope::default());
+    assert_eq!(
+        config.filter.as_ref().unwrap().protect,
+        ProtectScope::default()
+    );
 }
 
 #[test]
@@ -82,7 +91,7 @@ packets_per_second = 5000
     assert_eq!(paths.pin_root(), Path::new("/tmp/r/bpf"));
     assert_eq!(config.daemon.log_level, LogLevel::Debug);
 
-    let filter = config.filter;
+    let filter = config.filter.unwrap();
     assert_eq!(filter.interfaces, ["eth0", "enp3s0f1", "veth-test.10"]);
     assert_eq!(filter.attach_mode, AttachMode::Skb);
     assert_eq!(
@@ -130,10 +139,10 @@ packets_per_second = 5000
 #[test]
 fn protect_all_alone_and_empty_list() {
     let config = parse_ok(&with_filter("protect = [\"all\"]\n"));
-    assert_eq!(config.filter.protect, ProtectScope::All);
+    assert_eq!(config.filter.as_ref().unwrap().protect, ProtectScope::All);
     let config = parse_ok(&with_filter("protect = []\n"));
     assert_eq!(
-        config.filter.protect,
+        config.filter.as_ref().unwrap().protect,
         ProtectScope::Ports {
             tcp: vec![],
             udp: vec![],
@@ -146,7 +155,7 @@ fn geo_variants() {
     let config = parse_ok(&with_filter(
         "[filter.geo]\npath = \"/g\"\nblock = [\"XX\", \"yy\"]\n",
     ));
-    let geo = config.filter.geo.unwrap();
+    let geo = config.filter.as_ref().unwrap().geo.clone().unwrap();
     assert_eq!(
         geo.policy,
         CountryPolicy::Block(vec![
@@ -156,24 +165,27 @@ fn geo_variants() {
     );
     // A database without a policy only labels.
     let config = parse_ok(&with_filter("[filter.geo]\npath = \"/g\"\n"));
-    assert_eq!(config.filter.geo.unwrap().policy, CountryPolicy::LabelOnly);
+    assert_eq!(
+        config.filter.as_ref().unwrap().geo.clone().unwrap().policy,
+        CountryPolicy::LabelOnly
+    );
     // allow_unknown = false is harmless without allow_only.
     let config = parse_ok(&with_filter(
         "[filter.geo]\npath = \"/g\"\nblock = [\"xx\"]\nallow_unknown = false\n",
     ));
     assert!(matches!(
-        config.filter.geo.unwrap().policy,
+        config.filter.as_ref().unwrap().geo.clone().unwrap().policy,
         CountryPolicy::Block(_)
     ));
     // An empty section changes nothing.
     let config = parse_ok(&with_filter("[filter.geo]\n"));
-    assert_eq!(config.filter.geo, None);
+    assert_eq!(config.filter.as_ref().unwrap().geo, None);
     // allow_unknown defaults to false.
     let config = parse_ok(&with_filter(
         "[filter.geo]\npath = \"/g\"\nallow_only = [\"de\"]\n",
     ));
     assert_eq!(
-        config.filter.geo.unwrap().policy,
+        config.filter.as_ref().unwrap().geo.clone().unwrap().policy,
         CountryPolicy::AllowOnly {
             countries: vec![CountryCode::parse("de").unwrap()],
             allow_unknown: false,
@@ -187,7 +199,7 @@ fn flood_burst_given() {
         "[filter.flood]\npackets_per_second = 10000000\nburst = 1\n",
     ));
     assert_eq!(
-        config.filter.flood,
+        config.filter.as_ref().unwrap().flood,
         Some(FloodConfig {
             packets_per_second: 10_000_000,
             burst: 1,
@@ -200,7 +212,7 @@ fn rendered_default_is_the_default_configuration() {
     let text = render_default(&["eth0", "eth1"]);
     let config = parse_ok(&text);
     let mut expected = parse_ok(&with_filter(""));
-    expected.filter.interfaces = vec!["eth0".into(), "eth1".into()];
+    expected.filter.as_mut().unwrap().interfaces = vec!["eth0".into(), "eth1".into()];
     assert_eq!(config, expected);
 
     // Uncommenting the optional sections gives valid ones once a country
@@ -215,22 +227,35 @@ fn rendered_default_is_the_default_configuration() {
         .collect();
     let config = parse_ok(&format!("{}{uncommented}", &text[..start]));
     assert!(matches!(
-        config.filter.geo.map(|geo| geo.policy),
+        config
+            .filter
+            .as_ref()
+            .unwrap()
+            .geo
+            .clone()
+            .map(|geo| geo.policy),
         Some(CountryPolicy::Block(_))
     ));
     assert_eq!(
-        config.filter.flood,
+        config.filter.as_ref().unwrap().flood,
         Some(FloodConfig {
             packets_per_second: 1000,
             burst: 1000
         })
     );
+    // ... and so do the gateway sections.
+    assert_eq!(config.listeners.len(), 1);
+    assert_eq!(config.products.len(), 1);
+    assert_eq!(config.apis[0].products, ["starter"]);
 }
 
 #[test]
 fn interface_names_are_quoted_when_rendered() {
     let config = parse_ok(&render_default(&["we\"ird", "b\\s"]));
-    assert_eq!(config.filter.interfaces, ["we\"ird", "b\\s"]);
+    assert_eq!(
+        config.filter.as_ref().unwrap().interfaces,
+        ["we\"ird", "b\\s"]
+    );
 }
 
 #[test]
@@ -243,7 +268,7 @@ fn example_rampart_toml_is_the_rendered_default() {
         "examples/rampart.toml differs from config::render_default(&[\"eth0\"])"
     );
     let config = load(&path).unwrap();
-    assert_eq!(config.filter.interfaces, ["eth0"]);
+    assert_eq!(config.filter.as_ref().unwrap().interfaces, ["eth0"]);
 }
 
 #[test]
@@ -267,7 +292,7 @@ fn every_example_parses() {
 #[test]
 fn edge_example_means_what_its_comments_say() {
     let config = load(&examples_dir().join("edge.toml")).unwrap();
-    let filter = config.filter;
+    let filter = config.filter.unwrap();
     assert_eq!(filter.interfaces, ["eth0", "eth1"]);
     assert_eq!(
         filter.protect,

@@ -103,6 +103,14 @@ pub struct FilterPlan {
 pub fn prepare(path: &Path) -> Result<Desired, ServiceError> {
     let config = config::load(path)?;
     let filter = config.filter.clone().map(plan_filter).transpose()?;
+    // Certificates are loaded (and thrown away) here too, so that a bad one
+    // is reported by --check-config and at start before anything reaches the
+    // kernel, and a reload with one is rejected whole.
+    for listener in crate::pipeline::gateway_settings(&config).0 {
+        if let crate::gateway::Transport::Tls(tls) = &listener.transport {
+            crate::gateway::CertResolver::load(tls)?;
+        }
+    }
     Ok(Desired { config, filter })
 }
 

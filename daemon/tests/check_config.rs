@@ -110,3 +110,26 @@ fn an_unreadable_file_exits_66() {
     assert_eq!(code, 66, "{err}");
     assert!(err.contains("/nonexistent/rampart.toml"), "{err}");
 }
+
+#[test]
+fn a_certificate_that_does_not_load_is_reported() {
+    let d = dir("cert");
+    let cert = d.0.join("cert.pem");
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    let cfg = d.0.join("tls.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[listener]]\naddress = \"127.0.0.1:8443\"\ntls = {{ cert = \"{c}\", key = \"{k}\" }}\n\n[[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://127.0.0.1:9000\"\n",
+            c = cert.display(),
+            k = d.0.join("missing-key.pem").display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = check(&cfg);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("cert.pem") || err.contains("missing-key.pem"),
+        "{err}"
+    );
+}

@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use rampart_common::{Config as KernelConfig, DropEvent, REASON_NAMES, config_flags};
 use thiserror::Error;
 
+pub(crate) use kernel::interface_exists;
 pub use kernel::{AttachInfo, AttachMode, Events, Kernel, detach};
 pub use lists::{EntryOrigin, ListEntry, ListKind, Lists};
 

@@ -13,11 +13,10 @@ use crate::config::{
     ApiConfig, Config, ListenerTransport, ProductConfig, RateLimitConfig, SubscriptionRequirement,
 };
 use crate::gateway::{
-    self, ApiSettings, BackendProtocol, BackendTimeouts, CertFiles, GatewaySettings, Limits,
+    ApiSettings, BackendProtocol, BackendTimeouts, CertFiles, GatewaySettings, Limits,
     ListenerSettings, RequestContext, RequestPolicy, ResponseContext, SniCert, Stop, TlsSettings,
     Transport,
 };
-use crate::policy::Rejection;
 
 #[cfg(test)]
 mod tests;
@@ -41,23 +40,6 @@ pub enum PipelineError {
     Cors { api: String },
     #[error("API {api:?}: invalid header rules")]
     Headers { api: String },
-}
-
-impl From<Rejection> for gateway::Rejection {
-    fn from(rejection: Rejection) -> Self {
-        let mut converted = Self::new(rejection.status, rejection.message, rejection.reason);
-        let mut name = None;
-        // `HeaderMap::into_iter` names a header only at its first value.
-        for (next, value) in rejection.headers {
-            if let Some(next) = next {
-                name = Some(next);
-            }
-            if let Some(name) = &name {
-                converted = converted.with_header(name.clone(), value);
-            }
-        }
-        converted
-    }
 }
 
 /// The policies of every configured API, keyed by API name.
@@ -188,9 +170,9 @@ impl RequestPolicy for ApiPolicies {
             None => format!("ip:{}", request.peer.ip()),
         };
         for limiter in &api.limiters {
-            limiter.check(&counter).map_err(|throttled| {
-                gateway::Rejection::from(throttled.rejection(&self.throttle_headers))
-            })?;
+            limiter
+                .check(&counter)
+                .map_err(|throttled| throttled.rejection(&self.throttle_headers))?;
         }
         if let Some(name) = subscription {
             request.state.insert(SubscriptionName(name));
@@ -218,6 +200,10 @@ impl RequestPolicy for ApiPolicies {
 impl ApiPolicies {
     /// Checks the key the API asks for and removes it before forwarding; the name of
     /// the subscription it belongs to, if any.
+    #[expect(
+        clippy::result_large_err,
+        reason = "a Rejection (with its HeaderMap) is built only when a request is refused; boxing it would cost an allocation there and buy nothing on the pass path"
+    )]
     fn subscription(
         &self,
         api: &ApiPipeline,
@@ -251,7 +237,7 @@ impl ApiPolicies {
                 .and_then(|h| h.to_str().ok())
                 .or_else(|| parts.uri.host())
                 .unwrap_or_default();
-            gateway::Rejection::from(rejected.rejection(host, &api.key_header))
+            rejected.rejection(host, &api.key_header)
         })?;
         if presented.is_some() && !api.forward_key {
             let query = keys::strip_key(

@@ -9,13 +9,14 @@ pub mod quota;
 pub mod throttle;
 pub mod validate;
 
-/// A request refused by a policy: what the gateway sends back.
+/// A request refused by a policy or by the gateway itself: what the client gets.
+/// Constructors for the gateway's own refusals live in `gateway::error`.
 ///
 /// The body is APIM's error envelope built from `status` and `message` (see
 /// [`Rejection::body`]); `headers` are the extra response headers the check asks for
 /// (`WWW-Authenticate`, `Retry-After`, ...). `reason` is APIM's `LastError` reason code:
 /// it goes to the log and metrics, never into the body.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     pub status: StatusCode,
     pub message: String,

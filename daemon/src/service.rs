@@ -193,18 +193,15 @@ pub fn detach(config_path: &Path) -> Result<Vec<String>, ServiceError> {
 /// Checked before anything reaches the kernel: a missing interface changes
 /// nothing.
 fn interfaces_exist(plan: &FilterPlan) -> Result<(), ServiceError> {
-    match plan.config.interfaces.iter().find(|i| interface_missing(i)) {
+    match plan
+        .config
+        .interfaces
+        .iter()
+        .find(|i| !crate::filter::interface_exists(i))
+    {
         Some(name) => Err(FilterError::UnknownInterface { name: name.clone() }.into()),
         None => Ok(()),
     }
-}
-
-fn interface_missing(name: &str) -> bool {
-    let Ok(c) = std::ffi::CString::new(name) else {
-        return true;
-    };
-    // SAFETY: valid NUL-terminated string.
-    unsafe { libc::if_nametoindex(c.as_ptr()) == 0 }
 }
 
 /// Starts the filter from `config_path`: everything is validated first; a

@@ -590,7 +590,7 @@ fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, FilterError> {
         .map_err(prog_err("find"))
 }
 
-fn interface_exists(name: &str) -> bool {
+pub(crate) fn interface_exists(name: &str) -> bool {
     let Ok(c) = std::ffi::CString::new(name) else {
         return false;
     };

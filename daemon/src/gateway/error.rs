@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
-use http::{Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 
 /// Errors that stop the gateway from starting or a certificate reload from applying.
 #[derive(Debug, thiserror::Error)]
@@ -69,31 +69,22 @@ pub enum GatewayError {
     },
 }
 
-/// A request refused by the gateway itself, rendered as APIM's JSON error.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub status: StatusCode,
-    /// Shown to the client: never internals.
-    pub message: String,
-    /// Extra response headers (`WWW-Authenticate`, `Retry-After`, ...).
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// Machine-readable reason for logs and counters (APIM's `LastError.Reason`).
-    pub reason: &'static str,
-}
+/// The gateway's own refusals use the one rejection type of the policies.
+pub use crate::policy::Rejection;
 
 impl Rejection {
     pub fn new(status: StatusCode, message: impl Into<String>, reason: &'static str) -> Self {
         Self {
             status,
             message: message.into(),
-            headers: Vec::new(),
+            headers: HeaderMap::new(),
             reason,
         }
     }
 
     #[must_use]
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.push((name, value));
+        self.headers.append(name, value);
         self
     }
 
@@ -137,17 +128,6 @@ impl Rejection {
         Self::new(StatusCode::BAD_REQUEST, "Bad request", "BadRequest")
     }
 
-    /// The body APIM sends: `{ "statusCode": N, "message": "..." }`, spaced exactly
-    /// like APIM's wire form (its captured 401 has `Content-Length: 152`).
-    pub fn body(&self) -> String {
-        let message = serde_json::Value::String(self.message.clone());
-        format!(
-            "{{ \"statusCode\": {}, \"message\": {} }}",
-            self.status.as_u16(),
-            message
-        )
-    }
-
     /// The full response, with `Content-Type: application/json`.
     pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
         let body = Bytes::from(self.body());
@@ -156,9 +136,7 @@ impl Rejection {
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-        for (name, value) in self.headers {
-            headers.append(name, value);
-        }
+        headers.extend(self.headers);
         response
     }
 }

@@ -26,8 +26,10 @@ use ipnet::IpNet;
 use crate::paths::Paths;
 
 pub use gateway::{
-    ApiConfig, ListenerConfig, ListenerTransport, MAX_RATE_LIMIT_CALLS, MAX_RATE_LIMIT_PERIOD_SECS,
-    ProductConfig, RateLimitConfig, SniCertConfig, SubscriptionRequirement,
+    ApiConfig, BackendProtocolConfig, BackendTimeoutsConfig, CounterConfig, GatewayConfig,
+    ListenerConfig, ListenerTransport, MAX_RATE_LIMIT_CALLS, MAX_RATE_LIMIT_PERIOD_SECS,
+    ProductConfig, QuotaConfig, RateLimitAlgorithm, RateLimitConfig, SniCertConfig,
+    SubscriptionConfig, SubscriptionRequirement,
 };
 pub use render::render_default;
 
@@ -65,6 +67,10 @@ pub struct Config {
     pub apis: Vec<ApiConfig>,
     /// `[[product]]`s, in file order, names unique.
     pub products: Vec<ProductConfig>,
+    /// `[[subscription]]`s declared in the file (key hashes only), names unique.
+    pub subscriptions: Vec<SubscriptionConfig>,
+    /// `[gateway]`: limits, trusted proxies, backend CAs (defaults when absent).
+    pub gateway: GatewayConfig,
 }
 
 /// `[daemon]`: where the daemon keeps its files, and how much it logs.

@@ -27,8 +27,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{GatewayError, Rejection};
-pub use forwarded::{ClientHop, remove_hop_by_hop, set_forwarding_headers};
-pub use policy::{RequestContext, RequestPolicy, ResponseContext, Stop};
+pub use forwarded::{ClientHop, client_ip, remove_hop_by_hop, set_forwarding_headers};
+pub use policy::{RequestContext, RequestPolicy, ResponseContext, Stop, Transferred};
 pub use routing::RouteTable;
 pub use settings::{
     ApiSettings, BackendProtocol, BackendTimeouts, CertFiles, GatewaySettings, Limits,

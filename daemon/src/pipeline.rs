@@ -1,8 +1,11 @@
 //! The per-API policy chain the gateway runs, built from the configuration: a
 //! [`RequestPolicy`] that applies, in APIM's order, the CORS preflight, the
-//! subscription key, the rate limits and the header rules of the routed API.
+//! subscription key, the rate limits, the quotas, request validation and the
+//! header rules of the routed API.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,43 +13,64 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Uri, header, response};
 
 use crate::config::{
-    ApiConfig, Config, ListenerTransport, ProductConfig, RateLimitConfig, SubscriptionRequirement,
+    ApiConfig, BackendProtocolConfig, Config, CounterConfig, ListenerTransport, ProductConfig,
+    QuotaConfig, RateLimitAlgorithm, RateLimitConfig, SubscriptionConfig, SubscriptionRequirement,
 };
 use crate::gateway::{
     ApiSettings, BackendProtocol, BackendTimeouts, CertFiles, GatewaySettings, Limits,
     ListenerSettings, RequestContext, RequestPolicy, ResponseContext, SniCert, Stop, TlsSettings,
-    Transport,
+    Transferred, Transport,
 };
 
 #[cfg(test)]
 mod tests;
 use crate::policy::cors::{self, CorsPolicy};
 use crate::policy::headers::HeaderRules;
-use crate::policy::keys::{self, KeyRejection, KeyStore, KeyStoreError};
-use crate::policy::throttle::{RateLimit, RateLimitHeaders, RateLimiter, ThrottleError};
+use crate::policy::keys::{
+    self, KeyHash, KeyRejection, KeyStore, KeyStoreError, StaticSubscription,
+};
+use crate::policy::quota::{Quota, QuotaCounters, QuotaError, SystemClock};
+use crate::policy::throttle::{Algorithm, RateLimit, RateLimitHeaders, RateLimiter, ThrottleError};
+use crate::policy::validate::{BodyPlan, RequestValidator};
+
+/// Quota counters kept at most (each a few dozen bytes); the ones closest to the end
+/// of their window are dropped first when full.
+const MAX_QUOTA_KEYS: usize = 1_000_000;
 
 /// Why the policies of a configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("cannot open the subscription store")]
     KeyStore(#[source] KeyStoreError),
+    #[error("cannot open the quota counters")]
+    Quota(#[source] QuotaError),
     #[error("rate limit of {owner:?}")]
     RateLimit {
         owner: String,
         #[source]
         source: ThrottleError,
     },
+    #[error("quota of {owner:?}")]
+    QuotaSettings {
+        owner: String,
+        #[source]
+        source: QuotaError,
+    },
     #[error("API {api:?}: invalid CORS settings")]
     Cors { api: String },
     #[error("API {api:?}: invalid header rules")]
     Headers { api: String },
+    #[error("API {api:?}: invalid validation settings")]
+    Validation { api: String },
 }
 
 /// The policies of every configured API, keyed by API name.
 pub struct ApiPolicies {
     apis: HashMap<String, ApiPipeline>,
     keys: KeyStore,
-    throttle_headers: RateLimitHeaders,
+    quotas: QuotaCounters,
+    /// Every limiter once (product limiters are shared by their APIs), for sweeping.
+    limiters: Vec<Arc<Limiter>>,
 }
 
 impl std::fmt::Debug for ApiPolicies {
@@ -65,8 +89,29 @@ struct ApiPipeline {
     forward_key: bool,
     products: Vec<String>,
     /// The API's own limit first, then each product's (shared by its APIs).
-    limiters: Vec<Arc<RateLimiter>>,
+    limiters: Vec<Arc<Limiter>>,
+    /// The API's own quota first, then each product's.
+    quotas: Vec<Arc<QuotaRule>>,
+    validator: Option<RequestValidator>,
     headers: HeaderRules,
+}
+
+/// One configured rate limit.
+struct Limiter {
+    limiter: RateLimiter,
+    counter: CounterConfig,
+    headers: RateLimitHeaders,
+    /// Whether admitted responses carry the remaining/total headers.
+    announces: bool,
+}
+
+/// One configured quota; its counters live in [`ApiPolicies::quotas`] under
+/// `owner` + the counter key.
+struct QuotaRule {
+    owner: String,
+    quota: Quota,
+    counter: CounterConfig,
+    counts_bytes: bool,
 }
 
 /// The `Origin` of an actual (non-preflight) request, for the CORS response headers.
@@ -77,34 +122,73 @@ struct RequestOrigin(Option<HeaderValue>);
 #[derive(Debug, Clone)]
 pub struct SubscriptionName(pub String);
 
+/// Rate-limit headers for the response of an admitted request.
+#[derive(Clone)]
+struct LimitHeaders(HeaderMap);
+
+/// Quota counters that get this request's bytes once it completes.
+#[derive(Clone)]
+struct BandwidthKeys(Vec<(Arc<QuotaRule>, String)>);
+
+/// The body must be validated once collected.
+#[derive(Clone, Copy)]
+struct ValidateBody;
+
 impl ApiPolicies {
-    /// Builds the policies of `config`, with subscriptions from its state directory.
+    /// Builds the policies of `config`, with subscriptions from its state directory
+    /// plus those it declares, and quota counters persisted there.
     pub fn from_config(config: &Config) -> Result<Self, PipelineError> {
-        let keys = KeyStore::open(&config.daemon.state_dir).map_err(PipelineError::KeyStore)?;
-        Self::new(&config.apis, &config.products, keys)
+        let state_dir = &config.daemon.state_dir;
+        let keys = KeyStore::open(state_dir).map_err(PipelineError::KeyStore)?;
+        let quotas = open_quotas(state_dir)?;
+        let mut policies = Self::new(&config.apis, &config.products, keys, quotas)?;
+        policies.set_static_subscriptions(&config.subscriptions)?;
+        Ok(policies)
     }
 
     pub fn new(
         apis: &[ApiConfig],
         products: &[ProductConfig],
         keys: KeyStore,
+        quotas: QuotaCounters,
     ) -> Result<Self, PipelineError> {
+        let mut all_limiters = Vec::new();
         let mut product_limiters = HashMap::new();
+        let mut product_quotas = HashMap::new();
         for product in products {
-            if let Some(limit) = product.rate_limit {
-                product_limiters.insert(product.name.clone(), limiter(&product.name, limit)?);
+            if let Some(limit) = &product.rate_limit {
+                let limiter = limiter(&product.name, limit)?;
+                all_limiters.push(Arc::clone(&limiter));
+                product_limiters.insert(product.name.clone(), limiter);
+            }
+            if let Some(quota) = &product.quota {
+                product_quotas.insert(
+                    product.name.clone(),
+                    quota_rule(&format!("product:{}", product.name), quota)?,
+                );
             }
         }
         let mut pipelines = HashMap::with_capacity(apis.len());
         for api in apis {
             let mut limiters = Vec::new();
-            if let Some(limit) = api.rate_limit {
-                limiters.push(limiter(&api.name, limit)?);
+            if let Some(limit) = &api.rate_limit {
+                let limiter = limiter(&api.name, limit)?;
+                all_limiters.push(Arc::clone(&limiter));
+                limiters.push(limiter);
             }
             limiters.extend(
                 api.products
                     .iter()
                     .filter_map(|p| product_limiters.get(p).cloned()),
+            );
+            let mut quotas = Vec::new();
+            if let Some(quota) = &api.quota {
+                quotas.push(quota_rule(&format!("api:{}", api.name), quota)?);
+            }
+            quotas.extend(
+                api.products
+                    .iter()
+                    .filter_map(|p| product_quotas.get(p).cloned()),
             );
             let cors = api
                 .cors
@@ -117,6 +201,14 @@ impl ApiPolicies {
             let headers = api.headers.validate().map_err(|_| PipelineError::Headers {
                 api: api.name.clone(),
             })?;
+            let validator = api
+                .validation
+                .as_ref()
+                .map(|v| v.validate())
+                .transpose()
+                .map_err(|_| PipelineError::Validation {
+                    api: api.name.clone(),
+                })?;
             pipelines.insert(
                 api.name.clone(),
                 ApiPipeline {
@@ -127,6 +219,8 @@ impl ApiPolicies {
                     forward_key: api.forward_subscription_key,
                     products: api.products.clone(),
                     limiters,
+                    quotas,
+                    validator,
                     headers,
                 },
             );
@@ -134,18 +228,118 @@ impl ApiPolicies {
         Ok(Self {
             apis: pipelines,
             keys,
-            throttle_headers: RateLimitHeaders::default(),
+            quotas,
+            limiters: all_limiters,
         })
+    }
+
+    /// Installs the subscriptions the configuration declares (key hashes only).
+    pub fn set_static_subscriptions(
+        &mut self,
+        subscriptions: &[SubscriptionConfig],
+    ) -> Result<(), PipelineError> {
+        let statics = subscriptions
+            .iter()
+            .map(|s| StaticSubscription {
+                name: s.name.clone(),
+                scope: s.scope.clone(),
+                state: s.state,
+                primary: s.primary,
+                secondary: s.secondary,
+            })
+            .collect();
+        self.keys
+            .set_static(statics)
+            .map_err(PipelineError::KeyStore)
+    }
+
+    /// Periodic upkeep (the daemon calls it every second): forgets idle rate-limit
+    /// keys and ended quota windows, and writes changed quota counters to disk
+    /// (batched: one atomic file replace per period, never one per request).
+    pub fn maintain(&self) -> Result<(), QuotaError> {
+        for limiter in &self.limiters {
+            limiter.limiter.sweep();
+        }
+        self.quotas.sweep();
+        self.quotas.flush()
+    }
+
+    /// Writes the quota counters now (at shutdown).
+    pub fn flush(&self) -> Result<(), QuotaError> {
+        self.quotas.flush()
     }
 }
 
-fn limiter(owner: &str, limit: RateLimitConfig) -> Result<Arc<RateLimiter>, PipelineError> {
-    let limit = RateLimit::new(limit.calls, Duration::from_secs(limit.period_secs.into()))
-        .map_err(|source| PipelineError::RateLimit {
-            owner: owner.to_owned(),
-            source,
-        })?;
-    Ok(Arc::new(RateLimiter::new(limit)))
+fn open_quotas(state_dir: &Path) -> Result<QuotaCounters, PipelineError> {
+    QuotaCounters::open(state_dir, MAX_QUOTA_KEYS, SystemClock).map_err(PipelineError::Quota)
+}
+
+fn limiter(owner: &str, config: &RateLimitConfig) -> Result<Arc<Limiter>, PipelineError> {
+    let error = |source| PipelineError::RateLimit {
+        owner: owner.to_owned(),
+        source,
+    };
+    let limit = RateLimit::new(config.calls, Duration::from_secs(config.period_secs.into()))
+        .map_err(error)?;
+    let algorithm = match config.algorithm {
+        RateLimitAlgorithm::SlidingWindow => Algorithm::SlidingWindow,
+        RateLimitAlgorithm::TokenBucket => Algorithm::TokenBucket,
+    };
+    let headers = RateLimitHeaders::new(
+        None,
+        config.remaining_header.as_deref(),
+        config.total_header.as_deref(),
+    )
+    .map_err(error)?;
+    Ok(Arc::new(Limiter {
+        limiter: RateLimiter::with_algorithm(limit, algorithm),
+        counter: config.counter.clone(),
+        announces: headers.remaining.is_some() || headers.total.is_some(),
+        headers,
+    }))
+}
+
+fn quota_rule(owner: &str, config: &QuotaConfig) -> Result<Arc<QuotaRule>, PipelineError> {
+    let quota = Quota::new(
+        config.calls,
+        config.kilobytes,
+        Duration::from_secs(config.period_secs),
+        0,
+    )
+    .map_err(|source| PipelineError::QuotaSettings {
+        owner: owner.to_owned(),
+        source,
+    })?;
+    Ok(Arc::new(QuotaRule {
+        owner: owner.to_owned(),
+        quota,
+        counter: config.counter.clone(),
+        counts_bytes: config.kilobytes.is_some(),
+    }))
+}
+
+/// The string a rate limit or quota counts under. Header values are hashed: they may
+/// be secrets, and quota keys are written to disk.
+fn counter_key(
+    counter: &CounterConfig,
+    subscription: Option<&str>,
+    client: IpAddr,
+    headers: &HeaderMap,
+) -> String {
+    match counter {
+        CounterConfig::Subscription => match subscription {
+            Some(name) => format!("s:{name}"),
+            None => format!("ip:{client}"),
+        },
+        CounterConfig::ClientIp => format!("ip:{client}"),
+        CounterConfig::Header(name) => match headers.get(name.as_str()) {
+            Some(value) => {
+                let hash = KeyHash::of(value.as_bytes()).to_hex();
+                format!("h:{}", &hash[..32])
+            }
+            None => format!("ip:{client}"),
+        },
+    }
 }
 
 impl RequestPolicy for ApiPolicies {
@@ -164,22 +358,78 @@ impl RequestPolicy for ApiPolicies {
         }
 
         let subscription = self.subscription(api, request)?;
-
-        let counter = match &subscription {
-            Some(name) => format!("subscription:{name}"),
-            None => format!("ip:{}", request.peer.ip()),
+        let key = |counter: &CounterConfig| {
+            counter_key(
+                counter,
+                subscription.as_deref(),
+                request.client_ip,
+                &request.parts.headers,
+            )
         };
+
+        let mut announced = HeaderMap::new();
         for limiter in &api.limiters {
-            limiter
-                .check(&counter)
-                .map_err(|throttled| throttled.rejection(&self.throttle_headers))?;
+            let admitted = limiter
+                .limiter
+                .check(&key(&limiter.counter))
+                .map_err(|throttled| throttled.rejection(&limiter.headers))?;
+            if limiter.announces {
+                announced.extend(admitted.headers(&limiter.headers));
+            }
+        }
+        let mut bandwidth = Vec::new();
+        for rule in &api.quotas {
+            let counter = format!("{}|{}", rule.owner, key(&rule.counter));
+            self.quotas
+                .check(&counter, &rule.quota)
+                .map_err(|exceeded| exceeded.rejection())?;
+            if rule.counts_bytes {
+                bandwidth.push((Arc::clone(rule), counter));
+            }
+        }
+
+        if let Some(validator) = &api.validator {
+            match validator
+                .check_head(&request.parts.headers, request.has_body)
+                .map_err(|invalid| invalid.to_rejection())?
+            {
+                BodyPlan::Stream => {}
+                BodyPlan::Buffer { limit } => {
+                    request.collect_body =
+                        Some(request.collect_body.map_or(limit, |l| l.min(limit)));
+                    request.state.insert(ValidateBody);
+                }
+            }
+        }
+
+        if !announced.is_empty() {
+            request.state.insert(LimitHeaders(announced));
+        }
+        if !bandwidth.is_empty() {
+            request.count_bytes = true;
+            request.state.insert(BandwidthKeys(bandwidth));
         }
         if let Some(name) = subscription {
             request.state.insert(SubscriptionName(name));
         }
-
         api.headers.apply_request(&mut request.parts.headers);
         Ok(())
+    }
+
+    fn on_body(&self, request: &mut RequestContext<'_>, body: Option<&Bytes>) -> Result<(), Stop> {
+        let Some(api) = self.apis.get(request.api) else {
+            return Ok(());
+        };
+        let (Some(validator), Some(ValidateBody)) =
+            (&api.validator, request.state.get::<ValidateBody>())
+        else {
+            return Ok(());
+        };
+        let checked = match body {
+            Some(body) => validator.check_body(&request.parts.headers, body),
+            None => Err(validator.too_large(None)),
+        };
+        checked.map_err(|invalid| Stop::Reject(invalid.to_rejection()))
     }
 
     fn on_response(&self, response: &ResponseContext<'_>, parts: &mut response::Parts) {
@@ -193,7 +443,21 @@ impl RequestPolicy for ApiPolicies {
             remove_access_control(&mut parts.headers);
             parts.headers.extend(added);
         }
+        if let Some(LimitHeaders(headers)) = response.state.get::<LimitHeaders>() {
+            parts.headers.extend(headers.clone());
+        }
         api.headers.apply_response(&mut parts.headers);
+    }
+
+    fn on_complete(&self, response: &ResponseContext<'_>, transferred: Transferred) {
+        if let Some(BandwidthKeys(keys)) = response.state.get::<BandwidthKeys>() {
+            let bytes = transferred
+                .request_bytes
+                .saturating_add(transferred.response_bytes);
+            for (rule, counter) in keys {
+                self.quotas.record_bytes(counter, &rule.quota, bytes);
+            }
+        }
     }
 }
 
@@ -315,15 +579,32 @@ pub fn gateway_settings(config: &Config) -> (Vec<ListenerSettings>, GatewaySetti
             host: api.host.clone(),
             path_prefix: api.path_prefix.clone(),
             backend: api.backend.clone(),
-            backend_protocol: BackendProtocol::default(),
-            timeouts: BackendTimeouts::default(),
+            backend_protocol: match api.backend_protocol {
+                BackendProtocolConfig::Auto => BackendProtocol::Auto,
+                BackendProtocolConfig::Http2 => BackendProtocol::Http2,
+            },
+            timeouts: BackendTimeouts {
+                connect: api.timeouts.connect,
+                response_header: api.timeouts.response,
+                pool_idle: api.timeouts.pool_idle,
+            },
         })
         .collect();
+    let gateway = &config.gateway;
     let settings = GatewaySettings {
         apis,
-        limits: Limits::default(),
-        trusted_proxies: Vec::new(),
-        backend_ca_pem: Vec::new(),
+        limits: Limits {
+            max_header_bytes: gateway.max_header_bytes as usize,
+            max_body_bytes: gateway.max_body_bytes,
+            max_connections: gateway.max_connections as usize,
+            header_read_timeout: gateway.header_read_timeout,
+            idle_timeout: gateway.idle_timeout,
+            request_timeout: gateway.request_timeout,
+            max_concurrent_streams: gateway.max_concurrent_streams,
+            drain_timeout: gateway.drain_timeout,
+        },
+        trusted_proxies: gateway.trusted_proxies.clone(),
+        backend_ca_pem: gateway.backend_ca.clone(),
     };
     (listeners, settings)
 }

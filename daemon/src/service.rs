@@ -252,7 +252,12 @@ pub fn start(config_path: &Path) -> Result<(Option<Filter>, Desired), ServiceErr
 pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
     let (mut filter, desired) = start(&config_path)?;
     let events = filter.as_mut().map(Filter::take_events).transpose()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if desired.config.gateway.worker_threads > 0 {
+        builder.worker_threads(desired.config.gateway.worker_threads as usize);
+    }
+    let rt = builder
+        .thread_name("rampartd")
         .enable_all()
         .build()
         .map_err(ServiceError::Runtime)?;
@@ -269,6 +274,7 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
             .transpose()?;
         let mut expire = tokio::time::interval(Duration::from_secs(1));
         let mut summary = tokio::time::interval(EVENT_INTERVAL);
+        let mut upkeep = tokio::time::interval(Duration::from_secs(1));
         let mut drops = DropSummary::default();
         let mut interfaces = desired
             .filter
@@ -284,8 +290,8 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
                 _ = int.recv() => break,
                 _ = hup.recv() => {
                     reload(&config_path, filter.as_mut(), &mut interfaces);
-                    if let Some((certificates, _)) = &gateway {
-                        reload_certificates(certificates);
+                    if let Some(gateway) = &gateway {
+                        reload_certificates(&gateway.certificates);
                     }
                 }
                 _ = expire.tick(), if filter.is_some() => {
@@ -298,6 +304,11 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
                     }
                 }
                 _ = summary.tick() => drops.flush(),
+                _ = upkeep.tick(), if gateway.is_some() => {
+                    if let Some(gateway) = &gateway {
+                        maintain(&gateway.policies);
+                    }
+                }
                 guard = readable(ring.as_mut()) => {
                     if let Ok(mut g) = guard {
                         for e in g.get_inner_mut().drain() {
@@ -310,10 +321,13 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
         }
         drops.flush();
         shutdown.cancel();
-        if let Some((_, serving)) = gateway {
+        if let Some(gateway) = gateway {
             tracing::info!("gateway draining");
-            if let Err(e) = serving.await {
+            if let Err(e) = gateway.serving.await {
                 tracing::error!(error = %e, "gateway task failed");
+            }
+            if let Err(e) = gateway.policies.flush() {
+                tracing::error!(error = %chain(&e), "writing the quota counters failed");
             }
         }
         tracing::info!(
@@ -323,20 +337,34 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
     })
 }
 
+/// The running gateway, as the service loop sees it.
+struct RunningGateway {
+    certificates: CertReloader,
+    policies: Arc<ApiPolicies>,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+/// Sweeps idle counters and writes changed quota counters (every second).
+fn maintain(policies: &ApiPolicies) {
+    if let Err(e) = policies.maintain() {
+        tracing::error!(error = %chain(&e), "writing the quota counters failed; retrying");
+    }
+}
+
 /// Binds the gateway's listeners when the configuration has any, and serves them
 /// on this runtime until `shutdown` is cancelled.
 async fn start_gateway(
     config: &Config,
     shutdown: CancellationToken,
-) -> Result<Option<(CertReloader, tokio::task::JoinHandle<()>)>, ServiceError> {
+) -> Result<Option<RunningGateway>, ServiceError> {
     if config.listeners.is_empty() {
         return Ok(None);
     }
-    let policies = ApiPolicies::from_config(config)?;
+    let policies = Arc::new(ApiPolicies::from_config(config)?);
     let (listeners, settings) = pipeline::gateway_settings(config);
     let gateway = Gateway::bind(&listeners, settings)
         .await?
-        .with_policy(Arc::new(policies));
+        .with_policy(Arc::clone(&policies) as Arc<dyn crate::gateway::RequestPolicy>);
     let addresses: Vec<String> = gateway
         .local_addrs()
         .iter()
@@ -349,7 +377,11 @@ async fn start_gateway(
     );
     let certificates = gateway.certificates();
     let serving = tokio::spawn(gateway.serve(shutdown));
-    Ok(Some((certificates, serving)))
+    Ok(Some(RunningGateway {
+        certificates,
+        policies,
+        serving,
+    }))
 }
 
 /// SIGHUP: new certificates for new connections; a bad file keeps the old ones.

@@ -2,11 +2,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
+use ipnet::IpNet;
 use url::Url;
 
 use crate::policy::cors::CorsSettings;
 use crate::policy::headers::HeaderRulesSettings;
+use crate::policy::keys::{KeyHash, Scope, SubscriptionState};
+use crate::policy::validate::ValidationSettings;
 
 /// Highest configurable `rate_limit.calls`.
 pub const MAX_RATE_LIMIT_CALLS: u32 = 100_000_000;
@@ -54,8 +58,51 @@ pub struct ApiConfig {
     pub subscription_key_query: String,
     pub forward_subscription_key: bool,
     pub rate_limit: Option<RateLimitConfig>,
+    pub quota: Option<QuotaConfig>,
     pub cors: Option<CorsSettings>,
     pub headers: HeaderRulesSettings,
+    /// `[api.validation]`: checked before forwarding; `None` checks nothing.
+    pub validation: Option<ValidationSettings>,
+    pub backend_protocol: BackendProtocolConfig,
+    pub timeouts: BackendTimeoutsConfig,
+}
+
+/// `[[api]] backend_protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendProtocolConfig {
+    /// HTTP/1.1, or HTTP/2 over https when the backend offers it.
+    #[default]
+    Auto,
+    /// HTTP/2 only (h2c prior knowledge over http).
+    Http2,
+}
+
+impl BackendProtocolConfig {
+    pub const ALL: [(&'static str, BackendProtocolConfig); 2] = [
+        ("auto", BackendProtocolConfig::Auto),
+        ("http2", BackendProtocolConfig::Http2),
+    ];
+}
+
+/// `[[api]] timeouts = { connect_secs, response_secs, idle_secs }`, towards the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendTimeoutsConfig {
+    /// TCP (and TLS) connect: 502 when exceeded.
+    pub connect: Duration,
+    /// From the request being sent to the response head: 504 when exceeded.
+    pub response: Duration,
+    /// Pooled idle upstream connections are closed after this.
+    pub pool_idle: Duration,
+}
+
+impl Default for BackendTimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            response: Duration::from_secs(30),
+            pool_idle: Duration::from_secs(90),
+        }
+    }
 }
 
 /// `[[api]] subscription`.
@@ -78,16 +125,125 @@ impl SubscriptionRequirement {
     ];
 }
 
-/// `rate_limit = { calls, period_secs }`: counted per subscription.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `rate_limit = { calls, period_secs, counter, algorithm, remaining_header, total_header }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitConfig {
     pub calls: u32,
     pub period_secs: u32,
+    pub counter: CounterConfig,
+    pub algorithm: RateLimitAlgorithm,
+    /// Response header carrying the calls left (APIM `remaining-calls-header-name`).
+    pub remaining_header: Option<String>,
+    /// Response header carrying `calls` (APIM `total-calls-header-name`).
+    pub total_header: Option<String>,
 }
 
-/// `[[product]]`: a group of APIs, with an optional rate limit per subscription.
+impl RateLimitConfig {
+    /// `calls` per `period_secs`, per subscription, with the default algorithm.
+    pub fn new(calls: u32, period_secs: u32) -> Self {
+        Self {
+            calls,
+            period_secs,
+            counter: CounterConfig::default(),
+            algorithm: RateLimitAlgorithm::default(),
+            remaining_header: None,
+            total_header: None,
+        }
+    }
+}
+
+/// `rate_limit.algorithm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RateLimitAlgorithm {
+    /// `"sliding_window"`: never more than `calls` admitted in any `period_secs`
+    /// (APIM's classic tiers).
+    #[default]
+    SlidingWindow,
+    /// `"token_bucket"`: a burst of `calls`, then one call every `period / calls`
+    /// (APIM's v2 tiers).
+    TokenBucket,
+}
+
+impl RateLimitAlgorithm {
+    pub const ALL: [(&'static str, RateLimitAlgorithm); 2] = [
+        ("sliding_window", RateLimitAlgorithm::SlidingWindow),
+        ("token_bucket", RateLimitAlgorithm::TokenBucket),
+    ];
+}
+
+/// What a rate limit or quota counts by (APIM's `counter-key`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CounterConfig {
+    /// `"subscription"`: per subscription; requests without one count per client address.
+    #[default]
+    Subscription,
+    /// `"ip"`: per client address (the TCP peer, or the client a trusted proxy names).
+    ClientIp,
+    /// `"header:NAME"`: per value of a request header; requests without it count per
+    /// client address.
+    Header(String),
+}
+
+/// `quota = { calls, kilobytes, period_secs, counter }`: a fixed window (APIM quota).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaConfig {
+    pub calls: Option<u64>,
+    /// Request plus response body kilobytes (1,024 bytes).
+    pub kilobytes: Option<u64>,
+    /// Window length; 0 means the quota never renews.
+    pub period_secs: u64,
+    pub counter: CounterConfig,
+}
+
+/// `[[product]]`: a group of APIs, with an optional rate limit and quota per subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProductConfig {
     pub name: String,
     pub rate_limit: Option<RateLimitConfig>,
+    pub quota: Option<QuotaConfig>,
+}
+
+/// `[[subscription]]`: a subscription declared in the file, with key hashes only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionConfig {
+    pub name: String,
+    pub scope: Scope,
+    pub state: SubscriptionState,
+    pub primary: KeyHash,
+    pub secondary: KeyHash,
+}
+
+/// `[gateway]`: limits that protect the gateway, trusted proxies, backend CAs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    pub max_header_bytes: u32,
+    pub max_body_bytes: u64,
+    pub max_connections: u32,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_concurrent_streams: u32,
+    pub drain_timeout: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+    pub backend_ca: Vec<PathBuf>,
+    /// Threads serving requests; 0 = one per CPU the daemon may run on.
+    pub worker_threads: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 32 * 1024,
+            max_body_bytes: 100 * 1024 * 1024,
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(300),
+            max_concurrent_streams: 100,
+            drain_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
+            backend_ca: Vec::new(),
+            worker_threads: 0,
+        }
+    }
 }

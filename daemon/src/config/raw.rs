@@ -10,6 +10,7 @@ use toml::Spanned;
 
 use crate::policy::cors::CorsSettings;
 use crate::policy::headers::HeaderRulesSettings;
+use crate::policy::validate::ValidationSettings;
 
 pub(super) type Text = Spanned<String>;
 pub(super) type TextList = Spanned<Vec<Text>>;
@@ -22,6 +23,8 @@ pub(super) struct RawConfig {
     pub listener: Option<Vec<Spanned<RawListener>>>,
     pub api: Option<Vec<Spanned<RawApi>>>,
     pub product: Option<Vec<Spanned<RawProduct>>>,
+    pub subscription: Option<Vec<Spanned<RawSubscription>>>,
+    pub gateway: Option<Spanned<RawGateway>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,8 +107,55 @@ pub(super) struct RawApi {
     pub subscription_key_query: Option<Text>,
     pub forward_subscription_key: Option<bool>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+    pub quota: Option<Spanned<RawQuota>>,
     pub cors: Option<Spanned<CorsSettings>>,
     pub headers: Option<Spanned<HeaderRulesSettings>>,
+    pub validation: Option<Spanned<ValidationSettings>>,
+    pub backend_protocol: Option<Text>,
+    pub timeouts: Option<Spanned<RawBackendTimeouts>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawBackendTimeouts {
+    pub connect_secs: Option<Spanned<i64>>,
+    pub response_secs: Option<Spanned<i64>>,
+    pub pool_idle_secs: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawQuota {
+    pub calls: Option<Spanned<i64>>,
+    pub kilobytes: Option<Spanned<i64>>,
+    pub period_secs: Option<Spanned<i64>>,
+    pub counter: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawSubscription {
+    pub name: Option<Text>,
+    pub scope: Option<Text>,
+    pub state: Option<Text>,
+    pub primary_key_sha256: Option<Text>,
+    pub secondary_key_sha256: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawGateway {
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub max_body_bytes: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub header_read_timeout_secs: Option<Spanned<i64>>,
+    pub idle_timeout_secs: Option<Spanned<i64>>,
+    pub request_timeout_secs: Option<Spanned<i64>>,
+    pub max_concurrent_streams: Option<Spanned<i64>>,
+    pub drain_timeout_secs: Option<Spanned<i64>>,
+    pub trusted_proxies: Option<TextList>,
+    pub backend_ca: Option<TextList>,
+    pub worker_threads: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +163,10 @@ pub(super) struct RawApi {
 pub(super) struct RawRateLimit {
     pub calls: Option<Spanned<i64>>,
     pub period_secs: Option<Spanned<i64>>,
+    pub counter: Option<Text>,
+    pub algorithm: Option<Text>,
+    pub remaining_header: Option<Text>,
+    pub total_header: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,4 +174,5 @@ pub(super) struct RawRateLimit {
 pub(super) struct RawProduct {
     pub name: Option<Text>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+    pub quota: Option<Spanned<RawQuota>>,
 }

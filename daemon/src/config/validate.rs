@@ -42,6 +42,9 @@ pub(super) fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, Ve
     let listeners = checker.listeners(raw.listener.unwrap_or_default());
     let products = checker.products(raw.product.unwrap_or_default());
     let apis = checker.apis(raw.api.unwrap_or_default(), &products);
+    let subscriptions =
+        checker.subscriptions(raw.subscription.unwrap_or_default(), &apis, &products);
+    let gateway = checker.gateway(raw.gateway);
     let mut errors = checker.errors;
     if errors.is_empty() {
         Ok(Config {
@@ -50,6 +53,8 @@ pub(super) fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, Ve
             listeners,
             apis,
             products,
+            subscriptions,
+            gateway,
         })
     } else {
         errors.sort_by_key(|d| (d.line, d.column));

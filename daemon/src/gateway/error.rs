@@ -124,6 +124,14 @@ impl Rejection {
         )
     }
 
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "Request timeout",
+            "ClientConnectionFailure",
+        )
+    }
+
     pub fn bad_request() -> Self {
         Self::new(StatusCode::BAD_REQUEST, "Bad request", "BadRequest")
     }

@@ -104,6 +104,47 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: ClientHop<'_>) {
     insert(headers, FORWARDED, &forwarded);
 }
 
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy, the
+/// right-most `X-Forwarded-For` address that is not itself a trusted proxy (the
+/// left-most when all are). Entries that do not parse end the walk: what lies left
+/// of them was written by someone nobody vouches for.
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let mut client = canonical(peer);
+    if !super::settings::is_trusted(trusted, client) {
+        return client;
+    }
+    let Some(chain) = joined(headers, &X_FORWARDED_FOR) else {
+        return client;
+    };
+    for entry in chain.rsplit(',') {
+        let Some(ip) = parse_forwarded_for(entry.trim()) else {
+            break;
+        };
+        client = canonical(ip);
+        if !super::settings::is_trusted(trusted, client) {
+            break;
+        }
+    }
+    client
+}
+
+/// `192.0.2.1`, `192.0.2.1:4711`, `2001:db8::1` or `[2001:db8::1]:4711`.
+fn parse_forwarded_for(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse() {
+        return Some(ip);
+    }
+    entry
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|addr| addr.ip())
+        .or_else(|| {
+            entry
+                .strip_prefix('[')
+                .and_then(|rest| rest.strip_suffix(']'))
+                .and_then(|inner| inner.parse().ok())
+        })
+}
+
 /// An IPv4-mapped IPv6 peer (dual-stack listener) is reported as IPv4.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -175,6 +216,49 @@ mod tests {
             host: Some("api.example.com"),
             trusted,
         }
+    }
+
+    #[test]
+    fn client_ip_is_the_peer_unless_a_trusted_proxy_names_one() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let xff = map(&[(
+            "x-forwarded-for",
+            "203.0.113.9, 198.51.100.7:4711, 10.1.1.1",
+        )]);
+        let peer = |s: &str| s.parse::<IpAddr>().unwrap();
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            client_ip(&xff, peer("192.0.2.1"), &trusted),
+            peer("192.0.2.1")
+        );
+        // From a trusted proxy: the right-most untrusted entry (ports stripped).
+        assert_eq!(
+            client_ip(&xff, peer("10.0.0.1"), &trusted),
+            peer("198.51.100.7")
+        );
+        // No header: the proxy itself.
+        assert_eq!(
+            client_ip(&map(&[]), peer("10.0.0.1"), &trusted),
+            peer("10.0.0.1")
+        );
+        // All trusted: the left-most.
+        let all = map(&[("x-forwarded-for", "10.9.9.9, [::ffff:10.2.2.2]:1")]);
+        assert_eq!(
+            client_ip(&all, peer("10.0.0.1"), &trusted),
+            peer("10.9.9.9")
+        );
+        // Garbage stops the walk at the last good address.
+        let junk = map(&[("x-forwarded-for", "198.51.100.1, bogus, 10.3.3.3")]);
+        assert_eq!(
+            client_ip(&junk, peer("10.0.0.1"), &trusted),
+            peer("10.3.3.3")
+        );
+        // IPv6 with brackets and port.
+        let v6 = map(&[("x-forwarded-for", "[2001:db8::5]:443")]);
+        assert_eq!(
+            client_ip(&v6, peer("10.0.0.1"), &trusted),
+            peer("2001:db8::5")
+        );
     }
 
     #[test]

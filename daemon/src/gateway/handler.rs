@@ -2,20 +2,23 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::HOST;
 use http::{Extensions, Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use ipnet::IpNet;
 
 use super::error::Rejection;
-use super::forwarded::{ClientHop, remove_hop_by_hop, set_forwarding_headers};
-use super::policy::{RequestContext, RequestPolicy, ResponseContext, Stop};
-use super::proxy::{Backend, ClientBody, declared_length};
+use super::forwarded::{ClientHop, client_ip, remove_hop_by_hop, set_forwarding_headers};
+use super::policy::{RequestContext, RequestPolicy, ResponseContext, Stop, Transferred};
+use super::proxy::{Backend, ClientBody, UpstreamBody, declared_length};
 use super::routing::RouteTable;
 use super::settings::{Limits, is_trusted};
 use super::{GatewayStats, ResponseBody};
@@ -75,7 +78,7 @@ fn full(response: Response<Bytes>) -> Response<ResponseBody> {
     })
 }
 
-async fn process(shared: &Shared, conn: Connection, request: Request<Incoming>) -> Outcome {
+async fn process(shared: &Arc<Shared>, conn: Connection, request: Request<Incoming>) -> Outcome {
     let limits = &shared.limits;
     if head_size(&request) > limits.max_header_bytes {
         return rejected(Rejection::header_too_large(), None);
@@ -95,46 +98,99 @@ async fn process(shared: &Shared, conn: Connection, request: Request<Incoming>) 
     remove_hop_by_hop(&mut parts.headers);
 
     let mut state = Extensions::new();
+    let mut ctx = RequestContext {
+        api: &backend.name,
+        peer: conn.peer,
+        client_ip: client_ip(&parts.headers, conn.peer.ip(), &shared.trusted_proxies),
+        has_body: !body.is_end_stream(),
+        collect_body: None,
+        count_bytes: false,
+        parts: &mut parts,
+        state: &mut state,
+    };
     let mut stopped = None;
     for policy in &shared.policies {
-        let mut ctx = RequestContext {
-            api: &backend.name,
-            peer: conn.peer,
-            parts: &mut parts,
-            state: &mut state,
-        };
         if let Err(stop) = policy.on_request(&mut ctx) {
             stopped = Some(stop);
             break;
         }
     }
+    let collect = ctx.collect_body;
+    let count_bytes = ctx.count_bytes && stopped.is_none();
+    let client_ip = ctx.client_ip;
+    let has_body = ctx.has_body;
 
+    let request_bytes = Arc::new(AtomicU64::new(0));
     let (mut response, reason) = match stopped {
-        Some(Stop::Reject(rejection)) => {
-            let reason = rejection.reason;
-            (full(rejection.into_response()), Some(reason))
-        }
-        Some(Stop::Respond(response)) => (full(*response), None),
+        Some(stop) => stopped_response(stop),
         None => {
-            set_forwarding_headers(
-                &mut parts.headers,
-                ClientHop {
-                    peer: conn.peer.ip(),
-                    proto: conn.proto,
-                    host: host.as_deref(),
-                    trusted: is_trusted(&shared.trusted_proxies, conn.peer.ip()),
-                },
-            );
-            let limit = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
-            let body = Limited::new(ClientBody(body), limit);
-            match backend.forward(parts, body, &rest).await {
-                Ok(response) => (response, None),
-                Err(rejection) => {
-                    if rejection.status == http::StatusCode::BAD_REQUEST {
-                        GatewayStats::bump(&shared.stats.malformed_requests);
+            let exchange = async {
+                let max_body = limits.max_body_bytes;
+                let upstream: UpstreamBody = match collect {
+                    None => {
+                        let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+                        let counted = Counted {
+                            inner: ClientBody(body),
+                            bytes: count_bytes.then(|| Arc::clone(&request_bytes)),
+                        };
+                        Either::Left(Limited::new(counted, limit))
                     }
-                    let reason = rejection.reason;
-                    (full(rejection.into_response()), Some(reason))
+                    Some(limit) => {
+                        let limit = limit.min(max_body);
+                        let collected = match collect_body(body, limit).await {
+                            Ok(collected) => collected,
+                            Err(rejection) => {
+                                GatewayStats::bump(&shared.stats.malformed_requests);
+                                return Err(Stop::Reject(rejection));
+                            }
+                        };
+                        if let Some(bytes) = &collected {
+                            request_bytes.store(bytes.len() as u64, Ordering::Relaxed);
+                        }
+                        let mut ctx = RequestContext {
+                            api: &backend.name,
+                            peer: conn.peer,
+                            client_ip,
+                            has_body,
+                            collect_body: collect,
+                            count_bytes,
+                            parts: &mut parts,
+                            state: &mut state,
+                        };
+                        for policy in &shared.policies {
+                            policy.on_body(&mut ctx, collected.as_ref())?;
+                        }
+                        let Some(bytes) = collected else {
+                            return Err(Stop::Reject(Rejection::payload_too_large()));
+                        };
+                        Either::Right(Full::new(bytes))
+                    }
+                };
+                set_forwarding_headers(
+                    &mut parts.headers,
+                    ClientHop {
+                        peer: conn.peer.ip(),
+                        proto: conn.proto,
+                        host: host.as_deref(),
+                        trusted: is_trusted(&shared.trusted_proxies, conn.peer.ip()),
+                    },
+                );
+                backend
+                    .forward(parts, upstream, &rest)
+                    .await
+                    .map_err(|rejection| {
+                        if rejection.status == http::StatusCode::BAD_REQUEST {
+                            GatewayStats::bump(&shared.stats.malformed_requests);
+                        }
+                        Stop::Reject(rejection)
+                    })
+            };
+            match tokio::time::timeout(limits.request_timeout, exchange).await {
+                Ok(Ok(response)) => (response, None),
+                Ok(Err(stop)) => stopped_response(stop),
+                Err(_elapsed) => {
+                    tracing::warn!(api = %backend.name, timeout = ?limits.request_timeout, "request timeout");
+                    stopped_response(Stop::Reject(Rejection::gateway_timeout()))
                 }
             }
         }
@@ -152,7 +208,146 @@ async fn process(shared: &Shared, conn: Connection, request: Request<Incoming>) 
         }
         response = Response::from_parts(head, body);
     }
+    if count_bytes {
+        let shared = Arc::clone(shared);
+        let name = backend.name.clone();
+        let peer = conn.peer;
+        let done = move |response_bytes: u64| {
+            let ctx = ResponseContext {
+                api: &name,
+                peer,
+                state: &state,
+            };
+            let transferred = Transferred {
+                request_bytes: request_bytes.load(Ordering::Relaxed),
+                response_bytes,
+            };
+            for policy in &shared.policies {
+                policy.on_complete(&ctx, transferred);
+            }
+        };
+        response = response.map(|body| {
+            Completion {
+                inner: body,
+                bytes: 0,
+                done: Some(Box::new(done)),
+            }
+            .boxed_unsync()
+        });
+    }
     (response, api, reason)
+}
+
+fn stopped_response(stop: Stop) -> (Response<ResponseBody>, Option<&'static str>) {
+    match stop {
+        Stop::Reject(rejection) => {
+            let reason = rejection.reason;
+            (full(rejection.into_response()), Some(reason))
+        }
+        Stop::Respond(response) => (full(*response), None),
+    }
+}
+
+/// Reads the whole body, at most `limit` bytes: `None` past the limit; a body that
+/// cannot be read (bad chunking, the client gone) is a 400, a slow one a 408 once
+/// the request timeout passes (the caller's).
+async fn collect_body(body: Incoming, limit: u64) -> Result<Option<Bytes>, Rejection> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(Some(collected.to_bytes())),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Ok(None),
+        Err(error) => {
+            tracing::debug!(%error, "request body unreadable");
+            Err(Rejection::bad_request())
+        }
+    }
+}
+
+/// A body that adds the length of each data frame to a shared counter.
+pub(crate) struct Counted<B> {
+    pub(crate) inner: B,
+    pub(crate) bytes: Option<Arc<AtomicU64>>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(bytes)) = (&polled, &self.bytes)
+            && let Some(data) = frame.data_ref()
+        {
+            bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The response body, counting its bytes; reports them once, when it ends or is
+/// dropped (the client went away).
+struct Completion {
+    inner: ResponseBody,
+    bytes: u64,
+    done: Option<Box<dyn FnOnce(u64) + Send>>,
+}
+
+impl Completion {
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(self.bytes);
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Body for Completion {
+    type Data = Bytes;
+    type Error = super::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.finish();
+                }
+            }
+            Poll::Ready(None | Some(Err(_))) => self.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The host the client asked for: the URI authority (HTTP/2, absolute form) or `Host`.

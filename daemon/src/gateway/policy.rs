@@ -2,7 +2,7 @@
 //! rules) plug into the gateway. Each policy runs after routing, in the order
 //! the policies were added, and may stop the request.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use http::{Extensions, request, response};
@@ -13,8 +13,20 @@ use super::error::Rejection;
 pub struct RequestContext<'a> {
     /// The name of the API the request was routed to.
     pub api: &'a str,
-    /// The client's address (the TCP peer, not `X-Forwarded-For`).
+    /// The TCP peer.
     pub peer: SocketAddr,
+    /// The client's address: the peer, or the client a trusted proxy names in
+    /// `X-Forwarded-For`.
+    pub client_ip: IpAddr,
+    /// Whether the request has a body.
+    pub has_body: bool,
+    /// Set by a policy that must see the whole body before it is forwarded: the
+    /// gateway collects at most this many bytes and calls [`RequestPolicy::on_body`].
+    /// With several policies asking, the smallest limit applies.
+    pub collect_body: Option<u64>,
+    /// Set by a policy that wants [`RequestPolicy::on_complete`] with the body
+    /// bytes of the exchange.
+    pub count_bytes: bool,
     /// Method, URI and headers; a policy may change them (e.g. remove a key) and
     /// the backend receives the changed request.
     pub parts: &'a mut request::Parts,
@@ -28,6 +40,13 @@ pub struct ResponseContext<'a> {
     pub api: &'a str,
     pub peer: SocketAddr,
     pub state: &'a Extensions,
+}
+
+/// Body bytes that crossed the gateway for one request, reported at its end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transferred {
+    pub request_bytes: u64,
+    pub response_bytes: u64,
 }
 
 /// Why a request goes no further.
@@ -53,6 +72,25 @@ pub trait RequestPolicy: Send + Sync + 'static {
         reason = "a Rejection (with its HeaderMap) is built only when a request is refused; boxing it would cost an allocation there and buy nothing on the pass path"
     )]
     fn on_request(&self, request: &mut RequestContext<'_>) -> Result<(), Stop>;
+
+    /// The whole request body, when a policy asked for it with
+    /// [`RequestContext::collect_body`]; `None` when it was longer than the limit.
+    /// Runs for every policy, in order, after all `on_request`s passed.
+    #[expect(
+        clippy::result_large_err,
+        reason = "a Rejection (with its HeaderMap) is built only when a request is refused; boxing it would cost an allocation there and buy nothing on the pass path"
+    )]
+    fn on_body(
+        &self,
+        _request: &mut RequestContext<'_>,
+        _body: Option<&Bytes>,
+    ) -> Result<(), Stop> {
+        Ok(())
+    }
+
+    /// The body bytes of the exchange, once the response body has ended (or the
+    /// client went away), when a policy asked with [`RequestContext::count_bytes`].
+    fn on_complete(&self, _response: &ResponseContext<'_>, _transferred: Transferred) {}
 
     /// Adjusts the response headers of every routed request, including rejections
     /// made by this or another policy. Runs in reverse order of `on_request`.

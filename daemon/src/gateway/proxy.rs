@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, Version, request};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
@@ -21,8 +21,9 @@ use super::error::{GatewayError, Rejection};
 use super::settings::{ApiSettings, BackendProtocol, BackendTimeouts};
 use super::{BoxError, ResponseBody};
 
-/// The body sent upstream: the client's body, cut off past the size limit.
-pub(crate) type UpstreamBody = Limited<ClientBody>;
+/// The body sent upstream: the client's body streamed and cut off past the size
+/// limit, or a body collected (and checked) whole.
+pub(crate) type UpstreamBody = Either<Limited<super::handler::Counted<ClientBody>>, Full<Bytes>>;
 
 /// The client's request body, its errors marked as the client's (bad chunking, a
 /// connection cut mid-body) so they are told apart from the backend's.

@@ -1,13 +1,19 @@
 //! Listeners and connections: accept, TLS handshake, HTTP/1.1 + HTTP/2, graceful
 //! shutdown.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -155,9 +161,18 @@ async fn accept_loop(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let hard_stop = setup.hard_stop.clone();
+            let activity = Arc::new(Activity::new());
+            let stream = ActivityIo {
+                inner: stream,
+                activity: Arc::clone(&activity),
+            };
+            let idle = setup.shared.limits.idle_timeout;
             tokio::select! {
-                () = serve_connection(stream, peer, tls, setup, watcher) => {}
+                () = serve_connection(stream, peer, tls, Arc::clone(&activity), setup, watcher) => {}
                 () = hard_stop.cancelled() => {}
+                () = activity.idle_for(idle) => {
+                    tracing::debug!(%peer, ?idle, "idle connection closed");
+                }
             }
             drop(slot);
         });
@@ -165,9 +180,10 @@ async fn accept_loop(
 }
 
 async fn serve_connection(
-    stream: TcpStream,
+    stream: ActivityIo<TcpStream>,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
+    activity: Arc<Activity>,
     setup: Arc<ConnectionSetup>,
     watcher: Watcher,
 ) {
@@ -189,9 +205,27 @@ async fn serve_connection(
                     return;
                 }
             };
-            run_http(TokioIo::new(stream), peer, "https", &setup, watcher).await;
+            run_http(
+                TokioIo::new(stream),
+                peer,
+                "https",
+                activity,
+                &setup,
+                watcher,
+            )
+            .await;
         }
-        None => run_http(TokioIo::new(stream), peer, "http", &setup, watcher).await,
+        None => {
+            run_http(
+                TokioIo::new(stream),
+                peer,
+                "http",
+                activity,
+                &setup,
+                watcher,
+            )
+            .await
+        }
     }
 }
 
@@ -199,6 +233,7 @@ async fn run_http<I>(
     io: I,
     peer: SocketAddr,
     proto: &'static str,
+    activity: Arc<Activity>,
     setup: &Arc<ConnectionSetup>,
     watcher: Watcher,
 ) where
@@ -206,7 +241,15 @@ async fn run_http<I>(
 {
     let shared = Arc::clone(&setup.shared);
     let conn = Connection { peer, proto };
-    let service = service_fn(move |request| handle(Arc::clone(&shared), conn, request));
+    let service = service_fn(move |request| {
+        let shared = Arc::clone(&shared);
+        let busy = Busy::new(Arc::clone(&activity));
+        async move {
+            let response = handle(shared, conn, request).await;
+            drop(busy);
+            response
+        }
+    });
     let connection = setup.http.serve_connection(io, service);
     if let Err(error) = watcher.watch(connection).await {
         let stats = &setup.shared.stats;
@@ -223,5 +266,127 @@ async fn run_http<I>(
                 tracing::debug!(%peer, error = %Chain(error.as_ref()), "connection ended with an error")
             }
         }
+    }
+}
+
+/// When bytes last moved on a connection, and how many of its requests are waiting
+/// for their response head; for the idle timeout.
+pub(crate) struct Activity {
+    origin: tokio::time::Instant,
+    /// Milliseconds since `origin`.
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            origin: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Returns once no byte moved and no request waited for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + idle;
+            if tokio::time::Instant::now() >= deadline {
+                if self.in_flight.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                // A request waits on its backend: look again after another period.
+                self.touch();
+                continue;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// Marks a request in progress on its connection until dropped.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.touch();
+        Self(activity)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// A stream that records when bytes move.
+pub(crate) struct ActivityIo<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -104,6 +104,12 @@ pub struct Limits {
     pub max_connections: usize,
     /// Time allowed for the TLS handshake and for each request head (slowloris).
     pub header_read_timeout: Duration,
+    /// A connection with no request in progress and no byte moving for this long
+    /// is closed.
+    pub idle_timeout: Duration,
+    /// From a request's head to its response's head (reading and checking the
+    /// body, forwarding, the backend's answer): 504 past it.
+    pub request_timeout: Duration,
     /// HTTP/2 concurrent streams per connection.
     pub max_concurrent_streams: u32,
     /// How long in-flight requests may run after shutdown was asked for.
@@ -117,6 +123,8 @@ impl Default for Limits {
             max_body_bytes: 100 * 1024 * 1024,
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(300),
             max_concurrent_streams: 100,
             drain_timeout: Duration::from_secs(30),
         }

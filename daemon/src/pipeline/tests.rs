@@ -16,7 +16,8 @@ fn policies(extra: &str) -> (ApiPolicies, String) {
     let config = parse(&text, std::path::Path::new("t.toml")).unwrap();
     let mut keys = KeyStore::in_memory();
     let (_, issued) = keys.create("sub", keys::Scope::AllApis).unwrap();
-    let policies = ApiPolicies::new(&config.apis, &config.products, keys).unwrap();
+    let quotas = QuotaCounters::in_memory(1000, SystemClock);
+    let policies = ApiPolicies::new(&config.apis, &config.products, keys, quotas).unwrap();
     (policies, issued.primary.expose().to_owned())
 }
 
@@ -33,6 +34,10 @@ fn run(policies: &ApiPolicies, request: Request<()>) -> Outcome {
     let result = policies.on_request(&mut RequestContext {
         api: "a",
         peer,
+        client_ip: peer.ip(),
+        has_body: false,
+        collect_body: None,
+        count_bytes: false,
         parts: &mut parts,
         state: &mut state,
     });
@@ -233,4 +238,235 @@ fn a_policy_rejection_reaches_the_client_with_every_header_value() {
         .map(|(n, v)| format!("{n}={}", v.to_str().unwrap()))
         .collect();
     assert_eq!(values, ["x-a=1", "x-a=2", "x-b=3"]);
+}
+
+fn run_with(
+    policies: &ApiPolicies,
+    request: Request<()>,
+    has_body: bool,
+) -> (Outcome, Option<u64>, bool) {
+    let (mut parts, ()) = request.into_parts();
+    let mut state = Extensions::new();
+    let peer: SocketAddr = PEER.parse().unwrap();
+    let mut ctx = RequestContext {
+        api: "a",
+        peer,
+        client_ip: peer.ip(),
+        has_body,
+        collect_body: None,
+        count_bytes: false,
+        parts: &mut parts,
+        state: &mut state,
+    };
+    let result = policies.on_request(&mut ctx);
+    let (collect, count) = (ctx.collect_body, ctx.count_bytes);
+    (
+        Outcome {
+            result,
+            parts,
+            state,
+        },
+        collect,
+        count,
+    )
+}
+
+#[test]
+fn quotas_count_calls_per_owner_and_answer_apim_403() {
+    let (p, key) = policies("quota = { calls = 2, period_secs = 3600 }\n");
+    let with_key = || {
+        get("/x")
+            .header("Ocp-Apim-Subscription-Key", &key)
+            .body(())
+            .unwrap()
+    };
+    assert!(run(&p, with_key()).result.is_ok());
+    assert!(run(&p, with_key()).result.is_ok());
+    let r = rejection(run(&p, with_key()));
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.reason, "QuotaExceeded");
+    assert!(
+        r.message
+            .starts_with("Out of call volume quota. Quota will be replenished in "),
+        "{}",
+        r.message
+    );
+    let retry: u64 = r.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3600).contains(&retry), "{retry}");
+}
+
+#[test]
+fn counters_by_header_and_by_ip() {
+    let (p, _) = policies(
+        "subscription = \"none\"\nrate_limit = { calls = 1, period_secs = 60, counter = \"header:X-Tenant\" }\n",
+    );
+    let tenant = |t: &str| get("/x").header("x-tenant", t).body(()).unwrap();
+    assert!(run(&p, tenant("t1")).result.is_ok());
+    assert!(run(&p, tenant("t2")).result.is_ok());
+    assert_eq!(
+        rejection(run(&p, tenant("t1"))).status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Without the header: counted per client address.
+    assert!(run(&p, get("/x").body(()).unwrap()).result.is_ok());
+    assert_eq!(
+        rejection(run(&p, get("/x").body(()).unwrap())).status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[test]
+fn remaining_and_total_headers_on_admitted_responses() {
+    let (p, _) = policies(
+        "subscription = \"none\"\nrate_limit = { calls = 3, period_secs = 60, remaining_header = \"X-Remaining\", total_header = \"X-Limit\" }\n",
+    );
+    let out = run(&p, get("/x").body(()).unwrap());
+    assert!(out.result.is_ok());
+    let (mut response, ()) = http::Response::new(()).into_parts();
+    p.on_response(
+        &ResponseContext {
+            api: "a",
+            peer: PEER.parse().unwrap(),
+            state: &out.state,
+        },
+        &mut response,
+    );
+    assert_eq!(response.headers["x-remaining"], "2");
+    assert_eq!(response.headers["x-limit"], "3");
+}
+
+#[test]
+fn validation_checks_the_head_then_asks_for_the_body() {
+    let (p, _) = policies(
+        "subscription = \"none\"\nvalidation = { content_types = [\"application/json\"], max_body_bytes = 64, json_schema = { type = \"object\", required = [\"id\"] } }\n",
+    );
+    let post = |ct: &str| {
+        Request::post("/x")
+            .header("host", "api.example")
+            .header("content-type", ct)
+            .body(())
+            .unwrap()
+    };
+    let (out, _, _) = run_with(&p, post("text/plain"), true);
+    let r = rejection(out);
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    let (mut out, collect, _) = run_with(&p, post("application/json"), true);
+    assert!(out.result.is_ok());
+    assert_eq!(collect, Some(64));
+    // The closure's Err is a Stop, as on_body's.
+    #[allow(clippy::result_large_err)]
+    let mut ctx = |body: Option<&Bytes>| {
+        let mut state = out.state.clone();
+        p.on_body(
+            &mut RequestContext {
+                api: "a",
+                peer: PEER.parse().unwrap(),
+                client_ip: PEER.parse::<SocketAddr>().unwrap().ip(),
+                has_body: true,
+                collect_body: collect,
+                count_bytes: false,
+                parts: &mut out.parts,
+                state: &mut state,
+            },
+            body,
+        )
+    };
+    assert!(ctx(Some(&Bytes::from_static(br#"{"id": 1}"#))).is_ok());
+    let status = |r: Result<(), Stop>| match r {
+        Err(Stop::Reject(r)) => (r.status, r.message),
+        other => panic!("{other:?}"),
+    };
+    let (code, message) = status(ctx(Some(&Bytes::from_static(b"{\"id\": "))));
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(message.contains("JSON"), "{message}");
+    let (code, _) = status(ctx(Some(&Bytes::from_static(br#"{"name": 1}"#))));
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    let (code, _) = status(ctx(None));
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // No body: nothing to collect.
+    let (out, collect, _) = run_with(&p, get("/x").body(()).unwrap(), false);
+    assert!(out.result.is_ok());
+    assert_eq!(collect, None);
+}
+
+#[test]
+fn bandwidth_quotas_ask_for_byte_counts_and_record_them() {
+    let (p, _) =
+        policies("subscription = \"none\"\nquota = { kilobytes = 1, period_secs = 3600 }\n");
+    let (out, _, count) = run_with(&p, get("/x").body(()).unwrap(), false);
+    assert!(out.result.is_ok());
+    assert!(count);
+    p.on_complete(
+        &ResponseContext {
+            api: "a",
+            peer: PEER.parse().unwrap(),
+            state: &out.state,
+        },
+        Transferred {
+            request_bytes: 24,
+            response_bytes: 1000,
+        },
+    );
+    let r = rejection(run(&p, get("/x").body(()).unwrap()));
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(
+        r.message.starts_with("Out of bandwidth quota."),
+        "{}",
+        r.message
+    );
+}
+
+#[test]
+fn static_subscriptions_from_the_config_open_their_scope_only() {
+    let key = "static-key-for-tests-0123456789abcdef";
+    let hash = KeyHash::of(key.as_bytes()).to_hex();
+    let other = KeyHash::of(b"other").to_hex();
+    let text = format!(
+        "[filter]\ninterfaces = [\"eth0\"]\n[[product]]\nname = \"p\"\n\
+         [[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://b\"\nproducts = [\"p\"]\n\
+         [[api]]\nname = \"b\"\npath_prefix = \"/b\"\nbackend = \"http://b\"\n\
+         [[subscription]]\nname = \"partner\"\nscope = \"product:p\"\n\
+         primary_key_sha256 = \"{hash}\"\nsecondary_key_sha256 = \"{other}\"\n"
+    );
+    let config = parse(&text, std::path::Path::new("t.toml")).unwrap();
+    let mut p = ApiPolicies::new(
+        &config.apis,
+        &config.products,
+        KeyStore::in_memory(),
+        QuotaCounters::in_memory(10, SystemClock),
+    )
+    .unwrap();
+    p.set_static_subscriptions(&config.subscriptions).unwrap();
+    let request = || {
+        get("/x")
+            .header("Ocp-Apim-Subscription-Key", key)
+            .body(())
+            .unwrap()
+    };
+    let out = run(&p, request());
+    assert!(out.result.is_ok());
+    assert_eq!(out.state.get::<SubscriptionName>().unwrap().0, "partner");
+    let (mut parts, ()) = request().into_parts();
+    let mut state = Extensions::new();
+    let peer: SocketAddr = PEER.parse().unwrap();
+    let result = p.on_request(&mut RequestContext {
+        api: "b",
+        peer,
+        client_ip: peer.ip(),
+        has_body: false,
+        collect_body: None,
+        count_bytes: false,
+        parts: &mut parts,
+        state: &mut state,
+    });
+    match result {
+        Err(Stop::Reject(r)) => assert_eq!(r.status, StatusCode::UNAUTHORIZED),
+        other => panic!("{other:?}"),
+    }
 }

@@ -109,7 +109,7 @@ const MAX_DETAIL_CHARS: usize = 300;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 102_400;
 
 /// Request validation settings of one API (`[api.validation]`), as written.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValidationSettings {
     /// Media types a request body may have (`type/subtype`, case-insensitive; parameters

@@ -1,6 +1,9 @@
 //! `[[listener]]`, `[[api]]` and `[[product]]`.
 
+use std::time::Duration;
+
 use super::*;
+use crate::policy::keys::{Scope, SubscriptionState};
 
 #[test]
 fn gateway_sections_with_defaults() {
@@ -28,10 +31,8 @@ fn gateway_sections_with_defaults() {
         config.products,
         [ProductConfig {
             name: "starter".into(),
-            rate_limit: Some(RateLimitConfig {
-                calls: 5,
-                period_secs: 60
-            }),
+            rate_limit: Some(RateLimitConfig::new(5, 60)),
+            quota: None,
         }]
     );
     let api = &config.apis[0];
@@ -63,13 +64,7 @@ fn api_with_every_key() {
     assert_eq!(api.subscription_key_header, "X-Key");
     assert_eq!(api.subscription_key_query, "key");
     assert!(api.forward_subscription_key);
-    assert_eq!(
-        api.rate_limit,
-        Some(RateLimitConfig {
-            calls: 100,
-            period_secs: 1
-        })
-    );
+    assert_eq!(api.rate_limit, Some(RateLimitConfig::new(100, 1)));
     assert_eq!(
         api.cors.as_ref().map(|c| c.allowed_origins.clone()),
         Some(vec!["https://app.example".to_owned()])
@@ -193,4 +188,194 @@ fn a_gateway_alone_needs_no_filter() {
     );
     assert_eq!(config.filter, None);
     assert_eq!(config.listeners.len(), 1);
+}
+
+const HASH_A: &str = "aa00000000000000000000000000000000000000000000000000000000000001";
+const HASH_B: &str = "bb00000000000000000000000000000000000000000000000000000000000002";
+
+#[test]
+fn gateway_section_quotas_subscriptions_and_api_extras() {
+    let config = parse_ok(&format!(
+        "[gateway]\nmax_header_bytes = 8192\nmax_body_bytes = 1048576\nmax_connections = 50\n\
+         header_read_timeout_secs = 3\nidle_timeout_secs = 20\nrequest_timeout_secs = 40\n\
+         max_concurrent_streams = 10\ndrain_timeout_secs = 5\n\
+         trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\nbackend_ca = [\"/etc/ca.pem\"]\nworker_threads = 2\n\
+         [[listener]]\naddress = \"127.0.0.1:8080\"\nplain_http = true\n\
+         [[product]]\nname = \"gold\"\nquota = {{ calls = 1000, kilobytes = 5000, period_secs = 86400 }}\n\
+         [[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://b\"\nproducts = [\"gold\"]\n\
+         rate_limit = {{ calls = 10, period_secs = 1, counter = \"header:X-Tenant\", algorithm = \"token_bucket\", remaining_header = \"X-RateLimit-Remaining\", total_header = \"X-RateLimit-Limit\" }}\n\
+         quota = {{ calls = 5, period_secs = 0, counter = \"ip\" }}\n\
+         validation = {{ content_types = [\"application/json\"], max_body_bytes = 2048 }}\n\
+         backend_protocol = \"http2\"\ntimeouts = {{ connect_secs = 2, response_secs = 7, pool_idle_secs = 9 }}\n\
+         [[subscription]]\nname = \"partner\"\nscope = \"product:gold\"\nstate = \"suspended\"\n\
+         primary_key_sha256 = \"{HASH_A}\"\nsecondary_key_sha256 = \"{}\"\n",
+        HASH_B.to_uppercase()
+    ));
+    let g = &config.gateway;
+    assert_eq!(g.max_header_bytes, 8192);
+    assert_eq!(g.max_body_bytes, 1_048_576);
+    assert_eq!(g.max_connections, 50);
+    assert_eq!(g.header_read_timeout, Duration::from_secs(3));
+    assert_eq!(g.idle_timeout, Duration::from_secs(20));
+    assert_eq!(g.request_timeout, Duration::from_secs(40));
+    assert_eq!(g.max_concurrent_streams, 10);
+    assert_eq!(g.drain_timeout, Duration::from_secs(5));
+    assert_eq!(g.trusted_proxies.len(), 2);
+    assert_eq!(g.backend_ca, [std::path::PathBuf::from("/etc/ca.pem")]);
+    assert_eq!(g.worker_threads, 2);
+
+    assert_eq!(
+        config.products[0].quota,
+        Some(QuotaConfig {
+            calls: Some(1000),
+            kilobytes: Some(5000),
+            period_secs: 86_400,
+            counter: CounterConfig::Subscription,
+        })
+    );
+    let api = &config.apis[0];
+    let limit = api.rate_limit.as_ref().unwrap();
+    assert_eq!(limit.counter, CounterConfig::Header("x-tenant".into()));
+    assert_eq!(limit.algorithm, RateLimitAlgorithm::TokenBucket);
+    assert_eq!(
+        limit.remaining_header.as_deref(),
+        Some("X-RateLimit-Remaining")
+    );
+    assert_eq!(limit.total_header.as_deref(), Some("X-RateLimit-Limit"));
+    let quota = api.quota.as_ref().unwrap();
+    assert_eq!(
+        (quota.calls, quota.kilobytes, quota.period_secs),
+        (Some(5), None, 0)
+    );
+    assert_eq!(quota.counter, CounterConfig::ClientIp);
+    let validation = api.validation.as_ref().unwrap();
+    assert_eq!(validation.content_types, ["application/json"]);
+    assert_eq!(validation.max_body_bytes, 2048);
+    assert_eq!(api.backend_protocol, BackendProtocolConfig::Http2);
+    assert_eq!(api.timeouts.connect, Duration::from_secs(2));
+    assert_eq!(api.timeouts.response, Duration::from_secs(7));
+    assert_eq!(api.timeouts.pool_idle, Duration::from_secs(9));
+
+    let sub = &config.subscriptions[0];
+    assert_eq!(sub.name, "partner");
+    assert_eq!(sub.scope, Scope::Product("gold".into()));
+    assert_eq!(sub.state, SubscriptionState::Suspended);
+    assert_eq!(sub.primary.to_hex(), HASH_A);
+    assert_eq!(sub.secondary.to_hex(), HASH_B);
+}
+
+#[test]
+fn defaults_of_the_new_sections() {
+    let config = parse_ok(&with_filter(
+        "[[product]]\nname = \"p\"\n[[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://b\"\n\
+         rate_limit = { calls = 1, period_secs = 1 }\n",
+    ));
+    assert_eq!(config.gateway, GatewayConfig::default());
+    let api = &config.apis[0];
+    assert_eq!(api.rate_limit, Some(RateLimitConfig::new(1, 1)));
+    assert_eq!(
+        api.rate_limit.as_ref().unwrap().algorithm,
+        RateLimitAlgorithm::SlidingWindow
+    );
+    assert_eq!(api.quota, None);
+    assert_eq!(api.validation, None);
+    assert_eq!(api.timeouts, BackendTimeoutsConfig::default());
+    assert!(config.subscriptions.is_empty());
+}
+
+#[test]
+fn new_keys_are_checked_with_located_errors() {
+    let api = "name = \"a\"\npath_prefix = \"/\"\nbackend = \"http://b\"\n";
+    let sub = |extra: &str| {
+        with_filter(&format!(
+            "[[api]]\n{api}[[subscription]]\nname = \"s\"\nprimary_key_sha256 = \"{HASH_A}\"\n{extra}"
+        ))
+    };
+    let cases = [
+        (
+            with_filter(&format!(
+                "[[api]]\n{api}rate_limit = {{ calls = 1, period_secs = 1, counter = \"cookie\" }}\n"
+            )),
+            "t.toml:7:54: invalid `api.rate_limit.counter` \"cookie\": expected \"subscription\", \"ip\" or \"header:NAME\"",
+        ),
+        (
+            with_filter(&format!(
+                "[[api]]\n{api}rate_limit = {{ calls = 1, period_secs = 1, algorithm = \"leaky\" }}\n"
+            )),
+            "t.toml:7:56: invalid `api.rate_limit.algorithm` \"leaky\": expected one of \"sliding_window\", \"token_bucket\"",
+        ),
+        (
+            with_filter(&format!("[[api]]\n{api}quota = {{ period_secs = 60 }}\n")),
+            "t.toml:7:9: `api.quota` needs `period_secs` and `calls`, `kilobytes` or both",
+        ),
+        (
+            with_filter(&format!(
+                "[[api]]\n{api}quota = {{ calls = -1, period_secs = 60 }}\n"
+            )),
+            "t.toml:7:19: `api.quota.calls` must be between 1 and 281474976710656, not -1",
+        ),
+        (
+            with_filter(&format!("[[api]]\n{api}backend_protocol = \"h3\"\n")),
+            "t.toml:7:20: invalid `api.backend_protocol` \"h3\": expected one of \"auto\", \"http2\"",
+        ),
+        (
+            with_filter(&format!(
+                "[[api]]\n{api}timeouts = {{ connect_secs = 0 }}\n"
+            )),
+            "t.toml:7:29: `api.timeouts.connect_secs` must be between 1 and 300, not 0",
+        ),
+        (
+            with_filter("[gateway]\nmax_header_bytes = 10\n"),
+            "t.toml:4:20: `gateway.max_header_bytes` must be between 1024 and 1048576, not 10",
+        ),
+        (
+            with_filter("[gateway]\ntrusted_proxies = [\"nope\"]\n"),
+            "t.toml:4:20: invalid `gateway.trusted_proxies` entry \"nope\": ",
+        ),
+        (
+            sub(&format!("secondary_key_sha256 = \"{HASH_A}\"\n")),
+            "t.toml:10:24: this key hash is used twice: every subscription key must be different",
+        ),
+        (
+            sub("secondary_key_sha256 = \"my-plain-key\"\n"),
+            "t.toml:10:24: invalid `subscription.secondary_key_sha256`: expected the key's SHA-256 as 64 hex digits (e.g. `printf %s KEY | sha256sum`), never the key itself",
+        ),
+        (
+            sub(&format!(
+                "secondary_key_sha256 = \"{HASH_B}\"\nscope = \"product:none\"\n"
+            )),
+            "t.toml:11:9: invalid `subscription.scope` \"product:none\": expected \"all\", \"product:NAME\" or \"api:NAME\" naming a declared product or API",
+        ),
+        (
+            sub(&format!(
+                "secondary_key_sha256 = \"{HASH_B}\"\nstate = \"paused\"\n"
+            )),
+            "t.toml:11:9: invalid `subscription.state` \"paused\": expected one of \"active\", \"suspended\", \"cancelled\"",
+        ),
+        (
+            sub(""),
+            "t.toml:7:1: `subscription` needs `secondary_key_sha256`",
+        ),
+    ];
+    let wrong: Vec<String> = cases
+        .iter()
+        .map(|(text, expected)| (single_error(text), expected))
+        .filter(|(error, expected)| !error.starts_with(*expected))
+        .map(|(error, expected)| format!("got:      {error}\nexpected: {expected}"))
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn validation_settings_errors_are_reported() {
+    let errors = parse_err(&with_filter(
+        "[[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://b\"\n\
+         validation = { content_types = [\"json\"], json_schema_file = \"/nonexistent/s.json\" }\n",
+    ));
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("t.toml:7:14: invalid `api.validation`: content_types"),
+        "{errors:#?}"
+    );
+    assert!(errors[1].contains("cannot be read"), "{errors:#?}");
 }

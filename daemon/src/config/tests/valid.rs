@@ -33,6 +33,8 @@ fn minimal_file_gets_every_default() {
         listeners: vec![],
         apis: vec![],
         products: vec![],
+        subscriptions: vec![],
+        gateway: GatewayConfig::default(),
     };
     assert_eq!(config, expected);
     assert_eq!(config.daemon, DaemonConfig::default());

@@ -3,17 +3,37 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::time::Duration;
 
 use toml::Spanned;
 use url::Url;
 
 use super::Checker;
-use crate::config::raw::{RawApi, RawListener, RawProduct, RawRateLimit, RawSni, RawTls, Text};
+use crate::config::gateway::{
+    BackendProtocolConfig, BackendTimeoutsConfig, CounterConfig, GatewayConfig, QuotaConfig,
+    RateLimitAlgorithm, SubscriptionConfig,
+};
+use crate::config::raw::{
+    RawApi, RawBackendTimeouts, RawGateway, RawListener, RawProduct, RawQuota, RawRateLimit,
+    RawSni, RawSubscription, RawTls, Text,
+};
 use crate::config::{
     ApiConfig, ListenerConfig, ListenerTransport, MAX_RATE_LIMIT_CALLS, MAX_RATE_LIMIT_PERIOD_SECS,
     ProductConfig, RateLimitConfig, SniCertConfig, SubscriptionRequirement,
 };
-use crate::policy::keys::{DEFAULT_HEADER, DEFAULT_QUERY_PARAM};
+use crate::policy::keys::{DEFAULT_HEADER, DEFAULT_QUERY_PARAM, KeyHash, Scope, SubscriptionState};
+
+/// Largest configurable quota `calls` or `kilobytes`.
+const MAX_QUOTA: u64 = 1 << 48;
+/// Longest quota window: ten years.
+const MAX_QUOTA_PERIOD_SECS: u64 = 10 * 366 * 86_400;
+
+const SUBSCRIPTION_STATES: [(&str, SubscriptionState); 3] = [
+    ("active", SubscriptionState::Active),
+    ("suspended", SubscriptionState::Suspended),
+    ("cancelled", SubscriptionState::Cancelled),
+];
 
 impl Checker<'_> {
     pub(super) fn listeners(&mut self, raw: Vec<Spanned<RawListener>>) -> Vec<ListenerConfig> {
@@ -111,7 +131,12 @@ impl Checker<'_> {
                 continue;
             };
             let rate_limit = raw.rate_limit.and_then(|r| self.rate_limit("product", r));
-            products.push(ProductConfig { name, rate_limit });
+            let quota = raw.quota.and_then(|q| self.quota("product", q));
+            products.push(ProductConfig {
+                name,
+                rate_limit,
+                quota,
+            });
         }
         products
     }
@@ -184,6 +209,27 @@ impl Checker<'_> {
                 None => DEFAULT_QUERY_PARAM.to_owned(),
             };
             let rate_limit = raw.rate_limit.and_then(|r| self.rate_limit("api", r));
+            let quota = raw.quota.and_then(|q| self.quota("api", q));
+            let validation = raw.validation.and_then(|validation| {
+                let at = validation.span().start;
+                let validation = validation.into_inner();
+                match validation.validate() {
+                    Ok(_) => Some(validation),
+                    Err(errors) => {
+                        for e in errors {
+                            self.error(at, format!("invalid `api.validation`: {}", chain(&e)));
+                        }
+                        None
+                    }
+                }
+            });
+            let backend_protocol = self.choice(
+                "api.backend_protocol",
+                raw.backend_protocol,
+                &BackendProtocolConfig::ALL,
+                BackendProtocolConfig::default(),
+            );
+            let timeouts = self.backend_timeouts(raw.timeouts);
             let cors = raw.cors.and_then(|cors| {
                 let at = cors.span().start;
                 let cors = cors.into_inner();
@@ -222,11 +268,337 @@ impl Checker<'_> {
                 subscription_key_query,
                 forward_subscription_key: raw.forward_subscription_key.unwrap_or(false),
                 rate_limit,
+                quota,
                 cors,
                 headers,
+                validation,
+                backend_protocol,
+                timeouts,
             });
         }
         apis
+    }
+
+    fn backend_timeouts(
+        &mut self,
+        raw: Option<Spanned<RawBackendTimeouts>>,
+    ) -> BackendTimeoutsConfig {
+        let defaults = BackendTimeoutsConfig::default();
+        let Some(raw) = raw else {
+            return defaults;
+        };
+        let raw = raw.into_inner();
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        BackendTimeoutsConfig {
+            connect: self.seconds(
+                "api.timeouts.connect_secs",
+                raw.connect_secs,
+                1..=300,
+                secs(defaults.connect),
+            ),
+            response: self.seconds(
+                "api.timeouts.response_secs",
+                raw.response_secs,
+                1..=86_400,
+                secs(defaults.response),
+            ),
+            pool_idle: self.seconds(
+                "api.timeouts.pool_idle_secs",
+                raw.pool_idle_secs,
+                1..=3_600,
+                secs(defaults.pool_idle),
+            ),
+        }
+    }
+
+    fn seconds(
+        &mut self,
+        key: &str,
+        value: Option<Spanned<i64>>,
+        range: RangeInclusive<u32>,
+        default: u32,
+    ) -> Duration {
+        Duration::from_secs(self.integer(key, value, range, default).into())
+    }
+
+    /// A 64-bit integer within `range`, or `default` when absent (or invalid, after
+    /// reporting it).
+    fn integer64(
+        &mut self,
+        key: &str,
+        value: Option<Spanned<i64>>,
+        range: RangeInclusive<u64>,
+        default: u64,
+    ) -> u64 {
+        let Some(value) = value else {
+            return default;
+        };
+        match u64::try_from(*value.get_ref()) {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                self.error(
+                    value.span().start,
+                    format!(
+                        "`{key}` must be between {} and {}, not {}",
+                        range.start(),
+                        range.end(),
+                        value.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn counter(&mut self, key: &str, value: Option<Text>) -> CounterConfig {
+        let Some(value) = value else {
+            return CounterConfig::default();
+        };
+        match value.get_ref().as_str() {
+            "subscription" => CounterConfig::Subscription,
+            "ip" => CounterConfig::ClientIp,
+            text => match text.strip_prefix("header:") {
+                Some(name) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => {
+                    CounterConfig::Header(name.to_ascii_lowercase())
+                }
+                _ => {
+                    self.error(
+                        value.span().start,
+                        format!(
+                            "invalid `{key}` {text:?}: expected \"subscription\", \"ip\" or \"header:NAME\""
+                        ),
+                    );
+                    CounterConfig::default()
+                }
+            },
+        }
+    }
+
+    fn quota(&mut self, table: &str, raw: Spanned<RawQuota>) -> Option<QuotaConfig> {
+        let section = raw.span().start;
+        let raw = raw.into_inner();
+        if raw.period_secs.is_none() || (raw.calls.is_none() && raw.kilobytes.is_none()) {
+            self.error(
+                section,
+                format!("`{table}.quota` needs `period_secs` and `calls`, `kilobytes` or both"),
+            );
+            return None;
+        }
+        let errors = self.errors.len();
+        let calls = raw.calls.map(|calls| {
+            self.integer64(
+                &format!("{table}.quota.calls"),
+                Some(calls),
+                1..=MAX_QUOTA,
+                1,
+            )
+        });
+        let kilobytes = raw.kilobytes.map(|kb| {
+            self.integer64(
+                &format!("{table}.quota.kilobytes"),
+                Some(kb),
+                1..=MAX_QUOTA,
+                1,
+            )
+        });
+        let period_secs = self.integer64(
+            &format!("{table}.quota.period_secs"),
+            raw.period_secs,
+            0..=MAX_QUOTA_PERIOD_SECS,
+            0,
+        );
+        let counter = self.counter(&format!("{table}.quota.counter"), raw.counter);
+        (self.errors.len() == errors).then_some(QuotaConfig {
+            calls,
+            kilobytes,
+            period_secs,
+            counter,
+        })
+    }
+
+    pub(super) fn subscriptions(
+        &mut self,
+        raw: Vec<Spanned<RawSubscription>>,
+        apis: &[ApiConfig],
+        products: &[ProductConfig],
+    ) -> Vec<SubscriptionConfig> {
+        let mut seen = HashSet::new();
+        let mut hashes = HashSet::new();
+        let mut subscriptions = Vec::with_capacity(raw.len());
+        for raw in raw {
+            let section = raw.span().start;
+            let raw = raw.into_inner();
+            let name = self.name(section, "subscription", raw.name, &mut seen);
+            let scope = self.scope(raw.scope, apis, products);
+            let state = self.choice(
+                "subscription.state",
+                raw.state,
+                &SUBSCRIPTION_STATES,
+                SubscriptionState::Active,
+            );
+            let primary = self.key_hash(
+                section,
+                "primary_key_sha256",
+                raw.primary_key_sha256,
+                &mut hashes,
+            );
+            let secondary = self.key_hash(
+                section,
+                "secondary_key_sha256",
+                raw.secondary_key_sha256,
+                &mut hashes,
+            );
+            if let (Some(name), Some(scope), Some(primary), Some(secondary)) =
+                (name, scope, primary, secondary)
+            {
+                subscriptions.push(SubscriptionConfig {
+                    name,
+                    scope,
+                    state,
+                    primary,
+                    secondary,
+                });
+            }
+        }
+        subscriptions
+    }
+
+    /// `"all"`, `"product:NAME"` or `"api:NAME"` (default `"all"`), naming one that exists.
+    fn scope(
+        &mut self,
+        value: Option<Text>,
+        apis: &[ApiConfig],
+        products: &[ProductConfig],
+    ) -> Option<Scope> {
+        let Some(value) = value else {
+            return Some(Scope::AllApis);
+        };
+        let text = value.get_ref().as_str();
+        let scope = if text == "all" {
+            Some(Scope::AllApis)
+        } else if let Some(name) = text.strip_prefix("product:") {
+            products
+                .iter()
+                .any(|p| p.name == name)
+                .then(|| Scope::Product(name.to_owned()))
+        } else if let Some(name) = text.strip_prefix("api:") {
+            apis.iter()
+                .any(|a| a.name == name)
+                .then(|| Scope::Api(name.to_owned()))
+        } else {
+            None
+        };
+        if scope.is_none() {
+            self.error(
+                value.span().start,
+                format!(
+                    "invalid `subscription.scope` {text:?}: expected \"all\", \"product:NAME\" or \"api:NAME\" naming a declared product or API"
+                ),
+            );
+        }
+        scope
+    }
+
+    fn key_hash(
+        &mut self,
+        section: usize,
+        key: &str,
+        value: Option<Text>,
+        seen: &mut HashSet<String>,
+    ) -> Option<KeyHash> {
+        let value = self.required(section, "subscription", key, value)?;
+        let text = value.get_ref().trim().to_ascii_lowercase();
+        let Ok(hash) = KeyHash::from_hex(&text) else {
+            self.error(
+                value.span().start,
+                format!(
+                    "invalid `subscription.{key}`: expected the key's SHA-256 as 64 hex digits (e.g. `printf %s KEY | sha256sum`), never the key itself"
+                ),
+            );
+            return None;
+        };
+        if !seen.insert(text) {
+            self.error(
+                value.span().start,
+                "this key hash is used twice: every subscription key must be different",
+            );
+            return None;
+        }
+        Some(hash)
+    }
+
+    pub(super) fn gateway(&mut self, raw: Option<Spanned<RawGateway>>) -> GatewayConfig {
+        let defaults = GatewayConfig::default();
+        let Some(raw) = raw else {
+            return defaults;
+        };
+        let raw = raw.into_inner();
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let backend_ca = raw
+            .backend_ca
+            .map(Spanned::into_inner)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|path| self.path("gateway.backend_ca", path))
+            .collect();
+        GatewayConfig {
+            max_header_bytes: self.integer(
+                "gateway.max_header_bytes",
+                raw.max_header_bytes,
+                1024..=1024 * 1024,
+                defaults.max_header_bytes,
+            ),
+            max_body_bytes: self.integer64(
+                "gateway.max_body_bytes",
+                raw.max_body_bytes,
+                1..=1 << 40,
+                defaults.max_body_bytes,
+            ),
+            max_connections: self.integer(
+                "gateway.max_connections",
+                raw.max_connections,
+                1..=1_000_000,
+                defaults.max_connections,
+            ),
+            header_read_timeout: self.seconds(
+                "gateway.header_read_timeout_secs",
+                raw.header_read_timeout_secs,
+                1..=300,
+                secs(defaults.header_read_timeout),
+            ),
+            idle_timeout: self.seconds(
+                "gateway.idle_timeout_secs",
+                raw.idle_timeout_secs,
+                1..=3_600,
+                secs(defaults.idle_timeout),
+            ),
+            request_timeout: self.seconds(
+                "gateway.request_timeout_secs",
+                raw.request_timeout_secs,
+                1..=86_400,
+                secs(defaults.request_timeout),
+            ),
+            max_concurrent_streams: self.integer(
+                "gateway.max_concurrent_streams",
+                raw.max_concurrent_streams,
+                1..=10_000,
+                defaults.max_concurrent_streams,
+            ),
+            drain_timeout: self.seconds(
+                "gateway.drain_timeout_secs",
+                raw.drain_timeout_secs,
+                0..=3_600,
+                secs(defaults.drain_timeout),
+            ),
+            trusted_proxies: self.networks("gateway.trusted_proxies", raw.trusted_proxies),
+            backend_ca,
+            worker_threads: self.integer(
+                "gateway.worker_threads",
+                raw.worker_threads,
+                0..=1024,
+                defaults.worker_threads,
+            ),
+        }
     }
 
     /// A required key of a table that starts at `section`.
@@ -323,6 +695,40 @@ impl Checker<'_> {
             1..=MAX_RATE_LIMIT_PERIOD_SECS,
             1,
         );
-        (self.errors.len() == errors).then_some(RateLimitConfig { calls, period_secs })
+        let counter = self.counter(&format!("{table}.rate_limit.counter"), raw.counter);
+        let algorithm = self.choice(
+            &format!("{table}.rate_limit.algorithm"),
+            raw.algorithm,
+            &RateLimitAlgorithm::ALL,
+            RateLimitAlgorithm::default(),
+        );
+        let mut header = |key: &str, value: Option<Text>| {
+            let value = value?;
+            if http::HeaderName::from_bytes(value.get_ref().as_bytes()).is_err() {
+                self.error(
+                    value.span().start,
+                    format!(
+                        "invalid `{table}.rate_limit.{key}` {:?}: not a header name",
+                        value.get_ref()
+                    ),
+                );
+            }
+            Some(value.into_inner())
+        };
+        let remaining_header = header("remaining_header", raw.remaining_header);
+        let total_header = header("total_header", raw.total_header);
+        (self.errors.len() == errors).then_some(RateLimitConfig {
+            calls,
+            period_secs,
+            counter,
+            algorithm,
+            remaining_header,
+            total_header,
+        })
     }
+}
+
+/// An error and its sources on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    crate::service::chain(e)
 }

@@ -105,12 +105,31 @@ max_deny_entries = {DEFAULT_MAX_DENY_ENTRIES}
 # tls = {{ cert = "/etc/rampart/tls/cert.pem", key = "/etc/rampart/tls/key.pem" }}
 # # Plain HTTP instead of TLS, only when asked for: plain_http = true.
 #
+# # Optional: limits protecting the gateway (defaults shown).
+# [gateway]
+# max_header_bytes = 32768
+# max_body_bytes = 104857600
+# max_connections = 10000
+# header_read_timeout_secs = 10
+# idle_timeout_secs = 60
+# request_timeout_secs = 300
+# max_concurrent_streams = 100
+# drain_timeout_secs = 30
+# # Proxies whose X-Forwarded-For names the client (addresses or CIDRs).
+# trusted_proxies = []
+# # Extra CA certificates (PEM) for https:// backends.
+# backend_ca = []
+# # 0: one thread per CPU rampartd may run on.
+# worker_threads = 0
+#
 # # Products group APIs; a subscription scoped to a product may call its APIs.
 # [[product]]
 # # Required, unique.
 # name = "starter"
 # # Optional: calls per period, counted per subscription.
 # rate_limit = {{ calls = 100, period_secs = 60 }}
+# # Optional: calls and/or kilobytes per fixed period (0 = never renews).
+# quota = {{ calls = 100000, period_secs = 86400 }}
 #
 # [[api]]
 # # Required, unique.
@@ -130,12 +149,29 @@ max_deny_entries = {DEFAULT_MAX_DENY_ENTRIES}
 # subscription_key_query = "subscription-key"
 # # Send the key on to the backend (it is removed by default).
 # forward_subscription_key = false
-# # Optional: calls per period, counted per subscription.
-# rate_limit = {{ calls = 10, period_secs = 1 }}
+# # Optional: calls per period, counted per "subscription" (default), "ip"
+# # or "header:NAME"; algorithm "sliding_window" (default) or "token_bucket".
+# rate_limit = {{ calls = 10, period_secs = 1, counter = "subscription" }}
+# # Optional request validation: allowed content types, JSON bodies parsed and
+# # checked against a schema (json_schema_file = PATH or an inline table).
+# validation = {{ content_types = ["application/json"], max_body_bytes = 102400 }}
+# # Backend timeouts (defaults shown).
+# timeouts = {{ connect_secs = 5, response_secs = 30, pool_idle_secs = 90 }}
 # # Optional CORS (see docs/configuration.md for every key).
 # cors = {{ allowed_origins = ["https://app.example.com"], allowed_methods = ["GET", "POST"] }}
 # # Optional header rules: action "set" (default), "append" or "remove".
 # headers = {{ request = [{{ name = "X-Env", values = ["prod"] }}], response = [{{ name = "Server", action = "remove" }}] }}
+#
+# # Subscriptions declared here carry key hashes only (printf %s KEY | sha256sum);
+# # others live in the state directory.
+# [[subscription]]
+# name = "partner-a"
+# # "all", "product:NAME" or "api:NAME".
+# scope = "product:starter"
+# # "active", "suspended" or "cancelled".
+# state = "active"
+# primary_key_sha256 = "<64 hex digits>"
+# secondary_key_sha256 = "<64 hex digits>"
 "##
     )
 }

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::{GatewayError, Rejection};
 pub use forwarded::{ClientHop, client_ip, remove_hop_by_hop, set_forwarding_headers};
-pub use policy::{RequestContext, RequestPolicy, ResponseContext, Stop, Transferred};
+pub use policy::{RequestContext, RequestPolicy, ResponseContext, Stop, Subscriber, Transferred};
 pub use routing::RouteTable;
 pub use settings::{
     ApiSettings, BackendProtocol, BackendTimeouts, CertFiles, GatewaySettings, Limits,
@@ -51,6 +51,8 @@ pub struct GatewayStats {
     pub header_timeouts: AtomicU64,
     /// Requests that reached routing.
     pub requests: AtomicU64,
+    /// Gateway-made error responses by APIM `LastError` reason.
+    rejections: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl GatewayStats {
@@ -60,6 +62,23 @@ impl GatewayStats {
 
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_rejection(&self, reason: &'static str) {
+        let mut counts = self
+            .rejections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *counts.entry(reason).or_default() += 1;
+    }
+
+    /// Gateway-made error responses so far, by reason.
+    pub fn rejections(&self) -> Vec<(&'static str, u64)> {
+        let counts = self
+            .rejections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        counts.iter().map(|(reason, n)| (*reason, *n)).collect()
     }
 }
 

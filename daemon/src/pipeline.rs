@@ -119,8 +119,7 @@ struct QuotaRule {
 struct RequestOrigin(Option<HeaderValue>);
 
 /// The subscription a request was admitted under, for later policies and the log.
-#[derive(Debug, Clone)]
-pub struct SubscriptionName(pub String);
+pub use crate::gateway::Subscriber as SubscriptionName;
 
 /// Rate-limit headers for the response of an admitted request.
 #[derive(Clone)]

@@ -83,6 +83,12 @@ async fn unknown_route_gets_apim_404() {
             r#"{ "statusCode": 404, "message": "Resource not found" }"#
         );
     }
+    // Each gateway-made error is counted by its APIM reason.
+    assert_eq!(
+        s.gateway.stats.rejections(),
+        [("OperationNotFound", 3)],
+        "rejection counters"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

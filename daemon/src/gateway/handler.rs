@@ -17,7 +17,9 @@ use ipnet::IpNet;
 
 use super::error::Rejection;
 use super::forwarded::{ClientHop, client_ip, remove_hop_by_hop, set_forwarding_headers};
-use super::policy::{RequestContext, RequestPolicy, ResponseContext, Stop, Transferred};
+use super::policy::{
+    RequestContext, RequestPolicy, ResponseContext, Stop, Subscriber, Transferred,
+};
 use super::proxy::{Backend, ClientBody, UpstreamBody, declared_length};
 use super::routing::RouteTable;
 use super::settings::{Limits, is_trusted};
@@ -49,25 +51,41 @@ pub(crate) async fn handle(
     GatewayStats::bump(&shared.stats.requests);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let (response, api, reason) = process(&shared, conn, request).await;
+    let outcome = process(&shared, conn, request).await;
+    if let Some(reason) = outcome.reason {
+        shared.stats.count_rejection(reason);
+    }
     tracing::info!(
         target: "rampart::access",
         peer = %conn.peer,
         %method,
         path,
-        status = response.status().as_u16(),
+        status = outcome.response.status().as_u16(),
         latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        api = api.as_deref().unwrap_or("-"),
-        reason = reason.unwrap_or("-"),
+        api = outcome.api.as_deref().unwrap_or("-"),
+        subscription = outcome.subscription.as_deref().unwrap_or("-"),
+        reason = outcome.reason.unwrap_or("-"),
     );
-    Ok(response)
+    Ok(outcome.response)
 }
 
-type Outcome = (Response<ResponseBody>, Option<String>, Option<&'static str>);
+/// A request's response and what its access event reports.
+struct Outcome {
+    response: Response<ResponseBody>,
+    api: Option<String>,
+    subscription: Option<String>,
+    /// APIM's `LastError` reason of a gateway-made error.
+    reason: Option<&'static str>,
+}
 
 fn rejected(rejection: Rejection, api: Option<String>) -> Outcome {
     let reason = rejection.reason;
-    (full(rejection.into_response()), api, Some(reason))
+    Outcome {
+        response: full(rejection.into_response()),
+        api,
+        subscription: None,
+        reason: Some(reason),
+    }
 }
 
 fn full(response: Response<Bytes>) -> Response<ResponseBody> {
@@ -208,6 +226,7 @@ async fn process(shared: &Arc<Shared>, conn: Connection, request: Request<Incomi
         }
         response = Response::from_parts(head, body);
     }
+    let subscription = state.get::<Subscriber>().map(|s| s.0.clone());
     if count_bytes {
         let shared = Arc::clone(shared);
         let name = backend.name.clone();
@@ -235,7 +254,12 @@ async fn process(shared: &Arc<Shared>, conn: Connection, request: Request<Incomi
             .boxed_unsync()
         });
     }
-    (response, api, reason)
+    Outcome {
+        response,
+        api,
+        subscription,
+        reason,
+    }
 }
 
 fn stopped_response(stop: Stop) -> (Response<ResponseBody>, Option<&'static str>) {

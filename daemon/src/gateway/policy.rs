@@ -42,6 +42,11 @@ pub struct ResponseContext<'a> {
     pub state: &'a Extensions,
 }
 
+/// The subscription a request was admitted under: a policy that identifies the
+/// caller inserts it into [`RequestContext::state`], and the access event reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscriber(pub String);
+
 /// Body bytes that crossed the gateway for one request, reported at its end.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Transferred {

@@ -1,8 +1,8 @@
-//! `cargo xtask bench xdp`: runs the XDP benchmark (tests/src/bin/bench-xdp.rs)
+//! `cargo xtask bench xdp|gateway`: runs a benchmark (tests/src/bin/bench-*.rs)
 //! in release mode and writes its figures into docs/benchmarks.md with the
 //! command that reproduces them and the machine they come from.
 
-use std::{fmt::Write as _, path::PathBuf};
+use std::{fmt::Write as _, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -16,45 +16,95 @@ pub(crate) struct Options {
     /// What to measure.
     #[arg(value_enum)]
     what: What,
-    /// Country data at real size: a directory of <cc>.cidr zone files (as
+    /// xdp: country data at real size, a directory of <cc>.cidr zone files (as
     /// ../shared/data/geo). Without it a table with the real prefix-length
     /// mix is generated.
     #[arg(long, value_name = "DIR")]
     geo: Option<PathBuf>,
-    /// BPF_PROG_TEST_RUN repeats per measurement (at least 1,000,000 for
+    /// xdp: BPF_PROG_TEST_RUN repeats per measurement (at least 1,000,000 for
     /// published figures).
     #[arg(long, default_value_t = 1_000_000)]
     repeat: u32,
-    /// Seconds of trafgen traffic per measurement under traffic.
+    /// xdp: seconds of trafgen traffic per measurement under traffic.
     #[arg(long, default_value_t = 3)]
     traffic_secs: u64,
+    /// gateway: interleaved rounds (rampartd, HAProxy, backend directly).
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// gateway: seconds of wrk per system and round.
+    #[arg(long, default_value_t = 8)]
+    secs: u64,
     /// Print only; leave docs/benchmarks.md alone.
     #[arg(long)]
     no_write: bool,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum What {
     /// ns per packet of the XDP program, side by side with xdp-filter.
     Xdp,
+    /// req/s and latency of rampartd's TLS gateway, side by side with HAProxy.
+    Gateway,
 }
 
-/// The section of docs/benchmarks.md this command owns.
-const BEGIN: &str = "<!-- bench xdp: begin (written by `cargo xtask bench xdp`) -->";
-const END: &str = "<!-- bench xdp: end -->";
+impl What {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Xdp => "xdp",
+            Self::Gateway => "gateway",
+        }
+    }
+
+    /// The markers around the section of docs/benchmarks.md this command owns.
+    fn markers(self) -> (String, String) {
+        let name = self.name();
+        (
+            format!("<!-- bench {name}: begin (written by `cargo xtask bench {name}`) -->"),
+            format!("<!-- bench {name}: end -->"),
+        )
+    }
+}
 
 pub(crate) fn run(options: &Options) -> Result<()> {
-    let What::Xdp = options.what;
     if !setup::is_root() {
-        bail!("the XDP benchmark loads programs and creates namespaces: run it as root");
+        bail!(
+            "the benchmarks load XDP programs and create namespaces (xdp), or install and \
+             run HAProxy, nginx and wrk (gateway): run them as root"
+        );
     }
     setup::ensure(Scope::Host, Mode::Install)?;
-    let root = process::workspace_root();
-    let geo = options.geo.clone().or_else(|| {
-        let shared = root.join("../shared/data/geo");
-        shared.is_dir().then_some(shared)
-    });
     let out = std::env::temp_dir().join(format!("rampart-bench-{}.md", std::process::id()));
+    let reproduce = match options.what {
+        What::Xdp => xdp(options, &out)?,
+        What::Gateway => gateway(options, &out)?,
+    };
+    let figures = std::fs::read_to_string(&out).with_context(|| out.display().to_string())?;
+    let _ = std::fs::remove_file(&out);
+    if options.no_write {
+        return Ok(());
+    }
+    let (begin, end) = options.what.markers();
+    let mut section = String::new();
+    writeln!(section, "{begin}")?;
+    writeln!(section, "Reproduce (as root): `{reproduce}`\n")?;
+    writeln!(section, "Machine: {}\n", machine()?)?;
+    section.push_str(&figures);
+    writeln!(section, "{end}")?;
+    let path = process::workspace_root().join("docs/benchmarks.md");
+    let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\n".to_string());
+    let doc = match (doc.find(&begin), doc.find(&end)) {
+        (Some(a), Some(b)) if a < b => {
+            format!("{}{}{}", &doc[..a], section, &doc[b + end.len() + 1..])
+        }
+        _ => format!("{doc}\n{section}"),
+    };
+    std::fs::write(&path, doc).with_context(|| path.display().to_string())?;
+    println!("figures written to {}", path.display());
+    Ok(())
+}
+
+/// Builds `bin` of the tests crate in release mode; returns its path.
+fn build_bench(bin: &str) -> Result<PathBuf> {
     process::run(process::cargo().args([
         "build",
         "--release",
@@ -62,46 +112,67 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         "-p",
         PRIVILEGED_TESTS_PACKAGE,
         "--bin",
-        "bench-xdp",
+        bin,
     ]))?;
+    Ok(process::workspace_root().join("target/release").join(bin))
+}
+
+/// Runs the XDP benchmark, its figures to `out`; returns the reproduce command.
+fn xdp(options: &Options, out: &std::path::Path) -> Result<String> {
+    let root = process::workspace_root();
+    let geo = options.geo.clone().or_else(|| {
+        let shared = root.join("../shared/data/geo");
+        shared.is_dir().then_some(shared)
+    });
+    let bench = build_bench("bench-xdp")?;
     // The benchmark (and the test runs it makes) on CPU 1; trafgen, and with
     // it the veth receive path, runs on CPU 0.
-    let mut cmd = std::process::Command::new("taskset");
-    cmd.args(["-c", "1"])
-        .arg(root.join("target/release/bench-xdp"));
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "1"]).arg(bench);
     cmd.args(["--repeat", &options.repeat.to_string()]);
     cmd.args(["--traffic-secs", &options.traffic_secs.to_string()]);
-    cmd.arg("--out").arg(&out);
+    cmd.arg("--out").arg(out);
     if let Some(geo) = &geo {
         cmd.arg("--geo").arg(geo);
     }
     process::run(&mut cmd)?;
-    let figures = std::fs::read_to_string(&out).with_context(|| out.display().to_string())?;
-    let _ = std::fs::remove_file(&out);
-    if options.no_write {
-        return Ok(());
-    }
     let mut reproduce = String::from("cargo xtask bench xdp");
-    if options.geo.is_some() || geo.is_some() {
+    if geo.is_some() {
         reproduce.push_str(" --geo ../shared/data/geo");
     }
-    let mut section = String::new();
-    writeln!(section, "{BEGIN}")?;
-    writeln!(section, "Reproduce (as root): `{reproduce}`\n")?;
-    writeln!(section, "Machine: {}\n", machine()?)?;
-    section.push_str(&figures);
-    writeln!(section, "{END}")?;
-    let path = root.join("docs/benchmarks.md");
-    let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\n".to_string());
-    let doc = match (doc.find(BEGIN), doc.find(END)) {
-        (Some(a), Some(b)) if a < b => {
-            format!("{}{}{}", &doc[..a], section, &doc[b + END.len() + 1..])
-        }
-        _ => format!("{doc}\n{section}"),
-    };
-    std::fs::write(&path, doc).with_context(|| path.display().to_string())?;
-    println!("figures written to {}", path.display());
-    Ok(())
+    Ok(reproduce)
+}
+
+/// Runs the gateway benchmark, its figures to `out`; returns the reproduce command.
+fn gateway(options: &Options, out: &std::path::Path) -> Result<String> {
+    // Both in release mode: the figures are the gateway's, not a debug build's.
+    process::run(process::cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "rampart",
+        "--bin",
+        "rampartd",
+    ]))?;
+    let bench = build_bench("bench-gateway")?;
+    // The driver pins what it starts itself: the gateway under test to CPU 1,
+    // wrk and the backend to CPU 0. It mostly waits for wrk.
+    let mut cmd = Command::new(bench);
+    cmd.arg("--rampartd")
+        .arg(process::workspace_root().join("target/release/rampartd"));
+    cmd.args(["--rounds", &options.rounds.to_string()]);
+    cmd.args(["--secs", &options.secs.to_string()]);
+    cmd.arg("--out").arg(out);
+    process::run(&mut cmd)?;
+    let mut reproduce = String::from("cargo xtask bench gateway");
+    if options.rounds != 5 {
+        write!(reproduce, " --rounds {}", options.rounds)?;
+    }
+    if options.secs != 8 {
+        write!(reproduce, " --secs {}", options.secs)?;
+    }
+    Ok(reproduce)
 }
 
 /// One line: CPU model, cores, memory, kernel.
@@ -125,7 +196,7 @@ fn machine() -> Result<String> {
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
-    let kernel = process::stdout(std::process::Command::new("uname").arg("-r"))?;
+    let kernel = process::stdout(Command::new("uname").arg("-r"))?;
     Ok(format!(
         "{model}, {cores} cores, {} GiB, Linux {}",
         mem_kb / 1024 / 1024,

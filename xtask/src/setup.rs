@@ -27,7 +27,13 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM_MAJORS: [u32; 3] = [21, 22, 23];
 
 /// Debian packages the privileged tests and the benchmarks call.
-const PACKAGES: [&str; 8] = [
+///
+/// haproxy, nginx and wrk are for `cargo xtask bench gateway`, which starts
+/// its own nginx and HAProxy with their own configurations on free loopback
+/// ports. Installing them may start Debian's nginx and haproxy services (nginx
+/// on port 80, unless a policy-rc.d forbids starting services); the benchmark
+/// neither needs nor disturbs them.
+const PACKAGES: [&str; 11] = [
     "iproute2",
     "bpftool",
     "xdp-tools",
@@ -36,6 +42,9 @@ const PACKAGES: [&str; 8] = [
     "curl",
     "openssl",
     "python3",
+    "haproxy",
+    "nginx",
+    "wrk",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

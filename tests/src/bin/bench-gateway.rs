@@ -1,0 +1,689 @@
+//! `cargo xtask bench gateway`: requests per second and latency of rampartd's
+//! gateway, side by side with HAProxy 2.6 doing the same work, in one run.
+//!
+//! The work: TLS termination, a subscription-key check, a per-key rate limit
+//! set high enough never to trigger, and a proxy to one backend (a single
+//! nginx process returning `ok`). Both gateways serve the same certificate
+//! and the same key, and log one line per request to /dev/null. wrk keeps
+//! its connections alive, so TLS handshakes happen at the start only.
+//!
+//! Placement on the 2-core machine: the gateway under test (rampartd, whose
+//! tokio runtime sizes itself from the affinity mask, or HAProxy with
+//! `nbthread 1`) alone on CPU 1; wrk and nginx share CPU 0. The direct
+//! figure is wrk against nginx over plain HTTP, with the same placement.
+//!
+//! The machine is a shared VM whose speed drifts by ±30% over a minute: the
+//! systems are measured in interleaved rounds (the order rotating each
+//! round) and the figures are medians, the ratios medians of per-round
+//! ratios.
+//!
+//! Everything listens on 127.0.0.1 on ports picked free at start; every
+//! process and file this program creates is removed on exit, also on failure.
+
+use std::{
+    fmt::Write as _,
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, ensure};
+use rampart::policy::keys::{KeyStore, Scope};
+use rampart_tests::daemon::TempDir;
+
+/// HAProxy's configuration, with `@NAME@` placeholders (see the file).
+const HAPROXY_CFG: &str = include_str!("../../bench/haproxy-gateway.cfg");
+/// The backend's configuration, with `@DIR@` and `@PORT@` placeholders.
+const NGINX_CONF: &str = include_str!("../../bench/nginx-backend.conf");
+
+/// The header rampartd reads keys from by default (and HAProxy is told to).
+const KEY_HEADER: &str = "Ocp-Apim-Subscription-Key";
+
+/// CPU of the gateway under test; wrk and the backend run on the other.
+const GATEWAY_CPU: &str = "1";
+const CLIENT_CPU: &str = "0";
+
+struct Args {
+    rampartd: PathBuf,
+    out: Option<PathBuf>,
+    rounds: usize,
+    secs: u64,
+    connections: u32,
+    /// RUST_LOG for rampartd (unset by default: its configured `info`).
+    rampartd_rust_log: Option<String>,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut rampartd = None;
+    let mut a = Args {
+        rampartd: PathBuf::new(),
+        out: None,
+        rounds: 5,
+        secs: 8,
+        connections: 32,
+        rampartd_rust_log: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().with_context(|| format!("{k} needs a value"));
+        match k.as_str() {
+            "--rampartd" => rampartd = Some(PathBuf::from(v()?)),
+            "--out" => a.out = Some(v()?.into()),
+            "--rounds" => a.rounds = v()?.parse()?,
+            "--secs" => a.secs = v()?.parse()?,
+            "--connections" => a.connections = v()?.parse()?,
+            "--rampartd-rust-log" => a.rampartd_rust_log = Some(v()?),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    a.rampartd = match rampartd {
+        Some(path) => path,
+        // Built next to this binary (target/release with `cargo build --release`).
+        None => std::env::current_exe()?
+            .parent()
+            .context("this binary has no directory")?
+            .join("rampartd"),
+    };
+    ensure!(
+        a.rounds >= 1 && a.secs >= 1,
+        "--rounds and --secs must be at least 1"
+    );
+    Ok(a)
+}
+
+/// A child process, killed and reaped on drop.
+struct Child {
+    name: &'static str,
+    child: std::process::Child,
+}
+
+impl Child {
+    fn spawn(name: &'static str, cmd: &mut Command) -> anyhow::Result<Self> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self { name, child })
+    }
+
+    /// Waits until something accepts connections on `port`; fails early if
+    /// the process exits. `log` is shown on failure.
+    fn wait_listening(&mut self, port: u16, log: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited with {status} before listening{log}", self.name);
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not listen on port {port} within 20 s{log}",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nothing listens on now (the kernel's pick for an ephemeral bind).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `taskset -c <cpu> <program>`: the program replaces taskset, so the child
+/// is the program itself.
+fn pinned(cpu: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", cpu]).arg(program);
+    cmd
+}
+
+/// Runs `cmd`, returns its stdout and stderr; fails with both unless it exits with 0.
+fn output(cmd: &mut Command) -> anyhow::Result<(String, String)> {
+    let what = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {what}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!("{what} failed ({}):\n{stdout}{stderr}", out.status);
+    }
+    Ok((stdout, stderr))
+}
+
+fn debian_version(package: &str) -> String {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", &format!("{package} ${{Version}}"), package])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || package.to_string(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        )
+}
+
+/// What one wrk run measured.
+#[derive(Debug, Clone, Copy)]
+struct WrkRun {
+    requests_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// A wrk duration (`812.00us`, `1.25ms`, `2.00s`, `1.00m`) in microseconds.
+fn wrk_duration_us(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let factor = match unit {
+        "us" => 1.0,
+        "ms" => 1e3,
+        "s" => 1e6,
+        "m" => 60e6,
+        _ => return None,
+    };
+    Some(number.parse::<f64>().ok()? * factor)
+}
+
+/// Reads `wrk --latency` output; fails on any error response or socket error.
+fn parse_wrk(text: &str) -> anyhow::Result<WrkRun> {
+    let field = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix).map(str::trim))
+    };
+    if let Some(n) = field("Non-2xx or 3xx responses:") {
+        bail!("{n} responses were not 2xx or 3xx:\n{text}");
+    }
+    if let Some(errors) = field("Socket errors:") {
+        bail!("socket errors ({errors}):\n{text}");
+    }
+    let requests_per_sec = field("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))?;
+    let percentile = |p: &str| {
+        field(p)
+            .and_then(wrk_duration_us)
+            .with_context(|| format!("no {p} latency in wrk's output:\n{text}"))
+    };
+    Ok(WrkRun {
+        requests_per_sec,
+        p50_us: percentile("50%")?,
+        p99_us: percentile("99%")?,
+    })
+}
+
+/// One system as wrk sees it.
+struct Target {
+    name: String,
+    url: String,
+    key: Option<String>,
+}
+
+impl Target {
+    fn wrk(&self, secs: u64, connections: u32) -> anyhow::Result<WrkRun> {
+        let mut cmd = pinned(CLIENT_CPU, "wrk");
+        cmd.args(["-t1", &format!("-c{connections}"), &format!("-d{secs}s")])
+            .arg("--latency");
+        if let Some(key) = &self.key {
+            cmd.args(["-H", &format!("{KEY_HEADER}: {key}")]);
+        }
+        cmd.arg(&self.url);
+        let (stdout, _) = output(&mut cmd)?;
+        parse_wrk(&stdout).with_context(|| format!("wrk against {}", self.name))
+    }
+
+    /// One request with curl: (status, body).
+    fn curl(&self, key: Option<&str>) -> anyhow::Result<(u16, String)> {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sk", "-w", "\n%{http_code}"]);
+        if let Some(key) = key {
+            cmd.args(["-H", &format!("{KEY_HEADER}: {key}")]);
+        }
+        let (stdout, _) = output(cmd.arg(&self.url))?;
+        let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        Ok((status.trim().parse()?, body.to_string()))
+    }
+
+    /// A request with the key is proxied to the backend, one without is
+    /// refused: both gateways do the work the benchmark claims.
+    fn check(&self) -> anyhow::Result<()> {
+        let (status, body) = self.curl(self.key.as_deref())?;
+        ensure!(
+            status == 200 && body == "ok\n",
+            "{}: a request with the key got {status} {body:?}, expected the backend's 200 \"ok\"",
+            self.name
+        );
+        if self.key.is_some() {
+            let (status, _) = self.curl(None)?;
+            ensure!(
+                status == 401,
+                "{}: a request without a key got {status}, expected 401",
+                self.name
+            );
+            let (status, _) = self.curl(Some("not-a-key"))?;
+            ensure!(
+                status == 401,
+                "{}: a request with a wrong key got {status}, expected 401",
+                self.name
+            );
+        }
+        Ok(())
+    }
+
+    /// The TLS version and cipher suite an OpenSSL client (as wrk) gets.
+    fn tls(&self) -> anyhow::Result<String> {
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .map(|p| p.trim_end_matches('/'))
+            .unwrap_or_default();
+        let (stdout, stderr) = output(
+            Command::new("openssl")
+                .args(["s_client", "-brief", "-connect"])
+                .arg(format!("127.0.0.1:{port}")),
+        )?;
+        let text = stdout + &stderr;
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+                .unwrap_or_else(|| "?".to_string())
+        };
+        Ok(format!(
+            "{} {}",
+            field("Protocol version:"),
+            field("Ciphersuite:")
+        ))
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `41234.6` as `41,235`.
+fn thousands(value: f64) -> String {
+    let digits = format!("{value:.0}");
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.2} ms", us / 1000.0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    let started = Instant::now();
+    let dir = TempDir::new()?;
+    let path = |name: &str| dir.path.join(name);
+    let text = |p: &Path| p.display().to_string();
+
+    // One self-signed P-256 certificate for both gateways; HAProxy wants the
+    // chain and the key in one file.
+    output(
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec"])
+            .args(["-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-days", "2", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(path("key.pem"))
+            .arg("-out")
+            .arg(path("cert.pem")),
+    )?;
+    let pem =
+        std::fs::read_to_string(path("cert.pem"))? + &std::fs::read_to_string(path("key.pem"))?;
+    std::fs::write(path("haproxy.pem"), pem)?;
+
+    // The key, created in rampartd's state directory before it starts; HAProxy
+    // gets the same keys as its list.
+    let state_dir = path("state");
+    std::fs::create_dir_all(&state_dir)?;
+    let (_, keys) = KeyStore::open(&state_dir)?.create("bench", Scope::AllApis)?;
+    std::fs::write(
+        path("keys.lst"),
+        format!("{}\n{}\n", keys.primary.expose(), keys.secondary.expose()),
+    )?;
+    let key = keys.primary.expose().to_string();
+
+    let (backend_port, rampartd_port, haproxy_port) = (free_port()?, free_port()?, free_port()?);
+    ensure!(
+        backend_port != rampartd_port
+            && backend_port != haproxy_port
+            && rampartd_port != haproxy_port,
+        "the kernel handed out the same free port twice; run again"
+    );
+
+    std::fs::write(
+        path("nginx.conf"),
+        NGINX_CONF
+            .replace("@DIR@", &text(&dir.path))
+            .replace("@PORT@", &backend_port.to_string()),
+    )?;
+    let mut nginx = Child::spawn(
+        "nginx",
+        pinned(CLIENT_CPU, "nginx")
+            .arg("-e")
+            .arg(path("nginx-error.log"))
+            .arg("-p")
+            .arg(&dir.path)
+            .arg("-c")
+            .arg(path("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(File::create(path("nginx-stderr.log"))?),
+    )?;
+    nginx.wait_listening(backend_port, "")?;
+
+    let config = path("rampart.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\n\n\
+             [[listener]]\naddress = \"127.0.0.1:{rampartd_port}\"\n\
+             tls = {{ cert = {cert:?}, key = {key:?} }}\n\n\
+             [[api]]\nname = \"bench\"\npath_prefix = \"/\"\n\
+             backend = \"http://127.0.0.1:{backend_port}/\"\n\
+             rate_limit = {{ calls = 100000000, period_secs = 1 }}\n",
+            state = text(&state_dir),
+            runtime = text(&path("run")),
+            cert = text(&path("cert.pem")),
+            key = text(&path("key.pem")),
+        ),
+    )?;
+    output(
+        Command::new(&args.rampartd)
+            .arg("--check-config")
+            .arg(&config),
+    )?;
+    let mut rampartd_cmd = pinned(GATEWAY_CPU, &args.rampartd);
+    rampartd_cmd
+        .arg("--config")
+        .arg(&config)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        // Its access log (one line per request at info) goes where HAProxy's
+        // goes: nowhere. Configuration errors were shown by --check-config.
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(filter) = &args.rampartd_rust_log {
+        rampartd_cmd.env("RUST_LOG", filter);
+    }
+    let mut rampartd = Child::spawn("rampartd", &mut rampartd_cmd)?;
+    rampartd.wait_listening(
+        rampartd_port,
+        "; its configuration passed --check-config: run it by hand to see why",
+    )?;
+
+    let haproxy_cfg = path("haproxy.cfg");
+    std::fs::write(
+        &haproxy_cfg,
+        HAPROXY_CFG
+            .replace("@CERT@", &text(&path("haproxy.pem")))
+            .replace("@KEYS@", &text(&path("keys.lst")))
+            .replace("@PORT@", &haproxy_port.to_string())
+            .replace("@BACKEND@", &format!("127.0.0.1:{backend_port}"))
+            .replace("@SOCKET@", &text(&path("haproxy.sock"))),
+    )?;
+    output(
+        Command::new("haproxy")
+            .arg("-c")
+            .arg("-f")
+            .arg(&haproxy_cfg),
+    )?;
+    let haproxy_log = path("haproxy.log");
+    let mut haproxy = Child::spawn(
+        "haproxy",
+        pinned(GATEWAY_CPU, "haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&haproxy_cfg)
+            // stdout carries the per-request log lines; stderr start-up messages.
+            .stdout(Stdio::null())
+            .stderr(File::create(&haproxy_log)?),
+    )?;
+    let shown = || {
+        let log = std::fs::read_to_string(&haproxy_log).unwrap_or_default();
+        format!(":\n{log}")
+    };
+    if let Err(e) = haproxy.wait_listening(haproxy_port, "") {
+        bail!("{e}{}", shown());
+    }
+
+    let haproxy_version = debian_version("haproxy");
+    let targets = [
+        Target {
+            name: "rampartd".to_string(),
+            url: format!("https://127.0.0.1:{rampartd_port}/"),
+            key: Some(key.clone()),
+        },
+        Target {
+            name: format!("HAProxy ({haproxy_version})"),
+            url: format!("https://127.0.0.1:{haproxy_port}/"),
+            key: Some(key),
+        },
+        Target {
+            name: format!("backend directly ({}, plain HTTP)", debian_version("nginx")),
+            url: format!("http://127.0.0.1:{backend_port}/"),
+            key: None,
+        },
+    ];
+    for target in &targets {
+        target.check()?;
+    }
+    let tls = [targets[0].tls()?, targets[1].tls()?];
+    eprintln!(
+        "TLS with an OpenSSL client: rampartd {}, HAProxy {}",
+        tls[0], tls[1]
+    );
+    for target in &targets {
+        eprintln!("warm-up: {}", target.name);
+        target.wrk(2, args.connections)?;
+    }
+
+    let mut runs: Vec<Vec<WrkRun>> = vec![Vec::new(); targets.len()];
+    for round in 0..args.rounds {
+        for i in 0..targets.len() {
+            // Rotate the order, so no system always runs right after another.
+            let t = (round + i) % targets.len();
+            let run = targets[t].wrk(args.secs, args.connections)?;
+            eprintln!(
+                "round {}/{}: {}: {:.0} req/s, p50 {}, p99 {}",
+                round + 1,
+                args.rounds,
+                targets[t].name,
+                run.requests_per_sec,
+                ms(run.p50_us),
+                ms(run.p99_us)
+            );
+            runs[t].push(run);
+        }
+    }
+    for (child, port) in [
+        (&mut rampartd, rampartd_port),
+        (&mut haproxy, haproxy_port),
+        (&mut nginx, backend_port),
+    ] {
+        if let Some(status) = child.child.try_wait()? {
+            bail!(
+                "{} (port {port}) exited during the run with {status}",
+                child.name
+            );
+        }
+    }
+    drop((haproxy, rampartd, nginx));
+
+    let report = report(&args, &targets, &runs, &tls, started.elapsed())?;
+    println!("{report}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &report).with_context(|| out.display().to_string())?;
+        eprintln!("written to {}", out.display());
+    }
+    Ok(())
+}
+
+fn report(
+    args: &Args,
+    targets: &[Target],
+    runs: &[Vec<WrkRun>],
+    tls: &[String; 2],
+    elapsed: Duration,
+) -> anyhow::Result<String> {
+    let of = |t: usize, f: fn(&WrkRun) -> f64| median(runs[t].iter().map(f).collect());
+    let rps = |r: &WrkRun| r.requests_per_sec;
+    let p50 = |r: &WrkRun| r.p50_us;
+    let p99 = |r: &WrkRun| r.p99_us;
+    // Ratios within each round (the same few seconds of the machine's speed),
+    // then their median.
+    let ratio = |a: usize, b: usize, f: fn(&WrkRun) -> f64| {
+        let per_round: Vec<f64> = runs[a]
+            .iter()
+            .zip(&runs[b])
+            .map(|(x, y)| f(x) / f(y))
+            .collect();
+        let (lo, hi) = per_round
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+        (median(per_round), lo, hi)
+    };
+    let mut out = String::new();
+    writeln!(
+        out,
+        "### rampartd side by side with HAProxy, same run\n\n\
+         The work: TLS termination (one self-signed P-256 certificate for both), a \
+         subscription-key check (`{KEY_HEADER}` against one subscription), a per-key rate \
+         limit of 100,000,000 calls per second (never reached), proxy to one nginx process \
+         returning `ok` over plain HTTP on loopback. HAProxy: tests/bench/haproxy-gateway.cfg \
+         (the project's HAProxy anchor without its JWT steps, `nbthread 1`). Both log one \
+         line per request, to /dev/null. TLS with an OpenSSL client such as wrk: rampartd \
+         {}, HAProxy {}.\n\n\
+         Placement (2 cores): the gateway under test alone on CPU 1 (`taskset`; rampartd's \
+         tokio runtime then has one worker thread); wrk and the nginx backend share CPU 0, \
+         for all three measurements. `wrk -t1 -c{} --latency` with keep-alive, {} interleaved \
+         rounds of {} s (the order rotating each round); figures are medians over the rounds, \
+         ratios medians of the per-round ratios (range in brackets).\n",
+        tls[0], tls[1], args.connections, args.rounds, args.secs
+    )?;
+    if let Some(filter) = &args.rampartd_rust_log {
+        writeln!(out, "rampartd ran with `RUST_LOG={filter}`.\n")?;
+    }
+    writeln!(out, "| system | req/s | p50 | p99 |\n|---|---:|---:|---:|")?;
+    for (t, target) in targets.iter().enumerate() {
+        writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            target.name,
+            thousands(of(t, rps)),
+            ms(of(t, p50)),
+            ms(of(t, p99))
+        )?;
+    }
+    writeln!(out, "\n| ratio | median | range |\n|---|---:|---:|")?;
+    let rows = [
+        ("rampartd / HAProxy, req/s", ratio(0, 1, rps)),
+        ("rampartd / HAProxy, p50", ratio(0, 1, p50)),
+        ("rampartd / HAProxy, p99", ratio(0, 1, p99)),
+        ("rampartd / direct, req/s", ratio(0, 2, rps)),
+        ("HAProxy / direct, req/s", ratio(1, 2, rps)),
+    ];
+    for (name, (m, lo, hi)) in rows {
+        writeln!(out, "| {name} | {m:.2} | [{lo:.2}, {hi:.2}] |")?;
+    }
+    let (rps_ratio, p99_ratio) = (rows[0].1.0, rows[2].1.0);
+    let met = rps_ratio >= 1.0 && p99_ratio <= 1.0;
+    writeln!(
+        out,
+        "\nTarget: rampartd at least 1.0x HAProxy's req/s with a p99 no higher than HAProxy's: \
+         {} ({rps_ratio:.2}x the req/s, {p99_ratio:.2}x the p99).\n",
+        if met { "met" } else { "not met" }
+    )?;
+    writeln!(out, "req/s per round:\n")?;
+    for (t, target) in targets.iter().enumerate() {
+        let list: Vec<String> = runs[t]
+            .iter()
+            .map(|r| thousands(r.requests_per_sec))
+            .collect();
+        writeln!(out, "- {}: {}", target.name, list.join(", "))?;
+    }
+    writeln!(out, "\nTotal benchmark time: {:.0?}.", elapsed)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRK: &str = "Running 5s test @ https://127.0.0.1:8443/
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   780.12us  200.00us   5.00ms   90.00%
+    Req/Sec    41.00k     1.00k   43.00k    80.00%
+  Latency Distribution
+     50%  750.00us
+     75%  800.00us
+     90%  900.00us
+     99%    1.50ms
+  205000 requests in 5.00s, 30.00MB read
+Requests/sec:  41000.00
+Transfer/sec:      6.00MB
+";
+
+    #[test]
+    fn wrk_output() {
+        let run = parse_wrk(WRK).unwrap();
+        assert_eq!(run.requests_per_sec, 41000.0);
+        assert_eq!(run.p50_us, 750.0);
+        assert_eq!(run.p99_us, 1500.0);
+    }
+
+    #[test]
+    fn wrk_errors_fail_the_run() {
+        let non2xx = WRK.replace(
+            "Requests/sec",
+            "  Non-2xx or 3xx responses: 5\nRequests/sec",
+        );
+        assert!(parse_wrk(&non2xx).is_err());
+        let socket = WRK.replace(
+            "Requests/sec",
+            "  Socket errors: connect 0, read 3, write 0, timeout 0\nRequests/sec",
+        );
+        assert!(parse_wrk(&socket).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(wrk_duration_us("2.00s"), Some(2e6));
+        assert_eq!(wrk_duration_us("1.00m"), Some(60e6));
+        assert_eq!(wrk_duration_us("12"), None);
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(41234.6), "41,235");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(185000.0), "185,000");
+    }
+}

@@ -26,7 +26,7 @@ use ipnet::IpNet;
 use crate::paths::Paths;
 
 pub use gateway::{
-    ApiConfig, BackendProtocolConfig, BackendTimeoutsConfig, CounterConfig, GatewayConfig,
+    AccessLogConfig, ApiConfig, BackendProtocolConfig, BackendTimeoutsConfig, CounterConfig, GatewayConfig,
     ListenerConfig, ListenerTransport, MAX_RATE_LIMIT_CALLS, MAX_RATE_LIMIT_PERIOD_SECS,
     ProductConfig, QuotaConfig, RateLimitAlgorithm, RateLimitConfig, SniCertConfig,
     SubscriptionConfig, SubscriptionRequirement,

@@ -31,7 +31,7 @@ pub use forwarded::{ClientHop, client_ip, remove_hop_by_hop, set_forwarding_head
 pub use policy::{RequestContext, RequestPolicy, ResponseContext, Stop, Subscriber, Transferred};
 pub use routing::RouteTable;
 pub use settings::{
-    ApiSettings, BackendProtocol, BackendTimeouts, CertFiles, GatewaySettings, Limits,
+    AccessLog, ApiSettings, BackendProtocol, BackendTimeouts, CertFiles, GatewaySettings, Limits,
     ListenerSettings, SniCert, TlsSettings, Transport,
 };
 pub use tls::CertResolver;
@@ -190,6 +190,7 @@ impl Gateway {
             routes: self.routes,
             limits: self.settings.limits,
             trusted_proxies: self.settings.trusted_proxies,
+            access_log: self.settings.access_log,
             policies: self.policies,
             stats: self.stats,
         });

@@ -7,6 +7,7 @@ pub mod config;
 pub mod filter;
 pub mod gateway;
 pub mod geo;
+pub mod logging;
 pub mod paths;
 pub mod pipeline;
 pub mod policy;

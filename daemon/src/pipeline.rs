@@ -13,11 +13,12 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Uri, header, response};
 
 use crate::config::{
-    ApiConfig, BackendProtocolConfig, Config, CounterConfig, ListenerTransport, ProductConfig,
-    QuotaConfig, RateLimitAlgorithm, RateLimitConfig, SubscriptionConfig, SubscriptionRequirement,
+    AccessLogConfig, ApiConfig, BackendProtocolConfig, Config, CounterConfig, ListenerTransport,
+    ProductConfig, QuotaConfig, RateLimitAlgorithm, RateLimitConfig, SubscriptionConfig,
+    SubscriptionRequirement,
 };
 use crate::gateway::{
-    ApiSettings, BackendProtocol, BackendTimeouts, CertFiles, GatewaySettings, Limits,
+    AccessLog, ApiSettings, BackendProtocol, BackendTimeouts, CertFiles, GatewaySettings, Limits,
     ListenerSettings, RequestContext, RequestPolicy, ResponseContext, SniCert, Stop, TlsSettings,
     Transferred, Transport,
 };
@@ -603,6 +604,11 @@ pub fn gateway_settings(config: &Config) -> (Vec<ListenerSettings>, GatewaySetti
             drain_timeout: gateway.drain_timeout,
         },
         trusted_proxies: gateway.trusted_proxies.clone(),
+        access_log: match gateway.access_log {
+            AccessLogConfig::All => AccessLog::All,
+            AccessLogConfig::Errors => AccessLog::Errors,
+            AccessLogConfig::Off => AccessLog::Off,
+        },
         backend_ca_pem: gateway.backend_ca.clone(),
     };
     (listeners, settings)

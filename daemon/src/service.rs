@@ -252,10 +252,19 @@ pub fn start(config_path: &Path) -> Result<(Option<Filter>, Desired), ServiceErr
 pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
     let (mut filter, desired) = start(&config_path)?;
     let events = filter.as_mut().map(Filter::take_events).transpose()?;
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if desired.config.gateway.worker_threads > 0 {
-        builder.worker_threads(desired.config.gateway.worker_threads as usize);
-    }
+    let workers = match desired.config.gateway.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        n => n as usize,
+    };
+    // One worker: a current-thread runtime, without the multi-threaded scheduler's
+    // cross-thread wake-ups (measured faster by `cargo xtask bench gateway`).
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
     let rt = builder
         .thread_name("rampartd")
         .enable_all()
@@ -306,7 +315,9 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
                 _ = summary.tick() => drops.flush(),
                 _ = upkeep.tick(), if gateway.is_some() => {
                     if let Some(gateway) = &gateway {
-                        maintain(&gateway.policies);
+                        // Off the request threads: writing the counters syncs a file.
+                        let policies = Arc::clone(&gateway.policies);
+                        tokio::task::spawn_blocking(move || maintain(&policies));
                     }
                 }
                 guard = readable(ring.as_mut()) => {

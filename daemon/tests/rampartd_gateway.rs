@@ -149,8 +149,28 @@ async fn rampartd_serves_an_api_with_subscription_keys() {
     assert_eq!(parts.status, 200, "{body}");
     assert!(body.starts_with("GET /x?a=1\n"), "{body}");
 
+    // One access event per request, naming the API, the subscription and, for a
+    // refusal, APIM's reason; never the key.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let log = daemon.log();
     assert!(log.contains("gateway listening"), "{log}");
+    let access: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("rampart::access"))
+        .collect();
+    assert_eq!(access.len(), 3, "{log}");
+    assert!(
+        access[0].contains("status=401")
+            && access[0].contains("reason=\"SubscriptionKeyNotFound\""),
+        "{log}"
+    );
+    assert!(
+        access[1].contains("status=200") && access[1].contains("subscription=\"e2e\""),
+        "{log}"
+    );
+    assert!(access[1].contains("api=\"echo\""), "{log}");
+    assert!(!log.contains(keys.primary.expose()), "{log}");
+    assert!(!log.contains(keys.secondary.expose()), "{log}");
 
     // SAFETY: kill has no memory preconditions; the pid is our child's.
     let pid = i32::try_from(daemon.child.id()).unwrap();

@@ -34,6 +34,9 @@ pub(crate) struct Options {
     /// gateway: seconds of wrk per system and round.
     #[arg(long, default_value_t = 8)]
     secs: u64,
+    /// gateway: both gateways log one line per request (off by default).
+    #[arg(long)]
+    access_log: bool,
     /// Print only; leave docs/benchmarks.md alone.
     #[arg(long)]
     no_write: bool,
@@ -163,9 +166,15 @@ fn gateway(options: &Options, out: &std::path::Path) -> Result<String> {
         .arg(process::workspace_root().join("target/release/rampartd"));
     cmd.args(["--rounds", &options.rounds.to_string()]);
     cmd.args(["--secs", &options.secs.to_string()]);
+    if options.access_log {
+        cmd.arg("--access-log");
+    }
     cmd.arg("--out").arg(out);
     process::run(&mut cmd)?;
     let mut reproduce = String::from("cargo xtask bench gateway");
+    if options.access_log {
+        reproduce.push_str(" --access-log");
+    }
     if options.rounds != 5 {
         write!(reproduce, " --rounds {}", options.rounds)?;
     }

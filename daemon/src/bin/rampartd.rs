@@ -24,6 +24,9 @@ struct Args {
     detach: bool,
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(file) = args.check_config {
@@ -46,7 +49,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_logging(&args.config);
+    let _log = init_logging(&args.config);
     if args.detach {
         return match service::detach(&args.config) {
             Ok(links) => {
@@ -76,15 +79,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr at the configured level (RUST_LOG overrides it).
-fn init_logging(config: &std::path::Path) {
+/// Logs to stderr at the configured level (RUST_LOG overrides it); the guard
+/// writes what is still queued when dropped.
+fn init_logging(config: &std::path::Path) -> rampart::logging::WorkerGuard {
     let level = rampart::config::load(config)
         .map(|c| c.daemon.log_level.as_str())
         .unwrap_or("info");
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    rampart::logging::init(level)
 }

@@ -228,6 +228,24 @@ pub struct GatewayConfig {
     pub backend_ca: Vec<PathBuf>,
     /// Threads serving requests; 0 = one per CPU the daemon may run on.
     pub worker_threads: u32,
+    pub access_log: AccessLogConfig,
+}
+
+/// `[gateway] access_log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLogConfig {
+    #[default]
+    All,
+    Errors,
+    Off,
+}
+
+impl AccessLogConfig {
+    pub const ALL: [(&'static str, AccessLogConfig); 3] = [
+        ("all", AccessLogConfig::All),
+        ("errors", AccessLogConfig::Errors),
+        ("off", AccessLogConfig::Off),
+    ];
 }
 
 impl Default for GatewayConfig {
@@ -244,6 +262,7 @@ impl Default for GatewayConfig {
             trusted_proxies: Vec::new(),
             backend_ca: Vec::new(),
             worker_threads: 0,
+            access_log: AccessLogConfig::All,
         }
     }
 }

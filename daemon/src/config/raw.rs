@@ -156,6 +156,7 @@ pub(super) struct RawGateway {
     pub trusted_proxies: Option<TextList>,
     pub backend_ca: Option<TextList>,
     pub worker_threads: Option<Spanned<i64>>,
+    pub access_log: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

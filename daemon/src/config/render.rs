@@ -121,6 +121,8 @@ max_deny_entries = {DEFAULT_MAX_DENY_ENTRIES}
 # backend_ca = []
 # # 0: one thread per CPU rampartd may run on.
 # worker_threads = 0
+# # Access events (target rampart::access): "all", "errors" (status >= 400) or "off".
+# access_log = "all"
 #
 # # Products group APIs; a subscription scoped to a product may call its APIs.
 # [[product]]

@@ -22,7 +22,7 @@ use super::policy::{
 };
 use super::proxy::{Backend, ClientBody, UpstreamBody, declared_length};
 use super::routing::RouteTable;
-use super::settings::{Limits, is_trusted};
+use super::settings::{AccessLog, Limits, is_trusted};
 use super::{GatewayStats, ResponseBody};
 
 /// What every connection task shares.
@@ -30,6 +30,7 @@ pub(crate) struct Shared {
     pub(crate) routes: RouteTable<Backend>,
     pub(crate) limits: Limits,
     pub(crate) trusted_proxies: Vec<IpNet>,
+    pub(crate) access_log: AccessLog,
     pub(crate) policies: Vec<Arc<dyn RequestPolicy>>,
     pub(crate) stats: Arc<GatewayStats>,
 }
@@ -50,17 +51,26 @@ pub(crate) async fn handle(
     let started = Instant::now();
     GatewayStats::bump(&shared.stats.requests);
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    let path = (shared.access_log != AccessLog::Off).then(|| request.uri().path().to_owned());
     let outcome = process(&shared, conn, request).await;
     if let Some(reason) = outcome.reason {
         shared.stats.count_rejection(reason);
+    }
+    let status = outcome.response.status();
+    let logged = match shared.access_log {
+        AccessLog::All => true,
+        AccessLog::Errors => status.as_u16() >= 400,
+        AccessLog::Off => false,
+    };
+    if !logged {
+        return Ok(outcome.response);
     }
     tracing::info!(
         target: "rampart::access",
         peer = %conn.peer,
         %method,
-        path,
-        status = outcome.response.status().as_u16(),
+        path = path.as_deref().unwrap_or("-"),
+        status = status.as_u16(),
         latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         api = outcome.api.as_deref().unwrap_or("-"),
         subscription = outcome.subscription.as_deref().unwrap_or("-"),

@@ -131,11 +131,24 @@ impl Default for Limits {
     }
 }
 
+/// Which requests get an access event (`rampart::access`, level info).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AccessLog {
+    /// Every request.
+    #[default]
+    All,
+    /// Requests answered with a status of 400 or more.
+    Errors,
+    /// None (counters still count).
+    Off,
+}
+
 /// Everything the gateway needs besides its listeners.
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
     pub apis: Vec<ApiSettings>,
     pub limits: Limits,
+    pub access_log: AccessLog,
     /// Peers whose `X-Forwarded-*` and `Forwarded` headers are kept; from any
     /// other peer they are replaced.
     pub trusted_proxies: Vec<IpNet>,

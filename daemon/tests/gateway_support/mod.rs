@@ -357,6 +357,7 @@ pub fn settings(apis: Vec<ApiSettings>, limits: Limits) -> GatewaySettings {
         limits,
         trusted_proxies: Vec::new(),
         backend_ca_pem: Vec::new(),
+        access_log: rampart::gateway::AccessLog::All,
     }
 }
 

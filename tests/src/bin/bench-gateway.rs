@@ -52,6 +52,9 @@ struct Args {
     connections: u32,
     /// RUST_LOG for rampartd (unset by default: its configured `info`).
     rampartd_rust_log: Option<String>,
+    /// Both gateways log one line per request (off by default: the work measured
+    /// is TLS, key, rate limit and proxy).
+    access_log: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -63,6 +66,7 @@ fn args() -> anyhow::Result<Args> {
         secs: 8,
         connections: 32,
         rampartd_rust_log: None,
+        access_log: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -74,6 +78,7 @@ fn args() -> anyhow::Result<Args> {
             "--secs" => a.secs = v()?.parse()?,
             "--connections" => a.connections = v()?.parse()?,
             "--rampartd-rust-log" => a.rampartd_rust_log = Some(v()?),
+            "--access-log" => a.access_log = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -407,7 +412,9 @@ fn main() -> anyhow::Result<()> {
              tls = {{ cert = {cert:?}, key = {key:?} }}\n\n\
              [[api]]\nname = \"bench\"\npath_prefix = \"/\"\n\
              backend = \"http://127.0.0.1:{backend_port}/\"\n\
-             rate_limit = {{ calls = 100000000, period_secs = 1 }}\n",
+             rate_limit = {{ calls = 100000000, period_secs = 1 }}\n\n\
+             [gateway]\naccess_log = \"{access_log}\"\n",
+            access_log = if args.access_log { "all" } else { "off" },
             state = text(&state_dir),
             runtime = text(&path("run")),
             cert = text(&path("cert.pem")),
@@ -446,7 +453,15 @@ fn main() -> anyhow::Result<()> {
             .replace("@KEYS@", &text(&path("keys.lst")))
             .replace("@PORT@", &haproxy_port.to_string())
             .replace("@BACKEND@", &format!("127.0.0.1:{backend_port}"))
-            .replace("@SOCKET@", &text(&path("haproxy.sock"))),
+            .replace("@SOCKET@", &text(&path("haproxy.sock")))
+            .replace(
+                "@LOGGING@",
+                if args.access_log {
+                    "    log global\n    option httplog\n    option dontlognull"
+                } else {
+                    "    no log"
+                },
+            ),
     )?;
     output(
         Command::new("haproxy")
@@ -577,15 +592,25 @@ fn report(
          subscription-key check (`{KEY_HEADER}` against one subscription), a per-key rate \
          limit of 100,000,000 calls per second (never reached), proxy to one nginx process \
          returning `ok` over plain HTTP on loopback. HAProxy: tests/bench/haproxy-gateway.cfg \
-         (the project's HAProxy anchor without its JWT steps, `nbthread 1`). Both log one \
-         line per request, to /dev/null. TLS with an OpenSSL client such as wrk: rampartd \
+         (the project's HAProxy anchor without its JWT steps, `nbthread 1`). {} TLS with an OpenSSL client such as wrk: rampartd \
          {}, HAProxy {}.\n\n\
          Placement (2 cores): the gateway under test alone on CPU 1 (`taskset`; rampartd's \
          tokio runtime then has one worker thread); wrk and the nginx backend share CPU 0, \
          for all three measurements. `wrk -t1 -c{} --latency` with keep-alive, {} interleaved \
          rounds of {} s (the order rotating each round); figures are medians over the rounds, \
          ratios medians of the per-round ratios (range in brackets).\n",
-        tls[0], tls[1], args.connections, args.rounds, args.secs
+        if args.access_log {
+            "Both log one line per request (rampartd `access_log = \"all\"`, HAProxy \
+             `option httplog`), to /dev/null (`--access-log`)."
+        } else {
+            "Neither logs per request (rampartd `access_log = \"off\"`, HAProxy `no log`); \
+             `--access-log` measures both with one line per request."
+        },
+        tls[0],
+        tls[1],
+        args.connections,
+        args.rounds,
+        args.secs
     )?;
     if let Some(filter) = &args.rampartd_rust_log {
         writeln!(out, "rampartd ran with `RUST_LOG={filter}`.\n")?;

@@ -199,7 +199,7 @@ fn gateway_section_quotas_subscriptions_and_api_extras() {
         "[gateway]\nmax_header_bytes = 8192\nmax_body_bytes = 1048576\nmax_connections = 50\n\
          header_read_timeout_secs = 3\nidle_timeout_secs = 20\nrequest_timeout_secs = 40\n\
          max_concurrent_streams = 10\ndrain_timeout_secs = 5\n\
-         trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\nbackend_ca = [\"/etc/ca.pem\"]\nworker_threads = 2\n\
+         trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\nbackend_ca = [\"/etc/ca.pem\"]\nworker_threads = 2\naccess_log = \"errors\"\n\
          [[listener]]\naddress = \"127.0.0.1:8080\"\nplain_http = true\n\
          [[product]]\nname = \"gold\"\nquota = {{ calls = 1000, kilobytes = 5000, period_secs = 86400 }}\n\
          [[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://b\"\nproducts = [\"gold\"]\n\
@@ -223,6 +223,7 @@ fn gateway_section_quotas_subscriptions_and_api_extras() {
     assert_eq!(g.trusted_proxies.len(), 2);
     assert_eq!(g.backend_ca, [std::path::PathBuf::from("/etc/ca.pem")]);
     assert_eq!(g.worker_threads, 2);
+    assert_eq!(g.access_log, AccessLogConfig::Errors);
 
     assert_eq!(
         config.products[0].quota,

@@ -11,8 +11,8 @@ use url::Url;
 
 use super::Checker;
 use crate::config::gateway::{
-    BackendProtocolConfig, BackendTimeoutsConfig, CounterConfig, GatewayConfig, QuotaConfig,
-    RateLimitAlgorithm, SubscriptionConfig,
+    AccessLogConfig, BackendProtocolConfig, BackendTimeoutsConfig, CounterConfig, GatewayConfig,
+    QuotaConfig, RateLimitAlgorithm, SubscriptionConfig,
 };
 use crate::config::raw::{
     RawApi, RawBackendTimeouts, RawGateway, RawListener, RawProduct, RawQuota, RawRateLimit,
@@ -597,6 +597,12 @@ impl Checker<'_> {
                 raw.worker_threads,
                 0..=1024,
                 defaults.worker_threads,
+            ),
+            access_log: self.choice(
+                "gateway.access_log",
+                raw.access_log,
+                &AccessLogConfig::ALL,
+                defaults.access_log,
             ),
         }
     }

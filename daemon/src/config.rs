@@ -26,10 +26,10 @@ use ipnet::IpNet;
 use crate::paths::Paths;
 
 pub use gateway::{
-    AccessLogConfig, ApiConfig, BackendProtocolConfig, BackendTimeoutsConfig, CounterConfig, GatewayConfig,
-    ListenerConfig, ListenerTransport, MAX_RATE_LIMIT_CALLS, MAX_RATE_LIMIT_PERIOD_SECS,
-    ProductConfig, QuotaConfig, RateLimitAlgorithm, RateLimitConfig, SniCertConfig,
-    SubscriptionConfig, SubscriptionRequirement,
+    AccessLogConfig, ApiConfig, BackendProtocolConfig, BackendTimeoutsConfig, CounterConfig,
+    GatewayConfig, ListenerConfig, ListenerTransport, MAX_RATE_LIMIT_CALLS,
+    MAX_RATE_LIMIT_PERIOD_SECS, ProductConfig, QuotaConfig, RateLimitAlgorithm, RateLimitConfig,
+    SniCertConfig, SubscriptionConfig, SubscriptionRequirement,
 };
 pub use render::render_default;
 

@@ -67,7 +67,7 @@ pub enum PipelineError {
 
 /// The policies of every configured API, keyed by API name.
 pub struct ApiPolicies {
-    apis: HashMap<String, ApiPipeline>,
+    apis: foldhash::HashMap<String, ApiPipeline>,
     keys: KeyStore,
     quotas: QuotaCounters,
     /// Every limiter once (product limiters are shared by their APIs), for sweeping.
@@ -168,7 +168,7 @@ impl ApiPolicies {
                 );
             }
         }
-        let mut pipelines = HashMap::with_capacity(apis.len());
+        let mut pipelines = foldhash::HashMap::default();
         for api in apis {
             let mut limiters = Vec::new();
             if let Some(limit) = &api.rate_limit {

@@ -152,6 +152,8 @@ async fn process(shared: &Arc<Shared>, conn: Connection, request: Request<Incomi
     let (mut response, reason) = match stopped {
         Some(stop) => stopped_response(stop),
         None => {
+            // One deadline for the whole exchange; one timer runs at a time.
+            let deadline = tokio::time::Instant::now() + limits.request_timeout;
             let exchange = async {
                 let max_body = limits.max_body_bytes;
                 let upstream: UpstreamBody = match collect {
@@ -165,11 +167,20 @@ async fn process(shared: &Arc<Shared>, conn: Connection, request: Request<Incomi
                     }
                     Some(limit) => {
                         let limit = limit.min(max_body);
-                        let collected = match collect_body(body, limit).await {
-                            Ok(collected) => collected,
-                            Err(rejection) => {
+                        let collected = match tokio::time::timeout_at(
+                            deadline,
+                            collect_body(body, limit),
+                        )
+                        .await
+                        {
+                            Ok(Ok(collected)) => collected,
+                            Ok(Err(rejection)) => {
                                 GatewayStats::bump(&shared.stats.malformed_requests);
                                 return Err(Stop::Reject(rejection));
+                            }
+                            Err(_elapsed) => {
+                                tracing::info!(api = %backend.name, timeout = ?limits.request_timeout, "request body too slow");
+                                return Err(Stop::Reject(Rejection::request_timeout()));
                             }
                         };
                         if let Some(bytes) = &collected {
@@ -204,7 +215,7 @@ async fn process(shared: &Arc<Shared>, conn: Connection, request: Request<Incomi
                     },
                 );
                 backend
-                    .forward(parts, upstream, &rest)
+                    .forward(parts, upstream, &rest, deadline)
                     .await
                     .map_err(|rejection| {
                         if rejection.status == http::StatusCode::BAD_REQUEST {
@@ -213,13 +224,9 @@ async fn process(shared: &Arc<Shared>, conn: Connection, request: Request<Incomi
                         Stop::Reject(rejection)
                     })
             };
-            match tokio::time::timeout(limits.request_timeout, exchange).await {
-                Ok(Ok(response)) => (response, None),
-                Ok(Err(stop)) => stopped_response(stop),
-                Err(_elapsed) => {
-                    tracing::warn!(api = %backend.name, timeout = ?limits.request_timeout, "request timeout");
-                    stopped_response(Stop::Reject(Rejection::gateway_timeout()))
-                }
+            match exchange.await {
+                Ok(response) => (response, None),
+                Err(stop) => stopped_response(stop),
             }
         }
     };

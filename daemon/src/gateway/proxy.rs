@@ -108,12 +108,15 @@ impl Backend {
     }
 
     /// Sends the request and returns the backend's response head with its body
-    /// streaming, or the rejection the client gets instead.
+    /// streaming, or the rejection the client gets instead: 504 when the head has
+    /// not come within the backend's response timeout or by `deadline` (the
+    /// request's own), whichever is first (one timer).
     pub(crate) async fn forward(
         &self,
         parts: request::Parts,
         body: UpstreamBody,
         rest_of_path: &str,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<ResponseBody>, Rejection> {
         let mut parts = parts;
         parts.uri = self.upstream_uri(rest_of_path, parts.uri.query())?;
@@ -123,11 +126,16 @@ impl Backend {
         parts.headers.remove(HOST);
         let request = Request::from_parts(parts, body);
 
-        let sent =
-            tokio::time::timeout(self.timeouts.response_header, self.client.request(request));
+        let own = tokio::time::Instant::now() + self.timeouts.response_header;
+        let sent = tokio::time::timeout_at(own.min(deadline), self.client.request(request));
         let response = match sent.await {
             Err(_elapsed) => {
-                tracing::warn!(api = %self.name, timeout = ?self.timeouts.response_header, "backend did not answer in time");
+                tracing::warn!(
+                    api = %self.name,
+                    response_timeout = ?self.timeouts.response_header,
+                    request_deadline_passed = deadline <= own,
+                    "backend did not answer in time"
+                );
                 return Err(Rejection::gateway_timeout());
             }
             Ok(Err(error)) => return Err(self.classify(&error)),

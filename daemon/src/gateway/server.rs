@@ -167,11 +167,23 @@ async fn accept_loop(
                 activity: Arc::clone(&activity),
             };
             let idle = setup.shared.limits.idle_timeout;
+            // The connection runs in its own task, so that its many wake-ups (one
+            // or more per request) do not poll the watchers below as well.
+            let serving = tokio::spawn(serve_connection(
+                stream,
+                peer,
+                tls,
+                Arc::clone(&activity),
+                setup,
+                watcher,
+            ));
+            let abort = serving.abort_handle();
             tokio::select! {
-                () = serve_connection(stream, peer, tls, Arc::clone(&activity), setup, watcher) => {}
-                () = hard_stop.cancelled() => {}
+                _ = serving => {}
+                () = hard_stop.cancelled() => abort.abort(),
                 () = activity.idle_for(idle) => {
                     tracing::debug!(%peer, ?idle, "idle connection closed");
+                    abort.abort();
                 }
             }
             drop(slot);

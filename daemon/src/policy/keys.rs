@@ -10,7 +10,7 @@
 //! nothing), then the stored hash is confirmed with a constant-time comparison: no linear
 //! scan with an early exit whose timing depends on how much of a key matched.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -299,7 +299,7 @@ pub enum KeyStoreError {
 pub struct KeyStore {
     path: Option<PathBuf>,
     subscriptions: BTreeMap<String, Subscription>,
-    index: HashMap<KeyHash, (String, KeySlot)>,
+    index: foldhash::HashMap<KeyHash, (String, KeySlot)>,
 }
 
 impl KeyStore {
@@ -316,7 +316,7 @@ impl KeyStore {
         let mut store = Self {
             path: Some(path),
             subscriptions: BTreeMap::new(),
-            index: HashMap::new(),
+            index: foldhash::HashMap::default(),
         };
         let mut all = BTreeMap::new();
         for mut sub in subscriptions {
@@ -506,8 +506,8 @@ impl KeyStore {
 
 fn build_index(
     all: &BTreeMap<String, Subscription>,
-) -> Result<HashMap<KeyHash, (String, KeySlot)>, KeyStoreError> {
-    let mut index = HashMap::with_capacity(all.len() * 2);
+) -> Result<foldhash::HashMap<KeyHash, (String, KeySlot)>, KeyStoreError> {
+    let mut index = foldhash::HashMap::with_capacity_and_hasher(all.len() * 2, Default::default());
     for sub in all.values() {
         for (hash, slot) in [
             (sub.primary, KeySlot::Primary),

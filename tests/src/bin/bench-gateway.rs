@@ -189,6 +189,26 @@ struct WrkRun {
     requests_per_sec: f64,
     p50_us: f64,
     p99_us: f64,
+    /// Requests completed in the run.
+    requests: f64,
+    /// CPU time (user + system) the gateway process spent per request, when known.
+    cpu_us_per_request: Option<f64>,
+}
+
+/// User + system CPU time of process `pid` so far, in microseconds.
+fn cpu_time_us(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name.
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no memory preconditions.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks * 1e6 / per_sec)
 }
 
 /// A wrk duration (`812.00us`, `1.25ms`, `2.00s`, `1.00m`) in microseconds.
@@ -226,10 +246,20 @@ fn parse_wrk(text: &str) -> anyhow::Result<WrkRun> {
             .and_then(wrk_duration_us)
             .with_context(|| format!("no {p} latency in wrk's output:\n{text}"))
     };
+    let requests = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .and_then(|(n, _)| n.parse().ok())
+        })
+        .with_context(|| format!("no request count in wrk's output:\n{text}"))?;
     Ok(WrkRun {
         requests_per_sec,
         p50_us: percentile("50%")?,
         p99_us: percentile("99%")?,
+        requests,
+        cpu_us_per_request: None,
     })
 }
 
@@ -238,6 +268,8 @@ struct Target {
     name: String,
     url: String,
     key: Option<String>,
+    /// The gateway's process, for its CPU time per request.
+    pid: Option<u32>,
 }
 
 impl Target {
@@ -249,8 +281,16 @@ impl Target {
             cmd.args(["-H", &format!("{KEY_HEADER}: {key}")]);
         }
         cmd.arg(&self.url);
+        let before = self.pid.map(cpu_time_us).transpose()?;
         let (stdout, _) = output(&mut cmd)?;
-        parse_wrk(&stdout).with_context(|| format!("wrk against {}", self.name))
+        let after = self.pid.map(cpu_time_us).transpose()?;
+        let mut run = parse_wrk(&stdout).with_context(|| format!("wrk against {}", self.name))?;
+        if let (Some(before), Some(after)) = (before, after)
+            && run.requests > 0.0
+        {
+            run.cpu_us_per_request = Some((after - before) / run.requests);
+        }
+        Ok(run)
     }
 
     /// One request with curl: (status, body).
@@ -494,16 +534,19 @@ fn main() -> anyhow::Result<()> {
             name: "rampartd".to_string(),
             url: format!("https://127.0.0.1:{rampartd_port}/"),
             key: Some(key.clone()),
+            pid: Some(rampartd.child.id()),
         },
         Target {
             name: format!("HAProxy ({haproxy_version})"),
             url: format!("https://127.0.0.1:{haproxy_port}/"),
             key: Some(key),
+            pid: Some(haproxy.child.id()),
         },
         Target {
             name: format!("backend directly ({}, plain HTTP)", debian_version("nginx")),
             url: format!("http://127.0.0.1:{backend_port}/"),
             key: None,
+            pid: None,
         },
     ];
     for target in &targets {
@@ -526,13 +569,15 @@ fn main() -> anyhow::Result<()> {
             let t = (round + i) % targets.len();
             let run = targets[t].wrk(args.secs, args.connections)?;
             eprintln!(
-                "round {}/{}: {}: {:.0} req/s, p50 {}, p99 {}",
+                "round {}/{}: {}: {:.0} req/s, p50 {}, p99 {}, CPU {}",
                 round + 1,
                 args.rounds,
                 targets[t].name,
                 run.requests_per_sec,
                 ms(run.p50_us),
-                ms(run.p99_us)
+                ms(run.p99_us),
+                run.cpu_us_per_request
+                    .map_or("-".to_string(), |us| format!("{us:.1} us/request"))
             );
             runs[t].push(run);
         }
@@ -571,6 +616,7 @@ fn report(
     let rps = |r: &WrkRun| r.requests_per_sec;
     let p50 = |r: &WrkRun| r.p50_us;
     let p99 = |r: &WrkRun| r.p99_us;
+    let cpu = |r: &WrkRun| r.cpu_us_per_request.unwrap_or(f64::NAN);
     // Ratios within each round (the same few seconds of the machine's speed),
     // then their median.
     let ratio = |a: usize, b: usize, f: fn(&WrkRun) -> f64| {
@@ -615,11 +661,23 @@ fn report(
     if let Some(filter) = &args.rampartd_rust_log {
         writeln!(out, "rampartd ran with `RUST_LOG={filter}`.\n")?;
     }
-    writeln!(out, "| system | req/s | p50 | p99 |\n|---|---:|---:|---:|")?;
+    writeln!(
+        out,
+        "| system | req/s | p50 | p99 | gateway CPU per request |\n|---|---:|---:|---:|---:|"
+    )?;
     for (t, target) in targets.iter().enumerate() {
+        let cpu: Vec<f64> = runs[t]
+            .iter()
+            .filter_map(|r| r.cpu_us_per_request)
+            .collect();
+        let cpu = if cpu.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.1} µs", median(cpu))
+        };
         writeln!(
             out,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {cpu} |",
             target.name,
             thousands(of(t, rps)),
             ms(of(t, p50)),
@@ -631,12 +689,19 @@ fn report(
         ("rampartd / HAProxy, req/s", ratio(0, 1, rps)),
         ("rampartd / HAProxy, p50", ratio(0, 1, p50)),
         ("rampartd / HAProxy, p99", ratio(0, 1, p99)),
+        ("rampartd / HAProxy, CPU per request", ratio(0, 1, cpu)),
         ("rampartd / direct, req/s", ratio(0, 2, rps)),
         ("HAProxy / direct, req/s", ratio(1, 2, rps)),
     ];
     for (name, (m, lo, hi)) in rows {
         writeln!(out, "| {name} | {m:.2} | [{lo:.2}, {hi:.2}] |")?;
     }
+    writeln!(
+        out,
+        "\nGateway CPU per request: user + system time of the gateway's process \
+         (/proc/PID/stat) over the requests wrk completed; steadier than req/s on a VM \
+         whose speed drifts, and what a host pays per request."
+    )?;
     let (rps_ratio, p99_ratio) = (rows[0].1.0, rows[2].1.0);
     let met = rps_ratio >= 1.0 && p99_ratio <= 1.0;
     writeln!(

@@ -4,6 +4,7 @@ use http::{HeaderMap, StatusCode};
 
 pub mod cors;
 pub mod headers;
+pub mod jwt;
 pub mod keys;
 pub mod quota;
 pub mod throttle;

@@ -26,10 +26,11 @@ use ipnet::IpNet;
 use crate::paths::Paths;
 
 pub use gateway::{
-    AccessLogConfig, ApiConfig, BackendProtocolConfig, BackendTimeoutsConfig, CounterConfig,
-    GatewayConfig, ListenerConfig, ListenerTransport, MAX_RATE_LIMIT_CALLS,
-    MAX_RATE_LIMIT_PERIOD_SECS, ProductConfig, QuotaConfig, RateLimitAlgorithm, RateLimitConfig,
-    SniCertConfig, SubscriptionConfig, SubscriptionRequirement,
+    AccessLogConfig, ApiConfig, ApiJwtConfig, BackendProtocolConfig, BackendTimeoutsConfig,
+    ClaimHeader, CounterConfig, GatewayConfig, ListenerConfig, ListenerTransport,
+    MAX_RATE_LIMIT_CALLS, MAX_RATE_LIMIT_PERIOD_SECS, ProductConfig, QuotaConfig,
+    RateLimitAlgorithm, RateLimitConfig, RoleRule, SniCertConfig, SubscriptionConfig,
+    SubscriptionRequirement,
 };
 pub use render::render_default;
 
@@ -71,6 +72,8 @@ pub struct Config {
     pub subscriptions: Vec<SubscriptionConfig>,
     /// `[gateway]`: limits, trusted proxies, backend CAs (defaults when absent).
     pub gateway: GatewayConfig,
+    /// `[[jwt_provider]]`s, names unique, each checked (keys and CA files read).
+    pub jwt_providers: Vec<crate::policy::jwt::JwtProviderSettings>,
 }
 
 /// `[daemon]`: where the daemon keeps its files, and how much it logs.

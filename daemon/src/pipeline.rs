@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Uri, header, response};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri, header, response};
 
 use crate::config::{
-    AccessLogConfig, ApiConfig, BackendProtocolConfig, Config, CounterConfig, ListenerTransport,
-    ProductConfig, QuotaConfig, RateLimitAlgorithm, RateLimitConfig, SubscriptionConfig,
-    SubscriptionRequirement,
+    AccessLogConfig, ApiConfig, BackendProtocolConfig, ClaimHeader, Config, CounterConfig,
+    ListenerTransport, ProductConfig, QuotaConfig, RateLimitAlgorithm, RateLimitConfig, RoleRule,
+    SubscriptionConfig, SubscriptionRequirement,
 };
 use crate::gateway::{
     AccessLog, ApiSettings, BackendProtocol, BackendTimeouts, CertFiles, GatewaySettings, Limits,
@@ -27,6 +27,7 @@ use crate::gateway::{
 mod tests;
 use crate::policy::cors::{self, CorsPolicy};
 use crate::policy::headers::HeaderRules;
+use crate::policy::jwt::{JwtProvider, JwtProviderSettings, VerifiedToken};
 use crate::policy::keys::{
     self, KeyHash, KeyRejection, KeyStore, KeyStoreError, StaticSubscription,
 };
@@ -63,6 +64,10 @@ pub enum PipelineError {
     Headers { api: String },
     #[error("API {api:?}: invalid validation settings")]
     Validation { api: String },
+    #[error("jwt_provider {name:?}: {detail}")]
+    JwtProvider { name: String, detail: String },
+    #[error("API {api:?}: unknown jwt_provider {provider:?}")]
+    UnknownJwtProvider { api: String, provider: String },
 }
 
 /// The policies of every configured API, keyed by API name.
@@ -72,6 +77,8 @@ pub struct ApiPolicies {
     quotas: QuotaCounters,
     /// Every limiter once (product limiters are shared by their APIs), for sweeping.
     limiters: Vec<Arc<Limiter>>,
+    /// Every JWT provider, for the key refresh tasks.
+    providers: Vec<Arc<JwtProvider>>,
 }
 
 impl std::fmt::Debug for ApiPolicies {
@@ -94,8 +101,21 @@ struct ApiPipeline {
     /// The API's own quota first, then each product's.
     quotas: Vec<Arc<QuotaRule>>,
     validator: Option<RequestValidator>,
+    jwt: Option<ApiJwt>,
     headers: HeaderRules,
 }
+
+/// An API's JWT requirement: the provider, role rules, claims sent as headers.
+struct ApiJwt {
+    provider: Arc<JwtProvider>,
+    roles_claim: String,
+    roles: Vec<RoleRule>,
+    claims_to_headers: Vec<(ClaimHeader, HeaderName)>,
+}
+
+/// The verified token of the request, for claim counters and later policies.
+#[derive(Clone)]
+pub struct Identity(pub VerifiedToken);
 
 /// One configured rate limit.
 struct Limiter {
@@ -141,7 +161,13 @@ impl ApiPolicies {
         let state_dir = &config.daemon.state_dir;
         let keys = KeyStore::open(state_dir).map_err(PipelineError::KeyStore)?;
         let quotas = open_quotas(state_dir)?;
-        let mut policies = Self::new(&config.apis, &config.products, keys, quotas)?;
+        let mut policies = Self::new(
+            &config.apis,
+            &config.products,
+            &config.jwt_providers,
+            keys,
+            quotas,
+        )?;
         policies.set_static_subscriptions(&config.subscriptions)?;
         Ok(policies)
     }
@@ -149,9 +175,24 @@ impl ApiPolicies {
     pub fn new(
         apis: &[ApiConfig],
         products: &[ProductConfig],
+        jwt_providers: &[JwtProviderSettings],
         keys: KeyStore,
         quotas: QuotaCounters,
     ) -> Result<Self, PipelineError> {
+        let mut providers = HashMap::new();
+        for settings in jwt_providers {
+            let provider = settings
+                .validate()
+                .map_err(|errors| PipelineError::JwtProvider {
+                    name: settings.name.clone(),
+                    detail: errors
+                        .iter()
+                        .map(|e| crate::service::chain(e))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                })?;
+            providers.insert(settings.name.clone(), Arc::new(provider));
+        }
         let mut all_limiters = Vec::new();
         let mut product_limiters = HashMap::new();
         let mut product_quotas = HashMap::new();
@@ -209,6 +250,28 @@ impl ApiPolicies {
                 .map_err(|_| PipelineError::Validation {
                     api: api.name.clone(),
                 })?;
+            let jwt = match &api.jwt {
+                None => None,
+                Some(config) => Some(ApiJwt {
+                    provider: providers.get(&config.provider).cloned().ok_or_else(|| {
+                        PipelineError::UnknownJwtProvider {
+                            api: api.name.clone(),
+                            provider: config.provider.clone(),
+                        }
+                    })?,
+                    roles_claim: config.roles_claim.clone(),
+                    roles: config.roles.clone(),
+                    claims_to_headers: config
+                        .claims_to_headers
+                        .iter()
+                        .filter_map(|c| {
+                            HeaderName::from_bytes(c.header.as_bytes())
+                                .ok()
+                                .map(|name| (c.clone(), name))
+                        })
+                        .collect(),
+                }),
+            };
             pipelines.insert(
                 api.name.clone(),
                 ApiPipeline {
@@ -221,6 +284,7 @@ impl ApiPolicies {
                     limiters,
                     quotas,
                     validator,
+                    jwt,
                     headers,
                 },
             );
@@ -230,6 +294,7 @@ impl ApiPolicies {
             keys,
             quotas,
             limiters: all_limiters,
+            providers: providers.into_values().collect(),
         })
     }
 
@@ -262,6 +327,11 @@ impl ApiPolicies {
         }
         self.quotas.sweep();
         self.quotas.flush()
+    }
+
+    /// The JWT providers, for the tasks that fetch their keys.
+    pub fn jwt_providers(&self) -> &[Arc<JwtProvider>] {
+        &self.providers
     }
 
     /// Writes the quota counters now (at shutdown).
@@ -325,6 +395,7 @@ fn counter_key(
     subscription: Option<&str>,
     client: IpAddr,
     headers: &HeaderMap,
+    identity: Option<&VerifiedToken>,
 ) -> String {
     match counter {
         CounterConfig::Subscription => match subscription {
@@ -336,6 +407,17 @@ fn counter_key(
             Some(value) => {
                 let hash = KeyHash::of(value.as_bytes()).to_hex();
                 format!("h:{}", &hash[..32])
+            }
+            None => format!("ip:{client}"),
+        },
+        CounterConfig::Claim(name) => match identity.and_then(|t| t.claim(name)) {
+            Some(serde_json::Value::String(value)) => {
+                let hash = KeyHash::of(value.as_bytes()).to_hex();
+                format!("c:{}", &hash[..32])
+            }
+            Some(other) => {
+                let hash = KeyHash::of(other.to_string().as_bytes()).to_hex();
+                format!("c:{}", &hash[..32])
             }
             None => format!("ip:{client}"),
         },
@@ -358,12 +440,17 @@ impl RequestPolicy for ApiPolicies {
         }
 
         let subscription = self.subscription(api, request)?;
+        let identity = match &api.jwt {
+            Some(jwt) => Some(check_jwt(jwt, request)?),
+            None => None,
+        };
         let key = |counter: &CounterConfig| {
             counter_key(
                 counter,
                 subscription.as_deref(),
                 request.client_ip,
                 &request.parts.headers,
+                identity.as_ref(),
             )
         };
 
@@ -411,6 +498,9 @@ impl RequestPolicy for ApiPolicies {
         }
         if let Some(name) = subscription {
             request.state.insert(SubscriptionName(name));
+        }
+        if let Some(identity) = identity {
+            request.state.insert(Identity(identity));
         }
         api.headers.apply_request(&mut request.parts.headers);
         Ok(())
@@ -514,6 +604,90 @@ impl ApiPolicies {
         }
         Ok(name)
     }
+}
+
+/// Verifies the API's token, applies its role rules and sets the claim headers
+/// (after removing the client's own copies, so they cannot be forged).
+#[expect(
+    clippy::result_large_err,
+    reason = "a Rejection (with its HeaderMap) is built only when a request is refused; boxing it would cost an allocation there and buy nothing on the pass path"
+)]
+fn check_jwt(jwt: &ApiJwt, request: &mut RequestContext<'_>) -> Result<VerifiedToken, Stop> {
+    for (_, name) in &jwt.claims_to_headers {
+        request.parts.headers.remove(name);
+    }
+    let now = unix_now();
+    let token = jwt
+        .provider
+        .verify(&request.parts.headers, request.parts.uri.query(), now)
+        .map_err(|rejected| {
+            tracing::info!(
+                api = request.api,
+                peer = %request.peer,
+                provider = jwt.provider.name(),
+                reason = rejected.reason(),
+                detail = %rejected,
+                "JWT refused"
+            );
+            Stop::Reject(jwt.provider.rejection(&rejected))
+        })?;
+    if !jwt.roles.is_empty() {
+        let method = request.parts.method.as_str();
+        let rule = jwt
+            .roles
+            .iter()
+            .find(|rule| rule.methods.is_empty() || rule.methods.iter().any(|m| m == method));
+        let granted = rule.is_some_and(|rule| {
+            let held = roles_of(token.claim(&jwt.roles_claim));
+            if rule.all {
+                rule.values.iter().all(|v| held.contains(&v.as_str()))
+            } else {
+                rule.values.iter().any(|v| held.contains(&v.as_str()))
+            }
+        });
+        if !granted {
+            tracing::info!(
+                api = request.api,
+                peer = %request.peer,
+                method,
+                claim = jwt.roles_claim.as_str(),
+                "role not granted"
+            );
+            return Err(Stop::Reject(crate::policy::Rejection {
+                status: http::StatusCode::FORBIDDEN,
+                message: "Access denied: the token does not grant a role this operation requires."
+                    .to_owned(),
+                headers: HeaderMap::new(),
+                reason: "RoleNotGranted",
+            }));
+        }
+    }
+    for (config, name) in &jwt.claims_to_headers {
+        let value = match token.claim(&config.claim) {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Null) | None => config.default.clone(),
+            Some(other) => Some(other.to_string()),
+        };
+        if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            request.parts.headers.insert(name.clone(), value);
+        }
+    }
+    Ok(token)
+}
+
+/// A roles claim: an array of strings, or one space-separated string.
+fn roles_of(claim: Option<&serde_json::Value>) -> Vec<&str> {
+    match claim {
+        Some(serde_json::Value::Array(items)) => items.iter().filter_map(|v| v.as_str()).collect(),
+        Some(serde_json::Value::String(s)) => s.split_whitespace().collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The gateway decides CORS: whatever `Access-Control-*` the backend sent goes.

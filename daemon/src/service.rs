@@ -355,6 +355,46 @@ struct RunningGateway {
     serving: tokio::task::JoinHandle<()>,
 }
 
+/// Fetches a JWT provider's keys when its schedule says so (at start, hourly, on an
+/// unknown `kid` at most every 5 minutes, retries after failures), until shutdown.
+async fn refresh_jwt_keys(
+    provider: Arc<crate::policy::jwt::JwtProvider>,
+    shutdown: CancellationToken,
+) {
+    let limits = crate::policy::jwt::FetchLimits::default();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    loop {
+        let planner = provider.planner();
+        if planner.needs_refresh(now())
+            && let Some(ticket) = planner.try_begin(now())
+        {
+            let fetched = tokio::select! {
+                () = shutdown.cancelled() => return,
+                fetched = provider.refresh(&limits) => fetched,
+            };
+            match &fetched {
+                Ok(keys) => tracing::info!(provider = provider.name(), keys, "JWT keys fetched"),
+                Err(e) => tracing::warn!(
+                    provider = provider.name(),
+                    error = %chain(e),
+                    has_keys = provider.has_keys(),
+                    "JWT key fetch failed; the last good keys stay"
+                ),
+            }
+            planner.finish(ticket, now(), fetched.is_ok());
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = provider.refresh_requested() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 /// Sweeps idle counters and writes changed quota counters (every second).
 fn maintain(policies: &ApiPolicies) {
     if let Err(e) = policies.maintain() {
@@ -372,6 +412,11 @@ async fn start_gateway(
         return Ok(None);
     }
     let policies = Arc::new(ApiPolicies::from_config(config)?);
+    for provider in policies.jwt_providers() {
+        if provider.client().is_some() {
+            tokio::spawn(refresh_jwt_keys(Arc::clone(provider), shutdown.clone()));
+        }
+    }
     let (listeners, settings) = pipeline::gateway_settings(config);
     let gateway = Gateway::bind(&listeners, settings)
         .await?

@@ -63,8 +63,42 @@ pub struct ApiConfig {
     pub headers: HeaderRulesSettings,
     /// `[api.validation]`: checked before forwarding; `None` checks nothing.
     pub validation: Option<ValidationSettings>,
+    /// `jwt = { provider, ... }`: a token from a `[[jwt_provider]]` is required.
+    pub jwt: Option<ApiJwtConfig>,
     pub backend_protocol: BackendProtocolConfig,
     pub timeouts: BackendTimeoutsConfig,
+}
+
+/// `[[api]] jwt = { provider, roles_claim, roles, claims_to_headers }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiJwtConfig {
+    /// Name of a `[[jwt_provider]]`.
+    pub provider: String,
+    /// The claim holding the caller's roles (an array, or a space-separated string).
+    pub roles_claim: String,
+    /// Evaluated in order; the first whose methods include the request's applies.
+    /// Empty: any valid token passes. Not empty and no rule for the method: 403.
+    pub roles: Vec<RoleRule>,
+    pub claims_to_headers: Vec<ClaimHeader>,
+}
+
+/// `{ methods = [...], values = [...], match = "any" | "all" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleRule {
+    /// Upper-case method names; empty: every method.
+    pub methods: Vec<String>,
+    pub values: Vec<String>,
+    /// `true`: every value is required; `false` (default): any one.
+    pub all: bool,
+}
+
+/// `{ claim, header, default }`: a claim sent to the backend as a header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimHeader {
+    pub claim: String,
+    /// Lower-case header name.
+    pub header: String,
+    pub default: Option<String>,
 }
 
 /// `[[api]] backend_protocol`.
@@ -182,6 +216,9 @@ pub enum CounterConfig {
     /// `"header:NAME"`: per value of a request header; requests without it count per
     /// client address.
     Header(String),
+    /// `"claim:NAME"`: per value of a claim of the API's verified JWT; requests
+    /// without it count per client address.
+    Claim(String),
 }
 
 /// `quota = { calls, kilobytes, period_secs, counter }`: a fixed window (APIM quota).

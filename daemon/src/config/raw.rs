@@ -10,6 +10,7 @@ use toml::Spanned;
 
 use crate::policy::cors::CorsSettings;
 use crate::policy::headers::HeaderRulesSettings;
+use crate::policy::jwt::JwtProviderSettings;
 use crate::policy::validate::ValidationSettings;
 
 pub(super) type Text = Spanned<String>;
@@ -25,6 +26,7 @@ pub(super) struct RawConfig {
     pub product: Option<Vec<Spanned<RawProduct>>>,
     pub subscription: Option<Vec<Spanned<RawSubscription>>>,
     pub gateway: Option<Spanned<RawGateway>>,
+    pub jwt_provider: Option<Vec<Spanned<JwtProviderSettings>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,8 +113,35 @@ pub(super) struct RawApi {
     pub cors: Option<Spanned<CorsSettings>>,
     pub headers: Option<Spanned<HeaderRulesSettings>>,
     pub validation: Option<Spanned<ValidationSettings>>,
+    pub jwt: Option<Spanned<RawApiJwt>>,
     pub backend_protocol: Option<Text>,
     pub timeouts: Option<Spanned<RawBackendTimeouts>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawApiJwt {
+    pub provider: Option<Text>,
+    pub roles_claim: Option<Text>,
+    pub roles: Option<Vec<Spanned<RawRoleRule>>>,
+    pub claims_to_headers: Option<Vec<Spanned<RawClaimHeader>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawRoleRule {
+    pub methods: Option<TextList>,
+    pub values: Option<TextList>,
+    #[serde(rename = "match")]
+    pub match_: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawClaimHeader {
+    pub claim: Option<Text>,
+    pub header: Option<Text>,
+    pub default: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

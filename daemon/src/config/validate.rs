@@ -41,7 +41,8 @@ pub(super) fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, Ve
     }
     let listeners = checker.listeners(raw.listener.unwrap_or_default());
     let products = checker.products(raw.product.unwrap_or_default());
-    let apis = checker.apis(raw.api.unwrap_or_default(), &products);
+    let jwt_providers = checker.jwt_providers(raw.jwt_provider.unwrap_or_default());
+    let apis = checker.apis(raw.api.unwrap_or_default(), &products, &jwt_providers);
     let subscriptions =
         checker.subscriptions(raw.subscription.unwrap_or_default(), &apis, &products);
     let gateway = checker.gateway(raw.gateway);
@@ -55,6 +56,7 @@ pub(super) fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, Ve
             products,
             subscriptions,
             gateway,
+            jwt_providers,
         })
     } else {
         errors.sort_by_key(|d| (d.line, d.column));

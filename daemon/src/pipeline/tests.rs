@@ -17,7 +17,7 @@ fn policies(extra: &str) -> (ApiPolicies, String) {
     let mut keys = KeyStore::in_memory();
     let (_, issued) = keys.create("sub", keys::Scope::AllApis).unwrap();
     let quotas = QuotaCounters::in_memory(1000, SystemClock);
-    let policies = ApiPolicies::new(&config.apis, &config.products, keys, quotas).unwrap();
+    let policies = ApiPolicies::new(&config.apis, &config.products, &[], keys, quotas).unwrap();
     (policies, issued.primary.expose().to_owned())
 }
 
@@ -438,6 +438,7 @@ fn static_subscriptions_from_the_config_open_their_scope_only() {
     let mut p = ApiPolicies::new(
         &config.apis,
         &config.products,
+        &[],
         KeyStore::in_memory(),
         QuotaCounters::in_memory(10, SystemClock),
     )

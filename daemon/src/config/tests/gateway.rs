@@ -297,7 +297,7 @@ fn new_keys_are_checked_with_located_errors() {
             with_filter(&format!(
                 "[[api]]\n{api}rate_limit = {{ calls = 1, period_secs = 1, counter = \"cookie\" }}\n"
             )),
-            "t.toml:7:54: invalid `api.rate_limit.counter` \"cookie\": expected \"subscription\", \"ip\" or \"header:NAME\"",
+            "t.toml:7:54: invalid `api.rate_limit.counter` \"cookie\": expected \"subscription\", \"ip\", \"header:NAME\" or \"claim:NAME\"",
         ),
         (
             with_filter(&format!(

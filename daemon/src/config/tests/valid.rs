@@ -35,6 +35,7 @@ fn minimal_file_gets_every_default() {
         products: vec![],
         subscriptions: vec![],
         gateway: GatewayConfig::default(),
+        jwt_providers: vec![],
     };
     assert_eq!(config, expected);
     assert_eq!(config.daemon, DaemonConfig::default());

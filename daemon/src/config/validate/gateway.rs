@@ -11,17 +11,18 @@ use url::Url;
 
 use super::Checker;
 use crate::config::gateway::{
-    AccessLogConfig, BackendProtocolConfig, BackendTimeoutsConfig, CounterConfig, GatewayConfig,
-    QuotaConfig, RateLimitAlgorithm, SubscriptionConfig,
+    AccessLogConfig, ApiJwtConfig, BackendProtocolConfig, BackendTimeoutsConfig, ClaimHeader,
+    CounterConfig, GatewayConfig, QuotaConfig, RateLimitAlgorithm, RoleRule, SubscriptionConfig,
 };
 use crate::config::raw::{
-    RawApi, RawBackendTimeouts, RawGateway, RawListener, RawProduct, RawQuota, RawRateLimit,
-    RawSni, RawSubscription, RawTls, Text,
+    RawApi, RawApiJwt, RawBackendTimeouts, RawClaimHeader, RawGateway, RawListener, RawProduct,
+    RawQuota, RawRateLimit, RawRoleRule, RawSni, RawSubscription, RawTls, Text,
 };
 use crate::config::{
     ApiConfig, ListenerConfig, ListenerTransport, MAX_RATE_LIMIT_CALLS, MAX_RATE_LIMIT_PERIOD_SECS,
     ProductConfig, RateLimitConfig, SniCertConfig, SubscriptionRequirement,
 };
+use crate::policy::jwt::JwtProviderSettings;
 use crate::policy::keys::{DEFAULT_HEADER, DEFAULT_QUERY_PARAM, KeyHash, Scope, SubscriptionState};
 
 /// Largest configurable quota `calls` or `kilobytes`.
@@ -141,10 +142,174 @@ impl Checker<'_> {
         products
     }
 
+    pub(super) fn jwt_providers(
+        &mut self,
+        raw: Vec<Spanned<JwtProviderSettings>>,
+    ) -> Vec<JwtProviderSettings> {
+        let mut seen = HashSet::new();
+        let mut providers = Vec::with_capacity(raw.len());
+        for raw in raw {
+            let at = raw.span().start;
+            let settings = raw.into_inner();
+            if !seen.insert(settings.name.clone()) {
+                self.error(
+                    at,
+                    format!("jwt_provider name {:?} appears twice", settings.name),
+                );
+                continue;
+            }
+            match settings.validate() {
+                Ok(_) => providers.push(settings),
+                Err(errors) => {
+                    for e in errors {
+                        self.error(
+                            at,
+                            format!(
+                                "invalid [[jwt_provider]] {:?}: {}",
+                                settings.name,
+                                chain(&e)
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        providers
+    }
+
+    fn api_jwt(
+        &mut self,
+        raw: Spanned<RawApiJwt>,
+        providers: &[JwtProviderSettings],
+    ) -> Option<ApiJwtConfig> {
+        let section = raw.span().start;
+        let raw = raw.into_inner();
+        let provider = self.required(section, "api.jwt", "provider", raw.provider)?;
+        if !providers.iter().any(|p| &p.name == provider.get_ref()) {
+            self.error(
+                provider.span().start,
+                format!(
+                    "unknown jwt_provider {:?}: declare it with [[jwt_provider]] name = {:?}",
+                    provider.get_ref(),
+                    provider.get_ref()
+                ),
+            );
+            return None;
+        }
+        let roles_claim = raw
+            .roles_claim
+            .map_or_else(|| "roles".to_owned(), Spanned::into_inner);
+        let mut roles = Vec::new();
+        for rule in raw.roles.unwrap_or_default() {
+            if let Some(rule) = self.role_rule(rule) {
+                roles.push(rule);
+            }
+        }
+        let mut claims_to_headers = Vec::new();
+        for entry in raw.claims_to_headers.unwrap_or_default() {
+            if let Some(entry) = self.claim_header(entry) {
+                claims_to_headers.push(entry);
+            }
+        }
+        Some(ApiJwtConfig {
+            provider: provider.into_inner(),
+            roles_claim,
+            roles,
+            claims_to_headers,
+        })
+    }
+
+    fn role_rule(&mut self, raw: Spanned<RawRoleRule>) -> Option<RoleRule> {
+        let section = raw.span().start;
+        let raw = raw.into_inner();
+        let values = self.required_list(section, "api.jwt.roles", "values", raw.values)?;
+        let mut methods = Vec::new();
+        for method in raw.methods.map(Spanned::into_inner).unwrap_or_default() {
+            match http::Method::from_bytes(method.get_ref().to_ascii_uppercase().as_bytes()) {
+                Ok(m) => methods.push(m.as_str().to_owned()),
+                Err(_) => self.error(
+                    method.span().start,
+                    format!("invalid method {:?} in `api.jwt.roles`", method.get_ref()),
+                ),
+            }
+        }
+        let all = self.choice(
+            "api.jwt.roles.match",
+            raw.match_,
+            &[("any", false), ("all", true)],
+            false,
+        );
+        Some(RoleRule {
+            methods,
+            values,
+            all,
+        })
+    }
+
+    fn claim_header(&mut self, raw: Spanned<RawClaimHeader>) -> Option<ClaimHeader> {
+        let section = raw.span().start;
+        let raw = raw.into_inner();
+        let claim = self.required(section, "api.jwt.claims_to_headers", "claim", raw.claim);
+        let header = self.required(section, "api.jwt.claims_to_headers", "header", raw.header)?;
+        if http::HeaderName::from_bytes(header.get_ref().as_bytes()).is_err() {
+            self.error(
+                header.span().start,
+                format!(
+                    "invalid `api.jwt.claims_to_headers.header` {:?}: not a header name",
+                    header.get_ref()
+                ),
+            );
+            return None;
+        }
+        let default = match raw.default {
+            Some(value) if http::HeaderValue::from_str(value.get_ref()).is_err() => {
+                self.error(
+                    value.span().start,
+                    "`api.jwt.claims_to_headers.default` is not a valid header value",
+                );
+                None
+            }
+            other => other.map(Spanned::into_inner),
+        };
+        Some(ClaimHeader {
+            claim: claim?.into_inner(),
+            header: header.into_inner().to_ascii_lowercase(),
+            default,
+        })
+    }
+
+    /// A required, non-empty list of strings.
+    fn required_list(
+        &mut self,
+        section: usize,
+        table: &str,
+        key: &str,
+        value: Option<crate::config::raw::TextList>,
+    ) -> Option<Vec<String>> {
+        let Some(list) = value else {
+            self.error(section, format!("`{table}` needs `{key}`"));
+            return None;
+        };
+        if list.get_ref().is_empty() {
+            self.error(
+                list.span().start,
+                format!("`{table}.{key}` must not be empty"),
+            );
+            return None;
+        }
+        Some(
+            list.into_inner()
+                .into_iter()
+                .map(Spanned::into_inner)
+                .collect(),
+        )
+    }
+
     pub(super) fn apis(
         &mut self,
         raw: Vec<Spanned<RawApi>>,
         products: &[ProductConfig],
+        providers: &[JwtProviderSettings],
     ) -> Vec<ApiConfig> {
         let mut seen = HashSet::new();
         let mut apis = Vec::with_capacity(raw.len());
@@ -223,6 +388,7 @@ impl Checker<'_> {
                     }
                 }
             });
+            let jwt = raw.jwt.and_then(|jwt| self.api_jwt(jwt, providers));
             let backend_protocol = self.choice(
                 "api.backend_protocol",
                 raw.backend_protocol,
@@ -272,6 +438,7 @@ impl Checker<'_> {
                 cors,
                 headers,
                 validation,
+                jwt,
                 backend_protocol,
                 timeouts,
             });
@@ -357,6 +524,9 @@ impl Checker<'_> {
         match value.get_ref().as_str() {
             "subscription" => CounterConfig::Subscription,
             "ip" => CounterConfig::ClientIp,
+            text if text.starts_with("claim:") && text.len() > "claim:".len() => {
+                CounterConfig::Claim(text["claim:".len()..].to_owned())
+            }
             text => match text.strip_prefix("header:") {
                 Some(name) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => {
                     CounterConfig::Header(name.to_ascii_lowercase())
@@ -365,7 +535,7 @@ impl Checker<'_> {
                     self.error(
                         value.span().start,
                         format!(
-                            "invalid `{key}` {text:?}: expected \"subscription\", \"ip\" or \"header:NAME\""
+                            "invalid `{key}` {text:?}: expected \"subscription\", \"ip\", \"header:NAME\" or \"claim:NAME\""
                         ),
                     );
                     CounterConfig::default()

@@ -27,7 +27,7 @@ use crate::paths::Paths;
 
 pub use gateway::{
     AccessLogConfig, ApiConfig, ApiJwtConfig, BackendProtocolConfig, BackendTimeoutsConfig,
-    ClaimHeader, CounterConfig, GatewayConfig, ListenerConfig, ListenerTransport,
+    ClaimHeader, ClientAuthConfig, CounterConfig, GatewayConfig, ListenerConfig, ListenerTransport,
     MAX_RATE_LIMIT_CALLS, MAX_RATE_LIMIT_PERIOD_SECS, ProductConfig, QuotaConfig,
     RateLimitAlgorithm, RateLimitConfig, RoleRule, SniCertConfig, SubscriptionConfig,
     SubscriptionRequirement,

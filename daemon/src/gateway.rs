@@ -31,10 +31,10 @@ pub use forwarded::{ClientHop, client_ip, remove_hop_by_hop, set_forwarding_head
 pub use policy::{RequestContext, RequestPolicy, ResponseContext, Stop, Subscriber, Transferred};
 pub use routing::RouteTable;
 pub use settings::{
-    AccessLog, ApiSettings, BackendProtocol, BackendTimeouts, CertFiles, GatewaySettings, Limits,
-    ListenerSettings, SniCert, TlsSettings, Transport,
+    AccessLog, ApiSettings, BackendProtocol, BackendTimeouts, CertFiles, ClientAuth, ClientCa,
+    GatewaySettings, Limits, ListenerSettings, SniCert, TlsSettings, Transport,
 };
-pub use tls::CertResolver;
+pub use tls::{CertResolver, ClientVerification, client_verification};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every response body: a backend's streamed body or a gateway-made one.
@@ -117,13 +117,17 @@ impl Gateway {
         let mut bound = Vec::with_capacity(listeners.len());
         let mut reloadable = Vec::new();
         for listener in listeners {
+            let mut client_cas = Vec::new();
             let tls = match &listener.transport {
                 Transport::Tls(tls) => {
                     let resolver = Arc::new(CertResolver::load(tls)?);
                     reloadable.push((tls.clone(), Arc::clone(&resolver)));
-                    Some(tokio_rustls::TlsAcceptor::from(Arc::new(
-                        tls::server_config(resolver)?,
-                    )))
+                    let clients = tls::client_verification(&tls.client_auth)?;
+                    let config = tls::server_config(resolver, clients.as_ref())?;
+                    if let Some(clients) = clients {
+                        client_cas = clients.cas;
+                    }
+                    Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
                 }
                 Transport::PlainHttp => None,
             };
@@ -134,7 +138,12 @@ impl Gateway {
                         addr: listener.addr,
                         source,
                     })?;
-            bound.push(server::BoundListener::new(listener.addr, socket, tls)?);
+            bound.push(server::BoundListener::new(
+                listener.addr,
+                socket,
+                tls,
+                client_cas,
+            )?);
         }
         Ok(Self {
             listeners: bound,

@@ -13,18 +13,19 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, header, response};
 
 use crate::config::{
-    AccessLogConfig, ApiConfig, BackendProtocolConfig, ClaimHeader, Config, CounterConfig,
-    ListenerTransport, ProductConfig, QuotaConfig, RateLimitAlgorithm, RateLimitConfig, RoleRule,
-    SubscriptionConfig, SubscriptionRequirement,
+    AccessLogConfig, ApiConfig, BackendProtocolConfig, ClaimHeader, ClientAuthConfig, Config,
+    CounterConfig, ListenerTransport, ProductConfig, QuotaConfig, RateLimitAlgorithm,
+    RateLimitConfig, RoleRule, SubscriptionConfig, SubscriptionRequirement,
 };
 use crate::gateway::{
-    AccessLog, ApiSettings, BackendProtocol, BackendTimeouts, CertFiles, GatewaySettings, Limits,
-    ListenerSettings, RequestContext, RequestPolicy, ResponseContext, SniCert, Stop, TlsSettings,
-    Transferred, Transport,
+    AccessLog, ApiSettings, BackendProtocol, BackendTimeouts, CertFiles, ClientAuth, ClientCa,
+    GatewaySettings, Limits, ListenerSettings, RequestContext, RequestPolicy, ResponseContext,
+    SniCert, Stop, TlsSettings, Transferred, Transport,
 };
 
 #[cfg(test)]
 mod tests;
+use crate::policy::client_cert::ClientCertPolicy;
 use crate::policy::cors::{self, CorsPolicy};
 use crate::policy::headers::HeaderRules;
 use crate::policy::jwt::{JwtProvider, JwtProviderSettings, VerifiedToken};
@@ -66,6 +67,8 @@ pub enum PipelineError {
     Validation { api: String },
     #[error("jwt_provider {name:?}: {detail}")]
     JwtProvider { name: String, detail: String },
+    #[error("API {api:?}: invalid client_certificate settings")]
+    ClientCert { api: String },
     #[error("API {api:?}: unknown jwt_provider {provider:?}")]
     UnknownJwtProvider { api: String, provider: String },
 }
@@ -102,6 +105,9 @@ struct ApiPipeline {
     quotas: Vec<Arc<QuotaRule>>,
     validator: Option<RequestValidator>,
     jwt: Option<ApiJwt>,
+    client_cert: Option<ClientCertPolicy>,
+    /// Certificate field name and the header it goes to.
+    certificate_headers: Vec<(String, HeaderName)>,
     headers: HeaderRules,
 }
 
@@ -272,6 +278,23 @@ impl ApiPolicies {
                         .collect(),
                 }),
             };
+            let client_cert = api
+                .client_certificate
+                .as_ref()
+                .map(|c| c.validate())
+                .transpose()
+                .map_err(|_| PipelineError::ClientCert {
+                    api: api.name.clone(),
+                })?;
+            let certificate_headers = api
+                .certificate_headers
+                .iter()
+                .filter_map(|(field, header)| {
+                    HeaderName::from_bytes(header.as_bytes())
+                        .ok()
+                        .map(|name| (field.clone(), name))
+                })
+                .collect();
             pipelines.insert(
                 api.name.clone(),
                 ApiPipeline {
@@ -285,6 +308,8 @@ impl ApiPolicies {
                     quotas,
                     validator,
                     jwt,
+                    client_cert,
+                    certificate_headers,
                     headers,
                 },
             );
@@ -439,6 +464,7 @@ impl RequestPolicy for ApiPolicies {
             request.state.insert(RequestOrigin(origin));
         }
 
+        check_client_certificate(api, request)?;
         let subscription = self.subscription(api, request)?;
         let identity = match &api.jwt {
             Some(jwt) => Some(check_jwt(jwt, request)?),
@@ -606,6 +632,46 @@ impl ApiPolicies {
     }
 }
 
+/// The API's client-certificate identities (403 without a matching certificate),
+/// then the certificate fields sent as headers (the client's copies removed first).
+#[expect(
+    clippy::result_large_err,
+    reason = "a Rejection (with its HeaderMap) is built only when a request is refused; boxing it would cost an allocation there and buy nothing on the pass path"
+)]
+fn check_client_certificate(
+    api: &ApiPipeline,
+    request: &mut RequestContext<'_>,
+) -> Result<(), Stop> {
+    for (_, name) in &api.certificate_headers {
+        request.parts.headers.remove(name);
+    }
+    if let Some(policy) = &api.client_cert {
+        policy
+            .check(request.client_cert, unix_now())
+            .map_err(|rejected| {
+                tracing::info!(
+                    api = request.api,
+                    peer = %request.peer,
+                    reason = rejected.reason(),
+                    detail = %rejected,
+                    "client certificate refused"
+                );
+                Stop::Reject(rejected.rejection())
+            })?;
+    }
+    if let Some(cert) = request.client_cert {
+        for (field, name) in &api.certificate_headers {
+            if let Some(value) = cert
+                .field(field)
+                .and_then(|v| HeaderValue::from_str(&v).ok())
+            {
+                request.parts.headers.insert(name.clone(), value);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Verifies the API's token, applies its role rules and sets the claim headers
 /// (after removing the client's own copies, so they cannot be forged).
 #[expect(
@@ -731,7 +797,23 @@ pub fn gateway_settings(config: &Config) -> (Vec<ListenerSettings>, GatewaySetti
         .map(|listener| ListenerSettings {
             addr: listener.address,
             transport: match &listener.transport {
-                ListenerTransport::Tls { cert, key, sni } => Transport::Tls(TlsSettings {
+                ListenerTransport::Tls {
+                    cert,
+                    key,
+                    sni,
+                    client_auth,
+                } => Transport::Tls(TlsSettings {
+                    client_auth: match client_auth {
+                        ClientAuthConfig::None => ClientAuth::None,
+                        ClientAuthConfig::Optional { ca, crls } => ClientAuth::Optional(ClientCa {
+                            ca_pem: ca.clone(),
+                            crls: crls.clone(),
+                        }),
+                        ClientAuthConfig::Required { ca, crls } => ClientAuth::Required(ClientCa {
+                            ca_pem: ca.clone(),
+                            crls: crls.clone(),
+                        }),
+                    },
                     default_cert: files(cert, key),
                     sni_certs: sni
                         .iter()

@@ -2,6 +2,7 @@
 
 use http::{HeaderMap, StatusCode};
 
+pub mod client_cert;
 pub mod cors;
 pub mod headers;
 pub mod jwt;

@@ -109,6 +109,7 @@ pub fn prepare(path: &Path) -> Result<Desired, ServiceError> {
     for listener in crate::pipeline::gateway_settings(&config).0 {
         if let crate::gateway::Transport::Tls(tls) = &listener.transport {
             crate::gateway::CertResolver::load(tls)?;
+            crate::gateway::client_verification(&tls.client_auth)?;
         }
     }
     Ok(Desired { config, filter })

@@ -32,8 +32,25 @@ pub enum ListenerTransport {
         key: PathBuf,
         /// Further certificates chosen by SNI host name.
         sni: Vec<SniCertConfig>,
+        /// Client certificates (mTLS).
+        client_auth: ClientAuthConfig,
     },
     PlainHttp,
+}
+
+/// `tls.client_auth` with `tls.client_ca` and `tls.crl`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ClientAuthConfig {
+    #[default]
+    None,
+    Optional {
+        ca: PathBuf,
+        crls: Vec<PathBuf>,
+    },
+    Required {
+        ca: PathBuf,
+        crls: Vec<PathBuf>,
+    },
 }
 
 /// `tls.sni = [{ hostname, cert, key }]`.
@@ -65,6 +82,12 @@ pub struct ApiConfig {
     pub validation: Option<ValidationSettings>,
     /// `jwt = { provider, ... }`: a token from a `[[jwt_provider]]` is required.
     pub jwt: Option<ApiJwtConfig>,
+    /// `client_certificate = { identities, check_validity }`: a verified client
+    /// certificate matching an identity is required (403 otherwise).
+    pub client_certificate: Option<crate::policy::client_cert::ClientCertSettings>,
+    /// `certificate_headers = [{ field, header }]`: client certificate fields sent to
+    /// the backend (client copies removed).
+    pub certificate_headers: Vec<(String, String)>,
     pub backend_protocol: BackendProtocolConfig,
     pub timeouts: BackendTimeoutsConfig,
 }

@@ -8,6 +8,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::policy::client_cert::ClientCertSettings;
 use crate::policy::cors::CorsSettings;
 use crate::policy::headers::HeaderRulesSettings;
 use crate::policy::jwt::JwtProviderSettings;
@@ -86,6 +87,9 @@ pub(super) struct RawTls {
     pub cert: Option<Text>,
     pub key: Option<Text>,
     pub sni: Option<Vec<Spanned<RawSni>>>,
+    pub client_auth: Option<Text>,
+    pub client_ca: Option<Text>,
+    pub crl: Option<TextList>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,8 +118,17 @@ pub(super) struct RawApi {
     pub headers: Option<Spanned<HeaderRulesSettings>>,
     pub validation: Option<Spanned<ValidationSettings>>,
     pub jwt: Option<Spanned<RawApiJwt>>,
+    pub client_certificate: Option<Spanned<ClientCertSettings>>,
+    pub certificate_headers: Option<Vec<Spanned<RawCertHeader>>>,
     pub backend_protocol: Option<Text>,
     pub timeouts: Option<Spanned<RawBackendTimeouts>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawCertHeader {
+    pub field: Option<Text>,
+    pub header: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,6 +4,7 @@
 
 mod errors;
 mod gateway;
+mod jwt;
 mod valid;
 
 use std::path::{Path, PathBuf};

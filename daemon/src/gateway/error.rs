@@ -44,6 +44,12 @@ pub enum GatewayError {
         #[source]
         source: rustls::Error,
     },
+    #[error("{path}: no usable certificate revocation list")]
+    BadCrl {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("{path}: not a usable CA certificate")]
     BadCaCertificate {
         path: PathBuf,

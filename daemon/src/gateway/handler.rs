@@ -24,6 +24,7 @@ use super::proxy::{Backend, ClientBody, UpstreamBody, declared_length};
 use super::routing::RouteTable;
 use super::settings::{AccessLog, Limits, is_trusted};
 use super::{GatewayStats, ResponseBody};
+use crate::policy::client_cert::ClientCertificate;
 
 /// What every connection task shares.
 pub(crate) struct Shared {
@@ -36,11 +37,13 @@ pub(crate) struct Shared {
 }
 
 /// The connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct Connection {
     pub(crate) peer: SocketAddr,
     /// `https` or `http`.
     pub(crate) proto: &'static str,
+    /// The client certificate the TLS layer verified, if any.
+    pub(crate) client_cert: Option<Arc<ClientCertificate>>,
 }
 
 pub(crate) async fn handle(
@@ -52,7 +55,7 @@ pub(crate) async fn handle(
     GatewayStats::bump(&shared.stats.requests);
     let method = request.method().clone();
     let path = (shared.access_log != AccessLog::Off).then(|| request.uri().path().to_owned());
-    let outcome = process(&shared, conn, request).await;
+    let outcome = process(&shared, &conn, request).await;
     if let Some(reason) = outcome.reason {
         shared.stats.count_rejection(reason);
     }
@@ -106,7 +109,7 @@ fn full(response: Response<Bytes>) -> Response<ResponseBody> {
     })
 }
 
-async fn process(shared: &Arc<Shared>, conn: Connection, request: Request<Incoming>) -> Outcome {
+async fn process(shared: &Arc<Shared>, conn: &Connection, request: Request<Incoming>) -> Outcome {
     let limits = &shared.limits;
     if head_size(&request) > limits.max_header_bytes {
         return rejected(Rejection::header_too_large(), None);
@@ -130,6 +133,7 @@ async fn process(shared: &Arc<Shared>, conn: Connection, request: Request<Incomi
         api: &backend.name,
         peer: conn.peer,
         client_ip: client_ip(&parts.headers, conn.peer.ip(), &shared.trusted_proxies),
+        client_cert: conn.client_cert.as_deref(),
         has_body: !body.is_end_stream(),
         collect_body: None,
         count_bytes: false,
@@ -190,6 +194,7 @@ async fn process(shared: &Arc<Shared>, conn: Connection, request: Request<Incomi
                             api: &backend.name,
                             peer: conn.peer,
                             client_ip,
+                            client_cert: conn.client_cert.as_deref(),
                             has_body,
                             collect_body: collect,
                             count_bytes,

@@ -18,6 +18,8 @@ pub struct RequestContext<'a> {
     /// The client's address: the peer, or the client a trusted proxy names in
     /// `X-Forwarded-For`.
     pub client_ip: IpAddr,
+    /// The client certificate the TLS layer verified (mTLS), if any.
+    pub client_cert: Option<&'a crate::policy::client_cert::ClientCertificate>,
     /// Whether the request has a body.
     pub has_body: bool,
     /// Set by a policy that must see the whole body before it is forwarded: the

@@ -13,6 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -24,10 +25,13 @@ use super::error::GatewayError;
 use super::handler::{Connection, Shared, handle};
 use super::proxy::Chain;
 use super::settings::Limits;
+use crate::policy::client_cert::ClientCertificate;
 
 pub(crate) struct BoundListener {
     socket: TcpListener,
     tls: Option<TlsAcceptor>,
+    /// The CA certificates client certificates are verified against (issuer lookup).
+    client_cas: Arc<Vec<CertificateDer<'static>>>,
     pub(crate) local_addr: SocketAddr,
 }
 
@@ -36,6 +40,7 @@ impl BoundListener {
         configured: SocketAddr,
         socket: TcpListener,
         tls: Option<TlsAcceptor>,
+        client_cas: Vec<CertificateDer<'static>>,
     ) -> Result<Self, GatewayError> {
         let local_addr = socket.local_addr().map_err(|source| GatewayError::Bind {
             addr: configured,
@@ -44,6 +49,7 @@ impl BoundListener {
         Ok(Self {
             socket,
             tls,
+            client_cas: Arc::new(client_cas),
             local_addr,
         })
     }
@@ -158,6 +164,7 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let setup = Arc::clone(&setup);
         let tls = listener.tls.clone();
+        let client_cas = Arc::clone(&listener.client_cas);
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let hard_stop = setup.hard_stop.clone();
@@ -173,6 +180,7 @@ async fn accept_loop(
                 stream,
                 peer,
                 tls,
+                client_cas,
                 Arc::clone(&activity),
                 setup,
                 watcher,
@@ -195,6 +203,7 @@ async fn serve_connection(
     stream: ActivityIo<TcpStream>,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
+    client_cas: Arc<Vec<CertificateDer<'static>>>,
     activity: Arc<Activity>,
     setup: Arc<ConnectionSetup>,
     watcher: Watcher,
@@ -217,34 +226,62 @@ async fn serve_connection(
                     return;
                 }
             };
-            run_http(
-                TokioIo::new(stream),
+            let client_cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| client_certificate(chain, &client_cas, peer));
+            let conn = Connection {
                 peer,
-                "https",
-                activity,
-                &setup,
-                watcher,
-            )
-            .await;
+                proto: "https",
+                client_cert,
+            };
+            run_http(TokioIo::new(stream), conn, activity, &setup, watcher).await;
         }
         None => {
-            run_http(
-                TokioIo::new(stream),
+            let conn = Connection {
                 peer,
-                "http",
-                activity,
-                &setup,
-                watcher,
-            )
-            .await
+                proto: "http",
+                client_cert: None,
+            };
+            run_http(TokioIo::new(stream), conn, activity, &setup, watcher).await;
+        }
+    }
+}
+
+/// The verified client certificate of a connection, parsed once; its issuer is the
+/// next certificate the client sent, or the CA that signed it.
+fn client_certificate(
+    chain: &[CertificateDer<'_>],
+    cas: &[CertificateDer<'static>],
+    peer: SocketAddr,
+) -> Option<Arc<ClientCertificate>> {
+    let leaf = chain.first()?;
+    let parse = |issuer: Option<&[u8]>| ClientCertificate::from_der(leaf, issuer);
+    // The library accepts an issuer only if it signed the leaf; when the client sent
+    // none (or a wrong one), the CA it was verified against is the issuer.
+    let mut cert = parse(chain.get(1).map(|c| c.as_ref()));
+    if let Ok(first) = &cert
+        && first.issuer_sha1_thumbprint().is_none()
+        && let Some(ca) = cas.iter().find(|ca| {
+            ClientCertificate::from_der(ca, None)
+                .is_ok_and(|ca| ca.subject() == first.issuer_subject())
+        })
+    {
+        cert = parse(Some(ca));
+    }
+    match cert {
+        Ok(cert) => Some(Arc::new(cert)),
+        Err(error) => {
+            tracing::info!(%peer, %error, "client certificate not parsed");
+            None
         }
     }
 }
 
 async fn run_http<I>(
     io: I,
-    peer: SocketAddr,
-    proto: &'static str,
+    conn: Connection,
     activity: Arc<Activity>,
     setup: &Arc<ConnectionSetup>,
     watcher: Watcher,
@@ -252,9 +289,10 @@ async fn run_http<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let shared = Arc::clone(&setup.shared);
-    let conn = Connection { peer, proto };
+    let peer = conn.peer;
     let service = service_fn(move |request| {
         let shared = Arc::clone(&shared);
+        let conn = conn.clone();
         let busy = Busy::new(Arc::clone(&activity));
         async move {
             let response = handle(shared, conn, request).await;

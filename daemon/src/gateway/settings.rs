@@ -30,6 +30,30 @@ pub struct TlsSettings {
     pub default_cert: CertFiles,
     /// Further certificates chosen by the SNI host name (exact, case-insensitive).
     pub sni_certs: Vec<SniCert>,
+    /// Client certificates (mTLS).
+    pub client_auth: ClientAuth,
+}
+
+/// Whether clients present certificates, checked against a CA bundle.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No certificate is asked for.
+    #[default]
+    None,
+    /// A certificate is asked for; without one the handshake still succeeds (APIs
+    /// that need one answer 403), a certificate that does not verify fails it.
+    Optional(ClientCa),
+    /// The handshake fails without a certificate that verifies.
+    Required(ClientCa),
+}
+
+/// The CAs client certificates must chain to, and revocation lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCa {
+    /// PEM bundle of trusted CA certificates.
+    pub ca_pem: PathBuf,
+    /// PEM or DER CRL files; a revoked certificate fails the handshake.
+    pub crls: Vec<PathBuf>,
 }
 
 /// A certificate chain and its private key, both PEM.

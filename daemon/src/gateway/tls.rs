@@ -14,7 +14,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::error::GatewayError;
-use super::settings::{CertFiles, TlsSettings};
+use super::settings::{CertFiles, ClientAuth, ClientCa, TlsSettings};
 
 /// The one crypto provider of the gateway (server and backend side). `ring` builds
 /// with a C compiler alone; aws-lc-rs would need cmake on every build machine.
@@ -163,13 +163,96 @@ fn load_certified_key(
     })
 }
 
-/// TLS 1.2 and 1.3 only, ALPN `h2` then `http/1.1`, certificates from `resolver`.
-pub fn server_config(resolver: Arc<CertResolver>) -> Result<ServerConfig, GatewayError> {
-    let mut config = ServerConfig::builder_with_provider(server_provider())
+/// A listener's client-certificate check: the verifier for the handshake, and the
+/// CA certificates (for the issuer of a certificate sent without its chain).
+pub struct ClientVerification {
+    pub verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    pub cas: Vec<CertificateDer<'static>>,
+}
+
+impl fmt::Debug for ClientVerification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientVerification")
+            .field("cas", &self.cas.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads the CA bundle and CRLs of `auth` (`None` when no certificate is asked for).
+pub fn client_verification(auth: &ClientAuth) -> Result<Option<ClientVerification>, GatewayError> {
+    let (ca, required) = match auth {
+        ClientAuth::None => return Ok(None),
+        ClientAuth::Optional(ca) => (ca, false),
+        ClientAuth::Required(ca) => (ca, true),
+    };
+    let ClientCa { ca_pem, crls } = ca;
+    let pem = read(ca_pem)?;
+    let cas = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| GatewayError::BadPem {
+            path: ca_pem.clone(),
+            source,
+        })?;
+    if cas.is_empty() {
+        return Err(GatewayError::NoCertificate {
+            path: ca_pem.clone(),
+        });
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in &cas {
+        roots
+            .add(cert.clone())
+            .map_err(|source| GatewayError::BadCaCertificate {
+                path: ca_pem.clone(),
+                source,
+            })?;
+    }
+    let mut lists = Vec::new();
+    for path in crls {
+        let bytes = read(path)?;
+        let bad = |source: Box<dyn std::error::Error + Send + Sync>| GatewayError::BadCrl {
+            path: path.clone(),
+            source,
+        };
+        let pem: Vec<_> = rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(Box::new(e)))?;
+        if pem.is_empty() {
+            // Not PEM: a DER list.
+            lists.push(rustls_pki_types::CertificateRevocationListDer::from(bytes));
+        } else {
+            lists.extend(pem);
+        }
+    }
+    let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        server_provider(),
+    )
+    .with_crls(lists);
+    if !required {
+        builder = builder.allow_unauthenticated();
+    }
+    let verifier = builder.build().map_err(|e| GatewayError::BadCrl {
+        path: crls.first().cloned().unwrap_or_else(|| ca_pem.clone()),
+        source: Box::new(e),
+    })?;
+    Ok(Some(ClientVerification { verifier, cas }))
+}
+
+/// TLS 1.2 and 1.3 only, ALPN `h2` then `http/1.1`, certificates from `resolver`,
+/// client certificates checked by `clients` when given.
+pub fn server_config(
+    resolver: Arc<CertResolver>,
+    clients: Option<&ClientVerification>,
+) -> Result<ServerConfig, GatewayError> {
+    let builder = ServerConfig::builder_with_provider(server_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|source| GatewayError::TlsConfig { source })?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+        .map_err(|source| GatewayError::TlsConfig { source })?;
+    let builder = match clients {
+        Some(clients) => builder.with_client_cert_verifier(Arc::clone(&clients.verifier)),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // The server's order of the suites decides, not the client's.
     config.ignore_client_order = true;

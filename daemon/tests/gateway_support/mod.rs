@@ -314,6 +314,7 @@ pub fn tls_settings(default_cert: CertFiles, sni_certs: Vec<SniCert>) -> TlsSett
     TlsSettings {
         default_cert,
         sni_certs,
+        client_auth: rampart::gateway::ClientAuth::None,
     }
 }
 

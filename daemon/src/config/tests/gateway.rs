@@ -24,6 +24,7 @@ fn gateway_sections_with_defaults() {
             cert: "/etc/rampart/c.pem".into(),
             key: "/etc/rampart/k.pem".into(),
             sni: Vec::new(),
+            client_auth: ClientAuthConfig::None,
         }
     );
     assert_eq!(config.listeners[1].transport, ListenerTransport::PlainHttp);

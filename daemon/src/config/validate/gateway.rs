@@ -12,7 +12,8 @@ use url::Url;
 use super::Checker;
 use crate::config::gateway::{
     AccessLogConfig, ApiJwtConfig, BackendProtocolConfig, BackendTimeoutsConfig, ClaimHeader,
-    CounterConfig, GatewayConfig, QuotaConfig, RateLimitAlgorithm, RoleRule, SubscriptionConfig,
+    ClientAuthConfig, CounterConfig, GatewayConfig, QuotaConfig, RateLimitAlgorithm, RoleRule,
+    SubscriptionConfig,
 };
 use crate::config::raw::{
     RawApi, RawApiJwt, RawBackendTimeouts, RawClaimHeader, RawGateway, RawListener, RawProduct,
@@ -102,10 +103,46 @@ impl Checker<'_> {
                 sni.push(entry);
             }
         }
+        let crls: Vec<std::path::PathBuf> = raw
+            .crl
+            .map(Spanned::into_inner)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|path| self.path("listener.tls.crl", path))
+            .collect();
+        let mode = self.choice(
+            "listener.tls.client_auth",
+            raw.client_auth,
+            &[("none", 0u8), ("optional", 1), ("required", 2)],
+            0,
+        );
+        let ca = raw
+            .client_ca
+            .map(|ca| self.path("listener.tls.client_ca", ca));
+        let client_auth = match (mode, ca) {
+            (0, None) if crls.is_empty() => ClientAuthConfig::None,
+            (0, _) => {
+                self.error(
+                    section,
+                    "`listener.tls.client_ca` and `crl` need `client_auth = \"optional\"` or `\"required\"`",
+                );
+                ClientAuthConfig::None
+            }
+            (_, None) => {
+                self.error(
+                    section,
+                    "`listener.tls.client_auth` needs `client_ca = PATH` (the CAs client certificates must chain to)",
+                );
+                ClientAuthConfig::None
+            }
+            (1, Some(ca)) => ClientAuthConfig::Optional { ca, crls },
+            (_, Some(ca)) => ClientAuthConfig::Required { ca, crls },
+        };
         Some(ListenerTransport::Tls {
             cert: self.path("listener.tls.cert", cert?),
             key: self.path("listener.tls.key", key?),
             sni,
+            client_auth,
         })
     }
 
@@ -389,6 +426,56 @@ impl Checker<'_> {
                 }
             });
             let jwt = raw.jwt.and_then(|jwt| self.api_jwt(jwt, providers));
+            let client_certificate = raw.client_certificate.and_then(|settings| {
+                let at = settings.span().start;
+                let settings = settings.into_inner();
+                match settings.validate() {
+                    Ok(_) => Some(settings),
+                    Err(errors) => {
+                        for e in errors {
+                            self.error(
+                                at,
+                                format!("invalid `api.client_certificate`: {}", chain(&e)),
+                            );
+                        }
+                        None
+                    }
+                }
+            });
+            let mut certificate_headers = Vec::new();
+            for entry in raw.certificate_headers.unwrap_or_default() {
+                let section = entry.span().start;
+                let entry = entry.into_inner();
+                let field = self.required(section, "api.certificate_headers", "field", entry.field);
+                let header =
+                    self.required(section, "api.certificate_headers", "header", entry.header);
+                let (Some(field), Some(header)) = (field, header) else {
+                    continue;
+                };
+                if !crate::policy::client_cert::FIELDS.contains(&field.get_ref().as_str()) {
+                    self.error(
+                        field.span().start,
+                        format!(
+                            "invalid `api.certificate_headers.field` {:?}: expected one of {}",
+                            field.get_ref(),
+                            crate::policy::client_cert::FIELDS.join(", ")
+                        ),
+                    );
+                    continue;
+                }
+                if http::HeaderName::from_bytes(header.get_ref().as_bytes()).is_err() {
+                    self.error(
+                        header.span().start,
+                        format!(
+                            "invalid `api.certificate_headers.header` {:?}: not a header name",
+                            header.get_ref()
+                        ),
+                    );
+                    continue;
+                }
+                certificate_headers
+                    .push((field.into_inner(), header.into_inner().to_ascii_lowercase()));
+            }
             let backend_protocol = self.choice(
                 "api.backend_protocol",
                 raw.backend_protocol,
@@ -439,6 +526,8 @@ impl Checker<'_> {
                 headers,
                 validation,
                 jwt,
+                client_certificate,
+                certificate_headers,
                 backend_protocol,
                 timeouts,
             });

@@ -1,0 +1,408 @@
+//! Client certificates (mTLS) through the real `rampartd`: a listener that asks for
+//! certificates from its own CA, APIs with APIM-style identities, certificate fields
+//! sent to the backend, a revoked certificate refused in the handshake.
+
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod gateway_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gateway_support::*;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rampart::gateway::CertFiles;
+
+const RAMPARTD: &str = env!("CARGO_BIN_EXE_rampartd");
+
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A CA for client certificates, and the certificates it issues.
+struct ClientPki {
+    ca_pem: PathBuf,
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+    dir: PathBuf,
+}
+
+/// A client certificate with its key.
+struct ClientCert {
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    serial: rcgen::SerialNumber,
+}
+
+impl ClientPki {
+    fn new(dir: &Path, name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        let ca_pem = dir.join(format!("{name}.pem"));
+        std::fs::write(&ca_pem, cert.pem()).unwrap();
+        Self {
+            ca_pem,
+            ca: rcgen::Issuer::new(params, key),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn issue(&self, common_name: &str, organization: &str, serial: u64) -> ClientCert {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec![format!("{common_name}.clients.test")]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, organization);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let serial = rcgen::SerialNumber::from(serial.to_be_bytes().to_vec());
+        params.serial_number = Some(serial.clone());
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        ClientCert {
+            chain: vec![cert.der().clone()],
+            key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            serial,
+        }
+    }
+
+    /// A CRL revoking `revoked`, written as PEM; its path.
+    fn crl(&self, revoked: &[&ClientCert]) -> PathBuf {
+        let now = time::OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(1),
+            next_update: now + time::Duration::days(1),
+            crl_number: rcgen::SerialNumber::from(1u64.to_be_bytes().to_vec()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|cert| rcgen::RevokedCertParams {
+                    serial_number: cert.serial.clone(),
+                    revocation_time: now - time::Duration::minutes(1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.ca).unwrap();
+        let path = self.dir.join("revoked.crl.pem");
+        std::fs::write(&path, crl.pem().unwrap()).unwrap();
+        path
+    }
+}
+
+type TestClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Empty<Bytes>,
+>;
+
+/// A client trusting the gateway's CA, presenting `cert` when given.
+fn mtls_client(server: &Pki, cert: Option<&ClientCert>) -> TestClient {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(server.ca_der.clone()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match cert {
+        Some(cert) => builder
+            .with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// GET `url` with extra headers: status and body, or the connection error.
+async fn get(
+    client: &TestClient,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<(http::response::Parts, String), String> {
+    let mut request = Request::get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client
+        .request(request.body(Empty::new()).unwrap())
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Ok((parts, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start(
+    dir: &Path,
+    server_cert: &CertFiles,
+    port: u16,
+    tls_extra: &str,
+    apis: &str,
+) -> Daemon {
+    let config = dir.join(format!("rampart-{port}.toml"));
+    let text = format!(
+        "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\n\n\
+         [[listener]]\naddress = \"127.0.0.1:{port}\"\n\
+         tls = {{ cert = {cert:?}, key = {key:?}{tls_extra} }}\n\n{apis}\n",
+        state = dir.join("state").display().to_string(),
+        runtime = dir.join("run").display().to_string(),
+        cert = server_cert.cert_chain_pem.display().to_string(),
+        key = server_cert.key_pem.display().to_string(),
+    );
+    std::fs::write(&config, &text).unwrap();
+    let log = dir.join(format!("rampartd-{port}.log"));
+    let child = Command::new(RAMPARTD)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut daemon = Daemon { child, log };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            panic!(
+                "rampartd exited with {status}:\n{}\n{text}",
+                std::fs::read_to_string(&daemon.log).unwrap_or_default()
+            );
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return daemon;
+        }
+        assert!(Instant::now() < deadline, "rampartd did not listen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn assert_error(
+    result: &Result<(http::response::Parts, String), String>,
+    status: u16,
+    message: &str,
+) {
+    let (parts, body) = result.as_ref().unwrap();
+    assert_apim_error(parts, body, status, message);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identities_decide_per_api_and_fields_reach_the_backend() {
+    let dir = TempDir::new("mtls");
+    let server = Pki::new();
+    let server_cert = server.leaf("gw", &["localhost"]);
+    let clients = ClientPki::new(&dir.0, "client-ca");
+    let other_ca = ClientPki::new(&dir.0, "other-ca");
+    let backend = start_backend().await;
+    let port = free_port();
+    let alice = clients.issue("alice", "Contoso, Inc.", 1001);
+    let bob = clients.issue("bob", "Fabrikam", 1002);
+    let stranger = other_ca.issue("alice", "Contoso, Inc.", 1003);
+    let apis = format!(
+        "[[api]]\nname = \"partners\"\npath_prefix = \"/partners\"\nbackend = \"http://{backend}/\"\n\
+         subscription = \"none\"\n\
+         client_certificate = {{ identities = [{{ common_name = \"alice\", subject = \"O=\\\"Contoso, Inc.\\\", CN=alice\" }}, {{ dns_name = \"carol.clients.test\" }}] }}\n\
+         certificate_headers = [{{ field = \"subject\", header = \"X-Client-Subject\" }}, {{ field = \"thumbprint\", header = \"X-Client-Thumbprint\" }}]\n\
+         [[api]]\nname = \"open\"\npath_prefix = \"/open\"\nbackend = \"http://{backend}/\"\nsubscription = \"none\"\n\
+         certificate_headers = [{{ field = \"common_name\", header = \"X-Client-CN\" }}]\n"
+    );
+    let ca = clients.ca_pem.display().to_string();
+    let daemon = start(
+        &dir.0,
+        &server_cert,
+        port,
+        &format!(", client_auth = \"optional\", client_ca = {ca:?}"),
+        &apis,
+    )
+    .await;
+    let log = || std::fs::read_to_string(&daemon.log).unwrap_or_default();
+    let partners = format!("https://localhost:{port}/partners/x");
+    let open = format!("https://localhost:{port}/open/x");
+
+    // No certificate: the optional listener lets the connection in; the API that
+    // needs one refuses with APIM's message (as 403), the other serves.
+    let anonymous = mtls_client(&server, None);
+    assert_error(
+        &get(&anonymous, &partners, &[]).await,
+        403,
+        "Client certificate missing.",
+    );
+    let (parts, body) = get(&anonymous, &open, &[("X-Client-CN", "forged")])
+        .await
+        .unwrap();
+    assert_eq!(parts.status, 200, "{body}");
+    assert!(!body.to_ascii_lowercase().contains("x-client-cn"), "{body}");
+
+    // A matching identity passes; its fields reach the backend, forged copies do not.
+    let client = mtls_client(&server, Some(&alice));
+    let (parts, body) = get(
+        &client,
+        &partners,
+        &[
+            ("X-Client-Subject", "CN=admin"),
+            ("X-Client-Thumbprint", "00"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(parts.status, 200, "{body}\n{}", log());
+    assert!(
+        // rcgen writes CN before O; the subject is printed most specific (last) first.
+        body.contains("x-client-subject: O=\"Contoso, Inc.\", CN=alice"),
+        "{body}"
+    );
+    assert!(!body.contains("CN=admin"), "{body}");
+    let thumbprint = body
+        .lines()
+        .find_map(|l| l.strip_prefix("x-client-thumbprint: "))
+        .unwrap();
+    assert_eq!(thumbprint.len(), 40, "{body}");
+    assert!(
+        thumbprint
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase())
+    );
+    let (_, body) = get(&client, &open, &[]).await.unwrap();
+    assert!(body.contains("x-client-cn: alice"), "{body}");
+
+    // A certificate of the same CA that matches no identity: 403.
+    let client = mtls_client(&server, Some(&bob));
+    assert_error(
+        &get(&client, &partners, &[]).await,
+        403,
+        "Invalid client certificate.",
+    );
+    let (parts, _) = get(&client, &open, &[]).await.unwrap();
+    assert_eq!(parts.status, 200);
+
+    // The same subject from another CA never gets past the handshake.
+    let client = mtls_client(&server, Some(&stranger));
+    let refused = get(&client, &open, &[]).await;
+    assert!(refused.is_err(), "{:?}", refused.map(|(p, _)| p.status));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn required_certificates_and_revocation_are_enforced_in_the_handshake() {
+    let dir = TempDir::new("mtls-required");
+    let server = Pki::new();
+    let server_cert = server.leaf("gw", &["localhost"]);
+    let clients = ClientPki::new(&dir.0, "client-ca");
+    let backend = start_backend().await;
+    let good = clients.issue("good", "Contoso", 2001);
+    let revoked = clients.issue("revoked", "Contoso", 2002);
+    let crl = clients.crl(&[&revoked]);
+    let port = free_port();
+    let ca = clients.ca_pem.display().to_string();
+    let crl = crl.display().to_string();
+    let _daemon = start(
+        &dir.0,
+        &server_cert,
+        port,
+        &format!(", client_auth = \"required\", client_ca = {ca:?}, crl = [{crl:?}]"),
+        &format!(
+            "[[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://{backend}/\"\nsubscription = \"none\"\n"
+        ),
+    )
+    .await;
+    let url = format!("https://localhost:{port}/x");
+
+    let (parts, body) = get(&mtls_client(&server, Some(&good)), &url, &[])
+        .await
+        .unwrap();
+    assert_eq!(parts.status, 200, "{body}");
+    let without = get(&mtls_client(&server, None), &url, &[]).await;
+    assert!(
+        without.is_err(),
+        "no certificate got through: {:?}",
+        without.map(|(p, _)| p.status)
+    );
+    let with_revoked = get(&mtls_client(&server, Some(&revoked)), &url, &[]).await;
+    assert!(
+        with_revoked.is_err(),
+        "a revoked certificate got through: {:?}",
+        with_revoked.map(|(p, _)| p.status)
+    );
+}
+
+#[test]
+fn client_auth_needs_a_ca_and_a_bad_ca_file_is_refused() {
+    let dir = TempDir::new("mtls-config");
+    let server = Pki::new();
+    let cert = server.leaf("gw", &["localhost"]);
+    let check = |tls_extra: &str| {
+        let config = dir.0.join("check.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[listener]]\naddress = \"127.0.0.1:1\"\ntls = {{ cert = {:?}, key = {:?}{tls_extra} }}\n",
+                cert.cert_chain_pem.display().to_string(),
+                cert.key_pem.display().to_string(),
+            ),
+        )
+        .unwrap();
+        let out = Command::new(RAMPARTD)
+            .arg("--check-config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = check(", client_auth = \"required\"");
+    assert_eq!(code, Some(64), "{text}");
+    assert!(text.contains("needs `client_ca = PATH`"), "{text}");
+    let not_a_ca = dir.0.join("empty.pem");
+    std::fs::write(&not_a_ca, "not a certificate\n").unwrap();
+    let (code, text) = check(&format!(
+        ", client_auth = \"optional\", client_ca = {:?}",
+        not_a_ca.display().to_string()
+    ));
+    assert_ne!(code, Some(0), "{text}");
+    assert!(text.contains("empty.pem"), "{text}");
+}

@@ -37,6 +37,13 @@ pub(crate) struct Options {
     /// gateway: both gateways log one line per request (off by default).
     #[arg(long)]
     access_log: bool,
+    /// gateway: add an RS256 JWT check and a claim header to the work (HAProxy runs
+    /// the anchor's jwt_verify steps).
+    #[arg(long)]
+    jwt: bool,
+    /// gateway: like --jwt, with rampartd's verified-token cache off.
+    #[arg(long)]
+    jwt_no_cache: bool,
     /// Print only; leave docs/benchmarks.md alone.
     #[arg(long)]
     no_write: bool,
@@ -58,12 +65,15 @@ impl What {
         }
     }
 
-    /// The markers around the section of docs/benchmarks.md this command owns.
-    fn markers(self) -> (String, String) {
+    /// The markers around the section of docs/benchmarks.md this command owns: one
+    /// section per variant (`gateway`, `gateway --jwt`, ...).
+    fn markers(self, variant: &str) -> (String, String) {
         let name = self.name();
         (
-            format!("<!-- bench {name}: begin (written by `cargo xtask bench {name}`) -->"),
-            format!("<!-- bench {name}: end -->"),
+            format!(
+                "<!-- bench {name}{variant}: begin (written by `cargo xtask bench {name}{variant}`) -->"
+            ),
+            format!("<!-- bench {name}{variant}: end -->"),
         )
     }
 }
@@ -86,7 +96,12 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     if options.no_write {
         return Ok(());
     }
-    let (begin, end) = options.what.markers();
+    let variant = match options.what {
+        What::Gateway if options.jwt_no_cache => " --jwt-no-cache",
+        What::Gateway if options.jwt => " --jwt",
+        _ => "",
+    };
+    let (begin, end) = options.what.markers(variant);
     let mut section = String::new();
     writeln!(section, "{begin}")?;
     writeln!(section, "Reproduce (as root): `{reproduce}`\n")?;
@@ -169,11 +184,21 @@ fn gateway(options: &Options, out: &std::path::Path) -> Result<String> {
     if options.access_log {
         cmd.arg("--access-log");
     }
+    if options.jwt_no_cache {
+        cmd.arg("--jwt-no-cache");
+    } else if options.jwt {
+        cmd.arg("--jwt");
+    }
     cmd.arg("--out").arg(out);
     process::run(&mut cmd)?;
     let mut reproduce = String::from("cargo xtask bench gateway");
     if options.access_log {
         reproduce.push_str(" --access-log");
+    }
+    if options.jwt_no_cache {
+        reproduce.push_str(" --jwt-no-cache");
+    } else if options.jwt {
+        reproduce.push_str(" --jwt");
     }
     if options.rounds != 5 {
         write!(reproduce, " --rounds {}", options.rounds)?;

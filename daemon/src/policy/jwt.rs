@@ -143,6 +143,8 @@ pub(crate) struct ProviderConfig {
     pub(crate) max_token_bytes: usize,
     pub(crate) failed_status: StatusCode,
     pub(crate) failure_message: Option<String>,
+    /// Verified tokens kept (0: every token is verified every time).
+    pub(crate) cache_capacity: usize,
 }
 
 /// A key set with the jsonwebtoken validation that goes with it (its issuers may come
@@ -183,12 +185,12 @@ impl JwtProvider {
             None => None,
         };
         let provider = Self {
+            cache: VerifiedTokenCache::new(config.cache_capacity),
             config,
             keys: ArcSwapOption::empty(),
             planner: RefreshPlanner::default(),
             refresh_wanted: tokio::sync::Notify::new(),
             client,
-            cache: VerifiedTokenCache::new(DEFAULT_CACHE_CAPACITY),
             signature_checks: AtomicU64::new(0),
         };
         if let Some(set) = keys {

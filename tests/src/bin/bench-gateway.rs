@@ -34,6 +34,9 @@ use rampart_tests::daemon::TempDir;
 
 /// HAProxy's configuration, with `@NAME@` placeholders (see the file).
 const HAPROXY_CFG: &str = include_str!("../../bench/haproxy-gateway.cfg");
+const HAPROXY_JWT: &str = include_str!("../../bench/haproxy-jwt.cfg");
+const JWT_ISSUER: &str = "https://issuer.example.test/";
+const JWT_AUDIENCE: &str = "api://gateway-bench";
 /// The backend's configuration, with `@DIR@` and `@PORT@` placeholders.
 const NGINX_CONF: &str = include_str!("../../bench/nginx-backend.conf");
 
@@ -55,6 +58,10 @@ struct Args {
     /// Both gateways log one line per request (off by default: the work measured
     /// is TLS, key, rate limit and proxy).
     access_log: bool,
+    /// Add an RS256 JWT check (iss, aud, exp, nbf) and a claim header to the work.
+    jwt: bool,
+    /// With --jwt: rampartd verifies every token (its verified-token cache off).
+    jwt_no_cache: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -67,6 +74,8 @@ fn args() -> anyhow::Result<Args> {
         connections: 32,
         rampartd_rust_log: None,
         access_log: false,
+        jwt: false,
+        jwt_no_cache: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -79,6 +88,11 @@ fn args() -> anyhow::Result<Args> {
             "--connections" => a.connections = v()?.parse()?,
             "--rampartd-rust-log" => a.rampartd_rust_log = Some(v()?),
             "--access-log" => a.access_log = true,
+            "--jwt" => a.jwt = true,
+            "--jwt-no-cache" => {
+                a.jwt = true;
+                a.jwt_no_cache = true;
+            }
             other => bail!("unknown argument {other}"),
         }
     }
@@ -268,6 +282,8 @@ struct Target {
     name: String,
     url: String,
     key: Option<String>,
+    /// Further headers every request carries (the bearer token with --jwt).
+    extra: Vec<String>,
     /// The gateway's process, for its CPU time per request.
     pid: Option<u32>,
 }
@@ -279,6 +295,9 @@ impl Target {
             .arg("--latency");
         if let Some(key) = &self.key {
             cmd.args(["-H", &format!("{KEY_HEADER}: {key}")]);
+        }
+        for header in &self.extra {
+            cmd.args(["-H", header]);
         }
         cmd.arg(&self.url);
         let before = self.pid.map(cpu_time_us).transpose()?;
@@ -299,6 +318,9 @@ impl Target {
         cmd.args(["-sk", "-w", "\n%{http_code}"]);
         if let Some(key) = key {
             cmd.args(["-H", &format!("{KEY_HEADER}: {key}")]);
+        }
+        for header in &self.extra {
+            cmd.args(["-H", header]);
         }
         let (stdout, _) = output(cmd.arg(&self.url))?;
         let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
@@ -415,6 +437,32 @@ fn main() -> anyhow::Result<()> {
     )?;
     let key = keys.primary.expose().to_string();
 
+    // With --jwt: an RSA key pair and one RS256 token (iss, aud, sub, nbf, exp).
+    let mut extra = Vec::new();
+    if args.jwt {
+        output(
+            Command::new("openssl")
+                .args([
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                ])
+                .arg("-out")
+                .arg(path("jwt_key.pem")),
+        )?;
+        output(
+            Command::new("openssl")
+                .args(["pkey", "-pubout", "-in"])
+                .arg(path("jwt_key.pem"))
+                .arg("-out")
+                .arg(path("jwt_pub.pem")),
+        )?;
+        let token = rs256_token(&path("jwt_key.pem"))?;
+        extra.push(format!("Authorization: Bearer {token}"));
+    }
+
     let (backend_port, rampartd_port, haproxy_port) = (free_port()?, free_port()?, free_port()?);
     ensure!(
         backend_port != rampartd_port
@@ -452,9 +500,25 @@ fn main() -> anyhow::Result<()> {
              tls = {{ cert = {cert:?}, key = {key:?} }}\n\n\
              [[api]]\nname = \"bench\"\npath_prefix = \"/\"\n\
              backend = \"http://127.0.0.1:{backend_port}/\"\n\
-             rate_limit = {{ calls = 100000000, period_secs = 1 }}\n\n\
-             [gateway]\naccess_log = \"{access_log}\"\n",
+             rate_limit = {{ calls = 100000000, period_secs = 1 }}\n{jwt_api}\n\
+             [gateway]\naccess_log = \"{access_log}\"\n{jwt_provider}",
             access_log = if args.access_log { "all" } else { "off" },
+            jwt_api = if args.jwt {
+                "jwt = { provider = \"bench\", claims_to_headers = [{ claim = \"sub\", header = \"X-JWT-Sub\" }] }\n"
+            } else {
+                ""
+            },
+            jwt_provider = if args.jwt {
+                format!(
+                    "\n[[jwt_provider]]\nname = \"bench\"\nalgorithms = [\"RS256\"]\n\
+                     issuers = [{JWT_ISSUER:?}]\naudiences = [{JWT_AUDIENCE:?}]\n\
+                     cache_tokens = {}\nkeys = [{{ pem_file = {:?} }}]\n",
+                    !args.jwt_no_cache,
+                    text(&path("jwt_pub.pem"))
+                )
+            } else {
+                String::new()
+            },
             state = text(&state_dir),
             runtime = text(&path("run")),
             cert = text(&path("cert.pem")),
@@ -495,6 +559,14 @@ fn main() -> anyhow::Result<()> {
             .replace("@BACKEND@", &format!("127.0.0.1:{backend_port}"))
             .replace("@SOCKET@", &text(&path("haproxy.sock")))
             .replace(
+                "@JWT@",
+                &if args.jwt {
+                    HAPROXY_JWT.replace("@JWT_PUB@", &text(&path("jwt_pub.pem")))
+                } else {
+                    String::new()
+                },
+            )
+            .replace(
                 "@LOGGING@",
                 if args.access_log {
                     "    log global\n    option httplog\n    option dontlognull"
@@ -534,18 +606,21 @@ fn main() -> anyhow::Result<()> {
             name: "rampartd".to_string(),
             url: format!("https://127.0.0.1:{rampartd_port}/"),
             key: Some(key.clone()),
+            extra: extra.clone(),
             pid: Some(rampartd.child.id()),
         },
         Target {
             name: format!("HAProxy ({haproxy_version})"),
             url: format!("https://127.0.0.1:{haproxy_port}/"),
             key: Some(key),
+            extra: extra.clone(),
             pid: Some(haproxy.child.id()),
         },
         Target {
             name: format!("backend directly ({}, plain HTTP)", debian_version("nginx")),
             url: format!("http://127.0.0.1:{backend_port}/"),
             key: None,
+            extra: Vec::new(),
             pid: None,
         },
     ];
@@ -638,8 +713,8 @@ fn report(
          subscription-key check (`{KEY_HEADER}` against one subscription), a per-key rate \
          limit of 100,000,000 calls per second (never reached), proxy to one nginx process \
          returning `ok` over plain HTTP on loopback. HAProxy: tests/bench/haproxy-gateway.cfg \
-         (the project's HAProxy anchor without its JWT steps, `nbthread 1`). {} TLS with an OpenSSL client such as wrk: rampartd \
-         {}, HAProxy {}.\n\n\
+         (the project's HAProxy anchor, `nbthread 1`). {}{} TLS with an OpenSSL client such as \
+         wrk: rampartd {}, HAProxy {}.\n\n\
          Placement (2 cores): the gateway under test alone on CPU 1 (`taskset`; rampartd's \
          tokio runtime then has one worker thread); wrk and the nginx backend share CPU 0, \
          for all three measurements. `wrk -t1 -c{} --latency` with keep-alive, {} interleaved \
@@ -651,6 +726,23 @@ fn report(
         } else {
             "Neither logs per request (rampartd `access_log = \"off\"`, HAProxy `no log`); \
              `--access-log` measures both with one line per request."
+        },
+        if args.jwt {
+            format!(
+                " With `--jwt{}`: plus an RS256 JWT in `Authorization` (2048-bit key), its \
+                 signature, `iss`, `aud`, `exp` and `nbf` checked, and its `sub` sent to the \
+                 backend as `X-JWT-Sub` (HAProxy: the anchor's `jwt_verify` steps, \
+                 tests/bench/haproxy-jwt.cfg, which verify the signature of every request); \
+                 rampartd's verified-token cache is {}.",
+                if args.jwt_no_cache { "-no-cache" } else { "" },
+                if args.jwt_no_cache {
+                    "off (`cache_tokens = false`: every request is verified)"
+                } else {
+                    "on (the default: a repeated token is verified once)"
+                }
+            )
+        } else {
+            " Without `--jwt`, no JWT is checked.".to_string()
         },
         tls[0],
         tls[1],
@@ -722,9 +814,74 @@ fn report(
     Ok(out)
 }
 
+/// An RS256 JWT signed with the PEM private key at `key` (by openssl): the claims
+/// both gateways check, valid for two hours.
+fn rs256_token(key: &Path) -> anyhow::Result<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let header = base64url(br#"{"alg":"RS256","typ":"JWT"}"#);
+    let claims = base64url(
+        format!(
+            r#"{{"iss":"{JWT_ISSUER}","aud":"{JWT_AUDIENCE}","sub":"bench-user","nbf":{},"exp":{}}}"#,
+            now - 60,
+            now + 7200
+        )
+        .as_bytes(),
+    );
+    let signing_input = format!("{header}.{claims}");
+    let input = std::env::temp_dir().join(format!("rampart-bench-jwt-{}", std::process::id()));
+    std::fs::write(&input, &signing_input)?;
+    let signature = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .arg(&input)
+        .output()?;
+    let _ = std::fs::remove_file(&input);
+    ensure!(
+        signature.status.success(),
+        "openssl could not sign the token"
+    );
+    Ok(format!("{signing_input}.{}", base64url(&signature.stdout)))
+}
+
+/// Unpadded base64url (RFC 4648 §5).
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        let digits = chunk.len() + 1;
+        for i in 0..digits {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64url_matches_rfc_4648_vectors() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg"),
+            ("fo", "Zm8"),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg"),
+            ("fooba", "Zm9vYmE"),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, encoded) in cases {
+            assert_eq!(base64url(plain.as_bytes()), encoded);
+        }
+        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
+    }
 
     const WRK: &str = "Running 5s test @ https://127.0.0.1:8443/
   1 threads and 32 connections

@@ -68,6 +68,14 @@ pub struct JwtProviderSettings {
     /// Mozilla roots (a private identity provider).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Keep verified tokens until their `exp` so a repeated token costs no signature
+    /// check. Default `true`; `false` verifies every request (for comparisons).
+    #[serde(default = "default_cache_tokens")]
+    pub cache_tokens: bool,
+}
+
+fn default_cache_tokens() -> bool {
+    true
 }
 
 fn default_max_token_bytes() -> usize {
@@ -296,6 +304,11 @@ impl JwtProviderSettings {
             max_token_bytes: self.max_token_bytes,
             failed_status,
             failure_message: self.failure_message.clone(),
+            cache_capacity: if self.cache_tokens {
+                super::DEFAULT_CACHE_CAPACITY
+            } else {
+                0
+            },
         };
         let keys = (!static_keys.is_empty()).then(|| KeySet::from_keys(static_keys));
         JwtProvider::new(config, keys, fetch_roots).map_err(|e| vec![e])

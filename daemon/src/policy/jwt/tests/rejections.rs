@@ -276,3 +276,13 @@ fn a_provider_is_shared_between_connection_tasks() {
     shared::<JwtProvider>();
     shared::<VerifiedToken>();
 }
+
+#[test]
+fn without_the_cache_every_request_checks_the_signature() {
+    let provider = rsa_provider("cache_tokens = false");
+    let token = rs256(&with(good_claims(), "exp", json!(NOW + 100)));
+    for n in 1..=5 {
+        assert!(verify(&provider, &token).is_ok());
+        assert_eq!(provider.signature_checks(), n);
+    }
+}

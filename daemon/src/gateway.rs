@@ -26,13 +26,16 @@ use http_body_util::combinators::UnsyncBoxBody;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::policy::backend_auth::Credential;
+
 pub use error::{GatewayError, Rejection};
 pub use forwarded::{ClientHop, client_ip, remove_hop_by_hop, set_forwarding_headers};
 pub use policy::{RequestContext, RequestPolicy, ResponseContext, Stop, Subscriber, Transferred};
 pub use routing::RouteTable;
 pub use settings::{
-    AccessLog, ApiSettings, BackendProtocol, BackendTimeouts, CertFiles, ClientAuth, ClientCa,
-    GatewaySettings, Limits, ListenerSettings, SniCert, TlsSettings, Transport,
+    AccessLog, ApiSettings, BackendAuth, BackendProtocol, BackendTimeouts, CertFiles, ClientAuth,
+    ClientCa, GatewaySettings, Limits, ListenerSettings, OAuth2Settings, SniCert, TlsSettings,
+    Transport,
 };
 pub use tls::{CertResolver, ClientVerification, client_verification};
 
@@ -90,6 +93,8 @@ pub struct Gateway {
     policies: Vec<Arc<dyn RequestPolicy>>,
     stats: Arc<GatewayStats>,
     certificates: CertReloader,
+    /// `backend_auth` tokens kept current by background tasks while serving.
+    credentials: Vec<(String, Arc<Credential>)>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -107,10 +112,40 @@ impl Gateway {
         listeners: &[ListenerSettings],
         settings: GatewaySettings,
     ) -> Result<Self, GatewayError> {
-        let backend_tls = proxy::client_tls(&settings.backend_ca_pem)?;
+        let roots = proxy::backend_roots(&settings.backend_ca_pem)?;
+        let backend_tls = proxy::client_config(roots.clone(), None)?;
+        if let Some(api) = (settings.backend_auth.keys())
+            .find(|name| !settings.apis.iter().any(|api| &api.name == *name))
+        {
+            return Err(GatewayError::BackendAuthUnknownApi { api: api.clone() });
+        }
         let mut backends = Vec::with_capacity(settings.apis.len());
+        let mut credentials = Vec::new();
         for api in &settings.apis {
-            backends.push((api.clone(), proxy::Backend::new(api, backend_tls.clone())?));
+            let failed = |source| GatewayError::BackendAuth {
+                api: api.name.clone(),
+                source: Box::new(source),
+            };
+            let (tls, credential) = match settings.backend_auth.get(&api.name) {
+                None => (backend_tls.clone(), None),
+                Some(BackendAuth::ClientCert { cert, key }) => {
+                    let cert =
+                        crate::policy::backend_auth::load_client_cert(cert, key).map_err(failed)?;
+                    (proxy::client_config(roots.clone(), Some(cert))?, None)
+                }
+                Some(BackendAuth::BearerTokenFile(path)) => {
+                    let credential = Credential::from_file(path).map_err(failed)?;
+                    (backend_tls.clone(), Some(Arc::new(credential)))
+                }
+                Some(BackendAuth::OAuth2(oauth2)) => {
+                    let credential = Credential::oauth2(oauth2).map_err(failed)?;
+                    (backend_tls.clone(), Some(Arc::new(credential)))
+                }
+            };
+            if let Some(credential) = &credential {
+                credentials.push((api.name.clone(), Arc::clone(credential)));
+            }
+            backends.push((api.clone(), proxy::Backend::new(api, tls, credential)?));
         }
         let routes = RouteTable::new(backends)?;
 
@@ -154,6 +189,7 @@ impl Gateway {
             certificates: CertReloader {
                 listeners: Arc::new(reloadable),
             },
+            credentials,
         })
     }
 
@@ -195,6 +231,11 @@ impl Gateway {
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight
     /// requests finish for at most `limits.drain_timeout`, and returns.
     pub async fn serve(self, shutdown: CancellationToken) {
+        // Token files are watched and OAuth2 tokens fetched (and refreshed) while
+        // serving; until a first OAuth2 token arrives its API answers 503.
+        for (api, credential) in self.credentials {
+            tokio::spawn(credential.maintain(api, shutdown.clone()));
+        }
         let shared = Arc::new(handler::Shared {
             routes: self.routes,
             limits: self.settings.limits,

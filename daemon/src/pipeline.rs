@@ -866,6 +866,11 @@ pub fn gateway_settings(config: &Config) -> (Vec<ListenerSettings>, GatewaySetti
             AccessLogConfig::Off => AccessLog::Off,
         },
         backend_ca_pem: gateway.backend_ca.clone(),
+        backend_auth: config
+            .apis
+            .iter()
+            .filter_map(|api| Some((api.name.clone(), api.backend_auth.clone()?)))
+            .collect(),
     };
     (listeners, settings)
 }

@@ -2,6 +2,7 @@
 
 use http::{HeaderMap, StatusCode};
 
+pub mod backend_auth;
 pub mod client_cert;
 pub mod cors;
 pub mod headers;

@@ -90,6 +90,9 @@ pub struct ApiConfig {
     pub certificate_headers: Vec<(String, String)>,
     pub backend_protocol: BackendProtocolConfig,
     pub timeouts: BackendTimeoutsConfig,
+    /// `backend_auth = { ... }`: a client certificate for the backend, or a bearer
+    /// token (from a file or OAuth2 client credentials) set on forwarded requests.
+    pub backend_auth: Option<crate::policy::backend_auth::BackendAuth>,
 }
 
 /// `[[api]] jwt = { provider, roles_claim, roles, claims_to_headers }`.

@@ -122,6 +122,26 @@ pub(super) struct RawApi {
     pub certificate_headers: Option<Vec<Spanned<RawCertHeader>>>,
     pub backend_protocol: Option<Text>,
     pub timeouts: Option<Spanned<RawBackendTimeouts>>,
+    pub backend_auth: Option<Spanned<RawBackendAuth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawBackendAuth {
+    pub client_cert: Option<Text>,
+    pub client_key: Option<Text>,
+    pub bearer_token_file: Option<Text>,
+    pub oauth2: Option<Spanned<RawOAuth2>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawOAuth2 {
+    pub token_url: Option<Text>,
+    pub client_id: Option<Text>,
+    pub client_secret_file: Option<Text>,
+    pub scope: Option<Text>,
+    pub ca_file: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

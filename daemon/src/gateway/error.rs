@@ -67,6 +67,14 @@ pub enum GatewayError {
     BadPathPrefix { api: String, prefix: String },
     #[error("APIs {first:?} and {second:?} have the same host and path prefix")]
     DuplicateRoute { first: String, second: String },
+    #[error("API {api:?}: backend_auth")]
+    BackendAuth {
+        api: String,
+        #[source]
+        source: Box<crate::policy::backend_auth::BackendAuthError>,
+    },
+    #[error("backend_auth given for {api:?}, which is not an API")]
+    BackendAuthUnknownApi { api: String },
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -107,6 +115,15 @@ impl Rejection {
             StatusCode::BAD_GATEWAY,
             "Bad gateway",
             "BackendConnectionFailure",
+        )
+    }
+
+    /// `backend_auth` has no token to send (none obtained yet, or expired).
+    pub fn backend_auth_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Backend credentials are not available.",
+            "BackendAuthUnavailable",
         )
     }
 

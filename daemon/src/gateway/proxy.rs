@@ -2,9 +2,10 @@
 
 use std::error::Error as StdError;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, Version, request};
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -20,6 +21,7 @@ use url::Url;
 use super::error::{GatewayError, Rejection};
 use super::settings::{ApiSettings, BackendProtocol, BackendTimeouts};
 use super::{BoxError, ResponseBody};
+use crate::policy::backend_auth::{ClientCertificate, Credential};
 
 /// The body sent upstream: the client's body streamed and cut off past the size
 /// limit, or a body collected (and checked) whole.
@@ -62,6 +64,8 @@ pub(crate) struct Backend {
     base: Url,
     timeouts: BackendTimeouts,
     client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    /// The `Authorization` every forwarded request carries (`backend_auth`).
+    credential: Option<Arc<Credential>>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -69,12 +73,17 @@ impl std::fmt::Debug for Backend {
         f.debug_struct("Backend")
             .field("name", &self.name)
             .field("base", &self.base.as_str())
+            .field("credential", &self.credential)
             .finish_non_exhaustive()
     }
 }
 
 impl Backend {
-    pub(crate) fn new(api: &ApiSettings, tls: rustls::ClientConfig) -> Result<Self, GatewayError> {
+    pub(crate) fn new(
+        api: &ApiSettings,
+        tls: rustls::ClientConfig,
+        credential: Option<Arc<Credential>>,
+    ) -> Result<Self, GatewayError> {
         let scheme_ok = matches!(api.backend.scheme(), "http" | "https");
         if !scheme_ok || api.backend.host_str().is_none() {
             return Err(GatewayError::BadBackend {
@@ -104,6 +113,7 @@ impl Backend {
             base: api.backend.clone(),
             timeouts: api.timeouts,
             client,
+            credential,
         })
     }
 
@@ -119,6 +129,21 @@ impl Backend {
         deadline: tokio::time::Instant,
     ) -> Result<Response<ResponseBody>, Rejection> {
         let mut parts = parts;
+        if let Some(credential) = &self.credential {
+            // Set after every policy ran (a JWT policy saw the client's token); the
+            // client's Authorization is never forwarded in its place. Without a
+            // token (none obtained yet, or expired) nothing is forwarded.
+            match credential.authorization() {
+                Some(value) => {
+                    parts.headers.insert(AUTHORIZATION, value);
+                }
+                None => {
+                    // Debug only: the background task warns about each failed token request.
+                    tracing::debug!(api = %self.name, "no backend credentials; request refused");
+                    return Err(Rejection::backend_auth_unavailable());
+                }
+            }
+        }
         parts.uri = self.upstream_uri(rest_of_path, parts.uri.query())?;
         parts.version = Version::HTTP_11;
         // The client sets Host from the URI: the backend sees its own name, the
@@ -246,9 +271,28 @@ impl std::fmt::Display for Chain<'_> {
     }
 }
 
-/// The TLS configuration towards backends: the Mozilla roots plus the extra CA
-/// certificates configured (a private CA of the backends).
-pub(crate) fn client_tls(extra_roots: &[PathBuf]) -> Result<rustls::ClientConfig, GatewayError> {
+/// A backend TLS configuration trusting `roots`, presenting `client_cert` when given.
+pub(crate) fn client_config(
+    roots: rustls::RootCertStore,
+    client_cert: Option<ClientCertificate>,
+) -> Result<rustls::ClientConfig, GatewayError> {
+    let builder = rustls::ClientConfig::builder_with_provider(super::tls::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|source| GatewayError::TlsConfig { source })?
+        .with_root_certificates(roots);
+    match client_cert {
+        None => Ok(builder.with_no_client_auth()),
+        Some(cert) => builder
+            .with_client_auth_cert(cert.chain, cert.key)
+            .map_err(|source| GatewayError::TlsConfig { source }),
+    }
+}
+
+/// The roots trusted for backends: the Mozilla roots plus the extra CA certificates
+/// configured (a private CA of the backends).
+pub(crate) fn backend_roots(
+    extra_roots: &[PathBuf],
+) -> Result<rustls::RootCertStore, GatewayError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for path in extra_roots {
@@ -274,12 +318,7 @@ pub(crate) fn client_tls(extra_roots: &[PathBuf]) -> Result<rustls::ClientConfig
                 })?;
         }
     }
-    let config = rustls::ClientConfig::builder_with_provider(super::tls::crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|source| GatewayError::TlsConfig { source })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
+    Ok(roots)
 }
 
 #[cfg(test)]

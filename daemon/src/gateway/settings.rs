@@ -8,6 +8,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use url::Url;
 
+pub use crate::policy::backend_auth::{BackendAuth, OAuth2Settings};
+
 /// One address the gateway accepts connections on.
 #[derive(Debug, Clone)]
 pub struct ListenerSettings {
@@ -179,6 +181,9 @@ pub struct GatewaySettings {
     /// Extra CA certificates (PEM) trusted for `https://` backends, besides the
     /// Mozilla roots.
     pub backend_ca_pem: Vec<PathBuf>,
+    /// `backend_auth` by API name: a client certificate for the backend, or the
+    /// bearer token set on the requests forwarded to it.
+    pub backend_auth: std::collections::HashMap<String, BackendAuth>,
 }
 
 /// Whether `peer` is one of the configured proxies (IPv4-mapped IPv6 counts as IPv4).

@@ -359,6 +359,7 @@ pub fn settings(apis: Vec<ApiSettings>, limits: Limits) -> GatewaySettings {
         trusted_proxies: Vec::new(),
         backend_ca_pem: Vec::new(),
         access_log: rampart::gateway::AccessLog::All,
+        backend_auth: Default::default(),
     }
 }
 

@@ -16,13 +16,15 @@ use crate::config::gateway::{
     SubscriptionConfig,
 };
 use crate::config::raw::{
-    RawApi, RawApiJwt, RawBackendTimeouts, RawClaimHeader, RawGateway, RawListener, RawProduct,
-    RawQuota, RawRateLimit, RawRoleRule, RawSni, RawSubscription, RawTls, Text,
+    RawApi, RawApiJwt, RawBackendAuth, RawBackendTimeouts, RawClaimHeader, RawGateway, RawListener,
+    RawOAuth2, RawProduct, RawQuota, RawRateLimit, RawRoleRule, RawSni, RawSubscription, RawTls,
+    Text,
 };
 use crate::config::{
     ApiConfig, ListenerConfig, ListenerTransport, MAX_RATE_LIMIT_CALLS, MAX_RATE_LIMIT_PERIOD_SECS,
     ProductConfig, RateLimitConfig, SniCertConfig, SubscriptionRequirement,
 };
+use crate::policy::backend_auth::{self, BackendAuth, OAuth2Settings};
 use crate::policy::jwt::JwtProviderSettings;
 use crate::policy::keys::{DEFAULT_HEADER, DEFAULT_QUERY_PARAM, KeyHash, Scope, SubscriptionState};
 
@@ -483,6 +485,9 @@ impl Checker<'_> {
                 BackendProtocolConfig::default(),
             );
             let timeouts = self.backend_timeouts(raw.timeouts);
+            let backend_auth = raw
+                .backend_auth
+                .and_then(|auth| self.backend_auth(auth, backend.as_ref()));
             let cors = raw.cors.and_then(|cors| {
                 let at = cors.span().start;
                 let cors = cors.into_inner();
@@ -530,9 +535,146 @@ impl Checker<'_> {
                 certificate_headers,
                 backend_protocol,
                 timeouts,
+                backend_auth,
             });
         }
         apis
+    }
+
+    /// `backend_auth`: exactly one of a client certificate, a token file or OAuth2;
+    /// the files it names are read and checked now.
+    fn backend_auth(
+        &mut self,
+        raw: Spanned<RawBackendAuth>,
+        backend: Option<&Url>,
+    ) -> Option<BackendAuth> {
+        let section = raw.span().start;
+        let raw = raw.into_inner();
+        let forms = usize::from(raw.client_cert.is_some() || raw.client_key.is_some())
+            + usize::from(raw.bearer_token_file.is_some())
+            + usize::from(raw.oauth2.is_some());
+        if forms != 1 {
+            self.error(
+                section,
+                "`api.backend_auth` needs exactly one of `client_cert` with `client_key`, `bearer_token_file` or `oauth2`",
+            );
+            return None;
+        }
+        if let Some(path) = raw.bearer_token_file {
+            let at = path.span().start;
+            let path = self.path("api.backend_auth.bearer_token_file", path);
+            if path.is_absolute()
+                && let Err(e) = backend_auth::read_token_file(&path)
+            {
+                self.error(
+                    at,
+                    format!(
+                        "invalid `api.backend_auth.bearer_token_file`: {}",
+                        chain(&e)
+                    ),
+                );
+                return None;
+            }
+            return Some(BackendAuth::BearerTokenFile(path));
+        }
+        if let Some(oauth2) = raw.oauth2 {
+            return self.oauth2(oauth2).map(BackendAuth::OAuth2);
+        }
+        let cert = self.required(section, "api.backend_auth", "client_cert", raw.client_cert);
+        let key = self.required(section, "api.backend_auth", "client_key", raw.client_key);
+        let (cert, key) = (cert?, key?);
+        let at = cert.span().start;
+        if let Some(backend) = backend
+            && backend.scheme() != "https"
+        {
+            self.error(
+                at,
+                format!(
+                    "`api.backend_auth.client_cert` needs an https:// backend, not {:?}",
+                    backend.as_str()
+                ),
+            );
+            return None;
+        }
+        let cert = self.path("api.backend_auth.client_cert", cert);
+        let key = self.path("api.backend_auth.client_key", key);
+        if cert.is_absolute()
+            && key.is_absolute()
+            && let Err(e) = backend_auth::load_client_cert(&cert, &key)
+        {
+            self.error(
+                at,
+                format!("invalid `api.backend_auth.client_cert`: {}", chain(&e)),
+            );
+            return None;
+        }
+        Some(BackendAuth::ClientCert { cert, key })
+    }
+
+    fn oauth2(&mut self, raw: Spanned<RawOAuth2>) -> Option<OAuth2Settings> {
+        let section = raw.span().start;
+        let raw = raw.into_inner();
+        let table = "api.backend_auth.oauth2";
+        let token_url = self.required(section, table, "token_url", raw.token_url);
+        let client_id = self.required(section, table, "client_id", raw.client_id);
+        let secret = self.required(section, table, "client_secret_file", raw.client_secret_file);
+        let errors = self.errors.len();
+        let token_url = token_url.and_then(|url| match Url::parse(url.get_ref()) {
+            Ok(parsed) if parsed.scheme() == "https" && parsed.host().is_some() => Some(parsed),
+            _ => {
+                self.error(
+                    url.span().start,
+                    format!(
+                        "invalid `{table}.token_url` {:?}: expected an https:// URL with a host",
+                        url.get_ref()
+                    ),
+                );
+                None
+            }
+        });
+        if let Some(id) = &client_id
+            && id.get_ref().is_empty()
+        {
+            self.error(
+                id.span().start,
+                format!("`{table}.client_id` must not be empty"),
+            );
+        }
+        let secret = secret.map(|secret| {
+            let at = secret.span().start;
+            let path = self.path(&format!("{table}.client_secret_file"), secret);
+            if path.is_absolute()
+                && let Err(e) = backend_auth::read_secret(&path)
+            {
+                // The error names the file, never its content.
+                self.error(
+                    at,
+                    format!("invalid `{table}.client_secret_file`: {}", chain(&e)),
+                );
+            }
+            path
+        });
+        let ca_file = raw.ca_file.map(|ca| {
+            let at = ca.span().start;
+            let path = self.path(&format!("{table}.ca_file"), ca);
+            if path.is_absolute()
+                && let Err(e) = backend_auth::token_roots(Some(&path))
+            {
+                self.error(at, format!("invalid `{table}.ca_file`: {}", chain(&e)));
+            }
+            path
+        });
+        let scope = raw.scope.map(Spanned::into_inner);
+        if self.errors.len() != errors {
+            return None;
+        }
+        Some(OAuth2Settings {
+            token_url: token_url?,
+            client_id: client_id?.into_inner(),
+            client_secret_file: secret?,
+            scope,
+            ca_file,
+        })
     }
 
     fn backend_timeouts(

@@ -1,0 +1,561 @@
+//! Backend authentication through the real `rampartd`: a client certificate for an
+//! https backend that requires one, a bearer token read from a file (re-read when it
+//! changes), an OAuth2 client credentials token (fetched once, cached), 503 while no
+//! token can be had, and the configuration errors `--check-config` reports.
+
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod gateway_support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gateway_support::*;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rampart::gateway::CertFiles;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+
+const RAMPARTD: &str = env!("CARGO_BIN_EXE_rampartd");
+
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts rampartd with a plain HTTP listener on `port` and `rest` (APIs, `[gateway]`).
+async fn start(dir: &Path, port: u16, rest: &str) -> Daemon {
+    let config = dir.join(format!("rampart-{port}.toml"));
+    let text = format!(
+        "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\n\n\
+         [[listener]]\naddress = \"127.0.0.1:{port}\"\nplain_http = true\n\n{rest}\n",
+        state = dir.join("state").display().to_string(),
+        runtime = dir.join("run").display().to_string(),
+    );
+    std::fs::write(&config, &text).unwrap();
+    let log = dir.join(format!("rampartd-{port}.log"));
+    let child = Command::new(RAMPARTD)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut daemon = Daemon { child, log };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            panic!("rampartd exited with {status}:\n{}\n{text}", daemon.log());
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return daemon;
+        }
+        assert!(Instant::now() < deadline, "rampartd did not listen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+type PlainClient = Client<HttpConnector, Empty<Bytes>>;
+
+fn plain_client() -> PlainClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// GET `url` with extra headers: the response head and body.
+async fn get_with(
+    client: &PlainClient,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (http::response::Parts, String) {
+    let mut request = Request::get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client
+        .request(request.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A rustls server configuration for `files`, requiring client certificates from
+/// `client_ca` when given.
+fn server_config(files: &CertFiles, client_ca: Option<&Path>) -> rustls::ServerConfig {
+    let chain: Vec<_> = CertificateDer::pem_file_iter(&files.cert_chain_pem)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&files.key_pem).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key).unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+type Handler = Arc<dyn Fn(Request<Bytes>, bool) -> Response<Full<Bytes>> + Send + Sync>;
+
+/// A server on loopback: TLS with `tls` when given, plain otherwise; `handler` gets
+/// each request (body collected) and whether the peer presented a certificate.
+async fn serve(tls: Option<rustls::ServerConfig>, handler: Handler) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tls.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let handler = Arc::clone(&handler);
+            tokio::spawn(async move {
+                let service = |peer_cert: bool| {
+                    let handler = Arc::clone(&handler);
+                    service_fn(move |req: Request<Incoming>| {
+                        let handler = Arc::clone(&handler);
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|b| b.to_bytes());
+                            let body = body.unwrap_or_default();
+                            Ok::<_, Infallible>(handler(
+                                Request::from_parts(parts, body),
+                                peer_cert,
+                            ))
+                        }
+                    })
+                };
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                match acceptor {
+                    Some(acceptor) => {
+                        let Ok(stream) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let peer_cert = stream.get_ref().1.peer_certificates().is_some();
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service(peer_cert))
+                            .await;
+                    }
+                    None => {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service(false))
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn respond(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+}
+
+/// A CA for client certificates and one certificate it issued, as PEM files.
+fn client_pki(dir: &Path) -> (PathBuf, CertFiles) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "backend client CA");
+    let ca_cert = params.self_signed(&ca_key).unwrap();
+    let ca_pem = dir.join("client-ca.pem");
+    std::fs::write(&ca_pem, ca_cert.pem()).unwrap();
+    let issuer = rcgen::Issuer::new(params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["gateway.test".to_owned()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "rampart gateway");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let files = CertFiles {
+        cert_chain_pem: dir.join("gw-client.pem"),
+        key_pem: dir.join("gw-client.key"),
+    };
+    std::fs::write(&files.cert_chain_pem, cert.pem()).unwrap();
+    std::fs::write(&files.key_pem, key.serialize_pem()).unwrap();
+    (ca_pem, files)
+}
+
+fn api(name: &str, prefix: &str, backend: &str, extra: &str) -> String {
+    format!(
+        "[[api]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nbackend = \"{backend}\"\n\
+         subscription = \"none\"\n{extra}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_certificate_opens_a_backend_that_requires_one() {
+    let dir = TempDir::new("backend-mtls");
+    let server = Pki::new();
+    let (client_ca, client_cert) = client_pki(&dir.0);
+    let backend_files = server.leaf("mtls-backend", &["localhost"]);
+    let backend = serve(
+        Some(server_config(&backend_files, Some(&client_ca))),
+        Arc::new(|req: Request<Bytes>, peer_cert: bool| {
+            respond(
+                StatusCode::OK,
+                format!("{} peer-cert={peer_cert}", req.uri().path()),
+            )
+        }),
+    )
+    .await;
+    let port = free_port();
+    let url = format!("https://localhost:{}/", backend.port());
+    let cert = client_cert.cert_chain_pem.display().to_string();
+    let key = client_cert.key_pem.display().to_string();
+    let rest = format!(
+        "{}{}[gateway]\nbackend_ca = [{:?}]\n",
+        api(
+            "with-cert",
+            "/with",
+            &url,
+            &format!("backend_auth = {{ client_cert = {cert:?}, client_key = {key:?} }}"),
+        ),
+        api("without-cert", "/without", &url, ""),
+        server.ca_pem.display().to_string(),
+    );
+    let daemon = start(&dir.0, port, &rest).await;
+    let client = plain_client();
+
+    let (parts, body) = get_with(&client, &format!("http://127.0.0.1:{port}/with/x"), &[]).await;
+    assert_eq!(parts.status, 200, "{body}\n{}", daemon.log());
+    assert_eq!(body, "/x peer-cert=true");
+
+    // The same backend without the certificate: the handshake fails, 502.
+    let (parts, body) = get_with(&client, &format!("http://127.0.0.1:{port}/without/x"), &[]).await;
+    assert_apim_error(&parts, &body, 502, "Bad gateway");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bearer_token_file_replaces_the_clients_token_and_follows_the_file() {
+    let dir = TempDir::new("backend-token-file");
+    let token = dir.0.join("backend-token");
+    std::fs::write(&token, "token-1\n").unwrap();
+    let backend = start_backend().await;
+    let port = free_port();
+    let rest = api(
+        "tokens",
+        "/",
+        &format!("http://{backend}/"),
+        &format!(
+            "backend_auth = {{ bearer_token_file = {:?} }}",
+            token.display().to_string()
+        ),
+    );
+    let daemon = start(&dir.0, port, &rest).await;
+    let client = plain_client();
+    let url = format!("http://127.0.0.1:{port}/echo");
+    let sent = || async {
+        let (parts, body) =
+            get_with(&client, &url, &[("Authorization", "Bearer client-token")]).await;
+        assert_eq!(parts.status, 200, "{body}");
+        let auth: Vec<String> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("authorization: "))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(auth.len(), 1, "{body}");
+        auth.into_iter().next().unwrap()
+    };
+    assert_eq!(sent().await, "Bearer token-1");
+
+    // Rewritten in place: within a few seconds requests carry the new token.
+    std::fs::write(&token, "token-2\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let auth = sent().await;
+        if auth == "Bearer token-2" {
+            break;
+        }
+        assert_eq!(auth, "Bearer token-1");
+        assert!(
+            Instant::now() < deadline,
+            "token-2 never sent\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Emptied, then removed: the last good token stays.
+    std::fs::write(&token, "").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sent().await, "Bearer token-2");
+    std::fs::remove_file(&token).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sent().await, "Bearer token-2");
+    let log = daemon.log();
+    assert!(log.contains("the last good token stays"), "{log}");
+    assert!(
+        !log.contains("token-2"),
+        "the token is never logged:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oauth2_tokens_are_fetched_once_and_missing_ones_give_503() {
+    let dir = TempDir::new("backend-oauth2");
+    let server = Pki::new();
+    let secret = dir.0.join("gw.secret");
+    std::fs::write(&secret, "s3cret&value\n").unwrap();
+
+    // The token endpoint: counts calls, keeps the last form body.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let forms = Arc::new(Mutex::new(Vec::<String>::new()));
+    let endpoint = {
+        let calls = Arc::clone(&calls);
+        let forms = Arc::clone(&forms);
+        serve(
+            Some(server_config(&server.leaf("idp", &["localhost"]), None)),
+            Arc::new(move |req: Request<Bytes>, _| {
+                if req.method() != http::Method::POST || req.uri().path() != "/token" {
+                    return respond(StatusCode::NOT_FOUND, "");
+                }
+                let content_type = req.headers()[http::header::CONTENT_TYPE].clone();
+                assert_eq!(content_type, "application/x-www-form-urlencoded");
+                forms
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(req.body()).into_owned());
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                respond(
+                    StatusCode::OK,
+                    format!(
+                        r#"{{"access_token":"at-{n}","token_type":"Bearer","expires_in":3600}}"#
+                    ),
+                )
+            }),
+        )
+        .await
+    };
+    // A backend that counts what reaches it.
+    let reached = Arc::new(AtomicUsize::new(0));
+    let counted = {
+        let reached = Arc::clone(&reached);
+        serve(
+            None,
+            Arc::new(move |_: Request<Bytes>, _| {
+                reached.fetch_add(1, Ordering::SeqCst);
+                respond(StatusCode::OK, "reached")
+            }),
+        )
+        .await
+    };
+    let backend = start_backend().await;
+    let down = closed_port().await;
+    let secret_path = secret.display().to_string();
+    let ca = server.ca_pem.display().to_string();
+    let rest = format!(
+        "{}{}",
+        api(
+            "managed",
+            "/managed",
+            &format!("http://{backend}/"),
+            &format!(
+                "backend_auth = {{ oauth2 = {{ token_url = \"https://localhost:{}/token\", client_id = \"gw\", \
+                 client_secret_file = {secret_path:?}, scope = \"api://backend/.default\", ca_file = {ca:?} }} }}",
+                endpoint.port()
+            ),
+        ),
+        api(
+            "idp-down",
+            "/down",
+            &format!("http://{counted}/"),
+            &format!(
+                "backend_auth = {{ oauth2 = {{ token_url = \"https://localhost:{}/token\", client_id = \"gw\", \
+                 client_secret_file = {secret_path:?}, ca_file = {ca:?} }} }}",
+                down.port()
+            ),
+        ),
+    );
+    let port = free_port();
+    let daemon = start(&dir.0, port, &rest).await;
+    let client = plain_client();
+    let managed = format!("http://127.0.0.1:{port}/managed/echo");
+
+    // The first token arrives shortly after start (503 until then).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (parts, body) = get_with(&client, &managed, &[]).await;
+        if parts.status == 200 {
+            break;
+        }
+        assert_apim_error(&parts, &body, 503, "Backend credentials are not available.");
+        assert!(Instant::now() < deadline, "no token\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..20 {
+        let (parts, body) = get_with(
+            &client,
+            &managed,
+            &[("Authorization", "Bearer client-token")],
+        )
+        .await;
+        assert_eq!(parts.status, 200, "{body}");
+        assert!(body.contains("authorization: Bearer at-1\n"), "{body}");
+        assert!(!body.contains("client-token"), "{body}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let form = forms.lock().unwrap()[0].clone();
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(form.as_bytes())
+        .into_owned()
+        .collect();
+    let field = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{name} missing in {form}"))
+            .to_owned()
+    };
+    assert_eq!(field("grant_type"), "client_credentials");
+    assert_eq!(field("client_id"), "gw");
+    assert_eq!(field("client_secret"), "s3cret&value");
+    assert_eq!(field("scope"), "api://backend/.default");
+
+    // No token endpoint: 503 with APIM's JSON, nothing forwarded.
+    let (parts, body) = get_with(&client, &format!("http://127.0.0.1:{port}/down/x"), &[]).await;
+    assert_apim_error(&parts, &body, 503, "Backend credentials are not available.");
+    assert_eq!(reached.load(Ordering::SeqCst), 0);
+
+    let log = daemon.log();
+    assert!(log.contains("backend token request failed"), "{log}");
+    assert!(
+        !log.contains("s3cret"),
+        "the secret is never logged:\n{log}"
+    );
+    assert!(!log.contains("at-1"), "the token is never logged:\n{log}");
+}
+
+/// `--check-config` on `text`: exit code and stderr.
+fn check(dir: &Path, name: &str, text: &str) -> (i32, String, PathBuf) {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(RAMPARTD)
+        .arg("--check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        path,
+    )
+}
+
+#[test]
+fn configuration_errors_are_reported_with_their_position() {
+    let dir = TempDir::new("backend-auth-check");
+    let pki = Pki::new();
+    let files = pki.leaf("client", &["gw.test"]);
+    let secret = dir.0.join("secret");
+    std::fs::write(&secret, "x").unwrap();
+    let header = "[[listener]]\naddress = \"127.0.0.1:8443\"\nplain_http = true\n\
+                  [[api]]\nname = \"a\"\npath_prefix = \"/\"\n";
+    // The `backend_auth` line is line 8; its value starts at column 16.
+    let cases = [
+        (
+            "cert-http",
+            format!(
+                "backend = \"http://b/\"\nbackend_auth = {{ client_cert = {:?}, client_key = {:?} }}\n",
+                files.cert_chain_pem.display().to_string(),
+                files.key_pem.display().to_string()
+            ),
+            ":8:32: ",
+            "needs an https:// backend",
+        ),
+        (
+            "missing-token",
+            format!(
+                "backend = \"http://b/\"\nbackend_auth = {{ bearer_token_file = {:?} }}\n",
+                dir.0.join("nope").display().to_string()
+            ),
+            ":8:38: ",
+            "cannot read",
+        ),
+        (
+            "http-token-url",
+            format!(
+                "backend = \"http://b/\"\nbackend_auth = {{ oauth2 = {{ token_url = \"http://idp/t\", client_id = \"gw\", client_secret_file = {:?} }} }}\n",
+                secret.display().to_string()
+            ),
+            ":8:41: ",
+            "expected an https:// URL",
+        ),
+        (
+            "unknown-key",
+            "backend = \"http://b/\"\nbackend_auth = { token = \"x\" }\n".to_owned(),
+            ":8:",
+            "unknown field `token`",
+        ),
+    ];
+    for (name, api, position, message) in cases {
+        let (code, err, path) = check(&dir.0, name, &format!("{header}{api}"));
+        assert_eq!(code, 64, "{name}: {err}");
+        assert!(
+            err.contains(&format!("{}{position}", path.display())),
+            "{name}: {err}"
+        );
+        assert!(err.contains(message), "{name}: {err}");
+    }
+}

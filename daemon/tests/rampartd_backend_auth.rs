@@ -11,7 +11,7 @@ mod gateway_support;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,34 +32,8 @@ use tokio::net::TcpListener;
 
 const RAMPARTD: &str = env!("CARGO_BIN_EXE_rampartd");
 
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts rampartd with a plain HTTP listener on `port` and `rest` (APIs, `[gateway]`).
-async fn start(dir: &Path, port: u16, rest: &str) -> Daemon {
+async fn start(dir: &Path, port: u16, rest: &str) -> Rampartd {
     let config = dir.join(format!("rampart-{port}.toml"));
     let text = format!(
         "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\n\n\
@@ -67,30 +41,8 @@ async fn start(dir: &Path, port: u16, rest: &str) -> Daemon {
         state = dir.join("state").display().to_string(),
         runtime = dir.join("run").display().to_string(),
     );
-    std::fs::write(&config, &text).unwrap();
     let log = dir.join(format!("rampartd-{port}.log"));
-    let child = Command::new(RAMPARTD)
-        .arg("--config")
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut daemon = Daemon { child, log };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            panic!("rampartd exited with {status}:\n{}\n{text}", daemon.log());
-        }
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return daemon;
-        }
-        assert!(Instant::now() < deadline, "rampartd did not listen");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Rampartd::start(&config, &text, log, port).await
 }
 
 type PlainClient = Client<HttpConnector, Empty<Bytes>>;

@@ -10,64 +10,12 @@
 
 mod gateway_support;
 
-use std::path::PathBuf;
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gateway_support::*;
 use http::Request;
 use http_body_util::Empty;
 use rampart::policy::keys::{KeyStore, Scope};
-
-const RAMPARTD: &str = env!("CARGO_BIN_EXE_rampartd");
-
-/// The daemon, killed if still running on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_listening(daemon: &mut Daemon, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            panic!("rampartd exited with {status}:\n{}", daemon.log());
-        }
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rampartd did not listen on {port}:\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rampartd_serves_an_api_with_subscription_keys() {
@@ -84,29 +32,17 @@ async fn rampartd_serves_an_api_with_subscription_keys() {
     let backend = start_backend().await;
     let port = free_port();
     let config = dir.0.join("rampart.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\n\
-             [[listener]]\naddress = \"127.0.0.1:{port}\"\ntls = {{ cert = {cert:?}, key = {key:?} }}\n\
-             [[api]]\nname = \"echo\"\npath_prefix = \"/echo\"\nbackend = \"http://{backend}/\"\n",
-            state = state_dir.display().to_string(),
-            runtime = dir.0.join("run").display().to_string(),
-            cert = cert.cert_chain_pem.display().to_string(),
-            key = cert.key_pem.display().to_string(),
-        ),
-    )
-    .unwrap();
+    let text = format!(
+        "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\n\
+         [[listener]]\naddress = \"127.0.0.1:{port}\"\ntls = {{ cert = {cert:?}, key = {key:?} }}\n\
+         [[api]]\nname = \"echo\"\npath_prefix = \"/echo\"\nbackend = \"http://{backend}/\"\n",
+        state = state_dir.display().to_string(),
+        runtime = dir.0.join("run").display().to_string(),
+        cert = cert.cert_chain_pem.display().to_string(),
+        key = cert.key_pem.display().to_string(),
+    );
     let log = dir.0.join("rampartd.log");
-    let child = Command::new(RAMPARTD)
-        .arg("--config")
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut daemon = Daemon { child, log };
-    wait_listening(&mut daemon, port).await;
+    let mut daemon = Rampartd::start(&config, &text, log, port).await;
 
     let client = client(&pki, false);
     let url = format!("https://localhost:{port}/echo/x");
@@ -172,16 +108,6 @@ async fn rampartd_serves_an_api_with_subscription_keys() {
     assert!(!log.contains(keys.primary.expose()), "{log}");
     assert!(!log.contains(keys.secondary.expose()), "{log}");
 
-    // SAFETY: kill has no memory preconditions; the pid is our child's.
-    let pid = i32::try_from(daemon.child.id()).unwrap();
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let status = loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "rampartd did not stop");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = daemon.terminate().await;
     assert!(status.success(), "{status}:\n{}", daemon.log());
 }

@@ -15,7 +15,6 @@ mod gateway_support;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -33,10 +32,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use rampart::gateway::CertFiles;
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
-
-const RAMPARTD: &str = env!("CARGO_BIN_EXE_rampartd");
 
 const ISS: &str = "https://idp.test/rampart";
 const AUD: &str = "api://orders";
@@ -46,37 +43,8 @@ const INVALID: &str = "Invalid JWT.";
 // The daemon
 // ---------------------------------------------------------------------------
 
-/// A running rampartd, killed (and reaped) on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-    port: u16,
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.port)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// The daemon under test.
+type Daemon = Rampartd;
 
 /// One test's directory, gateway CA and certificate.
 struct Setup {
@@ -121,34 +89,8 @@ impl Setup {
             cert = self.cert.cert_chain_pem.display().to_string(),
             key = self.cert.key_pem.display().to_string(),
         );
-        std::fs::write(&config, &text).unwrap();
         let log = self.dir.0.join(format!("rampartd-{n}.log"));
-        let child = Command::new(RAMPARTD)
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut daemon = Daemon { child, log, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = daemon.child.try_wait().unwrap() {
-                panic!(
-                    "rampartd exited with {status}:\n{}\nconfiguration:\n{text}",
-                    daemon.log()
-                );
-            }
-            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return daemon;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rampartd did not listen on {port}:\n{}",
-                daemon.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        Rampartd::start(&config, &text, log, port).await
     }
 }
 

@@ -16,7 +16,7 @@ mod gateway_support;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -33,7 +33,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use rampart::gateway::CertFiles;
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 const RAMPARTD: &str = env!("CARGO_BIN_EXE_rampartd");
@@ -51,32 +51,8 @@ const ROLE_DENIED: &str = "Access denied: the token does not grant a role this o
 // The daemon
 // ---------------------------------------------------------------------------
 
-/// A running rampartd, killed (and reaped) on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// The daemon under test.
+type Daemon = Rampartd;
 
 /// One test's directory, CA, gateway certificate and port.
 struct Setup {
@@ -130,40 +106,9 @@ impl Setup {
             cert = self.cert.cert_chain_pem.display().to_string(),
             key = self.cert.key_pem.display().to_string(),
         );
-        std::fs::write(&config, &text).unwrap();
         let n = self.starts.fetch_add(1, Ordering::Relaxed);
         let log = self.dir.0.join(format!("rampartd-{n}.log"));
-        let child = Command::new(RAMPARTD)
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut daemon = Daemon { child, log };
-        wait_listening(&mut daemon, self.port, &text).await;
-        daemon
-    }
-}
-
-async fn wait_listening(daemon: &mut Daemon, port: u16, config: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            panic!(
-                "rampartd exited with {status}:\n{}\nconfiguration:\n{config}",
-                daemon.log()
-            );
-        }
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rampartd did not listen on {port}:\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        Rampartd::start(&config, &text, log, self.port).await
     }
 }
 

@@ -8,9 +8,8 @@
 mod gateway_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gateway_support::*;
@@ -21,18 +20,6 @@ use hyper_util::rt::TokioExecutor;
 use rampart::gateway::CertFiles;
 
 const RAMPARTD: &str = env!("CARGO_BIN_EXE_rampartd");
-
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A CA for client certificates, and the certificates it issues.
 struct ClientPki {
@@ -166,21 +153,13 @@ async fn get(
     Ok((parts, String::from_utf8_lossy(&body).into_owned()))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn start(
     dir: &Path,
     server_cert: &CertFiles,
     port: u16,
     tls_extra: &str,
     apis: &str,
-) -> Daemon {
+) -> Rampartd {
     let config = dir.join(format!("rampart-{port}.toml"));
     let text = format!(
         "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\n\n\
@@ -191,33 +170,8 @@ async fn start(
         cert = server_cert.cert_chain_pem.display().to_string(),
         key = server_cert.key_pem.display().to_string(),
     );
-    std::fs::write(&config, &text).unwrap();
     let log = dir.join(format!("rampartd-{port}.log"));
-    let child = Command::new(RAMPARTD)
-        .arg("--config")
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut daemon = Daemon { child, log };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            panic!(
-                "rampartd exited with {status}:\n{}\n{text}",
-                std::fs::read_to_string(&daemon.log).unwrap_or_default()
-            );
-        }
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return daemon;
-        }
-        assert!(Instant::now() < deadline, "rampartd did not listen");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Rampartd::start(&config, &text, log, port).await
 }
 
 fn assert_error(

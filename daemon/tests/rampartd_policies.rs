@@ -18,7 +18,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::{Child, Command, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -38,8 +37,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::time::Instant;
 
-const RAMPARTD: &str = env!("CARGO_BIN_EXE_rampartd");
-
 const MISSING_KEY: &str = "Access denied due to missing subscription key. Make sure to include subscription key when making requests to an API.";
 const INVALID_KEY: &str = "Access denied due to invalid subscription key. Make sure to provide a valid key for an active subscription.";
 
@@ -57,51 +54,8 @@ enum TimingGuard {
 // The daemon
 // ---------------------------------------------------------------------------
 
-/// A running rampartd, killed (and reaped) on drop if still running.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then waits (at most 40 s) for the exit status.
-    async fn terminate(&mut self) -> ExitStatus {
-        // SAFETY: kill has no memory preconditions; the pid is our own child's.
-        let pid = i32::try_from(self.child.id()).unwrap();
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rampartd did not stop after SIGTERM:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// The daemon under test.
+type Daemon = Rampartd;
 
 /// One test's directory, CA, gateway certificate and port.
 struct Setup {
@@ -164,42 +118,11 @@ impl Setup {
             cert = self.cert.cert_chain_pem.display().to_string(),
             key = self.cert.key_pem.display().to_string(),
         );
-        std::fs::write(&config, &text).unwrap();
         let n = self
             .starts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = self.dir.0.join(format!("rampartd-{n}.log"));
-        let child = Command::new(RAMPARTD)
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut daemon = Daemon { child, log };
-        wait_listening(&mut daemon, self.port, &text).await;
-        daemon
-    }
-}
-
-async fn wait_listening(daemon: &mut Daemon, port: u16, config: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            panic!(
-                "rampartd exited with {status}:\n{}\nconfiguration:\n{config}",
-                daemon.log()
-            );
-        }
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rampartd did not listen on {port}:\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        Rampartd::start(&config, &text, log, self.port).await
     }
 }
 

@@ -411,3 +411,93 @@ pub fn assert_apim_error(parts: &http::response::Parts, body: &str, status: u16,
     assert_eq!(json["statusCode"], status);
     assert_eq!(json["message"], message);
 }
+
+/// A running `rampartd` (this package's binary) on a TLS or plain listener at `port`;
+/// killed on drop, so a failed test leaves no process behind.
+pub struct Rampartd {
+    pub child: std::process::Child,
+    /// Its stderr (the log).
+    pub log: PathBuf,
+    pub port: u16,
+}
+
+impl Rampartd {
+    /// Writes `text` to `config`, starts rampartd on it with stderr to `log`, and
+    /// waits (at most 20 s) until `port` accepts connections.
+    pub async fn start(config: &std::path::Path, text: &str, log: PathBuf, port: u16) -> Self {
+        std::fs::write(config, text).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_rampartd"))
+            .arg("--config")
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut daemon = Self { child, log, port };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                panic!(
+                    "rampartd exited with {status}:\n{}\nconfiguration:\n{text}",
+                    daemon.log()
+                );
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return daemon;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rampartd did not listen on {port}:\n{}",
+                daemon.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `https://localhost:PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+
+    /// SIGTERM, then waits (at most 40 s) for the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill has no memory preconditions; the pid is our own child's.
+        let pid = i32::try_from(self.child.id()).unwrap();
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rampartd did not stop after SIGTERM:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Rampartd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

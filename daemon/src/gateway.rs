@@ -37,7 +37,9 @@ pub use settings::{
     ClientCa, GatewaySettings, Limits, ListenerSettings, OAuth2Settings, SniCert, TlsSettings,
     Transport,
 };
-pub use tls::{CertResolver, ClientVerification, client_verification};
+pub use tls::{
+    CertResolver, ClientVerification, client_tls_config, client_verification, https_client,
+};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every response body: a backend's streamed body or a gateway-made one.

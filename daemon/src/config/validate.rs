@@ -339,10 +339,24 @@ impl Checker<'_> {
         range: RangeInclusive<u32>,
         default: u32,
     ) -> u32 {
+        let wide = u64::from(*range.start())..=u64::from(*range.end());
+        let n = self.integer64(key, value, wide, default.into());
+        u32::try_from(n).unwrap_or(default)
+    }
+
+    /// A 64-bit integer within `range`, or `default` when absent (or invalid, after
+    /// reporting it).
+    fn integer64(
+        &mut self,
+        key: &str,
+        value: Option<Spanned<i64>>,
+        range: RangeInclusive<u64>,
+        default: u64,
+    ) -> u64 {
         let Some(value) = value else {
             return default;
         };
-        match u32::try_from(*value.get_ref()) {
+        match u64::try_from(*value.get_ref()) {
             Ok(n) if range.contains(&n) => n,
             _ => {
                 self.error(

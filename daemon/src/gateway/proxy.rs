@@ -276,16 +276,8 @@ pub(crate) fn client_config(
     roots: rustls::RootCertStore,
     client_cert: Option<ClientCertificate>,
 ) -> Result<rustls::ClientConfig, GatewayError> {
-    let builder = rustls::ClientConfig::builder_with_provider(super::tls::crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|source| GatewayError::TlsConfig { source })?
-        .with_root_certificates(roots);
-    match client_cert {
-        None => Ok(builder.with_no_client_auth()),
-        Some(cert) => builder
-            .with_client_auth_cert(cert.chain, cert.key)
-            .map_err(|source| GatewayError::TlsConfig { source }),
-    }
+    super::tls::client_tls_config(roots, client_cert.map(|cert| (cert.chain, cert.key)))
+        .map_err(|source| GatewayError::TlsConfig { source })
 }
 
 /// The roots trusted for backends: the Mozilla roots plus the extra CA certificates

@@ -22,6 +22,53 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A TLS 1.2/1.3 client configuration trusting `roots`, presenting `client_cert`
+/// (chain and key) when given.
+pub fn client_tls_config(
+    roots: rustls::RootCertStore,
+    client_cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let builder = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots);
+    match client_cert {
+        None => Ok(builder.with_no_client_auth()),
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key),
+    }
+}
+
+/// An https-only HTTP/1.1 client trusting `roots`, for the daemon's own small
+/// requests (JWKS and discovery fetches, OAuth2 tokens): one idle connection kept.
+pub fn https_client<B>(
+    roots: rustls::RootCertStore,
+    connect_timeout: Option<std::time::Duration>,
+) -> Result<
+    hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        B,
+    >,
+    rustls::Error,
+>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(connect_timeout);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_tls_config(roots, None)?)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(1)
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .build(connector),
+    )
+}
+
 /// The server side's provider: AES-128-GCM suites first (as Mozilla's guidelines
 /// order them; as safe and cheaper than AES-256), then the provider's order.
 fn server_provider() -> Arc<CryptoProvider> {

@@ -719,35 +719,6 @@ impl Checker<'_> {
         Duration::from_secs(self.integer(key, value, range, default).into())
     }
 
-    /// A 64-bit integer within `range`, or `default` when absent (or invalid, after
-    /// reporting it).
-    fn integer64(
-        &mut self,
-        key: &str,
-        value: Option<Spanned<i64>>,
-        range: RangeInclusive<u64>,
-        default: u64,
-    ) -> u64 {
-        let Some(value) = value else {
-            return default;
-        };
-        match u64::try_from(*value.get_ref()) {
-            Ok(n) if range.contains(&n) => n,
-            _ => {
-                self.error(
-                    value.span().start,
-                    format!(
-                        "`{key}` must be between {} and {}, not {}",
-                        range.start(),
-                        range.end(),
-                        value.get_ref()
-                    ),
-                );
-                default
-            }
-        }
-    }
-
     fn counter(&mut self, key: &str, value: Option<Text>) -> CounterConfig {
         let Some(value) = value else {
             return CounterConfig::default();

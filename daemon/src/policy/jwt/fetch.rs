@@ -2,16 +2,14 @@
 //! against the provider's roots, one deadline for the whole exchange, a cap on the
 //! body, no redirects followed (a 3xx is a failure), 200 only.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::Algorithm;
 use url::Url;
 
@@ -89,24 +87,9 @@ impl std::fmt::Debug for JwksClient {
 impl JwksClient {
     /// A client trusting `roots` only.
     pub fn new(roots: rustls::RootCertStore) -> Result<Self, rustls::Error> {
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(1)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        Ok(Self { client })
+        Ok(Self {
+            client: crate::gateway::https_client(roots, None)?,
+        })
     }
 
     /// GETs `url` and returns its body: 200 only, within `limits`.

@@ -152,7 +152,8 @@ async fn process(shared: &Arc<Shared>, conn: &Connection, request: Request<Incom
     let client_ip = ctx.client_ip;
     let has_body = ctx.has_body;
 
-    let request_bytes = Arc::new(AtomicU64::new(0));
+    // Only allocated when a policy asked for byte counts (not on the usual path).
+    let request_bytes = count_bytes.then(|| Arc::new(AtomicU64::new(0)));
     let (mut response, reason) = match stopped {
         Some(stop) => stopped_response(stop),
         None => {
@@ -165,7 +166,7 @@ async fn process(shared: &Arc<Shared>, conn: &Connection, request: Request<Incom
                         let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
                         let counted = Counted {
                             inner: ClientBody(body),
-                            bytes: count_bytes.then(|| Arc::clone(&request_bytes)),
+                            bytes: request_bytes.clone(),
                         };
                         Either::Left(Limited::new(counted, limit))
                     }
@@ -187,8 +188,8 @@ async fn process(shared: &Arc<Shared>, conn: &Connection, request: Request<Incom
                                 return Err(Stop::Reject(Rejection::request_timeout()));
                             }
                         };
-                        if let Some(bytes) = &collected {
-                            request_bytes.store(bytes.len() as u64, Ordering::Relaxed);
+                        if let (Some(bytes), Some(counter)) = (&collected, &request_bytes) {
+                            counter.store(bytes.len() as u64, Ordering::Relaxed);
                         }
                         let mut ctx = RequestContext {
                             api: &backend.name,
@@ -260,7 +261,9 @@ async fn process(shared: &Arc<Shared>, conn: &Connection, request: Request<Incom
                 state: &state,
             };
             let transferred = Transferred {
-                request_bytes: request_bytes.load(Ordering::Relaxed),
+                request_bytes: request_bytes
+                    .as_ref()
+                    .map_or(0, |counter| counter.load(Ordering::Relaxed)),
                 response_bytes,
             };
             for policy in &shared.policies {

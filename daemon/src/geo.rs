@@ -1,22 +1,40 @@
 //! Country databases: which country each IP prefix belongs to.
 //!
-//! Two formats are read:
+//! [`load`] reads, recognising the format by content and layout rather than
+//! by name:
+//! - **MMDB**: a MaxMind (GeoIP2/GeoLite2 Country or City) or DB-IP country
+//!   database, recognised by its metadata marker `\xAB\xCD\xEFMaxMind.com`
+//!   (or the `.mmdb` extension, so that a file whose metadata was cut off is
+//!   reported as a truncated MMDB file); see [`mmdb`];
+//! - **GeoLite2 CSV**: `<product>-Blocks-IPv4.csv` / `-IPv6.csv` joined with
+//!   `<product>-Locations-en.csv`, given as the directory holding them or as
+//!   one Blocks file (recognised by its `network,geoname_id,...` header);
+//! - **DB-IP CSV**: `start,end,country` inclusive ranges (dbip-country-lite),
+//!   recognised by a first line of two addresses and a code;
 //! - a directory of per-country zone files `<cc>.cidr` (or `<cc>.zone`),
 //!   one entry per line, either flat or split into `ipv4/` and `ipv6/`
 //!   subdirectories (the layout of the common country-ip-blocks downloads);
 //! - a CSV file of `network,country` lines (an optional header line
 //!   `network,country`).
 //!
-//! Entries are CIDRs, single addresses or inclusive ranges `a-b` (see
-//! [`crate::rules::parse_entry`]); blank lines and `#` comments are allowed.
-//! Country codes are two ASCII letters in either case: registry region codes
-//! (`ap`, `eu`, `zz`) are ordinary codes. Nested prefixes of different
-//! countries are fine (the longest wins when the table is compiled). One
-//! file giving the same prefix two countries is an error; two zone files
-//! doing so (the registries' data has a few such prefixes) is resolved by a
-//! fixed rule and reported in [`CountryData::overlaps`].
+//! In the last two, entries are CIDRs, single addresses or inclusive ranges
+//! `a-b` (see [`crate::rules::parse_entry`]); blank lines and `#` comments
+//! are allowed. Country codes are two ASCII letters in either case: registry
+//! region codes (`ap`, `eu`, `zz`) are ordinary codes there, while the
+//! downloaded databases' "unknown" (DB-IP's `ZZ`, a MaxMind network with no
+//! country) is skipped and counted in [`CountryData::unknown_networks`].
+//! Nested prefixes of different countries are fine (the longest wins when
+//! the table is compiled). One file giving the same prefix two countries is
+//! an error; two zone files doing so (the registries' data has a few such
+//! prefixes) is resolved by a fixed rule and reported in
+//! [`CountryData::overlaps`].
+//!
+//! A file that does not parse completely (corrupt, truncated, or a line cut
+//! mid-way) is an error naming the file, and the line for text formats:
+//! nothing partial is ever returned.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -24,69 +42,48 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use rampart_common::country_index;
 
-use crate::rules::{RuleError, country_name, parse_entry};
+use crate::rules::country_name;
 
-/// Errors of loading a country database. Every error names the file, and
-/// the line when there is one.
-#[derive(Debug, thiserror::Error)]
-pub enum GeoError {
-    #[error("cannot read {}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error(
-        "{}: a zone file must be named after a two-letter country code, like de.cidr or DE.zone",
-        path.display()
-    )]
-    BadFileName { path: PathBuf },
-    #[error("{}:{line}: invalid network `{text}`", path.display())]
-    BadEntry {
-        path: PathBuf,
-        line: usize,
-        text: String,
-        #[source]
-        source: RuleError,
-    },
-    #[error("{}:{line}: `{code}` is not a two-letter country code", path.display())]
-    BadCountry {
-        path: PathBuf,
-        line: usize,
-        code: String,
-    },
-    #[error("{}:{line}: expected `network,country`, found `{text}`", path.display())]
-    BadLine {
-        path: PathBuf,
-        line: usize,
-        text: String,
-    },
-    #[error(
-        "{prefix} is given two countries: {} ({}:{first_line}) and {} ({}:{second_line})",
-        country_name(*first),
-        first_path.display(),
-        country_name(*second),
-        second_path.display()
-    )]
-    CountryConflict {
-        prefix: IpNet,
-        /// Country indexes.
-        first: u16,
-        first_path: PathBuf,
-        first_line: usize,
-        second: u16,
-        second_path: PathBuf,
-        second_line: usize,
-    },
-    #[error(
-        "{} holds no country prefixes (expected <cc>.cidr zone files, possibly under ipv4/ and ipv6/, or a network,country CSV file)",
-        path.display()
-    )]
-    Empty { path: PathBuf },
+mod error;
+mod geolite2;
+mod mmdb;
+mod mmdb_writer;
+mod plain;
+mod range_csv;
+#[doc(hidden)]
+pub mod testdata;
+
+pub use error::GeoError;
+
+/// The format a country database was read in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseFormat {
+    /// A MaxMind DB file (MaxMind GeoIP2/GeoLite2, DB-IP).
+    Mmdb,
+    /// MaxMind's CSV layout: Blocks files joined with a Locations file.
+    GeoLite2Csv,
+    /// DB-IP's `start,end,country` ranges.
+    DbIpCsv,
+    /// `network,country` lines.
+    NetworkCountryCsv,
+    /// A directory of `<cc>.cidr` zone files.
+    ZoneFiles,
+}
+
+impl fmt::Display for DatabaseFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DatabaseFormat::Mmdb => "MMDB",
+            DatabaseFormat::GeoLite2Csv => "GeoLite2 CSV",
+            DatabaseFormat::DbIpCsv => "DB-IP CSV",
+            DatabaseFormat::NetworkCountryCsv => "network,country CSV",
+            DatabaseFormat::ZoneFiles => "zone files",
+        })
+    }
 }
 
 /// A loaded country database.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CountryData {
     /// Distinct prefixes in address order, with their
     /// `rampart_common::country_index`.
@@ -95,6 +92,9 @@ pub struct CountryData {
     v6_prefixes: usize,
     countries: BTreeSet<u16>,
     overlaps: Vec<Overlap>,
+    format: DatabaseFormat,
+    source: String,
+    unknown_networks: usize,
 }
 
 /// A prefix that two zone files give different countries. The country kept
@@ -111,8 +111,8 @@ pub struct Overlap {
     pub dropped_path: PathBuf,
 }
 
-impl std::fmt::Display for Overlap {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for Overlap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "{} is in {} and {}; kept {}",
@@ -136,7 +136,14 @@ impl CountryData {
     /// Builds the data from prefixes: exact duplicates are dropped, and a
     /// prefix that separate files give different countries is resolved (see
     /// [`Overlap`]); one file giving a prefix two countries is an error.
-    fn new(mut entries: Vec<Entry>, files: &[PathBuf]) -> Result<CountryData, GeoError> {
+    fn new(read: Read) -> Result<CountryData, GeoError> {
+        let Read {
+            mut entries,
+            files,
+            format,
+            source,
+            unknown_networks,
+        } = read;
         let path = |i: usize| files.get(i).cloned().unwrap_or_default();
         // Stable: equal prefixes stay in file and line order.
         entries.sort_by_key(|e| e.net);
@@ -195,6 +202,9 @@ impl CountryData {
             countries: prefixes.iter().map(|&(_, c)| c).collect(),
             prefixes,
             overlaps,
+            format,
+            source,
+            unknown_networks,
         })
     }
 
@@ -230,6 +240,24 @@ impl CountryData {
         self.countries.iter().map(|&c| country_name(c)).collect()
     }
 
+    /// The format the database was read in.
+    pub fn format(&self) -> DatabaseFormat {
+        self.format
+    }
+
+    /// What was read, for listings and logs: the format and what identifies
+    /// the data, e.g. `MMDB (GeoLite2-Country, built 2026-11-01)`.
+    pub fn describe(&self) -> &str {
+        &self.source
+    }
+
+    /// Networks of the database that have no country (DB-IP's `ZZ`, a
+    /// MaxMind network with neither a country nor a registered country):
+    /// skipped, so their sources count as unknown.
+    pub fn unknown_networks(&self) -> usize {
+        self.unknown_networks
+    }
+
     /// The prefixes, as `PrefixRules::countries`.
     pub fn into_prefixes(self) -> Vec<(IpNet, u16)> {
         self.prefixes
@@ -242,140 +270,148 @@ struct Entry {
     country: u16,
     /// Index into the list of files read.
     file: usize,
+    /// 1-based; 0 where the format has no lines (MMDB).
     line: usize,
 }
 
-/// Loads a country database: a directory of zone files or a CSV file.
+/// What one of the format readers found.
+struct Read {
+    entries: Vec<Entry>,
+    /// The files read, indexed by `Entry::file`.
+    files: Vec<PathBuf>,
+    format: DatabaseFormat,
+    source: String,
+    unknown_networks: usize,
+}
+
+/// Loads a country database in any of the formats of the module
+/// documentation, recognised by content and layout.
 pub fn load(path: &Path) -> Result<CountryData, GeoError> {
     let meta = fs::metadata(path).map_err(|source| GeoError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let (entries, files) = if meta.is_dir() {
-        load_dir(path)?
+    let read = if meta.is_dir() {
+        match geolite2::blocks_in_dir(path)? {
+            Some(set) => geolite2::load(&set)?,
+            None => plain::load_dir(path)?,
+        }
     } else {
-        let entries = load_csv(path)?;
-        (entries, vec![path.to_path_buf()])
+        load_file(path)?
     };
-    if entries.is_empty() {
+    if read.entries.is_empty() {
         return Err(GeoError::Empty {
             path: path.to_path_buf(),
         });
     }
-    CountryData::new(entries, &files)
+    CountryData::new(read)
 }
 
-/// Zone files of `dir` and of its `ipv4/` and `ipv6/` subdirectories.
-fn load_dir(dir: &Path) -> Result<(Vec<Entry>, Vec<PathBuf>), GeoError> {
-    let mut files = Vec::new();
-    for sub in [dir.to_path_buf(), dir.join("ipv4"), dir.join("ipv6")] {
-        if sub != dir && !sub.is_dir() {
-            continue;
-        }
-        zone_files(&sub, &mut files)?;
+/// The MMDB metadata marker (MaxMind DB spec, "Database Metadata").
+const MMDB_MARKER: &[u8] = b"\xAB\xCD\xEFMaxMind.com";
+/// The metadata section, marker included, is at most 128 KiB.
+const MMDB_METADATA_MAX: usize = 128 * 1024;
+
+fn load_file(path: &Path) -> Result<Read, GeoError> {
+    let bytes = fs::read(path).map_err(io_error(path))?;
+    if let Some(kind) = archive_kind(&bytes) {
+        return Err(GeoError::Compressed {
+            path: path.to_path_buf(),
+            kind,
+        });
     }
-    files.sort();
-    let mut entries = Vec::new();
-    let mut paths = Vec::with_capacity(files.len());
-    for (i, (path, country)) in files.into_iter().enumerate() {
-        let text = read(&path)?;
-        for (line, content) in lines(&text) {
-            let nets = parse_entry(content).map_err(|source| GeoError::BadEntry {
-                path: path.clone(),
-                line,
-                text: content.to_string(),
-                source,
-            })?;
-            entries.extend(nets.into_iter().map(|net| Entry {
-                net,
-                country,
-                file: i,
-                line,
-            }));
-        }
-        paths.push(path);
+    let tail = &bytes[bytes.len().saturating_sub(MMDB_METADATA_MAX)..];
+    let has_marker = tail.windows(MMDB_MARKER.len()).any(|w| w == MMDB_MARKER);
+    let mmdb_name = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("mmdb"));
+    if has_marker || mmdb_name {
+        return mmdb::load(path, bytes);
     }
-    Ok((entries, paths))
+    let text = text_of(path, bytes)?;
+    match text_layout(&text) {
+        TextLayout::GeoLite2Blocks => {
+            let set = geolite2::blocks_file(path)?;
+            geolite2::load(&set)
+        }
+        TextLayout::GeoLite2Locations => Err(GeoError::LocationsGiven {
+            path: path.to_path_buf(),
+        }),
+        TextLayout::DbIp => range_csv::load(path, &text),
+        TextLayout::NetworkCountry => plain::load_csv(path, &text),
+    }
 }
 
-/// Adds the zone files directly in `dir` with their country; files with
-/// other extensions are ignored.
-fn zone_files(dir: &Path, out: &mut Vec<(PathBuf, u16)>) -> Result<(), GeoError> {
-    let io_err = |source| GeoError::Io {
-        path: dir.to_path_buf(),
-        source,
+/// The text of a file of a text format.
+fn read_text(path: &Path) -> Result<String, GeoError> {
+    let bytes = fs::read(path).map_err(io_error(path))?;
+    text_of(path, bytes)
+}
+
+/// The bytes as text; binary data (not UTF-8, or holding a NUL byte, which
+/// no text format has) is an error naming the line it starts on.
+fn text_of(path: &Path, bytes: Vec<u8>) -> Result<String, GeoError> {
+    let not_text = |bytes: &[u8], at: usize| GeoError::NotText {
+        path: path.to_path_buf(),
+        line: bytes
+            .get(..at)
+            .unwrap_or_default()
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1,
     };
-    for entry in fs::read_dir(dir).map_err(io_err)? {
-        let path = entry.map_err(io_err)?.path();
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        if !matches!(ext.as_deref(), Some("cidr" | "zone")) {
-            continue;
-        }
-        // Follows symlinks; a directory named like a zone file is skipped.
-        if !path.is_file() {
-            continue;
-        }
-        let country = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(code_index);
-        match country {
-            Some(c) => out.push((path, c)),
-            None => return Err(GeoError::BadFileName { path }),
-        }
+    if let Some(at) = bytes.iter().position(|&b| b == 0) {
+        return Err(not_text(&bytes, at));
     }
-    Ok(())
+    String::from_utf8(bytes).map_err(|e| not_text(e.as_bytes(), e.utf8_error().valid_up_to()))
 }
 
-/// Reads `network,country` lines.
-fn load_csv(path: &Path) -> Result<Vec<Entry>, GeoError> {
-    let text = read(path)?;
-    let mut entries = Vec::new();
-    let mut first = true;
-    for (line, content) in lines(&text) {
-        let header = first && is_header(content);
-        first = false;
-        if header {
-            continue;
-        }
-        let bad_line = || GeoError::BadLine {
-            path: path.to_path_buf(),
-            line,
-            text: content.to_string(),
-        };
-        let (network, code) = content.split_once(',').ok_or_else(bad_line)?;
-        let (network, code) = (network.trim(), code.trim());
-        if code.contains(',') || network.is_empty() {
-            return Err(bad_line());
-        }
-        let country = code_index(code).ok_or_else(|| GeoError::BadCountry {
-            path: path.to_path_buf(),
-            line,
-            code: code.to_string(),
-        })?;
-        let nets = parse_entry(network).map_err(|source| GeoError::BadEntry {
-            path: path.to_path_buf(),
-            line,
-            text: network.to_string(),
-            source,
-        })?;
-        entries.extend(nets.into_iter().map(|net| Entry {
-            net,
-            country,
-            file: 0,
-            line,
-        }));
-    }
-    Ok(entries)
+/// Archives an operator may point at by mistake: the downloads come packed.
+fn archive_kind(bytes: &[u8]) -> Option<&'static str> {
+    const KINDS: [(&[u8], &str); 4] = [
+        (b"\x1f\x8b", "gzip"),
+        (b"PK\x03\x04", "zip"),
+        (b"\xfd7zXZ\x00", "xz"),
+        (b"7z\xbc\xaf\x27\x1c", "7-Zip"),
+    ];
+    KINDS
+        .iter()
+        .find(|(magic, _)| bytes.starts_with(magic))
+        .map(|&(_, kind)| kind)
 }
 
-fn is_header(content: &str) -> bool {
-    content.split_once(',').is_some_and(|(a, b)| {
-        a.trim().eq_ignore_ascii_case("network") && b.trim().eq_ignore_ascii_case("country")
-    })
+enum TextLayout {
+    GeoLite2Blocks,
+    GeoLite2Locations,
+    DbIp,
+    NetworkCountry,
+}
+
+/// Which text format `text` is, from its first line that is not blank or a
+/// comment. Anything unrecognised is read as `network,country`, whose
+/// errors name the offending line.
+fn text_layout(text: &str) -> TextLayout {
+    let Some((_, first)) = lines(text).next() else {
+        return TextLayout::NetworkCountry;
+    };
+    let fields: Vec<String> = first
+        .split(',')
+        .map(|f| f.trim().trim_matches('"').to_ascii_lowercase())
+        .collect();
+    let has = |name: &str| fields.iter().any(|f| f == name);
+    match fields.first().map(String::as_str) {
+        Some("network") if has("geoname_id") => TextLayout::GeoLite2Blocks,
+        Some("geoname_id") if has("locale_code") => TextLayout::GeoLite2Locations,
+        _ if fields.len() == 3
+            && fields[..2]
+                .iter()
+                .all(|f| f.parse::<std::net::IpAddr>().is_ok()) =>
+        {
+            TextLayout::DbIp
+        }
+        _ => TextLayout::NetworkCountry,
+    }
 }
 
 /// The country index of a two-letter code, any case.
@@ -386,11 +422,21 @@ fn code_index(code: &str) -> Option<u16> {
     }
 }
 
-fn read(path: &Path) -> Result<String, GeoError> {
-    fs::read_to_string(path).map_err(|source| GeoError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+/// A country code of a downloaded database.
+enum DownloadCode {
+    Country(u16),
+    /// DB-IP's `ZZ`: no country known.
+    Unknown,
+    Invalid,
+}
+
+impl DownloadCode {
+    fn parse(code: &str) -> DownloadCode {
+        if code.eq_ignore_ascii_case("zz") {
+            return DownloadCode::Unknown;
+        }
+        code_index(code).map_or(DownloadCode::Invalid, DownloadCode::Country)
+    }
 }
 
 /// Non-empty lines without comments, with 1-based line numbers.
@@ -400,6 +446,87 @@ fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
         let content = l.split_once('#').map_or(l, |(before, _)| before).trim();
         (!content.is_empty()).then_some((i + 1, content))
     })
+}
+
+/// The file name of `path` for descriptions.
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+fn io_error(path: &Path) -> impl Fn(io::Error) -> GeoError + '_ {
+    move |source| GeoError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Line numbers of `csv` records, from their byte offsets: the `csv`
+/// crate's own line count skips blank lines. Records come in order, so each
+/// stretch of text is counted once.
+struct LineCounter<'a> {
+    text: &'a str,
+    byte: usize,
+    line: usize,
+}
+
+impl<'a> LineCounter<'a> {
+    fn new(text: &'a str) -> LineCounter<'a> {
+        LineCounter {
+            text,
+            byte: 0,
+            line: 1,
+        }
+    }
+
+    /// The 1-based line of a byte offset at or after the previous one.
+    fn line_at(&mut self, byte: u64) -> usize {
+        let byte = usize::try_from(byte)
+            .unwrap_or(usize::MAX)
+            .min(self.text.len());
+        if byte < self.byte {
+            self.byte = 0;
+            self.line = 1;
+        }
+        let skipped = self
+            .text
+            .as_bytes()
+            .get(self.byte..byte)
+            .unwrap_or_default();
+        self.line += skipped.iter().filter(|&&b| b == b'\n').count();
+        self.byte = byte;
+        self.line
+    }
+
+    /// The line `record` starts on. Its position is where the reader
+    /// started looking for it, before the blank lines it skipped.
+    fn record(&mut self, record: &::csv::StringRecord) -> usize {
+        let Some(start) = record.position().map(|p| p.byte()) else {
+            return 0;
+        };
+        let from = usize::try_from(start).unwrap_or(usize::MAX);
+        let blank = self
+            .text
+            .as_bytes()
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|&&b| b == b'\n' || b == b'\r')
+            .count();
+        self.line_at(start.saturating_add(blank as u64))
+    }
+
+    /// An error of the `csv` crate, naming file and line.
+    fn error(&mut self, path: &Path, source: ::csv::Error) -> GeoError {
+        let line = source.position().map_or(0, |p| self.line_at(p.byte()));
+        GeoError::Csv {
+            path: path.to_path_buf(),
+            line,
+            source,
+        }
+    }
 }
 
 #[cfg(test)]

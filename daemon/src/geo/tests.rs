@@ -1,7 +1,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
-use crate::rules::{self, CountryPolicy, PrefixRules};
+use crate::rules::{self, CountryPolicy, PrefixRules, RuleError};
+
+mod downloads;
+mod mmdb;
 
 /// A directory under the system temp dir, removed on drop. Hand-written to
 /// keep the crate free of a test-only dependency for five lines.
@@ -20,7 +23,7 @@ impl TempDir {
         TempDir(dir)
     }
 
-    fn write(&self, name: &str, text: &str) -> PathBuf {
+    fn write(&self, name: &str, text: impl AsRef<[u8]>) -> PathBuf {
         let path = self.0.join(name);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, text).unwrap();
@@ -336,4 +339,77 @@ fn country_data_feeds_the_compiler() {
     );
     assert_eq!(at("2a01::1").country, cc("fr"));
     assert_eq!(at("6.0.0.1").country, 0);
+}
+
+#[test]
+fn plain_formats_are_described() {
+    let dir = TempDir::new();
+    dir.write("zones/de.cidr", "5.1.0.0/16\n");
+    dir.write("zones/ipv6/fr.cidr", "2a01::/16\n");
+    let data = load(&dir.0.join("zones")).unwrap();
+    assert_eq!(data.format(), DatabaseFormat::ZoneFiles);
+    assert_eq!(
+        data.describe(),
+        format!("zone files (2 in {})", dir.0.join("zones").display())
+    );
+    assert_eq!(data.unknown_networks(), 0);
+    let path = dir.write("geo.csv", "5.1.0.0/16,de\n");
+    let data = load(&path).unwrap();
+    assert_eq!(data.format(), DatabaseFormat::NetworkCountryCsv);
+    assert_eq!(data.describe(), "network,country CSV (geo.csv)");
+}
+
+#[test]
+fn archives_and_binary_files_are_refused_by_name() {
+    let dir = TempDir::new();
+    for (name, bytes, kind) in [
+        ("geo.csv.gz", &b"\x1f\x8b\x08\x00rest"[..], "gzip"),
+        ("GeoLite2-Country-CSV.zip", b"PK\x03\x04rest", "zip"),
+        ("dbip.csv.xz", b"\xfd7zXZ\x00rest", "xz"),
+        ("geo.7z", b"7z\xbc\xaf\x27\x1crest", "7-Zip"),
+    ] {
+        let path = dir.write(name, bytes);
+        match load(&path) {
+            Err(GeoError::Compressed { path: p, kind: k }) => {
+                assert_eq!((p, k), (path.clone(), kind));
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    // Binary data is never read as text: the line it starts on is named.
+    for (bytes, want) in [
+        (&b"5.1.0.0/16,de\n5.2.0.0/16,\xff\n"[..], 2),
+        (b"5.1.0.0/16,de\n\n\x00\x01\x02", 3),
+    ] {
+        let path = dir.write("geo.bin", bytes);
+        let err = load(&path).unwrap_err();
+        assert!(
+            matches!(&err, GeoError::NotText { path: p, line } if *p == path && *line == want),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}:{want}: not UTF-8 text", path.display())),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_plain_csv_cut_mid_line_is_refused_at_that_line() {
+    let dir = TempDir::new();
+    let full = "network,country\n5.1.0.0/16,de\n2a00::/16,fr\n";
+    let last = full.len() - "2a00::/16,fr\n".len();
+    // Every cut inside the last line (not at its end, not at its start).
+    for cut in last + 1..full.len() - 1 {
+        let path = dir.write("geo.csv", &full[..cut]);
+        let err = load(&path).unwrap_err();
+        let line = match &err {
+            GeoError::BadLine { line, .. }
+            | GeoError::BadCountry { line, .. }
+            | GeoError::BadEntry { line, .. } => *line,
+            other => panic!("cut at {cut}: {other:?}"),
+        };
+        assert_eq!(line, 3, "cut at {cut}: {err}");
+    }
 }

@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Version of the map layout. Pins live under `<pin_root>/v<LAYOUT_VERSION>/`.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 // ---------------------------------------------------------------------------
 // Map names (also the pin file names).
@@ -52,8 +52,8 @@ pub const PROGRAM_NAME: &str = "rampart";
 // lookup in at most six, whatever the number of prefixes.
 //
 // The pool and the class table exist twice (buffers 0 and 1). The daemon
-// writes the inactive buffer, then flips `Config::active`, so a change is
-// applied in one step.
+// writes the inactive buffer, then flips the active buffer in `Config::epoch`
+// (together with the exact generation), so a change is applied in one step.
 // ---------------------------------------------------------------------------
 
 /// Entries per node (stride 8 bits).
@@ -116,13 +116,43 @@ pub struct Class {
 const _: () = assert!(core::mem::size_of::<Class>() == 16);
 
 /// Value of the exact-address deny maps.
+///
+/// An entry applies while the configuration's exact generation is inside its
+/// window (`from_gen <= exact_gen < until_gen`) and it has not expired. A
+/// batch of changes stages new entries with `from_gen` and retires old ones
+/// with `until_gen` set to the next generation, then one write of
+/// [`Config::epoch`] makes the whole batch apply at once.
 #[repr(C)]
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub struct DenyEntry {
     /// CLOCK_MONOTONIC expiry; 0 = permanent.
     pub expires_ns: u64,
+    /// First exact generation in which the entry applies.
+    pub from_gen: u32,
+    /// First exact generation in which it no longer applies;
+    /// [`GEN_FOREVER`] = no end.
+    pub until_gen: u32,
 }
-const _: () = assert!(core::mem::size_of::<DenyEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<DenyEntry>() == 16);
+
+/// `DenyEntry::until_gen` of an entry that is not retired. The exact
+/// generation itself never reaches it.
+pub const GEN_FOREVER: u32 = u32::MAX;
+
+impl DenyEntry {
+    /// Whether the entry belongs to generation `exact_gen` (expiry aside).
+    #[inline(always)]
+    pub const fn in_window(&self, exact_gen: u32) -> bool {
+        self.from_gen <= exact_gen && exact_gen < self.until_gen
+    }
+
+    /// Whether the entry applies at generation `exact_gen` and time `now`
+    /// (CLOCK_MONOTONIC ns). The program checks the same two conditions.
+    #[inline(always)]
+    pub const fn applies(&self, exact_gen: u32, now: u64) -> bool {
+        self.in_window(exact_gen) && (self.expires_ns == 0 || now < self.expires_ns)
+    }
+}
 
 /// Capacity of each exact deny map (IPv4 and IPv6) in the object file; the
 /// daemon sets the real size at load time (`filter.max_deny_entries`).
@@ -149,13 +179,30 @@ pub mod config_flags {
     pub const EXACT_V6: u32 = 1 << 6;
 }
 
+/// Flags of the configuration map: userspace maps it into memory so that
+/// [`Config::epoch`] is written with one atomic 8-byte store (a map update
+/// through the bpf syscall is a `memcpy`, which promises no such thing).
+pub const CONFIG_MAP_FLAGS: u32 = BPF_F_MMAPABLE;
+/// `BPF_F_MMAPABLE` from the kernel's uapi.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// The flip word: the active table buffer (0 or 1) in the low half and the
+/// exact generation in the high half.
+#[inline(always)]
+pub const fn epoch(active: u32, exact_gen: u32) -> u64 {
+    ((exact_gen as u64) << 32) | active as u64
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub struct Config {
-    /// Active buffer of the prefix table: 0 or 1.
-    pub active: u32,
+    /// [`epoch`]: the active buffer of the prefix table and the exact
+    /// generation, in one naturally aligned word so that one store by the
+    /// daemon switches both and one load by the program reads both.
+    pub epoch: u64,
     /// `config_flags::*`.
     pub flags: u32,
+    pub _pad: u32,
     /// Flood limit: nanoseconds of credit one packet costs (1e9 / pps).
     pub flood_interval_ns: u64,
     /// Flood limit: burst tolerance in nanoseconds ((burst - 1) * interval).
@@ -165,7 +212,22 @@ pub struct Config {
     /// Drop events: burst tolerance in nanoseconds.
     pub event_tolerance_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 40);
+const _: () = assert!(core::mem::size_of::<Config>() == 48);
+const _: () = assert!(core::mem::offset_of!(Config, epoch) == 0);
+
+impl Config {
+    /// Active buffer of the prefix table: 0 or 1.
+    #[inline(always)]
+    pub const fn active(&self) -> u32 {
+        (self.epoch as u32) & 1
+    }
+
+    /// The exact generation: which [`DenyEntry`] windows apply.
+    #[inline(always)]
+    pub const fn exact_gen(&self) -> u32 {
+        (self.epoch >> 32) as u32
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Protected ports: a bitmap, 1024 words of 64 bits for TCP then 1024 for UDP.
@@ -351,6 +413,39 @@ mod tests {
         }
         assert_eq!(country_code(0), None);
         assert_eq!(country_code(677), None);
+    }
+
+    #[test]
+    fn epoch_packs_buffer_and_generation() {
+        let cfg = Config {
+            epoch: epoch(1, 7),
+            ..Config::default()
+        };
+        assert_eq!((cfg.active(), cfg.exact_gen()), (1, 7));
+        let cfg = Config {
+            epoch: epoch(0, GEN_FOREVER - 1),
+            ..Config::default()
+        };
+        assert_eq!((cfg.active(), cfg.exact_gen()), (0, GEN_FOREVER - 1));
+    }
+
+    #[test]
+    fn deny_entries_apply_inside_their_window_until_expiry() {
+        let e = DenyEntry {
+            expires_ns: 100,
+            from_gen: 3,
+            until_gen: 5,
+        };
+        assert!(!e.applies(2, 0));
+        assert!(e.applies(3, 0) && e.applies(4, 99));
+        assert!(!e.applies(4, 100), "expired");
+        assert!(!e.applies(5, 0), "retired");
+        let forever = DenyEntry {
+            expires_ns: 0,
+            from_gen: 0,
+            until_gen: GEN_FOREVER,
+        };
+        assert!(forever.applies(GEN_FOREVER - 1, u64::MAX));
     }
 
     #[test]

@@ -6,16 +6,27 @@
 //! being enforced while no daemon runs) and replaces the program behind each
 //! pinned link atomically (`bpf_link_update`): there is no instant without a
 //! filter. Only [`detach`] removes the pins.
+//!
+//! Changes come in batches ([`Filter::apply`]): validated and compiled
+//! first, then written aside and put in force by one store into the
+//! program's configuration, so the kernel never applies half a batch, and a
+//! batch that fails leaves the rules in force as they were.
 
+mod batch;
+mod config_map;
+mod exact;
+mod explain;
 mod kernel;
 mod lists;
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use ipnet::IpNet;
-use rampart_common::{Config as KernelConfig, DropEvent, REASON_NAMES, config_flags};
+use rampart_common::{ANY_PORT, Config as KernelConfig, DropEvent, REASON_NAMES, config_flags};
 use thiserror::Error;
 
+pub use batch::{Applied, Change};
+pub use explain::{Action, Explanation, Matched};
 pub(crate) use kernel::interface_exists;
 pub use kernel::{AttachInfo, AttachMode, Events, Kernel, detach};
 pub use lists::{EntryOrigin, ListEntry, ListKind, Lists};
@@ -73,6 +84,12 @@ pub enum FilterError {
     Table {
         #[source]
         source: RuleError,
+    },
+    #[error("map {name}: mapping it into memory failed")]
+    MapMemory {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
     },
     #[error(
         "the exact deny map for IPv{family} is full ({capacity} entries; see filter.max_deny_entries)"
@@ -138,7 +155,28 @@ pub enum Protect {
 }
 
 impl Settings {
-    fn kernel_config(&self, active: u32) -> KernelConfig {
+    /// Whether traffic to (IP protocol, destination port) is protected: the
+    /// program's `protected`. Port 0 stands for "no port known" (a
+    /// non-first fragment): protected when any port of the protocol is.
+    pub fn protects(&self, protocol: u8, port: u16) -> bool {
+        let (tcp, udp) = match &self.protect {
+            Protect::All => return true,
+            Protect::Ports { tcp, udp } => (tcp, udp),
+        };
+        let ranges = match protocol {
+            6 => tcp,
+            17 => udp,
+            _ => return false,
+        };
+        if port == ANY_PORT {
+            return !ranges.is_empty();
+        }
+        ranges.iter().any(|r| r.contains(&port))
+    }
+
+    /// The configuration word for these settings (epoch and exact-map
+    /// presence left to the kernel side).
+    fn kernel_config(&self) -> KernelConfig {
         let mut flags = 0;
         if self.protect == Protect::All {
             flags |= config_flags::PROTECT_ALL;
@@ -160,8 +198,9 @@ impl Settings {
             (event_interval_ns, event_tolerance_ns) = gcra(rate, burst);
         }
         KernelConfig {
-            active,
+            epoch: 0,
             flags,
+            _pad: 0,
             flood_interval_ns,
             flood_tolerance_ns,
             event_interval_ns,
@@ -201,13 +240,20 @@ pub struct Filter {
     countries: Vec<(IpNet, u16)>,
     policy: CountryPolicy,
     settings: Settings,
+    /// The table in force in the kernel (once `table_stale` is false).
     table: CompiledTable,
+    /// The kernel's table may not be `table` (just opened, or a write
+    /// failed): the next change rebuilds and writes it.
+    table_stale: bool,
+    /// The kernel's exact maps may hold entries the lists do not (just
+    /// opened): the next change compares them whole.
+    exact_stale: bool,
 }
 
 impl Filter {
     /// Loads (or reuses from `pin_dir`) the program and its maps. Nothing is
     /// attached yet and the kernel keeps its current rules until the first
-    /// change.
+    /// change, which replaces them all.
     pub fn open(pin_dir: &std::path::Path) -> Result<Self, FilterError> {
         Self::open_sized(pin_dir, crate::config::DEFAULT_MAX_DENY_ENTRIES)
     }
@@ -228,6 +274,8 @@ impl Filter {
             policy: CountryPolicy::Off,
             settings: Settings::default(),
             table,
+            table_stale: true,
+            exact_stale: true,
         })
     }
 
@@ -239,13 +287,84 @@ impl Filter {
         &mut self.kernel
     }
 
+    /// The lists as they are (expired entries included until
+    /// [`Filter::expire`] removes them).
+    pub fn lists(&self) -> &Lists {
+        &self.lists
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<AttachInfo, FilterError> {
         self.kernel.attach(interface, mode)
     }
 
+    /// Applies a batch of changes, all or nothing. The batch is worked out
+    /// and the prefix table compiled before anything reaches the kernel
+    /// (a table that cannot be built or an exact map that would overflow
+    /// refuses the batch); then the exact deny entries are staged, the
+    /// table written into the inactive buffer, and one store puts both in
+    /// force. On a kernel error before that store, what was staged is
+    /// undone and the rules in force stay as they were.
+    ///
+    /// Cost: a batch of single-address deny entries costs one map write per
+    /// entry, whatever the size of the lists; any other entry (a prefix,
+    /// bypass or allow entry), countries or policy rebuild the table.
+    pub fn apply(&mut self, batch: &[Change]) -> Result<Applied, FilterError> {
+        let now = monotonic_ns();
+        let plan = batch::plan(&self.lists, batch, now);
+        let rebuild =
+            self.table_stale || plan.prefix_changed(&self.lists, &self.countries, &self.policy);
+        let table = if rebuild {
+            let countries = plan
+                .countries
+                .clone()
+                .unwrap_or_else(|| self.countries.clone());
+            let policy = plan.policy.clone().unwrap_or_else(|| self.policy.clone());
+            let rules = self
+                .lists
+                .prefix_rules_with(&plan.touched, countries, policy, now);
+            Some(rules::compile(&rules).map_err(|source| FilterError::Table { source })?)
+        } else {
+            None
+        };
+        let full = self.exact_stale || !self.kernel.exact_consistent();
+        let targets = if full {
+            self.kernel
+                .exact_targets_for(&plan.all_exact(&self.lists, now))
+        } else {
+            plan.exact_targets(now)
+        };
+        // On an error, the active table buffer is untouched: `self.table`
+        // is still the one in force.
+        let written = self.kernel.apply(&targets, table.as_ref(), None)?;
+        if full {
+            self.kernel.mark_exact_consistent();
+            self.exact_stale = false;
+        }
+        let mut applied = plan.applied;
+        applied.table_rebuilt = table.is_some();
+        applied.exact_written = written;
+        if let Some(c) = plan.countries.clone() {
+            self.countries = c;
+        }
+        if let Some(p) = plan.policy.clone() {
+            self.policy = p;
+        }
+        if let Some(t) = table {
+            self.table = t;
+            self.table_stale = false;
+        }
+        plan.commit_lists(&mut self.lists);
+        Ok(applied)
+    }
+
     /// Replaces the whole state at once (start-up and reload): settings,
     /// lists, country table and policy. Validated and compiled before
-    /// anything reaches the kernel; applied with one buffer flip.
+    /// anything reaches the kernel; the rules are applied with one flip (the
+    /// settings and protected ports are written just before it).
     pub fn replace_all(
         &mut self,
         settings: Settings,
@@ -256,88 +375,91 @@ impl Filter {
         let now = monotonic_ns();
         let table = rules::compile(&lists.prefix_rules(countries.clone(), policy.clone(), now))
             .map_err(|source| FilterError::Table { source })?;
-        self.kernel.sync_exact(&lists.exact_denies(now))?;
-        self.kernel.set_ports(&settings.protect)?;
-        self.kernel.write_table(&table, &settings)?;
+        let targets = self.kernel.exact_targets_for(&lists.exact_denies(now));
+        self.kernel.apply(&targets, Some(&table), Some(&settings))?;
+        self.kernel.mark_exact_consistent();
+        self.exact_stale = false;
         self.settings = settings;
         self.lists = lists;
         self.countries = countries;
         self.policy = policy;
         self.table = table;
+        self.table_stale = false;
         Ok(())
     }
 
     /// Adds entries to a list; a TTL makes them temporary (the kernel stops
-    /// applying them on time by itself). All or nothing.
+    /// applying deny entries on time by itself). All or nothing.
     pub fn add(
         &mut self,
         kind: ListKind,
         nets: &[IpNet],
         ttl: Option<Duration>,
         origin: EntryOrigin,
-    ) -> Result<(), FilterError> {
-        let now = monotonic_ns();
-        let expires_ns = ttl.map_or(0, |t| now + t.as_nanos() as u64);
-        let mut next = self.lists.clone();
-        for net in nets {
-            next.insert(
-                kind,
-                ListEntry {
-                    net: *net,
-                    expires_ns,
-                    origin,
-                },
-            );
-        }
-        self.commit(next, now)
+    ) -> Result<Applied, FilterError> {
+        let expires_ns = ttl.map_or(0, |t| {
+            monotonic_ns().saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX))
+        });
+        let entries = nets.iter().map(|net| (*net, expires_ns, origin)).collect();
+        self.apply(&[Change::Add { kind, entries }])
     }
 
-    /// Removes entries; returns how many were removed.
+    /// Removes the entries of these networks (every origin); returns how
+    /// many networks had an entry in force.
     pub fn remove(&mut self, kind: ListKind, nets: &[IpNet]) -> Result<usize, FilterError> {
-        let mut next = self.lists.clone();
-        let removed = nets.iter().filter(|n| next.remove(kind, n)).count();
-        self.commit(next, monotonic_ns())?;
-        Ok(removed)
+        let applied = self.apply(&[Change::Remove {
+            kind,
+            nets: nets.to_vec(),
+        }])?;
+        Ok(nets.len() - applied.not_found)
     }
 
-    /// The live (not expired) entries of a list.
+    /// The live (not expired) entries of a list, one per network and
+    /// origin, in address order.
     pub fn list(&self, kind: ListKind) -> Vec<ListEntry> {
         self.lists.live(kind, monotonic_ns())
     }
 
     /// Replaces the country table atomically (built aside, one flip).
     pub fn set_countries(&mut self, countries: Vec<(IpNet, u16)>) -> Result<(), FilterError> {
-        let rules = self
-            .lists
-            .prefix_rules(countries.clone(), self.policy.clone(), monotonic_ns());
-        let table = rules::compile(&rules).map_err(|source| FilterError::Table { source })?;
-        self.kernel.write_table(&table, &self.settings)?;
-        self.countries = countries;
-        self.table = table;
-        Ok(())
+        self.apply(&[Change::Countries(countries)]).map(|_| ())
     }
 
     pub fn set_country_policy(&mut self, policy: CountryPolicy) -> Result<(), FilterError> {
-        let rules = self
-            .lists
-            .prefix_rules(self.countries.clone(), policy.clone(), monotonic_ns());
-        let table = rules::compile(&rules).map_err(|source| FilterError::Table { source })?;
-        self.kernel.write_table(&table, &self.settings)?;
-        self.policy = policy;
-        self.table = table;
-        Ok(())
+        self.apply(&[Change::CountryPolicy(policy)]).map(|_| ())
     }
 
-    /// Drops expired entries from the lists and the kernel maps. The kernel
-    /// already ignores them; this keeps listings and maps tidy.
+    /// Housekeeping, every second: removes expired entries from the lists
+    /// and the exact maps, rebuilds the table when a prefix entry expired
+    /// (the kernel ends deny prefixes itself; bypass and allow entries end
+    /// here), and deletes retired exact entries. Returns the entries that
+    /// expired.
     pub fn expire(&mut self) -> Result<usize, FilterError> {
         let now = monotonic_ns();
-        let mut next = self.lists.clone();
-        let n = next.expire(now);
-        if n > 0 {
-            self.commit(next, now)?;
+        let gone = self.lists.expire_entries(now);
+        let exact: Vec<IpAddr> = gone
+            .iter()
+            .filter(|(kind, net, _)| lists::is_exact(*kind, net))
+            .filter(|(kind, net, _)| self.lists.slots(*kind, net).effective(now).is_none())
+            .map(|(_, net, _)| net.addr())
+            .collect();
+        let prefix = gone
+            .iter()
+            .any(|(kind, net, _)| !lists::is_exact(*kind, net));
+        if prefix {
+            let rules = self
+                .lists
+                .prefix_rules(self.countries.clone(), self.policy.clone(), now);
+            let table = rules::compile(&rules).map_err(|source| FilterError::Table { source })?;
+            if let Err(e) = self.kernel.apply(&[], Some(&table), None) {
+                self.table_stale = true;
+                return Err(e);
+            }
+            self.table = table;
+            self.table_stale = false;
         }
-        Ok(n)
+        self.kernel.tidy_exact(&exact)?;
+        Ok(gone.len())
     }
 
     /// The class the table gives an address (what the kernel will decide,
@@ -352,23 +474,6 @@ impl Filter {
 
     pub fn take_events(&mut self) -> Result<Events, FilterError> {
         self.kernel.take_events()
-    }
-
-    fn commit(&mut self, next: Lists, now: u64) -> Result<(), FilterError> {
-        let table = if next.prefix_differs(&self.lists) {
-            let rules = next.prefix_rules(self.countries.clone(), self.policy.clone(), now);
-            Some(rules::compile(&rules).map_err(|source| FilterError::Table { source })?)
-        } else {
-            None
-        };
-        // Exact denies first (insert before delete), then the table flip.
-        self.kernel.sync_exact(&next.exact_denies(now))?;
-        if let Some(table) = table {
-            self.kernel.write_table(&table, &self.settings)?;
-            self.table = table;
-        }
-        self.lists = next;
-        Ok(())
     }
 }
 

@@ -16,9 +16,16 @@
 //! any port of their protocol is protected; an IPv6 extension chain longer
 //! than the walk counts as protected when any port is).
 //!
+//! Atomic changes: the configuration is copied once per packet, and its
+//! `epoch` word (active table buffer + exact generation) is one 8-byte load,
+//! so a packet is judged wholly by the rules before a batch of changes or
+//! wholly by the rules after it. Exact deny entries carry the generations in
+//! which they apply (`DenyEntry::applies`).
+//!
 //! Speed: header fields are read with single loads of their natural width
-//! (as the kernel's C does with `iph->saddr`), map values are read in place
-//! rather than copied, and the IPv4 table walk is unrolled.
+//! (as the kernel's C does with `iph->saddr`), map values other than the
+//! configuration are read in place rather than copied, and the IPv4 table
+//! walk is unrolled.
 #![no_std]
 #![no_main]
 
@@ -32,13 +39,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use rampart_common::{
-    ANY_PORT, CHILD_BASE, Class, Config, DenyEntry, DropEvent, EVENT_RING_BYTES, FloodState,
-    MAX_CLASSES, MAX_EXACT_DENY, MAX_FLOOD_SOURCES, NODES_PER_BUFFER, Node, PORT_WORDS, SourceKey,
-    Stats, V4_ROOT, V6_ROOT, class_flags, config_flags, port_slot, reason,
+    ANY_PORT, CHILD_BASE, CONFIG_MAP_FLAGS, Class, Config, DenyEntry, DropEvent, EVENT_RING_BYTES,
+    FloodState, MAX_CLASSES, MAX_EXACT_DENY, MAX_FLOOD_SOURCES, NODES_PER_BUFFER, Node, PORT_WORDS,
+    SourceKey, Stats, V4_ROOT, V6_ROOT, class_flags, config_flags, port_slot, reason,
 };
 
+/// Memory-mapped by the daemon, which flips `Config::epoch` with one store.
 #[map]
-static RAMPART_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+static RAMPART_CONFIG: Array<Config> = Array::with_max_entries(1, CONFIG_MAP_FLAGS);
 #[map]
 static RAMPART_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 #[map]
@@ -140,7 +148,8 @@ impl Source for V4 {
 
     #[inline(always)]
     fn exact(&self, cfg: &Config) -> bool {
-        cfg.flags & config_flags::EXACT_V4 != 0 && live(RAMPART_DENY_V4.get_ptr(self.0))
+        cfg.flags & config_flags::EXACT_V4 != 0
+            && live(RAMPART_DENY_V4.get_ptr(self.0), cfg.exact_gen())
     }
 
     #[inline(always)]
@@ -161,7 +170,8 @@ impl Source for V6 {
 
     #[inline(always)]
     fn exact(&self, cfg: &Config) -> bool {
-        cfg.flags & config_flags::EXACT_V6 != 0 && live(RAMPART_DENY_V6.get_ptr(self.0))
+        cfg.flags & config_flags::EXACT_V6 != 0
+            && live(RAMPART_DENY_V6.get_ptr(self.0), cfg.exact_gen())
     }
 
     #[inline(always)]
@@ -170,15 +180,17 @@ impl Source for V6 {
     }
 }
 
-/// Whether a found exact entry still applies.
+/// Whether a found exact entry applies in generation `exact_gen` (the
+/// conditions of `DenyEntry::applies`; the clock is read only for an entry
+/// that expires).
 #[inline(always)]
-fn live(entry: Option<*const DenyEntry>) -> bool {
+fn live(entry: Option<*const DenyEntry>, exact_gen: u32) -> bool {
     match entry {
         None => false,
         Some(p) => {
             // SAFETY: a map value pointer from a successful lookup.
-            let expires = unsafe { (*p).expires_ns };
-            expires == 0 || now() < expires
+            let e = unsafe { &*p };
+            e.in_window(exact_gen) && (e.expires_ns == 0 || now() < e.expires_ns)
         }
     }
 }
@@ -223,10 +235,15 @@ fn be16(v: u16) -> u16 {
 
 #[xdp]
 pub fn rampart(ctx: XdpContext) -> u32 {
-    let (Some(cfg), Some(stats)) = (RAMPART_CONFIG.get(0), RAMPART_STATS.get_ptr_mut(0)) else {
+    let (Some(cfg), Some(stats)) = (RAMPART_CONFIG.get_ptr(0), RAMPART_STATS.get_ptr_mut(0)) else {
         return xdp_action::XDP_PASS;
     };
-    let (reason, action) = decide(&ctx, cfg, stats);
+    // One copy per packet: the daemon may write the configuration meanwhile,
+    // and the epoch word (table buffer + exact generation) must be read once.
+    // SAFETY: a map value pointer from a successful lookup; volatile so that
+    // the fields are not re-read from the map later.
+    let cfg = unsafe { core::ptr::read_volatile(cfg) };
+    let (reason, action) = decide(&ctx, &cfg, stats);
     // SAFETY: this CPU's statistics; no concurrent writer on this CPU.
     if let Some(c) = unsafe { (*stats).reasons.get_mut(reason as usize) } {
         *c += 1;
@@ -426,7 +443,7 @@ fn judge<S: Source>(
     src: &S,
     l4: L4,
 ) -> (u32, u32) {
-    let active = cfg.active & 1;
+    let active = cfg.active();
     let id = src.walk(active * NODES_PER_BUFFER);
     let Some(class) = RAMPART_CLASSES.get(active * MAX_CLASSES + (id as u32 & (MAX_CLASSES - 1)))
     else {

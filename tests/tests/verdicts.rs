@@ -690,6 +690,8 @@ fn temporary_entries_expire_in_the_kernel() {
         "expired entries vanish from listings"
     );
     assert_eq!(h.filter.expire().unwrap(), 2);
+    assert_eq!(h.filter.kernel().exact_len(), 0, "and from the exact map");
+    h.expect("still over", &exact, XDP_PASS, "passed");
 }
 
 #[test]

@@ -1,9 +1,10 @@
-//! The aya side: loading with pins, attaching through pinned links, and
-//! writing maps.
+//! The aya side: loading with pins, attaching through pinned links
+//! (`links`), and writing maps.
+
+mod links;
 
 use std::{
-    collections::{HashMap as StdHashMap, HashSet},
-    fmt,
+    collections::HashMap as StdHashMap,
     net::IpAddr,
     os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
     path::{Path, PathBuf},
@@ -12,71 +13,30 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, MapInfo, PerCpuArray, RingBuf},
-    programs::{
-        ProgramError, TestRun, TestRunOptions, Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-        xdp::XdpLink,
-    },
+    maps::{Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, RingBuf},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use rampart_common::{
-    ALL_MAPS, ANY_PORT, COUNTRY_SLOTS, Class, Config as KernelConfig, DenyEntry, DropEvent,
-    MAP_CLASSES, MAP_CONFIG, MAP_DENY_V4, MAP_DENY_V6, MAP_EVENTS, MAP_NODES, MAP_PORTS, MAP_STATS,
-    MAX_CLASSES, NODES_PER_BUFFER, Node, PORT_WORDS, PROGRAM_NAME, REASON_NAMES, Stats, port_slot,
+    ALL_MAPS, ANY_PORT, COUNTRY_SLOTS, Class, DenyEntry, DropEvent, MAP_CLASSES, MAP_CONFIG,
+    MAP_DENY_V4, MAP_DENY_V6, MAP_EVENTS, MAP_NODES, MAP_PORTS, MAP_STATS, MAX_CLASSES,
+    NODES_PER_BUFFER, Node, PORT_WORDS, PROGRAM_NAME, REASON_NAMES, Stats, config_flags, port_slot,
 };
 
-use rampart_common::config_flags;
-
-use super::{Counters, FilterError, Protect, Settings};
+use super::{
+    Counters, FilterError, Protect, Settings,
+    config_map::ConfigMap,
+    exact::{DenyMaps, ExactSet, RETIRE_GRACE_NS},
+    monotonic_ns,
+};
 use crate::rules::CompiledTable;
+
+pub(crate) use links::interface_exists;
+pub use links::{AttachInfo, AttachMode, detach};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rampart-filter"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const SYS_FS_BPF: &str = "/sys/fs/bpf";
-
-/// How the program is attached. There is no silent fallback from one to
-/// the other: the kernel either gives the mode asked for or attaching fails.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum AttachMode {
-    /// In the driver (native XDP).
-    #[default]
-    Native,
-    /// Generic XDP, in the kernel's network stack.
-    Skb,
-}
-
-impl AttachMode {
-    fn xdp_mode(self) -> XdpMode {
-        match self {
-            Self::Native => XdpMode::Driver,
-            Self::Skb => XdpMode::Skb,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Native => "native",
-            Self::Skb => "skb",
-        }
-    }
-}
-
-impl fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// What attaching did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AttachInfo {
-    pub interface: String,
-    pub mode: AttachMode,
-    /// A pinned link from an earlier run was reused and its program
-    /// replaced in place (no gap).
-    pub reused: bool,
-}
 
 fn map_err(name: &'static str, action: &'static str) -> impl FnOnce(MapError) -> FilterError {
     move |source| FilterError::Map {
@@ -97,13 +57,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FilterError + '_ {
     move |source| FilterError::Io {
         path: path.to_path_buf(),
         source,
-    }
-}
-
-fn link_err(path: &Path) -> impl FnOnce(aya::programs::links::LinkError) -> FilterError + '_ {
-    move |e| FilterError::PinnedLink {
-        path: path.to_path_buf(),
-        source: Box::new(e),
     }
 }
 
@@ -165,39 +118,92 @@ fn is_bpffs(path: &Path) -> bool {
 pub struct Kernel {
     ebpf: Ebpf,
     pin_dir: PathBuf,
-    config: Array<MapData, KernelConfig>,
+    config: ConfigMap,
     ports: Array<MapData, u64>,
     nodes: Array<MapData, Node>,
     classes: Array<MapData, Class>,
-    deny_v4: HashMap<MapData, [u8; 4], DenyEntry>,
-    deny_v6: HashMap<MapData, [u8; 16], DenyEntry>,
+    deny: KernelDenyMaps,
+    /// What the exact deny maps hold, and the generation in force.
+    exact: ExactSet,
     stats: PerCpuArray<MapData, Stats>,
     events: Option<RingBuf<MapData>>,
-    /// What each table buffer holds, when known (not after a restart).
+    /// What each table buffer holds, when known (not after a restart, nor
+    /// after a write of that buffer failed).
     shadow_nodes: [Option<Vec<Node>>; 2],
     shadow_classes: [Option<Vec<Class>>; 2],
     shadow_ports: Option<Vec<u64>>,
-    /// The exact deny entries in the kernel maps.
-    exact: StdHashMap<IpAddr, u64>,
+}
+
+/// The two exact deny maps. They are created with room for twice
+/// `max_deny_entries` (memory is used per entry only: BPF_F_NO_PREALLOC), so
+/// that a batch can stage a whole new set next to the one in force.
+struct KernelDenyMaps {
+    v4: HashMap<MapData, [u8; 4], DenyEntry>,
+    v6: HashMap<MapData, [u8; 16], DenyEntry>,
     max_deny_entries: u32,
+}
+
+impl DenyMaps for KernelDenyMaps {
+    fn put(&mut self, addr: IpAddr, entry: DenyEntry) -> Result<(), FilterError> {
+        let (r, family, name) = match addr {
+            IpAddr::V4(a) => (self.v4.insert(a.octets(), entry, 0), 4, MAP_DENY_V4),
+            IpAddr::V6(a) => (self.v6.insert(a.octets(), entry, 0), 6, MAP_DENY_V6),
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e))
+                if matches!(
+                    e.io_error.raw_os_error(),
+                    Some(libc::E2BIG) | Some(libc::ENOSPC)
+                ) =>
+            {
+                Err(FilterError::DenyMapFull {
+                    family,
+                    capacity: self.max_deny_entries,
+                })
+            }
+            Err(e) => Err(map_err(name, "write")(e)),
+        }
+    }
+
+    fn delete(&mut self, addr: IpAddr) -> Result<(), FilterError> {
+        let (r, name) = match addr {
+            IpAddr::V4(a) => (self.v4.remove(&a.octets()), MAP_DENY_V4),
+            IpAddr::V6(a) => (self.v6.remove(&a.octets()), MAP_DENY_V6),
+        };
+        match r {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(e) => Err(map_err(name, "delete")(e)),
+        }
+    }
+}
+
+/// Entries the kernel's exact maps are created for, per family.
+fn map_slots(max_deny_entries: u32) -> u32 {
+    max_deny_entries.saturating_mul(2)
 }
 
 impl Kernel {
     /// Loads the program, reusing maps pinned in `pin_dir` (created and
     /// pinned there when absent). The exact deny maps hold
     /// `max_deny_entries` addresses per family; pinned maps of another size
-    /// are refused (aya would reuse them silently).
+    /// are refused (aya would reuse them silently). Nothing is written: the
+    /// kernel keeps enforcing what it holds until the first change.
     pub fn open(pin_dir: &Path, max_deny_entries: u32) -> Result<Self, FilterError> {
         ensure_bpffs(pin_dir)?;
         std::fs::create_dir_all(pin_dir).map_err(io_err(pin_dir))?;
+        let slots = map_slots(max_deny_entries);
         for name in [MAP_DENY_V4, MAP_DENY_V6] {
             let pin = pin_dir.join(name);
             if pin.exists() {
                 let info = MapInfo::from_pin(&pin).map_err(map_err(name, "inspect pin"))?;
-                if info.max_entries() != max_deny_entries {
+                if info.max_entries() != slots {
                     return Err(FilterError::PinnedCapacity {
                         map: name,
-                        pinned: info.max_entries(),
+                        pinned: info.max_entries() / 2,
                         wanted: max_deny_entries,
                     });
                 }
@@ -207,8 +213,8 @@ impl Kernel {
             ALL_MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries(MAP_DENY_V4, max_deny_entries)
-            .map_max_entries(MAP_DENY_V6, max_deny_entries);
+            .map_max_entries(MAP_DENY_V4, slots)
+            .map_max_entries(MAP_DENY_V6, slots);
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
@@ -219,17 +225,30 @@ impl Kernel {
 
         let deny_v4: HashMap<MapData, [u8; 4], DenyEntry> = take(&mut ebpf, MAP_DENY_V4)?;
         let deny_v6: HashMap<MapData, [u8; 16], DenyEntry> = take(&mut ebpf, MAP_DENY_V6)?;
-        let mut exact = StdHashMap::new();
+        let mut entries = StdHashMap::new();
         for item in deny_v4.iter() {
             let (k, v) = item.map_err(map_err(MAP_DENY_V4, "read"))?;
-            exact.insert(IpAddr::from(k), v.expires_ns);
+            entries.insert(IpAddr::from(k), v);
         }
         for item in deny_v6.iter() {
             let (k, v) = item.map_err(map_err(MAP_DENY_V6, "read"))?;
-            exact.insert(IpAddr::from(k), v.expires_ns);
+            entries.insert(IpAddr::from(k), v);
         }
+        let config = match ebpf.take_map(MAP_CONFIG) {
+            Some(Map::Array(data)) => ConfigMap::new(data)?,
+            _ => {
+                return Err(FilterError::Map {
+                    name: MAP_CONFIG,
+                    action: "find",
+                    source: Box::new(MapError::InvalidName {
+                        name: MAP_CONFIG.to_string(),
+                    }),
+                });
+            }
+        };
+        let exact = ExactSet::new(entries, config.read().exact_gen(), max_deny_entries);
         Ok(Self {
-            config: take(&mut ebpf, MAP_CONFIG)?,
+            config,
             ports: take(&mut ebpf, MAP_PORTS)?,
             nodes: take(&mut ebpf, MAP_NODES)?,
             classes: take(&mut ebpf, MAP_CLASSES)?,
@@ -237,98 +256,20 @@ impl Kernel {
             events: Some(take(&mut ebpf, MAP_EVENTS)?),
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
-            deny_v4,
-            deny_v6,
+            deny: KernelDenyMaps {
+                v4: deny_v4,
+                v6: deny_v6,
+                max_deny_entries,
+            },
+            exact,
             shadow_nodes: [None, None],
             shadow_classes: [None, None],
             shadow_ports: None,
-            exact,
-            max_deny_entries,
         })
     }
 
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
-    }
-
-    fn current_config(&self) -> Result<KernelConfig, FilterError> {
-        self.config.get(&0, 0).map_err(map_err(MAP_CONFIG, "read"))
-    }
-
-    fn link_pin(&self, interface: &str, mode: AttachMode) -> PathBuf {
-        self.pin_dir
-            .join(format!("link_{interface}_{}", mode.name()))
-    }
-
-    /// Attaches to `interface`. When a pinned link for it exists, the
-    /// program behind it is replaced atomically instead.
-    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<AttachInfo, FilterError> {
-        let pin = self.link_pin(interface, mode);
-        let other = match mode {
-            AttachMode::Native => AttachMode::Skb,
-            AttachMode::Skb => AttachMode::Native,
-        };
-        let other_pin = self.link_pin(interface, other);
-        if other_pin.exists() {
-            return Err(FilterError::PinnedLink {
-                path: other_pin,
-                source: format!(
-                    "{interface} is attached in {other} mode; detach first (rampartd --detach) to change the mode"
-                )
-                .into(),
-            });
-        }
-        if !interface_exists(interface) {
-            return Err(FilterError::UnknownInterface {
-                name: interface.to_string(),
-            });
-        }
-        let info = |reused| AttachInfo {
-            interface: interface.to_string(),
-            mode,
-            reused,
-        };
-        if pin.exists() {
-            match self.replace_pinned(&pin) {
-                Ok(()) => return Ok(info(true)),
-                // A link whose interface went away and came back is defunct.
-                Err(e) => {
-                    tracing::warn!(error = %e, path = %pin.display(), "pinned link not reusable; attaching afresh");
-                    if let Ok(p) = PinnedLink::from_pin(&pin) {
-                        let _ = p.unpin();
-                    }
-                    let _ = std::fs::remove_file(&pin);
-                }
-            }
-        }
-        let prog = xdp(&mut self.ebpf)?;
-        let id = prog
-            .attach(interface, mode.xdp_mode())
-            .map_err(|source| FilterError::Attach {
-                interface: interface.to_string(),
-                mode,
-                source: Box::new(source),
-            })?;
-        let link = prog.take_link(id).map_err(prog_err("take link"))?;
-        let fd_link: FdLink = link.try_into().map_err(link_err(&pin))?;
-        fd_link.pin(&pin).map_err(|e| FilterError::PinnedLink {
-            path: pin.clone(),
-            source: Box::new(e),
-        })?;
-        Ok(info(false))
-    }
-
-    fn replace_pinned(&mut self, pin: &Path) -> Result<(), FilterError> {
-        let pinned = PinnedLink::from_pin(pin).map_err(link_err(pin))?;
-        let fd_link: FdLink = pinned.into();
-        let link = XdpLink::try_from(fd_link).map_err(link_err(pin))?;
-        let prog = xdp(&mut self.ebpf)?;
-        let id = prog
-            .attach_to_link(link)
-            .map_err(prog_err("replace the program of a pinned link"))?;
-        // The pin keeps the link alive; this process's fd can go.
-        drop(prog.take_link(id).map_err(prog_err("take link"))?);
-        Ok(())
     }
 
     /// Runs the program `repeat` times on `packet` (BPF_PROG_TEST_RUN):
@@ -379,18 +320,133 @@ impl Kernel {
         Ok(())
     }
 
-    /// Writes `table` into the inactive buffer, then makes it active with
-    /// one write of the configuration (which also carries `settings`).
-    pub fn write_table(
+    /// Applies a change with one flip of the configuration's epoch: exact
+    /// deny `targets` (address, expiry or None for no entry) staged for the
+    /// next generation, `table` written into the inactive buffer, and
+    /// `settings`. On an error before the flip, what was staged is undone
+    /// and the rules in force stay as they were (the protected ports
+    /// excepted: they are not double-buffered). Returns the exact entries
+    /// written.
+    pub(crate) fn apply(
         &mut self,
-        table: &CompiledTable,
-        settings: &Settings,
-    ) -> Result<(), FilterError> {
-        let active = self.current_config()?.active & 1;
-        let target = 1 - active;
+        targets: &[(IpAddr, Option<u64>)],
+        table: Option<&CompiledTable>,
+        settings: Option<&Settings>,
+    ) -> Result<usize, FilterError> {
+        self.prepare_exact()?;
+        let needs = self.exact.check(targets)?;
+        if !self.exact.has_room(&needs) {
+            self.reap_all()?;
+        }
+        let staged = self
+            .exact
+            .stage(&mut self.deny, targets, needs, monotonic_ns())?;
+        let current = self.config.read();
+        let mut active = current.active();
+        if let Some(table) = table {
+            match self.write_buffer(1 - active, table) {
+                Ok(()) => active = 1 - active,
+                Err(e) => {
+                    self.exact.abort(&mut self.deny, staged);
+                    return Err(e);
+                }
+            }
+        }
+        let presence = config_flags::EXACT_V4 | config_flags::EXACT_V6;
+        if let Some(settings) = settings {
+            if let Err(e) = self.set_ports(&settings.protect) {
+                self.exact.abort(&mut self.deny, staged);
+                return Err(e);
+            }
+            let mut cfg = settings.kernel_config();
+            cfg.flags |= self.exact.presence();
+            self.config.write_settings(&cfg);
+        } else {
+            // Staged entries may be the first of their family: the program
+            // must look them up from the flip on.
+            self.config
+                .set_flags((current.flags & !presence) | self.exact.presence());
+        }
+        let written = staged.written();
+        if staged.is_empty() {
+            self.exact.abort(&mut self.deny, staged);
+            if table.is_some() {
+                self.config.flip(active, self.exact.generation());
+            }
+        } else {
+            self.config.flip(active, staged.next_gen());
+            self.exact.commit(staged, monotonic_ns());
+        }
+        Ok(written)
+    }
+
+    /// Before staging: deletes dead exact entries whose grace is over, and
+    /// starts the generation count over when it is exhausted.
+    fn prepare_exact(&mut self) -> Result<(), FilterError> {
+        self.exact.reap(
+            &mut self.deny,
+            monotonic_ns().saturating_sub(RETIRE_GRACE_NS),
+        )?;
+        if self.exact.needs_rebase() {
+            self.reap_all()?;
+            self.exact.rebase(&mut self.deny)?;
+            let active = self.config.read().active();
+            self.config.flip(active, 0);
+            self.exact.rebased();
+        }
+        Ok(())
+    }
+
+    /// Deletes every dead exact entry, waiting for the grace of the most
+    /// recently retired ones (at most [`RETIRE_GRACE_NS`]).
+    fn reap_all(&mut self) -> Result<(), FilterError> {
+        if let Some(newest) = self.exact.newest_dead() {
+            let ready = newest.saturating_add(RETIRE_GRACE_NS);
+            let now = monotonic_ns();
+            if ready > now {
+                std::thread::sleep(Duration::from_nanos(ready - now));
+            }
+        }
+        self.exact.reap(
+            &mut self.deny,
+            monotonic_ns().saturating_sub(RETIRE_GRACE_NS),
+        )?;
+        self.publish_presence();
+        Ok(())
+    }
+
+    /// Housekeeping (every second): deletes the exact entries of `expired`
+    /// addresses whose time is over, and retired entries whose grace is.
+    /// No verdict changes: the kernel ignores both already.
+    pub(crate) fn tidy_exact(&mut self, expired: &[IpAddr]) -> Result<usize, FilterError> {
+        let now = monotonic_ns();
+        let n = self.exact.delete_expired(&mut self.deny, expired, now)?;
+        self.exact
+            .reap(&mut self.deny, now.saturating_sub(RETIRE_GRACE_NS))?;
+        self.publish_presence();
+        Ok(n)
+    }
+
+    /// Tells the program which exact maps hold entries (it skips the lookup
+    /// in an empty one).
+    fn publish_presence(&mut self) {
+        let both = config_flags::EXACT_V4 | config_flags::EXACT_V6;
+        let flags = self.config.read().flags;
+        let wanted = (flags & !both) | self.exact.presence();
+        if wanted != flags {
+            self.config.set_flags(wanted);
+        }
+    }
+
+    /// Writes `table` into buffer `target` (only what differs from what
+    /// the buffer is known to hold).
+    fn write_buffer(&mut self, target: u32, table: &CompiledTable) -> Result<(), FilterError> {
         let t = target as usize;
+        // Unknown until the write completes.
+        let known_classes = self.shadow_classes[t].take();
+        let known_nodes = self.shadow_nodes[t].take();
         for (i, class) in table.classes.iter().enumerate() {
-            let known = self.shadow_classes[t].as_ref().and_then(|s| s.get(i));
+            let known = known_classes.as_ref().and_then(|s| s.get(i));
             if known != Some(class) {
                 self.classes
                     .set(target * MAX_CLASSES + i as u32, *class, 0)
@@ -398,140 +454,57 @@ impl Kernel {
             }
         }
         for (i, node) in table.nodes.iter().enumerate() {
-            let known = self.shadow_nodes[t].as_ref().and_then(|s| s.get(i));
+            let known = known_nodes.as_ref().and_then(|s| s.get(i));
             if known.map(|k| k.entries) != Some(node.entries) {
                 self.nodes
                     .set(target * NODES_PER_BUFFER + i as u32, *node, 0)
                     .map_err(map_err(MAP_NODES, "write"))?;
             }
         }
-        let mut cfg = settings.kernel_config(target);
-        cfg.flags |= self.exact_presence();
-        self.config
-            .set(0, cfg, 0)
-            .map_err(map_err(MAP_CONFIG, "write"))?;
         self.shadow_classes[t] = Some(table.classes.clone());
         self.shadow_nodes[t] = Some(table.nodes.clone());
         Ok(())
     }
 
-    /// `config_flags::EXACT_V4 | EXACT_V6` for the families with entries.
-    fn exact_presence(&self) -> u32 {
-        let mut flags = 0;
-        for a in self.exact.keys() {
-            flags |= match a {
-                IpAddr::V4(_) => config_flags::EXACT_V4,
-                IpAddr::V6(_) => config_flags::EXACT_V6,
-            };
-            if flags == config_flags::EXACT_V4 | config_flags::EXACT_V6 {
-                break;
-            }
-        }
-        flags
+    /// Exact deny targets that make the maps hold exactly `desired`
+    /// (address, expiry).
+    pub(crate) fn exact_targets_for(
+        &self,
+        desired: &[(IpAddr, u64)],
+    ) -> Vec<(IpAddr, Option<u64>)> {
+        self.exact.full_targets(desired)
     }
 
-    /// Tells the program which exact maps have entries (it skips the lookup
-    /// in an empty one).
-    fn publish_presence(&mut self) -> Result<(), FilterError> {
-        let mut cfg = self.current_config()?;
-        let both = config_flags::EXACT_V4 | config_flags::EXACT_V6;
-        let flags = (cfg.flags & !both) | self.exact_presence();
-        if flags != cfg.flags {
-            cfg.flags = flags;
-            self.config
-                .set(0, cfg, 0)
-                .map_err(map_err(MAP_CONFIG, "write"))?;
-        }
-        Ok(())
+    /// The exact deny entry the program applies to `addr` at `now`.
+    pub(crate) fn exact_applying(&self, addr: IpAddr, now: u64) -> Option<DenyEntry> {
+        self.exact.applying(addr, now)
     }
 
-    /// Makes the exact deny maps hold exactly `want`: inserts first, then
-    /// deletes. If an insert fails, the inserts made so far are undone.
-    pub fn sync_exact(&mut self, want: &[(IpAddr, u64)]) -> Result<(), FilterError> {
-        self.sync_exact_entries(want)?;
-        self.publish_presence()
+    /// False when an earlier failure may have left the exact maps different
+    /// from the lists (the next change compares them whole).
+    pub(crate) fn exact_consistent(&self) -> bool {
+        self.exact.consistent()
     }
 
-    fn sync_exact_entries(&mut self, want: &[(IpAddr, u64)]) -> Result<(), FilterError> {
-        let mut inserted: Vec<IpAddr> = Vec::new();
-        for (addr, expires) in want {
-            if self.exact.get(addr) == Some(expires) {
-                continue;
-            }
-            let fresh = !self.exact.contains_key(addr);
-            if let Err(e) = self.put_exact(*addr, *expires) {
-                for a in inserted {
-                    let _ = self.del_exact(a);
-                }
-                return Err(e);
-            }
-            if fresh {
-                inserted.push(*addr);
-            }
-        }
-        // New entries are visible to the program before stale ones go.
-        self.publish_presence()?;
-        let want: HashSet<IpAddr> = want.iter().map(|(a, _)| *a).collect();
-        let stale: Vec<IpAddr> = self
-            .exact
-            .keys()
-            .filter(|a| !want.contains(a))
-            .copied()
-            .collect();
-        for a in stale {
-            self.del_exact(a)?;
-        }
-        Ok(())
+    pub(crate) fn mark_exact_consistent(&mut self) {
+        self.exact.mark_consistent();
     }
 
-    fn put_exact(&mut self, addr: IpAddr, expires_ns: u64) -> Result<(), FilterError> {
-        let v = DenyEntry { expires_ns };
-        let (r, family, name) = match addr {
-            IpAddr::V4(a) => (self.deny_v4.insert(a.octets(), v, 0), 4, MAP_DENY_V4),
-            IpAddr::V6(a) => (self.deny_v6.insert(a.octets(), v, 0), 6, MAP_DENY_V6),
-        };
-        match r {
-            Ok(()) => {
-                self.exact.insert(addr, expires_ns);
-                Ok(())
-            }
-            Err(MapError::SyscallError(e))
-                if matches!(
-                    e.io_error.raw_os_error(),
-                    Some(libc::E2BIG) | Some(libc::ENOSPC)
-                ) =>
-            {
-                Err(FilterError::DenyMapFull {
-                    family,
-                    capacity: self.max_deny_entries,
-                })
-            }
-            Err(e) => Err(map_err(name, "write")(e)),
-        }
+    /// The exact generation in force.
+    pub fn exact_generation(&self) -> u32 {
+        self.config.read().exact_gen()
     }
 
-    fn del_exact(&mut self, addr: IpAddr) -> Result<(), FilterError> {
-        let (r, name) = match addr {
-            IpAddr::V4(a) => (self.deny_v4.remove(&a.octets()), MAP_DENY_V4),
-            IpAddr::V6(a) => (self.deny_v6.remove(&a.octets()), MAP_DENY_V6),
-        };
-        match r {
-            Ok(()) | Err(MapError::KeyNotFound) => {
-                self.exact.remove(&addr);
-                Ok(())
-            }
-            Err(e) => Err(map_err(name, "delete")(e)),
-        }
-    }
-
-    /// Capacity of each exact deny map.
+    /// Entries in force allowed in each exact deny map
+    /// (`filter.max_deny_entries`).
     pub fn max_deny_entries(&self) -> u32 {
-        self.max_deny_entries
+        self.deny.max_deny_entries
     }
 
-    /// Number of exact deny entries in the kernel.
+    /// Number of entries in the exact deny maps (retired ones not yet
+    /// deleted included).
     pub fn exact_len(&self) -> usize {
-        self.exact.len()
+        self.exact.stored()
     }
 
     pub fn counters(&self) -> Result<Counters, FilterError> {
@@ -588,52 +561,6 @@ fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, FilterError> {
         })?
         .try_into()
         .map_err(prog_err("find"))
-}
-
-pub(crate) fn interface_exists(name: &str) -> bool {
-    let Ok(c) = std::ffi::CString::new(name) else {
-        return false;
-    };
-    // SAFETY: valid NUL-terminated string.
-    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
-}
-
-/// Removes every link and map pinned under `pin_dir`: the filter stops.
-/// Returns the detached `interface_mode` names.
-pub fn detach(pin_dir: &Path) -> Result<Vec<String>, FilterError> {
-    let mut detached = Vec::new();
-    let entries = match std::fs::read_dir(pin_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(detached),
-        Err(e) => return Err(io_err(pin_dir)(e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(io_err(pin_dir))?;
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(link) = name.strip_prefix("link_") {
-            // Unpinning drops the last reference: the kernel detaches.
-            if let Ok(pinned) = PinnedLink::from_pin(&path) {
-                let _ = pinned.unpin();
-            }
-            let _ = std::fs::remove_file(&path);
-            detached.push(link.to_string());
-        }
-    }
-    for m in ALL_MAPS {
-        let p = pin_dir.join(m);
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&p)(e)),
-        }
-    }
-    match std::fs::remove_dir(pin_dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(pin_dir)(e)),
-    }
-    Ok(detached)
 }
 
 /// The drop-event ring buffer.

@@ -1,0 +1,134 @@
+//! The journal's line format and its scan.
+//!
+//! One record per line: the CRC-32 of the JSON record as 8 lower-case hex digits, a
+//! space, the record (`{"seq":N,"changes":[...]}`), a newline. A record is written with
+//! one write and made durable (fdatasync) before the change is acknowledged, so only the
+//! last line can be incomplete after a crash; any earlier bad line is damage to
+//! acknowledged data and is reported, never skipped.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Change, StateError};
+
+/// Bytes before the record: 8 hex digits and a space.
+const HEADER_LEN: usize = 9;
+
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    seq: u64,
+    changes: &'a [Change],
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordIn {
+    seq: u64,
+    changes: Vec<Change>,
+}
+
+/// One complete, checksum-valid record.
+#[derive(Debug)]
+pub(super) struct Record {
+    /// 1-based line number in the journal.
+    pub line: usize,
+    pub seq: u64,
+    pub changes: Vec<Change>,
+}
+
+/// What a journal holds.
+#[derive(Debug)]
+pub(super) struct Scan {
+    pub records: Vec<Record>,
+    /// Length of the prefix made of whole, valid lines.
+    pub good_len: usize,
+    /// Bytes after `good_len`: a last record that was cut short or fails its checksum
+    /// (it was being written when the process stopped, so it was never acknowledged).
+    pub torn_len: usize,
+}
+
+/// Why a journal line is not a valid record.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("the line does not start with an 8-digit checksum and a space")]
+    Malformed,
+    #[error("checksum mismatch: the line says {stored:08x}, its record hashes to {actual:08x}")]
+    Checksum { stored: u32, actual: u32 },
+    #[error("the record does not parse")]
+    Syntax {
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("record {found} where record {expected} was expected")]
+    Sequence { expected: u64, found: u64 },
+    #[error("the record holds a change that is not valid")]
+    Invalid {
+        #[source]
+        source: Box<StateError>,
+    },
+}
+
+/// The line for record `seq`, newline included.
+pub(super) fn encode(seq: u64, changes: &[Change]) -> Result<Vec<u8>, serde_json::Error> {
+    let json = serde_json::to_vec(&RecordOut { seq, changes })?;
+    let mut line = Vec::with_capacity(HEADER_LEN + json.len() + 1);
+    line.extend_from_slice(format!("{:08x} ", crc32fast::hash(&json)).as_bytes());
+    line.extend_from_slice(&json);
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Splits a journal into records. A bad last line is returned as `torn_len`; a bad line
+/// anywhere else is an error with its 1-based line number.
+pub(super) fn scan(bytes: &[u8]) -> Result<Scan, (usize, RecordError)> {
+    let mut records = Vec::new();
+    let mut pos = 0;
+    let mut line_no = 0;
+    while pos < bytes.len() {
+        line_no += 1;
+        let Some(newline) = bytes[pos..].iter().position(|&b| b == b'\n') else {
+            // No newline: the write of this record did not finish.
+            break;
+        };
+        let end = pos + newline + 1;
+        match decode(&bytes[pos..end - 1]) {
+            Ok((seq, changes)) => records.push(Record {
+                line: line_no,
+                seq,
+                changes,
+            }),
+            // A whole line whose checksum fails can still be a torn write: after a crash
+            // the file's length may be durable while some of its blocks are not.
+            Err(RecordError::Malformed | RecordError::Checksum { .. }) if end == bytes.len() => {
+                break;
+            }
+            Err(e) => return Err((line_no, e)),
+        }
+        pos = end;
+    }
+    Ok(Scan {
+        records,
+        good_len: pos,
+        torn_len: bytes.len() - pos,
+    })
+}
+
+fn decode(line: &[u8]) -> Result<(u64, Vec<Change>), RecordError> {
+    let (header, json) = line
+        .split_at_checked(HEADER_LEN)
+        .ok_or(RecordError::Malformed)?;
+    let (digits, space) = header.split_at(HEADER_LEN - 1);
+    if space != b" " || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return Err(RecordError::Malformed);
+    }
+    let stored = std::str::from_utf8(digits)
+        .ok()
+        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+        .ok_or(RecordError::Malformed)?;
+    let actual = crc32fast::hash(json);
+    if stored != actual {
+        return Err(RecordError::Checksum { stored, actual });
+    }
+    let record: RecordIn =
+        serde_json::from_slice(json).map_err(|source| RecordError::Syntax { source })?;
+    Ok((record.seq, record.changes))
+}

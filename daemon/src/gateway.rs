@@ -2,36 +2,41 @@
 //!
 //! [`Gateway::bind`] checks the settings, loads the certificates and binds the
 //! listeners; [`Gateway::serve`] then accepts connections until shutdown is asked
-//! for, and drains in-flight requests before it returns. Each connection speaks
+//! for, and drains in-flight requests before it returns. [`Gateway::start`] serves
+//! in the background and returns a [`ServingGateway`], which reloads everything
+//! while serving (new listeners, routes, backends, settings, policies).
+//! [`running`] builds all of it from the daemon's configuration. Each connection speaks
 //! HTTP/1.1 or HTTP/2 (hyper's auto builder); each request is routed by host and
 //! longest path prefix, passed through the [`RequestPolicy`] chain and forwarded
 //! with its body streamed both ways.
 
+mod activity;
+mod backends;
 mod error;
 mod forwarded;
 mod handler;
 mod policy;
 mod proxy;
 mod routing;
+pub mod running;
 mod server;
+mod serving;
 mod settings;
 mod tls;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-use crate::policy::backend_auth::Credential;
 
 pub use error::{GatewayError, Rejection};
 pub use forwarded::{ClientHop, client_ip, remove_hop_by_hop, set_forwarding_headers};
 pub use policy::{RequestContext, RequestPolicy, ResponseContext, Stop, Subscriber, Transferred};
 pub use routing::RouteTable;
+pub use serving::{AppliedGateway, GatewayHandle, PreparedGateway, ServingGateway};
 pub use settings::{
     AccessLog, ApiSettings, BackendAuth, BackendProtocol, BackendTimeouts, CertFiles, ClientAuth,
     ClientCa, GatewaySettings, Limits, ListenerSettings, OAuth2Settings, SniCert, TlsSettings,
@@ -85,18 +90,66 @@ impl GatewayStats {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         counts.iter().map(|(reason, n)| (*reason, *n)).collect()
     }
+
+    /// Every counter now (`rampart stats`).
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let rejections = self.rejections();
+        StatsSnapshot {
+            connections_accepted: Self::get(&self.connections_accepted),
+            tls_handshake_failures: Self::get(&self.tls_handshake_failures),
+            malformed_requests: Self::get(&self.malformed_requests),
+            header_timeouts: Self::get(&self.header_timeouts),
+            requests: Self::get(&self.requests),
+            rejected: rejections.iter().map(|(_, n)| n).sum(),
+            rejections,
+        }
+    }
+}
+
+/// The gateway's counters at one moment, since start (reloads keep counting).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub connections_accepted: u64,
+    pub tls_handshake_failures: u64,
+    pub malformed_requests: u64,
+    pub header_timeouts: u64,
+    /// Requests that reached routing.
+    pub requests: u64,
+    /// Gateway-made error responses, all reasons.
+    pub rejected: u64,
+    /// Gateway-made error responses by APIM `LastError` reason, in reason order.
+    pub rejections: Vec<(&'static str, u64)>,
+}
+
+/// Told about every error response the gateway makes (the rejections counted by
+/// reason in [`GatewayStats`]), e.g. to ban sources that collect too many.
+///
+/// `peer` is the TCP peer, never an address from `X-Forwarded-For`: a ban applies
+/// to what the kernel sees. Called on the request's task before the response is
+/// sent, so it must not block; requests that pass never call it.
+pub trait RejectionSink: Send + Sync + 'static {
+    fn rejected(&self, peer: IpAddr, reason: &'static str);
+}
+
+impl<F> RejectionSink for F
+where
+    F: Fn(IpAddr, &'static str) + Send + Sync + 'static,
+{
+    fn rejected(&self, peer: IpAddr, reason: &'static str) {
+        self(peer, reason);
+    }
 }
 
 /// A gateway with its listeners bound, ready to serve.
 pub struct Gateway {
     listeners: Vec<server::BoundListener>,
-    routes: RouteTable<proxy::Backend>,
+    backends: Vec<backends::BackendEntry>,
+    routes: Arc<RouteTable<proxy::Backend>>,
     settings: GatewaySettings,
     policies: Vec<Arc<dyn RequestPolicy>>,
+    rejections: Option<Arc<dyn RejectionSink>>,
     stats: Arc<GatewayStats>,
     certificates: CertReloader,
-    /// `backend_auth` tokens kept current by background tasks while serving.
-    credentials: Vec<(String, Arc<Credential>)>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -114,85 +167,54 @@ impl Gateway {
         listeners: &[ListenerSettings],
         settings: GatewaySettings,
     ) -> Result<Self, GatewayError> {
-        let roots = proxy::backend_roots(&settings.backend_ca_pem)?;
-        let backend_tls = proxy::client_config(roots.clone(), None)?;
-        if let Some(api) = (settings.backend_auth.keys())
-            .find(|name| !settings.apis.iter().any(|api| &api.name == *name))
-        {
-            return Err(GatewayError::BackendAuthUnknownApi { api: api.clone() });
-        }
-        let mut backends = Vec::with_capacity(settings.apis.len());
-        let mut credentials = Vec::new();
-        for api in &settings.apis {
-            let failed = |source| GatewayError::BackendAuth {
-                api: api.name.clone(),
-                source: Box::new(source),
-            };
-            let (tls, credential) = match settings.backend_auth.get(&api.name) {
-                None => (backend_tls.clone(), None),
-                Some(BackendAuth::ClientCert { cert, key }) => {
-                    let cert =
-                        crate::policy::backend_auth::load_client_cert(cert, key).map_err(failed)?;
-                    (proxy::client_config(roots.clone(), Some(cert))?, None)
-                }
-                Some(BackendAuth::BearerTokenFile(path)) => {
-                    let credential = Credential::from_file(path).map_err(failed)?;
-                    (backend_tls.clone(), Some(Arc::new(credential)))
-                }
-                Some(BackendAuth::OAuth2(oauth2)) => {
-                    let credential = Credential::oauth2(oauth2).map_err(failed)?;
-                    (backend_tls.clone(), Some(Arc::new(credential)))
-                }
-            };
-            if let Some(credential) = &credential {
-                credentials.push((api.name.clone(), Arc::clone(credential)));
-            }
-            backends.push((api.clone(), proxy::Backend::new(api, tls, credential)?));
-        }
-        let routes = RouteTable::new(backends)?;
+        Self::bind_reporting_all(listeners, settings)
+            .await
+            .map_err(|mut errors| errors.swap_remove(0))
+    }
 
+    /// [`Gateway::bind`], reporting every problem (never an empty list).
+    pub async fn bind_reporting_all(
+        listeners: &[ListenerSettings],
+        settings: GatewaySettings,
+    ) -> Result<Self, Vec<GatewayError>> {
+        let mut errors = Vec::new();
+        let backends = backends::build(&settings, &[])
+            .map_err(|e| errors.extend(e))
+            .unwrap_or_default();
         let mut bound = Vec::with_capacity(listeners.len());
-        let mut reloadable = Vec::new();
         for listener in listeners {
-            let mut client_cas = Vec::new();
-            let tls = match &listener.transport {
-                Transport::Tls(tls) => {
-                    let resolver = Arc::new(CertResolver::load(tls)?);
-                    reloadable.push((tls.clone(), Arc::clone(&resolver)));
-                    let clients = tls::client_verification(&tls.client_auth)?;
-                    let config = tls::server_config(resolver, clients.as_ref())?;
-                    if let Some(clients) = clients {
-                        client_cas = clients.cas;
+            let tls = server::listener_tls(listener).map_err(|e| errors.push(e));
+            let socket = server::bind_socket(listener.addr).await;
+            match (tls, socket) {
+                (Ok(tls), Ok(socket)) => {
+                    match server::BoundListener::new(listener.clone(), socket, tls) {
+                        Ok(listener) => bound.push(listener),
+                        Err(e) => errors.push(e),
                     }
-                    Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
                 }
-                Transport::PlainHttp => None,
-            };
-            let socket =
-                TcpListener::bind(listener.addr)
-                    .await
-                    .map_err(|source| GatewayError::Bind {
-                        addr: listener.addr,
-                        source,
-                    })?;
-            bound.push(server::BoundListener::new(
-                listener.addr,
-                socket,
-                tls,
-                client_cas,
-            )?);
+                (_, Err(e)) => errors.push(e),
+                (Err(()), Ok(_)) => {}
+            }
         }
-        Ok(Self {
-            listeners: bound,
-            routes,
-            settings,
-            policies: Vec::new(),
-            stats: Arc::default(),
-            certificates: CertReloader {
-                listeners: Arc::new(reloadable),
-            },
-            credentials,
-        })
+        let routes = serving::route_table(&backends).map_err(|e| errors.push(e));
+        match routes {
+            Ok(routes) if errors.is_empty() => {
+                let certificates = CertReloader {
+                    listeners: Arc::new(bound.iter().filter_map(|l| l.tls.clone()).collect()),
+                };
+                Ok(Self {
+                    listeners: bound,
+                    backends,
+                    routes: Arc::new(routes),
+                    settings,
+                    policies: Vec::new(),
+                    rejections: None,
+                    stats: Arc::default(),
+                    certificates,
+                })
+            }
+            _ => Err(errors),
+        }
     }
 
     /// Adds a policy; policies run in the order they were added.
@@ -202,12 +224,19 @@ impl Gateway {
         self
     }
 
+    /// Tells `sink` about every gateway-made rejection (see [`RejectionSink`]).
+    #[must_use]
+    pub fn with_rejection_sink(mut self, sink: Arc<dyn RejectionSink>) -> Self {
+        self.rejections = Some(sink);
+        self
+    }
+
     /// The addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners.iter().map(|l| l.local_addr).collect()
     }
 
-    /// A handle that reloads the certificates of every TLS listener (SIGHUP).
+    /// A handle that reloads the certificates of every TLS listener bound here.
     pub fn certificates(&self) -> CertReloader {
         self.certificates.clone()
     }
@@ -233,27 +262,23 @@ impl Gateway {
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight
     /// requests finish for at most `limits.drain_timeout`, and returns.
     pub async fn serve(self, shutdown: CancellationToken) {
-        // Token files are watched and OAuth2 tokens fetched (and refreshed) while
-        // serving; until a first OAuth2 token arrives its API answers 503.
-        for (api, credential) in self.credentials {
-            tokio::spawn(credential.maintain(api, shutdown.clone()));
+        let mut serving = self.start(shutdown);
+        if let Err(error) = serving.stopped().await {
+            tracing::error!(%error, "gateway task failed");
         }
-        let shared = Arc::new(handler::Shared {
-            routes: self.routes,
-            limits: self.settings.limits,
-            trusted_proxies: self.settings.trusted_proxies,
-            access_log: self.settings.access_log,
-            policies: self.policies,
-            stats: self.stats,
-        });
-        server::serve(self.listeners, shared, shutdown).await;
+    }
+
+    /// Starts serving in the background (on the current Tokio runtime) until
+    /// `shutdown` is cancelled; the handle reloads the gateway while it serves.
+    pub fn start(self, shutdown: CancellationToken) -> ServingGateway {
+        ServingGateway::start(self, shutdown)
     }
 }
 
-/// Reloads the certificates of all TLS listeners at once.
+/// Reloads the certificates of the TLS listeners a [`Gateway`] was bound with.
 #[derive(Clone)]
 pub struct CertReloader {
-    listeners: Arc<Vec<(TlsSettings, Arc<CertResolver>)>>,
+    listeners: Arc<Vec<Arc<tls::ListenerTls>>>,
 }
 
 impl std::fmt::Debug for CertReloader {
@@ -271,10 +296,10 @@ impl CertReloader {
         let prepared = self
             .listeners
             .iter()
-            .map(|(settings, _)| tls::PreparedCerts::load(settings))
+            .map(|listener| tls::PreparedCerts::load(&listener.settings))
             .collect::<Result<Vec<_>, _>>()?;
-        for ((_, resolver), certs) in self.listeners.iter().zip(prepared) {
-            resolver.install(certs);
+        for (listener, certs) in self.listeners.iter().zip(prepared) {
+            listener.resolver.install(certs);
         }
         Ok(())
     }

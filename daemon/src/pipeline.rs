@@ -3,38 +3,35 @@
 //! subscription key, the rate limits, the quotas, request validation and the
 //! header rules of the routed API.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, header, response};
 
 use crate::config::{
-    AccessLogConfig, ApiConfig, BackendProtocolConfig, ClaimHeader, ClientAuthConfig, Config,
-    CounterConfig, ListenerTransport, ProductConfig, QuotaConfig, RateLimitAlgorithm,
-    RateLimitConfig, RoleRule, SubscriptionConfig, SubscriptionRequirement,
+    AccessLogConfig, BackendProtocolConfig, ClaimHeader, ClientAuthConfig, Config, CounterConfig,
+    ListenerTransport, RateLimitConfig, RoleRule, SubscriptionRequirement,
 };
 use crate::gateway::{
     AccessLog, ApiSettings, BackendProtocol, BackendTimeouts, CertFiles, ClientAuth, ClientCa,
     GatewaySettings, Limits, ListenerSettings, RequestContext, RequestPolicy, ResponseContext,
     SniCert, Stop, TlsSettings, Transferred, Transport,
 };
-
-#[cfg(test)]
-mod tests;
 use crate::policy::client_cert::ClientCertPolicy;
 use crate::policy::cors::{self, CorsPolicy};
 use crate::policy::headers::HeaderRules;
 use crate::policy::jwt::{JwtProvider, JwtProviderSettings, VerifiedToken};
-use crate::policy::keys::{
-    self, KeyHash, KeyRejection, KeyStore, KeyStoreError, StaticSubscription,
-};
-use crate::policy::quota::{Quota, QuotaCounters, QuotaError, SystemClock};
-use crate::policy::throttle::{Algorithm, RateLimit, RateLimitHeaders, RateLimiter, ThrottleError};
+use crate::policy::keys::{self, KeyHash, KeyRejection, KeyStore, KeyStoreError};
+use crate::policy::quota::{Quota, QuotaCounters, QuotaError};
+use crate::policy::throttle::{RateLimitHeaders, RateLimiter, ThrottleError};
 use crate::policy::validate::{BodyPlan, RequestValidator};
+
+mod build;
+#[cfg(test)]
+mod tests;
+
+pub use build::{open_quotas, static_subscriptions};
 
 /// Quota counters kept at most (each a few dozen bytes); the ones closest to the end
 /// of their window are dropped first when full.
@@ -73,21 +70,35 @@ pub enum PipelineError {
     UnknownJwtProvider { api: String, provider: String },
 }
 
-/// The policies of every configured API, keyed by API name.
+/// The policies of every configured API, keyed by API name, with the
+/// subscriptions keys are checked against. Cheap to copy with other
+/// subscriptions ([`ApiPolicies::with_keys`]).
 pub struct ApiPolicies {
+    rules: Arc<PolicyRules>,
+    keys: Arc<KeyStore>,
+}
+
+/// What a configuration makes of the policies; state that outlives a reload is
+/// shared (quota counters) or taken over (unchanged limiters and providers).
+struct PolicyRules {
     apis: foldhash::HashMap<String, ApiPipeline>,
-    keys: KeyStore,
-    quotas: QuotaCounters,
-    /// Every limiter once (product limiters are shared by their APIs), for sweeping.
-    limiters: Vec<Arc<Limiter>>,
-    /// Every JWT provider, for the key refresh tasks.
-    providers: Vec<Arc<JwtProvider>>,
+    quotas: Arc<QuotaCounters>,
+    /// Every limiter once (product limiters are shared by their APIs), for
+    /// sweeping, with its owner (`api:NAME`, `product:NAME`) and settings.
+    limiters: Vec<(String, RateLimitConfig, Arc<Limiter>)>,
+    /// Every JWT provider with its settings, for the key refresh tasks.
+    providers: Vec<ProviderEntry>,
+}
+
+struct ProviderEntry {
+    settings: JwtProviderSettings,
+    provider: Arc<JwtProvider>,
 }
 
 impl std::fmt::Debug for ApiPolicies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiPolicies")
-            .field("apis", &self.apis.len())
+            .field("apis", &self.rules.apis.len())
             .finish_non_exhaustive()
     }
 }
@@ -132,7 +143,7 @@ struct Limiter {
     announces: bool,
 }
 
-/// One configured quota; its counters live in [`ApiPolicies::quotas`] under
+/// One configured quota; its counters live in [`PolicyRules::quotas`] under
 /// `owner` + the counter key.
 struct QuotaRule {
     owner: String,
@@ -161,256 +172,36 @@ struct BandwidthKeys(Vec<(Arc<QuotaRule>, String)>);
 struct ValidateBody;
 
 impl ApiPolicies {
-    /// Builds the policies of `config`, with subscriptions from its state directory
-    /// plus those it declares, and quota counters persisted there.
-    pub fn from_config(config: &Config) -> Result<Self, PipelineError> {
-        let state_dir = &config.daemon.state_dir;
-        let keys = KeyStore::open(state_dir).map_err(PipelineError::KeyStore)?;
-        let quotas = open_quotas(state_dir)?;
-        let mut policies = Self::new(
-            &config.apis,
-            &config.products,
-            &config.jwt_providers,
-            keys,
-            quotas,
-        )?;
-        policies.set_static_subscriptions(&config.subscriptions)?;
-        Ok(policies)
-    }
-
-    pub fn new(
-        apis: &[ApiConfig],
-        products: &[ProductConfig],
-        jwt_providers: &[JwtProviderSettings],
-        keys: KeyStore,
-        quotas: QuotaCounters,
-    ) -> Result<Self, PipelineError> {
-        let mut providers = HashMap::new();
-        for settings in jwt_providers {
-            let provider = settings
-                .validate()
-                .map_err(|errors| PipelineError::JwtProvider {
-                    name: settings.name.clone(),
-                    detail: errors
-                        .iter()
-                        .map(|e| crate::service::chain(e))
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                })?;
-            providers.insert(settings.name.clone(), Arc::new(provider));
-        }
-        let mut all_limiters = Vec::new();
-        let mut product_limiters = HashMap::new();
-        let mut product_quotas = HashMap::new();
-        for product in products {
-            if let Some(limit) = &product.rate_limit {
-                let limiter = limiter(&product.name, limit)?;
-                all_limiters.push(Arc::clone(&limiter));
-                product_limiters.insert(product.name.clone(), limiter);
-            }
-            if let Some(quota) = &product.quota {
-                product_quotas.insert(
-                    product.name.clone(),
-                    quota_rule(&format!("product:{}", product.name), quota)?,
-                );
-            }
-        }
-        let mut pipelines = foldhash::HashMap::default();
-        for api in apis {
-            let mut limiters = Vec::new();
-            if let Some(limit) = &api.rate_limit {
-                let limiter = limiter(&api.name, limit)?;
-                all_limiters.push(Arc::clone(&limiter));
-                limiters.push(limiter);
-            }
-            limiters.extend(
-                api.products
-                    .iter()
-                    .filter_map(|p| product_limiters.get(p).cloned()),
-            );
-            let mut quotas = Vec::new();
-            if let Some(quota) = &api.quota {
-                quotas.push(quota_rule(&format!("api:{}", api.name), quota)?);
-            }
-            quotas.extend(
-                api.products
-                    .iter()
-                    .filter_map(|p| product_quotas.get(p).cloned()),
-            );
-            let cors = api
-                .cors
-                .as_ref()
-                .map(|c| c.validate())
-                .transpose()
-                .map_err(|_| PipelineError::Cors {
-                    api: api.name.clone(),
-                })?;
-            let headers = api.headers.validate().map_err(|_| PipelineError::Headers {
-                api: api.name.clone(),
-            })?;
-            let validator = api
-                .validation
-                .as_ref()
-                .map(|v| v.validate())
-                .transpose()
-                .map_err(|_| PipelineError::Validation {
-                    api: api.name.clone(),
-                })?;
-            let jwt = match &api.jwt {
-                None => None,
-                Some(config) => Some(ApiJwt {
-                    provider: providers.get(&config.provider).cloned().ok_or_else(|| {
-                        PipelineError::UnknownJwtProvider {
-                            api: api.name.clone(),
-                            provider: config.provider.clone(),
-                        }
-                    })?,
-                    roles_claim: config.roles_claim.clone(),
-                    roles: config.roles.clone(),
-                    claims_to_headers: config
-                        .claims_to_headers
-                        .iter()
-                        .filter_map(|c| {
-                            HeaderName::from_bytes(c.header.as_bytes())
-                                .ok()
-                                .map(|name| (c.clone(), name))
-                        })
-                        .collect(),
-                }),
-            };
-            let client_cert = api
-                .client_certificate
-                .as_ref()
-                .map(|c| c.validate())
-                .transpose()
-                .map_err(|_| PipelineError::ClientCert {
-                    api: api.name.clone(),
-                })?;
-            let certificate_headers = api
-                .certificate_headers
-                .iter()
-                .filter_map(|(field, header)| {
-                    HeaderName::from_bytes(header.as_bytes())
-                        .ok()
-                        .map(|name| (field.clone(), name))
-                })
-                .collect();
-            pipelines.insert(
-                api.name.clone(),
-                ApiPipeline {
-                    cors,
-                    subscription: api.subscription,
-                    key_header: api.subscription_key_header.clone(),
-                    key_query: api.subscription_key_query.clone(),
-                    forward_key: api.forward_subscription_key,
-                    products: api.products.clone(),
-                    limiters,
-                    quotas,
-                    validator,
-                    jwt,
-                    client_cert,
-                    certificate_headers,
-                    headers,
-                },
-            );
-        }
-        Ok(Self {
-            apis: pipelines,
-            keys,
-            quotas,
-            limiters: all_limiters,
-            providers: providers.into_values().collect(),
-        })
-    }
-
-    /// Installs the subscriptions the configuration declares (key hashes only).
-    pub fn set_static_subscriptions(
-        &mut self,
-        subscriptions: &[SubscriptionConfig],
-    ) -> Result<(), PipelineError> {
-        let statics = subscriptions
-            .iter()
-            .map(|s| StaticSubscription {
-                name: s.name.clone(),
-                scope: s.scope.clone(),
-                state: s.state,
-                primary: s.primary,
-                secondary: s.secondary,
-            })
-            .collect();
-        self.keys
-            .set_static(statics)
-            .map_err(PipelineError::KeyStore)
-    }
-
     /// Periodic upkeep (the daemon calls it every second): forgets idle rate-limit
     /// keys and ended quota windows, and writes changed quota counters to disk
     /// (batched: one atomic file replace per period, never one per request).
     pub fn maintain(&self) -> Result<(), QuotaError> {
-        for limiter in &self.limiters {
+        for (_, _, limiter) in &self.rules.limiters {
             limiter.limiter.sweep();
         }
-        self.quotas.sweep();
-        self.quotas.flush()
+        self.rules.quotas.sweep();
+        self.rules.quotas.flush()
     }
 
     /// The JWT providers, for the tasks that fetch their keys.
-    pub fn jwt_providers(&self) -> &[Arc<JwtProvider>] {
-        &self.providers
+    pub fn jwt_providers(&self) -> impl Iterator<Item = &Arc<JwtProvider>> {
+        self.rules.providers.iter().map(|p| &p.provider)
     }
 
     /// Writes the quota counters now (at shutdown).
     pub fn flush(&self) -> Result<(), QuotaError> {
-        self.quotas.flush()
+        self.rules.quotas.flush()
     }
-}
 
-fn open_quotas(state_dir: &Path) -> Result<QuotaCounters, PipelineError> {
-    QuotaCounters::open(state_dir, MAX_QUOTA_KEYS, SystemClock).map_err(PipelineError::Quota)
-}
+    /// The subscriptions the policies check keys against.
+    pub fn keys(&self) -> &Arc<KeyStore> {
+        &self.keys
+    }
 
-fn limiter(owner: &str, config: &RateLimitConfig) -> Result<Arc<Limiter>, PipelineError> {
-    let error = |source| PipelineError::RateLimit {
-        owner: owner.to_owned(),
-        source,
-    };
-    let limit = RateLimit::new(config.calls, Duration::from_secs(config.period_secs.into()))
-        .map_err(error)?;
-    let algorithm = match config.algorithm {
-        RateLimitAlgorithm::SlidingWindow => Algorithm::SlidingWindow,
-        RateLimitAlgorithm::TokenBucket => Algorithm::TokenBucket,
-    };
-    let headers = RateLimitHeaders::new(
-        None,
-        config.remaining_header.as_deref(),
-        config.total_header.as_deref(),
-    )
-    .map_err(error)?;
-    Ok(Arc::new(Limiter {
-        limiter: RateLimiter::with_algorithm(limit, algorithm),
-        counter: config.counter.clone(),
-        announces: headers.remaining.is_some() || headers.total.is_some(),
-        headers,
-    }))
-}
-
-fn quota_rule(owner: &str, config: &QuotaConfig) -> Result<Arc<QuotaRule>, PipelineError> {
-    let quota = Quota::new(
-        config.calls,
-        config.kilobytes,
-        Duration::from_secs(config.period_secs),
-        0,
-    )
-    .map_err(|source| PipelineError::QuotaSettings {
-        owner: owner.to_owned(),
-        source,
-    })?;
-    Ok(Arc::new(QuotaRule {
-        owner: owner.to_owned(),
-        quota,
-        counter: config.counter.clone(),
-        counts_bytes: config.kilobytes.is_some(),
-    }))
+    /// Names of the APIs with policies.
+    pub fn api_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.apis.keys().map(String::as_str)
+    }
 }
 
 /// The string a rate limit or quota counts under. Header values are hashed: they may
@@ -451,7 +242,7 @@ fn counter_key(
 
 impl RequestPolicy for ApiPolicies {
     fn on_request(&self, request: &mut RequestContext<'_>) -> Result<(), Stop> {
-        let Some(api) = self.apis.get(request.api) else {
+        let Some(api) = self.rules.apis.get(request.api) else {
             return Ok(());
         };
         if let Some(cors) = &api.cors {
@@ -493,7 +284,8 @@ impl RequestPolicy for ApiPolicies {
         let mut bandwidth = Vec::new();
         for rule in &api.quotas {
             let counter = format!("{}|{}", rule.owner, key(&rule.counter));
-            self.quotas
+            self.rules
+                .quotas
                 .check(&counter, &rule.quota)
                 .map_err(|exceeded| exceeded.rejection())?;
             if rule.counts_bytes {
@@ -533,7 +325,7 @@ impl RequestPolicy for ApiPolicies {
     }
 
     fn on_body(&self, request: &mut RequestContext<'_>, body: Option<&Bytes>) -> Result<(), Stop> {
-        let Some(api) = self.apis.get(request.api) else {
+        let Some(api) = self.rules.apis.get(request.api) else {
             return Ok(());
         };
         let (Some(validator), Some(ValidateBody)) =
@@ -549,7 +341,7 @@ impl RequestPolicy for ApiPolicies {
     }
 
     fn on_response(&self, response: &ResponseContext<'_>, parts: &mut response::Parts) {
-        let Some(api) = self.apis.get(response.api) else {
+        let Some(api) = self.rules.apis.get(response.api) else {
             return;
         };
         if let (Some(cors), Some(RequestOrigin(origin))) =
@@ -571,7 +363,7 @@ impl RequestPolicy for ApiPolicies {
                 .request_bytes
                 .saturating_add(transferred.response_bytes);
             for (rule, counter) in keys {
-                self.quotas.record_bytes(counter, &rule.quota, bytes);
+                self.rules.quotas.record_bytes(counter, &rule.quota, bytes);
             }
         }
     }

@@ -44,7 +44,7 @@ fn a_valid_file_passes_with_its_country_data() {
     std::fs::write(
         &cfg,
         format!(
-            "[filter]\ninterfaces = [\"eth0\"]\ndeny = [\"198.18.0.1-198.18.0.6\"]\n\n[filter.geo]\npath = \"{}\"\nblock = [\"XX\"]\n",
+            "[filter]\ninterfaces = [\"eth0\"]\ndeny = [\"198.18.0.1-198.18.0.6\"]\n\n[filter.geo]\ndatabase = \"{}\"\nblock = [\"XX\"]\n",
             d.0.join("geo.csv").display()
         ),
     )
@@ -94,7 +94,7 @@ fn a_bad_country_database_names_file_and_line() {
     std::fs::write(
         &cfg,
         format!(
-            "[filter]\ninterfaces = [\"eth0\"]\n[filter.geo]\npath = \"{}\"\nblock = [\"xx\"]\n",
+            "[filter]\ninterfaces = [\"eth0\"]\n[filter.geo]\ndatabase = \"{}\"\nblock = [\"xx\"]\n",
             d.0.join("geo.csv").display()
         ),
     )

@@ -13,6 +13,8 @@ use http::header::HOST;
 use http::{Extensions, Request, Response};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 use ipnet::IpNet;
 
 use super::error::Rejection;
@@ -23,17 +25,24 @@ use super::policy::{
 use super::proxy::{Backend, ClientBody, UpstreamBody, declared_length};
 use super::routing::RouteTable;
 use super::settings::{AccessLog, Limits, is_trusted};
-use super::{GatewayStats, ResponseBody};
+use super::{GatewayStats, RejectionSink, ResponseBody};
 use crate::policy::client_cert::ClientCertificate;
 
-/// What every connection task shares.
+/// One generation of the gateway: what a request is served with from start to
+/// end. A reload installs a new one; requests in flight keep theirs.
+#[derive(Clone)]
 pub(crate) struct Shared {
-    pub(crate) routes: RouteTable<Backend>,
+    pub(crate) routes: Arc<RouteTable<Backend>>,
     pub(crate) limits: Limits,
     pub(crate) trusted_proxies: Vec<IpNet>,
     pub(crate) access_log: AccessLog,
     pub(crate) policies: Vec<Arc<dyn RequestPolicy>>,
+    /// The same counters in every generation.
     pub(crate) stats: Arc<GatewayStats>,
+    /// Told about every gateway-made rejection (auto-bans).
+    pub(crate) rejections: Option<Arc<dyn RejectionSink>>,
+    /// HTTP/1.1 + HTTP/2 settings of the connections accepted under this generation.
+    pub(crate) http: Arc<auto::Builder<TokioExecutor>>,
 }
 
 /// The connection a request came on.
@@ -58,6 +67,11 @@ pub(crate) async fn handle(
     let outcome = process(&shared, &conn, request).await;
     if let Some(reason) = outcome.reason {
         shared.stats.count_rejection(reason);
+        if let Some(sink) = &shared.rejections {
+            // The TCP peer, never a forwarded address: a ban applies to what the
+            // kernel sees.
+            sink.rejected(conn.peer.ip(), reason);
+        }
     }
     let status = outcome.response.status();
     let logged = match shared.access_log {

@@ -23,6 +23,18 @@ struct Route<T> {
 impl<T> RouteTable<T> {
     /// Builds the table from `(settings, target)` pairs; `target` is what a match yields.
     pub fn new(entries: impl IntoIterator<Item = (ApiSettings, T)>) -> Result<Self, GatewayError> {
+        Self::from_shared(
+            entries
+                .into_iter()
+                .map(|(api, target)| (api, Arc::new(target))),
+        )
+    }
+
+    /// Like [`RouteTable::new`], with targets that may also be in another table
+    /// (a reload keeps the backends of unchanged APIs).
+    pub fn from_shared(
+        entries: impl IntoIterator<Item = (ApiSettings, Arc<T>)>,
+    ) -> Result<Self, GatewayError> {
         let mut routes: Vec<(String, Route<T>)> = Vec::new();
         for (api, target) in entries {
             if !api.path_prefix.starts_with('/') {
@@ -47,7 +59,7 @@ impl<T> RouteTable<T> {
                 Route {
                     host,
                     prefix,
-                    target: Arc::new(target),
+                    target,
                 },
             ));
         }

@@ -1,69 +1,79 @@
 //! Listeners and connections: accept, TLS handshake, HTTP/1.1 + HTTP/2, graceful
-//! shutdown.
+//! shutdown; listeners added, changed and removed while serving (reload).
+//!
+//! Each request is served with the generation ([`Shared`]) current when it
+//! arrives: one `ArcSwap` load per request. A connection takes its connection-level
+//! settings (TLS configuration, HTTP builder, timeouts) when it is accepted.
+//! Each listener runs in its own task: removing it stops its accepts (the socket is
+//! closed at once) and drains its connections like a shutdown does, while the other
+//! listeners go on.
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls_pki_types::CertificateDer;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::GatewayStats;
+use super::activity::{Activity, ActivityIo, Busy};
 use super::error::GatewayError;
 use super::handler::{Connection, Shared, handle};
 use super::proxy::Chain;
-use super::settings::Limits;
+use super::settings::{Limits, ListenerSettings, Transport};
+use super::tls::ListenerTls;
 use crate::policy::client_cert::ClientCertificate;
 
+/// A listener bound and ready, not yet accepting.
 pub(crate) struct BoundListener {
+    pub(crate) settings: ListenerSettings,
     socket: TcpListener,
-    tls: Option<TlsAcceptor>,
-    /// The CA certificates client certificates are verified against (issuer lookup).
-    client_cas: Arc<Vec<CertificateDer<'static>>>,
+    pub(crate) tls: Option<Arc<ListenerTls>>,
     pub(crate) local_addr: SocketAddr,
 }
 
 impl BoundListener {
     pub(crate) fn new(
-        configured: SocketAddr,
+        settings: ListenerSettings,
         socket: TcpListener,
-        tls: Option<TlsAcceptor>,
-        client_cas: Vec<CertificateDer<'static>>,
+        tls: Option<Arc<ListenerTls>>,
     ) -> Result<Self, GatewayError> {
         let local_addr = socket.local_addr().map_err(|source| GatewayError::Bind {
-            addr: configured,
+            addr: settings.addr,
             source,
         })?;
         Ok(Self {
+            settings,
             socket,
             tls,
-            client_cas: Arc::new(client_cas),
             local_addr,
         })
     }
 }
 
-/// Everything a connection task needs.
-struct ConnectionSetup {
-    shared: Arc<Shared>,
-    http: Arc<auto::Builder<TokioExecutor>>,
-    /// Cancelled when the drain time is over: connections still open are dropped.
-    hard_stop: CancellationToken,
+/// Loads the TLS configuration of a listener (`None` for plain HTTP).
+pub(crate) fn listener_tls(
+    settings: &ListenerSettings,
+) -> Result<Option<Arc<ListenerTls>>, GatewayError> {
+    match &settings.transport {
+        Transport::Tls(tls) => ListenerTls::load(tls).map(|tls| Some(Arc::new(tls))),
+        Transport::PlainHttp => Ok(None),
+    }
 }
 
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+pub(crate) async fn bind_socket(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind { addr, source })
+}
+
+pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own head limit is a backstop (431 with an empty body); the handler
     // applies `max_header_bytes` first and answers with the JSON body.
@@ -81,63 +91,208 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-pub(crate) async fn serve(
-    listeners: Vec<BoundListener>,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
-    let limits = shared.limits;
-    let setup = Arc::new(ConnectionSetup {
-        http: Arc::new(http_builder(&limits)),
-        shared,
-        hard_stop: CancellationToken::new(),
-    });
-    let graceful = Arc::new(GracefulShutdown::new());
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-
-    let mut accept_loops = tokio::task::JoinSet::new();
-    for listener in listeners {
-        tracing::info!(addr = %listener.local_addr, tls = listener.tls.is_some(), "gateway listening");
-        accept_loops.spawn(accept_loop(
-            listener,
-            Arc::clone(&setup),
-            Arc::clone(&slots),
-            Arc::clone(&graceful),
-            shutdown.clone(),
-        ));
-    }
-    // The accept loops end when shutdown is cancelled, dropping their sockets.
-    while accept_loops.join_next().await.is_some() {}
-
-    match Arc::try_unwrap(graceful) {
-        Ok(graceful) => {
-            tracing::info!(connections = graceful.count(), "gateway draining");
-            if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
-                .await
-                .is_err()
-            {
-                tracing::warn!(timeout = ?limits.drain_timeout, "drain time over, closing remaining connections");
-            }
-        }
-        Err(_) => tracing::warn!("gateway shutdown watcher still shared; not draining"),
-    }
-    setup.hard_stop.cancel();
-    tracing::info!("gateway stopped");
+/// A listener that is accepting (or draining after it was removed).
+struct Listener {
+    settings: ListenerSettings,
+    local_addr: SocketAddr,
+    tls: Arc<ArcSwapOption<ListenerTls>>,
+    /// Stops its accepts; its connections then drain.
+    stop: CancellationToken,
+    /// Resolves once its socket is closed.
+    closed: oneshot::Receiver<()>,
 }
 
-/// Each accepted connection takes a watcher at once, so that shutdown also waits
-/// for connections still in their TLS handshake.
-async fn accept_loop(
-    listener: BoundListener,
-    setup: Arc<ConnectionSetup>,
+/// What a listener accepting connections reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListenerInfo {
+    pub(crate) settings: ListenerSettings,
+    pub(crate) local_addr: SocketAddr,
+}
+
+/// The serving gateway: its current generation, its listeners, its connection slots.
+pub(crate) struct Server {
+    current: ArcSwap<Shared>,
+    /// Held while a new generation is made from the current one, so that two
+    /// changes never overwrite each other; the `max_connections` the slots are
+    /// sized for.
+    publishing: Mutex<usize>,
     slots: Arc<Semaphore>,
-    graceful: Arc<GracefulShutdown>,
+    listeners: Mutex<Vec<Listener>>,
+    stats: Arc<GatewayStats>,
     shutdown: CancellationToken,
+    /// Cloned into every listener task; taken at shutdown, so that
+    /// [`Server::run`] returns once the last listener has drained.
+    alive: Mutex<Option<mpsc::Sender<()>>>,
+    drained: Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Server {
+    pub(crate) fn new(shared: Shared, shutdown: CancellationToken) -> Arc<Self> {
+        let max_connections = shared.limits.max_connections.max(1);
+        let (alive, drained) = mpsc::channel(1);
+        Arc::new(Self {
+            stats: Arc::clone(&shared.stats),
+            current: ArcSwap::from_pointee(shared),
+            publishing: Mutex::new(max_connections),
+            slots: Arc::new(Semaphore::new(max_connections)),
+            listeners: Mutex::new(Vec::new()),
+            shutdown,
+            alive: Mutex::new(Some(alive)),
+            drained: Mutex::new(Some(drained)),
+        })
+    }
+
+    /// The generation new requests are served with.
+    pub(crate) fn current(&self) -> Arc<Shared> {
+        self.current.load_full()
+    }
+
+    /// Makes the next generation from the current one and installs it: requests
+    /// that arrive from now on use it, requests in flight finish with theirs.
+    pub(crate) fn publish(&self, next: impl FnOnce(&Shared) -> Shared) {
+        let mut sized_for = lock(&self.publishing);
+        let next = next(&self.current.load());
+        self.resize_slots(&mut sized_for, next.limits.max_connections.max(1));
+        self.current.store(Arc::new(next));
+    }
+
+    /// `max_connections` changed: more slots at once; fewer as connections end.
+    fn resize_slots(&self, sized_for: &mut usize, wanted: usize) {
+        if wanted > *sized_for {
+            self.slots.add_permits(wanted - *sized_for);
+        } else if wanted < *sized_for {
+            let excess = *sized_for - wanted;
+            let forgotten = self.slots.forget_permits(excess);
+            let rest = excess - forgotten;
+            if rest > 0 {
+                let slots = Arc::clone(&self.slots);
+                let shutdown = self.shutdown.clone();
+                tokio::spawn(async move {
+                    for _ in 0..rest {
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                                Ok(slot) => slot.forget(),
+                                Err(_closed) => return,
+                            },
+                        }
+                    }
+                });
+            }
+        }
+        *sized_for = wanted;
+    }
+
+    /// Starts accepting on `listener` (nothing happens after shutdown began).
+    pub(crate) fn add_listener(self: &Arc<Self>, listener: BoundListener) {
+        let Some(alive) = lock(&self.alive).clone() else {
+            return;
+        };
+        let BoundListener {
+            settings,
+            socket,
+            tls,
+            local_addr,
+        } = listener;
+        tracing::info!(addr = %local_addr, tls = tls.is_some(), "gateway listening");
+        let tls = Arc::new(ArcSwapOption::from(tls));
+        let stop = self.shutdown.child_token();
+        let (closed_tx, closed) = oneshot::channel();
+        tokio::spawn(listener_task(
+            Arc::clone(self),
+            socket,
+            local_addr,
+            Arc::clone(&tls),
+            stop.clone(),
+            closed_tx,
+            alive,
+        ));
+        lock(&self.listeners).push(Listener {
+            settings,
+            local_addr,
+            tls,
+            stop,
+            closed,
+        });
+    }
+
+    /// Stops accepting on the listener configured for `addr`; its open connections
+    /// drain. The receiver resolves once its socket is closed.
+    pub(crate) fn remove_listener(&self, addr: SocketAddr) -> Option<oneshot::Receiver<()>> {
+        let mut listeners = lock(&self.listeners);
+        let index = listeners.iter().position(|l| l.settings.addr == addr)?;
+        let listener = listeners.swap_remove(index);
+        listener.stop.cancel();
+        Some(listener.closed)
+    }
+
+    /// New settings (and TLS configuration) for the listener configured for
+    /// `settings.addr`: new connections use them, open ones keep theirs.
+    pub(crate) fn update_listener(
+        &self,
+        settings: ListenerSettings,
+        tls: Option<Arc<ListenerTls>>,
+    ) {
+        let mut listeners = lock(&self.listeners);
+        if let Some(listener) = listeners
+            .iter_mut()
+            .find(|l| l.settings.addr == settings.addr)
+        {
+            listener.tls.store(tls);
+            listener.settings = settings;
+        }
+    }
+
+    pub(crate) fn listeners(&self) -> Vec<ListenerInfo> {
+        lock(&self.listeners)
+            .iter()
+            .map(|l| ListenerInfo {
+                settings: l.settings.clone(),
+                local_addr: l.local_addr,
+            })
+            .collect()
+    }
+
+    /// Serves until shutdown is asked for, then waits until every listener has
+    /// drained (at most the drain timeout each, all at once).
+    pub(crate) async fn run(self: Arc<Self>) {
+        let Some(mut drained) = lock(&self.drained).take() else {
+            return;
+        };
+        self.shutdown.cancelled().await;
+        // No listener starts after this; the channel closes with the last one.
+        drop(lock(&self.alive).take());
+        while drained.recv().await.is_some() {}
+        tracing::info!("gateway stopped");
+    }
+}
+
+/// Accepts on one listener until it is removed or the gateway shuts down, then
+/// closes its socket and drains its connections: in-flight requests finish for at
+/// most `drain_timeout`, then what is left is closed.
+///
+/// Each accepted connection takes a watcher at once, so that draining also waits
+/// for connections still in their TLS handshake.
+async fn listener_task(
+    server: Arc<Server>,
+    socket: TcpListener,
+    local_addr: SocketAddr,
+    tls: Arc<ArcSwapOption<ListenerTls>>,
+    stop: CancellationToken,
+    closed: oneshot::Sender<()>,
+    _alive: mpsc::Sender<()>,
 ) {
+    let graceful = GracefulShutdown::new();
+    // Cancelled when the drain time is over: connections still open are dropped.
+    let hard_stop = CancellationToken::new();
     loop {
         let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.socket.accept() => accepted,
+            () = stop.cancelled() => break,
+            accepted = socket.accept() => accepted,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -154,35 +309,36 @@ async fn accept_loop(
         // slots are taken, this listener holds one accepted connection unserved
         // and the rest wait in the kernel's backlog.
         let slot = tokio::select! {
-            () = shutdown.cancelled() => break,
-            slot = Arc::clone(&slots).acquire_owned() => match slot {
+            () = stop.cancelled() => break,
+            slot = Arc::clone(&server.slots).acquire_owned() => match slot {
                 Ok(slot) => slot,
                 Err(_closed) => break,
             },
         };
-        GatewayStats::bump(&setup.shared.stats.connections_accepted);
+        GatewayStats::bump(&server.stats.connections_accepted);
         let _ = stream.set_nodelay(true);
-        let setup = Arc::clone(&setup);
-        let tls = listener.tls.clone();
-        let client_cas = Arc::clone(&listener.client_cas);
+        let server = Arc::clone(&server);
+        let tls = tls.load_full();
         let watcher = graceful.watcher();
+        let hard_stop = hard_stop.clone();
         tokio::spawn(async move {
-            let hard_stop = setup.hard_stop.clone();
+            // Connection-level settings are the ones current at accept.
+            let generation = server.current();
             let activity = Arc::new(Activity::new());
             let stream = ActivityIo {
                 inner: stream,
                 activity: Arc::clone(&activity),
             };
-            let idle = setup.shared.limits.idle_timeout;
+            let idle = generation.limits.idle_timeout;
             // The connection runs in its own task, so that its many wake-ups (one
             // or more per request) do not poll the watchers below as well.
             let serving = tokio::spawn(serve_connection(
                 stream,
                 peer,
                 tls,
-                client_cas,
                 Arc::clone(&activity),
-                setup,
+                server,
+                generation,
                 watcher,
             ));
             let abort = serving.abort_handle();
@@ -197,23 +353,33 @@ async fn accept_loop(
             drop(slot);
         });
     }
+    drop(socket);
+    let _ = closed.send(());
+    let drain_timeout = server.current.load().limits.drain_timeout;
+    tracing::info!(addr = %local_addr, connections = graceful.count(), "listener closed; draining its connections");
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(addr = %local_addr, timeout = ?drain_timeout, "drain time over, closing remaining connections");
+    }
+    hard_stop.cancel();
 }
 
 async fn serve_connection(
     stream: ActivityIo<TcpStream>,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
-    client_cas: Arc<Vec<CertificateDer<'static>>>,
+    tls: Option<Arc<ListenerTls>>,
     activity: Arc<Activity>,
-    setup: Arc<ConnectionSetup>,
+    server: Arc<Server>,
+    generation: Arc<Shared>,
     watcher: Watcher,
 ) {
-    let shared = &setup.shared;
-    let stats = &shared.stats;
-    let timeout = shared.limits.header_read_timeout;
+    let stats = &server.stats;
+    let timeout = generation.limits.header_read_timeout;
     match tls {
-        Some(acceptor) => {
-            let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Some(tls) => {
+            let stream = match tokio::time::timeout(timeout, tls.acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
                     GatewayStats::bump(&stats.tls_handshake_failures);
@@ -230,13 +396,21 @@ async fn serve_connection(
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|chain| client_certificate(chain, &client_cas, peer));
+                .and_then(|chain| client_certificate(chain, &tls.client_cas, peer));
             let conn = Connection {
                 peer,
                 proto: "https",
                 client_cert,
             };
-            run_http(TokioIo::new(stream), conn, activity, &setup, watcher).await;
+            run_http(
+                TokioIo::new(stream),
+                conn,
+                activity,
+                server,
+                &generation,
+                watcher,
+            )
+            .await;
         }
         None => {
             let conn = Connection {
@@ -244,7 +418,15 @@ async fn serve_connection(
                 proto: "http",
                 client_cert: None,
             };
-            run_http(TokioIo::new(stream), conn, activity, &setup, watcher).await;
+            run_http(
+                TokioIo::new(stream),
+                conn,
+                activity,
+                server,
+                &generation,
+                watcher,
+            )
+            .await;
         }
     }
 }
@@ -283,15 +465,17 @@ async fn run_http<I>(
     io: I,
     conn: Connection,
     activity: Arc<Activity>,
-    setup: &Arc<ConnectionSetup>,
+    server: Arc<Server>,
+    generation: &Shared,
     watcher: Watcher,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let shared = Arc::clone(&setup.shared);
     let peer = conn.peer;
+    let stats = Arc::clone(&server.stats);
     let service = service_fn(move |request| {
-        let shared = Arc::clone(&shared);
+        // The one generation load of the request.
+        let shared = server.current();
         let conn = conn.clone();
         let busy = Busy::new(Arc::clone(&activity));
         async move {
@@ -300,9 +484,8 @@ async fn run_http<I>(
             response
         }
     });
-    let connection = setup.http.serve_connection(io, service);
+    let connection = generation.http.serve_connection(io, service);
     if let Err(error) = watcher.watch(connection).await {
-        let stats = &setup.shared.stats;
         match error.downcast_ref::<hyper::Error>() {
             Some(e) if e.is_parse() || e.is_parse_too_large() => {
                 GatewayStats::bump(&stats.malformed_requests);
@@ -316,127 +499,5 @@ async fn run_http<I>(
                 tracing::debug!(%peer, error = %Chain(error.as_ref()), "connection ended with an error")
             }
         }
-    }
-}
-
-/// Whether bytes moved on a connection lately, and how many of its requests are
-/// waiting for their response head; for the idle timeout. Moving bytes only sets a
-/// flag (no clock read per read or write); the watcher looks at it four times per
-/// idle period, so an idle connection is closed between 1 and 1.25 idle periods
-/// after its last byte.
-pub(crate) struct Activity {
-    active: AtomicBool,
-    in_flight: AtomicUsize,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            active: AtomicBool::new(true),
-            in_flight: AtomicUsize::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        if !self.active.load(Ordering::Relaxed) {
-            self.active.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Returns once no byte moved and no request waited for `idle` (to 1.25 `idle`).
-    async fn idle_for(&self, idle: Duration) {
-        const LOOKS: u32 = 4;
-        let step = idle / LOOKS;
-        let mut quiet = 0;
-        loop {
-            tokio::time::sleep(step).await;
-            let busy = self.active.swap(false, Ordering::Relaxed)
-                || self.in_flight.load(Ordering::Relaxed) > 0;
-            quiet = if busy { 0 } else { quiet + 1 };
-            if quiet >= LOOKS {
-                return;
-            }
-        }
-    }
-}
-
-/// Marks a request in progress on its connection until dropped.
-struct Busy(Arc<Activity>);
-
-impl Busy {
-    fn new(activity: Arc<Activity>) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        activity.touch();
-        Self(activity)
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
-    }
-}
-
-/// A stream that records when bytes move.
-pub(crate) struct ActivityIo<S> {
-    inner: S,
-    activity: Arc<Activity>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled
-            && n > 0
-        {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = polled
-            && n > 0
-        {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

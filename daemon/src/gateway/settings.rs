@@ -11,7 +11,7 @@ use url::Url;
 pub use crate::policy::backend_auth::{BackendAuth, OAuth2Settings};
 
 /// One address the gateway accepts connections on.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerSettings {
     pub addr: SocketAddr,
     /// What the listener speaks: TLS, or plain HTTP only when asked for explicitly.
@@ -19,14 +19,14 @@ pub struct ListenerSettings {
 }
 
 /// A listener's transport. There is no default: plain HTTP must be chosen by name.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
     Tls(TlsSettings),
     PlainHttp,
 }
 
 /// Certificates of a TLS listener (PEM files, read at start and at each reload).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
     /// Served to clients that send no SNI or a name no other certificate covers.
     pub default_cert: CertFiles,
@@ -59,21 +59,21 @@ pub struct ClientCa {
 }
 
 /// A certificate chain and its private key, both PEM.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertFiles {
     pub cert_chain_pem: PathBuf,
     pub key_pem: PathBuf,
 }
 
 /// A certificate served for one SNI host name.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SniCert {
     pub hostname: String,
     pub files: CertFiles,
 }
 
 /// One proxied API: requests whose host (if set) and path prefix match go to `backend`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiSettings {
     pub name: String,
     /// Matched against the request's host (without port), case-insensitively.

@@ -286,6 +286,32 @@ pub fn client_verification(auth: &ClientAuth) -> Result<Option<ClientVerificatio
     Ok(Some(ClientVerification { verifier, cas }))
 }
 
+/// What a TLS listener's handshakes use: replaced whole by a reload, so that a
+/// connection takes one consistent set (certificates, client CAs) when it is accepted.
+pub(crate) struct ListenerTls {
+    pub(crate) acceptor: tokio_rustls::TlsAcceptor,
+    /// The CA certificates client certificates are verified against (issuer lookup).
+    pub(crate) client_cas: Arc<Vec<CertificateDer<'static>>>,
+    /// Reloaded in place by [`super::CertReloader`].
+    pub(crate) resolver: Arc<CertResolver>,
+    pub(crate) settings: TlsSettings,
+}
+
+impl ListenerTls {
+    /// Loads the certificates, the client CAs and CRLs of `settings`.
+    pub(crate) fn load(settings: &TlsSettings) -> Result<Self, GatewayError> {
+        let resolver = Arc::new(CertResolver::load(settings)?);
+        let clients = client_verification(&settings.client_auth)?;
+        let config = server_config(Arc::clone(&resolver), clients.as_ref())?;
+        Ok(Self {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            client_cas: Arc::new(clients.map(|c| c.cas).unwrap_or_default()),
+            resolver,
+            settings: settings.clone(),
+        })
+    }
+}
+
 /// TLS 1.2 and 1.3 only, ALPN `h2` then `http/1.1`, certificates from `resolver`,
 /// client certificates checked by `clients` when given.
 pub fn server_config(

@@ -5,6 +5,7 @@ use http::{Extensions, Request, StatusCode};
 use super::*;
 use crate::config::parse;
 use crate::gateway::Rejection;
+use crate::policy::quota::SystemClock;
 
 const PEER: &str = "192.0.2.7:40000";
 
@@ -474,4 +475,134 @@ fn static_subscriptions_from_the_config_open_their_scope_only() {
         Err(Stop::Reject(r)) => assert_eq!(r.status, StatusCode::UNAUTHORIZED),
         other => panic!("{other:?}"),
     }
+}
+
+/// The policies of `extra` (after one API "a" in product "p", no key needed),
+/// taking over what `previous` has that did not change.
+fn rebuilt(
+    extra: &str,
+    previous: Option<&ApiPolicies>,
+    quotas: &Arc<QuotaCounters>,
+) -> ApiPolicies {
+    let text = format!(
+        "[filter]\ninterfaces = [\"eth0\"]\n[[product]]\nname = \"p\"\n\
+         [[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://b\"\nproducts = [\"p\"]\n\
+         subscription = \"none\"\n{extra}"
+    );
+    let config = parse(&text, std::path::Path::new("t.toml")).unwrap();
+    ApiPolicies::build(
+        &config,
+        Arc::new(KeyStore::in_memory()),
+        Arc::clone(quotas),
+        previous,
+    )
+    .unwrap()
+}
+
+fn passes(policies: &ApiPolicies) -> bool {
+    run(policies, get("/x").body(()).unwrap()).result.is_ok()
+}
+
+#[test]
+fn a_rebuild_keeps_the_counters_of_unchanged_limits_and_quotas() {
+    let quotas = Arc::new(QuotaCounters::in_memory(100, SystemClock));
+    let limited = "rate_limit = { calls = 1, period_secs = 60 }\n\
+                   quota = { calls = 2, period_secs = 3600 }\n";
+    let first = rebuilt(limited, None, &quotas);
+    assert!(passes(&first));
+    assert!(!passes(&first), "one call per minute");
+
+    // Same settings: the same counters, still exhausted.
+    let same = rebuilt(limited, Some(&first), &quotas);
+    assert!(!passes(&same));
+
+    // A changed limit starts counting anew; the quota counters are kept whatever
+    // happens to the limit (2 calls per hour: the third admitted call is refused).
+    let changed = rebuilt(
+        "rate_limit = { calls = 5, period_secs = 60 }\nquota = { calls = 2, period_secs = 3600 }\n",
+        Some(&same),
+        &quotas,
+    );
+    assert!(passes(&changed));
+    let outcome = rejection(run(&changed, get("/x").body(()).unwrap()));
+    assert_eq!(outcome.reason, "QuotaExceeded");
+}
+
+#[test]
+fn a_rebuild_keeps_fetching_jwt_providers_whose_settings_did_not_change() {
+    let quotas = Arc::new(QuotaCounters::in_memory(100, SystemClock));
+    let provider = |audience: &str| {
+        format!(
+            "jwt = {{ provider = \"idp\" }}\n\
+             [[jwt_provider]]\nname = \"idp\"\nalgorithms = [\"RS256\"]\n\
+             jwks_url = \"https://idp.example/keys\"\naudiences = [\"{audience}\"]\n"
+        )
+    };
+    let first = rebuilt(&provider("one"), None, &quotas);
+    let same = rebuilt(&provider("one"), Some(&first), &quotas);
+    let changed = rebuilt(&provider("two"), Some(&same), &quotas);
+    let only = |p: &ApiPolicies| Arc::clone(p.jwt_providers().next().unwrap());
+    assert!(Arc::ptr_eq(&only(&first), &only(&same)), "kept: no refetch");
+    assert!(
+        !Arc::ptr_eq(&only(&same), &only(&changed)),
+        "changed: built anew"
+    );
+}
+
+#[test]
+fn build_reports_every_problem() {
+    let text = "[filter]\ninterfaces = [\"eth0\"]\n\
+                [[api]]\nname = \"a\"\npath_prefix = \"/a\"\nbackend = \"http://b\"\njwt = { provider = \"x\" }\n\
+                [[api]]\nname = \"b\"\npath_prefix = \"/b\"\nbackend = \"http://b\"\njwt = { provider = \"y\" }\n\
+                [[jwt_provider]]\nname = \"x\"\nalgorithms = [\"RS256\"]\njwks_url = \"https://idp.example/keys\"\n\
+                [[jwt_provider]]\nname = \"y\"\nalgorithms = [\"RS256\"]\njwks_url = \"https://idp.example/keys\"\n";
+    let mut config = parse(text, std::path::Path::new("t.toml")).unwrap();
+    // Made unbuildable after validation (a file read at validation gone since).
+    config.jwt_providers.clear();
+    let quotas = Arc::new(QuotaCounters::in_memory(10, SystemClock));
+    let errors = ApiPolicies::build(&config, Arc::new(KeyStore::in_memory()), quotas, None)
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .all(|e| matches!(e, PipelineError::UnknownJwtProvider { .. }))
+    );
+}
+
+#[test]
+fn other_subscriptions_replace_only_the_keys() {
+    let (p, key) = policies("");
+    assert!(
+        run(
+            &p,
+            get("/x")
+                .header("Ocp-Apim-Subscription-Key", &key)
+                .body(())
+                .unwrap()
+        )
+        .result
+        .is_ok()
+    );
+    let mut store = KeyStore::in_memory();
+    let (_, issued) = store.create("other", keys::Scope::AllApis).unwrap();
+    let swapped = p.with_keys(Arc::new(store));
+    let with = |key: &str| {
+        run(
+            &swapped,
+            get("/x")
+                .header("Ocp-Apim-Subscription-Key", key)
+                .body(())
+                .unwrap(),
+        )
+        .result
+        .is_ok()
+    };
+    assert!(!with(&key), "the old store's key is gone");
+    assert!(with(issued.primary.expose()));
+    assert!(std::ptr::eq(
+        p.api_names().next().unwrap(),
+        swapped.api_names().next().unwrap()
+    ));
 }

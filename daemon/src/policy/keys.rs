@@ -23,8 +23,10 @@ use super::Rejection;
 
 mod extract;
 pub(crate) mod file;
+mod subscriptions;
 
 pub use extract::{KeyLocation, PresentedKey, extract_key, strip_key};
+pub use subscriptions::Subscriptions;
 
 /// APIM's default header for the key.
 pub const DEFAULT_HEADER: &str = "Ocp-Apim-Subscription-Key";

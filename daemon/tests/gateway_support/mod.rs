@@ -484,6 +484,31 @@ impl Rampartd {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the daemon.
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: kill has no memory preconditions; the pid is our own child's.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// How many lines of the log contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits (at most 30 s) until more than `seen` lines of the log contain `needle`.
+    pub async fn wait_for_log(&self, needle: &str, seen: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.log_count(needle) <= seen {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no new {needle:?} in the log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Rampartd {

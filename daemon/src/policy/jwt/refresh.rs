@@ -128,6 +128,47 @@ impl RefreshPlanner {
     }
 }
 
+/// Fetches `provider`'s keys when its schedule says so (at start, hourly, on an
+/// unknown `kid` at most every 5 minutes, retries after failures), until `stop`.
+/// Only for providers that fetch their keys (`provider.client()` is `Some`).
+pub async fn keep_keys_fresh(
+    provider: std::sync::Arc<super::JwtProvider>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let limits = super::FetchLimits::default();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    loop {
+        let planner = provider.planner();
+        if planner.needs_refresh(now())
+            && let Some(ticket) = planner.try_begin(now())
+        {
+            let fetched = tokio::select! {
+                () = stop.cancelled() => return,
+                fetched = provider.refresh(&limits) => fetched,
+            };
+            match &fetched {
+                Ok(keys) => tracing::info!(provider = provider.name(), keys, "JWT keys fetched"),
+                Err(e) => tracing::warn!(
+                    provider = provider.name(),
+                    error = %crate::service::chain(e),
+                    has_keys = provider.has_keys(),
+                    "JWT key fetch failed; the last good keys stay"
+                ),
+            }
+            planner.finish(ticket, now(), fetched.is_ok());
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = provider.refresh_requested() => {}
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

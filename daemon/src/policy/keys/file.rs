@@ -1,7 +1,7 @@
 //! The store's file: JSON, replaced atomically (temp file, fsync, rename, fsync dir).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -68,37 +68,5 @@ pub(super) fn save_subscriptions(
     replace_file(path, &bytes, 0o600).map_err(write_err)
 }
 
-/// Replaces `path` with `bytes` so that a crash leaves either the old or the new file:
-/// write a temp file in the same directory, fsync it, rename over, fsync the directory.
-pub(crate) fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let mut tmp_name = name.to_owned();
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        // Best effort: a stale temp file is harmless, but do not leave it if we can help it.
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
+/// Moved to the state module, which owns durable writes to the state directory.
+pub(crate) use crate::state::replace_file;

@@ -1,0 +1,501 @@
+//! The daemon's gateway, built from its configuration: started with the daemon,
+//! reloaded whole (SIGHUP, `rampart reload`), its subscriptions changed at run time
+//! (`rampart keys ...`), drained at shutdown.
+//!
+//! A reload builds everything first: new listeners bound, certificates loaded,
+//! backends, routes and policies built. Any problem and nothing changes; the error
+//! lists every problem. Then one atomic swap: requests that arrive from then on use
+//! the new configuration, requests in flight finish with the old one.
+//!
+//! What a reload keeps: the quota counters, the subscriptions created at run time,
+//! the rate-limit counters of limits whose settings did not change, the JWT
+//! providers whose settings did not change (with their fetched keys and their
+//! refresh task), the backends of unchanged APIs (connection pools, backend
+//! tokens), the listeners whose address did not change (no gap in accepting), the
+//! gateway's counters and rejection sink.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Gateway, GatewayError, GatewayHandle, GatewayStats, RejectionSink, RequestPolicy,
+    ServingGateway, StatsSnapshot,
+};
+use crate::config::{Config, ConfigError};
+use crate::pipeline::{self, ApiPolicies, PipelineError};
+use crate::policy::jwt::JwtProvider;
+use crate::policy::jwt::refresh::keep_keys_fresh;
+use crate::policy::keys::{KeyStoreError, Subscriptions};
+use crate::policy::quota::{QuotaCounters, QuotaError};
+use crate::service::chain;
+
+/// One thing wrong with a configuration, found while building the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error("configuration")]
+    Config(#[source] ConfigError),
+    #[error("gateway")]
+    Gateway(#[source] GatewayError),
+    #[error("gateway policies")]
+    Pipeline(#[source] PipelineError),
+    #[error("subscriptions")]
+    Subscriptions(#[source] KeyStoreError),
+}
+
+/// Why the gateway did not start or did not take a configuration: every problem
+/// found (never none).
+#[derive(Debug, thiserror::Error)]
+pub struct GatewayConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for GatewayConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            f.write_str(&chain(problem))?;
+        }
+        Ok(())
+    }
+}
+
+impl GatewayConfigError {
+    fn new(problems: Vec<Problem>) -> Self {
+        Self { problems }
+    }
+
+    /// sysexits.h, from the first problem: 71 for an address that cannot be bound,
+    /// 65 for an unreadable subscription store, 64 for the rest (configuration).
+    pub fn exit_code(&self) -> u8 {
+        match self.problems.first() {
+            Some(Problem::Config(e)) => e.exit_code(),
+            Some(Problem::Gateway(GatewayError::Bind { .. })) => 71,
+            Some(Problem::Subscriptions(_) | Problem::Pipeline(PipelineError::KeyStore(_))) => 65,
+            _ => 64,
+        }
+    }
+}
+
+/// The service's error for the first problem (its exit code follows it); the
+/// caller logs the others.
+impl From<GatewayConfigError> for crate::service::ServiceError {
+    fn from(error: GatewayConfigError) -> Self {
+        use crate::service::ServiceError;
+        match error.problems.into_iter().next() {
+            Some(Problem::Config(e)) => ServiceError::Config(e),
+            Some(Problem::Gateway(e)) => ServiceError::Gateway(e),
+            Some(Problem::Pipeline(e)) => ServiceError::Pipeline(e),
+            Some(Problem::Subscriptions(e)) => ServiceError::Pipeline(PipelineError::KeyStore(e)),
+            // Not made: an error always has a problem. Still a configuration error.
+            None => ServiceError::Config(ConfigError::Invalid {
+                path: PathBuf::new(),
+                errors: Vec::new(),
+            }),
+        }
+    }
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub apis_added: Vec<String>,
+    pub apis_removed: Vec<String>,
+    pub apis_changed: Vec<String>,
+    /// Bound addresses of the new listeners.
+    pub listeners_added: Vec<SocketAddr>,
+    /// Configured addresses of the listeners removed (their connections drain).
+    pub listeners_removed: Vec<SocketAddr>,
+    /// APIs whose backend (connection pool, backend token) was kept.
+    pub backends_kept: usize,
+    /// JWT providers whose keys and refresh task were kept.
+    pub jwt_providers_kept: Vec<String>,
+    /// JWT providers whose keys are fetched anew (new or changed).
+    pub jwt_providers_started: Vec<String>,
+    /// Settings that changed but apply only at restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl fmt::Display for ReloadSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "APIs +{} -{} ~{}, listeners +{} -{}, backends kept {}, JWT providers kept {} started {}",
+            self.apis_added.len(),
+            self.apis_removed.len(),
+            self.apis_changed.len(),
+            self.listeners_added.len(),
+            self.listeners_removed.len(),
+            self.backends_kept,
+            self.jwt_providers_kept.len(),
+            self.jwt_providers_started.len(),
+        )?;
+        if !self.needs_restart.is_empty() {
+            write!(f, "; needs a restart: {}", self.needs_restart.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// The policies the current generation runs, for upkeep and for publishing
+/// subscription changes.
+struct PolicySlot {
+    current: Mutex<Arc<ApiPolicies>>,
+    handle: GatewayHandle,
+}
+
+impl PolicySlot {
+    fn lock(&self) -> MutexGuard<'_, Arc<ApiPolicies>> {
+        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn current(&self) -> Arc<ApiPolicies> {
+        Arc::clone(&self.lock())
+    }
+}
+
+fn as_policies(policies: &Arc<ApiPolicies>) -> Vec<Arc<dyn RequestPolicy>> {
+    vec![Arc::clone(policies) as Arc<dyn RequestPolicy>]
+}
+
+/// What only one reload at a time may touch.
+struct Reloadable {
+    serving: ServingGateway,
+    /// The configuration in force.
+    config: Config,
+    /// Key refresh tasks of the JWT providers that fetch their keys.
+    key_refresh: Vec<(Arc<JwtProvider>, CancellationToken)>,
+}
+
+/// The gateway of a running daemon. Shared (`Arc`) between the service loop
+/// (upkeep, shutdown) and the control thread (reload, subscriptions, status).
+pub struct RunningGateway {
+    reloadable: tokio::sync::Mutex<Reloadable>,
+    policies: Arc<PolicySlot>,
+    subscriptions: Arc<Subscriptions>,
+    quotas: Arc<QuotaCounters>,
+    stats: Arc<GatewayStats>,
+    shutdown: CancellationToken,
+    state_dir: PathBuf,
+}
+
+impl fmt::Debug for RunningGateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunningGateway")
+            .field("policies", &self.policies.current())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts the gateway of `config` when it has listeners (`None` without): opens
+/// the subscription store and quota counters, builds everything, binds every
+/// listener, then serves on the current Tokio runtime until `shutdown` is
+/// cancelled. Every problem is reported.
+pub async fn start(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> Result<Option<RunningGateway>, GatewayConfigError> {
+    if config.listeners.is_empty() {
+        return Ok(None);
+    }
+    let mut problems = Vec::new();
+    let state_dir = &config.daemon.state_dir;
+    let subscriptions = Subscriptions::open(state_dir)
+        .map_err(|e| problems.push(Problem::Subscriptions(e)))
+        .ok();
+    let quotas = pipeline::open_quotas(state_dir)
+        .map_err(|e| problems.push(Problem::Pipeline(e)))
+        .ok()
+        .map(Arc::new);
+    let keys = subscriptions.as_ref().and_then(|subs| {
+        subs.replace_static(
+            pipeline::static_subscriptions(&config.subscriptions),
+            |keys| keys,
+        )
+        .map_err(|e| problems.push(Problem::Subscriptions(e)))
+        .ok()
+    });
+    let policies = match (keys, &quotas) {
+        (Some(keys), Some(quotas)) => ApiPolicies::build(config, keys, Arc::clone(quotas), None)
+            .map_err(|e| problems.extend(e.into_iter().map(Problem::Pipeline)))
+            .ok(),
+        _ => None,
+    };
+    let (listeners, settings) = pipeline::gateway_settings(config);
+    let gateway = Gateway::bind_reporting_all(&listeners, settings)
+        .await
+        .map_err(|e| problems.extend(e.into_iter().map(Problem::Gateway)))
+        .ok();
+    let (Some(subscriptions), Some(quotas), Some(policies), Some(gateway)) =
+        (subscriptions, quotas, policies, gateway)
+    else {
+        return Err(GatewayConfigError::new(problems));
+    };
+
+    let policies = Arc::new(policies);
+    let stats = gateway.stats();
+    let serving = gateway
+        .with_policy(Arc::clone(&policies) as Arc<dyn RequestPolicy>)
+        .start(shutdown.clone());
+    let slot = Arc::new(PolicySlot {
+        current: Mutex::new(Arc::clone(&policies)),
+        handle: serving.handle(),
+    });
+    let subscriptions = Arc::new(subscriptions);
+    subscriptions.set_publisher(publish_subscriptions(Arc::clone(&slot)));
+    let mut key_refresh = Vec::new();
+    sync_key_refresh(&mut key_refresh, &policies, &shutdown);
+    let addresses: Vec<String> = serving
+        .local_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    tracing::info!(
+        addresses = %addresses.join(","),
+        apis = config.apis.len(),
+        "gateway listening"
+    );
+    Ok(Some(RunningGateway {
+        reloadable: tokio::sync::Mutex::new(Reloadable {
+            serving,
+            config: config.clone(),
+            key_refresh,
+        }),
+        policies: slot,
+        subscriptions,
+        quotas,
+        stats,
+        shutdown,
+        state_dir: state_dir.clone(),
+    }))
+}
+
+/// Installs each new subscription snapshot in the current generation.
+fn publish_subscriptions(
+    slot: Arc<PolicySlot>,
+) -> impl Fn(Arc<crate::policy::keys::KeyStore>) + Send + Sync + 'static {
+    move |keys| {
+        let mut current = slot.lock();
+        let next = Arc::new(current.with_keys(keys));
+        slot.handle.set_policies(as_policies(&next));
+        *current = next;
+    }
+}
+
+/// Starts a key refresh task for each provider of `policies` that fetches its keys
+/// and has none yet, stops those of providers no longer used. Returns the names of
+/// the providers kept and started.
+fn sync_key_refresh(
+    tasks: &mut Vec<(Arc<JwtProvider>, CancellationToken)>,
+    policies: &ApiPolicies,
+    shutdown: &CancellationToken,
+) -> (Vec<String>, Vec<String>) {
+    let mut kept = Vec::new();
+    let mut started = Vec::new();
+    let mut next = Vec::new();
+    for provider in policies.jwt_providers().filter(|p| p.client().is_some()) {
+        match tasks.iter().position(|(p, _)| Arc::ptr_eq(p, provider)) {
+            Some(index) => {
+                kept.push(provider.name().to_owned());
+                next.push(tasks.swap_remove(index));
+            }
+            None => {
+                let stop = shutdown.child_token();
+                tokio::spawn(keep_keys_fresh(Arc::clone(provider), stop.clone()));
+                started.push(provider.name().to_owned());
+                next.push((Arc::clone(provider), stop));
+            }
+        }
+    }
+    for (_, stop) in tasks.drain(..) {
+        stop.cancel();
+    }
+    *tasks = next;
+    (kept, started)
+}
+
+/// What changed between the APIs of `old` and `new`.
+fn api_changes(old: &Config, new: &Config, summary: &mut ReloadSummary) {
+    for api in &new.apis {
+        match old.apis.iter().find(|a| a.name == api.name) {
+            None => summary.apis_added.push(api.name.clone()),
+            Some(before) if before != api => summary.apis_changed.push(api.name.clone()),
+            Some(_) => {}
+        }
+    }
+    summary.apis_removed = (old.apis.iter())
+        .filter(|a| !new.apis.iter().any(|n| n.name == a.name))
+        .map(|a| a.name.clone())
+        .collect();
+    if old.daemon.state_dir != new.daemon.state_dir {
+        summary.needs_restart.push("[daemon] state_dir");
+    }
+    if old.gateway.worker_threads != new.gateway.worker_threads {
+        summary.needs_restart.push("[gateway] worker_threads");
+    }
+}
+
+impl RunningGateway {
+    /// Takes `config`: everything is built first (new listeners bound before
+    /// anything else); on any problem nothing changes and the error lists every
+    /// problem. Then the new configuration serves the next requests while those
+    /// in flight finish with the old one. Removed listeners are closed when this
+    /// returns. The outcome is logged.
+    pub async fn reload(&self, config: &Config) -> Result<ReloadSummary, GatewayConfigError> {
+        let mut reloadable = self.reloadable.lock().await;
+        let result = self.reload_locked(&mut reloadable, config).await;
+        match &result {
+            Ok(summary) => tracing::info!(%summary, "gateway reloaded"),
+            Err(e) => tracing::error!(
+                problems = e.problems.len(),
+                error = %e,
+                "gateway reload rejected; the running gateway stays"
+            ),
+        }
+        result
+    }
+
+    async fn reload_locked(
+        &self,
+        reloadable: &mut Reloadable,
+        config: &Config,
+    ) -> Result<ReloadSummary, GatewayConfigError> {
+        let mut problems = Vec::new();
+        let (listeners, settings) = pipeline::gateway_settings(config);
+        let prepared = reloadable
+            .serving
+            .prepare(&listeners, settings)
+            .await
+            .map_err(|e| problems.extend(e.into_iter().map(Problem::Gateway)))
+            .ok();
+        let statics = pipeline::static_subscriptions(&config.subscriptions);
+        if let Err(e) = self.subscriptions.check_static(statics.clone()) {
+            problems.push(Problem::Subscriptions(e));
+        }
+        let policies = ApiPolicies::build(
+            config,
+            self.subscriptions.snapshot(),
+            Arc::clone(&self.quotas),
+            Some(&self.policies.current()),
+        )
+        .map_err(|e| problems.extend(e.into_iter().map(Problem::Pipeline)))
+        .ok();
+        let (Some(prepared), Some(policies)) = (prepared, policies) else {
+            return Err(GatewayConfigError::new(problems));
+        };
+        if !problems.is_empty() {
+            return Err(GatewayConfigError::new(problems));
+        }
+
+        let mut summary = ReloadSummary {
+            backends_kept: prepared.backends_kept(&reloadable.serving),
+            ..ReloadSummary::default()
+        };
+        api_changes(&reloadable.config, config, &mut summary);
+        // The static subscriptions and the generation change together, with
+        // runtime subscription changes waiting: none is lost or undone.
+        let slot = &self.policies;
+        let serving = &mut reloadable.serving;
+        let (applied, policies) = self
+            .subscriptions
+            .replace_static(statics, |keys| {
+                let policies = Arc::new(policies.with_keys(keys));
+                let applied = serving.apply(prepared, as_policies(&policies));
+                *slot.lock() = Arc::clone(&policies);
+                (applied, policies)
+            })
+            .map_err(|e| GatewayConfigError::new(vec![Problem::Subscriptions(e)]))?;
+        let (kept, started) =
+            sync_key_refresh(&mut reloadable.key_refresh, &policies, &self.shutdown);
+        summary.jwt_providers_kept = kept;
+        summary.jwt_providers_started = started;
+        summary.listeners_added.clone_from(&applied.added);
+        summary.listeners_removed.clone_from(&applied.removed);
+        applied.closed().await;
+        reloadable.config = config.clone();
+        Ok(summary)
+    }
+
+    /// Reads `path` and reloads from it; the outcome is logged either way.
+    pub async fn reload_file(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<ReloadSummary, GatewayConfigError> {
+        match crate::config::load(path) {
+            Ok(config) => self.reload(&config).await,
+            Err(e) => {
+                let error = GatewayConfigError::new(vec![Problem::Config(e)]);
+                tracing::error!(
+                    config = %path.display(),
+                    error = %error,
+                    "gateway reload rejected; the running gateway stays"
+                );
+                Err(error)
+            }
+        }
+    }
+
+    /// The subscriptions: created, rotated, suspended... at run time, each change
+    /// durable and seen by the next request.
+    pub fn subscriptions(&self) -> Arc<Subscriptions> {
+        Arc::clone(&self.subscriptions)
+    }
+
+    /// Tells `sink` about every gateway-made rejection from now on (`None`: stop).
+    pub fn set_rejection_sink(&self, sink: Option<Arc<dyn RejectionSink>>) {
+        self.policies.handle.set_rejection_sink(sink);
+    }
+
+    /// The gateway's counters now (`rampart stats`); reloads keep counting.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// The bound addresses of the listeners.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.policies.handle.local_addrs()
+    }
+
+    /// The names of the configured APIs.
+    pub fn apis(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .policies
+            .current()
+            .api_names()
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The state directory the subscriptions and quota counters live in (a
+    /// reload does not move them).
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
+    }
+
+    /// Periodic upkeep, every second, off the request threads (it writes a file):
+    /// forgets idle rate-limit keys and ended quota windows, writes changed quota
+    /// counters. A failure is logged and retried at the next call.
+    pub fn maintain(&self) {
+        if let Err(e) = self.policies.current().maintain() {
+            tracing::error!(error = %chain(&e), "writing the quota counters failed; retrying");
+        }
+    }
+
+    /// Waits until the gateway has stopped (after the shutdown token was
+    /// cancelled: accepts stop, in-flight requests finish within the drain
+    /// timeout), then writes the quota counters.
+    pub async fn drained(&self) -> Result<(), QuotaError> {
+        let mut reloadable = self.reloadable.lock().await;
+        if let Err(e) = reloadable.serving.stopped().await {
+            tracing::error!(error = %e, "gateway task failed");
+        }
+        self.quotas.flush()
+    }
+}

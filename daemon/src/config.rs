@@ -83,6 +83,10 @@ pub struct DaemonConfig {
     pub runtime_dir: PathBuf,
     pub pin_root: PathBuf,
     pub log_level: LogLevel,
+    /// The control socket; `None` = `<runtime_dir>/control.sock`.
+    pub control_socket: Option<PathBuf>,
+    /// The group (besides root) allowed to use the control socket.
+    pub control_group: Option<String>,
 }
 
 impl Default for DaemonConfig {
@@ -93,6 +97,8 @@ impl Default for DaemonConfig {
             runtime_dir: paths.runtime_dir().to_path_buf(),
             pin_root: paths.pin_root().to_path_buf(),
             log_level: LogLevel::default(),
+            control_socket: None,
+            control_group: None,
         }
     }
 }
@@ -101,6 +107,13 @@ impl DaemonConfig {
     /// The runtime paths this configuration selects.
     pub fn paths(&self) -> Paths {
         Paths::new(&self.state_dir, &self.runtime_dir, &self.pin_root)
+    }
+
+    /// The control socket this configuration selects.
+    pub fn control_socket(&self) -> PathBuf {
+        self.control_socket
+            .clone()
+            .unwrap_or_else(|| self.paths().control_socket())
     }
 }
 
@@ -173,6 +186,8 @@ pub struct FilterConfig {
     pub geo: Option<GeoConfig>,
     /// `Some` when `[filter.flood]` is present.
     pub flood: Option<FloodConfig>,
+    /// `[filter.autoban]` (its defaults when absent: on).
+    pub autoban: crate::policy::ban::AutobanSettings,
 }
 
 /// `[filter] attach_mode`. There is no fallback from one to the other: a
@@ -220,11 +235,17 @@ impl Default for ProtectScope {
     }
 }
 
+/// `[filter.geo] database` unless configured: where Debian's geoipupdate
+/// writes MaxMind's free country database.
+pub const DEFAULT_GEO_DATABASE: &str = "/var/lib/GeoIP/GeoLite2-Country.mmdb";
+
 /// `[filter.geo]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GeoConfig {
-    /// Directory of `<cc>.cidr` zone files or a `network,country` CSV file.
-    pub path: PathBuf,
+    /// The country database: an MMDB file, a GeoLite2 or DB-IP CSV download,
+    /// a directory of `<cc>.cidr` zone files or a `network,country` CSV file
+    /// (see [`crate::geo::load`]). [`DEFAULT_GEO_DATABASE`] unless set.
+    pub database: PathBuf,
     pub policy: CountryPolicy,
 }
 

@@ -3,7 +3,9 @@
 //! The library behind `rampartd` (the service) and, later, the `rampart` CLI.
 //! Each module owns one concern and its errors.
 
+pub mod cli;
 pub mod config;
+pub mod control;
 pub mod filter;
 pub mod gateway;
 pub mod geo;
@@ -13,3 +15,4 @@ pub mod pipeline;
 pub mod policy;
 pub mod rules;
 pub mod service;
+pub mod state;

@@ -3,6 +3,7 @@
 use http::{HeaderMap, StatusCode};
 
 pub mod backend_auth;
+pub mod ban;
 pub mod client_cert;
 pub mod cors;
 pub mod headers;

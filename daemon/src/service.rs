@@ -19,20 +19,32 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
+mod controller;
+
+use controller::{ConfigCountries, Controller, Message};
+
 use crate::{
     config::{
         self, Config, ConfigError, CountryPolicy as ConfigCountryPolicy, FilterConfig, ProtectScope,
+    },
+    control::{
+        protocol::{ErrorKind, ErrorReply, GatewayStatus, Reply, Request},
+        server::{ControlError, ControlServer, Dispatch, EventLog, SocketSettings},
     },
     filter::{
         AttachMode, DropRecord, EntryOrigin, Filter, FilterError, ListEntry, ListKind, Lists,
         Protect, Settings,
     },
-    gateway::{CertReloader, Gateway, GatewayError},
+    gateway::{GatewayError, running::RunningGateway},
     geo::{self, GeoError},
-    pipeline::{self, ApiPolicies, PipelineError},
+    pipeline::PipelineError,
+    policy::ban::BanTracker,
     rules::CountryPolicy,
+    state::{State, StateError, StateStore},
 };
 
+/// Events `rampart events` can show.
+const EVENT_LOG_CAPACITY: usize = 1000;
 /// How often drop events are summarised into the log.
 const EVENT_INTERVAL: Duration = Duration::from_secs(10);
 /// Sources named per summary; the rest are counted.
@@ -52,6 +64,10 @@ pub enum ServiceError {
     Gateway(#[from] GatewayError),
     #[error("gateway policies")]
     Pipeline(#[from] PipelineError),
+    #[error("state directory")]
+    State(#[from] StateError),
+    #[error("control socket")]
+    Control(#[from] ControlError),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error("cannot listen for signals")]
@@ -60,7 +76,8 @@ pub enum ServiceError {
 
 impl ServiceError {
     /// sysexits.h: 64 bad configuration, 65 bad data, 66 unreadable input,
-    /// 69 unavailable (kernel refused), 71 OS error.
+    /// 69 unavailable (kernel refused), 71 OS error, 74 I/O error (state
+    /// directory), 75 temporary failure (another rampartd holds the state).
     pub fn exit_code(&self) -> u8 {
         match self {
             ServiceError::Config(e) => e.exit_code(),
@@ -76,6 +93,10 @@ impl ServiceError {
             ServiceError::Gateway(_) => 64,
             ServiceError::Pipeline(PipelineError::KeyStore(_)) => 65,
             ServiceError::Pipeline(_) => 64,
+            ServiceError::State(StateError::Locked { .. }) => 75,
+            ServiceError::State(_) => 74,
+            ServiceError::Control(ControlError::UnknownGroup { .. }) => 64,
+            ServiceError::Control(_) => 71,
             ServiceError::Runtime(_) | ServiceError::Signals(_) => 71,
         }
     }
@@ -152,7 +173,7 @@ fn plan_filter(f: FilterConfig) -> Result<FilterPlan, ServiceError> {
     let (countries, policy) = match &f.geo {
         None => (Vec::new(), CountryPolicy::Off),
         Some(g) => {
-            let data = geo::load(&g.path)?;
+            let data = geo::load(&g.database)?;
             let policy = match &g.policy {
                 ConfigCountryPolicy::LabelOnly => CountryPolicy::Off,
                 ConfigCountryPolicy::Block(cs) => {
@@ -205,23 +226,76 @@ fn interfaces_exist(plan: &FilterPlan) -> Result<(), ServiceError> {
     }
 }
 
-/// Starts the filter from `config_path`: everything is validated first; a
-/// bad file, database or interface changes nothing in the kernel.
-/// Without `[filter]`, nothing is attached and the filter is `None`.
-pub fn start(config_path: &Path) -> Result<(Option<Filter>, Desired), ServiceError> {
-    let desired = prepare(config_path)?;
+/// The lists the kernel gets: the configuration's plus the stored operator and
+/// automatic entries still in force.
+fn merged_lists(plan: &FilterPlan, state: &State) -> Lists {
+    let mut lists = plan.lists.clone();
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let now_mono = crate::filter::monotonic_ns();
+    let from_config: std::collections::HashSet<(ListKind, ipnet::IpNet)> =
+        [ListKind::Bypass, ListKind::Deny, ListKind::Allow]
+            .into_iter()
+            .flat_map(|kind| lists.live(kind, 0).into_iter().map(move |e| (kind, e.net)))
+            .collect();
+    for e in state.live(now_unix) {
+        // A configuration entry of the same network stays the file's.
+        if from_config.contains(&(e.list, e.net)) {
+            continue;
+        }
+        lists.insert(
+            e.list,
+            ListEntry {
+                net: e.net,
+                expires_ns: e.expires_at.map_or(0, |at| {
+                    now_mono + at.saturating_sub(now_unix) * 1_000_000_000
+                }),
+                origin: e.origin,
+            },
+        );
+    }
+    lists
+}
+
+/// The country table and policy in force: a table from `rampart geo load` wins
+/// over the configuration's database, a policy set with `rampart country` over
+/// the configuration's.
+fn effective_countries(
+    plan: &FilterPlan,
+    store: &StateStore,
+    loaded: Option<&Vec<(ipnet::IpNet, u16)>>,
+) -> (Vec<(ipnet::IpNet, u16)>, CountryPolicy) {
+    let countries = loaded.cloned().unwrap_or_else(|| plan.countries.clone());
+    let policy = match &store.state().countries {
+        Some(p) => controller::kernel_policy(p),
+        None => plan.policy.clone(),
+    };
+    (countries, policy)
+}
+
+/// Starts the filter: everything is validated first; a bad file, database or
+/// interface changes nothing in the kernel. Without `[filter]`, nothing is
+/// attached and the filter is `None`.
+fn start_filter(
+    desired: &Desired,
+    store: &StateStore,
+    loaded: Option<&Vec<(ipnet::IpNet, u16)>>,
+) -> Result<Option<Filter>, ServiceError> {
     let Some(plan) = &desired.filter else {
         tracing::info!("no [filter] configured: the kernel filter is not attached");
-        return Ok((None, desired));
+        return Ok(None);
     };
     interfaces_exist(plan)?;
     let pin_dir = desired.config.daemon.paths().pin_dir();
     let mut filter = Filter::open_sized(&pin_dir, plan.config.max_deny_entries)?;
+    let lists = merged_lists(plan, store.state());
+    let (countries, policy) = effective_countries(plan, store, loaded);
     filter.replace_all(
         plan.settings.clone(),
-        plan.lists.clone(),
-        plan.countries.clone(),
-        plan.policy.clone(),
+        lists.clone(),
+        countries.clone(),
+        policy,
     )?;
     let mode = attach_mode(plan.config.attach_mode);
     for iface in &plan.config.interfaces {
@@ -240,18 +314,24 @@ pub fn start(config_path: &Path) -> Result<(Option<Filter>, Desired), ServiceErr
     }
     tracing::info!(
         pins = %pin_dir.display(),
-        countries = plan.countries.len(),
-        bypass = plan.lists.live(ListKind::Bypass, 0).len(),
-        deny = plan.lists.live(ListKind::Deny, 0).len(),
-        allow = plan.lists.live(ListKind::Allow, 0).len(),
+        countries = countries.len(),
+        bypass = lists.live(ListKind::Bypass, 0).len(),
+        deny = lists.live(ListKind::Deny, 0).len(),
+        allow = lists.live(ListKind::Allow, 0).len(),
         "rules applied"
     );
-    Ok((Some(filter), desired))
+    Ok(Some(filter))
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. The filter stays attached.
 pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
-    let (mut filter, desired) = start(&config_path)?;
+    let desired = prepare(&config_path)?;
+    let store = StateStore::open(&desired.config.daemon.state_dir)?;
+    let loaded_countries = match store.state().geo {
+        Some(_) => store.load_countries()?,
+        None => None,
+    };
+    let mut filter = start_filter(&desired, &store, loaded_countries.as_ref())?;
     let events = filter.as_mut().map(Filter::take_events).transpose()?;
     let workers = match desired.config.gateway.worker_threads {
         0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
@@ -271,6 +351,7 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
         .enable_all()
         .build()
         .map_err(ServiceError::Runtime)?;
+    let handle = rt.handle().clone();
     rt.block_on(async move {
         let mut term = signal(SignalKind::terminate()).map_err(ServiceError::Signals)?;
         let mut int = signal(SignalKind::interrupt()).map_err(ServiceError::Signals)?;
@@ -282,43 +363,108 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
                 unsafe { AsyncFd::register(events) }.map_err(|e| ServiceError::Signals(e.into()))
             })
             .transpose()?;
-        let mut expire = tokio::time::interval(Duration::from_secs(1));
         let mut summary = tokio::time::interval(EVENT_INTERVAL);
         let mut upkeep = tokio::time::interval(Duration::from_secs(1));
         let mut drops = DropSummary::default();
-        let mut interfaces = desired
+        let event_log = EventLog::new(EVENT_LOG_CAPACITY);
+        let shutdown = CancellationToken::new();
+        let (inbox, messages) = std::sync::mpsc::channel::<Message>();
+        let gateway = start_gateway(&desired.config, shutdown.clone()).await?;
+        let config_countries = desired
             .filter
             .as_ref()
-            .map(|plan| plan.config.interfaces.clone())
+            .map(|plan| ConfigCountries {
+                prefixes: plan.countries.clone(),
+                policy: plan.policy.clone(),
+                database: plan
+                    .config
+                    .geo
+                    .as_ref()
+                    .map(|g| g.database.display().to_string()),
+            })
             .unwrap_or_default();
-        let shutdown = CancellationToken::new();
-        let gateway = start_gateway(&desired.config, shutdown.clone()).await?;
+        let bans = Arc::new(BanTracker::new(
+            desired
+                .filter
+                .as_ref()
+                .map(|plan| plan.config.autoban)
+                .unwrap_or_default(),
+        ));
+        if let (Some(gateway), Some(_)) = (&gateway, &desired.filter) {
+            let bans = Arc::clone(&bans);
+            let inbox = std::sync::Mutex::new(inbox.clone());
+            let sink = move |peer: IpAddr, reason: &'static str| {
+                if let Some(ban) = bans.record(peer, reason, std::time::Instant::now())
+                    && let Ok(inbox) = inbox.lock()
+                {
+                    let _ = inbox.send(Message::Ban(ban));
+                }
+            };
+            gateway.set_rejection_sink(Some(Arc::new(sink)));
+        }
+        let controller = Controller {
+            config_path: config_path.clone(),
+            interfaces: desired
+                .filter
+                .as_ref()
+                .map(|plan| plan.config.interfaces.clone())
+                .unwrap_or_default(),
+            pins: desired
+                .config
+                .daemon
+                .paths()
+                .pin_dir()
+                .display()
+                .to_string(),
+            filter,
+            store,
+            events: Arc::clone(&event_log),
+            started: std::time::Instant::now(),
+            config_countries,
+            loaded_countries,
+            last_reload: None,
+            bans_issued: 0,
+            gateway: gateway
+                .as_ref()
+                .map(|g| GatewayControl::new(g, handle.clone())),
+            filter_plan: desired.filter,
+            bans,
+            trusted_proxies: desired.config.gateway.trusted_proxies.clone(),
+        };
+        controller.refresh_exempt();
+        let control_thread = std::thread::Builder::new()
+            .name("rampart-control".into())
+            .spawn(move || controller.run(messages))
+            .map_err(ServiceError::Runtime)?;
+        let dispatch: Dispatch = {
+            let inbox = std::sync::Mutex::new(inbox.clone());
+            Arc::new(move |command| {
+                inbox
+                    .lock()
+                    .is_ok_and(|tx| tx.send(Message::Control(command)).is_ok())
+            })
+        };
+        let socket = SocketSettings {
+            path: desired.config.daemon.control_socket(),
+            group: desired.config.daemon.control_group.clone(),
+        };
+        let server = ControlServer::bind(&socket, dispatch, Arc::clone(&event_log)).await?;
+        tracing::info!(socket = %server.path().display(), "control socket ready");
+        let control_serving = tokio::spawn(server.serve(shutdown.clone()));
         tracing::info!(config = %config_path.display(), "rampartd running");
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    reload(&config_path, filter.as_mut(), &mut interfaces);
-                    if let Some(gateway) = &gateway {
-                        reload_certificates(&gateway.certificates);
-                    }
+                    let _ = inbox.send(Message::Reload);
                 }
-                _ = expire.tick(), if filter.is_some() => {
-                    match filter.as_mut().map(Filter::expire) {
-                        None | Some(Ok(0)) => {}
-                        Some(Ok(n)) => tracing::info!(expired = n, "temporary entries expired"),
-                        Some(Err(e)) => {
-                            tracing::error!(error = %chain(&e), "expiring entries failed");
-                        }
-                    }
-                }
-                _ = summary.tick() => drops.flush(),
+                _ = summary.tick() => drops.flush(&event_log),
                 _ = upkeep.tick(), if gateway.is_some() => {
                     if let Some(gateway) = &gateway {
                         // Off the request threads: writing the counters syncs a file.
-                        let policies = Arc::clone(&gateway.policies);
-                        tokio::task::spawn_blocking(move || maintain(&policies));
+                        let gateway = Arc::clone(gateway);
+                        tokio::task::spawn_blocking(move || gateway.maintain());
                     }
                 }
                 guard = readable(ring.as_mut()) => {
@@ -331,14 +477,15 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
                 }
             }
         }
-        drops.flush();
+        drops.flush(&event_log);
         shutdown.cancel();
+        let _ = inbox.send(Message::Stop);
+        let _ = control_serving.await;
+        // The control thread finishes the change it is making, if any.
+        let _ = tokio::task::spawn_blocking(move || control_thread.join()).await;
         if let Some(gateway) = gateway {
             tracing::info!("gateway draining");
-            if let Err(e) = gateway.serving.await {
-                tracing::error!(error = %e, "gateway task failed");
-            }
-            if let Err(e) = gateway.policies.flush() {
+            if let Err(e) = gateway.drained().await {
                 tracing::error!(error = %chain(&e), "writing the quota counters failed");
             }
         }
@@ -349,106 +496,21 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
     })
 }
 
-/// The running gateway, as the service loop sees it.
-struct RunningGateway {
-    certificates: CertReloader,
-    policies: Arc<ApiPolicies>,
-    serving: tokio::task::JoinHandle<()>,
-}
-
-/// Fetches a JWT provider's keys when its schedule says so (at start, hourly, on an
-/// unknown `kid` at most every 5 minutes, retries after failures), until shutdown.
-async fn refresh_jwt_keys(
-    provider: Arc<crate::policy::jwt::JwtProvider>,
-    shutdown: CancellationToken,
-) {
-    let limits = crate::policy::jwt::FetchLimits::default();
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    };
-    loop {
-        let planner = provider.planner();
-        if planner.needs_refresh(now())
-            && let Some(ticket) = planner.try_begin(now())
-        {
-            let fetched = tokio::select! {
-                () = shutdown.cancelled() => return,
-                fetched = provider.refresh(&limits) => fetched,
-            };
-            match &fetched {
-                Ok(keys) => tracing::info!(provider = provider.name(), keys, "JWT keys fetched"),
-                Err(e) => tracing::warn!(
-                    provider = provider.name(),
-                    error = %chain(e),
-                    has_keys = provider.has_keys(),
-                    "JWT key fetch failed; the last good keys stay"
-                ),
-            }
-            planner.finish(ticket, now(), fetched.is_ok());
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = provider.refresh_requested() => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-}
-
-/// Sweeps idle counters and writes changed quota counters (every second).
-fn maintain(policies: &ApiPolicies) {
-    if let Err(e) = policies.maintain() {
-        tracing::error!(error = %chain(&e), "writing the quota counters failed; retrying");
-    }
-}
-
-/// Binds the gateway's listeners when the configuration has any, and serves them
-/// on this runtime until `shutdown` is cancelled.
+/// Starts the gateway when the configuration has listeners; it serves on this
+/// runtime until `shutdown` is cancelled. Every problem is logged; the first
+/// one is the error (and chooses the exit code).
 async fn start_gateway(
     config: &Config,
     shutdown: CancellationToken,
-) -> Result<Option<RunningGateway>, ServiceError> {
-    if config.listeners.is_empty() {
-        return Ok(None);
-    }
-    let policies = Arc::new(ApiPolicies::from_config(config)?);
-    for provider in policies.jwt_providers() {
-        if provider.client().is_some() {
-            tokio::spawn(refresh_jwt_keys(Arc::clone(provider), shutdown.clone()));
+) -> Result<Option<Arc<RunningGateway>>, ServiceError> {
+    match crate::gateway::running::start(config, shutdown).await {
+        Ok(gateway) => Ok(gateway.map(Arc::new)),
+        Err(e) => {
+            for problem in e.problems.iter().skip(1) {
+                tracing::error!(error = %chain(problem), "gateway configuration problem");
+            }
+            Err(e.into())
         }
-    }
-    let (listeners, settings) = pipeline::gateway_settings(config);
-    let gateway = Gateway::bind(&listeners, settings)
-        .await?
-        .with_policy(Arc::clone(&policies) as Arc<dyn crate::gateway::RequestPolicy>);
-    let addresses: Vec<String> = gateway
-        .local_addrs()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    tracing::info!(
-        addresses = %addresses.join(","),
-        apis = config.apis.len(),
-        "gateway listening"
-    );
-    let certificates = gateway.certificates();
-    let serving = tokio::spawn(gateway.serve(shutdown));
-    Ok(Some(RunningGateway {
-        certificates,
-        policies,
-        serving,
-    }))
-}
-
-/// SIGHUP: new certificates for new connections; a bad file keeps the old ones.
-fn reload_certificates(certificates: &CertReloader) {
-    match certificates.reload() {
-        Ok(()) => tracing::info!("certificates reloaded"),
-        Err(e) => tracing::error!(
-            error = %chain(&e),
-            "certificate reload rejected; the running certificates stay"
-        ),
     }
 }
 
@@ -462,31 +524,61 @@ async fn readable<T: std::os::fd::AsRawFd>(
     }
 }
 
-fn reload(config_path: &Path, filter: Option<&mut Filter>, interfaces: &mut Vec<String>) {
-    let result = prepare(config_path).and_then(|d| match (filter, d.filter) {
-        (Some(filter), Some(plan)) => {
-            interfaces_exist(&plan)?;
-            filter.replace_all(plan.settings, plan.lists, plan.countries, plan.policy)?;
-            let mode = attach_mode(plan.config.attach_mode);
-            for iface in &plan.config.interfaces {
-                if !interfaces.contains(iface) {
-                    filter.attach(iface, mode)?;
-                }
-            }
-            *interfaces = plan.config.interfaces;
-            Ok(())
+/// SIGHUP or `rampart reload`, on the control thread: the new file is read and
+/// validated whole (with its country database and certificates), then the
+/// gateway and the filter take it; the operator's and automatic entries and
+/// the CLI's country settings stay.
+fn reload_all(c: &mut Controller) -> Result<String, ErrorReply> {
+    let desired = prepare(&c.config_path).map_err(|e| controller::reload_error(&e))?;
+    match (&c.filter, &desired.filter) {
+        (Some(_), Some(plan)) => {
+            interfaces_exist(plan).map_err(|e| controller::reload_error(&e))?
         }
-        (None, None) => Ok(()),
-        (Some(_), None) | (None, Some(_)) => Err(ServiceError::FilterAddedOrRemoved),
-    });
-    match result {
-        Ok(()) => tracing::info!(config = %config_path.display(), "configuration reloaded"),
-        Err(e) => tracing::error!(
-            config = %config_path.display(),
-            error = %chain(&e),
-            "reload rejected; the running configuration stays"
-        ),
+        (None, None) => {}
+        _ => {
+            return Err(controller::reload_error(
+                &ServiceError::FilterAddedOrRemoved,
+            ));
+        }
     }
+    if let Some(gateway) = &c.gateway {
+        gateway.reload(&desired.config)?;
+    }
+    if let (Some(filter), Some(plan)) = (c.filter.as_mut(), desired.filter.as_ref()) {
+        let lists = merged_lists(plan, c.store.state());
+        let (countries, policy) = effective_countries(plan, &c.store, c.loaded_countries.as_ref());
+        filter
+            .replace_all(plan.settings.clone(), lists, countries, policy)
+            .map_err(|e| controller::reload_error(&e.into()))?;
+        let mode = attach_mode(plan.config.attach_mode);
+        for iface in &plan.config.interfaces {
+            if !c.interfaces.contains(iface) {
+                filter
+                    .attach(iface, mode)
+                    .map_err(|e| controller::reload_error(&e.into()))?;
+            }
+        }
+        c.interfaces = plan.config.interfaces.clone();
+        c.config_countries = ConfigCountries {
+            prefixes: plan.countries.clone(),
+            policy: plan.policy.clone(),
+            database: plan
+                .config
+                .geo
+                .as_ref()
+                .map(|g| g.database.display().to_string()),
+        };
+    }
+    c.filter_plan = desired.filter;
+    c.trusted_proxies = desired.config.gateway.trusted_proxies.clone();
+    if let Some(plan) = &c.filter_plan {
+        c.bans.set_settings(plan.config.autoban);
+    }
+    c.refresh_exempt();
+    Ok(format!(
+        "configuration reloaded from {}",
+        c.config_path.display()
+    ))
 }
 
 /// An error and its sources on one line.
@@ -517,7 +609,7 @@ impl DropSummary {
         e.0 += 1;
     }
 
-    fn flush(&mut self) {
+    fn flush(&mut self, log: &EventLog) {
         if self.counts.is_empty() {
             return;
         }
@@ -525,6 +617,18 @@ impl DropSummary {
         all.sort_by_key(|e| std::cmp::Reverse(e.1.0));
         let rest = all.len().saturating_sub(EVENT_SOURCES_PER_SUMMARY);
         for ((src, reason), (count, country)) in all.into_iter().take(EVENT_SOURCES_PER_SUMMARY) {
+            log.push(
+                "xdp_drop",
+                format!("{count} packets from {src} dropped ({reason})"),
+                vec![
+                    ("SRC_IP".into(), src.to_string()),
+                    ("REASON".into(), reason.to_owned()),
+                    (
+                        "COUNTRY".into(),
+                        country.clone().unwrap_or_else(|| "-".into()),
+                    ),
+                ],
+            );
             tracing::warn!(
                 event = "xdp_drop",
                 src_ip = %src,
@@ -541,6 +645,159 @@ impl DropSummary {
                 "more sources dropped"
             );
         }
+    }
+}
+
+/// What the control thread may do with the gateway: read its status and
+/// counters, manage subscriptions, reload it.
+pub(crate) struct GatewayControl {
+    gateway: Arc<RunningGateway>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl GatewayControl {
+    fn new(gateway: &Arc<RunningGateway>, runtime: tokio::runtime::Handle) -> Self {
+        Self {
+            gateway: Arc::clone(gateway),
+            runtime,
+        }
+    }
+
+    fn status(&self) -> GatewayStatus {
+        GatewayStatus {
+            listeners: (self.gateway.local_addrs().iter())
+                .map(ToString::to_string)
+                .collect(),
+            apis: self.gateway.apis().len(),
+            subscriptions: self.gateway.subscriptions().list().len(),
+        }
+    }
+
+    fn counters(&self) -> (u64, Vec<(String, u64)>) {
+        let stats = self.gateway.stats();
+        let rejections = (stats.rejections.into_iter())
+            .map(|(reason, n)| (reason.to_owned(), n))
+            .collect();
+        (stats.requests, rejections)
+    }
+
+    /// `rampart keys ...`: each change is durable and seen by the next request
+    /// when this returns; the second value describes a change for the event log.
+    fn keys(&self, request: Request) -> Result<(Reply, Option<String>), ErrorReply> {
+        use crate::control::protocol::{KeySlotName, ScopeSpec, SubscriptionView};
+        use crate::policy::keys::{KeySlot, KeyStoreError, Origin, Scope, SubscriptionState};
+        let refused = |e: KeyStoreError| {
+            let kind = match &e {
+                KeyStoreError::NotFound { .. } => ErrorKind::NotFound,
+                KeyStoreError::Exists { .. } => ErrorKind::Conflict,
+                KeyStoreError::FromConfig { .. }
+                | KeyStoreError::Cancelled { .. }
+                | KeyStoreError::InvalidName { .. }
+                | KeyStoreError::DuplicateKey { .. } => ErrorKind::InvalidInput,
+                KeyStoreError::Read { .. }
+                | KeyStoreError::Corrupt { .. }
+                | KeyStoreError::Write { .. } => ErrorKind::Storage,
+                KeyStoreError::Random { .. } => ErrorKind::Internal,
+            };
+            ErrorReply::new(kind, chain(&e))
+        };
+        let subscriptions = self.gateway.subscriptions();
+        match request {
+            Request::KeysCreate { name, scope } => {
+                let scope = match scope {
+                    ScopeSpec::All => Scope::AllApis,
+                    ScopeSpec::Product(product) => Scope::Product(product),
+                    ScopeSpec::Api(api) => Scope::Api(api),
+                };
+                let keys = subscriptions.create(&name, scope).map_err(refused)?;
+                let what = format!("subscription {name:?} created");
+                let reply = Reply::KeysCreated {
+                    name,
+                    primary: keys.primary.expose().to_owned(),
+                    secondary: keys.secondary.expose().to_owned(),
+                };
+                Ok((reply, Some(what)))
+            }
+            Request::KeysList => {
+                let views = (subscriptions.list().into_iter())
+                    .map(|s| SubscriptionView {
+                        scope: match &s.scope {
+                            Scope::AllApis => "all".to_owned(),
+                            Scope::Product(p) => format!("product:{p}"),
+                            Scope::Api(a) => format!("api:{a}"),
+                        },
+                        state: match s.state {
+                            SubscriptionState::Active => "active",
+                            SubscriptionState::Suspended => "suspended",
+                            SubscriptionState::Cancelled => "cancelled",
+                        }
+                        .to_owned(),
+                        origin: match s.origin {
+                            Origin::Store => "store",
+                            Origin::Config => "config",
+                        }
+                        .to_owned(),
+                        created_at: s.created_at,
+                        name: s.name,
+                    })
+                    .collect();
+                Ok((
+                    Reply::Subscriptions {
+                        subscriptions: views,
+                    },
+                    None,
+                ))
+            }
+            Request::KeysRotate { name, slot } => {
+                let which = match slot {
+                    KeySlotName::Primary => KeySlot::Primary,
+                    KeySlotName::Secondary => KeySlot::Secondary,
+                };
+                let key = subscriptions.rotate(&name, which).map_err(refused)?;
+                let what = format!("subscription {name:?}: {slot:?} key rotated");
+                let reply = Reply::KeyRotated {
+                    name,
+                    slot,
+                    key: key.expose().to_owned(),
+                };
+                Ok((reply, Some(what)))
+            }
+            Request::KeysSuspend { name } => {
+                subscriptions.suspend(&name).map_err(refused)?;
+                Ok((
+                    Reply::Done,
+                    Some(format!("subscription {name:?} suspended")),
+                ))
+            }
+            Request::KeysActivate { name } => {
+                subscriptions.activate(&name).map_err(refused)?;
+                Ok((
+                    Reply::Done,
+                    Some(format!("subscription {name:?} activated")),
+                ))
+            }
+            Request::KeysRevoke { name } => {
+                subscriptions.revoke(&name).map_err(refused)?;
+                Ok((Reply::Done, Some(format!("subscription {name:?} revoked"))))
+            }
+            _ => Err(ErrorReply::new(ErrorKind::Internal, "not a keys request")),
+        }
+    }
+
+    /// The whole gateway from `config` (every problem is logged by the gateway).
+    /// Every problem of the new configuration is listed in the error.
+    fn reload(&self, config: &Config) -> Result<(), ErrorReply> {
+        self.runtime
+            .block_on(self.gateway.reload(config))
+            .map(|_| ())
+            .map_err(|e| {
+                let mut reply = ErrorReply::new(
+                    ErrorKind::Config,
+                    "the configuration was not reloaded; the running one stays",
+                );
+                reply.details = e.problems.iter().map(|p| chain(p)).collect();
+                reply
+            })
     }
 }
 
@@ -566,7 +823,9 @@ mod tests {
         s.add(rec("198.18.0.2", "denied"));
         assert_eq!(s.counts.len(), 3);
         assert_eq!(s.counts[&("198.18.0.1".parse().unwrap(), "denied")].0, 1000);
-        s.flush();
+        let log = EventLog::new(10);
+        s.flush(&log);
+        assert_eq!(log.last(10).len(), 3);
         assert!(s.counts.is_empty());
     }
 

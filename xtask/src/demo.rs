@@ -212,7 +212,7 @@ protect = ["tcp/8080"]
 deny = ["198.18.0.3"]
 
 [filter.geo]
-path = "{geo}"
+database = "{geo}"
 block = ["xx"]
 "#,
         state = dir.join("state").display(),

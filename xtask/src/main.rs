@@ -5,6 +5,7 @@
 mod bench;
 mod build;
 mod demo;
+mod man;
 mod process;
 mod setup;
 mod test;
@@ -42,6 +43,8 @@ enum Command {
     Bench(bench::Options),
     /// rampartd on a demo pair of network namespaces, with things to try.
     Demo(demo::Options),
+    /// Man pages and bash/zsh/fish completions of the `rampart` CLI (default: target/man).
+    Man(man::Options),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Test(options) => test::run(&options),
         Command::Bench(options) => bench::run(&options),
         Command::Demo(options) => demo::run(&options),
+        Command::Man(options) => man::run(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -37,6 +37,8 @@ pub(super) struct RawDaemon {
     pub runtime_dir: Option<Text>,
     pub pin_root: Option<Text>,
     pub log_level: Option<Text>,
+    pub control_socket: Option<Text>,
+    pub control_group: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,12 +57,24 @@ pub(super) struct RawFilter {
     pub max_deny_entries: Option<Spanned<i64>>,
     pub geo: Option<Spanned<RawGeo>>,
     pub flood: Option<Spanned<RawFlood>>,
+    pub autoban: Option<Spanned<RawAutoban>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawAutoban {
+    pub enabled: Option<bool>,
+    pub auth_failures: Option<Spanned<i64>>,
+    pub rate_limited: Option<Spanned<i64>>,
+    pub window_secs: Option<Spanned<i64>>,
+    pub ban_secs: Option<Spanned<i64>>,
+    pub max_tracked_sources: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(super) struct RawGeo {
-    pub path: Option<Text>,
+    pub database: Option<Text>,
     pub block: Option<TextList>,
     pub allow_only: Option<TextList>,
     pub allow_unknown: Option<Spanned<bool>>,

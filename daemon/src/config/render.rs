@@ -1,8 +1,8 @@
 //! The commented default configuration an installer writes.
 
 use super::{
-    AttachMode, DEFAULT_EVENTS_BURST, DEFAULT_EVENTS_PER_SECOND, DEFAULT_MAX_DENY_ENTRIES,
-    DEFAULT_PROTECT, LogLevel, MAX_DENY_ENTRIES, MAX_EVENTS_PER_SECOND,
+    AttachMode, DEFAULT_EVENTS_BURST, DEFAULT_EVENTS_PER_SECOND, DEFAULT_GEO_DATABASE,
+    DEFAULT_MAX_DENY_ENTRIES, DEFAULT_PROTECT, LogLevel, MAX_DENY_ENTRIES, MAX_EVENTS_PER_SECOND,
     MAX_FLOOD_PACKETS_PER_SECOND, MIN_DENY_ENTRIES,
 };
 use crate::paths::{DEFAULT_CONFIG_FILE, DEFAULT_PIN_ROOT, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
@@ -22,7 +22,7 @@ pub fn render_default<S: AsRef<str>>(interfaces: &[S]) -> String {
     let runtime_dir = quote(DEFAULT_RUNTIME_DIR);
     let pin_root = quote(DEFAULT_PIN_ROOT);
     let protect = quote(DEFAULT_PROTECT);
-    let geo_path = quote(&format!("{DEFAULT_STATE_DIR}/geo"));
+    let geo_database = quote(DEFAULT_GEO_DATABASE);
     format!(
         r##"# rampart configuration ({DEFAULT_CONFIG_FILE}).
 #
@@ -40,6 +40,10 @@ runtime_dir = {runtime_dir}
 pin_root = {pin_root}
 # "trace", "debug", "info", "warn" or "error".
 log_level = {log_level}
+# The control socket the `rampart` CLI talks to (default: <runtime_dir>/control.sock).
+# control_socket = "/run/rampart/control.sock"
+# The group (besides root) allowed to use the control socket; without it, root only.
+# control_group = "rampart"
 
 [filter]
 # Required. Interfaces the XDP program is attached to. Whether they exist is
@@ -75,10 +79,11 @@ max_deny_entries = {DEFAULT_MAX_DENY_ENTRIES}
 
 # Country rules: remove the leading "# " to enable.
 # [filter.geo]
-# # Country database: a directory of <cc>.cidr zone files (flat, or in ipv4/
-# # and ipv6/ subdirectories) or a network,country CSV file. Required with
-# # block or allow_only.
-# path = {geo_path}
+# # Country database, recognised by its content: an MMDB file (MaxMind
+# # GeoLite2/GeoIP2 Country or City, DB-IP), a GeoLite2 CSV directory or
+# # Blocks file, a DB-IP CSV file, a directory of <cc>.cidr zone files, or a
+# # network,country CSV file. The default is where geoipupdate writes.
+# database = {geo_database}
 # # Either drop sources from these countries (two-letter codes) ...
 # block = ["xx", "yy"]
 # # ... or let only these countries through. Not both.
@@ -93,6 +98,19 @@ max_deny_entries = {DEFAULT_MAX_DENY_ENTRIES}
 # packets_per_second = 1000
 # # Default: packets_per_second.
 # burst = 1000
+
+# Automatic bans: sources that keep failing at the gateway get a temporary
+# deny entry in the kernel. On by default with these values; bypass networks
+# and trusted proxies are never banned. 0 turns a class off.
+# [filter.autoban]
+# enabled = true
+# # Authentication failures (bad or missing key, token or client certificate).
+# auth_failures = 20
+# # Rate-limit rejections (429).
+# rate_limited = 50
+# window_secs = 60
+# ban_secs = 600
+# max_tracked_sources = 100000
 
 # The gateway (TLS-terminating reverse proxy): remove the leading "# " to
 # enable. Without a [[listener]], rampartd runs the kernel filter only.

@@ -2,6 +2,7 @@
 //! (defaults, every key, the examples, the rendered default), `errors` for
 //! what a wrong one reports and where.
 
+mod autoban;
 mod backend_auth;
 mod errors;
 mod gateway;

@@ -3,21 +3,24 @@
 
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawDaemon, RawFilter, RawFlood, RawGeo, Text, TextList};
+use super::raw::{RawAutoban, RawConfig, RawDaemon, RawFilter, RawFlood, RawGeo, Text, TextList};
 use super::source::Source;
 use super::{
     AttachMode, Config, CountryCode, CountryPolicy, DEFAULT_EVENTS_BURST,
-    DEFAULT_EVENTS_PER_SECOND, DEFAULT_MAX_DENY_ENTRIES, DaemonConfig, Diagnostic, FilterConfig,
-    FloodConfig, GeoConfig, LogLevel, MAX_DENY_ENTRIES, MAX_EVENTS_BURST, MAX_EVENTS_PER_SECOND,
-    MAX_FLOOD_BURST, MAX_FLOOD_PACKETS_PER_SECOND, MIN_DENY_ENTRIES, ProtectScope,
+    DEFAULT_EVENTS_PER_SECOND, DEFAULT_GEO_DATABASE, DEFAULT_MAX_DENY_ENTRIES, DaemonConfig,
+    Diagnostic, FilterConfig, FloodConfig, GeoConfig, LogLevel, MAX_DENY_ENTRIES, MAX_EVENTS_BURST,
+    MAX_EVENTS_PER_SECOND, MAX_FLOOD_BURST, MAX_FLOOD_PACKETS_PER_SECOND, MIN_DENY_ENTRIES,
+    ProtectScope,
 };
 mod gateway;
 
 use crate::paths::{DEFAULT_PIN_ROOT, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
+use crate::policy::ban::AutobanSettings;
 
 /// Linux's IFNAMSIZ, including the terminating NUL.
 const IFNAMSIZ: usize = 16;
@@ -88,6 +91,26 @@ impl Checker<'_> {
                 &LogLevel::ALL,
                 LogLevel::default(),
             ),
+            control_socket: raw
+                .control_socket
+                .map(|p| self.path("daemon.control_socket", p)),
+            control_group: raw.control_group.and_then(|g| {
+                let name = g.get_ref();
+                let valid = !name.is_empty()
+                    && name.len() <= 32
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+                if valid {
+                    Some(name.clone())
+                } else {
+                    self.error(
+                        g.span().start,
+                        format!("`daemon.control_group` {name:?} is not a valid group name"),
+                    );
+                    None
+                }
+            }),
         }
     }
 
@@ -138,6 +161,58 @@ impl Checker<'_> {
             ),
             geo: raw.geo.and_then(|geo| self.geo(geo)),
             flood: raw.flood.and_then(|flood| self.flood(flood)),
+            autoban: raw
+                .autoban
+                .map(|autoban| self.autoban(autoban))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn autoban(&mut self, raw: Spanned<RawAutoban>) -> AutobanSettings {
+        use crate::policy::ban::{
+            MAX_BAN, MAX_THRESHOLD, MAX_TRACKED_SOURCES, MAX_WINDOW, MIN_TRACKED_SOURCES,
+        };
+        let raw = raw.into_inner();
+        let defaults = AutobanSettings::default();
+        let secs = |this: &mut Self, key, value, max: Duration, default: Duration| {
+            Duration::from_secs(this.integer64(key, value, 1..=max.as_secs(), default.as_secs()))
+        };
+        let max_tracked_sources = self.integer64(
+            "filter.autoban.max_tracked_sources",
+            raw.max_tracked_sources,
+            MIN_TRACKED_SOURCES as u64..=MAX_TRACKED_SOURCES as u64,
+            defaults.max_tracked_sources as u64,
+        );
+        AutobanSettings {
+            enabled: raw.enabled.unwrap_or(defaults.enabled),
+            auth_failures: self.integer(
+                "filter.autoban.auth_failures",
+                raw.auth_failures,
+                0..=MAX_THRESHOLD,
+                defaults.auth_failures,
+            ),
+            rate_limited: self.integer(
+                "filter.autoban.rate_limited",
+                raw.rate_limited,
+                0..=MAX_THRESHOLD,
+                defaults.rate_limited,
+            ),
+            window: secs(
+                self,
+                "filter.autoban.window_secs",
+                raw.window_secs,
+                MAX_WINDOW,
+                defaults.window,
+            ),
+            ban: secs(
+                self,
+                "filter.autoban.ban_secs",
+                raw.ban_secs,
+                MAX_BAN,
+                defaults.ban,
+            ),
+            max_tracked_sources: usize::try_from(max_tracked_sources)
+                .unwrap_or(defaults.max_tracked_sources),
         }
     }
 
@@ -220,7 +295,7 @@ impl Checker<'_> {
 
     fn geo(&mut self, raw: Spanned<RawGeo>) -> Option<GeoConfig> {
         let raw = raw.into_inner();
-        let path = raw.path.map(|path| self.path("filter.geo.path", path));
+        let database = self.path_or("filter.geo.database", raw.database, DEFAULT_GEO_DATABASE);
         let allow_only_empty = raw
             .allow_only
             .as_ref()
@@ -256,17 +331,6 @@ impl Checker<'_> {
                 "`filter.geo.allow_unknown` only applies together with `filter.geo.allow_only`",
             );
         }
-        if path.is_none() {
-            let (key, list) = match (&allow_only, &block) {
-                (Some(list), _) => ("allow_only", list),
-                (None, Some(list)) => ("block", list),
-                (None, None) => return None,
-            };
-            self.error(
-                list.0,
-                format!("`filter.geo.{key}` needs `filter.geo.path` (the country database)"),
-            );
-        }
         let policy = match (block, allow_only) {
             (_, Some((_, countries))) => CountryPolicy::AllowOnly {
                 countries,
@@ -277,7 +341,7 @@ impl Checker<'_> {
             }
             _ => CountryPolicy::LabelOnly,
         };
-        path.map(|path| GeoConfig { path, policy })
+        Some(GeoConfig { database, policy })
     }
 
     /// Checks a list of country codes; returns where the list starts and the

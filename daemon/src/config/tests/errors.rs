@@ -113,32 +113,30 @@ fn each_validation_error_is_located() {
         ),
         // geo
         (
-            with_filter("[filter.geo]\npath = \"/g\"\nblock = [\"xx\"]\nallow_only = [\"de\"]\n"),
+            with_filter(
+                "[filter.geo]\ndatabase = \"/g\"\nblock = [\"xx\"]\nallow_only = [\"de\"]\n",
+            ),
             "t.toml:6:14: `filter.geo.block` and `filter.geo.allow_only` cannot both be set: choose one",
         ),
         (
-            with_filter("[filter.geo]\npath = \"/g\"\nblock = [\"de\", \"x1\"]\n"),
+            with_filter("[filter.geo]\ndatabase = \"/g\"\nblock = [\"de\", \"x1\"]\n"),
             "t.toml:5:16: invalid country code \"x1\" in `filter.geo.block`: expected two ASCII letters, e.g. \"de\"",
         ),
         (
-            with_filter("[filter.geo]\npath = \"/g\"\nallow_only = [\"deu\"]\n"),
+            with_filter("[filter.geo]\ndatabase = \"/g\"\nallow_only = [\"deu\"]\n"),
             "t.toml:5:15: invalid country code \"deu\" in `filter.geo.allow_only`: expected two ASCII letters, e.g. \"de\"",
         ),
         (
-            with_filter("[filter.geo]\nblock = [\"xx\"]\n"),
-            "t.toml:4:9: `filter.geo.block` needs `filter.geo.path` (the country database)",
-        ),
-        (
-            with_filter("[filter.geo]\npath = \"/g\"\nallow_only = []\n"),
+            with_filter("[filter.geo]\ndatabase = \"/g\"\nallow_only = []\n"),
             "t.toml:5:14: `filter.geo.allow_only` must list at least one country (remove it to allow every country)",
         ),
         (
-            with_filter("[filter.geo]\npath = \"/g\"\nallow_unknown = true\n"),
+            with_filter("[filter.geo]\ndatabase = \"/g\"\nallow_unknown = true\n"),
             "t.toml:5:17: `filter.geo.allow_unknown` only applies together with `filter.geo.allow_only`",
         ),
         (
-            with_filter("[filter.geo]\npath = \"geo\"\n"),
-            "t.toml:4:8: `filter.geo.path` must be an absolute path, not \"geo\"",
+            with_filter("[filter.geo]\ndatabase = \"geo\"\n"),
+            "t.toml:4:12: `filter.geo.database` must be an absolute path, not \"geo\"",
         ),
         // flood
         (
@@ -240,7 +238,6 @@ packets_per_second = 0
             "10:16", // events_burst
             "13:16", // country "1"
             "14:14", // block and allow_only
-            "14:14", // allow_only without path
             "17:22", // packets_per_second
         ],
         "{errors:#?}"
@@ -289,7 +286,7 @@ fn unknown_keys_and_sections_are_rejected_with_their_position() {
             "t.toml:5:1: unknown field `path`",
         ),
         (
-            with_filter("[filter.geo]\npath = \"/g\"\n  blocked = [\"xx\"]\n"),
+            with_filter("[filter.geo]\ndatabase = \"/g\"\n  blocked = [\"xx\"]\n"),
             "t.toml:5:3: unknown field `blocked`",
         ),
         (
@@ -393,4 +390,29 @@ fn load_reports_unreadable_and_non_utf8_files() {
     std::fs::write(&good, with_filter("")).unwrap();
     assert_eq!(load(&good).unwrap(), parse_ok(&with_filter("")));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn control_socket_settings_are_checked() {
+    let errors = parse_err(
+        "[daemon]\ncontrol_socket = \"run/control.sock\"\ncontrol_group = \"bad group\"\n",
+    )
+    .join("\n");
+    assert!(
+        errors.contains("`daemon.control_socket` must be an absolute path"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("`daemon.control_group` \"bad group\" is not a valid group name"),
+        "{errors}"
+    );
+    let config = parse_ok(&format!(
+        "[daemon]\ncontrol_socket = \"/run/x/c.sock\"\ncontrol_group = \"rampart\"\n{}",
+        with_filter("")
+    ));
+    assert_eq!(
+        config.daemon.control_socket(),
+        std::path::Path::new("/run/x/c.sock")
+    );
+    assert_eq!(config.daemon.control_group.as_deref(), Some("rampart"));
 }

@@ -11,6 +11,8 @@ fn minimal_file_gets_every_default() {
             runtime_dir: "/run/rampart".into(),
             pin_root: "/sys/fs/bpf/rampart".into(),
             log_level: LogLevel::Info,
+            control_socket: None,
+            control_group: None,
         },
         filter: Some(FilterConfig {
             interfaces: vec!["eth0".into()],
@@ -29,6 +31,7 @@ fn minimal_file_gets_every_default() {
             max_deny_entries: 131_072,
             geo: None,
             flood: None,
+            autoban: crate::policy::ban::AutobanSettings::default(),
         }),
         listeners: vec![],
         apis: vec![],
@@ -80,7 +83,7 @@ events_per_second = 0
 events_burst = 1
 
 [filter.geo]
-path = "/srv/geo"
+database = "/srv/geo"
 allow_only = ["DE", "fr", "de"]
 allow_unknown = true
 
@@ -123,7 +126,7 @@ packets_per_second = 5000
     assert_eq!(
         filter.geo,
         Some(GeoConfig {
-            path: "/srv/geo".into(),
+            database: "/srv/geo".into(),
             policy: CountryPolicy::AllowOnly {
                 countries: vec![de, fr],
                 allow_unknown: true,
@@ -156,7 +159,7 @@ fn protect_all_alone_and_empty_list() {
 #[test]
 fn geo_variants() {
     let config = parse_ok(&with_filter(
-        "[filter.geo]\npath = \"/g\"\nblock = [\"XX\", \"yy\"]\n",
+        "[filter.geo]\ndatabase = \"/g\"\nblock = [\"XX\", \"yy\"]\n",
     ));
     let geo = config.filter.as_ref().unwrap().geo.clone().unwrap();
     assert_eq!(
@@ -167,25 +170,38 @@ fn geo_variants() {
         ])
     );
     // A database without a policy only labels.
-    let config = parse_ok(&with_filter("[filter.geo]\npath = \"/g\"\n"));
+    let config = parse_ok(&with_filter("[filter.geo]\ndatabase = \"/g\"\n"));
     assert_eq!(
         config.filter.as_ref().unwrap().geo.clone().unwrap().policy,
         CountryPolicy::LabelOnly
     );
     // allow_unknown = false is harmless without allow_only.
     let config = parse_ok(&with_filter(
-        "[filter.geo]\npath = \"/g\"\nblock = [\"xx\"]\nallow_unknown = false\n",
+        "[filter.geo]\ndatabase = \"/g\"\nblock = [\"xx\"]\nallow_unknown = false\n",
     ));
     assert!(matches!(
         config.filter.as_ref().unwrap().geo.clone().unwrap().policy,
         CountryPolicy::Block(_)
     ));
-    // An empty section changes nothing.
+    // An empty section labels with the default database, where Debian's
+    // geoipupdate writes GeoLite2-Country.
     let config = parse_ok(&with_filter("[filter.geo]\n"));
-    assert_eq!(config.filter.as_ref().unwrap().geo, None);
+    assert_eq!(
+        config.filter.as_ref().unwrap().geo,
+        Some(GeoConfig {
+            database: DEFAULT_GEO_DATABASE.into(),
+            policy: CountryPolicy::LabelOnly,
+        })
+    );
+    assert_eq!(DEFAULT_GEO_DATABASE, "/var/lib/GeoIP/GeoLite2-Country.mmdb");
+    // ... and so does a policy without a database.
+    let config = parse_ok(&with_filter("[filter.geo]\nblock = [\"xx\"]\n"));
+    let geo = config.filter.as_ref().unwrap().geo.clone().unwrap();
+    assert_eq!(geo.database, std::path::PathBuf::from(DEFAULT_GEO_DATABASE));
+    assert!(matches!(geo.policy, CountryPolicy::Block(_)));
     // allow_unknown defaults to false.
     let config = parse_ok(&with_filter(
-        "[filter.geo]\npath = \"/g\"\nallow_only = [\"de\"]\n",
+        "[filter.geo]\ndatabase = \"/g\"\nallow_only = [\"de\"]\n",
     ));
     assert_eq!(
         config.filter.as_ref().unwrap().geo.clone().unwrap().policy,

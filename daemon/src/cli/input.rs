@@ -1,0 +1,239 @@
+//! Checks of what an operator types, made before anything is sent: a request
+//! the CLI can tell is wrong never reaches the daemon (exit 3).
+
+use std::{
+    io::{self, Read as _},
+    net::IpAddr,
+    path::Path,
+    time::Duration,
+};
+
+use crate::rules::{self, RuleError};
+
+/// Longest `--ttl`: longer bans are permanent entries in disguise.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest subscription, product or API name (the key store's limit).
+const MAX_NAME_BYTES: usize = 256;
+/// Longest `--comment`.
+const MAX_COMMENT_BYTES: usize = 1024;
+
+/// Input the CLI refuses to send.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("invalid entry{}", entry_problem(entry, source))]
+    Entry {
+        entry: String,
+        #[source]
+        source: RuleError,
+    },
+    #[error("{file}:{line}: invalid entry{}", entry_problem(entry, source))]
+    FileEntry {
+        file: String,
+        line: usize,
+        entry: String,
+        #[source]
+        source: RuleError,
+    },
+    #[error("cannot read {file}: {source}")]
+    ReadFile {
+        file: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no entries given{}", if *from_file { " (the file has none)" } else { "" })]
+    NoEntries { from_file: bool },
+    #[error("`{code}` is not a two-letter country code")]
+    Country { code: String },
+    #[error("invalid --ttl `{text}`: {problem}")]
+    Ttl { text: String, problem: String },
+    #[error("invalid {what} {name:?}: {problem}")]
+    Name {
+        what: &'static str,
+        name: String,
+        problem: &'static str,
+    },
+    #[error("invalid --comment: {problem}")]
+    Comment { problem: &'static str },
+    #[error("`{text}` is not an IPv4 or IPv6 address")]
+    Address { text: String },
+    #[error("path {path:?} is not valid UTF-8")]
+    Path { path: String },
+}
+
+/// The rule error, prefixed with the entry unless the error names it already.
+fn entry_problem(entry: &str, error: &RuleError) -> String {
+    let named = match error {
+        RuleError::InvalidAddress { input }
+        | RuleError::InvalidPrefixLength { input, .. }
+        | RuleError::HostBitsSet { input, .. }
+        | RuleError::IncompleteRange { input } => input == entry,
+        RuleError::MixedFamilies { .. } | RuleError::ReversedRange { .. } => true,
+        _ => false,
+    };
+    if named {
+        format!(": {error}")
+    } else {
+        format!(" `{entry}`: {error}")
+    }
+}
+
+/// Checks every entry given on the command line and, with `--from-file`,
+/// in the file (`-` = standard input); returns them trimmed, in order.
+pub fn entries(
+    args: &[String],
+    from_file: Option<&Path>,
+    allow_empty: bool,
+) -> Result<Vec<String>, InputError> {
+    let mut out = Vec::with_capacity(args.len());
+    for arg in args {
+        let entry = arg.trim();
+        rules::parse_entry(entry).map_err(|source| InputError::Entry {
+            entry: entry.to_string(),
+            source,
+        })?;
+        out.push(entry.to_string());
+    }
+    if let Some(path) = from_file {
+        let (name, text) = read_source(path)?;
+        out.extend(entries_in_text(&name, &text)?);
+    }
+    if out.is_empty() && !allow_empty {
+        return Err(InputError::NoEntries {
+            from_file: from_file.is_some(),
+        });
+    }
+    Ok(out)
+}
+
+/// The entries of a file's text: one a line; blank lines and `#` comments
+/// (whole-line or trailing) skipped.
+pub fn entries_in_text(file: &str, text: &str) -> Result<Vec<String>, InputError> {
+    let mut out = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let entry = line
+            .split_once('#')
+            .map_or(line, |(before, _)| before)
+            .trim();
+        if entry.is_empty() {
+            continue;
+        }
+        rules::parse_entry(entry).map_err(|source| InputError::FileEntry {
+            file: file.to_string(),
+            line: index + 1,
+            entry: entry.to_string(),
+            source,
+        })?;
+        out.push(entry.to_string());
+    }
+    Ok(out)
+}
+
+fn read_source(path: &Path) -> Result<(String, String), InputError> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|source| InputError::ReadFile {
+                file: "standard input".into(),
+                source,
+            })?;
+        return Ok(("<stdin>".into(), text));
+    }
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((name, text)),
+        Err(source) => Err(InputError::ReadFile { file: name, source }),
+    }
+}
+
+/// Two-letter country codes (any case; registry codes like `eu` included),
+/// lower-cased as the daemon stores them.
+pub fn countries(codes: &[String]) -> Result<Vec<String>, InputError> {
+    codes
+        .iter()
+        .map(|code| {
+            let bytes: Option<[u8; 2]> = code.as_bytes().try_into().ok();
+            match bytes.and_then(rampart_common::country_index) {
+                Some(_) => Ok(code.to_ascii_lowercase()),
+                None => Err(InputError::Country { code: code.clone() }),
+            }
+        })
+        .collect()
+}
+
+/// A `--ttl` in whole seconds: more than zero, at most [`MAX_TTL`].
+pub fn ttl(text: &str) -> Result<u64, InputError> {
+    let bad = |problem: String| InputError::Ttl {
+        text: text.to_string(),
+        problem,
+    };
+    let duration = humantime::parse_duration(text.trim()).map_err(|e| bad(e.to_string()))?;
+    if duration.is_zero() {
+        return Err(bad("must be longer than zero".into()));
+    }
+    if duration.subsec_nanos() != 0 {
+        return Err(bad("must be a whole number of seconds".into()));
+    }
+    if duration > MAX_TTL {
+        return Err(bad(
+            "longer than 365d; leave --ttl out for a permanent entry".into(),
+        ));
+    }
+    Ok(duration.as_secs())
+}
+
+/// A subscription, product or API name: not empty, no control characters.
+pub fn name(what: &'static str, name: &str) -> Result<String, InputError> {
+    let bad = |problem| InputError::Name {
+        what,
+        name: name.to_string(),
+        problem,
+    };
+    if name.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(bad("it is longer than 256 bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(bad("it contains control characters"));
+    }
+    Ok(name.to_string())
+}
+
+/// A `--comment`: one line, not too long.
+pub fn comment(text: &str) -> Result<String, InputError> {
+    if text.len() > MAX_COMMENT_BYTES {
+        return Err(InputError::Comment {
+            problem: "longer than 1024 bytes",
+        });
+    }
+    if text.chars().any(char::is_control) {
+        return Err(InputError::Comment {
+            problem: "it contains control characters (one line only)",
+        });
+    }
+    Ok(text.to_string())
+}
+
+/// The source address of `check`.
+pub fn address(text: &str) -> Result<IpAddr, InputError> {
+    text.trim().parse().map_err(|_| InputError::Address {
+        text: text.to_string(),
+    })
+}
+
+/// A path the daemon reads: made absolute, since rampartd's working
+/// directory is not the operator's.
+pub fn daemon_path(path: &Path) -> Result<String, InputError> {
+    let absolute = std::path::absolute(path).map_err(|source| InputError::ReadFile {
+        file: path.display().to_string(),
+        source,
+    })?;
+    absolute
+        .into_os_string()
+        .into_string()
+        .map_err(|os| InputError::Path {
+            path: os.to_string_lossy().into_owned(),
+        })
+}

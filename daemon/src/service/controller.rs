@@ -1,0 +1,1115 @@
+//! The control thread: the one owner of the kernel filter and the durable
+//! state. Requests from the control socket, reloads, automatic bans and the
+//! expiry of temporary entries are carried out here one at a time, on a
+//! thread of its own, so that a big change (a 100k-entry file, a country
+//! table) never stalls the gateway's runtime.
+//!
+//! Every change follows the same order: parse and validate everything; write
+//! it to the state directory (durable before anyone is told "ok"); apply it
+//! to the kernel; answer. A change the state directory refuses never reaches
+//! the kernel; a change the kernel refuses is taken back out of the state.
+
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, mpsc},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use ipnet::IpNet;
+
+use crate::{
+    control::{
+        protocol::{
+            ChangeReply, CheckReply, CountriesReply, ErrorKind, ErrorReply, FilterStatus, GeoReply,
+            ListName, ReloadStatus, Reply, Request, Response, StatsReply, StatusReply,
+        },
+        server::{Command, EventLog, Peer},
+    },
+    filter::{self, EntryOrigin, Filter, ListEntry, ListKind},
+    geo,
+    policy::ban::{BanRequest, BanTracker},
+    rules::{self, CountryPolicy},
+    state::{Change, CountryPolicyState, GeoState, StateError, StateStore, StoredEntry},
+};
+
+use super::{ServiceError, chain};
+
+/// What the control thread is asked to do.
+pub(crate) enum Message {
+    Control(Command),
+    /// SIGHUP (no one to answer) or `rampart reload` (answered through its command).
+    Reload,
+    Ban(BanRequest),
+    Stop,
+}
+
+/// The configuration's country database and policy, as last loaded.
+#[derive(Clone, Default)]
+pub(crate) struct ConfigCountries {
+    pub prefixes: Vec<(IpNet, u16)>,
+    pub policy: CountryPolicy,
+    pub database: Option<String>,
+}
+
+pub(crate) struct Controller {
+    pub config_path: PathBuf,
+    pub filter: Option<Filter>,
+    pub interfaces: Vec<String>,
+    pub pins: String,
+    pub store: StateStore,
+    pub events: Arc<EventLog>,
+    pub started: Instant,
+    pub config_countries: ConfigCountries,
+    /// The table of the last `geo load`, when one was made.
+    pub loaded_countries: Option<Vec<(IpNet, u16)>>,
+    pub last_reload: Option<ReloadStatus>,
+    pub bans_issued: u64,
+    pub gateway: Option<super::GatewayControl>,
+    /// What the configuration's `[filter]` asks, as last loaded.
+    pub filter_plan: Option<super::FilterPlan>,
+    /// Counts the gateway's rejections per source (fed by the gateway's rejection sink).
+    pub bans: Arc<BanTracker>,
+    /// `[gateway] trusted_proxies`: never banned.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(kind, message)
+}
+
+fn list_kind(list: ListName) -> ListKind {
+    match list {
+        ListName::Deny => ListKind::Deny,
+        ListName::Allow => ListKind::Allow,
+        ListName::Bypass => ListKind::Bypass,
+    }
+}
+
+fn list_name(kind: ListKind) -> ListName {
+    match kind {
+        ListKind::Deny => ListName::Deny,
+        ListKind::Allow => ListName::Allow,
+        ListKind::Bypass => ListName::Bypass,
+    }
+}
+
+pub(crate) fn origin_name(origin: EntryOrigin) -> &'static str {
+    match origin {
+        EntryOrigin::Config => "config",
+        EntryOrigin::Operator => "operator",
+        EntryOrigin::Auto => "auto",
+    }
+}
+
+fn storage_error(e: &StateError) -> ErrorReply {
+    error(
+        ErrorKind::Storage,
+        format!(
+            "the change was not made (nothing reached the kernel): {}",
+            chain(e)
+        ),
+    )
+}
+
+/// CLOCK_MONOTONIC ns of a wall-clock expiry (the kernel's clock).
+fn expiry_ns(expires_at: Option<u64>, now_unix: u64, now_mono: u64) -> u64 {
+    match expires_at {
+        None => 0,
+        Some(at) => now_mono + at.saturating_sub(now_unix) * 1_000_000_000,
+    }
+}
+
+/// Parses every entry; all errors are reported at once.
+fn parse_entries(entries: &[String]) -> Result<Vec<IpNet>, ErrorReply> {
+    let mut nets = Vec::new();
+    let mut bad = Vec::new();
+    for text in entries {
+        match rules::parse_entry(text) {
+            Ok(mut n) => nets.append(&mut n),
+            Err(e) => bad.push(format!("{text}: {e}")),
+        }
+    }
+    if bad.is_empty() {
+        Ok(nets)
+    } else {
+        let mut reply = error(
+            ErrorKind::InvalidInput,
+            format!(
+                "{} invalid entr{}; nothing changed",
+                bad.len(),
+                if bad.len() == 1 { "y" } else { "ies" }
+            ),
+        );
+        reply.details = bad;
+        Err(reply)
+    }
+}
+
+fn country_codes(codes: &[String]) -> Result<BTreeSet<String>, ErrorReply> {
+    let mut out = BTreeSet::new();
+    let mut bad = Vec::new();
+    for code in codes {
+        let lower = code.to_ascii_lowercase();
+        if code_index(&lower).is_some() {
+            out.insert(lower);
+        } else {
+            bad.push(format!("{code:?} is not a two-letter country code"));
+        }
+    }
+    if bad.is_empty() {
+        Ok(out)
+    } else {
+        let mut reply = error(
+            ErrorKind::InvalidInput,
+            "invalid country code; nothing changed",
+        );
+        reply.details = bad;
+        Err(reply)
+    }
+}
+
+/// The country index of a two-letter code.
+fn code_index(code: &str) -> Option<u16> {
+    match code.as_bytes() {
+        &[a, b] => rampart_common::country_index([a, b]),
+        _ => None,
+    }
+}
+
+/// The kernel-side country policy of a CLI one.
+pub(crate) fn kernel_policy(state: &CountryPolicyState) -> CountryPolicy {
+    let index = |codes: &BTreeSet<String>| -> BTreeSet<u16> {
+        codes.iter().filter_map(|c| code_index(c)).collect()
+    };
+    match state {
+        CountryPolicyState::Off => CountryPolicy::Off,
+        CountryPolicyState::Block(codes) => CountryPolicy::Block(index(codes)),
+        CountryPolicyState::AllowOnly {
+            countries,
+            allow_unknown,
+        } => CountryPolicy::AllowOnly {
+            allowed: index(countries),
+            allow_unknown: *allow_unknown,
+        },
+    }
+}
+
+fn policy_view(policy: &CountryPolicy) -> (String, Vec<String>, bool) {
+    let codes = |set: &BTreeSet<u16>| -> Vec<String> {
+        set.iter()
+            .filter_map(|i| rampart_common::country_code(*i))
+            .map(|c| String::from_utf8_lossy(&c).to_ascii_uppercase())
+            .collect()
+    };
+    match policy {
+        CountryPolicy::Off => ("off".into(), Vec::new(), false),
+        CountryPolicy::Block(set) => ("block".into(), codes(set), false),
+        CountryPolicy::AllowOnly {
+            allowed,
+            allow_unknown,
+        } => ("allow_only".into(), codes(allowed), *allow_unknown),
+    }
+}
+
+impl Controller {
+    /// Runs until [`Message::Stop`] or until every sender is gone.
+    pub(crate) fn run(mut self, inbox: mpsc::Receiver<Message>) {
+        let mut next_expiry = Instant::now() + Duration::from_secs(1);
+        loop {
+            let wait = next_expiry.saturating_duration_since(Instant::now());
+            match inbox.recv_timeout(wait) {
+                Ok(Message::Control(command)) => self.command(command),
+                Ok(Message::Reload) => {
+                    let _ = self.reload();
+                }
+                Ok(Message::Ban(ban)) => self.ban(ban),
+                Ok(Message::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if Instant::now() >= next_expiry {
+                self.expire();
+                self.bans.sweep(Instant::now());
+                next_expiry = Instant::now() + Duration::from_secs(1);
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        let Command {
+            request,
+            peer,
+            reply,
+        } = command;
+        let response = match self.handle(request, peer) {
+            Ok(r) => Response::Ok(r),
+            Err(e) => Response::Error(e),
+        };
+        // The client may have gone; the change is made either way.
+        let _ = reply.send(response);
+    }
+
+    fn handle(&mut self, request: Request, peer: Peer) -> Result<Reply, ErrorReply> {
+        match request {
+            Request::Status => Ok(Reply::Status(self.status())),
+            Request::Stats => self.stats().map(Reply::Stats),
+            Request::Check { addr, port, udp } => self.check(addr, port, udp).map(Reply::Check),
+            Request::ListAdd {
+                list,
+                entries,
+                ttl_secs,
+                comment,
+                replace,
+            } => {
+                let changed =
+                    self.list_add(list_kind(list), &entries, ttl_secs, comment, replace, peer);
+                if list == ListName::Bypass {
+                    self.refresh_exempt();
+                }
+                changed.map(Reply::Changed)
+            }
+            Request::ListDel { list, entries } => {
+                let changed = self.list_del(list_kind(list), &entries, peer);
+                if list == ListName::Bypass {
+                    self.refresh_exempt();
+                }
+                changed.map(Reply::Changed)
+            }
+            Request::ListShow { list } => Ok(Reply::Entries {
+                entries: self.list_show(list_kind(list)),
+            }),
+            Request::CountryBlock { countries } => self.country_block(&countries, true, peer),
+            Request::CountryUnblock { countries } => self.country_block(&countries, false, peer),
+            Request::CountryAllowOnly {
+                countries,
+                allow_unknown,
+            } => self.country_allow_only(&countries, allow_unknown, peer),
+            Request::CountryList => Ok(Reply::Countries(self.countries_view())),
+            Request::GeoLoad { path } => self.geo_load(&path, peer).map(Reply::GeoLoaded),
+            Request::KeysCreate { .. }
+            | Request::KeysList
+            | Request::KeysRotate { .. }
+            | Request::KeysSuspend { .. }
+            | Request::KeysActivate { .. }
+            | Request::KeysRevoke { .. } => self.keys(request, peer),
+            Request::Reload => self.reload().map(|message| Reply::Reloaded { message }),
+            // Answered by the socket server from the event log.
+            Request::Events { .. } => Ok(Reply::Done),
+        }
+    }
+
+    /// Bypass networks (file and CLI) and trusted proxies are never banned.
+    pub(crate) fn refresh_exempt(&self) {
+        let mut exempt = self.trusted_proxies.clone();
+        if let Some(filter) = &self.filter {
+            exempt.extend(filter.list(ListKind::Bypass).iter().map(|e| e.net));
+        }
+        self.bans.set_exempt(exempt);
+    }
+
+    fn filter_ref(&self) -> Result<&Filter, ErrorReply> {
+        self.filter.as_ref().ok_or_else(|| {
+            error(
+                ErrorKind::Unavailable,
+                "the kernel filter is not configured (no [filter] section)",
+            )
+        })
+    }
+
+    fn filter_mut(&mut self) -> Result<&mut Filter, ErrorReply> {
+        self.filter.as_mut().ok_or_else(|| {
+            error(
+                ErrorKind::Unavailable,
+                "the kernel filter is not configured (no [filter] section)",
+            )
+        })
+    }
+
+    fn status(&self) -> StatusReply {
+        let now = unix_now();
+        let filter = self.filter.as_ref().map(|f| {
+            let live = |kind| f.list(kind);
+            let deny = live(ListKind::Deny);
+            let (policy, _, _) = policy_view(&self.country_policy());
+            FilterStatus {
+                interfaces: self.interfaces.clone(),
+                pins: self.pins.clone(),
+                auto_bans: deny
+                    .iter()
+                    .filter(|e| e.origin == EntryOrigin::Auto)
+                    .count(),
+                deny: deny.len(),
+                allow: live(ListKind::Allow).len(),
+                bypass: live(ListKind::Bypass).len(),
+                country_policy: policy,
+                country_prefixes: self.countries().len(),
+            }
+        });
+        let _ = now;
+        StatusReply {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            config: self.config_path.display().to_string(),
+            filter,
+            gateway: self.gateway.as_ref().map(super::GatewayControl::status),
+            last_reload: self.last_reload.clone(),
+        }
+    }
+
+    fn stats(&self) -> Result<StatsReply, ErrorReply> {
+        let (kernel, drops_by_country) = match &self.filter {
+            Some(f) => {
+                let c = f
+                    .counters()
+                    .map_err(|e| error(ErrorKind::Kernel, chain(&e)))?;
+                (
+                    c.by_reason
+                        .iter()
+                        .map(|(n, v)| ((*n).to_owned(), *v))
+                        .collect(),
+                    c.drops_by_country,
+                )
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let (requests, rejections) = self
+            .gateway
+            .as_ref()
+            .map(super::GatewayControl::counters)
+            .unwrap_or_default();
+        Ok(StatsReply {
+            kernel,
+            drops_by_country,
+            requests,
+            rejections,
+            bans_issued: self.bans_issued,
+        })
+    }
+
+    /// The country table in force: the last `geo load`, else the configuration's.
+    fn countries(&self) -> &[(IpNet, u16)] {
+        self.loaded_countries
+            .as_deref()
+            .unwrap_or(&self.config_countries.prefixes)
+    }
+
+    /// The country policy in force: the CLI's once set, else the configuration's.
+    pub(crate) fn country_policy(&self) -> CountryPolicy {
+        match &self.store.state().countries {
+            Some(state) => kernel_policy(state),
+            None => self.config_countries.policy.clone(),
+        }
+    }
+
+    fn check(&self, addr: IpAddr, port: Option<u16>, udp: bool) -> Result<CheckReply, ErrorReply> {
+        let filter = self.filter.as_ref().ok_or_else(|| {
+            error(
+                ErrorKind::Unavailable,
+                "the kernel filter is not configured (no [filter] section)",
+            )
+        })?;
+        let protocol = if udp { 17 } else { 6 };
+        let x = filter.explain(addr, port.map(|p| (protocol, p)));
+        let now_mono = filter::monotonic_ns();
+        let matched = x.matched.as_ref();
+        let expires_in_secs = matched.and_then(|m| {
+            (m.expires_ns != 0).then(|| m.expires_ns.saturating_sub(now_mono) / 1_000_000_000)
+        });
+        Ok(CheckReply {
+            addr,
+            port,
+            action: if x.dropped() { "drop" } else { "pass" }.into(),
+            reason: x.reason.to_owned(),
+            list: matched.map(|m| list_name(m.list)),
+            entry: matched.map(|m| m.net.to_string()),
+            origin: matched.map(|m| origin_name(m.origin).to_owned()),
+            expires_in_secs,
+            country: x.country.clone(),
+            in_scope: port.map(|_| x.in_scope),
+            explanation: x.to_string(),
+        })
+    }
+
+    fn list_add(
+        &mut self,
+        kind: ListKind,
+        entries: &[String],
+        ttl_secs: Option<u64>,
+        comment: Option<String>,
+        replace: bool,
+        peer: Peer,
+    ) -> Result<ChangeReply, ErrorReply> {
+        let nets = parse_entries(entries)?;
+        if ttl_secs == Some(0) {
+            return Err(error(ErrorKind::InvalidInput, "--ttl must be more than 0"));
+        }
+        let now = unix_now();
+        let expires_at = ttl_secs.map(|t| now.saturating_add(t));
+        let lists = self.filter_ref()?.lists();
+        let in_config = |net: &IpNet| lists.slots(kind, net).get(EntryOrigin::Config).is_some();
+        let mut unchanged = 0;
+        let mut fresh = Vec::new();
+        let mut seen = BTreeSet::new();
+        for net in nets {
+            let net = net.trunc();
+            if !seen.insert(net) {
+                continue;
+            }
+            if in_config(&net) {
+                unchanged += 1;
+                continue;
+            }
+            if !replace
+                && let Some(old) = self.store.state().get(kind, &net)
+                && old.expires_at == expires_at
+                && old.origin == EntryOrigin::Operator
+            {
+                unchanged += 1;
+                continue;
+            }
+            fresh.push(StoredEntry {
+                list: kind,
+                net,
+                origin: EntryOrigin::Operator,
+                expires_at,
+                comment: comment.clone(),
+                added_by: Some(peer.uid),
+                added_at: now,
+                reason: None,
+            });
+        }
+        let before = self.store.state().clone();
+        let change = if replace {
+            Change::Replace {
+                list: kind,
+                origin: EntryOrigin::Operator,
+                entries: fresh.clone(),
+            }
+        } else {
+            if fresh.is_empty() {
+                return Ok(ChangeReply {
+                    changed: 0,
+                    unchanged,
+                });
+            }
+            Change::Add(fresh.clone())
+        };
+        let removed: Vec<IpNet> = if replace {
+            before
+                .entries
+                .values()
+                .filter(|e| e.list == kind && e.origin == EntryOrigin::Operator)
+                .filter(|e| !seen.contains(&e.net))
+                .map(|e| e.net)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.store
+            .commit(std::slice::from_ref(&change))
+            .map_err(|e| storage_error(&e))?;
+        let now_mono = filter::monotonic_ns();
+        let batch = if replace {
+            // The operator's whole set at once: kept entries keep their expiry.
+            let all: Vec<(IpNet, u64)> = self
+                .store
+                .state()
+                .entries
+                .values()
+                .filter(|e| e.list == kind && e.origin == EntryOrigin::Operator)
+                .map(|e| (e.net, expiry_ns(e.expires_at, now, now_mono)))
+                .collect();
+            vec![filter::Change::ReplaceOrigin {
+                kind,
+                origin: EntryOrigin::Operator,
+                entries: all,
+            }]
+        } else {
+            vec![filter::Change::Add {
+                kind,
+                entries: fresh
+                    .iter()
+                    .map(|e| (e.net, expiry_ns(e.expires_at, now, now_mono), e.origin))
+                    .collect(),
+            }]
+        };
+        if let Err(e) = self.apply_kernel(batch) {
+            self.undo(&before, kind);
+            return Err(e);
+        }
+        let changed = fresh.len() + removed.len();
+        self.events.push(
+            "list_changed",
+            format!(
+                "{} list: {} added{}{}",
+                kind.name(),
+                fresh.len(),
+                if removed.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} removed", removed.len())
+                },
+                ttl_secs.map_or(String::new(), |t| format!(" (ttl {t} s)"))
+            ),
+            vec![
+                ("LIST".into(), kind.name().into()),
+                ("PEER_UID".into(), peer.uid.to_string()),
+            ],
+        );
+        tracing::info!(
+            event = "list_changed",
+            list = kind.name(),
+            added = fresh.len(),
+            removed = removed.len(),
+            ttl_secs = ttl_secs.unwrap_or(0),
+            peer_uid = peer.uid,
+            peer_pid = peer.pid.unwrap_or(0),
+            "list changed by the control socket"
+        );
+        Ok(ChangeReply { changed, unchanged })
+    }
+
+    /// Puts one list change into the kernel as one atomic step.
+    fn apply_kernel(&mut self, batch: Vec<filter::Change>) -> Result<(), ErrorReply> {
+        let filter = self.filter_mut()?;
+        filter.apply(&batch).map(|_| ()).map_err(|e| {
+            error(
+                ErrorKind::Kernel,
+                format!(
+                    "the kernel refused the change (nothing changed): {}",
+                    chain(&e)
+                ),
+            )
+        })
+    }
+
+    /// Takes a change the kernel refused back out of the state.
+    fn undo(&mut self, before: &crate::state::State, kind: ListKind) {
+        let entries: Vec<StoredEntry> = before
+            .entries
+            .values()
+            .filter(|e| e.list == kind && e.origin == EntryOrigin::Operator)
+            .cloned()
+            .collect();
+        let mut changes = vec![Change::Replace {
+            list: kind,
+            origin: EntryOrigin::Operator,
+            entries,
+        }];
+        let autos: Vec<StoredEntry> = before
+            .entries
+            .values()
+            .filter(|e| e.list == kind && e.origin == EntryOrigin::Auto)
+            .cloned()
+            .collect();
+        changes.push(Change::Replace {
+            list: kind,
+            origin: EntryOrigin::Auto,
+            entries: autos,
+        });
+        if let Err(e) = self.store.commit(&changes) {
+            tracing::error!(error = %chain(&e), "taking a refused change back out of the state failed; it will be retried at the next start");
+        }
+    }
+
+    fn list_del(
+        &mut self,
+        kind: ListKind,
+        entries: &[String],
+        peer: Peer,
+    ) -> Result<ChangeReply, ErrorReply> {
+        let nets = parse_entries(entries)?;
+        let lists = self.filter_ref()?.lists();
+        let mut remove = Vec::new();
+        let mut missing = Vec::new();
+        let mut from_config = Vec::new();
+        for net in nets {
+            let net = net.trunc();
+            let slots = lists.slots(kind, &net);
+            let by_cli = slots.get(EntryOrigin::Operator).is_some()
+                || slots.get(EntryOrigin::Auto).is_some()
+                || self.store.state().get(kind, &net).is_some();
+            if by_cli {
+                remove.push(net);
+            } else if slots.get(EntryOrigin::Config).is_some() {
+                from_config.push(net.to_string());
+            } else {
+                missing.push(net.to_string());
+            }
+        }
+        if !from_config.is_empty() {
+            let mut reply = error(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{} entr{} of the {} list come{} from the configuration file: change the file and reload; nothing changed",
+                    from_config.len(),
+                    if from_config.len() == 1 { "y" } else { "ies" },
+                    kind.name(),
+                    if from_config.len() == 1 { "s" } else { "" },
+                ),
+            );
+            reply.details = from_config;
+            return Err(reply);
+        }
+        if remove.is_empty() {
+            let mut reply = error(
+                ErrorKind::NotFound,
+                format!("not in the {} list; nothing changed", kind.name()),
+            );
+            reply.details = missing;
+            return Err(reply);
+        }
+        let before = self.store.state().clone();
+        let keys: Vec<(ListKind, IpNet)> = remove.iter().map(|n| (kind, *n)).collect();
+        self.store
+            .commit(&[Change::Remove(keys)])
+            .map_err(|e| storage_error(&e))?;
+        let batch = [EntryOrigin::Operator, EntryOrigin::Auto]
+            .into_iter()
+            .map(|origin| filter::Change::RemoveOrigin {
+                kind,
+                origin,
+                nets: remove.clone(),
+            })
+            .collect();
+        if let Err(e) = self.apply_kernel(batch) {
+            self.undo(&before, kind);
+            return Err(e);
+        }
+        self.events.push(
+            "list_changed",
+            format!("{} list: {} removed", kind.name(), remove.len()),
+            vec![
+                ("LIST".into(), kind.name().into()),
+                ("PEER_UID".into(), peer.uid.to_string()),
+            ],
+        );
+        tracing::info!(
+            event = "list_changed",
+            list = kind.name(),
+            removed = remove.len(),
+            peer_uid = peer.uid,
+            peer_pid = peer.pid.unwrap_or(0),
+            "list changed by the control socket"
+        );
+        Ok(ChangeReply {
+            changed: remove.len(),
+            unchanged: missing.len(),
+        })
+    }
+
+    fn list_show(&self, kind: ListKind) -> Vec<crate::control::protocol::EntryView> {
+        let Some(filter) = &self.filter else {
+            return Vec::new();
+        };
+        let now_unix = unix_now();
+        let now_mono = filter::monotonic_ns();
+        filter
+            .list(kind)
+            .into_iter()
+            .map(|e: ListEntry| {
+                let stored = self.store.state().get(kind, &e.net);
+                let expires_at = (e.expires_ns != 0).then(|| {
+                    now_unix
+                        + e.expires_ns
+                            .saturating_sub(now_mono)
+                            .div_ceil(1_000_000_000)
+                });
+                crate::control::protocol::EntryView {
+                    list: list_name(kind),
+                    entry: e.net.to_string(),
+                    origin: origin_name(e.origin).to_owned(),
+                    expires_at: stored.and_then(|s| s.expires_at).or(expires_at),
+                    comment: stored.and_then(|s| s.comment.clone()),
+                    added_by: stored.and_then(|s| s.added_by),
+                    added_at: stored.map(|s| s.added_at),
+                    reason: stored.and_then(|s| s.reason.clone()),
+                }
+            })
+            .collect()
+    }
+
+    fn country_block(
+        &mut self,
+        codes: &[String],
+        block: bool,
+        peer: Peer,
+    ) -> Result<Reply, ErrorReply> {
+        let codes = country_codes(codes)?;
+        let mut blocked = match self.store.state().countries.clone() {
+            Some(CountryPolicyState::Block(set)) => set,
+            Some(CountryPolicyState::AllowOnly { .. }) if block => {
+                return Err(error(
+                    ErrorKind::InvalidInput,
+                    "an allow-only country policy is in force: `rampart country allow-only` (with no country) turns it off first",
+                ));
+            }
+            Some(_) => BTreeSet::new(),
+            None => match &self.config_countries.policy {
+                CountryPolicy::Block(set) => set
+                    .iter()
+                    .filter_map(|i| rampart_common::country_code(*i))
+                    .map(|c| String::from_utf8_lossy(&c).to_ascii_lowercase())
+                    .collect(),
+                _ => BTreeSet::new(),
+            },
+        };
+        let before = blocked.len();
+        let mut changed = 0;
+        for code in &codes {
+            let did = if block {
+                blocked.insert(code.clone())
+            } else {
+                blocked.remove(code)
+            };
+            changed += usize::from(did);
+        }
+        let policy = if blocked.is_empty() {
+            CountryPolicyState::Off
+        } else {
+            CountryPolicyState::Block(blocked)
+        };
+        let _ = before;
+        self.set_country_policy(policy, peer)?;
+        Ok(Reply::Changed(ChangeReply {
+            changed,
+            unchanged: codes.len() - changed,
+        }))
+    }
+
+    fn country_allow_only(
+        &mut self,
+        codes: &[String],
+        allow_unknown: bool,
+        peer: Peer,
+    ) -> Result<Reply, ErrorReply> {
+        let codes = country_codes(codes)?;
+        let n = codes.len();
+        let policy = if codes.is_empty() {
+            CountryPolicyState::Off
+        } else {
+            CountryPolicyState::AllowOnly {
+                countries: codes,
+                allow_unknown,
+            }
+        };
+        self.set_country_policy(policy, peer)?;
+        Ok(Reply::Changed(ChangeReply {
+            changed: n,
+            unchanged: 0,
+        }))
+    }
+
+    fn set_country_policy(
+        &mut self,
+        policy: CountryPolicyState,
+        peer: Peer,
+    ) -> Result<(), ErrorReply> {
+        if self.filter.is_none() {
+            return Err(error(
+                ErrorKind::Unavailable,
+                "the kernel filter is not configured (no [filter] section)",
+            ));
+        }
+        if !matches!(policy, CountryPolicyState::Off) && self.countries().is_empty() {
+            return Err(error(
+                ErrorKind::Unavailable,
+                "no country database is loaded: set [filter.geo] database or run `rampart geo load FILE` first",
+            ));
+        }
+        let before = self.store.state().countries.clone();
+        self.store
+            .commit(&[Change::SetCountries(policy.clone())])
+            .map_err(|e| storage_error(&e))?;
+        let kernel = kernel_policy(&policy);
+        let filter = self.filter_mut()?;
+        if let Err(e) = filter.set_country_policy(kernel) {
+            let undo = before.unwrap_or(CountryPolicyState::Off);
+            let _ = self.store.commit(&[Change::SetCountries(undo)]);
+            return Err(error(ErrorKind::Kernel, chain(&e)));
+        }
+        let (name, codes, _) = policy_view(&self.country_policy());
+        self.events.push(
+            "list_changed",
+            format!("country policy: {name} {}", codes.join(",")),
+            vec![("PEER_UID".into(), peer.uid.to_string())],
+        );
+        tracing::info!(
+            event = "list_changed",
+            country_policy = %name,
+            countries = %codes.join(","),
+            peer_uid = peer.uid,
+            "country policy changed by the control socket"
+        );
+        Ok(())
+    }
+
+    fn countries_view(&self) -> CountriesReply {
+        let (policy, countries, allow_unknown) = policy_view(&self.country_policy());
+        let table = self.countries();
+        let v4 = table
+            .iter()
+            .filter(|(n, _)| matches!(n, IpNet::V4(_)))
+            .count();
+        CountriesReply {
+            policy,
+            countries,
+            allow_unknown,
+            origin: if self.store.state().countries.is_some() {
+                "operator"
+            } else {
+                "config"
+            }
+            .into(),
+            database: match (&self.store.state().geo, &self.loaded_countries) {
+                (Some(geo), Some(_)) => Some(format!("{} (geo load)", geo.source)),
+                _ => self.config_countries.database.clone(),
+            },
+            prefixes_v4: v4,
+            prefixes_v6: table.len() - v4,
+        }
+    }
+
+    fn geo_load(&mut self, path: &str, peer: Peer) -> Result<GeoReply, ErrorReply> {
+        if self.filter.is_none() {
+            return Err(error(
+                ErrorKind::Unavailable,
+                "the kernel filter is not configured (no [filter] section)",
+            ));
+        }
+        let path = PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err(error(
+                ErrorKind::InvalidInput,
+                "the database path must be absolute (rampartd reads it, from its own directory)",
+            ));
+        }
+        let data = geo::load(&path).map_err(|e| {
+            let kind = if matches!(e, geo::GeoError::Io { .. }) {
+                ErrorKind::NotFound
+            } else {
+                ErrorKind::InvalidInput
+            };
+            error(
+                kind,
+                format!("{}; the current country table stays", chain(&e)),
+            )
+        })?;
+        let source = format!("{} ({})", path.display(), data.describe());
+        let (v4, v6, countries) = (
+            data.v4_prefixes(),
+            data.v6_prefixes(),
+            data.countries().len(),
+        );
+        let prefixes = data.into_prefixes();
+        self.store
+            .save_countries(&prefixes)
+            .and_then(|()| {
+                self.store.commit(&[Change::SetGeo(GeoState {
+                    source: source.clone(),
+                    loaded_at: unix_now(),
+                })])
+            })
+            .map(|_| ())
+            .map_err(|e| storage_error(&e))?;
+        let filter = self.filter_mut()?;
+        if let Err(e) = filter.set_countries(prefixes.clone()) {
+            return Err(error(
+                ErrorKind::Kernel,
+                format!(
+                    "the kernel refused the table: {}; the table stays on disk and is retried at the next start",
+                    chain(&e)
+                ),
+            ));
+        }
+        self.loaded_countries = Some(prefixes);
+        self.events.push(
+            "geo_loaded",
+            format!("country table loaded from {source}: {v4} IPv4 + {v6} IPv6 prefixes"),
+            vec![("PEER_UID".into(), peer.uid.to_string())],
+        );
+        tracing::info!(
+            event = "geo_loaded",
+            source = %source,
+            prefixes_v4 = v4,
+            prefixes_v6 = v6,
+            peer_uid = peer.uid,
+            "country table replaced"
+        );
+        Ok(GeoReply {
+            source,
+            countries,
+            prefixes_v4: v4,
+            prefixes_v6: v6,
+        })
+    }
+
+    fn keys(&mut self, request: Request, peer: Peer) -> Result<Reply, ErrorReply> {
+        let gateway = self.gateway.as_ref().ok_or_else(|| {
+            error(
+                ErrorKind::Unavailable,
+                "the gateway is not configured (no [[listener]]): there are no subscriptions",
+            )
+        })?;
+        let (reply, changed) = gateway.keys(request)?;
+        if let Some(what) = changed {
+            self.events.push(
+                "keys_changed",
+                what.clone(),
+                vec![("PEER_UID".into(), peer.uid.to_string())],
+            );
+            tracing::info!(event = "keys_changed", peer_uid = peer.uid, "{what}");
+        }
+        Ok(reply)
+    }
+
+    /// An automatic ban from the gateway: durable, then in the kernel.
+    fn ban(&mut self, ban: BanRequest) {
+        let Some(filter) = self.filter.as_mut() else {
+            return;
+        };
+        let net = IpNet::from(ban.source);
+        if filter
+            .list(ListKind::Bypass)
+            .iter()
+            .any(|e| e.net.contains(&ban.source))
+        {
+            return;
+        }
+        let now = unix_now();
+        let ttl = ban.ttl.as_secs().max(1);
+        let entry = StoredEntry {
+            list: ListKind::Deny,
+            net,
+            origin: EntryOrigin::Auto,
+            expires_at: Some(now + ttl),
+            comment: None,
+            added_by: None,
+            added_at: now,
+            reason: Some(ban.reason.clone()),
+        };
+        if let Some(old) = self.store.state().get(ListKind::Deny, &net)
+            && old.origin == EntryOrigin::Operator
+            && old.expires_at.is_none()
+        {
+            return;
+        }
+        if let Err(e) = self.store.commit(&[Change::Add(vec![entry])]) {
+            tracing::error!(src_ip = %ban.source, error = %chain(&e), "automatic ban not stored; not applied");
+            return;
+        }
+        let expires = expiry_ns(Some(now + ttl), now, filter::monotonic_ns());
+        if let Err(e) = self.apply_kernel(vec![filter::Change::Add {
+            kind: ListKind::Deny,
+            entries: vec![(net, expires, EntryOrigin::Auto)],
+        }]) {
+            let _ = self
+                .store
+                .commit(&[Change::Remove(vec![(ListKind::Deny, net)])]);
+            tracing::error!(src_ip = %ban.source, error = %e.message, "automatic ban refused by the kernel");
+            return;
+        }
+        self.bans_issued += 1;
+        self.events.push(
+            "ban_added",
+            format!("{} banned for {ttl} s: {}", ban.source, ban.reason),
+            vec![
+                ("SRC_IP".into(), ban.source.to_string()),
+                ("REASON".into(), ban.reason.clone()),
+            ],
+        );
+        tracing::warn!(
+            event = "ban_added",
+            src_ip = %ban.source,
+            reason = %ban.reason,
+            ttl_secs = ttl,
+            "source banned in the kernel"
+        );
+    }
+
+    fn expire(&mut self) {
+        let Some(filter) = self.filter.as_mut() else {
+            return;
+        };
+        match filter.expire() {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(
+                    event = "list_changed",
+                    expired = n,
+                    "temporary entries expired"
+                );
+                self.events.push(
+                    "entries_expired",
+                    format!(
+                        "{n} temporary entr{} expired",
+                        if n == 1 { "y" } else { "ies" }
+                    ),
+                    Vec::new(),
+                );
+            }
+            Err(e) => tracing::error!(error = %chain(&e), "expiring entries failed"),
+        }
+    }
+
+    /// Reads the configuration again and swaps it in whole, or changes nothing.
+    pub(crate) fn reload(&mut self) -> Result<String, ErrorReply> {
+        let result = super::reload_all(self);
+        let at = unix_now();
+        match &result {
+            Ok(message) => {
+                tracing::info!(event = "config_reloaded", config = %self.config_path.display(), "{message}");
+                self.events
+                    .push("config_reloaded", message.clone(), Vec::new());
+                self.last_reload = Some(ReloadStatus {
+                    at,
+                    ok: true,
+                    message: message.clone(),
+                });
+            }
+            Err(e) => {
+                tracing::error!(
+                    event = "config_reloaded",
+                    config = %self.config_path.display(),
+                    error = %e.message,
+                    details = %e.details.join("; "),
+                    "reload rejected; the running configuration stays"
+                );
+                self.events.push(
+                    "reload_rejected",
+                    format!("{} {}", e.message, e.details.join("; ")),
+                    Vec::new(),
+                );
+                self.last_reload = Some(ReloadStatus {
+                    at,
+                    ok: false,
+                    message: e.message.clone(),
+                });
+            }
+        }
+        result
+    }
+}
+
+/// Converts a service error of a reload into the reply, every problem listed.
+pub(crate) fn reload_error(e: &ServiceError) -> ErrorReply {
+    let mut reply = error(
+        ErrorKind::Config,
+        "the configuration was not reloaded; the running one stays",
+    );
+    match e {
+        ServiceError::Config(c) => {
+            reply.details = c.to_string().lines().map(str::to_owned).collect()
+        }
+        other => reply.details = vec![chain(other)],
+    }
+    reply
+}

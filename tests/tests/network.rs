@@ -46,7 +46,7 @@ protect = ["tcp/{PORT}"]
 deny = [{deny}]
 
 [filter.geo]
-path = "{geo}"
+database = "{geo}"
 block = ["xx"]
 "#,
         state = dir.path.join("state").display(),

@@ -126,17 +126,35 @@ pub struct StatsSnapshot {
 ///
 /// `peer` is the TCP peer, never an address from `X-Forwarded-For`: a ban applies
 /// to what the kernel sees. Called on the request's task before the response is
-/// sent, so it must not block; requests that pass never call it.
+/// sent, so it must not block; requests that pass never call it. When the
+/// rejection leads to something the response should wait for (a ban being put
+/// into the kernel, so that the client's next connection already meets it), the
+/// sink returns a receiver: the response waits for it, at most
+/// [`REJECTION_WAIT`].
 pub trait RejectionSink: Send + Sync + 'static {
-    fn rejected(&self, peer: IpAddr, reason: &'static str);
+    fn rejected(
+        &self,
+        peer: IpAddr,
+        reason: &'static str,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>>;
 }
+
+/// The longest a rejection's response waits for what its sink started.
+pub const REJECTION_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl<F> RejectionSink for F
 where
-    F: Fn(IpAddr, &'static str) + Send + Sync + 'static,
+    F: Fn(IpAddr, &'static str) -> Option<tokio::sync::oneshot::Receiver<()>>
+        + Send
+        + Sync
+        + 'static,
 {
-    fn rejected(&self, peer: IpAddr, reason: &'static str) {
-        self(peer, reason);
+    fn rejected(
+        &self,
+        peer: IpAddr,
+        reason: &'static str,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        self(peer, reason)
     }
 }
 

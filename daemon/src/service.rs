@@ -393,12 +393,14 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
         if let (Some(gateway), Some(_)) = (&gateway, &desired.filter) {
             let bans = Arc::clone(&bans);
             let inbox = std::sync::Mutex::new(inbox.clone());
+            // The banning request's response waits until the ban is in the kernel,
+            // so that the client's next connection already meets it.
             let sink = move |peer: IpAddr, reason: &'static str| {
-                if let Some(ban) = bans.record(peer, reason, std::time::Instant::now())
-                    && let Ok(inbox) = inbox.lock()
-                {
-                    let _ = inbox.send(Message::Ban(ban));
-                }
+                let ban = bans.record(peer, reason, std::time::Instant::now())?;
+                let (done, applied) = tokio::sync::oneshot::channel();
+                let inbox = inbox.lock().ok()?;
+                inbox.send(Message::Ban(ban, done)).ok()?;
+                Some(applied)
             };
             gateway.set_rejection_sink(Some(Arc::new(sink)));
         }
@@ -426,7 +428,7 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
             bans_issued: 0,
             gateway: gateway
                 .as_ref()
-                .map(|g| GatewayControl::new(g, handle.clone())),
+                .map(|g| GatewayControl::new(g, handle.clone(), &desired.config)),
             filter_plan: desired.filter,
             bans,
             trusted_proxies: desired.config.gateway.trusted_proxies.clone(),
@@ -541,7 +543,7 @@ fn reload_all(c: &mut Controller) -> Result<String, ErrorReply> {
             ));
         }
     }
-    if let Some(gateway) = &c.gateway {
+    if let Some(gateway) = &mut c.gateway {
         gateway.reload(&desired.config)?;
     }
     if let (Some(filter), Some(plan)) = (c.filter.as_mut(), desired.filter.as_ref()) {
@@ -653,13 +655,20 @@ impl DropSummary {
 pub(crate) struct GatewayControl {
     gateway: Arc<RunningGateway>,
     runtime: tokio::runtime::Handle,
+    /// The configuration's products, for checking `keys create --product`.
+    products: Vec<String>,
 }
 
 impl GatewayControl {
-    fn new(gateway: &Arc<RunningGateway>, runtime: tokio::runtime::Handle) -> Self {
+    fn new(
+        gateway: &Arc<RunningGateway>,
+        runtime: tokio::runtime::Handle,
+        config: &Config,
+    ) -> Self {
         Self {
             gateway: Arc::clone(gateway),
             runtime,
+            products: config.products.iter().map(|p| p.name.clone()).collect(),
         }
     }
 
@@ -704,10 +713,26 @@ impl GatewayControl {
         let subscriptions = self.gateway.subscriptions();
         match request {
             Request::KeysCreate { name, scope } => {
+                let unknown = |what: &str, name: &str| {
+                    ErrorReply::new(
+                        ErrorKind::InvalidInput,
+                        format!("no {what} named {name:?} is configured; nothing created"),
+                    )
+                };
                 let scope = match scope {
                     ScopeSpec::All => Scope::AllApis,
-                    ScopeSpec::Product(product) => Scope::Product(product),
-                    ScopeSpec::Api(api) => Scope::Api(api),
+                    ScopeSpec::Product(product) => {
+                        if !self.products.contains(&product) {
+                            return Err(unknown("product", &product));
+                        }
+                        Scope::Product(product)
+                    }
+                    ScopeSpec::Api(api) => {
+                        if !self.gateway.apis().contains(&api) {
+                            return Err(unknown("API", &api));
+                        }
+                        Scope::Api(api)
+                    }
                 };
                 let keys = subscriptions.create(&name, scope).map_err(refused)?;
                 let what = format!("subscription {name:?} created");
@@ -786,10 +811,12 @@ impl GatewayControl {
 
     /// The whole gateway from `config` (every problem is logged by the gateway).
     /// Every problem of the new configuration is listed in the error.
-    fn reload(&self, config: &Config) -> Result<(), ErrorReply> {
+    fn reload(&mut self, config: &Config) -> Result<(), ErrorReply> {
         self.runtime
             .block_on(self.gateway.reload(config))
-            .map(|_| ())
+            .map(|_| {
+                self.products = config.products.iter().map(|p| p.name.clone()).collect();
+            })
             .map_err(|e| {
                 let mut reply = ErrorReply::new(
                     ErrorKind::Config,

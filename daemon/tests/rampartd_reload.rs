@@ -541,6 +541,7 @@ async fn rejections_reach_the_sink_with_the_tcp_peer_and_are_counted() {
     let sink = Arc::clone(&seen);
     gateway.set_rejection_sink(Some(Arc::new(move |peer: IpAddr, reason: &'static str| {
         sink.lock().unwrap().push((peer, reason));
+        None
     })));
     let h1 = client(&setup.pki, false);
     assert_eq!(status(&h1, &url(port, "/open/x")).await, 200);

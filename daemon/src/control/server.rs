@@ -183,6 +183,21 @@ impl ControlServer {
             path: path.clone(),
             source,
         })?;
+        // The socket's own mode follows the umask; connecting needs write
+        // permission on it, so members of the control group get it here. This
+        // opens no window: the directory (0750, the control group) already keeps
+        // everyone else from reaching the socket, from before it was bound.
+        let (mode, owner) = match group {
+            Some(gid) => (0o660, Some(nix::unistd::Gid::from_raw(gid))),
+            None => (0o600, None),
+        };
+        nix::unistd::chown(&path, None, owner)
+            .map_err(io::Error::from)
+            .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)))
+            .map_err(|source| ControlError::Bind {
+                path: path.clone(),
+                source,
+            })?;
         Ok(Self {
             listener,
             path,

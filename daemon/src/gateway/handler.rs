@@ -70,7 +70,9 @@ pub(crate) async fn handle(
         if let Some(sink) = &shared.rejections {
             // The TCP peer, never a forwarded address: a ban applies to what the
             // kernel sees.
-            sink.rejected(conn.peer.ip(), reason);
+            if let Some(done) = sink.rejected(conn.peer.ip(), reason) {
+                let _ = tokio::time::timeout(super::REJECTION_WAIT, done).await;
+            }
         }
     }
     let status = outcome.response.status();

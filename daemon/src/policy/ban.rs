@@ -196,6 +196,12 @@ impl BanTracker {
         self.exempt.store(Exempt::new(networks).into());
     }
 
+    /// Forgets `source` (its ban was lifted by hand): its failures count again at once.
+    pub fn forget(&self, source: IpAddr) {
+        let source = source.to_canonical();
+        self.shard(source).tracks.remove(&source);
+    }
+
     /// Counts one rejection of `source` for `reason` (APIM's reason code) at `now`;
     /// returns a ban when this failure reaches its class's threshold.
     pub fn record(&self, source: IpAddr, reason: &'static str, now: Instant) -> Option<BanRequest> {

@@ -41,7 +41,8 @@ pub(crate) enum Message {
     Control(Command),
     /// SIGHUP (no one to answer) or `rampart reload` (answered through its command).
     Reload,
-    Ban(BanRequest),
+    /// An automatic ban; `done` is told once it is in the kernel (or refused).
+    Ban(BanRequest, tokio::sync::oneshot::Sender<()>),
     Stop,
 }
 
@@ -230,7 +231,10 @@ impl Controller {
                 Ok(Message::Reload) => {
                     let _ = self.reload();
                 }
-                Ok(Message::Ban(ban)) => self.ban(ban),
+                Ok(Message::Ban(ban, done)) => {
+                    self.ban(ban);
+                    let _ = done.send(());
+                }
                 Ok(Message::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
@@ -486,7 +490,6 @@ impl Controller {
                 reason: None,
             });
         }
-        let before = self.store.state().clone();
         let change = if replace {
             Change::Replace {
                 list: kind,
@@ -503,7 +506,8 @@ impl Controller {
             Change::Add(fresh.clone())
         };
         let removed: Vec<IpNet> = if replace {
-            before
+            self.store
+                .state()
                 .entries
                 .values()
                 .filter(|e| e.list == kind && e.origin == EntryOrigin::Operator)
@@ -513,6 +517,8 @@ impl Controller {
         } else {
             Vec::new()
         };
+        // Only what this change touches is remembered for taking it back.
+        let undo = self.undo_changes(kind, seen.iter().chain(&removed));
         self.store
             .commit(std::slice::from_ref(&change))
             .map_err(|e| storage_error(&e))?;
@@ -542,7 +548,7 @@ impl Controller {
             }]
         };
         if let Err(e) = self.apply_kernel(batch) {
-            self.undo(&before, kind);
+            self.undo(&undo);
             return Err(e);
         }
         let changed = fresh.len() + removed.len();
@@ -591,31 +597,26 @@ impl Controller {
         })
     }
 
+    /// The changes that put the stored entries of `nets` back as they are now.
+    fn undo_changes<'a>(
+        &self,
+        kind: ListKind,
+        nets: impl Iterator<Item = &'a IpNet>,
+    ) -> Vec<Change> {
+        let mut keys = Vec::new();
+        let mut previous = Vec::new();
+        for net in nets {
+            keys.push((kind, *net));
+            if let Some(e) = self.store.state().get(kind, net) {
+                previous.push(e.clone());
+            }
+        }
+        vec![Change::Remove(keys), Change::Add(previous)]
+    }
+
     /// Takes a change the kernel refused back out of the state.
-    fn undo(&mut self, before: &crate::state::State, kind: ListKind) {
-        let entries: Vec<StoredEntry> = before
-            .entries
-            .values()
-            .filter(|e| e.list == kind && e.origin == EntryOrigin::Operator)
-            .cloned()
-            .collect();
-        let mut changes = vec![Change::Replace {
-            list: kind,
-            origin: EntryOrigin::Operator,
-            entries,
-        }];
-        let autos: Vec<StoredEntry> = before
-            .entries
-            .values()
-            .filter(|e| e.list == kind && e.origin == EntryOrigin::Auto)
-            .cloned()
-            .collect();
-        changes.push(Change::Replace {
-            list: kind,
-            origin: EntryOrigin::Auto,
-            entries: autos,
-        });
-        if let Err(e) = self.store.commit(&changes) {
+    fn undo(&mut self, changes: &[Change]) {
+        if let Err(e) = self.store.commit(changes) {
             tracing::error!(error = %chain(&e), "taking a refused change back out of the state failed; it will be retried at the next start");
         }
     }
@@ -667,7 +668,7 @@ impl Controller {
             reply.details = missing;
             return Err(reply);
         }
-        let before = self.store.state().clone();
+        let undo = self.undo_changes(kind, remove.iter());
         let keys: Vec<(ListKind, IpNet)> = remove.iter().map(|n| (kind, *n)).collect();
         self.store
             .commit(&[Change::Remove(keys)])
@@ -681,8 +682,17 @@ impl Controller {
             })
             .collect();
         if let Err(e) = self.apply_kernel(batch) {
-            self.undo(&before, kind);
+            self.undo(&undo);
             return Err(e);
+        }
+        if kind == ListKind::Deny {
+            // A ban lifted by hand: the source's failures count again from now.
+            for net in remove
+                .iter()
+                .filter(|n| n.prefix_len() == n.max_prefix_len())
+            {
+                self.bans.forget(net.addr());
+            }
         }
         self.events.push(
             "list_changed",

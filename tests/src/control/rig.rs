@@ -1,0 +1,276 @@
+//! One test's whole world: two network namespaces joined by a veth pair, a TCP
+//! server on the server side, a real `rampartd` in the server namespace with
+//! `[filter]` attached to the server-side veth, its own state, runtime and pin
+//! directories, and the CLI pointed at its control socket.
+//!
+//! On drop, in this order: the daemon is killed, `rampartd --detach` removes
+//! the filter (with a configuration known to be valid, in case the test left
+//! a bad one), the pins are removed, the namespaces (and their veths) are
+//! deleted, the directories removed.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+use super::cli::Cli;
+use crate::{
+    PinDir,
+    daemon::{Daemon, TempDir, rampartd_bin},
+    netns::{Pair, Server},
+};
+
+/// The protected TCP port the test server listens on (`protect = ["tcp/8080"]`).
+pub const PORT: u16 = 8080;
+/// A dropped SYN is retransmitted after 1 s: a connection attempt shorter than
+/// that sends exactly one SYN, so its result is the kernel's verdict at one
+/// instant.
+pub const QUICK: Duration = Duration::from_millis(700);
+
+/// What a test adds to the standard configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RigOptions {
+    /// Extra client-side addresses (IPv4 in 198.18.0.0/24, IPv6 in 2001:db8::/64).
+    pub client_addrs: Vec<IpAddr>,
+    /// Lines added to `[daemon]`.
+    pub daemon: String,
+    /// Lines added to `[filter]`.
+    pub filter: String,
+    /// Sections after `[filter]` (`[filter.autoban]`, `[[listener]]`, ...).
+    pub sections: String,
+    /// The state directory (default: `<dir>/state`), e.g. a small tmpfs.
+    pub state_dir: Option<PathBuf>,
+}
+
+pub struct Rig {
+    daemon: Option<Daemon>,
+    pub cli: Cli,
+    pub opts: RigOptions,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    /// `<pin_root>/v<layout>`: where rampartd pins.
+    pub pin_dir: PathBuf,
+    cleanup_config: PathBuf,
+    server: Option<Server>,
+    pins: PinDir,
+    pub pair: Pair,
+    pub dir: TempDir,
+}
+
+impl Rig {
+    /// Makes the namespaces, writes the configuration and starts rampartd.
+    pub fn start(opts: RigOptions) -> anyhow::Result<Self> {
+        let rig = Self::prepare(opts)?;
+        rig.with_daemon()
+    }
+
+    /// Everything but the daemon (for tests that prepare the state directory).
+    pub fn prepare(opts: RigOptions) -> anyhow::Result<Self> {
+        let dir = TempDir::new()?;
+        let pair = Pair::new(&opts.client_addrs)?;
+        let pins = PinDir::new();
+        let pin_dir = pins
+            .path()
+            .join(format!("v{}", rampart_common::LAYOUT_VERSION));
+        let state_dir = opts
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| dir.path.join("state"));
+        let runtime_dir = dir.path.join("run");
+        let cli = Cli::new(runtime_dir.join("control.sock"))?;
+        let config = dir.path.join("rampart.toml");
+        let cleanup_config = dir.path.join("cleanup.toml");
+        let server = pair.serve(PORT)?;
+        let rig = Self {
+            daemon: None,
+            cli,
+            opts,
+            config,
+            state_dir,
+            runtime_dir,
+            pin_dir,
+            cleanup_config,
+            server: Some(server),
+            pins,
+            pair,
+            dir,
+        };
+        std::fs::write(&rig.cleanup_config, rig.config_text("", ""))?;
+        std::fs::write(
+            &rig.config,
+            rig.config_text(&rig.opts.filter, &rig.opts.sections),
+        )?;
+        Ok(rig)
+    }
+
+    fn with_daemon(mut self) -> anyhow::Result<Self> {
+        self.start_daemon()?;
+        Ok(self)
+    }
+
+    /// The configuration file's text with these `[filter]` lines and sections
+    /// (the `[daemon]` section is always the rig's).
+    pub fn config_text(&self, filter: &str, sections: &str) -> String {
+        format!(
+            r#"[daemon]
+state_dir = "{state}"
+runtime_dir = "{run}"
+pin_root = "{pins}"
+{daemon}
+
+[filter]
+interfaces = ["{iface}"]
+attach_mode = "native"
+protect = ["tcp/{PORT}"]
+{filter}
+
+{sections}
+"#,
+            state = self.state_dir.display(),
+            run = self.runtime_dir.display(),
+            pins = self.pins.path().display(),
+            daemon = self.opts.daemon,
+            iface = self.pair.srv_if,
+        )
+    }
+
+    /// Rewrites the configuration file with other `[filter]` lines (the
+    /// sections stay).
+    pub fn write_filter_config(&self, filter: &str) -> anyhow::Result<()> {
+        std::fs::write(&self.config, self.config_text(filter, &self.opts.sections))?;
+        Ok(())
+    }
+
+    /// Rewrites the configuration file from [`Self::opts`] (after a test
+    /// changed them, e.g. to name a backend it started).
+    pub fn write_config(&self) -> anyhow::Result<()> {
+        std::fs::write(
+            &self.config,
+            self.config_text(&self.opts.filter, &self.opts.sections),
+        )?;
+        Ok(())
+    }
+
+    /// Starts rampartd (again) on the rig's configuration.
+    pub fn start_daemon(&mut self) -> anyhow::Result<()> {
+        if self.daemon.is_some() {
+            bail!("rampartd is already running");
+        }
+        self.daemon = Some(Daemon::start(&self.pair.srv, &self.config)?);
+        Ok(())
+    }
+
+    pub fn daemon(&self) -> anyhow::Result<&Daemon> {
+        self.daemon.as_ref().context("rampartd is not running")
+    }
+
+    pub fn daemon_mut(&mut self) -> anyhow::Result<&mut Daemon> {
+        self.daemon.as_mut().context("rampartd is not running")
+    }
+
+    /// rampartd's log so far (empty when not running).
+    pub fn log(&self) -> String {
+        self.daemon.as_ref().map(Daemon::log).unwrap_or_default()
+    }
+
+    /// SIGKILLs rampartd and reaps it; the pinned filter stays.
+    pub fn kill_daemon(&mut self) -> anyhow::Result<()> {
+        if let Some(mut d) = self.daemon.take() {
+            d.signal(libc::SIGKILL);
+            d.wait(Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
+    /// The server address of `src`'s family.
+    pub fn server_addr(&self, src: IpAddr) -> IpAddr {
+        if src.is_ipv4() {
+            self.pair.srv_v4
+        } else {
+            self.pair.srv_v6
+        }
+    }
+
+    /// Whether a TCP connection from `src` (an address of the client side) to
+    /// the protected port completes (one SYN: see [`QUICK`]).
+    pub fn reach(&self, src: &str) -> bool {
+        self.reach_port(src, PORT)
+    }
+
+    pub fn reach_port(&self, src: &str, port: u16) -> bool {
+        match src.parse::<IpAddr>() {
+            Ok(src) => self.pair.connects(src, self.server_addr(src), port, QUICK),
+            Err(_) => false,
+        }
+    }
+
+    /// Polls until `reach(src) == expected`; how long that took, or `None`.
+    pub fn wait_reach(&self, src: &str, expected: bool, within: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.reach(src) == expected {
+                return Some(start.elapsed());
+            }
+            if expected {
+                // A failed attempt already took QUICK.
+                continue;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// A file in the rig's directory, written with `text`.
+    pub fn file(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path.join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path.join(name)
+    }
+
+    /// The pin root (for messages).
+    pub fn pin_root(&self) -> &Path {
+        self.pins.path()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.signal(libc::SIGKILL);
+            let _ = d.wait(Duration::from_secs(10));
+        }
+        // The user's way first; then the library's, whatever happened.
+        match rampartd_bin() {
+            Ok(bin) => {
+                let out = std::process::Command::new(bin)
+                    .arg("--detach")
+                    .arg("--config")
+                    .arg(&self.cleanup_config)
+                    .output();
+                match out {
+                    Ok(o) if o.status.success() => {}
+                    Ok(o) => eprintln!(
+                        "cleanup: rampartd --detach failed: {}",
+                        String::from_utf8_lossy(&o.stderr)
+                    ),
+                    Err(e) => eprintln!("cleanup: rampartd --detach: {e}"),
+                }
+            }
+            Err(e) => eprintln!("cleanup: {e}"),
+        }
+        if let Err(e) = rampart::filter::detach(&self.pin_dir) {
+            eprintln!("cleanup of {}: {e}", self.pin_dir.display());
+        }
+        self.server.take();
+        // The remaining fields drop in order: pins (the root), pair
+        // (namespaces and veths), dir.
+    }
+}

@@ -1,0 +1,941 @@
+//! The control plane end to end, as an operator uses it: a real rampartd with
+//! `[filter]` attached to a veth in a test-made network namespace, the real
+//! `rampart` CLI run as a subprocess against the test's own control socket,
+//! and real TCP connections from the client namespace to check what the
+//! kernel does after each command returns.
+//!
+//! Needs root (BPF, XDP, network namespaces, users); skipped visibly
+//! otherwise. The binaries are the debug builds next to this test binary
+//! (`cargo build -p rampart --bins` first).
+
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::IpAddr,
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    process::Stdio,
+    sync::mpsc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use rampart::control::{
+    client::{Client, ClientError},
+    protocol::{ErrorKind, ListName, Request, exit},
+};
+use rampart_tests::{
+    control::{
+        PORT, Rig, RigOptions,
+        cli::As,
+        system::{TempGroup, TempUser},
+    },
+    privileged,
+};
+use serde_json::Value;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn opts(client: &[&str], filter: &str) -> RigOptions {
+    RigOptions {
+        client_addrs: client.iter().map(|a| ip(a)).collect(),
+        filter: filter.into(),
+        ..RigOptions::default()
+    }
+}
+
+/// The entry of `list` whose `entry` is `net`.
+fn find<'a>(list: &'a [Value], net: &str) -> Option<&'a Value> {
+    list.iter().find(|e| e["entry"] == net)
+}
+
+/// `kernel` of `stats --json`: `[[name, count], ...]`.
+fn counter(stats: &Value, name: &str) -> u64 {
+    stats["kernel"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|pair| pair[0] == name)
+        .and_then(|pair| pair[1].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn status_stats_and_check_describe_the_daemon_and_the_kernel() {
+    if !privileged() {
+        return;
+    }
+    let rig = Rig::start(opts(
+        &["198.18.0.3", "2001:db8::3"],
+        r#"deny = ["198.18.0.5"]"#,
+    ))
+    .unwrap();
+    let cli = &rig.cli;
+
+    // status, for scripts and for people.
+    let s = cli.json(&["status"]).unwrap();
+    assert_eq!(s["type"], "status", "{s}");
+    assert_eq!(s["pid"], rig.daemon().unwrap().pid(), "{s}");
+    assert!(!s["version"].as_str().unwrap().is_empty(), "{s}");
+    assert_eq!(s["config"], rig.config.display().to_string(), "{s}");
+    let f = &s["filter"];
+    assert!(
+        f["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i.as_str().unwrap().contains(&rig.pair.srv_if)),
+        "{s}"
+    );
+    assert_eq!(f["deny"], 1, "{s}");
+    assert_eq!(f["allow"], 0, "{s}");
+    assert_eq!(f["bypass"], 0, "{s}");
+    assert_eq!(f["auto_bans"], 0, "{s}");
+    assert_eq!(f["country_policy"], "off", "{s}");
+    assert!(s["gateway"].is_null(), "no listener: {s}");
+    let text = cli.ok(&["status"]).unwrap().stdout;
+    assert!(text.starts_with("rampartd:"), "{text}");
+    assert!(text.contains(&rig.pair.srv_if), "{text}");
+    assert!(text.contains("gateway: off"), "{text}");
+
+    // An operator entry, IPv4 and IPv6.
+    let r = cli
+        .json(&[
+            "deny",
+            "add",
+            "198.18.0.3",
+            "2001:db8::3",
+            "--comment",
+            "scanner",
+        ])
+        .unwrap();
+    assert_eq!(r["type"], "changed", "{r}");
+    assert_eq!(r["changed"], 2, "{r}");
+    assert_eq!(r["unchanged"], 0, "{r}");
+    assert!(!rig.reach("198.18.0.3"));
+    assert!(!rig.reach("2001:db8::3"));
+    assert!(rig.reach("198.18.0.2"));
+
+    // check --port: the verdict, the list, entry and origin that decided.
+    let c = cli
+        .json(&["check", "198.18.0.3", "--port", &PORT.to_string()])
+        .unwrap();
+    assert_eq!(c["type"], "check", "{c}");
+    assert_eq!(c["addr"], "198.18.0.3", "{c}");
+    assert_eq!(c["port"], PORT, "{c}");
+    assert_eq!(c["action"], "drop", "{c}");
+    assert_eq!(c["reason"], "denied", "{c}");
+    assert_eq!(c["list"], "deny", "{c}");
+    assert_eq!(c["entry"], "198.18.0.3/32", "{c}");
+    assert_eq!(c["origin"], "operator", "{c}");
+    assert_eq!(c["in_scope"], true, "{c}");
+    assert!(c["expires_in_secs"].is_null(), "{c}");
+    let explanation = c["explanation"].as_str().unwrap();
+    for word in ["198.18.0.3/32", "deny", "operator"] {
+        assert!(explanation.contains(word), "{word}: {c}");
+    }
+    let text = cli
+        .ok(&["check", "198.18.0.3", "--port", &PORT.to_string()])
+        .unwrap()
+        .stdout;
+    assert!(text.starts_with("drop:"), "{text}");
+    assert!(text.contains("deny 198.18.0.3/32 (operator)"), "{text}");
+    assert!(text.contains("in the protected scope"), "{text}");
+
+    // check without --port: no scope.
+    let c = cli.json(&["check", "2001:db8::3"]).unwrap();
+    assert_eq!(c["action"], "drop", "{c}");
+    assert_eq!(c["entry"], "2001:db8::3/128", "{c}");
+    assert!(c["port"].is_null() && c["in_scope"].is_null(), "{c}");
+
+    // A configuration entry says so.
+    let c = cli.json(&["check", "198.18.0.5"]).unwrap();
+    assert_eq!(c["origin"], "config", "{c}");
+    assert_eq!(c["list"], "deny", "{c}");
+
+    // A source no rule drops; a port outside the protected scope.
+    let c = cli
+        .json(&["check", "198.18.0.2", "--port", &PORT.to_string()])
+        .unwrap();
+    assert_eq!(c["action"], "pass", "{c}");
+    assert!(c["list"].is_null() && c["entry"].is_null(), "{c}");
+    assert_eq!(c["in_scope"], true, "{c}");
+    let c = cli.json(&["check", "198.18.0.2", "--port", "22"]).unwrap();
+    assert_eq!(c["action"], "pass", "{c}");
+    assert_eq!(c["in_scope"], false, "{c}");
+
+    // check --exit-code: 10 when dropped, 0 when passed.
+    assert_eq!(
+        cli.run(&["check", "--exit-code", "198.18.0.3"]).code,
+        i32::from(exit::CHECK_DROPPED)
+    );
+    assert_eq!(cli.run(&["check", "--exit-code", "198.18.0.2"]).code, 0);
+
+    // stats: the kernel counted what the connections above did.
+    assert!(!rig.reach("198.18.0.3"));
+    assert!(rig.reach("198.18.0.2"));
+    let st = cli.json(&["stats"]).unwrap();
+    assert_eq!(st["type"], "stats", "{st}");
+    assert!(counter(&st, "denied") > 0, "{st}");
+    assert!(counter(&st, "passed") > 0, "{st}");
+    assert_eq!(st["bans_issued"], 0, "{st}");
+    assert!(st["drops_by_country"].is_array(), "{st}");
+    let text = cli.ok(&["stats"]).unwrap().stdout;
+    assert!(text.contains("kernel packets:"), "{text}");
+    assert!(text.contains("denied"), "{text}");
+    assert!(text.contains("automatic bans issued: 0"), "{text}");
+}
+
+#[test]
+fn list_changes_are_enforced_when_the_command_returns() {
+    if !privileged() {
+        return;
+    }
+    let rig = Rig::start(opts(&["198.18.0.3", "198.18.0.4"], "")).unwrap();
+    let cli = &rig.cli;
+    // A second server port, outside the protected scope.
+    let _other = rig.pair.serve(9090).unwrap();
+    assert!(rig.reach("198.18.0.3"));
+
+    // deny: each single attempt right after the command returned.
+    cli.ok(&["deny", "add", "198.18.0.3"]).unwrap();
+    assert!(!rig.reach("198.18.0.3"), "denied right after `deny add`");
+    assert!(
+        !rig.reach_port("198.18.0.3", 9090),
+        "deny applies on every port"
+    );
+    assert!(rig.reach("198.18.0.4"));
+    cli.ok(&["deny", "del", "198.18.0.3"]).unwrap();
+    assert!(rig.reach("198.18.0.3"), "passes right after `deny del`");
+
+    // allow: only listed sources reach the protected port; other ports stay open.
+    cli.ok(&["allow", "add", "198.18.0.4"]).unwrap();
+    assert!(!rig.reach("198.18.0.3"), "not on the allowlist");
+    assert!(rig.reach("198.18.0.4"), "on the allowlist");
+    assert!(
+        rig.reach_port("198.18.0.3", 9090),
+        "outside the protected scope"
+    );
+    let c = cli
+        .json(&["check", "198.18.0.3", "--port", &PORT.to_string()])
+        .unwrap();
+    assert_eq!(c["action"], "drop", "{c}");
+    cli.ok(&["allow", "del", "198.18.0.4"]).unwrap();
+    assert!(rig.reach("198.18.0.3"), "allowlist empty again");
+
+    // bypass beats deny.
+    cli.ok(&["deny", "add", "198.18.0.3"]).unwrap();
+    cli.ok(&["bypass", "add", "198.18.0.3"]).unwrap();
+    assert!(rig.reach("198.18.0.3"), "bypassed");
+    let c = cli.json(&["check", "198.18.0.3"]).unwrap();
+    assert_eq!(c["action"], "pass", "{c}");
+    assert_eq!(c["list"], "bypass", "{c}");
+    cli.ok(&["bypass", "del", "198.18.0.3"]).unwrap();
+    assert!(!rig.reach("198.18.0.3"), "denied again without the bypass");
+
+    // The listing: what a script reads.
+    cli.ok(&["deny", "add", "198.18.0.64/26", "--comment", "a block"])
+        .unwrap();
+    let before = unix_now();
+    let list = cli.list("deny").unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    let e = find(&list, "198.18.0.3/32").unwrap();
+    assert_eq!(e["list"], "deny", "{e}");
+    assert_eq!(e["origin"], "operator", "{e}");
+    assert!(e["expires_at"].is_null(), "{e}");
+    assert_eq!(e["added_by"], 0, "{e}");
+    let added_at = e["added_at"].as_u64().unwrap();
+    assert!(added_at <= before && added_at + 60 > before, "{e}");
+    assert!(e["reason"].is_null(), "{e}");
+    let e = find(&list, "198.18.0.64/26").unwrap();
+    assert_eq!(e["comment"], "a block", "{e}");
+
+    // ... and what people read: a header line and one row per entry.
+    let text = cli.ok(&["deny", "list"]).unwrap().stdout;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for column in ["ENTRY", "ORIGIN", "EXPIRES IN", "ADDED", "BY", "COMMENT"] {
+        assert!(lines[0].contains(column), "{column}: {text}");
+    }
+    assert!(lines[0].starts_with("ENTRY"), "{text}");
+    for entry in ["198.18.0.3/32", "198.18.0.64/26"] {
+        let row = lines[1..]
+            .iter()
+            .find(|l| l.starts_with(entry))
+            .unwrap_or_else(|| panic!("no row for {entry}: {text}"));
+        assert!(row.contains("operator") && row.contains("never"), "{row}");
+    }
+    assert!(text.contains("a block"), "{text}");
+    let text = cli.ok(&["allow", "list"]).unwrap().stdout;
+    assert_eq!(text, "the allow list is empty\n");
+    assert_eq!(cli.list("bypass").unwrap(), Vec::<Value>::new());
+}
+
+#[test]
+fn entries_are_addresses_cidrs_ranges_files_and_replacements() {
+    if !privileged() {
+        return;
+    }
+    let rig = Rig::start(opts(&[], r#"deny = ["198.18.0.5"]"#)).unwrap();
+    let cli = &rig.cli;
+
+    // Addresses, CIDRs and inclusive ranges (as the fewest CIDRs).
+    let r = cli
+        .json(&[
+            "deny",
+            "add",
+            "198.18.0.64/26",
+            "198.18.0.8-198.18.0.11",
+            "198.18.0.20-198.18.0.22",
+            "2001:db8:1::/48",
+            "198.18.0.30",
+        ])
+        .unwrap();
+    assert_eq!(r["changed"], 6, "{r}");
+    assert_eq!(
+        cli.list_entries("deny").unwrap(),
+        [
+            "198.18.0.20/31",
+            "198.18.0.22/32",
+            "198.18.0.30/32",
+            "198.18.0.5/32",
+            "198.18.0.64/26",
+            "198.18.0.8/30",
+            "2001:db8:1::/48",
+        ]
+    );
+    // The same again: nothing changes.
+    let r = cli
+        .json(&["deny", "add", "198.18.0.30", "198.18.0.64/26"])
+        .unwrap();
+    assert_eq!(r["changed"], 0, "{r}");
+    assert_eq!(r["unchanged"], 2, "{r}");
+    // A config entry added by the operator stays the file's.
+    let r = cli.json(&["deny", "add", "198.18.0.5"]).unwrap();
+    assert_eq!(r["unchanged"], 1, "{r}");
+    let list = cli.list("deny").unwrap();
+    assert_eq!(find(&list, "198.18.0.5/32").unwrap()["origin"], "config");
+
+    // --from-file, with comments and blank lines; `-` reads stdin.
+    let file = rig
+        .file(
+            "more.txt",
+            "# scanners\n198.18.1.1\n\n198.18.1.2   # trailing comment\n198.18.1.8-198.18.1.9\n",
+        )
+        .unwrap();
+    let r = cli
+        .json(&["deny", "add", "--from-file", file.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(r["changed"], 3, "{r}");
+    let run = cli.run_stdin(
+        &["--json", "deny", "add", "--from-file", "-"],
+        "198.18.1.20\n198.18.1.21\n",
+    );
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.json().unwrap()["changed"], 2, "{run}");
+    assert_eq!(cli.list("deny").unwrap().len(), 12);
+
+    // --replace: the operator's entries become exactly these; config stays.
+    let file = rig
+        .file("replace.txt", "198.18.2.1\n198.18.2.0/30\n")
+        .unwrap();
+    let r = cli
+        .json(&[
+            "deny",
+            "add",
+            "--replace",
+            "--from-file",
+            file.to_str().unwrap(),
+            "198.18.2.9",
+            "--comment",
+            "replaced",
+        ])
+        .unwrap();
+    assert_eq!(r["type"], "changed", "{r}");
+    let list = cli.list("deny").unwrap();
+    let mut entries: Vec<(String, String)> = list
+        .iter()
+        .map(|e| {
+            (
+                e["entry"].as_str().unwrap().to_owned(),
+                e["origin"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    entries.sort();
+    assert_eq!(
+        entries,
+        [
+            ("198.18.0.5/32".to_owned(), "config".to_owned()),
+            ("198.18.2.0/30".to_owned(), "operator".to_owned()),
+            ("198.18.2.1/32".to_owned(), "operator".to_owned()),
+            ("198.18.2.9/32".to_owned(), "operator".to_owned()),
+        ],
+        "{list:?}"
+    );
+    assert!(
+        list.iter()
+            .filter(|e| e["origin"] == "operator")
+            .all(|e| e["comment"] == "replaced"),
+        "{list:?}"
+    );
+    // An empty --replace clears the operator's entries only.
+    let empty = rig.file("empty.txt", "# nothing\n").unwrap();
+    cli.ok(&[
+        "deny",
+        "add",
+        "--replace",
+        "--from-file",
+        empty.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(cli.list_entries("deny").unwrap(), ["198.18.0.5/32"]);
+
+    // del: by range as added; partly absent is fine; wholly absent is 4;
+    // a configuration entry is the file's (3), nothing changes.
+    cli.ok(&["deny", "add", "198.18.0.8-198.18.0.11", "198.18.0.30"])
+        .unwrap();
+    let r = cli
+        .json(&["deny", "del", "198.18.0.8-198.18.0.11", "198.18.0.31"])
+        .unwrap();
+    assert_eq!(r["changed"], 1, "{r}");
+    assert_eq!(r["unchanged"], 1, "{r}");
+    let run = cli.run(&["deny", "del", "198.18.0.77"]);
+    assert_eq!(run.code, i32::from(exit::NOT_FOUND), "{run}");
+    assert!(run.stderr.contains("not in the deny list"), "{run}");
+    let run = cli.run(&["deny", "del", "198.18.0.5"]);
+    assert_eq!(run.code, i32::from(exit::INVALID_INPUT), "{run}");
+    assert!(run.stderr.contains("configuration file"), "{run}");
+    assert_eq!(
+        cli.list_entries("deny").unwrap(),
+        ["198.18.0.30/32", "198.18.0.5/32"]
+    );
+
+    // RAMPART_SOCKET instead of --socket.
+    let run = cli.run_env(&["--json", "deny", "list"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.json().unwrap().as_array().unwrap().len(), 2, "{run}");
+}
+
+#[test]
+fn temporary_entries_stop_and_vanish_at_expiry() {
+    if !privileged() {
+        return;
+    }
+    let rig = Rig::start(opts(&["198.18.0.6"], "")).unwrap();
+    let cli = &rig.cli;
+    let t0 = Instant::now();
+    let now = unix_now();
+    let r = cli
+        .json(&["deny", "add", "198.18.0.6", "--ttl", "2s"])
+        .unwrap();
+    assert_eq!(r["changed"], 1, "{r}");
+    assert!(!rig.reach("198.18.0.6"), "enforced at once");
+    let list = cli.list("deny").unwrap();
+    let e = find(&list, "198.18.0.6/32").unwrap();
+    let at = e["expires_at"].as_u64().unwrap();
+    assert!((now + 1..=now + 3).contains(&at), "{e} (now {now})");
+    let c = cli.json(&["check", "198.18.0.6"]).unwrap();
+    assert!(c["expires_in_secs"].as_u64().unwrap() <= 2, "{c}");
+    let text = cli.ok(&["deny", "list"]).unwrap().stdout;
+    assert!(
+        text.lines()
+            .nth(1)
+            .is_some_and(|row| row.contains("1s") || row.contains("2s")),
+        "{text}"
+    );
+
+    // Still enforced a second in.
+    std::thread::sleep(Duration::from_secs(1).saturating_sub(t0.elapsed()));
+    assert!(!rig.reach("198.18.0.6"), "still enforced before expiry");
+
+    // Passes once expired: the kernel checks the expiry itself.
+    let passed = rig
+        .wait_reach("198.18.0.6", true, Duration::from_secs(5))
+        .map(|_| t0.elapsed());
+    let passed = passed.expect("the entry was never lifted");
+    assert!(
+        passed <= Duration::from_millis(2000 + 1500),
+        "passes {passed:?} after a 2 s ttl"
+    );
+    // Gone from the list within ~1-2 s of expiry.
+    let gone = loop {
+        let list = cli.list("deny").unwrap();
+        if find(&list, "198.18.0.6/32").is_none() {
+            break t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(6),
+            "still listed {:?} after a 2 s ttl: {list:?}",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        gone <= Duration::from_millis(2000 + 2200),
+        "listed until {gone:?}"
+    );
+    eprintln!("ttl 2s: passes after {passed:?}, unlisted after {gone:?}");
+}
+
+#[test]
+fn bad_input_exits_3_and_changes_nothing() {
+    if !privileged() {
+        return;
+    }
+    let rig = Rig::start(opts(&["198.18.0.7"], r#"deny = ["198.18.0.5"]"#)).unwrap();
+    let cli = &rig.cli;
+    cli.ok(&["deny", "add", "198.18.0.9", "--comment", "kept"])
+        .unwrap();
+    let deny_before = cli.list("deny").unwrap();
+    let allow_before = cli.list("allow").unwrap();
+    let countries_before = cli.json(&["country", "list"]).unwrap();
+    let bad_file = rig.file("bad.txt", "198.18.0.7\n198.18.0.300\n").unwrap();
+    let bad_file = bad_file.to_str().unwrap();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["deny", "add", "198.18.0.300"],
+        vec!["deny", "add", "198.18.0.7", "nonsense"],
+        vec!["deny", "add", "198.18.0.9-198.18.0.5"],
+        vec!["deny", "add", "198.18.0.1-2001:db8::1"],
+        vec!["deny", "add", "198.18.0.1/24"],
+        vec!["deny", "add", "198.18.0.7", "--ttl", "0"],
+        vec!["deny", "add", "198.18.0.7", "--ttl", "0s"],
+        vec!["deny", "add", "198.18.0.7", "--ttl", "soon"],
+        vec!["deny", "add", "198.18.0.7", "--ttl", "400d"],
+        vec!["deny", "add", "--from-file", bad_file],
+        vec!["deny", "del", "198.18.0.9/33"],
+        vec!["allow", "add", "::g"],
+        vec!["bypass", "add", "198.18.0.7-198.18.0.6"],
+        vec!["country", "block", "zzz"],
+        vec!["country", "block", "1a"],
+        vec!["country", "allow-only", "fr", "x"],
+        vec!["check", "not-an-ip"],
+    ];
+    for args in &cases {
+        let run = cli.run(args);
+        assert_eq!(run.code, i32::from(exit::INVALID_INPUT), "{run}");
+        assert!(run.stderr.starts_with("rampart: "), "{run}");
+        assert!(run.stdout.is_empty(), "{run}");
+    }
+    let run = cli.run(&["deny", "add", "--from-file", bad_file]);
+    assert!(run.stderr.contains("bad.txt:2"), "names the line: {run}");
+    let run = cli.run(&["deny", "add", "198.18.0.9-198.18.0.5"]);
+    assert!(run.stderr.contains("198.18.0.9"), "names the entry: {run}");
+
+    // The daemon checks too, for clients that are not this CLI.
+    let daemon_side = [
+        Request::ListAdd {
+            list: ListName::Deny,
+            entries: vec!["198.18.0.7".into(), "198.18.0.9-198.18.0.5".into()],
+            ttl_secs: None,
+            comment: None,
+            replace: false,
+        },
+        Request::ListAdd {
+            list: ListName::Deny,
+            entries: vec!["198.18.0.7".into()],
+            ttl_secs: Some(0),
+            comment: None,
+            replace: false,
+        },
+        Request::ListAdd {
+            list: ListName::Allow,
+            entries: vec!["198.18.0.7/8".into()],
+            ttl_secs: None,
+            comment: None,
+            replace: true,
+        },
+        Request::CountryBlock {
+            countries: vec!["q1".into()],
+        },
+    ];
+    for request in daemon_side {
+        let err = Client::connect(cli.socket())
+            .unwrap()
+            .call(request.clone())
+            .unwrap_err();
+        match &err {
+            ClientError::Daemon(reply) => {
+                assert_eq!(
+                    reply.kind,
+                    ErrorKind::InvalidInput,
+                    "{request:?}: {reply:?}"
+                )
+            }
+            other => panic!("{request:?}: {other:?}"),
+        }
+        assert_eq!(err.exit_code(), exit::INVALID_INPUT);
+    }
+
+    assert_eq!(cli.list("deny").unwrap(), deny_before, "nothing changed");
+    assert_eq!(cli.list("allow").unwrap(), allow_before, "nothing changed");
+    assert_eq!(
+        cli.json(&["country", "list"]).unwrap(),
+        countries_before,
+        "nothing changed"
+    );
+    assert!(rig.reach("198.18.0.7"), "nothing reached the kernel");
+}
+
+#[test]
+fn exit_codes_for_not_found_usage_and_a_daemon_that_is_down() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::start(opts(&[], "")).unwrap();
+    let cli = rig.cli.clone();
+
+    let run = cli.run(&["deny", "del", "198.18.0.77"]);
+    assert_eq!(run.code, i32::from(exit::NOT_FOUND), "{run}");
+    let run = cli.run(&["allow", "del", "2001:db8::77"]);
+    assert_eq!(run.code, i32::from(exit::NOT_FOUND), "{run}");
+    let missing = rig.path("no-such-database.csv");
+    let run = cli.run(&["geo", "load", missing.to_str().unwrap()]);
+    assert_eq!(run.code, i32::from(exit::NOT_FOUND), "{run}");
+    assert!(run.stderr.contains("no-such-database.csv"), "{run}");
+
+    // Usage errors are clap's.
+    assert_eq!(cli.run(&["deny"]).code, i32::from(exit::USAGE));
+    assert_eq!(cli.run(&["frobnicate"]).code, i32::from(exit::USAGE));
+    assert_eq!(cli.run(&["deny", "add"]).code, i32::from(exit::USAGE));
+
+    // No socket at all.
+    let nowhere = cli.with_socket(rig.path("nowhere/control.sock"));
+    let run = nowhere.run(&["status"]);
+    assert_eq!(run.code, i32::from(exit::DAEMON_DOWN), "{run}");
+    assert!(
+        run.stderr.contains("rampartd is not running")
+            && run.stderr.contains("nowhere/control.sock"),
+        "{run}"
+    );
+    let run = nowhere.run_env(&["deny", "add", "198.18.0.3"]);
+    assert_eq!(run.code, i32::from(exit::DAEMON_DOWN), "{run}");
+
+    // The daemon killed: its socket file may stay, nobody listens.
+    rig.kill_daemon().unwrap();
+    for args in [
+        vec!["status"],
+        vec!["deny", "add", "198.18.0.3"],
+        vec!["deny", "list", "--json"],
+        vec!["events", "--follow"],
+    ] {
+        let run = cli.run(&args);
+        assert_eq!(run.code, i32::from(exit::DAEMON_DOWN), "{run}");
+        assert!(run.stderr.contains("rampartd is not running"), "{run}");
+    }
+}
+
+#[test]
+fn the_socket_is_refused_to_others_and_open_to_the_control_group() {
+    if !privileged() {
+        return;
+    }
+    let group = TempGroup::new().unwrap();
+    let member = TempUser::new(&[&group]).unwrap();
+    let outsider = TempUser::new(&[]).unwrap();
+    let rig = Rig::start(RigOptions {
+        client_addrs: vec![ip("198.18.0.3"), ip("198.18.0.4")],
+        daemon: format!("control_group = \"{}\"", group.name),
+        ..RigOptions::default()
+    })
+    .unwrap();
+    let cli = &rig.cli;
+
+    let meta = std::fs::metadata(&rig.runtime_dir).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o750, "runtime dir mode");
+    assert_eq!(meta.gid(), group.gid, "runtime dir group");
+
+    // nobody, and a user in no relevant group: 5, nothing changes.
+    let outsider = As::User {
+        uid: outsider.uid,
+        gid: 65534,
+        groups: Vec::new(),
+    };
+    for who in [As::nobody(), outsider] {
+        for args in [vec!["status"], vec!["deny", "add", "198.18.0.3"]] {
+            let run = cli.run_as(&who, &args);
+            assert_eq!(
+                run.code,
+                i32::from(exit::PERMISSION_DENIED),
+                "{who:?}: {run}"
+            );
+            assert!(run.stderr.contains("permission denied"), "{run}");
+        }
+    }
+    assert!(cli.list("deny").unwrap().is_empty());
+    assert!(rig.reach("198.18.0.3"));
+
+    // A member of the control group (supplementary group, as after a login).
+    let supplementary = As::User {
+        uid: member.uid,
+        gid: 65534,
+        groups: vec![group.gid],
+    };
+    let socket = std::fs::metadata(cli.socket()).unwrap();
+    let run = cli.run_as(&supplementary, &["status"]);
+    assert_eq!(
+        run.code,
+        0,
+        "a control_group member is refused; socket mode {:o}, group {}: {run}",
+        socket.permissions().mode() & 0o7777,
+        socket.gid()
+    );
+    let run = cli.run_as(&supplementary, &["deny", "add", "198.18.0.3"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(!rig.reach("198.18.0.3"));
+    let list = cli.list("deny").unwrap();
+    assert_eq!(
+        find(&list, "198.18.0.3/32").unwrap()["added_by"],
+        member.uid,
+        "the change records who made it"
+    );
+    // ... and as its primary group.
+    let primary = As::User {
+        uid: member.uid,
+        gid: group.gid,
+        groups: Vec::new(),
+    };
+    let run = cli.run_as(&primary, &["deny", "add", "198.18.0.4"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(!rig.reach("198.18.0.4"));
+}
+
+#[test]
+fn events_list_changes_and_follow_streams_new_ones() {
+    if !privileged() {
+        return;
+    }
+    let rig = Rig::start(opts(&[], "")).unwrap();
+    let cli = &rig.cli;
+    let start_ms = u128::from(unix_now()) * 1000;
+    cli.ok(&["deny", "add", "198.18.0.3"]).unwrap();
+
+    let run = cli.run(&["--json", "events"]);
+    assert_eq!(run.code, 0, "{run}");
+    let events = run.json_lines().unwrap();
+    let change = events
+        .iter()
+        .find(|e| e["event"] == "list_changed")
+        .unwrap_or_else(|| panic!("no list_changed: {run}"));
+    assert!(
+        change["message"].as_str().unwrap().contains("deny"),
+        "{change}"
+    );
+    assert!(
+        u128::from(change["time_ms"].as_u64().unwrap()) >= start_ms,
+        "{change}"
+    );
+    let fields = change["fields"].as_array().unwrap();
+    assert!(
+        fields.iter().any(|f| f[0] == "LIST" && f[1] == "deny"),
+        "{change}"
+    );
+    assert!(
+        fields.iter().any(|f| f[0] == "PEER_UID" && f[1] == "0"),
+        "{change}"
+    );
+    let text = cli.ok(&["events"]).unwrap().stdout;
+    assert!(
+        text.lines()
+            .any(|l| l.contains("list_changed") && l.contains("LIST=deny")),
+        "{text}"
+    );
+
+    // --follow: the backlog, then a change made after it started.
+    let mut child = cli
+        .command(&["--json", "events", "--follow", "--last", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(10));
+    let first = first.expect("events --follow printed no backlog");
+    let first: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["event"], "list_changed", "{first}");
+    cli.ok(&["deny", "add", "198.18.0.4", "198.18.0.5"])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    let followed = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let e: Value = serde_json::from_str(&line).unwrap();
+                if e["event"] == "list_changed"
+                    && e["message"].as_str().unwrap().contains("2 added")
+                {
+                    break Some(e);
+                }
+                seen.push(line);
+            }
+            Err(_) => break None,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        followed.is_some(),
+        "the change did not reach the follower: {seen:?}"
+    );
+}
+
+#[test]
+fn reload_replaces_config_entries_keeps_operator_entries_and_refuses_bad_files() {
+    if !privileged() {
+        return;
+    }
+    let rig = Rig::start(opts(
+        &["198.18.0.3", "198.18.0.4", "198.18.0.5", "198.18.0.6"],
+        r#"deny = ["198.18.0.3"]"#,
+    ))
+    .unwrap();
+    let cli = rig.cli.clone();
+    cli.ok(&["deny", "add", "198.18.0.4"]).unwrap();
+    assert!(!rig.reach("198.18.0.3"));
+
+    let origins = |cli: &rampart_tests::control::Cli| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = cli
+            .list("deny")
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["entry"].as_str().unwrap().to_owned(),
+                    e["origin"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
+    };
+
+    // `rampart reload` with a good file.
+    rig.write_filter_config(r#"deny = ["198.18.0.5"]"#).unwrap();
+    let run = cli.run(&["reload"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stdout.contains("configuration reloaded"), "{run}");
+    assert_eq!(
+        origins(&cli),
+        pairs(&[("198.18.0.4/32", "operator"), ("198.18.0.5/32", "config")])
+    );
+    assert!(rig.reach("198.18.0.3"), "old config entry lifted");
+    assert!(!rig.reach("198.18.0.4"), "operator entry kept");
+    assert!(!rig.reach("198.18.0.5"), "new config entry enforced");
+    let s = cli.json(&["status"]).unwrap();
+    assert_eq!(s["last_reload"]["ok"], true, "{s}");
+
+    // A file with several errors: 8, each listed with its position; nothing changes.
+    let bad = rig.config_text(
+        r#"deny = ["198.18.0.6", "not-an-address", "10.0.0.1/8"]
+allow = ["198.18.0.999"]"#,
+        "",
+    );
+    std::fs::write(&rig.config, &bad).unwrap();
+    let run = cli.run(&["reload"]);
+    assert_eq!(run.code, i32::from(exit::BAD_CONFIG), "{run}");
+    for needle in ["not-an-address", "10.0.0.1/8", "198.18.0.999"] {
+        assert!(run.stderr.contains(needle), "{needle} not listed: {run}");
+    }
+    let config_name = rig.config.display().to_string();
+    assert!(
+        run.stderr
+            .lines()
+            .filter(|l| l.contains(&config_name))
+            .count()
+            >= 3,
+        "each error with file:line:column: {run}"
+    );
+    assert_eq!(
+        origins(&cli),
+        pairs(&[("198.18.0.4/32", "operator"), ("198.18.0.5/32", "config")])
+    );
+    assert!(!rig.reach("198.18.0.5"), "old config still enforced");
+    assert!(rig.reach("198.18.0.6"), "bad file not applied");
+    let s = cli.json(&["status"]).unwrap();
+    assert_eq!(s["last_reload"]["ok"], false, "{s}");
+
+    // An unknown key.
+    rig.write_filter_config("deny = [\"198.18.0.6\"]\nbogus_key = 1")
+        .unwrap();
+    let run = cli.run(&["reload"]);
+    assert_eq!(run.code, i32::from(exit::BAD_CONFIG), "{run}");
+    assert!(run.stderr.contains("bogus_key"), "{run}");
+    assert!(rig.reach("198.18.0.6"), "bad file not applied");
+
+    // SIGHUP: the same, without anyone to answer.
+    let reloads_before = count_reloads(&cli);
+    rig.write_filter_config(r#"deny = ["198.18.0.6"]"#).unwrap();
+    rig.daemon().unwrap().signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while origins(&cli) != pairs(&[("198.18.0.4/32", "operator"), ("198.18.0.6/32", "config")]) {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload: {:?}",
+            origins(&cli)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!rig.reach("198.18.0.6"));
+    assert!(rig.reach("198.18.0.5"));
+    assert!(!rig.reach("198.18.0.4"));
+
+    std::fs::write(&rig.config, &bad).unwrap();
+    rig.daemon().unwrap().signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = cli.json(&["status"]).unwrap();
+        if s["last_reload"]["ok"] == false {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP with a bad file: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!rig.reach("198.18.0.6"), "old config still enforced");
+    assert!(rig.reach("198.18.0.5"));
+    assert_eq!(
+        origins(&cli),
+        pairs(&[("198.18.0.4/32", "operator"), ("198.18.0.6/32", "config")])
+    );
+    assert!(
+        count_reloads(&cli) > reloads_before,
+        "events record the reloads"
+    );
+    let events = cli.ok(&["--json", "events"]).unwrap().json_lines().unwrap();
+    assert!(
+        events.iter().any(|e| e["event"] == "reload_rejected"),
+        "{events:?}"
+    );
+}
+
+fn count_reloads(cli: &rampart_tests::control::Cli) -> usize {
+    cli.ok(&["--json", "events", "--last", "1000"])
+        .unwrap()
+        .json_lines()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "config_reloaded" || e["event"] == "reload_rejected")
+        .count()
+}

@@ -1,0 +1,297 @@
+//! Automatic bans end to end: a client in the client namespace sends
+//! requests with bad subscription keys to rampartd's TLS listener until
+//! `[filter.autoban]` bans it; its next TCP connection dies in the kernel;
+//! the ban shows in `deny list` as `auto` with a reason, can be lifted by
+//! hand, and ends by itself after `ban_secs`. A source in a bypass network is
+//! never banned.
+//!
+//! Needs root; skipped visibly otherwise.
+
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use rampart_tests::{
+    control::{RigOptions, gateway::Gateway},
+    privileged,
+};
+use serde_json::Value;
+
+const THRESHOLD: usize = 5;
+const BAN_SECS: u64 = 3;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// The rig: bans after `THRESHOLD` authentication failures for `BAN_SECS`;
+/// 198.18.0.8/30 is a bypass network.
+fn start() -> Gateway {
+    Gateway::start(
+        RigOptions {
+            client_addrs: ["198.18.0.3", "198.18.0.4", "198.18.0.9"]
+                .into_iter()
+                .chain(ROUND_SOURCES)
+                .map(ip)
+                .collect(),
+            filter: r#"bypass = ["198.18.0.8/30"]"#.into(),
+            ..RigOptions::default()
+        },
+        &format!("[filter.autoban]\nauth_failures = {THRESHOLD}\nban_secs = {BAN_SECS}\n"),
+    )
+    .unwrap()
+}
+
+/// Sources of `the_next_connection_after_the_banning_failure_is_dropped`.
+const ROUND_SOURCES: [&str; 5] = [
+    "198.18.0.20",
+    "198.18.0.21",
+    "198.18.0.22",
+    "198.18.0.23",
+    "198.18.0.24",
+];
+
+const BAD_KEY: &str = "0123456789abcdef-not-a-key";
+
+fn bad_key(gw: &Gateway, src: &str) -> Option<u16> {
+    gw.get(src, Some(BAD_KEY))
+}
+
+/// Sends bad keys until the kernel drops the source; returns how many
+/// answered 401. From the threshold on, it waits up to `settle` after each
+/// answer for the ban to land before sending again (the ban is applied
+/// asynchronously, see `the_next_connection_after_the_banning_failure_is_dropped`).
+fn fail_until_banned(gw: &Gateway, src: &str, settle: Duration) -> usize {
+    let mut answered = 0;
+    while answered < THRESHOLD * 3 {
+        match bad_key(gw, src) {
+            Some(401) => answered += 1,
+            Some(other) => panic!("a bad key got {other}"),
+            None => return answered,
+        }
+        if answered >= THRESHOLD && dropped_within(gw, src, settle).is_some() {
+            return answered;
+        }
+    }
+    answered
+}
+
+/// When TCP connections from `src` to the gateway start failing: the start
+/// of the first failed attempt, if within `within`.
+fn dropped_within(gw: &Gateway, src: &str, within: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        let attempt = start.elapsed();
+        if !gw.tls_port_reachable(src) {
+            return Some(attempt);
+        }
+        if start.elapsed() >= within {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn deny_entry(gw: &Gateway, net: &str) -> Option<Value> {
+    gw.rig
+        .cli
+        .list("deny")
+        .unwrap()
+        .into_iter()
+        .find(|e| e["entry"] == net)
+}
+
+/// Sends `THRESHOLD` bad keys from `src` (each answered 401), then waits
+/// until the kernel drops `src`'s connections; returns when the last answer
+/// came.
+fn ban(gw: &Gateway, src: &str) -> Instant {
+    for i in 0..THRESHOLD {
+        assert_eq!(
+            bad_key(gw, src),
+            Some(401),
+            "failure {} of {THRESHOLD}",
+            i + 1
+        );
+    }
+    let answered = Instant::now();
+    // The ban is made on the control thread after the last answer went out;
+    // give it a moment, then every new connection must fail.
+    let latency = loop {
+        let attempt = Instant::now();
+        if !gw.tls_port_reachable(src) {
+            break attempt - answered;
+        }
+        assert!(
+            answered.elapsed() < Duration::from_secs(2),
+            "{src} not banned after {THRESHOLD} bad keys; deny list: {:?}\nlog:\n{}",
+            gw.rig.cli.list("deny").unwrap(),
+            gw.rig.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("{src} banned at most {latency:?} after its {THRESHOLD}th failure");
+    answered
+}
+
+#[test]
+fn failing_clients_are_banned_in_the_kernel_and_bypass_sources_never_are() {
+    if !privileged() {
+        return;
+    }
+    let gw = start();
+    let cli = &gw.rig.cli;
+    assert_eq!(bad_key(&gw, "198.18.0.4"), Some(401), "the gateway answers");
+
+    // The threshold-th failure bans; the next connection dies at the kernel.
+    let banned_at = ban(&gw, "198.18.0.3");
+    assert_eq!(
+        bad_key(&gw, "198.18.0.3"),
+        None,
+        "the next request never connects"
+    );
+    assert!(!gw.rig.reach("198.18.0.3"), "banned on every port");
+    assert!(
+        gw.tls_port_reachable("198.18.0.4"),
+        "other sources are not affected"
+    );
+
+    // Visible as an automatic entry with a reason.
+    let e = deny_entry(&gw, "198.18.0.3/32").expect("the ban is listed");
+    assert_eq!(e["origin"], "auto", "{e}");
+    assert!(
+        e["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "a reason: {e}"
+    );
+    let expires = e["expires_at"].as_u64().expect("a ban expires");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(expires <= now + BAN_SECS + 1, "{e} (now {now})");
+    let c = cli.json(&["check", "198.18.0.3"]).unwrap();
+    assert_eq!(c["origin"], "auto", "{c}");
+    let s = cli.json(&["status"]).unwrap();
+    assert_eq!(s["filter"]["auto_bans"], 1, "{s}");
+    let st = cli.json(&["stats"]).unwrap();
+    assert_eq!(st["bans_issued"], 1, "{st}");
+    let text = cli.ok(&["deny", "list"]).unwrap().stdout;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("198.18.0.3/32") && l.contains("auto")),
+        "{text}"
+    );
+    let events = cli.ok(&["--json", "events"]).unwrap().json_lines().unwrap();
+    assert!(
+        events.iter().any(|e| e["event"] == "ban_added"
+            && e["fields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f[0] == "SRC_IP" && f[1] == "198.18.0.3")),
+        "{events:?}"
+    );
+
+    // Lifted by hand: passes at once.
+    cli.ok(&["deny", "del", "198.18.0.3"]).unwrap();
+    assert!(
+        gw.tls_port_reachable("198.18.0.3"),
+        "`deny del` lifts the ban"
+    );
+    assert!(deny_entry(&gw, "198.18.0.3/32").is_none());
+
+    // Once the first ban's time is over, failures count again from zero:
+    // banned again at the threshold; then the ban ends by itself.
+    std::thread::sleep(
+        (banned_at + Duration::from_millis(BAN_SECS * 1000 + 500))
+            .saturating_duration_since(Instant::now()),
+    );
+    let answered = fail_until_banned(&gw, "198.18.0.3", Duration::from_secs(1));
+    assert_eq!(answered, THRESHOLD, "banned again at the threshold");
+    let banned_at = Instant::now();
+    assert!(!gw.tls_port_reachable("198.18.0.3"));
+    let lifted = loop {
+        if gw.tls_port_reachable("198.18.0.3") {
+            break banned_at.elapsed();
+        }
+        assert!(
+            banned_at.elapsed() < Duration::from_secs(BAN_SECS + 3),
+            "the ban did not end after {BAN_SECS} s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("ban of {BAN_SECS} s lifted after {lifted:?}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while deny_entry(&gw, "198.18.0.3/32").is_some() {
+        assert!(Instant::now() < deadline, "the expired ban is still listed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(bad_key(&gw, "198.18.0.3"), Some(401), "served again");
+
+    // A source in a bypass network fails as often as it likes: never banned.
+    for _ in 0..THRESHOLD * 3 {
+        assert_eq!(
+            bad_key(&gw, "198.18.0.9"),
+            Some(401),
+            "bypass source still served"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(gw.tls_port_reachable("198.18.0.9"));
+    assert!(
+        deny_entry(&gw, "198.18.0.9/32").is_none(),
+        "no ban for a bypass source"
+    );
+    let st = cli.json(&["stats"]).unwrap();
+    assert_eq!(st["bans_issued"], 2, "{st}");
+}
+
+#[test]
+fn a_ban_lifted_by_hand_counts_failures_again_at_once() {
+    if !privileged() {
+        return;
+    }
+    let gw = start();
+    ban(&gw, "198.18.0.3");
+    gw.rig.cli.ok(&["deny", "del", "198.18.0.3"]).unwrap();
+    assert!(gw.tls_port_reachable("198.18.0.3"), "lifted by hand");
+    // The operator let it in again; if it keeps failing, it is banned again
+    // at the threshold, not only once the lifted ban's time would have ended.
+    let answered = fail_until_banned(&gw, "198.18.0.3", Duration::from_millis(200));
+    assert_eq!(
+        answered, THRESHOLD,
+        "after `deny del` of an automatic ban, {answered} failures within the \
+         lifted ban's {BAN_SECS} s did not ban again (threshold {THRESHOLD})"
+    );
+}
+
+#[test]
+fn the_next_connection_after_the_banning_failure_is_dropped() {
+    if !privileged() {
+        return;
+    }
+    let gw = start();
+    // Several sources in turn, so that a race is seen, not only sometimes.
+    let mut leaked = Vec::new();
+    for src in ROUND_SOURCES {
+        for i in 0..THRESHOLD {
+            assert_eq!(bad_key(&gw, src), Some(401), "{src}: failure {}", i + 1);
+        }
+        // The client has its 5th 401; the very next connection it opens
+        // must die in the kernel.
+        if gw.tls_port_reachable(src) {
+            let landed = dropped_within(&gw, src, Duration::from_secs(2));
+            let landed = landed.unwrap_or_else(|| panic!("{src} never banned"));
+            leaked.push(format!("{src} (dropped from {landed:?} later)"));
+        }
+    }
+    assert!(
+        leaked.is_empty(),
+        "the connection opened right after the banning 401 got through for {} of {} sources: {leaked:?}",
+        leaked.len(),
+        ROUND_SOURCES.len()
+    );
+}

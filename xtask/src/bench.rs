@@ -1,4 +1,4 @@
-//! `cargo xtask bench xdp|gateway`: runs a benchmark (tests/src/bin/bench-*.rs)
+//! `cargo xtask bench xdp|gateway|control`: runs a benchmark (tests/src/bin/bench-*.rs)
 //! in release mode and writes its figures into docs/benchmarks.md with the
 //! command that reproduces them and the machine they come from.
 
@@ -44,6 +44,9 @@ pub(crate) struct Options {
     /// gateway: like --jwt, with rampartd's verified-token cache off.
     #[arg(long)]
     jwt_no_cache: bool,
+    /// control: samples per system and deny-list size (one fresh address each).
+    #[arg(long, default_value_t = 200)]
+    samples: usize,
     /// Print only; leave docs/benchmarks.md alone.
     #[arg(long)]
     no_write: bool,
@@ -55,6 +58,8 @@ enum What {
     Xdp,
     /// req/s and latency of rampartd's TLS gateway, side by side with HAProxy.
     Gateway,
+    /// `rampart deny add` to enforced in XDP, side by side with xdp-filter.
+    Control,
 }
 
 impl What {
@@ -62,6 +67,7 @@ impl What {
         match self {
             Self::Xdp => "xdp",
             Self::Gateway => "gateway",
+            Self::Control => "control",
         }
     }
 
@@ -81,8 +87,8 @@ impl What {
 pub(crate) fn run(options: &Options) -> Result<()> {
     if !setup::is_root() {
         bail!(
-            "the benchmarks load XDP programs and create namespaces (xdp), or install and \
-             run HAProxy, nginx and wrk (gateway): run them as root"
+            "the benchmarks load XDP programs and create namespaces (xdp, control), or \
+             install and run HAProxy, nginx and wrk (gateway): run them as root"
         );
     }
     setup::ensure(Scope::Host, Mode::Install)?;
@@ -90,6 +96,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     let reproduce = match options.what {
         What::Xdp => xdp(options, &out)?,
         What::Gateway => gateway(options, &out)?,
+        What::Control => control(options, &out)?,
     };
     let figures = std::fs::read_to_string(&out).with_context(|| out.display().to_string())?;
     let _ = std::fs::remove_file(&out);
@@ -205,6 +212,38 @@ fn gateway(options: &Options, out: &std::path::Path) -> Result<String> {
     }
     if options.secs != 8 {
         write!(reproduce, " --secs {}", options.secs)?;
+    }
+    Ok(reproduce)
+}
+
+/// Runs the control-plane benchmark, its figures to `out`; returns the reproduce command.
+fn control(options: &Options, out: &std::path::Path) -> Result<String> {
+    // The daemon and the CLI as shipped: release builds.
+    process::run(process::cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "rampart",
+        "--bin",
+        "rampartd",
+        "--bin",
+        "rampart",
+    ]))?;
+    let bench = build_bench("bench-control")?;
+    let release = process::workspace_root().join("target/release");
+    // The benchmark, its probers, the CLI and xdp-filter's command on CPU 0; it
+    // starts rampartd on CPU 1 itself.
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0"]).arg(bench);
+    cmd.arg("--rampartd").arg(release.join("rampartd"));
+    cmd.arg("--rampart").arg(release.join("rampart"));
+    cmd.args(["--samples", &options.samples.to_string()]);
+    cmd.arg("--out").arg(out);
+    process::run(&mut cmd)?;
+    let mut reproduce = String::from("cargo xtask bench control");
+    if options.samples != 200 {
+        write!(reproduce, " --samples {}", options.samples)?;
     }
     Ok(reproduce)
 }

@@ -373,15 +373,7 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
         let config_countries = desired
             .filter
             .as_ref()
-            .map(|plan| ConfigCountries {
-                prefixes: plan.countries.clone(),
-                policy: plan.policy.clone(),
-                database: plan
-                    .config
-                    .geo
-                    .as_ref()
-                    .map(|g| g.database.display().to_string()),
-            })
+            .map(ConfigCountries::of)
             .unwrap_or_default();
         let bans = Arc::new(BanTracker::new(
             desired
@@ -561,15 +553,7 @@ fn reload_all(c: &mut Controller) -> Result<String, ErrorReply> {
             }
         }
         c.interfaces = plan.config.interfaces.clone();
-        c.config_countries = ConfigCountries {
-            prefixes: plan.countries.clone(),
-            policy: plan.policy.clone(),
-            database: plan
-                .config
-                .geo
-                .as_ref()
-                .map(|g| g.database.display().to_string()),
-        };
+        c.config_countries = ConfigCountries::of(plan);
     }
     c.filter_plan = desired.filter;
     c.trusted_proxies = desired.config.gateway.trusted_proxies.clone();

@@ -54,6 +54,20 @@ pub(crate) struct ConfigCountries {
     pub database: Option<String>,
 }
 
+impl ConfigCountries {
+    pub(crate) fn of(plan: &super::FilterPlan) -> Self {
+        Self {
+            prefixes: plan.countries.clone(),
+            policy: plan.policy.clone(),
+            database: plan
+                .config
+                .geo
+                .as_ref()
+                .map(|g| g.database.display().to_string()),
+        }
+    }
+}
+
 pub(crate) struct Controller {
     pub config_path: PathBuf,
     pub filter: Option<Filter>,
@@ -126,6 +140,14 @@ fn expiry_ns(expires_at: Option<u64>, now_unix: u64, now_mono: u64) -> u64 {
         None => 0,
         Some(at) => now_mono + at.saturating_sub(now_unix) * 1_000_000_000,
     }
+}
+
+/// The fields of a list change's event.
+fn list_fields(kind: ListKind, peer: Peer) -> Vec<(String, String)> {
+    vec![
+        ("LIST".into(), kind.name().into()),
+        ("PEER_UID".into(), peer.uid.to_string()),
+    ]
 }
 
 /// Parses every entry; all errors are reported at once.
@@ -565,10 +587,7 @@ impl Controller {
                 },
                 ttl_secs.map_or(String::new(), |t| format!(" (ttl {t} s)"))
             ),
-            vec![
-                ("LIST".into(), kind.name().into()),
-                ("PEER_UID".into(), peer.uid.to_string()),
-            ],
+            list_fields(kind, peer),
         );
         tracing::info!(
             event = "list_changed",
@@ -697,10 +716,7 @@ impl Controller {
         self.events.push(
             "list_changed",
             format!("{} list: {} removed", kind.name(), remove.len()),
-            vec![
-                ("LIST".into(), kind.name().into()),
-                ("PEER_UID".into(), peer.uid.to_string()),
-            ],
+            list_fields(kind, peer),
         );
         tracing::info!(
             event = "list_changed",

@@ -421,7 +421,6 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
             gateway: gateway
                 .as_ref()
                 .map(|g| GatewayControl::new(g, handle.clone(), &desired.config)),
-            filter_plan: desired.filter,
             bans,
             trusted_proxies: desired.config.gateway.trusted_proxies.clone(),
         };
@@ -555,9 +554,8 @@ fn reload_all(c: &mut Controller) -> Result<String, ErrorReply> {
         c.interfaces = plan.config.interfaces.clone();
         c.config_countries = ConfigCountries::of(plan);
     }
-    c.filter_plan = desired.filter;
     c.trusted_proxies = desired.config.gateway.trusted_proxies.clone();
-    if let Some(plan) = &c.filter_plan {
+    if let Some(plan) = &desired.filter {
         c.bans.set_settings(plan.config.autoban);
     }
     c.refresh_exempt();

@@ -82,8 +82,6 @@ pub(crate) struct Controller {
     pub last_reload: Option<ReloadStatus>,
     pub bans_issued: u64,
     pub gateway: Option<super::GatewayControl>,
-    /// What the configuration's `[filter]` asks, as last loaded.
-    pub filter_plan: Option<super::FilterPlan>,
     /// Counts the gateway's rejections per source (fed by the gateway's rejection sink).
     pub bans: Arc<BanTracker>,
     /// `[gateway] trusted_proxies`: never banned.
@@ -359,7 +357,6 @@ impl Controller {
     }
 
     fn status(&self) -> StatusReply {
-        let now = unix_now();
         let filter = self.filter.as_ref().map(|f| {
             let live = |kind| f.list(kind);
             let deny = live(ListKind::Deny);
@@ -378,7 +375,6 @@ impl Controller {
                 country_prefixes: self.countries().len(),
             }
         });
-        let _ = now;
         StatusReply {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
@@ -788,7 +784,6 @@ impl Controller {
                 _ => BTreeSet::new(),
             },
         };
-        let before = blocked.len();
         let mut changed = 0;
         for code in &codes {
             let did = if block {
@@ -803,7 +798,6 @@ impl Controller {
         } else {
             CountryPolicyState::Block(blocked)
         };
-        let _ = before;
         self.set_country_policy(policy, peer)?;
         Ok(Reply::Changed(ChangeReply {
             changed,
@@ -999,17 +993,11 @@ impl Controller {
 
     /// An automatic ban from the gateway: durable, then in the kernel.
     fn ban(&mut self, ban: BanRequest) {
-        let Some(filter) = self.filter.as_mut() else {
-            return;
-        };
-        let net = IpNet::from(ban.source);
-        if filter
-            .list(ListKind::Bypass)
-            .iter()
-            .any(|e| e.net.contains(&ban.source))
-        {
+        if self.filter.is_none() {
             return;
         }
+        // Bypass networks never get here: the tracker exempts them (refresh_exempt).
+        let net = IpNet::from(ban.source);
         let now = unix_now();
         let ttl = ban.ttl.as_secs().max(1);
         let entry = StoredEntry {

@@ -83,11 +83,21 @@ pub struct DaemonConfig {
     pub runtime_dir: PathBuf,
     pub pin_root: PathBuf,
     pub log_level: LogLevel,
+    /// Where log events go: the journal or stderr.
+    pub log_target: LogTarget,
     /// The control socket; `None` = `<runtime_dir>/control.sock`.
     pub control_socket: Option<PathBuf>,
     /// The group (besides root) allowed to use the control socket.
     pub control_group: Option<String>,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`); `None` = `"off"`.
+    pub admin_listen: Option<std::net::SocketAddr>,
 }
+
+/// `[daemon] admin_listen` unless configured: loopback only, because `/metrics`
+/// reveals traffic (APIs, sources dropped by country, bans).
+pub const DEFAULT_ADMIN_LISTEN: std::net::SocketAddr = std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9180),
+);
 
 impl Default for DaemonConfig {
     fn default() -> Self {
@@ -97,8 +107,10 @@ impl Default for DaemonConfig {
             runtime_dir: paths.runtime_dir().to_path_buf(),
             pin_root: paths.pin_root().to_path_buf(),
             log_level: LogLevel::default(),
+            log_target: LogTarget::default(),
             control_socket: None,
             control_group: None,
+            admin_listen: Some(DEFAULT_ADMIN_LISTEN),
         }
     }
 }
@@ -146,6 +158,38 @@ impl LogLevel {
             LogLevel::Info => "info",
             LogLevel::Warn => "warn",
             LogLevel::Error => "error",
+        }
+    }
+}
+
+/// `[daemon] log_target`: where rampartd's log events go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogTarget {
+    /// The journal when stderr is connected to it (`JOURNAL_STREAM`, as systemd
+    /// sets it for a service), else stderr.
+    #[default]
+    Auto,
+    /// The journal, with structured fields; stderr (with a warning) when the
+    /// journal socket cannot be used.
+    Journald,
+    /// Plain text lines on stderr.
+    Stderr,
+}
+
+impl LogTarget {
+    /// Every target with its configuration spelling.
+    pub const ALL: [(&'static str, LogTarget); 3] = [
+        ("auto", LogTarget::Auto),
+        ("journald", LogTarget::Journald),
+        ("stderr", LogTarget::Stderr),
+    ];
+
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogTarget::Auto => "auto",
+            LogTarget::Journald => "journald",
+            LogTarget::Stderr => "stderr",
         }
     }
 }

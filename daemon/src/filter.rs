@@ -432,9 +432,15 @@ impl Filter {
     /// Housekeeping, every second: removes expired entries from the lists
     /// and the exact maps, rebuilds the table when a prefix entry expired
     /// (the kernel ends deny prefixes itself; bypass and allow entries end
-    /// here), and deletes retired exact entries. Returns the entries that
+    /// here), and deletes retired exact entries. Returns how many entries
     /// expired.
     pub fn expire(&mut self) -> Result<usize, FilterError> {
+        self.expire_entries().map(|gone| gone.len())
+    }
+
+    /// [`Filter::expire`], returning the entries that expired (for the log:
+    /// an automatic ban that ends is a `ban_removed` event).
+    pub fn expire_entries(&mut self) -> Result<Vec<(ListKind, IpNet, EntryOrigin)>, FilterError> {
         let now = monotonic_ns();
         let gone = self.lists.expire_entries(now);
         let exact: Vec<IpAddr> = gone
@@ -459,7 +465,7 @@ impl Filter {
             self.table_stale = false;
         }
         self.kernel.tidy_exact(&exact)?;
-        Ok(gone.len())
+        Ok(gone)
     }
 
     /// The class the table gives an address (what the kernel will decide,

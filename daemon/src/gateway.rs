@@ -12,13 +12,17 @@
 
 mod activity;
 mod backends;
+mod draining;
 mod error;
 mod forwarded;
 mod handler;
+pub mod metrics;
+mod panics;
 mod policy;
 mod proxy;
 mod routing;
 pub mod running;
+pub mod security_events;
 mod server;
 mod serving;
 mod settings;
@@ -61,6 +65,12 @@ pub struct GatewayStats {
     pub header_timeouts: AtomicU64,
     /// Requests that reached routing.
     pub requests: AtomicU64,
+    /// Requests whose handler panicked (answered 500; the daemon went on).
+    pub request_panics: AtomicU64,
+    /// Connections closed (accepted minus closed: connections open).
+    pub connections_closed: AtomicU64,
+    /// Responses by API, status and reason, and latency histograms (`/metrics`).
+    pub http: metrics::HttpMetrics,
     /// Gateway-made error responses by APIM `LastError` reason.
     rejections: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
@@ -100,6 +110,8 @@ impl GatewayStats {
             malformed_requests: Self::get(&self.malformed_requests),
             header_timeouts: Self::get(&self.header_timeouts),
             requests: Self::get(&self.requests),
+            connections_closed: Self::get(&self.connections_closed),
+            request_panics: Self::get(&self.request_panics),
             rejected: rejections.iter().map(|(_, n)| n).sum(),
             rejections,
         }
@@ -115,6 +127,10 @@ pub struct StatsSnapshot {
     pub header_timeouts: u64,
     /// Requests that reached routing.
     pub requests: u64,
+    /// Connections closed (accepted minus closed: open now).
+    pub connections_closed: u64,
+    /// Requests whose handler panicked (answered 500).
+    pub request_panics: u64,
     /// Gateway-made error responses, all reasons.
     pub rejected: u64,
     /// Gateway-made error responses by APIM `LastError` reason, in reason order.
@@ -196,7 +212,8 @@ impl Gateway {
         settings: GatewaySettings,
     ) -> Result<Self, Vec<GatewayError>> {
         let mut errors = Vec::new();
-        let backends = backends::build(&settings, &[])
+        let stats = Arc::<GatewayStats>::default();
+        let backends = backends::build(&settings, &[], &stats.http)
             .map_err(|e| errors.extend(e))
             .unwrap_or_default();
         let mut bound = Vec::with_capacity(listeners.len());
@@ -227,7 +244,7 @@ impl Gateway {
                     settings,
                     policies: Vec::new(),
                     rejections: None,
-                    stats: Arc::default(),
+                    stats,
                     certificates,
                 })
             }

@@ -1,7 +1,14 @@
-//! rampartd's log output: tracing events, one line each, to stderr.
+//! rampartd's log output: tracing events to the journal, or one line each to stderr.
 //!
-//! Lines are formatted on the thread that logs and written by a dedicated thread
-//! through a buffer, so a busy gateway writes its access events in batches (one
+//! `[daemon] log_target` picks the output ([`LogTarget`]). In the journal every
+//! tracing field becomes a journal field of the same name in capitals (no prefix):
+//! `rampart_event` is `RAMPART_EVENT`, `src_ip` is `SRC_IP`, so an operator filters
+//! with `journalctl RAMPART_EVENT=auth_failed`. The identifier is `rampartd`, and
+//! tracing levels map to syslog priorities as tracing-journald does: ERROR 3 (err),
+//! WARN 4 (warning), INFO 5 (notice), DEBUG 6 (info), TRACE 7 (debug).
+//!
+//! On stderr, lines are formatted on the thread that logs and written by a dedicated
+//! thread through a buffer, so a busy gateway writes its access events in batches (one
 //! `write` per batch instead of one per request) and never waits on a slow stderr
 //! reader while the channel has room. Nothing is dropped: when the channel is full
 //! the logging thread waits. The timestamp (UTC, microseconds) reuses its formatted
@@ -16,15 +23,72 @@ use tracing_appender::non_blocking::NonBlockingBuilder;
 pub use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+pub use crate::config::LogTarget;
 
 /// Lines waiting for the writer thread at most.
 const QUEUED_LINES: usize = 64 * 1024;
 
-/// Installs the global subscriber at `default_level` (`RUST_LOG` overrides it).
-/// Keep the guard until exit: dropping it writes what is still queued.
-pub fn init(default_level: &str) -> WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+/// `SYSLOG_IDENTIFIER` of rampartd's journal entries (`journalctl -t rampartd`).
+pub const SYSLOG_IDENTIFIER: &str = "rampartd";
+
+/// Where the events go once [`init`] has run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Journald,
+    Stderr,
+}
+
+/// Keeps the log output working; hold it until exit. Dropping it writes what is
+/// still queued for stderr.
+#[must_use = "dropping the guard stops the stderr writer"]
+pub struct LogGuard {
+    output: Output,
+    _stderr: Option<WorkerGuard>,
+}
+
+impl LogGuard {
+    /// Where the events go.
+    pub fn output(&self) -> Output {
+        self.output
+    }
+}
+
+/// Installs the global subscriber at `default_level` (`RUST_LOG` overrides it),
+/// writing to the output `target` selects (see [`LogTarget`]). When the journal
+/// was asked for but its socket cannot be used, events go to stderr and the first
+/// one says why.
+pub fn init(default_level: &str, target: LogTarget) -> LogGuard {
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level))
+    };
+    let want_journal = match target {
+        LogTarget::Journald => true,
+        LogTarget::Stderr => false,
+        LogTarget::Auto => stderr_is_journal(),
+    };
+    let mut unavailable = None;
+    if want_journal {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                let layer = layer
+                    .with_field_prefix(None)
+                    .with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned());
+                tracing_subscriber::registry()
+                    .with(filter())
+                    .with(layer)
+                    .init();
+                return LogGuard {
+                    output: Output::Journald,
+                    _stderr: None,
+                };
+            }
+            Err(error) => unavailable = Some(error),
+        }
+    }
     let ansi = std::io::stderr().is_terminal();
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
@@ -32,12 +96,47 @@ pub fn init(default_level: &str) -> WorkerGuard {
         .thread_name("rampartd-log")
         .finish(BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
         .with_ansi(ansi)
         .with_timer(CachedUtc)
         .with_writer(writer)
         .init();
-    guard
+    if let Some(error) = unavailable {
+        tracing::warn!(
+            %error,
+            socket = JOURNAL_SOCKET,
+            "log_target = \"journald\" but the journal cannot be used; logging to stderr"
+        );
+    }
+    LogGuard {
+        output: Output::Stderr,
+        _stderr: Some(guard),
+    }
+}
+
+/// The socket journald receives structured entries on.
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// Whether fd 2 is the journal stream systemd connected it to: systemd sets
+/// `JOURNAL_STREAM=<device>:<inode>` of that stream, and the variable is only
+/// believed when fd 2 still is that file (sd_journal_stream_fd(3), systemd.exec(5)),
+/// so a child whose stderr was redirected keeps logging to its stderr.
+fn stderr_is_journal() -> bool {
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    match nix::sys::stat::fstat(std::io::stderr()) {
+        Ok(stat) => stream_is(&stream, stat.st_dev, stat.st_ino),
+        Err(_) => false,
+    }
+}
+
+/// Whether `JOURNAL_STREAM`'s `<device>:<inode>` (decimal) names `dev` and `ino`.
+fn stream_is(journal_stream: &str, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = journal_stream.trim().split_once(':') else {
+        return false;
+    };
+    d.parse::<u64>().is_ok_and(|d| d == dev) && i.parse::<u64>().is_ok_and(|i| i == ino)
 }
 
 /// `2026-11-29T21:51:00.123456Z`, the date and time part formatted once per second.
@@ -102,6 +201,17 @@ mod tests {
         let mut s = String::new();
         write_datetime(&mut s, secs).unwrap();
         s
+    }
+
+    #[test]
+    fn journal_stream_must_name_the_stderr_file() {
+        assert!(stream_is("64769:1234", 64769, 1234));
+        assert!(stream_is("64769:1234\n", 64769, 1234));
+        assert!(!stream_is("64769:1235", 64769, 1234));
+        assert!(!stream_is("64768:1234", 64769, 1234));
+        assert!(!stream_is("", 64769, 1234));
+        assert!(!stream_is("64769", 64769, 1234));
+        assert!(!stream_is("x:1234", 64769, 1234));
     }
 
     #[test]

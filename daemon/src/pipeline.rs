@@ -257,6 +257,11 @@ impl RequestPolicy for ApiPolicies {
 
         check_client_certificate(api, request)?;
         let subscription = self.subscription(api, request)?;
+        if let Some(name) = &subscription {
+            // Known from here on, so that a later refusal (token, rate limit,
+            // quota) names the subscription in its log event.
+            request.state.insert(SubscriptionName(name.clone()));
+        }
         let identity = match &api.jwt {
             Some(jwt) => Some(check_jwt(jwt, request)?),
             None => None,
@@ -313,9 +318,6 @@ impl RequestPolicy for ApiPolicies {
         if !bandwidth.is_empty() {
             request.count_bytes = true;
             request.state.insert(BandwidthKeys(bandwidth));
-        }
-        if let Some(name) = subscription {
-            request.state.insert(SubscriptionName(name));
         }
         if let Some(identity) = identity {
             request.state.insert(Identity(identity));

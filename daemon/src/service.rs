@@ -20,6 +20,8 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 mod controller;
+mod metrics;
+mod notify;
 
 use controller::{ConfigCountries, Controller, Message};
 
@@ -72,6 +74,12 @@ pub enum ServiceError {
     Runtime(#[source] std::io::Error),
     #[error("cannot listen for signals")]
     Signals(#[source] std::io::Error),
+    #[error("admin listener")]
+    Admin(#[from] crate::admin::AdminError),
+    /// The control thread or the control socket ended while the daemon ran (a
+    /// panic, logged before): the daemon stops rather than run half alive.
+    #[error("the control thread ended unexpectedly")]
+    ControlEnded,
 }
 
 impl ServiceError {
@@ -98,6 +106,8 @@ impl ServiceError {
             ServiceError::Control(ControlError::UnknownGroup { .. }) => 64,
             ServiceError::Control(_) => 71,
             ServiceError::Runtime(_) | ServiceError::Signals(_) => 71,
+            ServiceError::Admin(_) => 71,
+            ServiceError::ControlEnded => crate::lifecycle::EXIT_INTERNAL,
         }
     }
 }
@@ -370,6 +380,8 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
         let shutdown = CancellationToken::new();
         let (inbox, messages) = std::sync::mpsc::channel::<Message>();
         let gateway = start_gateway(&desired.config, shutdown.clone()).await?;
+        let admin = metrics::start_admin(&desired.config, gateway.as_ref(), &inbox).await?;
+        crate::lifecycle::sockets::close_unclaimed();
         let config_countries = desired
             .filter
             .as_ref()
@@ -396,6 +408,9 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
             };
             gateway.set_rejection_sink(Some(Arc::new(sink)));
         }
+        let notifier = Arc::new(notify::Notifier::from_env(
+            &desired.config.daemon.control_socket(),
+        ));
         let controller = Controller {
             config_path: config_path.clone(),
             interfaces: desired
@@ -418,16 +433,28 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
             loaded_countries,
             last_reload: None,
             bans_issued: 0,
+            reloads: crate::admin::ReloadCounts::started(controller::unix_now()),
             gateway: gateway
                 .as_ref()
                 .map(|g| GatewayControl::new(g, handle.clone(), &desired.config)),
             bans,
             trusted_proxies: desired.config.gateway.trusted_proxies.clone(),
+            notify: Arc::clone(&notifier),
         };
         controller.refresh_exempt();
+        let ready_summary = controller.summary();
+        // Cancelled when the control thread or the control socket's task ends,
+        // even by a panic: before shutdown, the daemon then stops (exit 70).
+        let control_ended = CancellationToken::new();
+        let ended = control_ended.clone().drop_guard();
         let control_thread = std::thread::Builder::new()
             .name("rampart-control".into())
-            .spawn(move || controller.run(messages))
+            .spawn(move || {
+                let _ended = ended;
+                #[cfg(debug_assertions)]
+                crate::lifecycle::panics::inject_control_fault();
+                controller.run(messages);
+            })
             .map_err(ServiceError::Runtime)?;
         let dispatch: Dispatch = {
             let inbox = std::sync::Mutex::new(inbox.clone());
@@ -443,16 +470,33 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
         };
         let server = ControlServer::bind(&socket, dispatch, Arc::clone(&event_log)).await?;
         tracing::info!(socket = %server.path().display(), "control socket ready");
-        let control_serving = tokio::spawn(server.serve(shutdown.clone()));
+        let control_serving = {
+            let ended = control_ended.clone().drop_guard();
+            let serving = server.serve(shutdown.clone());
+            tokio::spawn(async move {
+                let _ended = ended;
+                serving.await;
+            })
+        };
+        // Filter attached, listeners bound, control socket listening.
+        notifier.ready(&ready_summary.to_string());
+        let mut watchdog = notifier.watchdog_timer();
         tracing::info!(config = %config_path.display(), "rampartd running");
+        let mut outcome = Ok(());
         loop {
             tokio::select! {
+                () = control_ended.cancelled() => {
+                    tracing::error!("the control thread ended unexpectedly; rampartd stops (exit 70) to be restarted");
+                    outcome = Err(ServiceError::ControlEnded);
+                    break;
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
                     let _ = inbox.send(Message::Reload);
                 }
                 _ = summary.tick() => drops.flush(&event_log),
+                () = notify::Notifier::watchdog_tick(&mut watchdog) => notifier.watchdog_ping(),
                 _ = upkeep.tick(), if gateway.is_some() => {
                     if let Some(gateway) = &gateway {
                         // Off the request threads: writing the counters syncs a file.
@@ -470,6 +514,10 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
                 }
             }
         }
+        notifier.stopping();
+        if let Some(admin) = &admin {
+            admin.set_draining();
+        }
         drops.flush(&event_log);
         shutdown.cancel();
         let _ = inbox.send(Message::Stop);
@@ -485,7 +533,7 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
         tracing::info!(
             "rampartd stopping; the filter stays attached (rampartd --detach removes it)"
         );
-        Ok(())
+        outcome
     })
 }
 
@@ -614,18 +662,21 @@ impl DropSummary {
                 ],
             );
             tracing::warn!(
-                event = "xdp_drop",
+                rampart_event = "xdp_drop",
                 src_ip = %src,
                 reason,
-                country = country.as_deref().unwrap_or("-"),
-                sampled_events = count,
+                country = country.as_deref(),
+                // Drop events the kernel sent (sampled: at most
+                // `events_per_second`), not every dropped packet.
+                count,
                 "packets dropped"
             );
         }
         if rest > 0 {
             tracing::warn!(
-                event = "xdp_drop",
+                rampart_event = "xdp_drop",
                 more_sources = rest,
+                window_secs = EVENT_INTERVAL.as_secs(),
                 "more sources dropped"
             );
         }

@@ -295,3 +295,39 @@ fn the_next_connection_after_the_banning_failure_is_dropped() {
         ROUND_SOURCES.len()
     );
 }
+
+#[test]
+fn an_auto_ban_survives_a_sigkill_and_the_kernel_keeps_it_meanwhile() {
+    if !privileged() {
+        return;
+    }
+    // A ban long enough to outlive the restart.
+    let mut gw = Gateway::start(
+        RigOptions {
+            client_addrs: ["198.18.0.3", "198.18.0.4"].into_iter().map(ip).collect(),
+            ..RigOptions::default()
+        },
+        &format!("[filter.autoban]\nauth_failures = {THRESHOLD}\nban_secs = 120\n"),
+    )
+    .unwrap();
+    ban(&gw, "198.18.0.3");
+
+    // rampartd crashes: the pinned filter goes on dropping the banned source
+    // (and only it) while no daemon runs.
+    gw.rig.kill_daemon().unwrap();
+    assert!(!gw.rig.reach("198.18.0.3"), "banned while rampartd is down");
+    assert!(gw.rig.reach("198.18.0.4"), "other sources pass meanwhile");
+
+    // Restarted (what systemd's Restart=on-failure does): the ban is still
+    // there, listed as automatic, still enforced.
+    gw.rig.start_daemon().unwrap();
+    let e = deny_entry(&gw, "198.18.0.3/32").expect("the ban is listed after the restart");
+    assert_eq!(e["origin"], "auto", "{e}");
+    assert!(e["expires_at"].as_u64().is_some(), "still temporary: {e}");
+    assert!(!gw.tls_port_reachable("198.18.0.3"), "still banned");
+    assert_eq!(
+        bad_key(&gw, "198.18.0.4"),
+        Some(401),
+        "the restarted gateway serves the others"
+    );
+}

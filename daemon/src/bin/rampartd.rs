@@ -28,6 +28,8 @@ struct Args {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // First, while the process has one thread: this unsets LISTEN_FDS & co.
+    let inherited = rampart::lifecycle::sockets::take_from_env();
     let args = Args::parse();
     if let Some(file) = args.check_config {
         return match service::prepare(&file) {
@@ -49,7 +51,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    let _log = init_logging(&args.config);
+    let _log = init_logging(&args.config, args.detach);
+    rampart::lifecycle::panics::install_hook();
+    rampart::lifecycle::sockets::log_found(&inherited);
     if args.detach {
         return match service::detach(&args.config) {
             Ok(links) => {
@@ -72,18 +76,25 @@ fn main() -> ExitCode {
     match service::run(args.config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %service::chain(&e), "rampartd cannot start");
+            let what = match e {
+                service::ServiceError::ControlEnded => "rampartd stops",
+                _ => "rampartd cannot start",
+            };
+            tracing::error!(error = %service::chain(&e), "{what}");
             eprintln!("rampartd: {}", service::chain(&e));
             ExitCode::from(e.exit_code())
         }
     }
 }
 
-/// Logs to stderr at the configured level (RUST_LOG overrides it); the guard
-/// writes what is still queued when dropped.
-fn init_logging(config: &std::path::Path) -> rampart::logging::WorkerGuard {
-    let level = rampart::config::load(config)
-        .map(|c| c.daemon.log_level.as_str())
-        .unwrap_or("info");
-    rampart::logging::init(level)
+/// Logs at the configured level (RUST_LOG overrides it) to the configured
+/// `log_target`; `--detach`, a command someone runs by hand, always logs to
+/// stderr. The guard writes what is still queued when dropped.
+fn init_logging(config: &std::path::Path, detach: bool) -> rampart::logging::LogGuard {
+    use rampart::config::LogTarget;
+    let (level, target) = rampart::config::load(config)
+        .map(|c| (c.daemon.log_level.as_str(), c.daemon.log_target))
+        .unwrap_or(("info", LogTarget::Auto));
+    let target = if detach { LogTarget::Stderr } else { target };
+    rampart::logging::init(level, target)
 }

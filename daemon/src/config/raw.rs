@@ -37,8 +37,10 @@ pub(super) struct RawDaemon {
     pub runtime_dir: Option<Text>,
     pub pin_root: Option<Text>,
     pub log_level: Option<Text>,
+    pub log_target: Option<Text>,
     pub control_socket: Option<Text>,
     pub control_group: Option<Text>,
+    pub admin_listen: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,8 +2,8 @@
 
 use super::{
     AttachMode, DEFAULT_EVENTS_BURST, DEFAULT_EVENTS_PER_SECOND, DEFAULT_GEO_DATABASE,
-    DEFAULT_MAX_DENY_ENTRIES, DEFAULT_PROTECT, LogLevel, MAX_DENY_ENTRIES, MAX_EVENTS_PER_SECOND,
-    MAX_FLOOD_PACKETS_PER_SECOND, MIN_DENY_ENTRIES,
+    DEFAULT_MAX_DENY_ENTRIES, DEFAULT_PROTECT, LogLevel, LogTarget, MAX_DENY_ENTRIES,
+    MAX_EVENTS_PER_SECOND, MAX_FLOOD_PACKETS_PER_SECOND, MIN_DENY_ENTRIES,
 };
 use crate::paths::{DEFAULT_CONFIG_FILE, DEFAULT_PIN_ROOT, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
 
@@ -17,6 +17,7 @@ pub fn render_default<S: AsRef<str>>(interfaces: &[S]) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     let log_level = quote(LogLevel::default().as_str());
+    let log_target = quote(LogTarget::default().as_str());
     let attach_mode = quote(AttachMode::default().as_str());
     let state_dir = quote(DEFAULT_STATE_DIR);
     let runtime_dir = quote(DEFAULT_RUNTIME_DIR);
@@ -40,10 +41,18 @@ runtime_dir = {runtime_dir}
 pin_root = {pin_root}
 # "trace", "debug", "info", "warn" or "error".
 log_level = {log_level}
+# Where log events go: "journald" (structured fields such as RAMPART_EVENT),
+# "stderr" (text lines), or "auto": the journal when stderr is connected to it
+# (a systemd service), else stderr.
+log_target = {log_target}
 # The control socket the `rampart` CLI talks to (default: <runtime_dir>/control.sock).
 # control_socket = "/run/rampart/control.sock"
 # The group (besides root) allowed to use the control socket; without it, root only.
 # control_group = "rampart"
+# The admin listener: /metrics (Prometheus), /healthz, /readyz, plain HTTP.
+# "off" disables it. /metrics reveals traffic: keep it on loopback or a
+# management network (another address is logged as a warning at start).
+admin_listen = "127.0.0.1:9180"
 
 [filter]
 # Required. Interfaces the XDP program is attached to. Whether they exist is

@@ -13,9 +13,9 @@ use super::source::Source;
 use super::{
     AttachMode, Config, CountryCode, CountryPolicy, DEFAULT_EVENTS_BURST,
     DEFAULT_EVENTS_PER_SECOND, DEFAULT_GEO_DATABASE, DEFAULT_MAX_DENY_ENTRIES, DaemonConfig,
-    Diagnostic, FilterConfig, FloodConfig, GeoConfig, LogLevel, MAX_DENY_ENTRIES, MAX_EVENTS_BURST,
-    MAX_EVENTS_PER_SECOND, MAX_FLOOD_BURST, MAX_FLOOD_PACKETS_PER_SECOND, MIN_DENY_ENTRIES,
-    ProtectScope,
+    Diagnostic, FilterConfig, FloodConfig, GeoConfig, LogLevel, LogTarget, MAX_DENY_ENTRIES,
+    MAX_EVENTS_BURST, MAX_EVENTS_PER_SECOND, MAX_FLOOD_BURST, MAX_FLOOD_PACKETS_PER_SECOND,
+    MIN_DENY_ENTRIES, ProtectScope,
 };
 mod gateway;
 
@@ -91,6 +91,12 @@ impl Checker<'_> {
                 &LogLevel::ALL,
                 LogLevel::default(),
             ),
+            log_target: self.choice(
+                "daemon.log_target",
+                raw.log_target,
+                &LogTarget::ALL,
+                LogTarget::default(),
+            ),
             control_socket: raw
                 .control_socket
                 .map(|p| self.path("daemon.control_socket", p)),
@@ -111,6 +117,30 @@ impl Checker<'_> {
                     None
                 }
             }),
+            admin_listen: raw
+                .admin_listen
+                .map_or(Some(super::DEFAULT_ADMIN_LISTEN), |a| self.admin_listen(&a)),
+        }
+    }
+
+    /// `daemon.admin_listen`: an address with a port, or "off".
+    fn admin_listen(&mut self, value: &Text) -> Option<std::net::SocketAddr> {
+        let text = value.get_ref();
+        if text == "off" {
+            return None;
+        }
+        match text.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.error(
+                    value.span().start,
+                    format!(
+                        "`daemon.admin_listen` {text:?} is not an address with a port \
+                         (e.g. \"127.0.0.1:9180\" or \"[::1]:9180\") or \"off\""
+                    ),
+                );
+                None
+            }
         }
     }
 

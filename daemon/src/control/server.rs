@@ -311,7 +311,7 @@ impl ServerState {
         let (read, mut write) = stream.into_split();
         if !self.allowed(&peer) {
             tracing::warn!(
-                event = "control_denied",
+                rampart_event = "control_denied",
                 peer_uid = peer.uid,
                 peer_pid = peer.pid.unwrap_or(0),
                 "control socket: permission denied"

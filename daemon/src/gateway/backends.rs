@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::error::GatewayError;
+use super::metrics::{ApiMetrics, HttpMetrics};
 use super::proxy::{self, Backend};
 use super::settings::{ApiSettings, BackendAuth, GatewaySettings};
 use crate::policy::backend_auth::Credential;
@@ -83,6 +84,7 @@ fn ca_digest(paths: &[PathBuf]) -> (Vec<PathBuf>, [u8; 32]) {
 pub(crate) fn build(
     settings: &GatewaySettings,
     previous: &[BackendEntry],
+    metrics: &HttpMetrics,
 ) -> Result<Vec<BackendEntry>, Vec<GatewayError>> {
     let mut errors = Vec::new();
     let mut unknown: Vec<&String> = (settings.backend_auth.keys())
@@ -111,7 +113,7 @@ pub(crate) fn build(
             continue;
         };
         let kept = earlier.and_then(|e| e.credential_for(auth));
-        match build_one(api, auth, roots, plain, kept) {
+        match build_one(api, auth, roots, plain, kept, metrics.api(&api.name)) {
             Ok((backend, credential)) => entries.push(BackendEntry {
                 api: api.clone(),
                 auth: auth.cloned(),
@@ -135,6 +137,7 @@ fn build_one(
     roots: &rustls::RootCertStore,
     plain: &rustls::ClientConfig,
     kept: Option<CredentialUpkeep>,
+    metrics: Arc<ApiMetrics>,
 ) -> Result<(Backend, Option<CredentialUpkeep>), GatewayError> {
     let failed = |source| GatewayError::BackendAuth {
         api: api.name.clone(),
@@ -169,6 +172,7 @@ fn build_one(
         api,
         tls,
         credential.as_ref().map(|c| Arc::clone(&c.credential)),
+        metrics,
     )?;
     Ok((backend, credential))
 }

@@ -67,6 +67,16 @@ pub(crate) async fn handle(
     let outcome = process(&shared, &conn, request).await;
     if let Some(reason) = outcome.reason {
         shared.stats.count_rejection(reason);
+        super::security_events::SECURITY_EVENTS.record(
+            super::security_events::Rejected {
+                src_ip: conn.peer.ip(),
+                reason,
+                status: outcome.response.status().as_u16(),
+                api: outcome.api.as_deref(),
+                subscription: outcome.subscription.as_deref(),
+            },
+            Instant::now(),
+        );
         if let Some(sink) = &shared.rejections {
             // The TCP peer, never a forwarded address: a ban applies to what the
             // kernel sees.
@@ -76,6 +86,11 @@ pub(crate) async fn handle(
         }
     }
     let status = outcome.response.status();
+    let api_metrics = match &outcome.backend {
+        Some(backend) => backend.metrics.as_ref(),
+        None => shared.stats.http.unrouted(),
+    };
+    api_metrics.record(status.as_u16(), outcome.reason, started.elapsed());
     let logged = match shared.access_log {
         AccessLog::All => true,
         AccessLog::Errors => status.as_u16() >= 400,
@@ -105,6 +120,8 @@ struct Outcome {
     subscription: Option<String>,
     /// APIM's `LastError` reason of a gateway-made error.
     reason: Option<&'static str>,
+    /// The API's backend (its request counters); `None` before routing.
+    backend: Option<Arc<Backend>>,
 }
 
 fn rejected(rejection: Rejection, api: Option<String>) -> Outcome {
@@ -114,6 +131,7 @@ fn rejected(rejection: Rejection, api: Option<String>) -> Outcome {
         api,
         subscription: None,
         reason: Some(reason),
+        backend: None,
     }
 }
 
@@ -140,7 +158,10 @@ async fn process(shared: &Arc<Shared>, conn: &Connection, request: Request<Incom
 
     let (mut parts, body) = request.into_parts();
     if declared_length(&parts).is_some_and(|len| len > limits.max_body_bytes) {
-        return rejected(Rejection::payload_too_large(), api);
+        return Outcome {
+            backend: Some(backend),
+            ..rejected(Rejection::payload_too_large(), api)
+        };
     }
     remove_hop_by_hop(&mut parts.headers);
 
@@ -300,6 +321,7 @@ async fn process(shared: &Arc<Shared>, conn: &Connection, request: Request<Incom
         api,
         subscription,
         reason,
+        backend: Some(backend),
     }
 }
 

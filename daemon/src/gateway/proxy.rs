@@ -66,6 +66,8 @@ pub(crate) struct Backend {
     client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     /// The `Authorization` every forwarded request carries (`backend_auth`).
     credential: Option<Arc<Credential>>,
+    /// This API's request counters (kept across reloads, found by name).
+    pub(crate) metrics: Arc<super::metrics::ApiMetrics>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -83,6 +85,7 @@ impl Backend {
         api: &ApiSettings,
         tls: rustls::ClientConfig,
         credential: Option<Arc<Credential>>,
+        metrics: Arc<super::metrics::ApiMetrics>,
     ) -> Result<Self, GatewayError> {
         let scheme_ok = matches!(api.backend.scheme(), "http" | "https");
         if !scheme_ok || api.backend.host_str().is_none() {
@@ -114,6 +117,7 @@ impl Backend {
             timeouts: api.timeouts,
             client,
             credential,
+            metrics,
         })
     }
 

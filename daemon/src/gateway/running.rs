@@ -142,6 +142,18 @@ impl fmt::Display for ReloadSummary {
     }
 }
 
+/// A fetched JWT key set's freshness, for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksStatus {
+    pub provider: String,
+    /// When the keys were last loaded (Unix seconds); `None`: never (the
+    /// provider answers 503).
+    pub loaded_at: Option<u64>,
+    /// Fetches that failed since the provider was built (start, or a reload
+    /// that changed its settings).
+    pub fetch_failures: u64,
+}
+
 /// The policies the current generation runs, for upkeep and for publishing
 /// subscription changes.
 struct PolicySlot {
@@ -481,11 +493,37 @@ impl RunningGateway {
 
     /// Periodic upkeep, every second, off the request threads (it writes a file):
     /// forgets idle rate-limit keys and ended quota windows, writes changed quota
-    /// counters. A failure is logged and retried at the next call.
+    /// counters, logs the security events summed up per source (one window per
+    /// source, see [`super::security_events`]). A failure is logged and retried
+    /// at the next call.
     pub fn maintain(&self) {
+        super::security_events::SECURITY_EVENTS.flush(std::time::Instant::now());
         if let Err(e) = self.policies.current().maintain() {
             tracing::error!(error = %chain(&e), "writing the quota counters failed; retrying");
         }
+    }
+
+    /// Responses by API, status and reason, and latency histograms, now.
+    pub fn http_metrics(&self) -> Vec<super::metrics::ApiSnapshot> {
+        self.stats.http.snapshot()
+    }
+
+    /// The key sets of the JWT providers that fetch theirs (JWKS or OIDC
+    /// discovery), now. Static keys have no age worth watching.
+    pub fn jwks_status(&self) -> Vec<JwksStatus> {
+        let policies = self.policies.current();
+        let mut all: Vec<JwksStatus> = policies
+            .jwt_providers()
+            .filter(|p| p.client().is_some())
+            .map(|p| JwksStatus {
+                provider: p.name().to_owned(),
+                loaded_at: p.has_keys().then(|| p.planner().last_success()).flatten(),
+                fetch_failures: p.planner().failures(),
+            })
+            .collect();
+        all.sort_by(|a, b| a.provider.cmp(&b.provider));
+        all.dedup_by(|a, b| a.provider == b.provider);
+        all
     }
 
     /// Waits until the gateway has stopped (after the shutdown token was
@@ -496,6 +534,7 @@ impl RunningGateway {
         if let Err(e) = reloadable.serving.stopped().await {
             tracing::error!(error = %e, "gateway task failed");
         }
+        super::security_events::SECURITY_EVENTS.flush_all();
         self.quotas.flush()
     }
 }

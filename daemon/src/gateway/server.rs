@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use super::GatewayStats;
 use super::activity::{Activity, ActivityIo, Busy};
 use super::error::GatewayError;
-use super::handler::{Connection, Shared, handle};
+use super::handler::{Connection, Shared};
+use super::panics::handle_catching;
 use super::proxy::Chain;
 use super::settings::{Limits, ListenerSettings, Transport};
 use super::tls::ListenerTls;
@@ -67,7 +68,16 @@ pub(crate) fn listener_tls(
     }
 }
 
+/// The listening socket for `addr`: the one systemd passed for it (socket
+/// activation, `lifecycle::sockets`), or a new one. rampartd does not set
+/// SO_REUSEPORT: a second process on the same port would take part of the
+/// connections (docs/operations.md, "Lifecycle").
 pub(crate) async fn bind_socket(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
+    if let Some(inherited) = crate::lifecycle::sockets::take(addr)
+        .map_err(|source| GatewayError::Bind { addr, source })?
+    {
+        return Ok(inherited);
+    }
     TcpListener::bind(addr)
         .await
         .map_err(|source| GatewayError::Bind { addr, source })
@@ -324,6 +334,7 @@ async fn listener_task(
         tokio::spawn(async move {
             // Connection-level settings are the ones current at accept.
             let generation = server.current();
+            let stats = Arc::clone(&server.stats);
             let activity = Arc::new(Activity::new());
             let stream = ActivityIo {
                 inner: stream,
@@ -350,6 +361,7 @@ async fn listener_task(
                     abort.abort();
                 }
             }
+            GatewayStats::bump(&stats.connections_closed);
             drop(slot);
         });
     }
@@ -357,6 +369,8 @@ async fn listener_task(
     let _ = closed.send(());
     let drain_timeout = server.current.load().limits.drain_timeout;
     tracing::info!(addr = %local_addr, connections = graceful.count(), "listener closed; draining its connections");
+    let drain_timeout =
+        super::draining::lame_duck(&graceful, &server.shutdown, drain_timeout).await;
     if tokio::time::timeout(drain_timeout, graceful.shutdown())
         .await
         .is_err()
@@ -478,9 +492,14 @@ async fn run_http<I>(
         let shared = server.current();
         let conn = conn.clone();
         let busy = Busy::new(Arc::clone(&activity));
+        let version = request.version();
+        let stopping = server.shutdown.clone();
         async move {
-            let response = handle(shared, conn, request).await;
+            let mut response = handle_catching(shared, conn, request).await;
             drop(busy);
+            if let Ok(response) = &mut response {
+                super::draining::close_when_stopping(response, version, &stopping);
+            }
             response
         }
     });

@@ -276,7 +276,7 @@ impl ServingGateway {
             .map(|l| l.settings.addr)
             .filter(|addr| !listeners.iter().any(|l| l.addr == *addr))
             .collect();
-        let backends = backends::build(&settings, &self.backends)
+        let backends = backends::build(&settings, &self.backends, &self.stats().http)
             .map_err(|e| errors.extend(e))
             .unwrap_or_default();
         let routes = route_table(&backends).map_err(|e| errors.push(e));

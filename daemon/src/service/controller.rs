@@ -43,6 +43,8 @@ pub(crate) enum Message {
     Reload,
     /// An automatic ban; `done` is told once it is in the kernel (or refused).
     Ban(BanRequest, tokio::sync::oneshot::Sender<()>),
+    /// `/metrics` and `/readyz`: the kernel's counters and tables, the reloads.
+    Metrics(tokio::sync::oneshot::Sender<crate::admin::ControlSnapshot>),
     Stop,
 }
 
@@ -81,14 +83,18 @@ pub(crate) struct Controller {
     pub loaded_countries: Option<Vec<(IpNet, u16)>>,
     pub last_reload: Option<ReloadStatus>,
     pub bans_issued: u64,
+    /// Reload outcomes (`/metrics`).
+    pub reloads: crate::admin::ReloadCounts,
     pub gateway: Option<super::GatewayControl>,
     /// Counts the gateway's rejections per source (fed by the gateway's rejection sink).
     pub bans: Arc<BanTracker>,
     /// `[gateway] trusted_proxies`: never banned.
     pub trusted_proxies: Vec<IpNet>,
+    /// systemd notifications: reloads, the watchdog's proof of life, STATUS=.
+    pub notify: Arc<super::notify::Notifier>,
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -146,6 +152,22 @@ fn list_fields(kind: ListKind, peer: Peer) -> Vec<(String, String)> {
         ("LIST".into(), kind.name().into()),
         ("PEER_UID".into(), peer.uid.to_string()),
     ]
+}
+
+/// The `entries` field of a `list_changed` log event: the first few networks
+/// changed, so that a bulk change of thousands stays one short line.
+fn entries_field<'a>(nets: impl ExactSizeIterator<Item = &'a IpNet>) -> String {
+    const SHOWN: usize = 8;
+    let total = nets.len();
+    let mut text = nets
+        .take(SHOWN)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    if total > SHOWN {
+        text.push_str(&format!(",... ({} more)", total - SHOWN));
+    }
+    text
 }
 
 /// Parses every entry; all errors are reported at once.
@@ -249,11 +271,14 @@ impl Controller {
             match inbox.recv_timeout(wait) {
                 Ok(Message::Control(command)) => self.command(command),
                 Ok(Message::Reload) => {
-                    let _ = self.reload();
+                    let _ = self.notified_reload();
                 }
                 Ok(Message::Ban(ban, done)) => {
                     self.ban(ban);
                     let _ = done.send(());
+                }
+                Ok(Message::Metrics(reply)) => {
+                    let _ = reply.send(super::metrics::snapshot(&self));
                 }
                 Ok(Message::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -261,6 +286,7 @@ impl Controller {
             if Instant::now() >= next_expiry {
                 self.expire();
                 self.bans.sweep(Instant::now());
+                self.notify_tick();
                 next_expiry = Instant::now() + Duration::from_secs(1);
             }
         }
@@ -323,7 +349,9 @@ impl Controller {
             | Request::KeysSuspend { .. }
             | Request::KeysActivate { .. }
             | Request::KeysRevoke { .. } => self.keys(request, peer),
-            Request::Reload => self.reload().map(|message| Reply::Reloaded { message }),
+            Request::Reload => self
+                .notified_reload()
+                .map(|message| Reply::Reloaded { message }),
             // Answered by the socket server from the event log.
             Request::Events { .. } => Ok(Reply::Done),
         }
@@ -586,10 +614,11 @@ impl Controller {
             list_fields(kind, peer),
         );
         tracing::info!(
-            event = "list_changed",
+            rampart_event = "list_changed",
             list = kind.name(),
             added = fresh.len(),
             removed = removed.len(),
+            entries = %entries_field(fresh.iter().map(|e| &e.net)),
             ttl_secs = ttl_secs.unwrap_or(0),
             peer_uid = peer.uid,
             peer_pid = peer.pid.unwrap_or(0),
@@ -715,9 +744,10 @@ impl Controller {
             list_fields(kind, peer),
         );
         tracing::info!(
-            event = "list_changed",
+            rampart_event = "list_changed",
             list = kind.name(),
             removed = remove.len(),
+            entries = %entries_field(remove.iter()),
             peer_uid = peer.uid,
             peer_pid = peer.pid.unwrap_or(0),
             "list changed by the control socket"
@@ -863,10 +893,11 @@ impl Controller {
             vec![("PEER_UID".into(), peer.uid.to_string())],
         );
         tracing::info!(
-            event = "list_changed",
+            rampart_event = "list_changed",
             country_policy = %name,
             countries = %codes.join(","),
             peer_uid = peer.uid,
+            peer_pid = peer.pid.unwrap_or(0),
             "country policy changed by the control socket"
         );
         Ok(())
@@ -957,11 +988,12 @@ impl Controller {
             vec![("PEER_UID".into(), peer.uid.to_string())],
         );
         tracing::info!(
-            event = "geo_loaded",
+            rampart_event = "geo_loaded",
             source = %source,
             prefixes_v4 = v4,
             prefixes_v6 = v6,
             peer_uid = peer.uid,
+            peer_pid = peer.pid.unwrap_or(0),
             "country table replaced"
         );
         Ok(GeoReply {
@@ -986,7 +1018,12 @@ impl Controller {
                 what.clone(),
                 vec![("PEER_UID".into(), peer.uid.to_string())],
             );
-            tracing::info!(event = "keys_changed", peer_uid = peer.uid, "{what}");
+            tracing::info!(
+                rampart_event = "keys_changed",
+                peer_uid = peer.uid,
+                peer_pid = peer.pid.unwrap_or(0),
+                "{what}"
+            );
         }
         Ok(reply)
     }
@@ -1041,7 +1078,7 @@ impl Controller {
             ],
         );
         tracing::warn!(
-            event = "ban_added",
+            rampart_event = "ban_added",
             src_ip = %ban.source,
             reason = %ban.reason,
             ttl_secs = ttl,
@@ -1053,14 +1090,29 @@ impl Controller {
         let Some(filter) = self.filter.as_mut() else {
             return;
         };
-        match filter.expire() {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::info!(
-                    event = "list_changed",
-                    expired = n,
-                    "temporary entries expired"
-                );
+        match filter.expire_entries() {
+            Ok(gone) if gone.is_empty() => {}
+            Ok(gone) => {
+                let n = gone.len();
+                let mut other = 0usize;
+                for (kind, net, origin) in &gone {
+                    if *kind == ListKind::Deny && *origin == EntryOrigin::Auto {
+                        tracing::info!(
+                            rampart_event = "ban_removed",
+                            src_ip = %net.addr(),
+                            "automatic ban expired"
+                        );
+                    } else {
+                        other += 1;
+                    }
+                }
+                if other > 0 {
+                    tracing::info!(
+                        rampart_event = "list_changed",
+                        expired = other,
+                        "temporary entries expired"
+                    );
+                }
                 self.events.push(
                     "entries_expired",
                     format!(
@@ -1078,9 +1130,10 @@ impl Controller {
     pub(crate) fn reload(&mut self) -> Result<String, ErrorReply> {
         let result = super::reload_all(self);
         let at = unix_now();
+        self.reloads.record(result.is_ok(), at);
         match &result {
             Ok(message) => {
-                tracing::info!(event = "config_reloaded", config = %self.config_path.display(), "{message}");
+                tracing::info!(rampart_event = "config_reloaded", config = %self.config_path.display(), "{message}");
                 self.events
                     .push("config_reloaded", message.clone(), Vec::new());
                 self.last_reload = Some(ReloadStatus {
@@ -1091,7 +1144,7 @@ impl Controller {
             }
             Err(e) => {
                 tracing::error!(
-                    event = "config_reloaded",
+                    rampart_event = "config_reload_failed",
                     config = %self.config_path.display(),
                     error = %e.message,
                     details = %e.details.join("; "),

@@ -416,3 +416,30 @@ fn control_socket_settings_are_checked() {
     );
     assert_eq!(config.daemon.control_group.as_deref(), Some("rampart"));
 }
+
+#[test]
+fn admin_listen_is_an_address_or_off() {
+    let errors = parse_err(&format!(
+        "[daemon]\nadmin_listen = \"localhost\"\n{}",
+        with_filter("")
+    ))
+    .join("\n");
+    assert!(
+        errors.contains("`daemon.admin_listen` \"localhost\" is not an address with a port"),
+        "{errors}"
+    );
+    let parse = |value: &str| {
+        parse_ok(&format!(
+            "[daemon]\nadmin_listen = \"{value}\"\n{}",
+            with_filter("")
+        ))
+        .daemon
+        .admin_listen
+    };
+    assert_eq!(parse("off"), None);
+    assert_eq!(parse("[::1]:9100"), Some("[::1]:9100".parse().unwrap()));
+    assert_eq!(
+        parse_ok(&with_filter("")).daemon.admin_listen,
+        Some(crate::config::DEFAULT_ADMIN_LISTEN)
+    );
+}

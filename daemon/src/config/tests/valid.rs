@@ -11,8 +11,10 @@ fn minimal_file_gets_every_default() {
             runtime_dir: "/run/rampart".into(),
             pin_root: "/sys/fs/bpf/rampart".into(),
             log_level: LogLevel::Info,
+            log_target: LogTarget::Auto,
             control_socket: None,
             control_group: None,
+            admin_listen: Some("127.0.0.1:9180".parse().unwrap()),
         },
         filter: Some(FilterConfig {
             interfaces: vec!["eth0".into()],

@@ -13,7 +13,7 @@
 //! A clock that goes backwards never blocks a refresh: any interval measured against a
 //! later recorded time counts as elapsed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 pub const REFRESH_INTERVAL_SECS: u64 = 3_600;
@@ -35,6 +35,8 @@ struct Marks {
 pub struct RefreshPlanner {
     marks: Mutex<Marks>,
     in_flight: AtomicBool,
+    /// Fetches that failed since this provider was built (`/metrics`).
+    failures: AtomicU64,
 }
 
 /// Proof that this caller runs the one fetch in progress; dropping it (even on a
@@ -113,9 +115,20 @@ impl RefreshPlanner {
                 marks.last_failure = None;
             } else {
                 marks.last_failure = Some(now);
+                self.failures.fetch_add(1, Ordering::Relaxed);
             }
         }
         drop(ticket);
+    }
+
+    /// When the key set was last loaded (Unix seconds); `None`: never.
+    pub fn last_success(&self) -> Option<u64> {
+        self.marks().last_success
+    }
+
+    /// Fetches that failed so far.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     pub fn in_flight(&self) -> bool {

@@ -1,4 +1,4 @@
-//! `cargo xtask bench xdp|gateway|control`: runs a benchmark (tests/src/bin/bench-*.rs)
+//! `cargo xtask bench xdp|gateway|control|restart`: runs a benchmark (tests/src/bin/bench-*.rs)
 //! in release mode and writes its figures into docs/benchmarks.md with the
 //! command that reproduces them and the machine they come from.
 
@@ -31,9 +31,13 @@ pub(crate) struct Options {
     /// gateway: interleaved rounds (rampartd, HAProxy, backend directly).
     #[arg(long, default_value_t = 5)]
     rounds: u32,
-    /// gateway: seconds of wrk per system and round.
+    /// gateway: seconds of wrk per system and round; restart: seconds of wrk per
+    /// system.
     #[arg(long, default_value_t = 8)]
     secs: u64,
+    /// restart: restarts during each wrk run.
+    #[arg(long, default_value_t = 3)]
+    restarts: u32,
     /// gateway: both gateways log one line per request (off by default).
     #[arg(long)]
     access_log: bool,
@@ -60,6 +64,9 @@ enum What {
     Gateway,
     /// `rampart deny add` to enforced in XDP, side by side with xdp-filter.
     Control,
+    /// Requests failed while rampartd restarts under wrk load, with and without
+    /// the listening socket handed over, and HAProxy's seamless reload.
+    Restart,
 }
 
 impl What {
@@ -68,6 +75,7 @@ impl What {
             Self::Xdp => "xdp",
             Self::Gateway => "gateway",
             Self::Control => "control",
+            Self::Restart => "restart",
         }
     }
 
@@ -97,6 +105,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         What::Xdp => xdp(options, &out)?,
         What::Gateway => gateway(options, &out)?,
         What::Control => control(options, &out)?,
+        What::Restart => restart(options, &out)?,
     };
     let figures = std::fs::read_to_string(&out).with_context(|| out.display().to_string())?;
     let _ = std::fs::remove_file(&out);
@@ -244,6 +253,37 @@ fn control(options: &Options, out: &std::path::Path) -> Result<String> {
     let mut reproduce = String::from("cargo xtask bench control");
     if options.samples != 200 {
         write!(reproduce, " --samples {}", options.samples)?;
+    }
+    Ok(reproduce)
+}
+
+/// Runs the restart benchmark, its figures to `out`; returns the reproduce command.
+fn restart(options: &Options, out: &std::path::Path) -> Result<String> {
+    process::run(process::cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "rampart",
+        "--bin",
+        "rampartd",
+    ]))?;
+    let bench = build_bench("bench-restart")?;
+    // The driver pins what it starts itself: the gateway to CPU 1, wrk and the
+    // backend to CPU 0.
+    let mut cmd = Command::new(bench);
+    cmd.arg("--rampartd")
+        .arg(process::workspace_root().join("target/release/rampartd"));
+    cmd.args(["--secs", &options.secs.to_string()]);
+    cmd.args(["--restarts", &options.restarts.to_string()]);
+    cmd.arg("--out").arg(out);
+    process::run(&mut cmd)?;
+    let mut reproduce = String::from("cargo xtask bench restart");
+    if options.secs != 8 {
+        write!(reproduce, " --secs {}", options.secs)?;
+    }
+    if options.restarts != 3 {
+        write!(reproduce, " --restarts {}", options.restarts)?;
     }
     Ok(reproduce)
 }

@@ -1,13 +1,23 @@
-//! `cargo xtask demo`: rampartd on a pair of network namespaces this command
-//! creates, so nothing touches the host's real interfaces. Prints what to
-//! try; Ctrl-C stops rampartd, then everything the demo made is removed.
+//! `cargo xtask run` (alias `demo`): the whole of rampart on a pair of network
+//! namespaces this command creates, so nothing touches the host's real
+//! interfaces. rampartd filters in the kernel and is a TLS gateway in front of
+//! a demo backend, with a subscription key made by the `rampart` CLI and a
+//! token of a demo JWT provider; the commands to try are printed. Ctrl-C
+//! stops rampartd, then everything the demo made is removed. `--check` runs
+//! every printed command itself and fails if one does not do what it says.
 //!
 //! Layout (addresses from the benchmarking range 198.18.0.0/15):
 //!   rampart-demo-cli  198.18.0.2 (allowed), .3 (denied), .4 (country "xx")
 //!          | veth
-//!   rampart-demo-srv  198.18.0.1, an HTTP server on :8080, rampartd on the veth
+//!   rampart-demo-srv  198.18.0.1: rampartd's XDP filter on the veth, its
+//!                     gateway on :8443 (TLS), the backend on 127.0.0.1:8080,
+//!                     the admin listener on 127.0.0.1:9180
+
+mod files;
+mod tries;
 
 use std::{
+    os::unix::{net::UnixDatagram, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -22,10 +32,10 @@ use crate::{
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Options {
-    /// Run the example requests, print their outcome and clean up (no
-    /// waiting for Ctrl-C).
+    /// Run every printed command, check each does what it says, clean up and
+    /// exit (non-zero if one did not); no waiting for Ctrl-C.
     #[arg(long)]
-    check: bool,
+    pub(crate) check: bool,
 }
 
 const SRV: &str = "rampart-demo-srv";
@@ -33,35 +43,72 @@ const CLI: &str = "rampart-demo-cli";
 const SRV_IF: &str = "rdemo-srv";
 const CLI_IF: &str = "rdemo-cli";
 const PINS: &str = "/sys/fs/bpf/rampart-demo";
+/// The gateway's TLS listener.
+const LISTEN: &str = "198.18.0.1:8443";
+/// The admin listener (metrics, health), on the server namespace's loopback.
+const ADMIN: &str = "127.0.0.1:9180";
+/// Where journald takes structured entries; a socket file without a
+/// journald behind it refuses connections.
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+/// Debian's journald binary, run standalone when systemd is not PID 1.
+const JOURNALD: &str = "/lib/systemd/systemd-journald";
 
 /// Everything the demo creates; removed on drop, also after an error.
 struct Demo {
     dir: PathBuf,
-    server: Option<Child>,
+    /// The rampartd binary, to detach the filter on the way out.
+    rampartd: PathBuf,
+    daemon: Option<Child>,
+    backend: Option<Child>,
+    /// journald, when the demo had to start it.
+    journald: Option<Child>,
 }
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        if let Some(mut s) = self.server.take() {
-            let _ = s.kill();
-            let _ = s.wait();
+        if let Some(daemon) = self.daemon.take() {
+            stop(daemon, "rampartd");
         }
-        let bin = self.dir.join("rampartd-path");
-        if let Ok(rampartd) = std::fs::read_to_string(&bin) {
-            let _ = Command::new(rampartd.trim())
-                .arg("--detach")
-                .arg("--config")
-                .arg(self.dir.join("rampart.toml"))
-                .stdout(Stdio::null())
-                .status();
+        if let Some(mut backend) = self.backend.take() {
+            let _ = backend.kill();
+            let _ = backend.wait();
         }
+        let _ = Command::new(&self.rampartd)
+            .arg("--detach")
+            .arg("--config")
+            .arg(self.dir.join("rampart.toml"))
+            .stdout(Stdio::null())
+            .status();
         for ns in [SRV, CLI] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         let _ = std::fs::remove_dir(PINS);
+        if let Some(journald) = self.journald.take() {
+            stop(journald, "systemd-journald");
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
         println!("demo cleaned up: namespaces, filter pins and files removed");
     }
+}
+
+/// SIGTERM, then SIGKILL if `child` has not exited within 10 s.
+fn stop(mut child: Child, name: &str) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    // SAFETY: kill(2) on our own child, which has not been reaped yet.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(status)) = child.try_wait() {
+            println!("{name} exited ({status})");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("{name} did not stop within 10 s: killed");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -73,8 +120,8 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         bail!("the demo creates network namespaces and attaches XDP: run it as root");
     }
     setup::ensure(Scope::Host, Mode::Install)?;
-    process::run(process::cargo().args(["build", "-p", "rampart", "--bin", "rampartd"]))?;
-    let rampartd = process::workspace_root().join("target/debug/rampartd");
+    process::run(process::cargo().args(["build", "-p", "rampart", "--bins"]))?;
+    let bin = process::workspace_root().join("target/debug");
 
     // Leftovers of an interrupted demo.
     for ns in [SRV, CLI] {
@@ -84,13 +131,109 @@ pub(crate) fn run(options: &Options) -> Result<()> {
             .status();
     }
     let dir = std::env::temp_dir().join("rampart-demo");
-    std::fs::create_dir_all(&dir)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut demo = Demo {
         dir: dir.clone(),
-        server: None,
+        rampartd: bin.join("rampartd"),
+        daemon: None,
+        backend: None,
+        journald: None,
     };
-    std::fs::write(dir.join("rampartd-path"), rampartd.display().to_string())?;
 
+    let journal = if journal_runs() {
+        true
+    } else if Path::new(JOURNALD).exists() {
+        demo.journald = Some(start_journald()?);
+        true
+    } else {
+        println!("no journald here ({JOURNALD} is missing): rampartd logs to this terminal");
+        false
+    };
+    namespaces()?;
+    files::write_all(&dir, if journal { "journald" } else { "stderr" })?;
+
+    demo.backend = Some(
+        Command::new("ip")
+            .args(["netns", "exec", SRV, "python3"])
+            .arg(dir.join("backend.py"))
+            .arg(files::BACKEND)
+            .stdout(Stdio::null())
+            // Its own process group: Ctrl-C is rampartd's to handle.
+            .process_group(0)
+            .spawn()
+            .context("starting the demo backend")?,
+    );
+
+    // The demo owns Ctrl-C's aftermath: rampartd gets the signal and exits,
+    // this process carries on to clean up.
+    // SAFETY: setting a signal disposition has no memory-safety preconditions.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let config = dir.join("rampart.toml");
+    demo.daemon = Some(
+        Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{SRV}"))
+            .arg(&demo.rampartd)
+            .arg("--config")
+            .arg(&config)
+            .spawn()
+            .context("starting rampartd")?,
+    );
+    wait_until_ready(&mut demo)?;
+
+    let socket = dir.join("run/control.sock");
+    let key = subscription_key(&bin.join("rampart"), &socket)?;
+    let env_file = dir.join("env");
+    std::fs::write(
+        &env_file,
+        format!(
+            "export PATH=\"{}:$PATH\"\nexport RAMPART_SOCKET=\"{}\"\nexport KEY=\"{key}\"\nexport TOKEN=\"{}\"\n",
+            bin.display(),
+            socket.display(),
+            files::token()?,
+        ),
+    )
+    .with_context(|| format!("cannot write {}", env_file.display()))?;
+
+    let tries = tries::all(&tries::Setup { journal });
+    println!(
+        "\nrampartd is filtering {SRV_IF} in namespace {SRV} and serving https://{LISTEN}/ \
+         (config: {}).",
+        config.display()
+    );
+    println!("Subscription \"demo-client\" (product starter) has key {key}.");
+    if journal {
+        println!("rampartd logs to the journal: journalctl -t rampartd -f");
+    }
+    println!("Try, as root in another terminal:");
+    tries::print(&tries, &env_file);
+    println!("Ctrl-C stops rampartd (the filter stays attached) and the demo cleans up.\n");
+
+    let mut failed = 0;
+    if options.check {
+        failed = tries::check(&tries, &env_file)?;
+        println!(
+            "demo check: {} of {} commands did what they say",
+            tries.len() - failed,
+            tries.len()
+        );
+        if let Some(daemon) = demo.daemon.take() {
+            stop(daemon, "rampartd");
+        }
+    } else if let Some(daemon) = demo.daemon.as_mut() {
+        let status = daemon.wait()?;
+        println!("rampartd exited ({status})");
+        demo.daemon = None;
+    }
+    drop(demo);
+    if failed > 0 {
+        bail!("{failed} demo command(s) did not do what they say");
+    }
+    Ok(())
+}
+
+/// The two namespaces and the veth pair between them.
+fn namespaces() -> Result<()> {
     ip(&["netns", "add", SRV])?;
     ip(&["netns", "add", CLI])?;
     ip(&[
@@ -101,150 +244,88 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         ip(&["-n", ns, "link", "set", dev, "up"])?;
     }
     ip(&["-n", SRV, "addr", "add", "198.18.0.1/24", "dev", SRV_IF])?;
+    // The first address is the source the client uses unless told otherwise.
     for a in ["198.18.0.2/24", "198.18.0.3/24", "198.18.0.4/24"] {
         ip(&["-n", CLI, "addr", "add", a, "dev", CLI_IF])?;
     }
-
-    std::fs::write(
-        dir.join("countries.csv"),
-        "network,country\n198.18.0.4/32,xx\n198.18.0.0/24,aa\n",
-    )?;
-    let config = dir.join("rampart.toml");
-    std::fs::write(&config, demo_config(&dir))?;
-    let www = dir.join("www");
-    std::fs::create_dir_all(&www)?;
-    std::fs::write(www.join("index.html"), "hello from behind rampart\n")?;
-    demo.server = Some(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                SRV,
-                "python3",
-                "-m",
-                "http.server",
-                "8080",
-                "--bind",
-                "198.18.0.1",
-                "--directory",
-            ])
-            .arg(&www)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the demo HTTP server")?,
-    );
-
-    // The demo owns Ctrl-C's aftermath: rampartd gets the signal and exits,
-    // this process carries on to clean up.
-    // SAFETY: setting a signal disposition has no memory-safety preconditions.
-    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
-    let mut daemon = Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{SRV}"))
-        .arg(&rampartd)
-        .arg("--config")
-        .arg(&config)
-        .spawn()
-        .context("starting rampartd")?;
-    wait_for_port()?;
-    println!(
-        "\nrampartd is filtering {SRV_IF} in namespace {SRV} (config: {}).",
-        config.display()
-    );
-    println!("Try, in another terminal:");
-    let tries = [
-        ("198.18.0.2", "allowed: prints the page"),
-        ("198.18.0.3", "on the deny list: times out (dropped in XDP)"),
-        ("198.18.0.4", "country xx is blocked: times out"),
-    ];
-    for (src, what) in tries {
-        println!(
-            "  ip netns exec {CLI} curl -m 2 --interface {src} http://198.18.0.1:8080/   # {what}"
-        );
-    }
-    println!("  nsenter --net=/var/run/netns/{SRV} bpftool net show   # the attached program");
-    println!("Ctrl-C stops rampartd (the filter stays attached) and the demo cleans up.\n");
-    if options.check {
-        std::thread::sleep(Duration::from_millis(500));
-        for (src, what) in tries {
-            let ok = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    CLI,
-                    "curl",
-                    "-s",
-                    "-m",
-                    "2",
-                    "--interface",
-                    src,
-                    "http://198.18.0.1:8080/",
-                ])
-                .stdout(Stdio::null())
-                .status()?
-                .success();
-            println!(
-                "{src}: {} ({what})",
-                if ok { "connected" } else { "no answer" }
-            );
-        }
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    }
-    let status = daemon.wait()?;
-    println!("rampartd exited ({status})");
-    drop(demo);
     Ok(())
 }
 
-fn demo_config(dir: &Path) -> String {
-    format!(
-        r#"# rampart demo configuration (written by `cargo xtask demo`)
-[daemon]
-state_dir = "{state}"
-runtime_dir = "{run}"
-pin_root = "{PINS}"
-
-[filter]
-interfaces = ["{SRV_IF}"]
-attach_mode = "native"
-protect = ["tcp/8080"]
-deny = ["198.18.0.3"]
-
-[filter.geo]
-database = "{geo}"
-block = ["xx"]
-"#,
-        state = dir.join("state").display(),
-        run = dir.join("run").display(),
-        geo = dir.join("countries.csv").display(),
-    )
+/// Whether a journald takes entries: its socket accepts a connection.
+fn journal_runs() -> bool {
+    UnixDatagram::unbound().is_ok_and(|s| s.connect(JOURNAL_SOCKET).is_ok())
 }
 
-/// Waits until the demo server answers from the allowed address.
-fn wait_for_port() -> Result<()> {
+/// Starts journald standalone (as on a machine whose PID 1 is not systemd)
+/// and waits until it takes entries.
+fn start_journald() -> Result<Child> {
+    println!("no journald runs: starting {JOURNALD} for the demo (stopped at the end)");
+    let child = Command::new(JOURNALD)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {JOURNALD}"))?;
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        let ok = Command::new("ip")
+    while start.elapsed() < Duration::from_secs(10) {
+        if journal_runs() {
+            return Ok(child);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop(child, "systemd-journald");
+    bail!("{JOURNALD} did not open {JOURNAL_SOCKET} within 10 s")
+}
+
+/// Waits until the gateway answers the allowed client over TLS, which also
+/// means the filter is attached (rampartd attaches before it listens).
+fn wait_until_ready(demo: &mut Demo) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Some(daemon) = demo.daemon.as_mut()
+            && let Some(status) = daemon.try_wait()?
+        {
+            demo.daemon = None;
+            bail!("rampartd exited at start ({status}); its error is above");
+        }
+        let answered = Command::new("ip")
             .args([
                 "netns",
                 "exec",
                 CLI,
                 "curl",
-                "-s",
+                "-sk",
+                "-o",
+                "/dev/null",
                 "-m",
                 "1",
-                "--interface",
-                "198.18.0.2",
-                "http://198.18.0.1:8080/",
             ])
-            .stdout(Stdio::null())
+            .arg(format!("https://{LISTEN}/"))
             .status()
             .is_ok_and(|s| s.success());
-        if ok {
+        if answered {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    bail!("the demo server did not answer within 20 s")
+    bail!("rampartd's gateway did not answer within 30 s")
+}
+
+/// Creates subscription "demo-client" of product "starter" with the real CLI
+/// and returns its primary key.
+fn subscription_key(rampart: &Path, socket: &Path) -> Result<String> {
+    let json = process::stdout(Command::new(rampart).arg("--socket").arg(socket).args([
+        "--json",
+        "keys",
+        "create",
+        "demo-client",
+        "--product",
+        "starter",
+    ]))?;
+    let created: serde_json::Value =
+        serde_json::from_str(&json).context("`rampart keys create --json` printed no JSON")?;
+    created["primary"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no primary key in {json}"))
 }

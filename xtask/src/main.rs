@@ -5,6 +5,7 @@
 mod bench;
 mod build;
 mod demo;
+mod install;
 mod man;
 mod process;
 mod setup;
@@ -37,12 +38,18 @@ enum Command {
     Setup(setup::Options),
     /// Check the eBPF toolchain, then build the workspace (XDP object included).
     Build(build::Options),
-    /// Format check, setup, clippy, then every test (the command CI runs).
+    /// Format check, setup, clippy, every test, then the demo's check (the command CI runs).
     Test(test::Options),
     /// Benchmarks, side by side with their anchors; figures go to docs/benchmarks.md.
     Bench(bench::Options),
-    /// rampartd on a demo pair of network namespaces, with things to try.
-    Demo(demo::Options),
+    /// The whole of rampart on a demo pair of network namespaces, with things to try.
+    #[command(alias = "demo")]
+    Run(demo::Options),
+    /// Build and install rampartd, rampart, the systemd units, the default
+    /// configuration, man pages and completions.
+    Install(install::InstallOptions),
+    /// Remove what `install` installed (configuration and state: with --purge).
+    Uninstall(install::UninstallOptions),
     /// Man pages and bash/zsh/fish completions of the `rampart` CLI (default: target/man).
     Man(man::Options),
 }
@@ -53,7 +60,9 @@ fn main() -> ExitCode {
         Command::Build(options) => build::run(&options),
         Command::Test(options) => test::run(&options),
         Command::Bench(options) => bench::run(&options),
-        Command::Demo(options) => demo::run(&options),
+        Command::Run(options) => demo::run(&options),
+        Command::Install(options) => install::install(&options),
+        Command::Uninstall(options) => install::uninstall(&options),
         Command::Man(options) => man::run(&options),
     };
     match result {

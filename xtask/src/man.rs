@@ -8,7 +8,10 @@
 //! the CLI and runs its hidden `generate-man DIR` and `completions SHELL`
 //! commands.
 
-use std::path::PathBuf;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, Result};
 
@@ -18,7 +21,7 @@ use crate::{
 };
 
 /// The completion scripts written, by the name each shell looks for.
-const COMPLETIONS: [(&str, &str); 3] = [
+pub(crate) const COMPLETIONS: [(&str, &str); 3] = [
     ("bash", "rampart.bash"),
     ("zsh", "_rampart"),
     ("fish", "rampart.fish"),
@@ -44,14 +47,13 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     setup::ensure(Scope::Toolchain, Mode::Install)?;
     process::run(process::cargo().args(["build", "--package", "rampart", "--bin", "rampart"]))?;
     let binary = target_dir().join("debug").join("rampart");
-    let rampart = || std::process::Command::new(&binary);
-    process::run(rampart().arg("generate-man").arg(&out))?;
+    man_pages(&binary, &out)?;
 
     let completions = out.join("completions");
     std::fs::create_dir_all(&completions)
         .with_context(|| format!("cannot create {}", completions.display()))?;
     for (shell, file) in COMPLETIONS {
-        let script = process::stdout(rampart().args(["completions", shell]))?;
+        let script = completion(&binary, shell)?;
         let path = completions.join(file);
         std::fs::write(&path, script)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -60,9 +62,21 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     Ok(())
 }
 
+/// Writes the man pages of `binary`, a built `rampart`, into `dir`
+/// (`rampart.1`, `rampart-deny-add.1`, ...).
+pub(crate) fn man_pages(binary: &Path, dir: &Path) -> Result<()> {
+    process::run(Command::new(binary).arg("generate-man").arg(dir))
+}
+
+/// The completion script of `binary`, a built `rampart`, for `shell`
+/// (`bash`, `zsh` or `fish`).
+pub(crate) fn completion(binary: &Path, shell: &str) -> Result<String> {
+    process::stdout(Command::new(binary).args(["completions", shell]))
+}
+
 /// Where cargo puts what it builds: `CARGO_TARGET_DIR`, else `target/`
 /// in the workspace (the workspace sets no other `target-dir`).
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => process::workspace_root().join(dir),
         None => process::workspace_root().join("target"),

@@ -2,12 +2,12 @@
 //! cheap checks first so that they fail fast: format, then setup (which the
 //! build needs), clippy on the host crates and on the eBPF crate for its own
 //! target, and the tests, whose output is passed through untouched (CI reads
-//! cargo's `test result:` lines).
+//! cargo's `test result:` lines); last, as root, `cargo xtask run --check`.
 
 use anyhow::{Result, bail};
 
 use crate::{
-    BPF_TARGET, EBPF_PACKAGE, PRIVILEGED_TESTS_PACKAGE, process,
+    BPF_TARGET, EBPF_PACKAGE, PRIVILEGED_TESTS_PACKAGE, demo, process,
     setup::{self, Mode, Scope},
 };
 
@@ -78,7 +78,14 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         cmd.args(["--exclude", PRIVILEGED_TESTS_PACKAGE]);
     }
     cmd.args(&options.cargo_test_args);
-    process::run(&mut cmd)
+    process::run(&mut cmd)?;
+
+    // The README's first command, run as a test: every command the demo
+    // prints must do what it says. Not when only some tests were asked for.
+    if !options.unprivileged && options.cargo_test_args.is_empty() {
+        demo::run(&demo::Options { check: true })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -111,8 +111,10 @@ impl Daemon {
 
     /// Sends `sig` to the daemon.
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.pid(), sig) };
+        // Never kill(0, ..): that would signal the test's whole process group.
+        let Some(child) = &self.child else { return };
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as i32, sig) };
     }
 
     /// Waits for the daemon to exit; returns its exit code.

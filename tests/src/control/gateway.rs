@@ -25,6 +25,14 @@ impl Gateway {
     /// Starts the rig with the gateway sections; `sections` (e.g.
     /// `[filter.autoban]`) go before them.
     pub fn start(opts: RigOptions, sections: &str) -> anyhow::Result<Self> {
+        let mut gw = Self::prepare(opts, sections)?;
+        gw.rig.start_daemon()?;
+        Ok(gw)
+    }
+
+    /// As [`Self::start`] without starting rampartd (for tests that start it
+    /// another way, e.g. logging to the journal).
+    pub fn prepare(opts: RigOptions, sections: &str) -> anyhow::Result<Self> {
         let mut rig = Rig::prepare(opts)?;
         let pki = Pki::new(&rig.dir.path, &["localhost"])?;
         let backend = Backend::start(&rig.pair.srv)?;
@@ -49,7 +57,6 @@ products = ["gold"]
             port = backend.port,
         );
         rig.write_config()?;
-        rig.start_daemon()?;
         Ok(Self {
             rig,
             pki,

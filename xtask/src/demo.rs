@@ -187,10 +187,12 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     std::fs::write(
         &env_file,
         format!(
-            "export PATH=\"{}:$PATH\"\nexport RAMPART_SOCKET=\"{}\"\nexport KEY=\"{key}\"\nexport TOKEN=\"{}\"\n",
+            "export PATH=\"{}:$PATH\"\nexport RAMPART_SOCKET=\"{}\"\nexport KEY=\"{key}\"\nexport TOKEN=\"{}\"\nexport RAMPARTD_PID={}\n",
             bin.display(),
             socket.display(),
             files::token()?,
+            // nsenter execs rampartd: the child's pid is rampartd's.
+            demo.daemon.as_ref().map_or(0, Child::id),
         ),
     )
     .with_context(|| format!("cannot write {}", env_file.display()))?;

@@ -123,7 +123,7 @@ pub(super) fn all(setup: &Setup) -> Vec<Try> {
     if setup.journal {
         tries.push(Try {
             what: "the failed authentications, with their structured fields",
-            command: "journalctl -t rampartd RAMPART_EVENT=auth_failed -n 3 -o json \
+            command: "journalctl _PID=$RAMPARTD_PID RAMPART_EVENT=auth_failed -o json \
                       --output-fields=RAMPART_EVENT,SRC_IP,API,REASON,STATUS"
                 .into(),
             expect: Expect::Prints("auth_failed"),
@@ -143,7 +143,7 @@ pub(super) fn all(setup: &Setup) -> Vec<Try> {
 /// Prints the commands to paste.
 pub(super) fn print(tries: &[Try], env_file: &Path) {
     println!(
-        "  . {}   # PATH, RAMPART_SOCKET, KEY and TOKEN",
+        "  . {}   # PATH, RAMPART_SOCKET, KEY, TOKEN and RAMPARTD_PID",
         env_file.display()
     );
     for t in tries {

@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Version of the map layout. Pins live under `<pin_root>/v<LAYOUT_VERSION>/`.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 // ---------------------------------------------------------------------------
 // Map names (also the pin file names).
@@ -23,9 +23,10 @@ pub const MAP_DENY_V4: &str = "RAMPART_DENY_V4";
 pub const MAP_DENY_V6: &str = "RAMPART_DENY_V6";
 pub const MAP_FLOOD: &str = "RAMPART_FLOOD";
 pub const MAP_STATS: &str = "RAMPART_STATS";
+pub const MAP_IFACE_STATS: &str = "RAMPART_IFACE_STATS";
 pub const MAP_EVENTS: &str = "RAMPART_EVENTS";
 /// Every map the program declares, for pinning.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 10] = [
     MAP_CONFIG,
     MAP_PORTS,
     MAP_NODES,
@@ -34,6 +35,7 @@ pub const ALL_MAPS: [&str; 9] = [
     MAP_DENY_V6,
     MAP_FLOOD,
     MAP_STATS,
+    MAP_IFACE_STATS,
     MAP_EVENTS,
 ];
 /// Name of the XDP program in the object file.
@@ -363,13 +365,11 @@ pub struct DropEvent {
 }
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 40);
 
-/// Per-CPU statistics and event budget: one map value, so that a packet
-/// (and a drop) costs one map lookup for all of its bookkeeping.
+/// Per-CPU drop statistics and event budget, looked up only for a drop (the
+/// packet counters by reason are per interface slot: [`IfaceStats`]).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Stats {
-    /// Packets by `reason::*`.
-    pub reasons: [u64; reason::COUNT as usize],
     /// Dropped packets by country index (0 = unknown).
     pub country_drops: [u64; COUNTRY_SLOTS as usize],
     pub _pad: u64,
@@ -379,7 +379,28 @@ pub struct Stats {
     /// budget is spent, so that a flood of drops pays for the clock once in 64.
     pub event_skip: u64,
 }
-const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (16 + 677 + 3));
+const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (677 + 3));
+
+/// Per-CPU packet counters of one interface slot (see [`iface_slot`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IfaceStats {
+    /// Packets by `reason::*`.
+    pub reasons: [u64; reason::COUNT as usize],
+}
+const _: () = assert!(core::mem::size_of::<IfaceStats>() == 8 * 16);
+
+/// Slots of the per-interface counters (a power of two).
+pub const IFACE_SLOTS: u32 = 1024;
+const _: () = assert!(IFACE_SLOTS.is_power_of_two());
+
+/// The per-interface counter slot of an interface index: its low 10 bits.
+/// Interfaces whose indexes differ by a multiple of [`IFACE_SLOTS`] share a
+/// slot (the daemon reports such a slot once, under the names joined by `+`).
+#[inline(always)]
+pub const fn iface_slot(ifindex: u32) -> u32 {
+    ifindex & (IFACE_SLOTS - 1)
+}
 
 pub const EVENT_RING_BYTES: u32 = 256 * 1024;
 
@@ -396,6 +417,7 @@ mod pod {
     unsafe impl aya::Pod for FloodState {}
     unsafe impl aya::Pod for DropEvent {}
     unsafe impl aya::Pod for Stats {}
+    unsafe impl aya::Pod for IfaceStats {}
 }
 
 #[cfg(test)]
@@ -446,6 +468,15 @@ mod tests {
             until_gen: GEN_FOREVER,
         };
         assert!(forever.applies(GEN_FOREVER - 1, u64::MAX));
+    }
+
+    #[test]
+    fn iface_slots_wrap_every_1024_indexes() {
+        assert_eq!(iface_slot(1), 1);
+        assert_eq!(iface_slot(1023), 1023);
+        assert_eq!(iface_slot(1024), 0);
+        assert_eq!(iface_slot(1025), iface_slot(1));
+        assert!(iface_slot(u32::MAX) < IFACE_SLOTS);
     }
 
     #[test]

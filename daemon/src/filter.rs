@@ -22,13 +22,15 @@ mod lists;
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use ipnet::IpNet;
-use rampart_common::{ANY_PORT, Config as KernelConfig, DropEvent, REASON_NAMES, config_flags};
+use rampart_common::{
+    ANY_PORT, Config as KernelConfig, DropEvent, REASON_NAMES, config_flags, iface_slot,
+};
 use thiserror::Error;
 
 pub use batch::{Applied, Change};
 pub use explain::{Action, Explanation, Matched};
 pub(crate) use kernel::interface_exists;
-pub use kernel::{AttachInfo, AttachMode, Events, Kernel, detach};
+pub use kernel::{AttachInfo, AttachMode, Events, Kernel, detach, detach_old_layouts};
 pub use lists::{EntryOrigin, ListEntry, ListKind, Lists};
 
 use crate::rules::{self, CompiledTable, CountryPolicy, RuleError};
@@ -222,6 +224,35 @@ pub struct Counters {
     pub by_reason: Vec<(&'static str, u64)>,
     /// Drops by country code (only countries with drops), "??" = unknown.
     pub drops_by_country: Vec<(String, u64)>,
+    /// The same counters as `by_reason` for each attached interface: (label,
+    /// counts by reason). The label is the interface's name, or the names
+    /// joined by `+` for interfaces that share a counter slot
+    /// ([`interface_slots`]).
+    pub by_interface: Vec<(String, ReasonCounts)>,
+}
+
+/// Counts by reason name.
+pub type ReasonCounts = Vec<(&'static str, u64)>;
+
+/// The counter slots of attached interfaces given as (name, ifindex):
+/// (label, slot), in the order given. The kernel counts each packet in slot
+/// `iface_slot(ifindex)` (the low 10 bits of the index), so interfaces whose
+/// indexes differ by a multiple of 1024 share a slot and their packets
+/// cannot be told apart: such a slot is reported once, its label the names
+/// joined by `+` (`eth0+eth1`), rather than the same counts twice.
+pub(crate) fn interface_slots(interfaces: &[(String, u32)]) -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> = Vec::new();
+    for (name, ifindex) in interfaces {
+        let slot = iface_slot(*ifindex);
+        match out.iter_mut().find(|(_, s)| *s == slot) {
+            Some((label, _)) => {
+                label.push('+');
+                label.push_str(name);
+            }
+            None => out.push((name.clone(), slot)),
+        }
+    }
+    out
 }
 
 impl Counters {
@@ -299,6 +330,12 @@ impl Filter {
 
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<AttachInfo, FilterError> {
         self.kernel.attach(interface, mode)
+    }
+
+    /// After attaching: frees the pins of older map layouts whose links were
+    /// all taken over; returns (removed, kept because links remain).
+    pub fn retire_old_layouts(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        self.kernel.retire_old_layouts()
     }
 
     /// Applies a batch of changes, all or nothing. The batch is worked out
@@ -513,5 +550,45 @@ impl From<&DropEvent> for DropRecord {
             protocol: e.protocol,
             dst_port: e.dst_port,
         }
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::interface_slots;
+
+    fn slots(interfaces: &[(&str, u32)]) -> Vec<(String, u32)> {
+        let owned: Vec<(String, u32)> = interfaces
+            .iter()
+            .map(|(n, i)| ((*n).to_string(), *i))
+            .collect();
+        interface_slots(&owned)
+    }
+
+    #[test]
+    fn each_interface_has_the_slot_of_its_index() {
+        assert_eq!(
+            slots(&[("eth0", 2), ("eth1", 3), ("veth9", 1023)]),
+            vec![
+                ("eth0".to_string(), 2),
+                ("eth1".to_string(), 3),
+                ("veth9".to_string(), 1023)
+            ]
+        );
+        assert_eq!(slots(&[("big", 1024 + 5)]), vec![("big".to_string(), 5)]);
+        assert!(slots(&[]).is_empty());
+    }
+
+    #[test]
+    fn interfaces_sharing_a_slot_are_reported_once_under_joined_names() {
+        assert_eq!(
+            slots(&[("eth0", 2), ("eth1", 3), ("vlan7", 1026), ("x", 2050)]),
+            vec![("eth0+vlan7+x".to_string(), 2), ("eth1".to_string(), 3)]
+        );
+        // Index 1024 wraps to slot 0, which no real interface has otherwise.
+        assert_eq!(
+            slots(&[("a", 1024), ("b", 2048)]),
+            vec![("a+b".to_string(), 0)]
+        );
     }
 }

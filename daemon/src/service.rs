@@ -216,10 +216,14 @@ fn attach_mode(m: config::AttachMode) -> AttachMode {
     }
 }
 
-/// `rampartd --detach`: removes the filter (links and pinned maps).
+/// `rampartd --detach`: removes the filter (links and pinned maps), those
+/// of older map layouts (a daemon upgraded but not started since) included.
 pub fn detach(config_path: &Path) -> Result<Vec<String>, ServiceError> {
     let config = config::load(config_path)?;
-    Ok(crate::filter::detach(&config.daemon.paths().pin_dir())?)
+    let pin_dir = config.daemon.paths().pin_dir();
+    let mut detached = crate::filter::detach(&pin_dir)?;
+    detached.extend(crate::filter::detach_old_layouts(&pin_dir)?);
+    Ok(detached)
 }
 
 /// Checked before anything reaches the kernel: a missing interface changes
@@ -320,6 +324,16 @@ fn start_filter(
             } else {
                 "filter attached"
             }
+        );
+    }
+    let (retired, kept) = filter.retire_old_layouts();
+    for dir in retired {
+        tracing::info!(pins = %dir.display(), "pins of an older map layout removed");
+    }
+    for dir in kept {
+        tracing::warn!(
+            pins = %dir.display(),
+            "pins of an older map layout still hold links to interfaces not configured here; `rampartd --detach` removes them"
         );
     }
     tracing::info!(

@@ -1,6 +1,7 @@
 //! rampart's XDP program: decides on the source address of every packet.
 //!
-//! Order of checks (one verdict, one counter per packet):
+//! Order of checks (one verdict per packet, counted once in the totals and
+//! once in its interface's slot):
 //!
 //! 1. Non-IP frames (ARP, LLDP, ...) pass; IPv6 neighbour/router discovery
 //!    (ICMPv6 133-137) passes. Truncated or malformed IP headers get
@@ -40,8 +41,9 @@ use aya_ebpf::{
 };
 use rampart_common::{
     ANY_PORT, CHILD_BASE, CONFIG_MAP_FLAGS, Class, Config, DenyEntry, DropEvent, EVENT_RING_BYTES,
-    FloodState, MAX_CLASSES, MAX_EXACT_DENY, MAX_FLOOD_SOURCES, NODES_PER_BUFFER, Node, PORT_WORDS,
-    SourceKey, Stats, V4_ROOT, V6_ROOT, class_flags, config_flags, port_slot, reason,
+    FloodState, IFACE_SLOTS, IfaceStats, MAX_CLASSES, MAX_EXACT_DENY, MAX_FLOOD_SOURCES,
+    NODES_PER_BUFFER, Node, PORT_WORDS, SourceKey, Stats, V4_ROOT, V6_ROOT, class_flags,
+    config_flags, iface_slot, port_slot, reason,
 };
 
 /// Memory-mapped by the daemon, which flips `Config::epoch` with one store.
@@ -66,6 +68,9 @@ static RAMPART_FLOOD: LruHashMap<SourceKey, FloodState> =
     LruHashMap::with_max_entries(MAX_FLOOD_SOURCES, 0);
 #[map]
 static RAMPART_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
+/// The reason counters again, per interface slot (`iface_slot(ifindex)`).
+#[map]
+static RAMPART_IFACE_STATS: PerCpuArray<IfaceStats> = PerCpuArray::with_max_entries(IFACE_SLOTS, 0);
 #[map]
 static RAMPART_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
 
@@ -235,7 +240,13 @@ fn be16(v: u16) -> u16 {
 
 #[xdp]
 pub fn rampart(ctx: XdpContext) -> u32 {
-    let (Some(cfg), Some(stats)) = (RAMPART_CONFIG.get_ptr(0), RAMPART_STATS.get_ptr_mut(0)) else {
+    // Two per-CPU lookups per packet, both inlined by the kernel: the
+    // configuration and this interface's counters. The global statistics
+    // (country drops, the event budget) are looked up only for a drop.
+    let (Some(cfg), Some(counts)) = (
+        RAMPART_CONFIG.get_ptr(0),
+        RAMPART_IFACE_STATS.get_ptr_mut(iface_slot(ctx.ingress_ifindex() as u32)),
+    ) else {
         return xdp_action::XDP_PASS;
     };
     // One copy per packet: the daemon may write the configuration meanwhile,
@@ -243,19 +254,20 @@ pub fn rampart(ctx: XdpContext) -> u32 {
     // SAFETY: a map value pointer from a successful lookup; volatile so that
     // the fields are not re-read from the map later.
     let cfg = unsafe { core::ptr::read_volatile(cfg) };
-    let (reason, action) = decide(&ctx, &cfg, stats);
-    // SAFETY: this CPU's statistics; no concurrent writer on this CPU.
-    if let Some(c) = unsafe { (*stats).reasons.get_mut(reason as usize) } {
+    let (reason, action) = decide(&ctx, &cfg);
+    // SAFETY: this CPU's counters of the interface's slot; no concurrent
+    // writer on this CPU. The daemon sums the slots for the totals.
+    if let Some(c) = unsafe { (*counts).reasons.get_mut(reason as usize) } {
         *c += 1;
     }
     action
 }
 
 #[inline(always)]
-fn decide(ctx: &XdpContext, cfg: &Config, stats: *mut Stats) -> (u32, u32) {
+fn decide(ctx: &XdpContext, cfg: &Config) -> (u32, u32) {
     let verdict = match ethertype(ctx) {
-        Ok((ETH_P_IP, off)) => v4(ctx, cfg, stats, off),
-        Ok((ETH_P_IPV6, off)) => v6(ctx, cfg, stats, off),
+        Ok((ETH_P_IP, off)) => v4(ctx, cfg, off),
+        Ok((ETH_P_IPV6, off)) => v6(ctx, cfg, off),
         Ok(_) => Err(Stop::NotIp),
         Err(e) => Err(e),
     };
@@ -298,7 +310,7 @@ fn ethertype(ctx: &XdpContext) -> Result<(u16, usize), Stop> {
 }
 
 #[inline(always)]
-fn v4(ctx: &XdpContext, cfg: &Config, stats: *mut Stats, off: usize) -> Result<(u32, u32), Stop> {
+fn v4(ctx: &XdpContext, cfg: &Config, off: usize) -> Result<(u32, u32), Stop> {
     let h = ptr_at(ctx, off, IPV4_HLEN)?;
     // SAFETY (all reads of h): 20 bytes checked.
     let ver_ihl: u8 = unsafe { field(h, 0) };
@@ -327,7 +339,7 @@ fn v4(ctx: &XdpContext, cfg: &Config, stats: *mut Stats, off: usize) -> Result<(
         port,
         unknown: false,
     };
-    Ok(judge(ctx, cfg, stats, &src, l4))
+    Ok(judge(ctx, cfg, &src, l4))
 }
 
 /// The destination port of a TCP or UDP header at `off` (`NO_PORT` for
@@ -354,7 +366,7 @@ const WALK_NO_PORT: u8 = 1;
 const WALK_TOO_LONG: u8 = 2;
 
 #[inline(always)]
-fn v6(ctx: &XdpContext, cfg: &Config, stats: *mut Stats, off: usize) -> Result<(u32, u32), Stop> {
+fn v6(ctx: &XdpContext, cfg: &Config, off: usize) -> Result<(u32, u32), Stop> {
     let h = ptr_at(ctx, off, IPV6_HLEN)?;
     // SAFETY (all reads of h): 40 bytes checked.
     let ver: u8 = unsafe { field(h, 0) };
@@ -431,18 +443,12 @@ fn v6(ctx: &XdpContext, cfg: &Config, stats: *mut Stats, off: usize) -> Result<(
         // traffic (the stack behind us may still find a port).
         unknown: walk == WALK_TOO_LONG,
     };
-    Ok(judge(ctx, cfg, stats, &src, l4))
+    Ok(judge(ctx, cfg, &src, l4))
 }
 
 /// The verdict for a parsed packet: (reason, action).
 #[inline(always)]
-fn judge<S: Source>(
-    ctx: &XdpContext,
-    cfg: &Config,
-    stats: *mut Stats,
-    src: &S,
-    l4: L4,
-) -> (u32, u32) {
+fn judge<S: Source>(ctx: &XdpContext, cfg: &Config, src: &S, l4: L4) -> (u32, u32) {
     let active = cfg.active();
     let id = src.walk(active * NODES_PER_BUFFER);
     let Some(class) = RAMPART_CLASSES.get(active * MAX_CLASSES + (id as u32 & (MAX_CLASSES - 1)))
@@ -469,7 +475,7 @@ fn judge<S: Source>(
     } else {
         return (reason::PASS, xdp_action::XDP_PASS);
     };
-    (r, dropped(ctx, cfg, stats, src, l4, r, class.country))
+    (r, dropped(ctx, cfg, src, l4, r, class.country))
 }
 
 /// Bookkeeping for a drop; returns the action (PASS in monitor mode).
@@ -477,18 +483,19 @@ fn judge<S: Source>(
 fn dropped<S: Source>(
     ctx: &XdpContext,
     cfg: &Config,
-    stats: *mut Stats,
     src: &S,
     l4: L4,
     r: u32,
     country: u16,
 ) -> u32 {
-    // SAFETY: this CPU's statistics.
-    if let Some(c) = unsafe { (*stats).country_drops.get_mut(country as usize) } {
-        *c += 1;
-    }
-    if cfg.flags & config_flags::EVENTS != 0 {
-        emit(ctx, cfg, stats, src, l4, r, country);
+    if let Some(stats) = RAMPART_STATS.get_ptr_mut(0) {
+        // SAFETY: this CPU's statistics.
+        if let Some(c) = unsafe { (*stats).country_drops.get_mut(country as usize) } {
+            *c += 1;
+        }
+        if cfg.flags & config_flags::EVENTS != 0 {
+            emit(ctx, cfg, stats, src, l4, r, country);
+        }
     }
     if cfg.flags & config_flags::MONITOR != 0 {
         xdp_action::XDP_PASS

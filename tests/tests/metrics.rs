@@ -1,7 +1,9 @@
 //! The kernel families of `/metrics` end to end: a real rampartd with
 //! `[filter]` on a veth in a test-made namespace, scraped with curl inside
 //! that namespace; a denied source's SYNs move the `denied` counter, an
-//! allowed one's the `passed` counter, and the list sizes follow the CLI.
+//! allowed one's the `passed` counter (in total and in the veth's
+//! per-interface series, by the same amounts), and the list sizes follow the
+//! CLI.
 //!
 //! Needs root (BPF, XDP, network namespaces); skipped visibly otherwise.
 //! The binaries are the debug builds (`cargo build -p rampart --bins` first).
@@ -106,10 +108,44 @@ fn kernel_counters_and_tables_are_exported() {
         .ok(&["deny", "add", "198.18.0.9", "198.18.1.0/24"])
         .unwrap();
 
-    let after = scrape(&rig);
-    let delta = |key: &str| value(&after, key) - value(&before, key);
+    // The rig's interface is the only one attached: its series moves exactly
+    // as the totals do. The two maps are read one after the other, so a
+    // straggling packet (a FIN) can fall between them: scrape until settled.
+    let iface = &rig.pair.srv_if;
+    let per_iface = |reason: &str| {
+        format!(r#"rampart_xdp_interface_packets_total{{interface="{iface}",reason="{reason}"}}"#)
+    };
     let denied = r#"rampart_xdp_packets_total{reason="denied"}"#;
     let passed = r#"rampart_xdp_packets_total{reason="passed"}"#;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let after = scrape(&rig);
+        let delta = |key: &str| value(&after, key) - value(&before, key);
+        let settled = delta(&per_iface("denied")) == delta(denied)
+            && delta(&per_iface("passed")) == delta(passed);
+        if settled || Instant::now() >= deadline {
+            break after;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let delta = |key: &str| value(&after, key) - value(&before, key);
+    assert!(
+        after.contains_key(&per_iface("passed")),
+        "no per-interface series for {iface}:\n{after:#?}"
+    );
+    for (reason, total) in [("denied", denied), ("passed", passed)] {
+        assert_eq!(
+            delta(&per_iface(reason)),
+            delta(total),
+            "{reason}: the interface's series and the total moved differently:\n{after:#?}"
+        );
+    }
+    let interfaces: Vec<&String> = after
+        .keys()
+        .filter(|k| k.starts_with("rampart_xdp_interface_packets_total{"))
+        .filter(|k| !k.contains(&format!(r#"interface="{iface}""#)))
+        .collect();
+    assert!(interfaces.is_empty(), "other interfaces: {interfaces:?}");
     assert!(
         delta(denied) >= f64::from(ATTEMPTS),
         "{ATTEMPTS} SYNs dropped, denied moved by {}:\n{after:#?}",

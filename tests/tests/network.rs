@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use rampart::filter::{AttachMode, EntryOrigin, Filter, ListKind, Lists, Settings};
+use rampart::filter::{AttachMode, EntryOrigin, Filter, ListEntry, ListKind, Lists, Settings};
 use rampart_tests::{
     PinDir,
     daemon::{Daemon, TempDir},
@@ -209,6 +209,135 @@ fn rampartd_enforces_reloads_and_survives_restarts() {
         "detached: the denied source connects again"
     );
     assert!(!pin_dir.exists(), "pins removed");
+}
+
+#[test]
+fn an_older_layouts_pinned_link_is_taken_over_without_a_gap() {
+    if !privileged() {
+        return;
+    }
+    let pair = Pair::new(&[ip("198.18.0.3")]).unwrap();
+    let _server = pair.serve(PORT).unwrap();
+    let dir = TempDir::new().unwrap();
+    let pins = PinDir::new();
+    let new_dir = pins
+        .path()
+        .join(format!("v{}", rampart_common::LAYOUT_VERSION));
+    let old_dir = pins
+        .path()
+        .join(format!("v{}", rampart_common::LAYOUT_VERSION - 1));
+    let _new_guard = PinDirAt(new_dir.clone());
+    let _old_guard = PinDirAt(old_dir.clone());
+    std::fs::write(
+        dir.path.join("geo.csv"),
+        "network,country\n203.0.113.0/24,aa\n",
+    )
+    .unwrap();
+    let cfg = dir.path.join("rampart.toml");
+    std::fs::write(&cfg, config(&pair, &pins, &dir, &[])).unwrap();
+
+    // "The previous release": a filter pinned under the older layout's
+    // directory, denying 198.18.0.3, left running with no daemon.
+    let iface = pair.srv_if.clone();
+    let old_pins = old_dir.clone();
+    Pair::in_ns(&pair.srv, move || -> anyhow::Result<()> {
+        let mut f = Filter::open(&old_pins)?;
+        let mut lists = Lists::default();
+        lists.insert(
+            ListKind::Deny,
+            ListEntry {
+                net: "198.18.0.3/32".parse()?,
+                expires_ns: 0,
+                origin: EntryOrigin::Config,
+            },
+        );
+        let settings = Settings {
+            protect: rampart::filter::Protect::Ports {
+                tcp: vec![PORT..=PORT],
+                udp: vec![],
+            },
+            ..Settings::default()
+        };
+        f.replace_all(settings, lists, vec![], rampart::rules::CountryPolicy::Off)?;
+        f.attach(&iface, AttachMode::Native)?;
+        Ok(())
+    })
+    .unwrap()
+    .unwrap();
+    let srv4 = pair.srv_v4;
+    let reach = |src: &str| pair.connects(ip(src), srv4, PORT, QUICK);
+    assert!(!reach("198.18.0.3"), "the old filter enforces");
+
+    // The new rampartd takes the link over: no probe sees a gap.
+    let (probes, leaked, refused, d) =
+        probing(&pair, srv4, || Daemon::start(&pair.srv, &cfg).unwrap());
+    let link = format!("link_{}_native", pair.srv_if);
+    assert!(d.log().contains("no gap"), "link reused: {}", d.log());
+    assert!(
+        d.log().contains("pins of an older map layout removed"),
+        "{}",
+        d.log()
+    );
+    assert!(probes >= 2, "the prober ran");
+    assert_eq!(leaked, 0, "a denied source got through during the upgrade");
+    assert_eq!(
+        refused, 0,
+        "an allowed source was refused during the upgrade"
+    );
+    assert!(
+        new_dir.join(&link).exists(),
+        "link pinned under the new layout"
+    );
+    assert!(!old_dir.exists(), "the older layout's pins are gone");
+    assert!(!reach("198.18.0.3"), "the new filter enforces");
+    assert!(reach("198.18.0.2"));
+    drop(d);
+}
+
+/// Runs `during` while a prober connects from 198.18.0.3 (denied) and
+/// 198.18.0.2 (allowed) in a loop: (probes, denied connects, allowed
+/// failures, what `during` returned).
+fn probing<T>(pair: &Pair, srv4: IpAddr, during: impl FnOnce() -> T) -> (u32, u32, u32, T) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new([AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)]);
+    let prober = {
+        let (stop, counts) = (stop.clone(), counts.clone());
+        let cli = pair.cli.clone();
+        std::thread::spawn(move || {
+            Pair::in_ns(&cli, move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if rampart_tests::netns::connect_from(
+                        ip("198.18.0.3"),
+                        (srv4, PORT).into(),
+                        Duration::from_millis(200),
+                    ) {
+                        counts[1].fetch_add(1, Ordering::Relaxed);
+                    }
+                    if !rampart_tests::netns::connect_from(
+                        ip("198.18.0.2"),
+                        (srv4, PORT).into(),
+                        Duration::from_secs(2),
+                    ) {
+                        counts[2].fetch_add(1, Ordering::Relaxed);
+                    }
+                    counts[0].fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .unwrap();
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let out = during();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    prober.join().unwrap();
+    let [p, l, r] = &*counts;
+    (
+        p.load(Ordering::Relaxed),
+        l.load(Ordering::Relaxed),
+        r.load(Ordering::Relaxed),
+        out,
+    )
 }
 
 /// Detaches a pin directory on drop (rampartd pins below the pin root).

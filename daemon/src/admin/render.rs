@@ -121,6 +121,20 @@ fn control_families(out: &mut Exposition, control: &ControlSnapshot) {
             out.sample("rampart_xdp_packets_total", &[("reason", reason)], *n);
         }
         out.family(
+            "rampart_xdp_interface_packets_total",
+            Kind::Counter,
+            "Packets seen by the XDP filter by attached interface and verdict reason (interfaces sharing a counter slot are one series, names joined by +).",
+        );
+        for (interface, reasons) in &counters.by_interface {
+            for (reason, n) in reasons {
+                out.sample(
+                    "rampart_xdp_interface_packets_total",
+                    &[("interface", interface), ("reason", reason)],
+                    *n,
+                );
+            }
+        }
+        out.family(
             "rampart_xdp_drops_by_country_total",
             Kind::Counter,
             "Packets dropped by the XDP filter by source country (ISO code, ?? unknown).",

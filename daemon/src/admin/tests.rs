@@ -113,6 +113,10 @@ fn every_family_renders_well_formed() {
             counters: Some(Counters {
                 by_reason: vec![("passed", 10), ("denied", 3)],
                 drops_by_country: vec![("de".into(), 2), ("??".into(), 1)],
+                by_interface: vec![
+                    ("eth0".into(), vec![("passed", 7), ("denied", 3)]),
+                    ("eth1+eth2".into(), vec![("passed", 3), ("denied", 0)]),
+                ],
             }),
             lists: vec![("deny", "config", 2), ("deny", "auto", 1)],
             country_prefixes: 12,
@@ -132,6 +136,8 @@ fn every_family_renders_well_formed() {
         "rampart_reloads_total{result=\"failed\"} 1",
         "rampart_last_reload_success_timestamp_seconds 1500",
         "rampart_xdp_packets_total{reason=\"denied\"} 3",
+        "rampart_xdp_interface_packets_total{interface=\"eth0\",reason=\"denied\"} 3",
+        "rampart_xdp_interface_packets_total{interface=\"eth1+eth2\",reason=\"passed\"} 3",
         "rampart_xdp_drops_by_country_total{country=\"DE\"} 2",
         "rampart_xdp_drops_by_country_total{country=\"??\"} 1",
         "rampart_list_entries{list=\"deny\",origin=\"auto\"} 1",

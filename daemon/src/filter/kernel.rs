@@ -17,21 +17,22 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use rampart_common::{
-    ALL_MAPS, ANY_PORT, COUNTRY_SLOTS, Class, DenyEntry, DropEvent, MAP_CLASSES, MAP_CONFIG,
-    MAP_DENY_V4, MAP_DENY_V6, MAP_EVENTS, MAP_NODES, MAP_PORTS, MAP_STATS, MAX_CLASSES,
-    NODES_PER_BUFFER, Node, PORT_WORDS, PROGRAM_NAME, REASON_NAMES, Stats, config_flags, port_slot,
+    ALL_MAPS, ANY_PORT, COUNTRY_SLOTS, Class, DenyEntry, DropEvent, IFACE_SLOTS, IfaceStats,
+    MAP_CLASSES, MAP_CONFIG, MAP_DENY_V4, MAP_DENY_V6, MAP_EVENTS, MAP_IFACE_STATS, MAP_NODES,
+    MAP_PORTS, MAP_STATS, MAX_CLASSES, NODES_PER_BUFFER, Node, PORT_WORDS, PROGRAM_NAME,
+    REASON_NAMES, Stats, config_flags, port_slot,
 };
 
 use super::{
-    Counters, FilterError, Protect, Settings,
+    Counters, FilterError, Protect, ReasonCounts, Settings,
     config_map::ConfigMap,
     exact::{DenyMaps, ExactSet, RETIRE_GRACE_NS},
-    monotonic_ns,
+    interface_slots, monotonic_ns,
 };
 use crate::rules::CompiledTable;
 
-pub(crate) use links::interface_exists;
-pub use links::{AttachInfo, AttachMode, detach};
+pub use links::{AttachInfo, AttachMode, detach, detach_old_layouts};
+pub(crate) use links::{interface_exists, interface_index};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rampart-filter"));
 
@@ -126,6 +127,7 @@ pub struct Kernel {
     /// What the exact deny maps hold, and the generation in force.
     exact: ExactSet,
     stats: PerCpuArray<MapData, Stats>,
+    iface_stats: PerCpuArray<MapData, IfaceStats>,
     events: Option<RingBuf<MapData>>,
     /// What each table buffer holds, when known (not after a restart, nor
     /// after a write of that buffer failed).
@@ -253,6 +255,7 @@ impl Kernel {
             nodes: take(&mut ebpf, MAP_NODES)?,
             classes: take(&mut ebpf, MAP_CLASSES)?,
             stats: take(&mut ebpf, MAP_STATS)?,
+            iface_stats: take(&mut ebpf, MAP_IFACE_STATS)?,
             events: Some(take(&mut ebpf, MAP_EVENTS)?),
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
@@ -509,12 +512,20 @@ impl Kernel {
 
     pub fn counters(&self) -> Result<Counters, FilterError> {
         let per_cpu = self.stats.get(&0, 0).map_err(map_err(MAP_STATS, "read"))?;
+        // The program counts packets per interface slot only: the totals are
+        // the sum of every slot (interfaces detached since included).
         let mut reasons = [0u64; REASON_NAMES.len()];
+        for slot in 0..IFACE_SLOTS {
+            let per_cpu =
+                (self.iface_stats.get(&slot, 0)).map_err(map_err(MAP_IFACE_STATS, "read"))?;
+            for cpu in per_cpu.iter() {
+                for (sum, v) in reasons.iter_mut().zip(cpu.reasons.iter()) {
+                    *sum += v;
+                }
+            }
+        }
         let mut countries = vec![0u64; COUNTRY_SLOTS as usize];
         for cpu in per_cpu.iter() {
-            for (sum, v) in reasons.iter_mut().zip(cpu.reasons.iter()) {
-                *sum += v;
-            }
             for (sum, v) in countries.iter_mut().zip(cpu.country_drops.iter()) {
                 *sum += v;
             }
@@ -535,7 +546,35 @@ impl Kernel {
         Ok(Counters {
             by_reason,
             drops_by_country,
+            by_interface: self.interface_counters()?,
         })
+    }
+
+    /// The reason counters of every attached interface (one pinned link per
+    /// interface), by slot: interfaces sharing a slot come once, under their
+    /// names joined by `+` ([`interface_slots`]). An interface that no longer
+    /// exists is left out.
+    fn interface_counters(&self) -> Result<Vec<(String, ReasonCounts)>, FilterError> {
+        let attached: Vec<(String, u32)> = self
+            .attached_interfaces()
+            .into_iter()
+            .filter_map(|name| interface_index(&name).map(|i| (name, i)))
+            .collect();
+        let mut out = Vec::new();
+        for (label, slot) in interface_slots(&attached) {
+            let per_cpu = self
+                .iface_stats
+                .get(&slot, 0)
+                .map_err(map_err(MAP_IFACE_STATS, "read"))?;
+            let mut reasons = [0u64; REASON_NAMES.len()];
+            for cpu in per_cpu.iter() {
+                for (sum, v) in reasons.iter_mut().zip(cpu.reasons.iter()) {
+                    *sum += v;
+                }
+            }
+            out.push((label, REASON_NAMES.iter().copied().zip(reasons).collect()));
+        }
+        Ok(out)
     }
 
     /// The drop-event ring buffer (it can be taken once).

@@ -1,4 +1,8 @@
-//! Forwarding to backends through hyper's pooled client; bodies are streamed.
+//! Forwarding to backends; bodies are streamed. HTTP/1.1 to plain-HTTP backends
+//! goes through a small pool of hyper connections of its own ([`upstream`]);
+//! TLS and HTTP/2 backends through hyper-util's pooled client.
+
+mod upstream;
 
 use std::error::Error as StdError;
 use std::path::PathBuf;
@@ -7,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST};
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response, Version, request};
+use http::{HeaderValue, Method, Request, Response, Version, request};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -64,6 +68,8 @@ pub(crate) struct Backend {
     base: Url,
     timeouts: BackendTimeouts,
     client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    /// HTTP/1.1 to an `http://` backend: connections of our own, not `client`'s.
+    http1: Option<Arc<upstream::Http1Pool>>,
     /// The `Authorization` every forwarded request carries (`backend_auth`).
     credential: Option<Arc<Credential>>,
     /// This API's request counters (kept across reloads, found by name).
@@ -111,11 +117,38 @@ impl Backend {
             .timer(TokioTimer::new())
             .http2_only(api.backend_protocol == BackendProtocol::Http2)
             .build(connector);
+        let http1 = (api.backend.scheme() == "http"
+            && api.backend_protocol == BackendProtocol::Auto)
+            .then(|| {
+                let host = match api.backend.host() {
+                    Some(url::Host::Ipv6(v6)) => v6.to_string(),
+                    Some(host) => host.to_string(),
+                    None => String::new(),
+                };
+                let port = api.backend.port_or_known_default().unwrap_or(80);
+                // What hyper-util's client sends: the URI's host, and its port
+                // unless it is the scheme's default.
+                let host_header = match api.backend.port() {
+                    Some(port) => format!("{}:{port}", host_for_uri(&api.backend)),
+                    None => host_for_uri(&api.backend),
+                };
+                HeaderValue::try_from(host_header).ok().map(|host_header| {
+                    Arc::new(upstream::Http1Pool::new(
+                        host,
+                        port,
+                        host_header,
+                        api.timeouts.connect,
+                        api.timeouts.pool_idle,
+                    ))
+                })
+            })
+            .flatten();
         Ok(Self {
             name: api.name.clone(),
             base: api.backend.clone(),
             timeouts: api.timeouts,
             client,
+            http1,
             credential,
             metrics,
         })
@@ -148,26 +181,38 @@ impl Backend {
                 }
             }
         }
-        parts.uri = self.upstream_uri(rest_of_path, parts.uri.query())?;
         parts.version = Version::HTTP_11;
         // The client sets Host from the URI: the backend sees its own name, the
         // original one travels in X-Forwarded-Host and Forwarded.
         parts.headers.remove(HOST);
+        let own = tokio::time::Instant::now() + self.timeouts.response_header;
+        let until = own.min(deadline);
+        // CONNECT (authority-form) is left to hyper-util's client.
+        if let Some(pool) = self
+            .http1
+            .as_ref()
+            .filter(|_| parts.method != Method::CONNECT)
+        {
+            // Origin-form, as hyper-util's client sends over HTTP/1.1.
+            parts.uri = Uri::from(self.upstream_path(rest_of_path, parts.uri.query())?);
+            let request = Request::from_parts(parts, body);
+            let response = match tokio::time::timeout_at(until, pool.send(request)).await {
+                Err(_elapsed) => return Err(self.timed_out(deadline <= own)),
+                Ok(Err(error)) => return Err(self.classify(&error, error.is_connect())),
+                Ok(Ok(response)) => response,
+            };
+            let (mut parts, body) = response.into_parts();
+            super::forwarded::remove_hop_by_hop(&mut parts.headers);
+            let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
+            return Ok(Response::from_parts(parts, body));
+        }
+        parts.uri = self.upstream_uri(rest_of_path, parts.uri.query())?;
         let request = Request::from_parts(parts, body);
 
-        let own = tokio::time::Instant::now() + self.timeouts.response_header;
-        let sent = tokio::time::timeout_at(own.min(deadline), self.client.request(request));
+        let sent = tokio::time::timeout_at(until, self.client.request(request));
         let response = match sent.await {
-            Err(_elapsed) => {
-                tracing::warn!(
-                    api = %self.name,
-                    response_timeout = ?self.timeouts.response_header,
-                    request_deadline_passed = deadline <= own,
-                    "backend did not answer in time"
-                );
-                return Err(Rejection::gateway_timeout());
-            }
-            Ok(Err(error)) => return Err(self.classify(&error)),
+            Err(_elapsed) => return Err(self.timed_out(deadline <= own)),
+            Ok(Err(error)) => return Err(self.classify(&error, error.is_connect())),
             Ok(Ok(response)) => response,
         };
         let (mut parts, body) = response.into_parts();
@@ -176,7 +221,18 @@ impl Backend {
         Ok(Response::from_parts(parts, body))
     }
 
-    fn classify(&self, error: &hyper_util::client::legacy::Error) -> Rejection {
+    /// The 504 for a backend that did not answer in time.
+    fn timed_out(&self, request_deadline_passed: bool) -> Rejection {
+        tracing::warn!(
+            api = %self.name,
+            response_timeout = ?self.timeouts.response_header,
+            request_deadline_passed,
+            "backend did not answer in time"
+        );
+        Rejection::gateway_timeout()
+    }
+
+    fn classify(&self, error: &(dyn StdError + 'static), connect: bool) -> Rejection {
         if find_in_chain::<http_body_util::LengthLimitError>(error) {
             tracing::info!(api = %self.name, "request body over the limit while streaming");
             return Rejection::payload_too_large();
@@ -185,7 +241,7 @@ impl Backend {
             tracing::info!(api = %self.name, error = %Chain(error), "client request body unreadable");
             return Rejection::bad_request();
         }
-        if error.is_connect() {
+        if connect {
             tracing::warn!(api = %self.name, error = %Chain(error), "backend connection failed");
         } else {
             tracing::warn!(api = %self.name, error = %Chain(error), "backend request failed");
@@ -197,12 +253,25 @@ impl Backend {
         clippy::result_large_err,
         reason = "a Rejection (with its HeaderMap) is built only when a request is refused; boxing it would cost an allocation there and buy nothing on the pass path"
     )]
-    fn upstream_uri(&self, rest_of_path: &str, query: Option<&str>) -> Result<Uri, Rejection> {
+    fn upstream_path(
+        &self,
+        rest_of_path: &str,
+        query: Option<&str>,
+    ) -> Result<PathAndQuery, Rejection> {
         let path = join_path(self.base.path(), rest_of_path);
         let path_and_query = match query {
             Some(q) => format!("{path}?{q}"),
             None => path,
         };
+        PathAndQuery::try_from(path_and_query).map_err(|_| Rejection::bad_request())
+    }
+
+    #[expect(
+        clippy::result_large_err,
+        reason = "a Rejection (with its HeaderMap) is built only when a request is refused; boxing it would cost an allocation there and buy nothing on the pass path"
+    )]
+    fn upstream_uri(&self, rest_of_path: &str, query: Option<&str>) -> Result<Uri, Rejection> {
+        let path_and_query = self.upstream_path(rest_of_path, query)?;
         let authority = match self.base.port() {
             Some(port) => format!("{}:{port}", host_for_uri(&self.base)),
             None => host_for_uri(&self.base),
@@ -210,9 +279,7 @@ impl Backend {
         let uri = Uri::builder()
             .scheme(self.base.scheme())
             .authority(authority)
-            .path_and_query(
-                PathAndQuery::try_from(path_and_query).map_err(|_| Rejection::bad_request())?,
-            )
+            .path_and_query(path_and_query)
             .build();
         uri.map_err(|_| Rejection::bad_request())
     }

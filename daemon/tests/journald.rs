@@ -15,103 +15,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod gateway_support;
+// The journald guard and journal readers, shared with the rampart-tests crate.
+#[allow(dead_code)]
+#[path = "../../tests/src/journal.rs"]
+mod journal;
 
-use std::os::unix::net::UnixDatagram;
-use std::path::Path;
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use gateway_support::*;
+use journal::{Journald, field, wait_entries};
 use rampart::policy::keys::{KeyStore, Scope};
 use serde_json::Value;
-
-const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
-const JOURNALD: &str = "/lib/systemd/systemd-journald";
-
-/// Whether a journald receives on the native socket (a stale socket file left
-/// by a journald that is gone refuses the datagram).
-fn journald_alive() -> bool {
-    UnixDatagram::unbound()
-        .and_then(|s| s.send_to(&[], JOURNAL_SOCKET))
-        .is_ok()
-}
-
-/// A journald this test started, stopped on drop; `None` inside when one was
-/// already running (it is left alone).
-struct Journald(Option<Child>);
-
-impl Journald {
-    fn ensure() -> Result<Self, String> {
-        if journald_alive() {
-            return Ok(Self(None));
-        }
-        if !Path::new(JOURNALD).exists() {
-            return Err(format!("{JOURNALD} is not installed"));
-        }
-        std::fs::create_dir_all("/run/systemd/journal").map_err(|e| e.to_string())?;
-        let child = Command::new(JOURNALD)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting {JOURNALD}: {e}"))?;
-        let guard = Self(Some(child));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !journald_alive() {
-            if Instant::now() > deadline {
-                return Err("journald did not open its socket within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(guard)
-    }
-}
-
-impl Drop for Journald {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            // SAFETY: kill has no memory preconditions; the pid is our own child's.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Every journal entry of process `pid`, as JSON objects.
-fn entries_of(pid: u32) -> (String, Vec<Value>) {
-    let out = Command::new("journalctl")
-        .args(["-o", "json", "--no-pager", "--all"])
-        .arg(format!("_PID={pid}"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let entries = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .collect();
-    (text, entries)
-}
-
-fn field<'a>(entry: &'a Value, name: &str) -> &'a str {
-    entry[name].as_str().unwrap_or("")
-}
-
-/// Polls the journal (up to 20 s) until `done` holds for the entries of `pid`.
-fn wait_entries(pid: u32, done: impl Fn(&[Value]) -> bool) -> (String, Vec<Value>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let _ = Command::new("journalctl").arg("--sync").output();
-        let (text, entries) = entries_of(pid);
-        if done(&entries) || Instant::now() > deadline {
-            return (text, entries);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn find<'a>(entries: &'a [Value], event: &str, reason: Option<&str>) -> Option<&'a Value> {
     entries.iter().find(|e| {
@@ -202,7 +117,7 @@ async fn security_events_reach_the_journal_with_their_fields() {
 
     daemon.signal(libc::SIGHUP);
 
-    let (journal, entries) = wait_entries(pid, |entries| {
+    let (journal, entries) = wait_entries(pid, Duration::from_secs(20), |entries| {
         find(entries, "auth_failed", Some("SubscriptionKeyNotFound")).is_some()
             && find(entries, "auth_failed", Some("SubscriptionKeyInvalid")).is_some()
             && find(entries, "rate_limited", None).is_some()

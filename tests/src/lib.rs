@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod daemon;
+pub mod journal;
 pub mod journald;
 pub mod netns;
 pub mod packet;

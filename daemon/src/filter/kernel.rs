@@ -512,16 +512,26 @@ impl Kernel {
 
     pub fn counters(&self) -> Result<Counters, FilterError> {
         let per_cpu = self.stats.get(&0, 0).map_err(map_err(MAP_STATS, "read"))?;
-        // The program counts packets per interface slot only: the totals are
-        // the sum of every slot (interfaces detached since included).
-        let mut reasons = [0u64; REASON_NAMES.len()];
-        for slot in 0..IFACE_SLOTS {
-            let per_cpu =
-                (self.iface_stats.get(&slot, 0)).map_err(map_err(MAP_IFACE_STATS, "read"))?;
-            for cpu in per_cpu.iter() {
-                for (sum, v) in reasons.iter_mut().zip(cpu.reasons.iter()) {
-                    *sum += v;
+        // The program counts packets per interface slot only: each slot is read
+        // once; the totals are the sum of every slot (interfaces detached since
+        // included), the attached interfaces' series their own slots.
+        let slots = (0..IFACE_SLOTS)
+            .map(|slot| {
+                let per_cpu =
+                    (self.iface_stats.get(&slot, 0)).map_err(map_err(MAP_IFACE_STATS, "read"))?;
+                let mut reasons = [0u64; REASON_NAMES.len()];
+                for cpu in per_cpu.iter() {
+                    for (sum, v) in reasons.iter_mut().zip(cpu.reasons.iter()) {
+                        *sum += v;
+                    }
                 }
+                Ok(reasons)
+            })
+            .collect::<Result<Vec<_>, FilterError>>()?;
+        let mut reasons = [0u64; REASON_NAMES.len()];
+        for slot in &slots {
+            for (sum, v) in reasons.iter_mut().zip(slot) {
+                *sum += v;
             }
         }
         let mut countries = vec![0u64; COUNTRY_SLOTS as usize];
@@ -546,35 +556,30 @@ impl Kernel {
         Ok(Counters {
             by_reason,
             drops_by_country,
-            by_interface: self.interface_counters()?,
+            by_interface: self.interface_counters(&slots),
         })
     }
 
     /// The reason counters of every attached interface (one pinned link per
     /// interface), by slot: interfaces sharing a slot come once, under their
     /// names joined by `+` ([`interface_slots`]). An interface that no longer
-    /// exists is left out.
-    fn interface_counters(&self) -> Result<Vec<(String, ReasonCounts)>, FilterError> {
+    /// exists is left out. `slots`: every slot's counts, by slot.
+    fn interface_counters(
+        &self,
+        slots: &[[u64; REASON_NAMES.len()]],
+    ) -> Vec<(String, ReasonCounts)> {
         let attached: Vec<(String, u32)> = self
             .attached_interfaces()
             .into_iter()
             .filter_map(|name| interface_index(&name).map(|i| (name, i)))
             .collect();
-        let mut out = Vec::new();
-        for (label, slot) in interface_slots(&attached) {
-            let per_cpu = self
-                .iface_stats
-                .get(&slot, 0)
-                .map_err(map_err(MAP_IFACE_STATS, "read"))?;
-            let mut reasons = [0u64; REASON_NAMES.len()];
-            for cpu in per_cpu.iter() {
-                for (sum, v) in reasons.iter_mut().zip(cpu.reasons.iter()) {
-                    *sum += v;
-                }
-            }
-            out.push((label, REASON_NAMES.iter().copied().zip(reasons).collect()));
-        }
-        Ok(out)
+        interface_slots(&attached)
+            .into_iter()
+            .filter_map(|(label, slot)| {
+                let reasons = slots.get(slot as usize)?;
+                Some((label, REASON_NAMES.iter().copied().zip(*reasons).collect()))
+            })
+            .collect()
     }
 
     /// The drop-event ring buffer (it can be taken once).

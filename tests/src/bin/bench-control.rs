@@ -46,6 +46,7 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 use aya::maps::{Map, MapData, MapInfo, PerCpuHashMap, PerCpuValues};
+use rampart_tests::bench::debian_version;
 use rampart_tests::{PinDir, daemon::TempDir, netns::Pair};
 
 /// rampartd's CPU; everything else (this program, the CLI, xdp-filter) runs on the
@@ -282,18 +283,6 @@ impl Drop for XdpFilter {
             .args(["xdp-filter", "unload", &self.dev])
             .output();
     }
-}
-
-fn debian_version(package: &str) -> String {
-    Command::new("dpkg-query")
-        .args(["-W", "-f", &format!("{package} ${{Version}}"), package])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map_or_else(
-            || package.to_string(),
-            |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        )
 }
 
 // ---------------------------------------------------------------------------

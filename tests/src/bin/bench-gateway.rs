@@ -30,6 +30,7 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 use rampart::policy::keys::{KeyStore, Scope};
+use rampart_tests::bench::{Child, debian_version, free_port, output, pinned};
 use rampart_tests::daemon::TempDir;
 
 /// HAProxy's configuration, with `@NAME@` placeholders (see the file).
@@ -109,92 +110,6 @@ fn args() -> anyhow::Result<Args> {
         "--rounds and --secs must be at least 1"
     );
     Ok(a)
-}
-
-/// A child process, killed and reaped on drop.
-struct Child {
-    name: &'static str,
-    child: std::process::Child,
-}
-
-impl Child {
-    fn spawn(name: &'static str, cmd: &mut Command) -> anyhow::Result<Self> {
-        let child = cmd
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Self { name, child })
-    }
-
-    /// Waits until something accepts connections on `port`; fails early if
-    /// the process exits. `log` is shown on failure.
-    fn wait_listening(&mut self, port: u16, log: &str) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("{} exited with {status} before listening{log}", self.name);
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} did not listen on port {port} within 20 s{log}",
-                    self.name
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port nothing listens on now (the kernel's pick for an ephemeral bind).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// `taskset -c <cpu> <program>`: the program replaces taskset, so the child
-/// is the program itself.
-fn pinned(cpu: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut cmd = Command::new("taskset");
-    cmd.args(["-c", cpu]).arg(program);
-    cmd
-}
-
-/// Runs `cmd`, returns its stdout and stderr; fails with both unless it exits with 0.
-fn output(cmd: &mut Command) -> anyhow::Result<(String, String)> {
-    let what = format!("{cmd:?}");
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {what}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if !out.status.success() {
-        bail!("{what} failed ({}):\n{stdout}{stderr}", out.status);
-    }
-    Ok((stdout, stderr))
-}
-
-fn debian_version(package: &str) -> String {
-    Command::new("dpkg-query")
-        .args(["-W", "-f", &format!("{package} ${{Version}}"), package])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map_or_else(
-            || package.to_string(),
-            |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        )
 }
 
 /// What one wrk run measured.

@@ -32,6 +32,7 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
+use rampart_tests::bench::{Child, debian_version, free_port, output, pinned};
 use rampart_tests::daemon::TempDir;
 
 /// The backend's configuration, with `@DIR@` and `@PORT@` placeholders.
@@ -81,92 +82,6 @@ fn args() -> anyhow::Result<Args> {
         "--secs must be at least 2 and --restarts at least 1"
     );
     Ok(a)
-}
-
-/// A child process, killed and reaped on drop.
-struct Child {
-    name: &'static str,
-    child: std::process::Child,
-}
-
-impl Child {
-    fn spawn(name: &'static str, cmd: &mut Command) -> anyhow::Result<Self> {
-        let child = cmd
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Self { name, child })
-    }
-
-    /// Waits (at most 40 s) for the process to exit.
-    fn exited(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            ensure!(Instant::now() < deadline, "{} did not exit", self.name);
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    fn signal(&self, signal: i32) -> anyhow::Result<()> {
-        let pid = i32::try_from(self.child.id())?;
-        // SAFETY: kill has no memory preconditions; the pid is our own child's.
-        ensure!(unsafe { libc::kill(pid, signal) } == 0, "kill {pid}");
-        Ok(())
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port nothing listens on now.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// `taskset -c <cpu> <program>`: the program replaces taskset.
-fn pinned(cpu: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut cmd = Command::new("taskset");
-    cmd.args(["-c", cpu]).arg(program);
-    cmd
-}
-
-/// Runs `cmd`; fails with its output unless it exits with 0.
-fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let what = format!("{cmd:?}");
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {what}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}):\n{stdout}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(stdout)
-}
-
-fn debian_version(package: &str) -> String {
-    Command::new("dpkg-query")
-        .args(["-W", "-f", &format!("{package} ${{Version}}"), package])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map_or_else(
-            || package.to_string(),
-            |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        )
 }
 
 /// Waits (at most 20 s) until `GET /` on `port` answers 200 (a connection

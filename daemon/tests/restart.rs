@@ -12,10 +12,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod gateway_support;
+// Socket activation as systemd does it, shared with the rampart-tests crate.
+#[path = "../../tests/src/activation.rs"]
+mod activation;
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::Arc;
@@ -80,35 +81,7 @@ impl Setup {
         let rampartd = env!("CARGO_BIN_EXE_rampartd");
         let mut cmd = match inherited {
             None => Command::new(rampartd),
-            Some(socket) => {
-                // LISTEN_PID must be the daemon's own pid: the shell's, which
-                // `exec` keeps.
-                let mut cmd = Command::new("sh");
-                cmd.arg("-c")
-                    .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
-                    .arg(rampartd)
-                    .env("LISTEN_FDS", "1")
-                    .env("LISTEN_FDNAMES", "rampartd.socket");
-                let fd = socket.as_raw_fd();
-                // SAFETY: dup2 and fcntl are async-signal-safe; the closure
-                // touches no memory of the parent.
-                unsafe {
-                    cmd.pre_exec(move || {
-                        // dup2 gives fd 3 without close-on-exec; fd 3 already
-                        // being the socket needs the flag cleared by hand.
-                        let done = if fd == 3 {
-                            libc::fcntl(3, libc::F_SETFD, 0)
-                        } else {
-                            libc::dup2(fd, 3)
-                        };
-                        if done < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        Ok(())
-                    });
-                }
-                cmd
-            }
+            Some(socket) => activation::activated(socket, &[rampartd]),
         };
         cmd.arg("--config")
             .arg(&self.config)

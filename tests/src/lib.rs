@@ -2,6 +2,7 @@
 //! own every kernel object a test creates (pin directories, network
 //! namespaces, processes) and remove it on drop, also when the test fails.
 
+pub mod activation;
 pub mod bench;
 pub mod control;
 pub mod daemon;

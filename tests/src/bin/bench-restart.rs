@@ -22,16 +22,16 @@
 //! creates is removed on exit, also on failure.
 
 use std::{
+    ffi::OsStr,
     fmt::Write as _,
     fs::File,
-    os::fd::AsRawFd as _,
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail, ensure};
+use rampart_tests::activation::activated;
 use rampart_tests::bench::{Child, debian_version, free_port, output, pinned};
 use rampart_tests::daemon::TempDir;
 
@@ -181,33 +181,16 @@ impl Rampartd<'_> {
     fn spawn(&self) -> anyhow::Result<Child> {
         let mut cmd = match &self.socket {
             None => pinned(GATEWAY_CPU, self.binary),
-            Some(socket) => {
-                // LISTEN_PID is the pid of the shell, which execs taskset, which
-                // execs rampartd: the same process.
-                let mut cmd = Command::new("sh");
-                cmd.arg("-c")
-                    .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
-                    .args(["taskset", "-c", GATEWAY_CPU])
-                    .arg(self.binary)
-                    .env("LISTEN_FDS", "1");
-                let fd = socket.as_raw_fd();
-                // SAFETY: dup2 and fcntl are async-signal-safe and touch no memory
-                // of the parent.
-                unsafe {
-                    cmd.pre_exec(move || {
-                        let done = if fd == 3 {
-                            libc::fcntl(3, libc::F_SETFD, 0)
-                        } else {
-                            libc::dup2(fd, 3)
-                        };
-                        if done < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        Ok(())
-                    });
-                }
-                cmd
-            }
+            // The shell execs taskset, which execs rampartd: one process.
+            Some(socket) => activated(
+                socket,
+                &[
+                    OsStr::new("taskset"),
+                    OsStr::new("-c"),
+                    OsStr::new(GATEWAY_CPU),
+                    self.binary.as_os_str(),
+                ],
+            ),
         };
         cmd.arg("--config")
             .arg(&self.config)

@@ -177,18 +177,21 @@ fn xdp(options: &Options, out: &std::path::Path) -> Result<String> {
     Ok(reproduce)
 }
 
+/// Builds the named binaries of the rampart package in release mode (into
+/// target/release): what the benchmarks measure is what ships.
+fn build_release(bins: &[&str]) -> Result<()> {
+    let mut cmd = process::cargo();
+    cmd.args(["build", "--release", "--quiet", "-p", "rampart"]);
+    for bin in bins {
+        cmd.args(["--bin", bin]);
+    }
+    process::run(&mut cmd)
+}
+
 /// Runs the gateway benchmark, its figures to `out`; returns the reproduce command.
 fn gateway(options: &Options, out: &std::path::Path) -> Result<String> {
     // Both in release mode: the figures are the gateway's, not a debug build's.
-    process::run(process::cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "rampart",
-        "--bin",
-        "rampartd",
-    ]))?;
+    build_release(&["rampartd"])?;
     let bench = build_bench("bench-gateway")?;
     // The driver pins what it starts itself: the gateway under test to CPU 1,
     // wrk and the backend to CPU 0. It mostly waits for wrk.
@@ -228,17 +231,7 @@ fn gateway(options: &Options, out: &std::path::Path) -> Result<String> {
 /// Runs the control-plane benchmark, its figures to `out`; returns the reproduce command.
 fn control(options: &Options, out: &std::path::Path) -> Result<String> {
     // The daemon and the CLI as shipped: release builds.
-    process::run(process::cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "rampart",
-        "--bin",
-        "rampartd",
-        "--bin",
-        "rampart",
-    ]))?;
+    build_release(&["rampartd", "rampart"])?;
     let bench = build_bench("bench-control")?;
     let release = process::workspace_root().join("target/release");
     // The benchmark, its probers, the CLI and xdp-filter's command on CPU 0; it
@@ -259,15 +252,7 @@ fn control(options: &Options, out: &std::path::Path) -> Result<String> {
 
 /// Runs the restart benchmark, its figures to `out`; returns the reproduce command.
 fn restart(options: &Options, out: &std::path::Path) -> Result<String> {
-    process::run(process::cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "rampart",
-        "--bin",
-        "rampartd",
-    ]))?;
+    build_release(&["rampartd"])?;
     let bench = build_bench("bench-restart")?;
     // The driver pins what it starts itself: the gateway to CPU 1, wrk and the
     // backend to CPU 0.

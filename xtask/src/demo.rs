@@ -153,17 +153,20 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     namespaces()?;
     files::write_all(&dir, if journal { "journald" } else { "stderr" })?;
 
+    let backend_ready = dir.join("backend.ready");
     demo.backend = Some(
         Command::new("ip")
             .args(["netns", "exec", SRV, "python3"])
             .arg(dir.join("backend.py"))
             .arg(files::BACKEND)
+            .arg(&backend_ready)
             .stdout(Stdio::null())
             // Its own process group: Ctrl-C is rampartd's to handle.
             .process_group(0)
             .spawn()
             .context("starting the demo backend")?,
     );
+    wait_for_backend(&mut demo, &backend_ready)?;
 
     // The demo owns Ctrl-C's aftermath: rampartd gets the signal and exits,
     // this process carries on to clean up.
@@ -281,6 +284,25 @@ fn start_journald() -> Result<Child> {
 
 /// Waits until the gateway answers the allowed client over TLS, which also
 /// means the filter is attached (rampartd attaches before it listens).
+/// Waits until the demo backend listens (it writes `ready` once bound), so
+/// that the first proxied request does not race a slow interpreter start.
+fn wait_for_backend(demo: &mut Demo, ready: &Path) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if ready.exists() {
+            return Ok(());
+        }
+        if let Some(backend) = demo.backend.as_mut()
+            && let Some(status) = backend.try_wait()?
+        {
+            demo.backend = None;
+            bail!("the demo backend exited at start ({status}); its error is above");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("the demo backend did not listen within 30 s")
+}
+
 fn wait_until_ready(demo: &mut Demo) -> Result<()> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {

@@ -188,7 +188,10 @@ class Echo(BaseHTTPRequestHandler):
         pass
 
 host, port = sys.argv[1].rsplit(":", 1)
-ThreadingHTTPServer((host, int(port)), Echo).serve_forever()
+server = ThreadingHTTPServer((host, int(port)), Echo)
+# Bound and listening: tell the demo, which waits for this file.
+open(sys.argv[2], "w").close()
+server.serve_forever()
 "#;
 
 #[cfg(test)]

@@ -493,12 +493,14 @@ async fn run_http<I>(
         let conn = conn.clone();
         let busy = Busy::new(Arc::clone(&activity));
         let version = request.version();
-        let stopping = server.shutdown.clone();
+        // The server, not a clone of its shutdown token: cloning a token locks
+        // its tree, twice per request.
+        let server = Arc::clone(&server);
         async move {
             let mut response = handle_catching(shared, conn, request).await;
             drop(busy);
             if let Ok(response) = &mut response {
-                super::draining::close_when_stopping(response, version, &stopping);
+                super::draining::close_when_stopping(response, version, &server.shutdown);
             }
             response
         }

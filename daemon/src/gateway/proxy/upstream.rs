@@ -99,7 +99,10 @@ impl Http1Pool {
         loop {
             let (mut sender, reused) = match self.checkout() {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                // Boxed: a new connection is the rare case, and its future
+                // inline would grow every request's future (moved by value at
+                // each await up the chain) by its size.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {

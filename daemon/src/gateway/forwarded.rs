@@ -17,6 +17,23 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// Removes the headers that concern only one hop: the fixed list, every `Proxy-*`
 /// header, and every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // The usual message carries none of them: one pass over its few names tells,
+    // instead of a hashed lookup per listed name (twice per proxied request).
+    let hop_by_hop = |name: &HeaderName| {
+        [
+            &CONNECTION,
+            &KEEP_ALIVE,
+            &TE,
+            &TRAILER,
+            &TRANSFER_ENCODING,
+            &UPGRADE,
+        ]
+        .contains(&name)
+            || name.as_str().starts_with("proxy-")
+    };
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -76,13 +93,15 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: ClientHop<'_>) {
         headers.remove(FORWARDED);
     }
 
+    // The peer's text once, for both headers (IPv4 is the same in each).
+    let peer_text = peer.to_string();
     let xff = match joined(headers, &X_FORWARDED_FOR) {
-        Some(prior) => format!("{prior}, {peer}"),
-        None => peer.to_string(),
+        Some(prior) => format!("{prior}, {peer_text}"),
+        None => peer_text.clone(),
     };
     insert(headers, X_FORWARDED_FOR, &xff);
     if !headers.contains_key(X_FORWARDED_PROTO) {
-        insert(headers, X_FORWARDED_PROTO, hop.proto);
+        headers.insert(X_FORWARDED_PROTO, proto_value(hop.proto));
     }
     if let Some(host) = hop.host
         && !headers.contains_key(X_FORWARDED_HOST)
@@ -90,10 +109,20 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: ClientHop<'_>) {
         insert(headers, X_FORWARDED_HOST, host);
     }
 
-    let mut element = format!("for={}", forwarded_node(peer));
+    let mut element = String::with_capacity(64);
+    element.push_str("for=");
+    match peer {
+        IpAddr::V4(_) => element.push_str(&peer_text),
+        // RFC 7239 §6: an IPv6 node is quoted and bracketed.
+        IpAddr::V6(_) => {
+            element.push_str("\"[");
+            element.push_str(&peer_text);
+            element.push_str("]\"");
+        }
+    }
     if let Some(host) = hop.host {
         element.push_str(";host=");
-        element.push_str(&forwarded_value(host));
+        push_forwarded_value(&mut element, host);
     }
     element.push_str(";proto=");
     element.push_str(hop.proto);
@@ -102,6 +131,15 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: ClientHop<'_>) {
         None => element,
     };
     insert(headers, FORWARDED, &forwarded);
+}
+
+/// `X-Forwarded-Proto`: the two values the gateway speaks need no copy.
+fn proto_value(proto: &str) -> HeaderValue {
+    match proto {
+        "https" => HeaderValue::from_static("https"),
+        "http" => HeaderValue::from_static("http"),
+        other => HeaderValue::from_str(other).unwrap_or_else(|_| HeaderValue::from_static("http")),
+    }
 }
 
 /// The client's address: the TCP peer, or, when the peer is a trusted proxy, the
@@ -172,25 +210,23 @@ fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-/// RFC 7239 §6: an IPv6 node is quoted and bracketed.
-fn forwarded_node(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    }
-}
-
 /// A token as is, anything else as a quoted-string.
-fn forwarded_value(value: &str) -> String {
+fn push_forwarded_value(out: &mut String, value: &str) {
     let is_token = !value.is_empty()
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if is_token {
-        value.to_owned()
+        out.push_str(value);
     } else {
-        let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
-        format!("\"{escaped}\"")
+        out.push('"');
+        for c in value.chars() {
+            if matches!(c, '\\' | '"') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
     }
 }
 
@@ -279,6 +315,42 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["accept", "authorization"]);
+    }
+
+    #[test]
+    fn forwarded_host_that_is_no_token_is_quoted_and_escaped() {
+        let mut headers = HeaderMap::new();
+        let hop = ClientHop {
+            host: Some(r#"a"b\c"#),
+            ..hop("192.0.2.7", false)
+        };
+        set_forwarding_headers(&mut headers, hop);
+        assert_eq!(
+            headers[FORWARDED],
+            r#"for=192.0.2.7;host="a\"b\\c";proto=https"#
+        );
+        assert_eq!(headers[X_FORWARDED_PROTO], "https");
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+        ] {
+            let mut headers = map(&[("accept", "*/*"), (name, "x"), ("x-app", "1")]);
+            remove_hop_by_hop(&mut headers);
+            let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+            assert_eq!(left, ["accept", "x-app"], "{name}");
+        }
+        let mut plain = map(&[("accept", "*/*"), ("host", "a"), ("x-app", "1")]);
+        remove_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 3);
     }
 
     #[test]

@@ -28,8 +28,9 @@ pub(crate) struct Options {
     /// xdp: seconds of trafgen traffic per measurement under traffic.
     #[arg(long, default_value_t = 3)]
     traffic_secs: u64,
-    /// gateway: interleaved rounds (rampartd, HAProxy, backend directly).
-    #[arg(long, default_value_t = 5)]
+    /// gateway: interleaved rounds (rampartd, HAProxy, backend directly); nine, so
+    /// that the median per-round ratio outlasts a few rounds the VM disturbed.
+    #[arg(long, default_value_t = 9)]
     rounds: u32,
     /// gateway: seconds of wrk per system and round; restart: seconds of wrk per
     /// system.
@@ -219,7 +220,7 @@ fn gateway(options: &Options, out: &std::path::Path) -> Result<String> {
     } else if options.jwt {
         reproduce.push_str(" --jwt");
     }
-    if options.rounds != 5 {
+    if options.rounds != 9 {
         write!(reproduce, " --rounds {}", options.rounds)?;
     }
     if options.secs != 8 {

@@ -70,7 +70,7 @@ fn args() -> anyhow::Result<Args> {
     let mut a = Args {
         rampartd: PathBuf::new(),
         out: None,
-        rounds: 5,
+        rounds: 9,
         secs: 8,
         connections: 32,
         rampartd_rust_log: None,

@@ -405,6 +405,14 @@ impl ApiPolicies {
                 .map(|sub| Some(sub.name.clone())),
         };
         let name = result.map_err(|rejected: KeyRejection| {
+            // A genuine key of a suspended, cancelled or out-of-scope subscription:
+            // the refusal's log event names the subscription.
+            if let (KeyRejection::NotActive { .. } | KeyRejection::OutOfScope, Some(key)) =
+                (rejected, &presented)
+                && let Some(holder) = self.keys.holder(&key.value)
+            {
+                request.state.insert(SubscriptionName(holder.to_owned()));
+            }
             let host = parts
                 .headers
                 .get(header::HOST)

@@ -83,6 +83,46 @@ fn missing_and_invalid_keys_get_apim_401s() {
 }
 
 #[test]
+fn a_refused_genuine_key_names_its_subscription_for_the_log() {
+    let text = "[filter]\ninterfaces = [\"eth0\"]\n[[product]]\nname = \"p\"\n\
+                [[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://b\"\nproducts = [\"p\"]\n";
+    let config = parse(text, std::path::Path::new("t.toml")).unwrap();
+    let mut keys = KeyStore::in_memory();
+    let (_, paused) = keys.create("paused", keys::Scope::AllApis).unwrap();
+    keys.suspend("paused").unwrap();
+    let (_, elsewhere) = keys
+        .create("elsewhere", keys::Scope::Api("other".into()))
+        .unwrap();
+    let quotas = QuotaCounters::in_memory(1000, SystemClock);
+    let p = ApiPolicies::new(&config.apis, &config.products, &[], keys, quotas).unwrap();
+    for (key, name) in [
+        (paused.primary.expose(), "paused"),
+        (elsewhere.secondary.expose(), "elsewhere"),
+    ] {
+        let out = run(
+            &p,
+            get("/x")
+                .header("Ocp-Apim-Subscription-Key", key)
+                .body(())
+                .unwrap(),
+        );
+        assert_eq!(out.state.get::<SubscriptionName>().unwrap().0, name);
+        let r = rejection(out);
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(r.reason, "SubscriptionKeyInvalid");
+    }
+    // An unknown key names nobody.
+    let out = run(
+        &p,
+        get("/x")
+            .header("Ocp-Apim-Subscription-Key", "nope")
+            .body(())
+            .unwrap(),
+    );
+    assert!(out.state.get::<SubscriptionName>().is_none());
+}
+
+#[test]
 fn a_valid_key_passes_and_is_removed_from_header_and_query() {
     let (p, key) = policies("");
     let out = run(

@@ -437,16 +437,7 @@ impl KeyStore {
         api_products: &[S],
     ) -> Result<&Subscription, KeyRejection> {
         let presented = presented.ok_or(KeyRejection::Missing)?;
-        let hash = KeyHash::of(presented);
-        let (name, slot) = self.index.get(&hash).ok_or(KeyRejection::Unknown)?;
-        let sub = self.subscriptions.get(name).ok_or(KeyRejection::Unknown)?;
-        let stored = match slot {
-            KeySlot::Primary => &sub.primary,
-            KeySlot::Secondary => &sub.secondary,
-        };
-        if !stored.ct_eq(&hash) {
-            return Err(KeyRejection::Unknown);
-        }
+        let sub = self.owner(presented).ok_or(KeyRejection::Unknown)?;
         if sub.state != SubscriptionState::Active {
             return Err(KeyRejection::NotActive { state: sub.state });
         }
@@ -454,6 +445,26 @@ impl KeyStore {
             return Err(KeyRejection::OutOfScope);
         }
         Ok(sub)
+    }
+
+    /// The name of the subscription a presented key belongs to, whatever its state
+    /// and scope: what the log of a refused genuine key names. `None` for a key that
+    /// belongs to none.
+    pub fn holder(&self, presented: &[u8]) -> Option<&str> {
+        self.owner(presented).map(|sub| sub.name.as_str())
+    }
+
+    /// The subscription whose primary or secondary key `presented` is (the stored
+    /// hash compared in constant time).
+    fn owner(&self, presented: &[u8]) -> Option<&Subscription> {
+        let hash = KeyHash::of(presented);
+        let (name, slot) = self.index.get(&hash)?;
+        let sub = self.subscriptions.get(name)?;
+        let stored = match slot {
+            KeySlot::Primary => &sub.primary,
+            KeySlot::Secondary => &sub.secondary,
+        };
+        stored.ct_eq(&hash).then_some(sub)
     }
 
     fn set_state(&mut self, name: &str, state: SubscriptionState) -> Result<(), KeyStoreError> {

@@ -1,7 +1,10 @@
 //! What the benchmark binaries (`tests/src/bin/bench-*.rs`) share: child
-//! processes killed on drop, CPU pinning, running a tool, ports, package versions.
+//! processes killed on drop, CPU pinning, running a tool, ports, package versions,
+//! the gateways' certificate and the nginx backend.
 
 use std::{
+    fs::File,
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -113,4 +116,54 @@ pub fn debian_version(package: &str) -> String {
             || package.to_string(),
             |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
         )
+}
+
+/// The nginx configuration of the backend both gateway benchmarks proxy to.
+const NGINX_CONF: &str = include_str!("../bench/nginx-backend.conf");
+
+/// One self-signed P-256 certificate for localhost and 127.0.0.1 in `dir`:
+/// `cert.pem` and `key.pem` (rampartd), and both in one file, `haproxy.pem`
+/// (HAProxy wants the chain and the key together).
+pub fn self_signed_certificate(dir: &Path) -> anyhow::Result<()> {
+    output(
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec"])
+            .args(["-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-days", "2", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem")),
+    )?;
+    let pem = std::fs::read_to_string(dir.join("cert.pem"))?
+        + &std::fs::read_to_string(dir.join("key.pem"))?;
+    std::fs::write(dir.join("haproxy.pem"), pem)?;
+    Ok(())
+}
+
+/// The backend: one nginx process answering `ok` on 127.0.0.1:`port`, pinned to
+/// `cpu`, its files in `dir`; returned once it listens.
+pub fn nginx_backend(dir: &Path, port: u16, cpu: &str) -> anyhow::Result<Child> {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        NGINX_CONF
+            .replace("@DIR@", &dir.display().to_string())
+            .replace("@PORT@", &port.to_string()),
+    )?;
+    let mut nginx = Child::spawn(
+        "nginx",
+        pinned(cpu, "nginx")
+            .arg("-e")
+            .arg(dir.join("nginx-error.log"))
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(File::create(dir.join("nginx-stderr.log"))?),
+    )?;
+    nginx.wait_listening(port, "")?;
+    Ok(nginx)
 }

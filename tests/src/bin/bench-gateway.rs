@@ -30,7 +30,9 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 use rampart::policy::keys::{KeyStore, Scope};
-use rampart_tests::bench::{Child, debian_version, free_port, output, pinned};
+use rampart_tests::bench::{
+    Child, debian_version, free_port, nginx_backend, output, pinned, self_signed_certificate,
+};
 use rampart_tests::daemon::TempDir;
 
 /// HAProxy's configuration, with `@NAME@` placeholders (see the file).
@@ -38,8 +40,6 @@ const HAPROXY_CFG: &str = include_str!("../../bench/haproxy-gateway.cfg");
 const HAPROXY_JWT: &str = include_str!("../../bench/haproxy-jwt.cfg");
 const JWT_ISSUER: &str = "https://issuer.example.test/";
 const JWT_AUDIENCE: &str = "api://gateway-bench";
-/// The backend's configuration, with `@DIR@` and `@PORT@` placeholders.
-const NGINX_CONF: &str = include_str!("../../bench/nginx-backend.conf");
 
 /// The header rampartd reads keys from by default (and HAProxy is told to).
 const KEY_HEADER: &str = "Ocp-Apim-Subscription-Key";
@@ -326,20 +326,7 @@ fn main() -> anyhow::Result<()> {
 
     // One self-signed P-256 certificate for both gateways; HAProxy wants the
     // chain and the key in one file.
-    output(
-        Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec"])
-            .args(["-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
-            .args(["-days", "2", "-subj", "/CN=localhost"])
-            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-            .arg("-keyout")
-            .arg(path("key.pem"))
-            .arg("-out")
-            .arg(path("cert.pem")),
-    )?;
-    let pem =
-        std::fs::read_to_string(path("cert.pem"))? + &std::fs::read_to_string(path("key.pem"))?;
-    std::fs::write(path("haproxy.pem"), pem)?;
+    self_signed_certificate(&dir.path)?;
 
     // The key, created in rampartd's state directory before it starts; HAProxy
     // gets the same keys as its list.
@@ -386,25 +373,7 @@ fn main() -> anyhow::Result<()> {
         "the kernel handed out the same free port twice; run again"
     );
 
-    std::fs::write(
-        path("nginx.conf"),
-        NGINX_CONF
-            .replace("@DIR@", &text(&dir.path))
-            .replace("@PORT@", &backend_port.to_string()),
-    )?;
-    let mut nginx = Child::spawn(
-        "nginx",
-        pinned(CLIENT_CPU, "nginx")
-            .arg("-e")
-            .arg(path("nginx-error.log"))
-            .arg("-p")
-            .arg(&dir.path)
-            .arg("-c")
-            .arg(path("nginx.conf"))
-            .stdout(Stdio::null())
-            .stderr(File::create(path("nginx-stderr.log"))?),
-    )?;
-    nginx.wait_listening(backend_port, "")?;
+    let mut nginx = nginx_backend(&dir.path, backend_port, CLIENT_CPU)?;
 
     let config = path("rampart.toml");
     std::fs::write(

@@ -32,11 +32,11 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 use rampart_tests::activation::activated;
-use rampart_tests::bench::{Child, debian_version, free_port, output, pinned};
+use rampart_tests::bench::{
+    Child, debian_version, free_port, nginx_backend, output, pinned, self_signed_certificate,
+};
 use rampart_tests::daemon::TempDir;
 
-/// The backend's configuration, with `@DIR@` and `@PORT@` placeholders.
-const NGINX_CONF: &str = include_str!("../../bench/nginx-backend.conf");
 
 /// CPU of the gateway under test; wrk and the backend run on the other.
 const GATEWAY_CPU: &str = "1";
@@ -359,45 +359,10 @@ fn main() -> anyhow::Result<()> {
     let path = |name: &str| dir.path.join(name);
     let text = |p: &Path| p.display().to_string();
 
-    output(
-        Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec"])
-            .args(["-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
-            .args(["-days", "2", "-subj", "/CN=localhost"])
-            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-            .arg("-keyout")
-            .arg(path("key.pem"))
-            .arg("-out")
-            .arg(path("cert.pem")),
-    )?;
-    let pem =
-        std::fs::read_to_string(path("cert.pem"))? + &std::fs::read_to_string(path("key.pem"))?;
-    std::fs::write(path("haproxy.pem"), pem)?;
+    self_signed_certificate(&dir.path)?;
 
     let backend_port = free_port()?;
-    std::fs::write(
-        path("nginx.conf"),
-        NGINX_CONF
-            .replace("@DIR@", &text(&dir.path))
-            .replace("@PORT@", &backend_port.to_string()),
-    )?;
-    let _nginx = Child::spawn(
-        "nginx",
-        pinned(CLIENT_CPU, "nginx")
-            .arg("-e")
-            .arg(path("nginx-error.log"))
-            .arg("-p")
-            .arg(&dir.path)
-            .arg("-c")
-            .arg(path("nginx.conf"))
-            .stdout(Stdio::null())
-            .stderr(File::create(path("nginx-stderr.log"))?),
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", backend_port)).is_err() {
-        ensure!(Instant::now() < deadline, "nginx did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _nginx = nginx_backend(&dir.path, backend_port, CLIENT_CPU)?;
 
     let rampartd_config = |name: &str, port: u16| -> anyhow::Result<PathBuf> {
         let state = path(&format!("{name}-state"));

@@ -196,23 +196,41 @@ impl Backend {
             // Origin-form, as hyper-util's client sends over HTTP/1.1.
             parts.uri = Uri::from(self.upstream_path(rest_of_path, parts.uri.query())?);
             let request = Request::from_parts(parts, body);
-            let response = match tokio::time::timeout_at(until, pool.send(request)).await {
-                Err(_elapsed) => return Err(self.timed_out(deadline <= own)),
-                Ok(Err(error)) => return Err(self.classify(&error, error.is_connect())),
-                Ok(Ok(response)) => response,
-            };
-            let (mut parts, body) = response.into_parts();
-            super::forwarded::remove_hop_by_hop(&mut parts.headers);
-            let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
-            return Ok(Response::from_parts(parts, body));
+            let sent = tokio::time::timeout_at(until, pool.send(request)).await;
+            return self.answered(sent, deadline <= own, upstream::UpstreamError::is_connect);
         }
         parts.uri = self.upstream_uri(rest_of_path, parts.uri.query())?;
         let request = Request::from_parts(parts, body);
+        let sent = tokio::time::timeout_at(until, self.client.request(request)).await;
+        self.answered(
+            sent,
+            deadline <= own,
+            hyper_util::client::legacy::Error::is_connect,
+        )
+    }
 
-        let sent = tokio::time::timeout_at(until, self.client.request(request));
-        let response = match sent.await {
-            Err(_elapsed) => return Err(self.timed_out(deadline <= own)),
-            Ok(Err(error)) => return Err(self.classify(&error, error.is_connect())),
+    /// What the client gets for the backend's answer (or its failure, or its
+    /// silence until the timer ran out: `request_deadline_passed` tells which
+    /// timer it was): the response head without hop-by-hop headers, its body
+    /// streaming.
+    #[expect(
+        clippy::result_large_err,
+        reason = "a Rejection (with its HeaderMap) is built only when a request is refused; boxing it would cost an allocation there and buy nothing on the pass path"
+    )]
+    fn answered<B, E>(
+        &self,
+        sent: Result<Result<Response<B>, E>, tokio::time::error::Elapsed>,
+        request_deadline_passed: bool,
+        is_connect: fn(&E) -> bool,
+    ) -> Result<Response<ResponseBody>, Rejection>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: StdError + Send + Sync + 'static,
+        E: StdError + 'static,
+    {
+        let response = match sent {
+            Err(_elapsed) => return Err(self.timed_out(request_deadline_passed)),
+            Ok(Err(error)) => return Err(self.classify(&error, is_connect(&error))),
             Ok(Ok(response)) => response,
         };
         let (mut parts, body) = response.into_parts();

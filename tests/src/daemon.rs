@@ -119,17 +119,23 @@ impl Daemon {
 
     /// Waits for the daemon to exit; returns its exit code.
     pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
-        let start = Instant::now();
-        let child = self.child.as_mut().context("already reaped")?;
-        while start.elapsed() < timeout {
-            if let Some(status) = child.try_wait()? {
-                self.child = None;
-                return Ok(status.code());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        bail!("rampartd did not exit within {timeout:?}")
+        reap(&mut self.child, timeout)
     }
+}
+
+/// Waits up to `timeout` for rampartd (`child`) to exit and reaps it (`child`
+/// becomes `None`); its exit code.
+pub(crate) fn reap(child: &mut Option<Child>, timeout: Duration) -> anyhow::Result<Option<i32>> {
+    let start = Instant::now();
+    let running = child.as_mut().context("rampartd already reaped")?;
+    while start.elapsed() < timeout {
+        if let Some(status) = running.try_wait()? {
+            *child = None;
+            return Ok(status.code());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("rampartd did not exit within {timeout:?}")
 }
 
 impl Drop for Daemon {

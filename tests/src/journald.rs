@@ -15,7 +15,10 @@ use std::{
 use anyhow::{Context as _, bail};
 
 pub use crate::journal::*;
-use crate::{control::Cli, daemon::rampartd_bin};
+use crate::{
+    control::Cli,
+    daemon::{rampartd_bin, reap},
+};
 
 /// A `rampartd --config <config>` in network namespace `ns` whose log goes to
 /// the journal; killed on drop if still running. Its stderr (empty unless
@@ -88,15 +91,7 @@ impl JournalDaemon {
         let child = self.child.as_mut().context("rampartd already reaped")?;
         // SAFETY: kill(2) on our own, not yet reaped, child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait()? {
-                self.child = None;
-                return Ok(status.code());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        bail!("rampartd did not exit within {timeout:?} of SIGTERM")
+        reap(&mut self.child, timeout)
     }
 }
 

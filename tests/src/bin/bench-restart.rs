@@ -37,7 +37,6 @@ use rampart_tests::bench::{
 };
 use rampart_tests::daemon::TempDir;
 
-
 /// CPU of the gateway under test; wrk and the backend run on the other.
 const GATEWAY_CPU: &str = "1";
 const CLIENT_CPU: &str = "0";

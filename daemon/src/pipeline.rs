@@ -395,24 +395,21 @@ impl ApiPolicies {
         );
         let result = match (&presented, api.subscription) {
             (None, SubscriptionRequirement::Optional) => Ok(None),
-            (presented, _) => self
-                .keys
-                .check(
-                    presented.as_ref().map(|k| k.value.as_slice()),
-                    request.api,
-                    &api.products,
-                )
-                .map(|sub| Some(sub.name.clone())),
+            (None, _) => Err(KeyRejection::Missing),
+            (Some(key), _) => match self.keys.owner(&key.value) {
+                None => Err(KeyRejection::Unknown),
+                Some(sub) => match sub.admits(request.api, &api.products) {
+                    Ok(()) => Ok(Some(sub.name.clone())),
+                    Err(refused) => {
+                        // A genuine key of a suspended, cancelled or out-of-scope
+                        // subscription: the refusal's log event names it.
+                        request.state.insert(SubscriptionName(sub.name.clone()));
+                        Err(refused)
+                    }
+                },
+            },
         };
         let name = result.map_err(|rejected: KeyRejection| {
-            // A genuine key of a suspended, cancelled or out-of-scope subscription:
-            // the refusal's log event names the subscription.
-            if let (KeyRejection::NotActive { .. } | KeyRejection::OutOfScope, Some(key)) =
-                (rejected, &presented)
-                && let Some(holder) = self.keys.holder(&key.value)
-            {
-                request.state.insert(SubscriptionName(holder.to_owned()));
-            }
             let host = parts
                 .headers
                 .get(header::HOST)

@@ -186,6 +186,20 @@ pub struct Subscription {
     pub origin: Origin,
 }
 
+impl Subscription {
+    /// Whether this subscription may call `api` (which belongs to `api_products`)
+    /// now: only an active one, and only within its scope.
+    pub fn admits<S: AsRef<str>>(&self, api: &str, api_products: &[S]) -> Result<(), KeyRejection> {
+        if self.state != SubscriptionState::Active {
+            return Err(KeyRejection::NotActive { state: self.state });
+        }
+        if !self.scope.covers(api, api_products) {
+            return Err(KeyRejection::OutOfScope);
+        }
+        Ok(())
+    }
+}
+
 fn origin_store() -> Origin {
     Origin::Store
 }
@@ -438,25 +452,14 @@ impl KeyStore {
     ) -> Result<&Subscription, KeyRejection> {
         let presented = presented.ok_or(KeyRejection::Missing)?;
         let sub = self.owner(presented).ok_or(KeyRejection::Unknown)?;
-        if sub.state != SubscriptionState::Active {
-            return Err(KeyRejection::NotActive { state: sub.state });
-        }
-        if !sub.scope.covers(api, api_products) {
-            return Err(KeyRejection::OutOfScope);
-        }
+        sub.admits(api, api_products)?;
         Ok(sub)
     }
 
-    /// The name of the subscription a presented key belongs to, whatever its state
-    /// and scope: what the log of a refused genuine key names. `None` for a key that
-    /// belongs to none.
-    pub fn holder(&self, presented: &[u8]) -> Option<&str> {
-        self.owner(presented).map(|sub| sub.name.as_str())
-    }
-
     /// The subscription whose primary or secondary key `presented` is (the stored
-    /// hash compared in constant time).
-    fn owner(&self, presented: &[u8]) -> Option<&Subscription> {
+    /// hash compared in constant time), whatever its state and scope: the gateway
+    /// names it in the log when [`Subscription::admits`] refuses.
+    pub fn owner(&self, presented: &[u8]) -> Option<&Subscription> {
         let hash = KeyHash::of(presented);
         let (name, slot) = self.index.get(&hash)?;
         let sub = self.subscriptions.get(name)?;

@@ -282,57 +282,70 @@ fn start_journald() -> Result<Child> {
     bail!("{JOURNALD} did not open {JOURNAL_SOCKET} within 10 s")
 }
 
-/// Waits until the gateway answers the allowed client over TLS, which also
-/// means the filter is attached (rampartd attaches before it listens).
 /// Waits until the demo backend listens (it writes `ready` once bound), so
 /// that the first proxied request does not race a slow interpreter start.
 fn wait_for_backend(demo: &mut Demo, ready: &Path) -> Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        if ready.exists() {
-            return Ok(());
-        }
-        if let Some(backend) = demo.backend.as_mut()
-            && let Some(status) = backend.try_wait()?
-        {
-            demo.backend = None;
-            bail!("the demo backend exited at start ({status}); its error is above");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("the demo backend did not listen within 30 s")
+    wait_while_running(
+        &mut demo.backend,
+        "the demo backend",
+        "the demo backend did not listen within 30 s",
+        Duration::from_millis(50),
+        || ready.exists(),
+    )
 }
 
+/// Waits until the gateway answers the allowed client over TLS, which also
+/// means the filter is attached (rampartd attaches before it listens).
 fn wait_until_ready(demo: &mut Demo) -> Result<()> {
+    wait_while_running(
+        &mut demo.daemon,
+        "rampartd",
+        "rampartd's gateway did not answer within 30 s",
+        Duration::from_millis(200),
+        || {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    CLI,
+                    "curl",
+                    "-sk",
+                    "-o",
+                    "/dev/null",
+                    "-m",
+                    "1",
+                ])
+                .arg(format!("https://{LISTEN}/"))
+                .status()
+                .is_ok_and(|s| s.success())
+        },
+    )
+}
+
+/// Polls `ready` every `pause` for up to 30 s while `child` (`what`) runs;
+/// fails at once if it exits (taking it out of `child`, reaped), with
+/// `timed_out` if it never gets ready.
+fn wait_while_running(
+    child: &mut Option<Child>,
+    what: &str,
+    timed_out: &str,
+    pause: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<()> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
-        if let Some(daemon) = demo.daemon.as_mut()
-            && let Some(status) = daemon.try_wait()?
+        if let Some(running) = child.as_mut()
+            && let Some(status) = running.try_wait()?
         {
-            demo.daemon = None;
-            bail!("rampartd exited at start ({status}); its error is above");
+            *child = None;
+            bail!("{what} exited at start ({status}); its error is above");
         }
-        let answered = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                CLI,
-                "curl",
-                "-sk",
-                "-o",
-                "/dev/null",
-                "-m",
-                "1",
-            ])
-            .arg(format!("https://{LISTEN}/"))
-            .status()
-            .is_ok_and(|s| s.success());
-        if answered {
+        if ready() {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(pause);
     }
-    bail!("rampartd's gateway did not answer within 30 s")
+    bail!("{timed_out}")
 }
 
 /// Creates subscription "demo-client" of product "starter" with the real CLI

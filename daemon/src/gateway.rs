@@ -15,6 +15,7 @@ mod backends;
 mod draining;
 mod error;
 mod forwarded;
+mod framing;
 mod handler;
 pub mod metrics;
 mod panics;

@@ -159,6 +159,15 @@ impl Rejection {
         Self::new(StatusCode::BAD_REQUEST, "Bad request", "BadRequest")
     }
 
+    /// A request that frames its body twice (the shape of request smuggling).
+    pub fn both_lengths() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "Bad request: both Content-Length and Transfer-Encoding are present",
+            "BadRequest",
+        )
+    }
+
     /// The full response, with `Content-Type: application/json`.
     pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
         let body = Bytes::from(self.body());

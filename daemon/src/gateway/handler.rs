@@ -19,6 +19,7 @@ use ipnet::IpNet;
 
 use super::error::Rejection;
 use super::forwarded::{ClientHop, client_ip, remove_hop_by_hop, set_forwarding_headers};
+use super::framing::BothLengths;
 use super::policy::{
     RequestContext, RequestPolicy, ResponseContext, Stop, Subscriber, Transferred,
 };
@@ -145,6 +146,11 @@ fn full(response: Response<Bytes>) -> Response<ResponseBody> {
 
 async fn process(shared: &Arc<Shared>, conn: &Connection, request: Request<Incoming>) -> Outcome {
     let limits = &shared.limits;
+    if request.extensions().get::<BothLengths>().is_some() {
+        // hyper closes the connection after this answer.
+        GatewayStats::bump(&shared.stats.malformed_requests);
+        return rejected(Rejection::both_lengths(), None);
+    }
     if head_size(&request) > limits.max_header_bytes {
         return rejected(Rejection::header_too_large(), None);
     }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::GatewayStats;
 use super::activity::{Activity, ActivityIo, Busy};
 use super::error::GatewayError;
+use super::framing::{BothLengths, Framing, FramingIo};
 use super::handler::{Connection, Shared};
 use super::panics::handle_catching;
 use super::proxy::Chain;
@@ -87,7 +88,7 @@ pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own head limit is a backstop (431 with an empty body); the handler
     // applies `max_header_bytes` first and answers with the JSON body.
-    let backstop = limits.max_header_bytes.saturating_mul(2).max(64 * 1024);
+    let backstop = head_backstop(limits);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -99,6 +100,11 @@ pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(u32::try_from(backstop).unwrap_or(u32::MAX))
         .max_concurrent_streams(limits.max_concurrent_streams);
     builder
+}
+
+/// The longest request head hyper reads.
+fn head_backstop(limits: &Limits) -> usize {
+    limits.max_header_bytes.saturating_mul(2).max(64 * 1024)
 }
 
 /// A listener that is accepting (or draining after it was removed).
@@ -391,6 +397,7 @@ async fn serve_connection(
 ) {
     let stats = &server.stats;
     let timeout = generation.limits.header_read_timeout;
+    let max_head = head_backstop(&generation.limits);
     match tls {
         Some(tls) => {
             let stream = match tokio::time::timeout(timeout, tls.acceptor.accept(stream)).await {
@@ -416,9 +423,13 @@ async fn serve_connection(
                 proto: "https",
                 client_cert,
             };
+            let http1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
+            let framing = Arc::new(Framing::default());
+            let io = FramingIo::new(stream, Arc::clone(&framing), http1, max_head);
             run_http(
-                TokioIo::new(stream),
+                TokioIo::new(io),
                 conn,
+                framing,
                 activity,
                 server,
                 &generation,
@@ -432,9 +443,13 @@ async fn serve_connection(
                 proto: "http",
                 client_cert: None,
             };
+            // HTTP/2 with prior knowledge is told by its preface.
+            let framing = Arc::new(Framing::default());
+            let io = FramingIo::new(stream, Arc::clone(&framing), true, max_head);
             run_http(
-                TokioIo::new(stream),
+                TokioIo::new(io),
                 conn,
+                framing,
                 activity,
                 server,
                 &generation,
@@ -478,6 +493,7 @@ fn client_certificate(
 async fn run_http<I>(
     io: I,
     conn: Connection,
+    framing: Arc<Framing>,
     activity: Arc<Activity>,
     server: Arc<Server>,
     generation: &Shared,
@@ -487,7 +503,10 @@ async fn run_http<I>(
 {
     let peer = conn.peer;
     let stats = Arc::clone(&server.stats);
-    let service = service_fn(move |request| {
+    let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        if framing.next_is_ambiguous() {
+            request.extensions_mut().insert(BothLengths);
+        }
         // The one generation load of the request.
         let shared = server.current();
         let conn = conn.clone();

@@ -334,7 +334,8 @@ mod tests {
             while let Ok((stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
-                    let service = service_fn(move |_request| async move {
+                    let service = service_fn(move |request: Request<Incoming>| async move {
+                        let _read = request.into_body().collect().await;
                         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
                             vec![b'x'; size],
                         ))))
@@ -389,6 +390,61 @@ mod tests {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body.len(), 1 << 20);
         assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_backend_closed_is_replaced() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Answers one request per connection, keeping it alive, then closes it
+        // while the pool holds it idle.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let n = stream.read(&mut buf).await.unwrap();
+                        assert!(n > 0);
+                        head.extend_from_slice(&buf[..n]);
+                    }
+                    stream
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                });
+            }
+        });
+        let pool = pool(addr);
+        for _ in 0..3 {
+            let response = pool.send(request()).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "ok");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn a_request_with_a_body_gets_its_answer_and_the_connection_is_reused() {
+        let (addr, accepted) = backend(10).await;
+        let pool = pool(addr);
+        for _ in 0..3 {
+            let request = Request::builder()
+                .method("POST")
+                .uri("/")
+                .body(Either::Right(Full::new(Bytes::from(vec![b'y'; 100_000]))))
+                .unwrap();
+            let response = pool.send(request).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body.len(), 10);
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

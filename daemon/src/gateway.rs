@@ -28,6 +28,7 @@ mod server;
 mod serving;
 mod settings;
 mod tls;
+mod watched;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

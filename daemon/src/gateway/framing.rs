@@ -13,13 +13,11 @@
 //! hyper will refuse), the reader stops: hyper's own handling applies from there,
 //! which is never worse than answering the request (hyper closes the connection).
 
-use std::io;
 use std::mem::MaybeUninit;
-use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use super::watched::{Watch, Watched};
 
 /// hyper's default limit of header fields per request; a head with more is refused
 /// by hyper, so the reader stops there too.
@@ -52,82 +50,37 @@ impl Framing {
 }
 
 /// A connection's read side, followed request by request.
-pub(crate) struct FramingIo<S> {
-    inner: S,
-    framing: std::sync::Arc<Framing>,
+pub(crate) type FramingIo<S> = Watched<S, Follower>;
+
+/// Follows a connection's requests and tells its [`Framing`].
+pub(crate) struct Follower {
+    framing: Arc<Framing>,
     reader: Reader,
 }
 
-impl<S> FramingIo<S> {
+impl Follower {
     /// `http1`: whether the connection speaks HTTP/1 (false after ALPN chose h2).
     /// `max_head`: the longest head hyper accepts.
-    pub(crate) fn new(
-        inner: S,
-        framing: std::sync::Arc<Framing>,
-        http1: bool,
-        max_head: usize,
-    ) -> Self {
+    pub(crate) fn new(framing: Arc<Framing>, http1: bool, max_head: usize) -> Self {
         let mut reader = Reader::new(max_head);
         if !http1 {
             reader.state = State::Off;
         }
-        Self {
-            inner,
-            framing,
-            reader,
-        }
+        Self { framing, reader }
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for FramingIo<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let this = &mut *self;
-        if let Some(number) = this.reader.feed(&buf.filled()[before..]) {
+impl Watch for Follower {
+    fn read(&mut self, bytes: &[u8]) {
+        if let Some(number) = self.reader.feed(bytes) {
             // Only the first counts: hyper closes the connection after it.
-            let _ = this.framing.ambiguous.compare_exchange(
+            let _ = self.framing.ambiguous.compare_exchange(
                 0,
                 number,
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             );
         }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for FramingIo<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -478,10 +431,10 @@ mod tests {
 
     #[test]
     fn an_http2_connection_is_not_read() {
-        let framing = std::sync::Arc::new(Framing::default());
-        let io = FramingIo::new((), std::sync::Arc::clone(&framing), false, 1024);
-        let mut reader = io.reader;
-        assert_eq!(reader.feed(SMUGGLE), None);
+        let framing = Arc::new(Framing::default());
+        let mut follower = Follower::new(Arc::clone(&framing), false, 1024);
+        follower.read(SMUGGLE);
+        assert!(!framing.next_is_ambiguous());
     }
 
     #[test]

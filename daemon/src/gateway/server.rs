@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::GatewayStats;
 use super::activity::{Activity, ActivityIo, Busy};
 use super::error::GatewayError;
-use super::framing::{BothLengths, Framing, FramingIo};
+use super::framing::{BothLengths, Follower, Framing, FramingIo};
 use super::handler::{Connection, Shared};
 use super::panics::handle_catching;
 use super::proxy::Chain;
@@ -344,7 +344,7 @@ async fn listener_task(
             let activity = Arc::new(Activity::new());
             let stream = ActivityIo {
                 inner: stream,
-                activity: Arc::clone(&activity),
+                watch: Arc::clone(&activity),
             };
             let idle = generation.limits.idle_timeout;
             // The connection runs in its own task, so that its many wake-ups (one
@@ -425,7 +425,10 @@ async fn serve_connection(
             };
             let http1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
             let framing = Arc::new(Framing::default());
-            let io = FramingIo::new(stream, Arc::clone(&framing), http1, max_head);
+            let io = FramingIo {
+                inner: stream,
+                watch: Follower::new(Arc::clone(&framing), http1, max_head),
+            };
             run_http(
                 TokioIo::new(io),
                 conn,
@@ -445,7 +448,10 @@ async fn serve_connection(
             };
             // HTTP/2 with prior knowledge is told by its preface.
             let framing = Arc::new(Framing::default());
-            let io = FramingIo::new(stream, Arc::clone(&framing), true, max_head);
+            let io = FramingIo {
+                inner: stream,
+                watch: Follower::new(Arc::clone(&framing), true, max_head),
+            };
             run_http(
                 TokioIo::new(io),
                 conn,

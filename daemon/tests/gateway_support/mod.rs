@@ -518,11 +518,39 @@ impl Drop for Rampartd {
     }
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, for a rampartd to listen on.
+///
+/// It is below the kernel's ephemeral range, so that nothing else takes it between
+/// this check and rampartd's bind: a `bind(:0)` (another test's backend) and the
+/// local port of an outgoing connection both come from that range. When one did
+/// take it, the readiness check (a connection to the port) found that other
+/// listener, and a TLS client got plain HTTP back. Each port is handed out once per
+/// test binary, from a start that differs between processes.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(LOWEST);
+    assert!(
+        span >= 1_000,
+        "ephemeral ports start at {ephemeral}: no room below"
+    );
+    let _ = NEXT.compare_exchange(
+        0,
+        std::process::id() * 7919 % span + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = LOWEST + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = u16::try_from(port).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOWEST} and {ephemeral}");
 }

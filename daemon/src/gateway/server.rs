@@ -397,7 +397,6 @@ async fn serve_connection(
 ) {
     let stats = &server.stats;
     let timeout = generation.limits.header_read_timeout;
-    let max_head = head_backstop(&generation.limits);
     match tls {
         Some(tls) => {
             let stream = match tokio::time::timeout(timeout, tls.acceptor.accept(stream)).await {
@@ -424,21 +423,7 @@ async fn serve_connection(
                 client_cert,
             };
             let http1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
-            let framing = Arc::new(Framing::default());
-            let io = FramingIo {
-                inner: stream,
-                watch: Follower::new(Arc::clone(&framing), http1, max_head),
-            };
-            run_http(
-                TokioIo::new(io),
-                conn,
-                framing,
-                activity,
-                server,
-                &generation,
-                watcher,
-            )
-            .await;
+            run_http(stream, http1, conn, activity, server, &generation, watcher).await;
         }
         None => {
             let conn = Connection {
@@ -447,21 +432,7 @@ async fn serve_connection(
                 client_cert: None,
             };
             // HTTP/2 with prior knowledge is told by its preface.
-            let framing = Arc::new(Framing::default());
-            let io = FramingIo {
-                inner: stream,
-                watch: Follower::new(Arc::clone(&framing), true, max_head),
-            };
-            run_http(
-                TokioIo::new(io),
-                conn,
-                framing,
-                activity,
-                server,
-                &generation,
-                watcher,
-            )
-            .await;
+            run_http(stream, true, conn, activity, server, &generation, watcher).await;
         }
     }
 }
@@ -496,18 +467,29 @@ fn client_certificate(
     }
 }
 
-async fn run_http<I>(
-    io: I,
+/// Serves HTTP on `stream`; `http1`: whether it may speak HTTP/1 (ALPN did not
+/// choose h2), so that its request framing is followed (framing.rs).
+async fn run_http<S>(
+    stream: S,
+    http1: bool,
     conn: Connection,
-    framing: Arc<Framing>,
     activity: Arc<Activity>,
     server: Arc<Server>,
     generation: &Shared,
     watcher: Watcher,
 ) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
+    let framing = Arc::new(Framing::default());
+    let io = TokioIo::new(FramingIo {
+        inner: stream,
+        watch: Follower::new(
+            Arc::clone(&framing),
+            http1,
+            head_backstop(&generation.limits),
+        ),
+    });
     let stats = Arc::clone(&server.stats);
     let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         if framing.next_is_ambiguous() {

@@ -527,12 +527,12 @@ impl Drop for Rampartd {
 /// listener, and a TLS client got plain HTTP back. Each port is handed out once per
 /// test binary, from a start that differs between processes.
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOWEST: u32 = 10_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const LOWEST: u64 = 10_000;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .and_then(|range| range.split_whitespace().next()?.parse::<u64>().ok())
         .unwrap_or(32_768);
     let span = ephemeral.saturating_sub(LOWEST);
     assert!(
@@ -541,7 +541,7 @@ pub fn free_port() -> u16 {
     );
     let _ = NEXT.compare_exchange(
         0,
-        std::process::id() * 7919 % span + 1,
+        u64::from(std::process::id()) * 7919 % span + 1,
         Ordering::Relaxed,
         Ordering::Relaxed,
     );

@@ -14,23 +14,23 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
+/// The hop-by-hop headers every message loses (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 6] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
+
 /// Removes the headers that concern only one hop: the fixed list, every `Proxy-*`
 /// header, and every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // The usual message carries none of them: one pass over its few names tells,
     // instead of a hashed lookup per listed name (twice per proxied request).
-    let hop_by_hop = |name: &HeaderName| {
-        [
-            &CONNECTION,
-            &KEEP_ALIVE,
-            &TE,
-            &TRAILER,
-            &TRANSFER_ENCODING,
-            &UPGRADE,
-        ]
-        .contains(&name)
-            || name.as_str().starts_with("proxy-")
-    };
+    let hop_by_hop =
+        |name: &HeaderName| HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-");
     if !headers.keys().any(hop_by_hop) {
         return;
     }
@@ -44,14 +44,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        CONNECTION,
-        KEEP_ALIVE,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
     let proxy: Vec<HeaderName> = headers

@@ -426,13 +426,57 @@ async fn header_too_large_gets_431() {
     let (parts, body) = send(&h2, request).await;
     assert_apim_error(&parts, &body, 431, "Request header fields too large");
 
-    // Far over the limit, hyper itself refuses the head.
+    // Far over the limit, past what hyper reads: the same answer, and the connection
+    // is closed.
     let huge = format!(
         "GET /echo/x HTTP/1.1\r\nHost: x\r\nX-Huge: {}\r\n\r\n",
         "b".repeat(512 * 1024)
     );
     let answer = raw_exchange(s.gateway.plain, huge.as_bytes()).await;
-    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_raw_error(&answer, 431, "Request header fields too large");
+}
+
+/// A raw HTTP/1.1 answer is the gateway's JSON error, and closes the connection.
+fn assert_raw_error(answer: &str, status: u16, message: &str) {
+    assert!(
+        answer.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("content-type: application/json"),
+        "{answer}"
+    );
+    assert!(answer.contains("connection: close"), "{answer}");
+    let body = format!(r#"{{ "statusCode": {status}, "message": "{message}" }}"#);
+    assert!(answer.ends_with(&body), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_target_too_long_gets_414() {
+    // A head limit above hyper's longest request target (65,534 bytes).
+    let limits = Limits {
+        max_header_bytes: 96 * 1024,
+        ..Limits::default()
+    };
+    let s = setup(limits).await;
+    let long = format!(
+        "GET /echo/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(65_530)
+    );
+    let answer = raw_exchange(s.gateway.plain, long.as_bytes()).await;
+    assert_raw_error(&answer, 414, "Request URI too long");
+    // Just under it: served.
+    let fits = format!(
+        "GET /echo/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(65_520)
+    );
+    let answer = raw_exchange(s.gateway.plain, fits.as_bytes()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200 "),
+        "{}",
+        &answer[..answer.len().min(300)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -485,18 +529,41 @@ async fn streamed_body_too_large_gets_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_request_gets_400_and_is_counted() {
     let s = setup(Limits::default()).await;
+    // Heads hyper refuses: the gateway's JSON answer, after the requests before them.
     let answer = raw_exchange(
         s.gateway.plain,
-        b"GET /echo/x HTTP/1.1\r\nBad Header\r\n\r\n",
+        b"GET /echo/first HTTP/1.1\r\nHost: x\r\n\r\nGET /echo/x HTTP/1.1\r\nBad Header\r\n\r\nGET /echo/after HTTP/1.1\r\nHost: x\r\n\r\n",
     )
     .await;
-    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    let answer = raw_exchange(
-        s.gateway.plain,
-        b"POST /echo/x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
-    )
-    .await;
-    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let (first, refused) = answer.split_once("HTTP/1.1 400 ").expect(&answer);
+    assert!(
+        first.starts_with("HTTP/1.1 200 ") && first.contains("GET /first"),
+        "{answer}"
+    );
+    assert_raw_error(&format!("HTTP/1.1 400 {refused}"), 400, "Bad request");
+    assert!(!answer.contains("after"), "{answer}");
+    for head in [
+        &b"POST /echo/x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"
+            [..],
+        b"POST /echo/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+        // Refusable before its end.
+        b"GET /echo/x HTTP/1.1\r\nHost: x\r\nBad Header",
+    ] {
+        let answer = raw_exchange(s.gateway.plain, head).await;
+        assert_raw_error(&answer, 400, "Bad request");
+    }
+    // Over TLS, sent a byte at a time.
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(s.pki.client_config(&[b"http/1.1"])));
+    let tcp = TcpStream::connect(s.gateway.tls).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    for byte in b"GET /echo/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 2\r\n\r\n" {
+        tls.write_all(std::slice::from_ref(byte)).await.unwrap();
+        tls.flush().await.unwrap();
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    assert_raw_error(&String::from_utf8_lossy(&out), 400, "Bad request");
     // Bad chunk size.
     let answer = raw_exchange(
         s.gateway.plain,
@@ -508,7 +575,10 @@ async fn malformed_request_gets_400_and_is_counted() {
         answer.ends_with(r#"{ "statusCode": 400, "message": "Bad request" }"#),
         "{answer}"
     );
-    assert!(rampart::gateway::GatewayStats::get(&s.gateway.stats.malformed_requests) >= 3);
+    assert_eq!(
+        rampart::gateway::GatewayStats::get(&s.gateway.stats.malformed_requests),
+        6
+    );
 }
 
 /// A request smuggling attempt: pipelined behind an ordinary request, a request with

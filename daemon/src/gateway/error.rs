@@ -168,6 +168,20 @@ impl Rejection {
         )
     }
 
+    /// A request head hyper would refuse (with an empty body): the same status.
+    pub(crate) fn refused(refusal: super::framing::Refusal) -> Self {
+        use super::framing::Refusal;
+        match refusal {
+            Refusal::BadRequest => Self::bad_request(),
+            Refusal::UriTooLong => Self::new(
+                StatusCode::URI_TOO_LONG,
+                "Request URI too long",
+                "RequestUriTooLong",
+            ),
+            Refusal::HeadTooLarge => Self::header_too_large(),
+        }
+    }
+
     /// The full response, with `Content-Type: application/json`.
     pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
         let body = Bytes::from(self.body());

@@ -19,7 +19,7 @@ use ipnet::IpNet;
 
 use super::error::Rejection;
 use super::forwarded::{ClientHop, client_ip, remove_hop_by_hop, set_forwarding_headers};
-use super::framing::BothLengths;
+use super::framing::{BothLengths, Refusal};
 use super::policy::{
     RequestContext, RequestPolicy, ResponseContext, Stop, Subscriber, Transferred,
 };
@@ -63,8 +63,11 @@ pub(crate) async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     GatewayStats::bump(&shared.stats.requests);
-    let method = request.method().clone();
-    let path = (shared.access_log != AccessLog::Off).then(|| request.uri().path().to_owned());
+    // A stand-in for a head hyper would refuse has no method or path of its own.
+    let stand_in = request.extensions().get::<Refusal>().is_some();
+    let method = (!stand_in).then(|| request.method().clone());
+    let path =
+        (shared.access_log != AccessLog::Off && !stand_in).then(|| request.uri().path().to_owned());
     let outcome = process(&shared, &conn, request).await;
     if let Some(reason) = outcome.reason {
         shared.stats.count_rejection(reason);
@@ -103,7 +106,7 @@ pub(crate) async fn handle(
     tracing::info!(
         target: "rampart::access",
         peer = %conn.peer,
-        %method,
+        method = method.as_ref().map_or("-", http::Method::as_str),
         path = path.as_deref().unwrap_or("-"),
         status = status.as_u16(),
         latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
@@ -146,6 +149,11 @@ fn full(response: Response<Bytes>) -> Response<ResponseBody> {
 
 async fn process(shared: &Arc<Shared>, conn: &Connection, request: Request<Incoming>) -> Outcome {
     let limits = &shared.limits;
+    if let Some(&refusal) = request.extensions().get::<Refusal>() {
+        // hyper closes the connection after this answer (the stand-in asked it to).
+        GatewayStats::bump(&shared.stats.malformed_requests);
+        return rejected(Rejection::refused(refusal), None);
+    }
     if request.extensions().get::<BothLengths>().is_some() {
         // hyper closes the connection after this answer.
         GatewayStats::bump(&shared.stats.malformed_requests);

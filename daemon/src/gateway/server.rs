@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::GatewayStats;
 use super::activity::{Activity, ActivityIo, Busy};
 use super::error::GatewayError;
-use super::framing::{BothLengths, Follower, Framing, FramingIo};
+use super::framing::{BothLengths, Follower, Framing, FramingIo, Verdict};
 use super::handler::{Connection, Shared};
 use super::panics::handle_catching;
 use super::proxy::Chain;
@@ -467,6 +467,15 @@ fn client_certificate(
     }
 }
 
+/// Resolves once `timeout` has passed without the connection's first request head
+/// being whole (never, if it was).
+async fn first_head_overdue(framing: &Framing, timeout: std::time::Duration) {
+    tokio::time::sleep(timeout).await;
+    if framing.started() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Serves HTTP on `stream`; `http1`: whether it may speak HTTP/1 (ALPN did not
 /// choose h2), so that its request framing is followed (framing.rs).
 async fn run_http<S>(
@@ -491,9 +500,16 @@ async fn run_http<S>(
         ),
     });
     let stats = Arc::clone(&server.stats);
+    let framing_watch = Arc::clone(&framing);
     let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-        if framing.next_is_ambiguous() {
-            request.extensions_mut().insert(BothLengths);
+        match framing.next() {
+            Verdict::Plain => {}
+            Verdict::BothLengths => {
+                request.extensions_mut().insert(BothLengths);
+            }
+            Verdict::Refused(refusal) => {
+                request.extensions_mut().insert(refusal);
+            }
         }
         // The one generation load of the request.
         let shared = server.current();
@@ -512,8 +528,19 @@ async fn run_http<S>(
             response
         }
     });
-    let connection = generation.http.serve_connection(io, service);
-    if let Err(error) = watcher.watch(connection).await {
+    let connection = watcher.watch(generation.http.serve_connection(io, service));
+    // hyper's header read timeout runs once hyper reads HTTP/1; until the first head is
+    // whole, the follower holds it back (and hyper-util waits for its first bytes).
+    let outcome = tokio::select! {
+        biased;
+        outcome = connection => outcome,
+        () = first_head_overdue(&framing_watch, generation.limits.header_read_timeout) => {
+            GatewayStats::bump(&stats.header_timeouts);
+            tracing::debug!(%peer, "request head too slow");
+            return;
+        }
+    };
+    if let Err(error) = outcome {
         match error.downcast_ref::<hyper::Error>() {
             Some(e) if e.is_parse() || e.is_parse_too_large() => {
                 GatewayStats::bump(&stats.malformed_requests);

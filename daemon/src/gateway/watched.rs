@@ -1,5 +1,6 @@
 //! A stream whose moving bytes something watches: the idle timeout (activity.rs)
-//! and the request framing beside hyper (framing.rs).
+//! and the request framing beside hyper (framing.rs), which may also hold read bytes
+//! back and hand on others in their place.
 
 use std::io;
 use std::pin::Pin;
@@ -9,10 +10,31 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What a [`Watched`] stream tells about the bytes it moves.
 pub(crate) trait Watch {
-    /// `bytes` (not empty) were just read.
-    fn read(&mut self, bytes: &[u8]);
+    /// `bytes` (not empty) were just read. Returns how many of them, from the start,
+    /// go on to the reader now; the watcher keeps the others and hands on what it
+    /// keeps through [`Watch::release`].
+    fn read(&mut self, bytes: &[u8]) -> usize;
     /// Bytes were just written.
     fn wrote(&mut self) {}
+    /// Called before each read from the stream: hands on bytes the watcher kept
+    /// (as many as fit in `buf`).
+    fn release(&mut self, _buf: &mut ReadBuf<'_>) -> Release {
+        Release::Nothing
+    }
+    /// The stream ended. Returns whether the watcher now has bytes to release.
+    fn ended(&mut self) -> bool {
+        false
+    }
+}
+
+/// What [`Watch::release`] did.
+pub(crate) enum Release {
+    /// Put bytes into the buffer.
+    Gave,
+    /// Nothing to hand on: read from the stream.
+    Nothing,
+    /// Nothing more is read from this stream (the reader finishes with what it has).
+    Closed,
 }
 
 /// A stream and its watcher.
@@ -37,13 +59,32 @@ impl<S: AsyncRead + Unpin, W: Watch + Unpin> AsyncRead for Watched<S, W> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.watch.read(&buf.filled()[before..]);
+        loop {
+            match this.watch.release(buf) {
+                Release::Gave => return Poll::Ready(Ok(())),
+                // Never woken: the reader is driven by what it already has.
+                Release::Closed => return Poll::Pending,
+                Release::Nothing => {}
+            }
+            let before = buf.filled().len();
+            let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+            let read = buf.filled().len() - before;
+            if read == 0 {
+                // At the end of the stream, what the watcher kept goes first.
+                if matches!(polled, Poll::Ready(Ok(()))) && this.watch.ended() {
+                    continue;
+                }
+                return polled;
+            }
+            let pass = this.watch.read(&buf.filled()[before..]);
+            if pass < read {
+                buf.set_filled(before + pass);
+            }
+            if pass > 0 {
+                return polled;
+            }
         }
-        polled
     }
 }
 

@@ -165,6 +165,14 @@ impl Follower {
         }
     }
 
+    /// Queues `before` (what came before the refused head), then the stand-in; hyper
+    /// reads nothing after them.
+    fn refuse(&mut self, before: &[u8]) {
+        self.queue.extend_from_slice(before);
+        self.queue.extend_from_slice(STAND_IN);
+        self.closed = true;
+    }
+
     fn tell(&self, fed: &Fed) {
         if self.reader.heads > 0 || self.reader.state == State::Off {
             self.framing.started.store(true, Ordering::Relaxed);
@@ -198,8 +206,7 @@ impl Watch for Follower {
                     at
                 }
                 End::Refused(at) => {
-                    self.queue.extend_from_slice(STAND_IN);
-                    self.closed = true;
+                    self.refuse(&[]);
                     at
                 }
             };
@@ -217,11 +224,7 @@ impl Watch for Follower {
                 input.drain(..at);
                 self.held = input;
             }
-            End::Refused(at) => {
-                self.queue.extend_from_slice(&input[..at]);
-                self.queue.extend_from_slice(STAND_IN);
-                self.closed = true;
-            }
+            End::Refused(at) => self.refuse(&input[..at]),
         }
         0
     }
@@ -255,11 +258,7 @@ impl Watch for Follower {
         let fed = self.reader.feed(&held, 0);
         self.tell(&fed);
         match fed.end {
-            End::Refused(at) => {
-                self.queue.extend_from_slice(&held[..at]);
-                self.queue.extend_from_slice(STAND_IN);
-                self.closed = true;
-            }
+            End::Refused(at) => self.refuse(&held[..at]),
             End::All | End::Hold(_) => self.queue.extend_from_slice(&held),
         }
         true

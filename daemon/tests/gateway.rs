@@ -468,7 +468,7 @@ async fn request_target_too_long_gets_414() {
     assert_raw_error(&answer, 414, "Request URI too long");
     // Just under it: served.
     let fits = format!(
-        "GET /echo/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /echo/{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         "a".repeat(65_520)
     );
     let answer = raw_exchange(s.gateway.plain, fits.as_bytes()).await;
@@ -529,7 +529,9 @@ async fn streamed_body_too_large_gets_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_request_gets_400_and_is_counted() {
     let s = setup(Limits::default()).await;
-    // Heads hyper refuses: the gateway's JSON answer, after the requests before them.
+    // Heads hyper refuses: the gateway's JSON answer, after the requests before them,
+    // and the connection closed (well before raw_exchange's 5 s read timeout).
+    let started = Instant::now();
     let answer = raw_exchange(
         s.gateway.plain,
         b"GET /echo/first HTTP/1.1\r\nHost: x\r\n\r\nGET /echo/x HTTP/1.1\r\nBad Header\r\n\r\nGET /echo/after HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -542,6 +544,11 @@ async fn malformed_request_gets_400_and_is_counted() {
     );
     assert_raw_error(&format!("HTTP/1.1 400 {refused}"), 400, "Bad request");
     assert!(!answer.contains("after"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     for head in [
         &b"POST /echo/x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"
             [..],

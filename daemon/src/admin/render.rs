@@ -207,7 +207,7 @@ fn gateway_families(
         ),
         (
             "rampart_http_malformed_requests_total",
-            "Requests refused as malformed before routing (400, 431).",
+            "Requests refused as malformed before routing (400, 414, 431).",
             stats.malformed_requests,
         ),
         (

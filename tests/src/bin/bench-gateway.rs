@@ -41,6 +41,14 @@ const HAPROXY_JWT: &str = include_str!("../../bench/haproxy-jwt.cfg");
 const JWT_ISSUER: &str = "https://issuer.example.test/";
 const JWT_AUDIENCE: &str = "api://gateway-bench";
 
+/// A wrk script printing the tail of the latency histogram (`--latency` stops at p99),
+/// in microseconds, on one line after wrk's own report.
+const TAIL_SCRIPT: &str = r#"done = function(summary, latency, requests)
+  io.write(string.format("tail: p98 %d p99.5 %d p99.9 %d max %d\n",
+    latency:percentile(98), latency:percentile(99.5), latency:percentile(99.9), latency.max))
+end
+"#;
+
 /// The header rampartd reads keys from by default (and HAProxy is told to).
 const KEY_HEADER: &str = "Ocp-Apim-Subscription-Key";
 
@@ -118,6 +126,11 @@ struct WrkRun {
     requests_per_sec: f64,
     p50_us: f64,
     p99_us: f64,
+    /// From [`TAIL_SCRIPT`].
+    p98_us: f64,
+    p995_us: f64,
+    p999_us: f64,
+    max_us: f64,
     /// Requests completed in the run.
     requests: f64,
     /// CPU time (user + system) the gateway process spent per request, when known.
@@ -183,10 +196,25 @@ fn parse_wrk(text: &str) -> anyhow::Result<WrkRun> {
                 .and_then(|(n, _)| n.parse().ok())
         })
         .with_context(|| format!("no request count in wrk's output:\n{text}"))?;
+    let tail: Vec<f64> = field("tail:")
+        .with_context(|| format!("no tail line (from the wrk script) in wrk's output:\n{text}"))?
+        .split_whitespace()
+        .skip(1)
+        .step_by(2)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("unreadable tail line in wrk's output:\n{text}"))?;
+    let [p98_us, p995_us, p999_us, max_us] = tail[..] else {
+        bail!("the tail line has {} figures, not 4:\n{text}", tail.len());
+    };
     Ok(WrkRun {
         requests_per_sec,
         p50_us: percentile("50%")?,
         p99_us: percentile("99%")?,
+        p98_us,
+        p995_us,
+        p999_us,
+        max_us,
         requests,
         cpu_us_per_request: None,
     })
@@ -195,6 +223,8 @@ fn parse_wrk(text: &str) -> anyhow::Result<WrkRun> {
 /// One system as wrk sees it.
 struct Target {
     name: String,
+    /// The wrk script ([`TAIL_SCRIPT`]).
+    script: PathBuf,
     url: String,
     key: Option<String>,
     /// Further headers every request carries (the bearer token with --jwt).
@@ -207,7 +237,9 @@ impl Target {
     fn wrk(&self, secs: u64, connections: u32) -> anyhow::Result<WrkRun> {
         let mut cmd = pinned(CLIENT_CPU, "wrk");
         cmd.args(["-t1", &format!("-c{connections}"), &format!("-d{secs}s")])
-            .arg("--latency");
+            .arg("--latency")
+            .arg("-s")
+            .arg(&self.script);
         if let Some(key) = &self.key {
             cmd.args(["-H", &format!("{KEY_HEADER}: {key}")]);
         }
@@ -485,9 +517,12 @@ fn main() -> anyhow::Result<()> {
     }
 
     let haproxy_version = debian_version("haproxy");
+    let script = path("tail.lua");
+    std::fs::write(&script, TAIL_SCRIPT)?;
     let targets = [
         Target {
             name: "rampartd".to_string(),
+            script: script.clone(),
             url: format!("https://127.0.0.1:{rampartd_port}/"),
             key: Some(key.clone()),
             extra: extra.clone(),
@@ -495,6 +530,7 @@ fn main() -> anyhow::Result<()> {
         },
         Target {
             name: format!("HAProxy ({haproxy_version})"),
+            script: script.clone(),
             url: format!("https://127.0.0.1:{haproxy_port}/"),
             key: Some(key),
             extra: extra.clone(),
@@ -502,6 +538,7 @@ fn main() -> anyhow::Result<()> {
         },
         Target {
             name: format!("backend directly ({}, plain HTTP)", debian_version("nginx")),
+            script,
             url: format!("http://127.0.0.1:{backend_port}/"),
             key: None,
             extra: Vec::new(),
@@ -575,6 +612,10 @@ fn report(
     let rps = |r: &WrkRun| r.requests_per_sec;
     let p50 = |r: &WrkRun| r.p50_us;
     let p99 = |r: &WrkRun| r.p99_us;
+    let p98 = |r: &WrkRun| r.p98_us;
+    let p995 = |r: &WrkRun| r.p995_us;
+    let p999 = |r: &WrkRun| r.p999_us;
+    let max = |r: &WrkRun| r.max_us;
     let cpu = |r: &WrkRun| r.cpu_us_per_request.unwrap_or(f64::NAN);
     // Ratios within each round (the same few seconds of the machine's speed),
     // then their median.
@@ -639,7 +680,8 @@ fn report(
     }
     writeln!(
         out,
-        "| system | req/s | p50 | p99 | gateway CPU per request |\n|---|---:|---:|---:|---:|"
+        "| system | req/s | p50 | p98 | p99 | p99.5 | p99.9 | max | gateway CPU per request |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
     for (t, target) in targets.iter().enumerate() {
         let cpu: Vec<f64> = runs[t]
@@ -653,11 +695,15 @@ fn report(
         };
         writeln!(
             out,
-            "| {} | {} | {} | {} | {cpu} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {cpu} |",
             target.name,
             thousands(of(t, rps)),
             ms(of(t, p50)),
-            ms(of(t, p99))
+            ms(of(t, p98)),
+            ms(of(t, p99)),
+            ms(of(t, p995)),
+            ms(of(t, p999)),
+            ms(of(t, max))
         )?;
     }
     writeln!(out, "\n| ratio | median | range |\n|---|---:|---:|")?;
@@ -665,6 +711,9 @@ fn report(
         ("rampartd / HAProxy, req/s", ratio(0, 1, rps)),
         ("rampartd / HAProxy, p50", ratio(0, 1, p50)),
         ("rampartd / HAProxy, p99", ratio(0, 1, p99)),
+        ("rampartd / HAProxy, p98", ratio(0, 1, p98)),
+        ("rampartd / HAProxy, p99.5", ratio(0, 1, p995)),
+        ("rampartd / HAProxy, p99.9", ratio(0, 1, p999)),
         ("rampartd / HAProxy, CPU per request", ratio(0, 1, cpu)),
         ("rampartd / direct, req/s", ratio(0, 2, rps)),
         ("HAProxy / direct, req/s", ratio(1, 2, rps)),
@@ -780,6 +829,7 @@ mod tests {
   205000 requests in 5.00s, 30.00MB read
 Requests/sec:  41000.00
 Transfer/sec:      6.00MB
+tail: p98 1300 p99.5 2500 p99.9 7000 max 12000
 ";
 
     #[test]
@@ -788,6 +838,12 @@ Transfer/sec:      6.00MB
         assert_eq!(run.requests_per_sec, 41000.0);
         assert_eq!(run.p50_us, 750.0);
         assert_eq!(run.p99_us, 1500.0);
+        assert_eq!(
+            [run.p98_us, run.p995_us, run.p999_us, run.max_us],
+            [1300.0, 2500.0, 7000.0, 12000.0]
+        );
+        let no_tail = WRK.replace("tail: p98 1300 p99.5 2500 p99.9 7000 max 12000\n", "");
+        assert!(parse_wrk(&no_tail).is_err());
     }
 
     #[test]

@@ -50,13 +50,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// with the refusal (it knows its number), after which hyper closes the connection.
 const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n";
 
-/// Marks (as a request extension) the request that had both `Content-Length` and
-/// `Transfer-Encoding`; the handler answers it 400.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct BothLengths;
-
-/// Why hyper would refuse a request head. As a request extension, it marks the
-/// stand-in request that the handler answers with this refusal.
+/// Why hyper would refuse a request head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
     /// 400: not HTTP/1 syntax, a bad `Content-Length` or two different ones, a
@@ -79,7 +73,8 @@ impl Refusal {
     }
 }
 
-/// What the service is told about the next request hyper hands it.
+/// What the service is told about the next request hyper hands it; other than
+/// `Plain`, a request extension that the handler answers (400, or the refusal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
     /// An ordinary request.
@@ -144,6 +139,8 @@ pub(crate) struct Follower {
     /// A head was refused: after the queue (ending with the stand-in), hyper reads
     /// nothing more.
     closed: bool,
+    /// [`Framing::started`] is set (stored once, not at every read).
+    started: bool,
 }
 
 impl Follower {
@@ -162,6 +159,7 @@ impl Follower {
             queue: Vec::new(),
             queued_at: 0,
             closed: false,
+            started: !http1,
         }
     }
 
@@ -173,8 +171,9 @@ impl Follower {
         self.closed = true;
     }
 
-    fn tell(&self, fed: &Fed) {
-        if self.reader.heads > 0 || self.reader.state == State::Off {
+    fn tell(&mut self, fed: &Fed) {
+        if !self.started && (self.reader.heads > 0 || self.reader.state == State::Off) {
+            self.started = true;
             self.framing.started.store(true, Ordering::Relaxed);
         }
         if let Some(number) = fed.ambiguous {
@@ -372,44 +371,44 @@ impl Reader {
                         self.fresh = false;
                     }
                 }
-                State::Head if bytes == b"\r" => {
-                    fed.end = End::Hold(at);
-                    return fed;
-                }
-                State::Head if empty_lines(bytes) > 0 => {
+                State::Head => {
                     // Empty lines before a head, which hyper skips: passed on, never
                     // held (nor parsed again and again).
                     let blank = empty_lines(bytes);
-                    at += blank;
-                    seen = seen.saturating_sub(blank);
-                }
-                State::Head => match self.head(bytes, seen) {
-                    Parsed::Complete {
-                        len,
-                        next,
-                        ambiguous,
-                    } => {
-                        self.heads += 1;
-                        if ambiguous {
-                            fed.ambiguous.get_or_insert(self.heads);
+                    if blank > 0 {
+                        at += blank;
+                        seen = seen.saturating_sub(blank);
+                        continue;
+                    }
+                    match self.head(bytes, seen) {
+                        Parsed::Complete {
+                            len,
+                            next,
+                            ambiguous,
+                        } => {
+                            self.heads += 1;
+                            if ambiguous {
+                                fed.ambiguous.get_or_insert(self.heads);
+                            }
+                            self.state = next;
+                            at += len;
+                            seen = 0;
                         }
-                        self.state = next;
-                        at += len;
-                        seen = 0;
+                        // Also a lone CR, the start of an empty line.
+                        Parsed::Partial => {
+                            fed.end = End::Hold(at);
+                            return fed;
+                        }
+                        Parsed::Refused(refusal) => {
+                            self.heads += 1;
+                            fed.refused = Some((self.heads, refusal));
+                            fed.end = End::Refused(at);
+                            self.stop();
+                            return fed;
+                        }
+                        Parsed::Stop => self.stop(),
                     }
-                    Parsed::Partial => {
-                        fed.end = End::Hold(at);
-                        return fed;
-                    }
-                    Parsed::Refused(refusal) => {
-                        self.heads += 1;
-                        fed.refused = Some((self.heads, refusal));
-                        fed.end = End::Refused(at);
-                        self.stop();
-                        return fed;
-                    }
-                    Parsed::Stop => self.stop(),
-                },
+                }
                 State::ChunkSize => {
                     // The common case: the whole line in this read, parsed where it
                     // lies. Otherwise it is gathered in `partial`.

@@ -19,7 +19,7 @@ use ipnet::IpNet;
 
 use super::error::Rejection;
 use super::forwarded::{ClientHop, client_ip, remove_hop_by_hop, set_forwarding_headers};
-use super::framing::{BothLengths, Refusal};
+use super::framing::Verdict;
 use super::policy::{
     RequestContext, RequestPolicy, ResponseContext, Stop, Subscriber, Transferred,
 };
@@ -63,12 +63,17 @@ pub(crate) async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     GatewayStats::bump(&shared.stats.requests);
+    let verdict = request
+        .extensions()
+        .get::<Verdict>()
+        .copied()
+        .unwrap_or(Verdict::Plain);
     // A stand-in for a head hyper would refuse has no method or path of its own.
-    let stand_in = request.extensions().get::<Refusal>().is_some();
+    let stand_in = matches!(verdict, Verdict::Refused(_));
     let method = (!stand_in).then(|| request.method().clone());
     let path =
         (shared.access_log != AccessLog::Off && !stand_in).then(|| request.uri().path().to_owned());
-    let outcome = process(&shared, &conn, request).await;
+    let outcome = process(&shared, &conn, request, verdict).await;
     if let Some(reason) = outcome.reason {
         shared.stats.count_rejection(reason);
         super::security_events::SECURITY_EVENTS.record(
@@ -147,17 +152,22 @@ fn full(response: Response<Bytes>) -> Response<ResponseBody> {
     })
 }
 
-async fn process(shared: &Arc<Shared>, conn: &Connection, request: Request<Incoming>) -> Outcome {
+async fn process(
+    shared: &Arc<Shared>,
+    conn: &Connection,
+    request: Request<Incoming>,
+    verdict: Verdict,
+) -> Outcome {
     let limits = &shared.limits;
-    if let Some(&refusal) = request.extensions().get::<Refusal>() {
-        // hyper closes the connection after this answer (the stand-in asked it to).
+    // What the framing follower found; hyper closes the connection after either answer.
+    let malformed = match verdict {
+        Verdict::Plain => None,
+        Verdict::BothLengths => Some(Rejection::both_lengths()),
+        Verdict::Refused(refusal) => Some(Rejection::refused(refusal)),
+    };
+    if let Some(rejection) = malformed {
         GatewayStats::bump(&shared.stats.malformed_requests);
-        return rejected(Rejection::refused(refusal), None);
-    }
-    if request.extensions().get::<BothLengths>().is_some() {
-        // hyper closes the connection after this answer.
-        GatewayStats::bump(&shared.stats.malformed_requests);
-        return rejected(Rejection::both_lengths(), None);
+        return rejected(rejection, None);
     }
     if head_size(&request) > limits.max_header_bytes {
         return rejected(Rejection::header_too_large(), None);

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::GatewayStats;
 use super::activity::{Activity, ActivityIo, Busy};
 use super::error::GatewayError;
-use super::framing::{BothLengths, Follower, Framing, FramingIo, Verdict};
+use super::framing::{Follower, Framing, FramingIo, Verdict};
 use super::handler::{Connection, Shared};
 use super::panics::handle_catching;
 use super::proxy::Chain;
@@ -502,14 +502,9 @@ async fn run_http<S>(
     let stats = Arc::clone(&server.stats);
     let framing_watch = Arc::clone(&framing);
     let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-        match framing.next() {
-            Verdict::Plain => {}
-            Verdict::BothLengths => {
-                request.extensions_mut().insert(BothLengths);
-            }
-            Verdict::Refused(refusal) => {
-                request.extensions_mut().insert(refusal);
-            }
+        let verdict = framing.next();
+        if verdict != Verdict::Plain {
+            request.extensions_mut().insert(verdict);
         }
         // The one generation load of the request.
         let shared = server.current();

@@ -223,8 +223,6 @@ fn parse_wrk(text: &str) -> anyhow::Result<WrkRun> {
 /// One system as wrk sees it.
 struct Target {
     name: String,
-    /// The wrk script ([`TAIL_SCRIPT`]).
-    script: PathBuf,
     url: String,
     key: Option<String>,
     /// Further headers every request carries (the bearer token with --jwt).
@@ -234,12 +232,13 @@ struct Target {
 }
 
 impl Target {
-    fn wrk(&self, secs: u64, connections: u32) -> anyhow::Result<WrkRun> {
+    /// `script`: the wrk script ([`TAIL_SCRIPT`]).
+    fn wrk(&self, script: &Path, secs: u64, connections: u32) -> anyhow::Result<WrkRun> {
         let mut cmd = pinned(CLIENT_CPU, "wrk");
         cmd.args(["-t1", &format!("-c{connections}"), &format!("-d{secs}s")])
             .arg("--latency")
             .arg("-s")
-            .arg(&self.script);
+            .arg(script);
         if let Some(key) = &self.key {
             cmd.args(["-H", &format!("{KEY_HEADER}: {key}")]);
         }
@@ -522,7 +521,6 @@ fn main() -> anyhow::Result<()> {
     let targets = [
         Target {
             name: "rampartd".to_string(),
-            script: script.clone(),
             url: format!("https://127.0.0.1:{rampartd_port}/"),
             key: Some(key.clone()),
             extra: extra.clone(),
@@ -530,7 +528,6 @@ fn main() -> anyhow::Result<()> {
         },
         Target {
             name: format!("HAProxy ({haproxy_version})"),
-            script: script.clone(),
             url: format!("https://127.0.0.1:{haproxy_port}/"),
             key: Some(key),
             extra: extra.clone(),
@@ -538,7 +535,6 @@ fn main() -> anyhow::Result<()> {
         },
         Target {
             name: format!("backend directly ({}, plain HTTP)", debian_version("nginx")),
-            script,
             url: format!("http://127.0.0.1:{backend_port}/"),
             key: None,
             extra: Vec::new(),
@@ -555,7 +551,7 @@ fn main() -> anyhow::Result<()> {
     );
     for target in &targets {
         eprintln!("warm-up: {}", target.name);
-        target.wrk(2, args.connections)?;
+        target.wrk(&script, 2, args.connections)?;
     }
 
     let mut runs: Vec<Vec<WrkRun>> = vec![Vec::new(); targets.len()];
@@ -563,7 +559,7 @@ fn main() -> anyhow::Result<()> {
         for i in 0..targets.len() {
             // Rotate the order, so no system always runs right after another.
             let t = (round + i) % targets.len();
-            let run = targets[t].wrk(args.secs, args.connections)?;
+            let run = targets[t].wrk(&script, args.secs, args.connections)?;
             eprintln!(
                 "round {}/{}: {}: {:.0} req/s, p50 {}, p99 {}, CPU {}",
                 round + 1,

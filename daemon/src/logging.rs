@@ -7,20 +7,30 @@
 //! tracing levels map to syslog priorities as tracing-journald does: ERROR 3 (err),
 //! WARN 4 (warning), INFO 5 (notice), DEBUG 6 (info), TRACE 7 (debug).
 //!
-//! On stderr, lines are formatted on the thread that logs and written by a dedicated
-//! thread through a buffer, so a busy gateway writes its access events in batches (one
-//! `write` per batch instead of one per request) and never waits on a slow stderr
-//! reader while the channel has room. Nothing is dropped: when the channel is full
-//! the logging thread waits. The timestamp (UTC, microseconds) reuses its formatted
-//! date and time within the same second.
+//! Neither output makes the thread that logs wait for the reader: events are
+//! formatted on that thread and written by a dedicated one through a bounded queue.
+//! When a reader stops taking them (a paused journald, a stuck pipe) and the queue
+//! is full, events are dropped and counted ([`dropped`], exported as
+//! `rampart_log_entries_dropped_total`), and a warning with the number follows once
+//! output moves again (`RAMPART_EVENT=log_dropped`). A gateway that waited instead
+//! would stop answering: journald's socket queues about ten entries.
+//!
+//! The journal: [`journal`]. On stderr, lines go through tracing-appender's
+//! non-blocking writer and a buffer, so a busy gateway writes its access events in
+//! batches (one `write` per batch instead of one per request). The timestamp (UTC,
+//! microseconds) reuses its formatted date and time within the same second.
+
+mod journal;
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::{BufWriter, IsTerminal};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tracing_appender::non_blocking::NonBlockingBuilder;
 pub use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -30,6 +40,18 @@ pub use crate::config::LogTarget;
 
 /// Lines waiting for the writer thread at most.
 const QUEUED_LINES: usize = 64 * 1024;
+
+/// Journal entries dropped because the journal did not take them in time.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// The stderr writer's count of lines it dropped, once stderr is the output.
+static STDERR_DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Log events dropped since start because the output did not take them as fast
+/// as rampartd wrote them (its queue was full).
+pub fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed) + STDERR_DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+}
 
 /// `SYSLOG_IDENTIFIER` of rampartd's journal entries (`journalctl -t rampartd`).
 pub const SYSLOG_IDENTIFIER: &str = "rampartd";
@@ -43,10 +65,11 @@ pub enum Output {
 
 /// Keeps the log output working; hold it until exit. Dropping it writes what is
 /// still queued for stderr.
-#[must_use = "dropping the guard stops the stderr writer"]
+#[must_use = "dropping the guard stops the log writer"]
 pub struct LogGuard {
     output: Output,
     _stderr: Option<WorkerGuard>,
+    _journal: Option<journal::JournalGuard>,
 }
 
 impl LogGuard {
@@ -72,11 +95,8 @@ pub fn init(default_level: &str, target: LogTarget) -> LogGuard {
     };
     let mut unavailable = None;
     if want_journal {
-        match tracing_journald::layer() {
-            Ok(layer) => {
-                let layer = layer
-                    .with_field_prefix(None)
-                    .with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned());
+        match journal::layer(SYSLOG_IDENTIFIER) {
+            Ok((layer, guard)) => {
                 tracing_subscriber::registry()
                     .with(filter())
                     .with(layer)
@@ -84,6 +104,7 @@ pub fn init(default_level: &str, target: LogTarget) -> LogGuard {
                 return LogGuard {
                     output: Output::Journald,
                     _stderr: None,
+                    _journal: Some(guard),
                 };
             }
             Err(error) => unavailable = Some(error),
@@ -91,10 +112,13 @@ pub fn init(default_level: &str, target: LogTarget) -> LogGuard {
     }
     let ansi = std::io::stderr().is_terminal();
     let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
+        .lossy(true)
         .buffered_lines_limit(QUEUED_LINES)
         .thread_name("rampartd-log")
         .finish(BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let counter = writer.error_counter();
+    let _ = STDERR_DROPPED.set(counter.clone());
+    watch_stderr_drops(counter);
     tracing_subscriber::fmt()
         .with_env_filter(filter())
         .with_ansi(ansi)
@@ -111,11 +135,40 @@ pub fn init(default_level: &str, target: LogTarget) -> LogGuard {
     LogGuard {
         output: Output::Stderr,
         _stderr: Some(guard),
+        _journal: None,
     }
 }
 
+/// A thread that, once a second, warns of the stderr lines dropped since its last
+/// look (the warning goes through the same queue: while it is still full, that is
+/// dropped and counted too, and the next look reports it).
+fn watch_stderr_drops(counter: ErrorCounter) {
+    let watch = move || {
+        let mut reported = 0;
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let total = counter.dropped_lines();
+            if total != reported {
+                tracing::warn!(
+                    rampart_event = "log_dropped",
+                    dropped = total - reported,
+                    dropped_total = total,
+                    "{} log lines dropped: stderr did not take them as fast as rampartd wrote them \
+                     (queue of {QUEUED_LINES} full)",
+                    total - reported
+                );
+                reported = total;
+            }
+        }
+    };
+    // Without the thread, drops are still counted in /metrics.
+    let _ = std::thread::Builder::new()
+        .name("rampartd-logwatch".into())
+        .spawn(watch);
+}
+
 /// The socket journald receives structured entries on.
-const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+pub(crate) const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
 /// Whether fd 2 is the journal stream systemd connected it to: systemd sets
 /// `JOURNAL_STREAM=<device>:<inode>` of that stream, and the variable is only

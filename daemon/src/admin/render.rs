@@ -27,18 +27,25 @@ pub fn render_metrics(
         apis: gateway.http_metrics(),
         jwks: gateway.jwks_status(),
     });
-    render(sources.started, control, gateway.as_ref(), now)
+    render(
+        sources.started,
+        crate::logging::dropped(),
+        control,
+        gateway.as_ref(),
+        now,
+    )
 }
 
-/// [`render_metrics`] from readings.
+/// [`render_metrics`] from readings; `log_dropped` is [`crate::logging::dropped`].
 pub fn render(
     started: f64,
+    log_dropped: u64,
     control: Option<&ControlSnapshot>,
     gateway: Option<&GatewayReadings>,
     now: f64,
 ) -> String {
     let mut out = Exposition::default();
-    process(&mut out, started, control.is_some());
+    process(&mut out, started, log_dropped, control.is_some());
     if let Some(control) = control {
         control_families(&mut out, control);
     }
@@ -48,7 +55,7 @@ pub fn render(
     out.finish()
 }
 
-fn process(out: &mut Exposition, started: f64, control_up: bool) {
+fn process(out: &mut Exposition, started: f64, log_dropped: u64, control_up: bool) {
     out.family(
         "rampart_build_info",
         Kind::Gauge,
@@ -68,6 +75,12 @@ fn process(out: &mut Exposition, started: f64, control_up: bool) {
         "When rampartd started, in seconds since the Unix epoch.",
     );
     out.sample("rampart_start_time_seconds", &[], started);
+    out.family(
+        "rampart_log_entries_dropped_total",
+        Kind::Counter,
+        "Log events dropped because the journal (or stderr) did not take them as fast as rampartd wrote them.",
+    );
+    out.sample("rampart_log_entries_dropped_total", &[], log_dropped);
     out.family(
         "rampart_control_up",
         Kind::Gauge,

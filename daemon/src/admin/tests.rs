@@ -61,10 +61,14 @@ fn label_values_are_escaped() {
 
 #[test]
 fn without_control_only_the_process_and_gateway_families() {
-    let text = render(1_700_000_000.5, None, None, 1_700_000_100.0);
+    let text = render(1_700_000_000.5, 7, None, None, 1_700_000_100.0);
     assert_well_formed(&text);
     assert!(text.contains("rampart_control_up 0\n"), "{text}");
     assert!(text.contains("rampart_start_time_seconds 1700000000.5\n"));
+    assert!(
+        text.contains("rampart_log_entries_dropped_total 7\n"),
+        "{text}"
+    );
     assert!(text.contains("rampart_build_info{version=\""));
     assert!(!text.contains("rampart_xdp_packets_total"));
     assert!(!text.contains("rampart_http_requests_total"));
@@ -128,7 +132,7 @@ fn every_family_renders_well_formed() {
         last_reload_success: 1_500,
         bans_issued: 4,
     };
-    let text = render(1_000.0, Some(&control), Some(&gateway), 1_600.0);
+    let text = render(1_000.0, 0, Some(&control), Some(&gateway), 1_600.0);
     assert_well_formed(&text);
     for line in [
         "rampart_control_up 1",

@@ -59,6 +59,19 @@ impl Journald {
         Ok(guard)
     }
 
+    /// For a test that needs root and a journald: the guard, or `None` after
+    /// saying on stderr why the test is skipped.
+    pub fn for_root_test() -> Option<Self> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root (to run journald and read the journal)");
+            return None;
+        }
+        Self::ensure()
+            .map_err(|why| eprintln!("skipped: no journald: {why}"))
+            .ok()
+    }
+
     /// Whether this guard started the journald (and will stop it).
     pub fn started_here(&self) -> bool {
         self.0.is_some()

@@ -135,6 +135,40 @@ struct WrkRun {
     requests: f64,
     /// CPU time (user + system) the gateway process spent per request, when known.
     cpu_us_per_request: Option<f64>,
+    /// Share of the machine's CPU time the hypervisor gave to others during the
+    /// run (steal in /proc/stat), in percent.
+    steal_pct: f64,
+}
+
+/// The machine's CPU time so far, from the first line of /proc/stat: (steal,
+/// all of user, nice, system, idle, iowait, irq, softirq and steal), in ticks.
+fn cpu_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("/proc/stat")?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .context("no cpu line in /proc/stat")?
+        .split_whitespace()
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("unreadable cpu line in /proc/stat")?;
+    ensure!(
+        fields.len() == 8,
+        "the cpu line of /proc/stat has {} fields",
+        fields.len()
+    );
+    Ok((fields[7], fields.iter().sum()))
+}
+
+/// Steal between two [`cpu_ticks`] readings, in percent of the time that passed.
+fn steal_pct(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.1.saturating_sub(before.1);
+    if total == 0 {
+        return 0.0;
+    }
+    after.0.saturating_sub(before.0) as f64 * 100.0 / total as f64
 }
 
 /// User + system CPU time of process `pid` so far, in microseconds.
@@ -217,6 +251,7 @@ fn parse_wrk(text: &str) -> anyhow::Result<WrkRun> {
         max_us,
         requests,
         cpu_us_per_request: None,
+        steal_pct: 0.0,
     })
 }
 
@@ -247,9 +282,12 @@ impl Target {
         }
         cmd.arg(&self.url);
         let before = self.pid.map(cpu_time_us).transpose()?;
+        let ticks_before = cpu_ticks()?;
         let (stdout, _) = output(&mut cmd)?;
+        let ticks_after = cpu_ticks()?;
         let after = self.pid.map(cpu_time_us).transpose()?;
         let mut run = parse_wrk(&stdout).with_context(|| format!("wrk against {}", self.name))?;
+        run.steal_pct = steal_pct(ticks_before, ticks_after);
         if let (Some(before), Some(after)) = (before, after)
             && run.requests > 0.0
         {
@@ -561,7 +599,7 @@ fn main() -> anyhow::Result<()> {
             let t = (round + i) % targets.len();
             let run = targets[t].wrk(&script, args.secs, args.connections)?;
             eprintln!(
-                "round {}/{}: {}: {:.0} req/s, p50 {}, p99 {}, CPU {}",
+                "round {}/{}: {}: {:.0} req/s, p50 {}, p99 {}, CPU {}, host steal {:.1}%",
                 round + 1,
                 args.rounds,
                 targets[t].name,
@@ -569,7 +607,8 @@ fn main() -> anyhow::Result<()> {
                 ms(run.p50_us),
                 ms(run.p99_us),
                 run.cpu_us_per_request
-                    .map_or("-".to_string(), |us| format!("{us:.1} us/request"))
+                    .map_or("-".to_string(), |us| format!("{us:.1} us/request")),
+                run.steal_pct
             );
             runs[t].push(run);
         }
@@ -731,11 +770,15 @@ fn report(
          {} ({rps_ratio:.2}x the req/s, {p99_ratio:.2}x the p99).\n",
         if met { "met" } else { "not met" }
     )?;
-    writeln!(out, "req/s per round:\n")?;
+    writeln!(
+        out,
+        "req/s per round, with the host's steal during the round in brackets (the share \
+         of the machine's CPU time the hypervisor gave to others, from /proc/stat):\n"
+    )?;
     for (t, target) in targets.iter().enumerate() {
         let list: Vec<String> = runs[t]
             .iter()
-            .map(|r| thousands(r.requests_per_sec))
+            .map(|r| format!("{} ({:.1}%)", thousands(r.requests_per_sec), r.steal_pct))
             .collect();
         writeln!(out, "- {}: {}", target.name, list.join(", "))?;
     }
@@ -861,6 +904,14 @@ tail: p98 1300 p99.5 2500 p99.9 7000 max 12000
         assert_eq!(wrk_duration_us("2.00s"), Some(2e6));
         assert_eq!(wrk_duration_us("1.00m"), Some(60e6));
         assert_eq!(wrk_duration_us("12"), None);
+    }
+
+    #[test]
+    fn steal_share() {
+        assert_eq!(steal_pct((10, 1_000), (30, 2_000)), 2.0);
+        assert_eq!(steal_pct((10, 1_000), (10, 1_000)), 0.0);
+        let (steal, total) = cpu_ticks().unwrap();
+        assert!(steal <= total && total > 0);
     }
 
     #[test]

@@ -21,8 +21,7 @@ use std::io::{self, Write as _};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::Ordering;
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tracing::field::{Field, Visit};
@@ -50,10 +49,10 @@ pub struct JournalLayer {
     identifier: String,
 }
 
-/// Stops the writer after it sent what is queued (at most [`FLUSH_WAIT`]).
+/// Dropped at exit: waits (at most [`FLUSH_WAIT`]) until the writer sent what is
+/// queued.
 pub struct JournalGuard {
     queue: Sender<Message>,
-    writer: Option<JoinHandle<()>>,
 }
 
 /// The layer and its guard, or why the journal cannot be used (no journald
@@ -69,7 +68,9 @@ pub fn layer(identifier: &str) -> io::Result<(JournalLayer, JournalGuard)> {
         identifier: identifier.to_owned(),
         reported: 0,
     };
-    let handle = std::thread::Builder::new()
+    // The writer lives as long as the process: the layer, in the global
+    // subscriber, keeps its sender.
+    std::thread::Builder::new()
         .name("rampartd-journal".into())
         .spawn(move || writer.run(&entries))?;
     Ok((
@@ -77,10 +78,7 @@ pub fn layer(identifier: &str) -> io::Result<(JournalLayer, JournalGuard)> {
             queue: queue.clone(),
             identifier: identifier.to_owned(),
         },
-        JournalGuard {
-            queue,
-            writer: Some(handle),
-        },
+        JournalGuard { queue },
     ))
 }
 
@@ -99,17 +97,15 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for JournalLayer {
 
 impl Drop for JournalGuard {
     fn drop(&mut self) {
+        let deadline = Instant::now() + FLUSH_WAIT;
         let (done, flushed) = crossbeam_channel::bounded(1);
         if self
             .queue
-            .send_timeout(Message::Flush(done), FLUSH_WAIT)
+            .send_deadline(Message::Flush(done), deadline)
             .is_ok()
         {
-            let _ = flushed.recv_timeout(FLUSH_WAIT);
+            let _ = flushed.recv_deadline(deadline);
         }
-        // The layer keeps its sender for the life of the process, so the writer
-        // never sees the channel end; it is detached if it did not answer.
-        drop(self.writer.take());
     }
 }
 

@@ -26,7 +26,7 @@ use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::{BufWriter, IsTerminal};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use tracing_appender::non_blocking::WorkerGuard;
@@ -41,16 +41,14 @@ pub use crate::config::LogTarget;
 /// Lines waiting for the writer thread at most.
 const QUEUED_LINES: usize = 64 * 1024;
 
-/// Journal entries dropped because the journal did not take them in time.
-static DROPPED: AtomicU64 = AtomicU64::new(0);
-
 /// The stderr writer's count of lines it dropped, once stderr is the output.
 static STDERR_DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 
 /// Log events dropped since start because the output did not take them as fast
 /// as rampartd wrote them (its queue was full).
 pub fn dropped() -> u64 {
-    DROPPED.load(Ordering::Relaxed) + STDERR_DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+    journal::DROPPED.load(Ordering::Relaxed)
+        + STDERR_DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
 }
 
 /// `SYSLOG_IDENTIFIER` of rampartd's journal entries (`journalctl -t rampartd`).

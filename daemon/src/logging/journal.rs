@@ -20,15 +20,18 @@ use std::fmt;
 use std::io::{self, Write as _};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Metadata, Subscriber};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::Context;
 
-use super::{DROPPED, JOURNAL_SOCKET};
+use super::JOURNAL_SOCKET;
+
+/// Entries dropped because the journal did not take them in time (or had gone).
+pub static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// Entries waiting for the writer thread at most: about 400 ms of access events
 /// at 20,000 requests a second (a few MiB), enough to ride out journald's flushes.
@@ -85,7 +88,14 @@ pub fn layer(identifier: &str) -> io::Result<(JournalLayer, JournalGuard)> {
 impl<S: Subscriber> tracing_subscriber::Layer<S> for JournalLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let mut buf = Vec::with_capacity(512);
-        put_header(&mut buf, event.metadata(), &self.identifier);
+        let meta = event.metadata();
+        put_header(
+            &mut buf,
+            *meta.level(),
+            meta.target(),
+            meta.file().zip(meta.line()),
+            &self.identifier,
+        );
         event.record(&mut Fields(&mut buf));
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
             self.queue.try_send(Message::Entry(buf))
@@ -145,29 +155,24 @@ impl Writer {
         }
         let dropped = total - self.reported;
         let mut buf = Vec::with_capacity(512);
-        put_field(&mut buf, "PRIORITY", |b| b.push(b'4'));
-        put_field(&mut buf, "TARGET", |b| {
-            b.extend_from_slice(module_path!().as_bytes())
-        });
-        put_field(&mut buf, "SYSLOG_IDENTIFIER", |b| {
-            b.extend_from_slice(self.identifier.as_bytes())
-        });
-        put_field(&mut buf, "RAMPART_EVENT", |b| {
-            b.extend_from_slice(b"log_dropped")
-        });
-        put_field(&mut buf, "DROPPED", |b| {
-            let _ = write!(b, "{dropped}");
-        });
-        put_field(&mut buf, "DROPPED_TOTAL", |b| {
-            let _ = write!(b, "{total}");
-        });
-        put_field(&mut buf, "MESSAGE", |b| {
-            let _ = write!(
-                b,
+        put_header(
+            &mut buf,
+            Level::WARN,
+            module_path!(),
+            Some((file!(), line!())),
+            &self.identifier,
+        );
+        put_text(&mut buf, "RAMPART_EVENT", "log_dropped");
+        put_text(&mut buf, "DROPPED", dropped);
+        put_text(&mut buf, "DROPPED_TOTAL", total);
+        put_text(
+            &mut buf,
+            "MESSAGE",
+            format_args!(
                 "{dropped} log entries dropped: the journal did not take them as fast as \
                  rampartd wrote them (queue of {QUEUED_ENTRIES} full)"
-            );
-        });
+            ),
+        );
         if send(&self.socket, &buf).is_ok() {
             self.reported = total;
         }
@@ -223,28 +228,33 @@ fn send_memfd(socket: &UnixDatagram, entry: &[u8]) -> io::Result<()> {
 
 /// `PRIORITY`, `TARGET`, `CODE_FILE`, `CODE_LINE` and `SYSLOG_IDENTIFIER`, with
 /// tracing-journald's level mapping (ERROR 3 ... TRACE 7).
-fn put_header(buf: &mut Vec<u8>, meta: &Metadata<'_>, identifier: &str) {
-    let priority = match *meta.level() {
-        Level::ERROR => b'3',
-        Level::WARN => b'4',
-        Level::INFO => b'5',
-        Level::DEBUG => b'6',
-        Level::TRACE => b'7',
+fn put_header(
+    buf: &mut Vec<u8>,
+    level: Level,
+    target: &str,
+    code: Option<(&str, u32)>,
+    identifier: &str,
+) {
+    let priority = match level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 5,
+        Level::DEBUG => 6,
+        Level::TRACE => 7,
     };
-    put_field(buf, "PRIORITY", |b| b.push(priority));
-    put_field(buf, "TARGET", |b| {
-        b.extend_from_slice(meta.target().as_bytes())
-    });
-    if let Some(file) = meta.file() {
-        put_field(buf, "CODE_FILE", |b| b.extend_from_slice(file.as_bytes()));
+    put_text(buf, "PRIORITY", priority);
+    put_text(buf, "TARGET", target);
+    if let Some((file, line)) = code {
+        put_text(buf, "CODE_FILE", file);
+        put_text(buf, "CODE_LINE", line);
     }
-    if let Some(line) = meta.line() {
-        put_field(buf, "CODE_LINE", |b| {
-            let _ = write!(b, "{line}");
-        });
-    }
-    put_field(buf, "SYSLOG_IDENTIFIER", |b| {
-        b.extend_from_slice(identifier.as_bytes())
+    put_text(buf, "SYSLOG_IDENTIFIER", identifier);
+}
+
+/// A field whose value is `value` displayed.
+fn put_text(buf: &mut Vec<u8>, name: &str, value: impl fmt::Display) {
+    put_field(buf, name, |b| {
+        let _ = write!(b, "{value}");
     });
 }
 
@@ -253,15 +263,11 @@ struct Fields<'a>(&'a mut Vec<u8>);
 
 impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        put_field(self.0, field.name(), |b| {
-            b.extend_from_slice(value.as_bytes())
-        });
+        put_text(self.0, field.name(), value);
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        put_field(self.0, field.name(), |b| {
-            let _ = write!(b, "{value:?}");
-        });
+        put_text(self.0, field.name(), format_args!("{value:?}"));
     }
 }
 

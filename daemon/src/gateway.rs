@@ -19,6 +19,7 @@ mod framing;
 mod handler;
 pub mod metrics;
 mod panics;
+pub(crate) mod path;
 mod policy;
 mod proxy;
 mod routing;

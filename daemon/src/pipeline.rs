@@ -657,6 +657,7 @@ pub fn gateway_settings(config: &Config) -> (Vec<ListenerSettings>, GatewaySetti
             request_timeout: gateway.request_timeout,
             max_concurrent_streams: gateway.max_concurrent_streams,
             drain_timeout: gateway.drain_timeout,
+            allow_encoded_slashes: gateway.allow_encoded_slashes,
         },
         trusted_proxies: gateway.trusted_proxies.clone(),
         access_log: match gateway.access_log {

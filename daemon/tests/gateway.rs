@@ -526,6 +526,145 @@ async fn streamed_body_too_large_gets_413() {
     assert_apim_error(&parts, &body, 413, "Request entity too large");
 }
 
+/// One raw HTTP/1.1 request on the plain listener; the first line of the backend's
+/// echo (`METHOD PATH`), or the whole answer when it is not a 200.
+async fn echoed(addr: std::net::SocketAddr, target: &str) -> String {
+    let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let answer = raw_exchange(addr, request.as_bytes()).await;
+    match answer.strip_prefix("HTTP/1.1 200 ") {
+        Some(rest) => {
+            let body = rest.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            body.lines().next().unwrap_or_default().to_owned()
+        }
+        None => answer,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_routed_and_forwarded_in_normal_form() {
+    let s = setup(Limits::default()).await;
+    let plain = s.gateway.plain;
+    // Each of these reaches the backend as /orders/7 would (the orders API, whose
+    // backend path is /api), never as a path under /echo: the API whose policies
+    // apply is the one the backend serves.
+    for target in [
+        "/echo/../orders/7",
+        "/echo/%2e%2E/orders/7",
+        "/echo/.%2e/orders/7",
+        "//orders//7",
+        "/%6Frders/./7",
+        "/orders/x/../7",
+    ] {
+        assert_eq!(echoed(plain, target).await, "GET /api/7", "{target}");
+    }
+    // The query is kept as sent; a trailing slash too; other escapes stay escaped.
+    assert_eq!(
+        echoed(plain, "/echo/../orders/7?a=%2F..&b=/../").await,
+        "GET /api/7?a=%2F..&b=/../"
+    );
+    assert_eq!(echoed(plain, "/echo/a/b/..").await, "GET /a/");
+    assert_eq!(echoed(plain, "/echo/%c3%bc%20x").await, "GET /%C3%BC%20x");
+    // Over TLS and HTTP/2 the same.
+    let client = client(&s.pki, true);
+    let base = format!("https://localhost:{}", s.gateway.tls.port());
+    let (parts, body) = get(&client, &format!("{base}/echo/%2e%2e/orders/7")).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert!(body.starts_with("GET /api/7\n"), "{body}");
+
+    // What normalising cannot settle is refused, before routing, and counted.
+    for (target, message) in [
+        (
+            "/echo/..%2Forders/7",
+            "Bad request: the path contains an encoded slash or a backslash",
+        ),
+        (
+            "/echo/..%5corders/7",
+            "Bad request: the path contains an encoded slash or a backslash",
+        ),
+        (
+            "/echo\\..\\orders/7",
+            "Bad request: the path contains an encoded slash or a backslash",
+        ),
+        (
+            "/echo/a%00.json",
+            "Bad request: the path contains an encoded NUL",
+        ),
+        (
+            "/echo/a%zz",
+            "Bad request: the path contains an invalid percent-encoding",
+        ),
+    ] {
+        let answer = echoed(plain, target).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{target}: {answer}");
+        assert!(
+            answer.contains("content-type: application/json"),
+            "{answer}"
+        );
+        let body = format!(r#"{{ "statusCode": 400, "message": "{message}" }}"#);
+        assert!(answer.ends_with(&body), "{target}: {answer}");
+    }
+    assert_eq!(
+        rampart::gateway::GatewayStats::get(&s.gateway.stats.malformed_requests),
+        5
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_slashes_pass_when_allowed() {
+    let limits = Limits {
+        allow_encoded_slashes: true,
+        ..Limits::default()
+    };
+    let s = setup(limits).await;
+    assert_eq!(
+        echoed(s.gateway.plain, "/echo/group%2fproject/../x").await,
+        "GET /x"
+    );
+    assert_eq!(
+        echoed(s.gateway.plain, "/echo/group%2fproject").await,
+        "GET /group%2Fproject"
+    );
+    // An encoded NUL never passes.
+    let answer = echoed(s.gateway.plain, "/echo/a%00").await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_header_missing_or_repeated_gets_400() {
+    let s = setup(Limits::default()).await;
+    let answer = raw_exchange(
+        s.gateway.plain,
+        b"GET /echo/x HTTP/1.1\r\nHost: x\r\nHost: root.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        answer.ends_with(
+            r#"{ "statusCode": 400, "message": "Bad request: more than one Host header" }"#
+        ),
+        "{answer}"
+    );
+    let answer = raw_exchange(
+        s.gateway.plain,
+        b"GET /echo/x HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        answer.ends_with(
+            r#"{ "statusCode": 400, "message": "Bad request: HTTP/1.1 request without a Host header" }"#
+        ),
+        "{answer}"
+    );
+    // HTTP/1.0 has no Host requirement.
+    let answer = raw_exchange(s.gateway.plain, b"GET /echo/x HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200 "), "{answer}");
+    assert_eq!(
+        rampart::gateway::GatewayStats::get(&s.gateway.stats.malformed_requests),
+        2
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_request_gets_400_and_is_counted() {
     let s = setup(Limits::default()).await;

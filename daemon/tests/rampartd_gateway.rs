@@ -111,3 +111,71 @@ async fn rampartd_serves_an_api_with_subscription_keys() {
     let status = daemon.terminate().await;
     assert!(status.success(), "{status}:\n{}", daemon.log());
 }
+
+/// Two APIs of one backend application, a public one without keys and an admin one
+/// with: no spelling of an admin path under the public prefix escapes the admin
+/// API's key check, and the backend is asked for the path the key was checked for.
+#[tokio::test(flavor = "multi_thread")]
+async fn public_prefix_does_not_reach_the_admin_api_around_its_key_check() {
+    let dir = TempDir::new("rampartd-paths");
+    let state_dir = dir.0.join("state");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let (_, keys) = KeyStore::open(&state_dir)
+        .unwrap()
+        .create("ops", Scope::AllApis)
+        .unwrap();
+
+    let pki = Pki::new();
+    let cert = pki.leaf("gw", &["localhost"]);
+    let backend = start_backend().await;
+    let port = free_port();
+    let config = dir.0.join("rampart.toml");
+    let text = format!(
+        "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\n\
+         [[listener]]\naddress = \"127.0.0.1:{port}\"\ntls = {{ cert = {cert:?}, key = {key:?} }}\n\
+         [[api]]\nname = \"public\"\npath_prefix = \"/public\"\nbackend = \"http://{backend}/public\"\nsubscription = \"none\"\n\
+         [[api]]\nname = \"admin\"\npath_prefix = \"/admin\"\nbackend = \"http://{backend}/admin\"\n",
+        state = state_dir.display().to_string(),
+        runtime = dir.0.join("run").display().to_string(),
+        cert = cert.cert_chain_pem.display().to_string(),
+        key = cert.key_pem.display().to_string(),
+    );
+    let log = dir.0.join("rampartd.log");
+    let mut daemon = Rampartd::start(&config, &text, log, port).await;
+    let base = format!("https://localhost:{port}");
+
+    for client in [client(&pki, false), client(&pki, true)] {
+        let (parts, body) = get(&client, &format!("{base}/public/docs")).await;
+        assert_eq!(parts.status, 200, "{body}");
+        assert!(body.starts_with("GET /public/docs\n"), "{body}");
+        for path in [
+            "/public/../admin/users",
+            "/public/%2e%2e/admin/users",
+            "/public/.%2E/admin/users",
+            "//admin/users",
+            "/%61dmin/users",
+            "/public/docs/../../admin/users",
+        ] {
+            let (parts, body) = get(&client, &format!("{base}{path}")).await;
+            assert_eq!(parts.status, 401, "{path}: {body}");
+            let request = Request::get(format!("{base}{path}"))
+                .header("Ocp-Apim-Subscription-Key", keys.primary.expose())
+                .body(Empty::new())
+                .unwrap();
+            let (parts, body) = send(&client, request).await;
+            assert_eq!(parts.status, 200, "{path}: {body}");
+            assert!(body.starts_with("GET /admin/users\n"), "{path}: {body}");
+        }
+        // A separator the backend might decode is refused outright.
+        let (parts, body) = get(&client, &format!("{base}/public/..%2Fadmin/users")).await;
+        assert_apim_error(
+            &parts,
+            &body,
+            400,
+            "Bad request: the path contains an encoded slash or a backslash",
+        );
+    }
+
+    let status = daemon.terminate().await;
+    assert!(status.success(), "{status}:\n{}", daemon.log());
+}

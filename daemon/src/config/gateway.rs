@@ -292,6 +292,8 @@ pub struct GatewayConfig {
     /// Threads serving requests; 0 = one per CPU the daemon may run on.
     pub worker_threads: u32,
     pub access_log: AccessLogConfig,
+    /// Request paths with `%2F`, `%5C` or `\` are forwarded instead of refused.
+    pub allow_encoded_slashes: bool,
 }
 
 /// `[gateway] access_log`.
@@ -326,6 +328,7 @@ impl Default for GatewayConfig {
             backend_ca: Vec::new(),
             worker_threads: 0,
             access_log: AccessLogConfig::All,
+            allow_encoded_slashes: false,
         }
     }
 }

@@ -235,6 +235,7 @@ pub(super) struct RawGateway {
     pub backend_ca: Option<TextList>,
     pub worker_threads: Option<Spanned<i64>>,
     pub access_log: Option<Text>,
+    pub allow_encoded_slashes: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -150,6 +150,10 @@ max_deny_entries = {DEFAULT_MAX_DENY_ENTRIES}
 # worker_threads = 0
 # # Access events (target rampart::access): "all", "errors" (status >= 400) or "off".
 # access_log = "all"
+# # Request paths are normalised before routing (dot segments, escapes of
+# # unreserved characters, repeated slashes); paths with an encoded slash or
+# # backslash (%2F, %5C, \) get 400 unless this is true.
+# allow_encoded_slashes = false
 #
 # # Products group APIs; a subscription scoped to a product may call its APIs.
 # [[product]]

@@ -65,6 +65,12 @@ pub enum GatewayError {
     BadBackend { api: String, url: String },
     #[error("API {api:?}: path prefix {prefix:?} must start with '/'")]
     BadPathPrefix { api: String, prefix: String },
+    #[error("API {api:?}: path prefix {prefix:?} {why}")]
+    UnnormalPathPrefix {
+        api: String,
+        prefix: String,
+        why: String,
+    },
     #[error("APIs {first:?} and {second:?} have the same host and path prefix")]
     DuplicateRoute { first: String, second: String },
     #[error("API {api:?}: backend_auth")]
@@ -164,6 +170,25 @@ impl Rejection {
         Self::new(
             StatusCode::BAD_REQUEST,
             "Bad request: both Content-Length and Transfer-Encoding are present",
+            "BadRequest",
+        )
+    }
+
+    /// A request path the gateway does not route (see `gateway::path`).
+    pub(crate) fn bad_path(problem: super::path::PathProblem) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, problem.message(), "BadRequest")
+    }
+
+    /// An HTTP/1.1 request without a `Host` header, or any request with more than
+    /// one (RFC 9112, section 3.2: a server must answer 400).
+    pub(crate) fn bad_host(count: usize) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            if count == 0 {
+                "Bad request: HTTP/1.1 request without a Host header"
+            } else {
+                "Bad request: more than one Host header"
+            },
             "BadRequest",
         )
     }

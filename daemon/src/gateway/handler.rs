@@ -1,5 +1,6 @@
 //! One request: limits, routing, policies, forwarding, access log.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -10,7 +11,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::HOST;
-use http::{Extensions, Request, Response};
+use http::uri::PathAndQuery;
+use http::{Extensions, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioExecutor;
@@ -20,6 +22,7 @@ use ipnet::IpNet;
 use super::error::Rejection;
 use super::forwarded::{ClientHop, client_ip, remove_hop_by_hop, set_forwarding_headers};
 use super::framing::Verdict;
+use super::path;
 use super::policy::{
     RequestContext, RequestPolicy, ResponseContext, Stop, Subscriber, Transferred,
 };
@@ -155,7 +158,7 @@ fn full(response: Response<Bytes>) -> Response<ResponseBody> {
 async fn process(
     shared: &Arc<Shared>,
     conn: &Connection,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     verdict: Verdict,
 ) -> Outcome {
     let limits = &shared.limits;
@@ -171,6 +174,26 @@ async fn process(
     }
     if head_size(&request) > limits.max_header_bytes {
         return rejected(Rejection::header_too_large(), None);
+    }
+    let hosts = request.headers().get_all(HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && request.version() == Version::HTTP_11) {
+        GatewayStats::bump(&shared.stats.malformed_requests);
+        return rejected(Rejection::bad_host(hosts), None);
+    }
+    // Routing, the policies and the backend all see the one normal path.
+    match path::normalize(request.uri().path(), limits.allow_encoded_slashes) {
+        Ok(Cow::Borrowed(_)) => {}
+        Ok(Cow::Owned(normal)) => match with_path(request.uri(), &normal) {
+            Some(uri) => *request.uri_mut() = uri,
+            None => {
+                GatewayStats::bump(&shared.stats.malformed_requests);
+                return rejected(Rejection::bad_request(), None);
+            }
+        },
+        Err(problem) => {
+            GatewayStats::bump(&shared.stats.malformed_requests);
+            return rejected(Rejection::bad_path(problem), None);
+        }
     }
     let host = request_host(&request).map(str::to_owned);
     let Some((backend, rest)) = shared.routes.route(host.as_deref(), request.uri().path()) else {
@@ -462,6 +485,18 @@ impl Body for Completion {
 }
 
 /// The host the client asked for: the URI authority (HTTP/2, absolute form) or `Host`.
+/// `uri` with `path` in place of its own, its query kept.
+fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
+    let path_and_query = match uri.query() {
+        Some(query) => PathAndQuery::try_from(format!("{path}?{query}")),
+        None => PathAndQuery::try_from(path),
+    }
+    .ok()?;
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).ok()
+}
+
 fn request_host<B>(request: &Request<B>) -> Option<&str> {
     request
         .uri()

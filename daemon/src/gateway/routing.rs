@@ -43,6 +43,13 @@ impl<T> RouteTable<T> {
                     prefix: api.path_prefix,
                 });
             }
+            if let Err(why) = super::path::normal_prefix(&api.path_prefix) {
+                return Err(GatewayError::UnnormalPathPrefix {
+                    api: api.name,
+                    prefix: api.path_prefix,
+                    why,
+                });
+            }
             let prefix = normalize_prefix(&api.path_prefix);
             let host = api.host.as_deref().map(str::to_ascii_lowercase);
             if let Some((first, _)) = routes

@@ -140,6 +140,9 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// How long in-flight requests may run after shutdown was asked for.
     pub drain_timeout: Duration,
+    /// Request paths with `%2F`, `%5C` or `\` are forwarded as they are instead of
+    /// refused with 400 (see `gateway::path`).
+    pub allow_encoded_slashes: bool,
 }
 
 impl Default for Limits {
@@ -153,6 +156,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(300),
             max_concurrent_streams: 100,
             drain_timeout: Duration::from_secs(30),
+            allow_encoded_slashes: false,
         }
     }
 }

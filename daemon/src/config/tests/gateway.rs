@@ -134,6 +134,22 @@ fn each_gateway_error_is_located() {
             "t.toml:5:15: `api.path_prefix` must start with '/', not \"x\"",
         ),
         (
+            with_filter(
+                "[[api]]\nname = \"a\"\npath_prefix = \"/v1/../admin\"\nbackend = \"http://b\"\n",
+            ),
+            "t.toml:5:15: `api.path_prefix` \"/v1/../admin\" is not in the normal form requests are routed by; write \"/admin\"",
+        ),
+        (
+            with_filter(
+                "[[api]]\nname = \"a\"\npath_prefix = \"//%61pi\"\nbackend = \"http://b\"\n",
+            ),
+            "t.toml:5:15: `api.path_prefix` \"//%61pi\" is not in the normal form requests are routed by; write \"/api\"",
+        ),
+        (
+            with_filter("[[api]]\nname = \"a\"\npath_prefix = \"/a%00\"\nbackend = \"http://b\"\n"),
+            "t.toml:5:15: `api.path_prefix` \"/a%00\" contains an encoded NUL",
+        ),
+        (
             with_filter("[[api]]\nname = \"a\"\nbackend = \"http://b\"\n"),
             "t.toml:3:1: `api` needs `path_prefix`",
         ),
@@ -200,7 +216,7 @@ fn gateway_section_quotas_subscriptions_and_api_extras() {
         "[gateway]\nmax_header_bytes = 8192\nmax_body_bytes = 1048576\nmax_connections = 50\n\
          header_read_timeout_secs = 3\nidle_timeout_secs = 20\nrequest_timeout_secs = 40\n\
          max_concurrent_streams = 10\ndrain_timeout_secs = 5\n\
-         trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\nbackend_ca = [\"/etc/ca.pem\"]\nworker_threads = 2\naccess_log = \"errors\"\n\
+         trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\nbackend_ca = [\"/etc/ca.pem\"]\nworker_threads = 2\naccess_log = \"errors\"\nallow_encoded_slashes = true\n\
          [[listener]]\naddress = \"127.0.0.1:8080\"\nplain_http = true\n\
          [[product]]\nname = \"gold\"\nquota = {{ calls = 1000, kilobytes = 5000, period_secs = 86400 }}\n\
          [[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://b\"\nproducts = [\"gold\"]\n\
@@ -224,6 +240,7 @@ fn gateway_section_quotas_subscriptions_and_api_extras() {
     assert_eq!(g.trusted_proxies.len(), 2);
     assert_eq!(g.backend_ca, [std::path::PathBuf::from("/etc/ca.pem")]);
     assert_eq!(g.worker_threads, 2);
+    assert!(g.allow_encoded_slashes);
     assert_eq!(g.access_log, AccessLogConfig::Errors);
 
     assert_eq!(

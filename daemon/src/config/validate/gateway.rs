@@ -360,7 +360,16 @@ impl Checker<'_> {
                 .required(section, "api", "path_prefix", raw.path_prefix)
                 .and_then(|prefix| {
                     if prefix.get_ref().starts_with('/') {
-                        Some(prefix.into_inner())
+                        match crate::gateway::path::normal_prefix(prefix.get_ref()) {
+                            Ok(()) => Some(prefix.into_inner()),
+                            Err(why) => {
+                                self.error(
+                                    prefix.span().start,
+                                    format!("`api.path_prefix` {:?} {why}", prefix.get_ref()),
+                                );
+                                None
+                            }
+                        }
                     } else {
                         self.error(
                             prefix.span().start,
@@ -976,6 +985,9 @@ impl Checker<'_> {
                 &AccessLogConfig::ALL,
                 defaults.access_log,
             ),
+            allow_encoded_slashes: raw
+                .allow_encoded_slashes
+                .unwrap_or(defaults.allow_encoded_slashes),
         }
     }
 

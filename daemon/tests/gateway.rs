@@ -572,19 +572,11 @@ async fn paths_are_routed_and_forwarded_in_normal_form() {
     assert!(body.starts_with("GET /api/7\n"), "{body}");
 
     // What normalising cannot settle is refused, before routing, and counted.
+    let slash = "Bad request: the path contains an encoded slash or a backslash";
     for (target, message) in [
-        (
-            "/echo/..%2Forders/7",
-            "Bad request: the path contains an encoded slash or a backslash",
-        ),
-        (
-            "/echo/..%5corders/7",
-            "Bad request: the path contains an encoded slash or a backslash",
-        ),
-        (
-            "/echo\\..\\orders/7",
-            "Bad request: the path contains an encoded slash or a backslash",
-        ),
+        ("/echo/..%2Forders/7", slash),
+        ("/echo/..%5corders/7", slash),
+        ("/echo\\..\\orders/7", slash),
         (
             "/echo/a%00.json",
             "Bad request: the path contains an encoded NUL",
@@ -594,14 +586,7 @@ async fn paths_are_routed_and_forwarded_in_normal_form() {
             "Bad request: the path contains an invalid percent-encoding",
         ),
     ] {
-        let answer = echoed(plain, target).await;
-        assert!(answer.starts_with("HTTP/1.1 400 "), "{target}: {answer}");
-        assert!(
-            answer.contains("content-type: application/json"),
-            "{answer}"
-        );
-        let body = format!(r#"{{ "statusCode": 400, "message": "{message}" }}"#);
-        assert!(answer.ends_with(&body), "{target}: {answer}");
+        assert_raw_error(&echoed(plain, target).await, 400, message);
     }
     assert_eq!(
         rampart::gateway::GatewayStats::get(&s.gateway.stats.malformed_requests),
@@ -637,25 +622,13 @@ async fn host_header_missing_or_repeated_gets_400() {
         b"GET /echo/x HTTP/1.1\r\nHost: x\r\nHost: root.test\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
-    assert!(
-        answer.ends_with(
-            r#"{ "statusCode": 400, "message": "Bad request: more than one Host header" }"#
-        ),
-        "{answer}"
-    );
+    assert_raw_error(&answer, 400, "Bad request: more than one Host header");
     let answer = raw_exchange(
         s.gateway.plain,
         b"GET /echo/x HTTP/1.1\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
-    assert!(
-        answer.ends_with(
-            r#"{ "statusCode": 400, "message": "Bad request: HTTP/1.1 request without a Host header" }"#
-        ),
-        "{answer}"
-    );
+    assert_raw_error(&answer, 400, "Bad request: the Host header is missing");
     // HTTP/1.0 has no Host requirement.
     let answer = raw_exchange(s.gateway.plain, b"GET /echo/x HTTP/1.0\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.0 200 "), "{answer}");

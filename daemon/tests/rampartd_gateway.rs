@@ -15,16 +15,29 @@ use std::time::Duration;
 use gateway_support::*;
 use http::Request;
 use http_body_util::Empty;
-use rampart::policy::keys::{KeyStore, Scope};
+use rampart::policy::keys::{IssuedKeys, KeyStore, Scope};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rampartd_serves_an_api_with_subscription_keys() {
-    let dir = TempDir::new("rampartd");
+/// rampartd serving `apis` (TOML `[[api]]` tables, given the backend's address)
+/// on a TLS listener, with a subscription named `subscription` for all APIs.
+struct Served {
+    _dir: TempDir,
+    keys: IssuedKeys,
+    pki: Pki,
+    port: u16,
+    daemon: Rampartd,
+}
+
+async fn serve(
+    tag: &str,
+    subscription: &str,
+    apis: impl Fn(std::net::SocketAddr) -> String,
+) -> Served {
+    let dir = TempDir::new(tag);
     let state_dir = dir.0.join("state");
     std::fs::create_dir_all(&state_dir).unwrap();
     let (_, keys) = KeyStore::open(&state_dir)
         .unwrap()
-        .create("e2e", Scope::AllApis)
+        .create(subscription, Scope::AllApis)
         .unwrap();
 
     let pki = Pki::new();
@@ -34,18 +47,35 @@ async fn rampartd_serves_an_api_with_subscription_keys() {
     let config = dir.0.join("rampart.toml");
     let text = format!(
         "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\n\
-         [[listener]]\naddress = \"127.0.0.1:{port}\"\ntls = {{ cert = {cert:?}, key = {key:?} }}\n\
-         [[api]]\nname = \"echo\"\npath_prefix = \"/echo\"\nbackend = \"http://{backend}/\"\n",
+         [[listener]]\naddress = \"127.0.0.1:{port}\"\ntls = {{ cert = {cert:?}, key = {key:?} }}\n{apis}",
         state = state_dir.display().to_string(),
         runtime = dir.0.join("run").display().to_string(),
         cert = cert.cert_chain_pem.display().to_string(),
         key = cert.key_pem.display().to_string(),
+        apis = apis(backend),
     );
     let log = dir.0.join("rampartd.log");
-    let mut daemon = Rampartd::start(&config, &text, log, port).await;
+    let daemon = Rampartd::start(&config, &text, log, port).await;
+    Served {
+        _dir: dir,
+        keys,
+        pki,
+        port,
+        daemon,
+    }
+}
 
-    let client = client(&pki, false);
-    let url = format!("https://localhost:{port}/echo/x");
+#[tokio::test(flavor = "multi_thread")]
+async fn rampartd_serves_an_api_with_subscription_keys() {
+    let mut s = serve("rampartd", "e2e", |backend| {
+        format!(
+            "[[api]]\nname = \"echo\"\npath_prefix = \"/echo\"\nbackend = \"http://{backend}/\"\n"
+        )
+    })
+    .await;
+
+    let client = client(&s.pki, false);
+    let url = format!("https://localhost:{}/echo/x", s.port);
 
     let (parts, body) = get(&client, &url).await;
     assert_apim_error(
@@ -63,7 +93,7 @@ async fn rampartd_serves_an_api_with_subscription_keys() {
     );
 
     let request = Request::get(&url)
-        .header("Ocp-Apim-Subscription-Key", keys.primary.expose())
+        .header("Ocp-Apim-Subscription-Key", s.keys.primary.expose())
         .body(Empty::new())
         .unwrap();
     let (parts, body) = send(&client, request).await;
@@ -75,11 +105,11 @@ async fn rampartd_serves_an_api_with_subscription_keys() {
             .contains("ocp-apim-subscription-key"),
         "{body}"
     );
-    assert!(!body.contains(keys.primary.expose()), "{body}");
+    assert!(!body.contains(s.keys.primary.expose()), "{body}");
 
     let (parts, body) = get(
         &client,
-        &format!("{url}?a=1&subscription-key={}", keys.secondary.expose()),
+        &format!("{url}?a=1&subscription-key={}", s.keys.secondary.expose()),
     )
     .await;
     assert_eq!(parts.status, 200, "{body}");
@@ -88,7 +118,7 @@ async fn rampartd_serves_an_api_with_subscription_keys() {
     // One access event per request, naming the API, the subscription and, for a
     // refusal, APIM's reason; never the key.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let log = daemon.log();
+    let log = s.daemon.log();
     assert!(log.contains("gateway listening"), "{log}");
     let access: Vec<&str> = log
         .lines()
@@ -105,11 +135,11 @@ async fn rampartd_serves_an_api_with_subscription_keys() {
         "{log}"
     );
     assert!(access[1].contains("api=\"echo\""), "{log}");
-    assert!(!log.contains(keys.primary.expose()), "{log}");
-    assert!(!log.contains(keys.secondary.expose()), "{log}");
+    assert!(!log.contains(s.keys.primary.expose()), "{log}");
+    assert!(!log.contains(s.keys.secondary.expose()), "{log}");
 
-    let status = daemon.terminate().await;
-    assert!(status.success(), "{status}:\n{}", daemon.log());
+    let status = s.daemon.terminate().await;
+    assert!(status.success(), "{status}:\n{}", s.daemon.log());
 }
 
 /// Two APIs of one backend application, a public one without keys and an admin one
@@ -117,34 +147,16 @@ async fn rampartd_serves_an_api_with_subscription_keys() {
 /// API's key check, and the backend is asked for the path the key was checked for.
 #[tokio::test(flavor = "multi_thread")]
 async fn public_prefix_does_not_reach_the_admin_api_around_its_key_check() {
-    let dir = TempDir::new("rampartd-paths");
-    let state_dir = dir.0.join("state");
-    std::fs::create_dir_all(&state_dir).unwrap();
-    let (_, keys) = KeyStore::open(&state_dir)
-        .unwrap()
-        .create("ops", Scope::AllApis)
-        .unwrap();
+    let mut s = serve("rampartd-paths", "ops", |backend| {
+        format!(
+            "[[api]]\nname = \"public\"\npath_prefix = \"/public\"\nbackend = \"http://{backend}/public\"\nsubscription = \"none\"\n\
+             [[api]]\nname = \"admin\"\npath_prefix = \"/admin\"\nbackend = \"http://{backend}/admin\"\n"
+        )
+    })
+    .await;
+    let base = format!("https://localhost:{}", s.port);
 
-    let pki = Pki::new();
-    let cert = pki.leaf("gw", &["localhost"]);
-    let backend = start_backend().await;
-    let port = free_port();
-    let config = dir.0.join("rampart.toml");
-    let text = format!(
-        "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\n\
-         [[listener]]\naddress = \"127.0.0.1:{port}\"\ntls = {{ cert = {cert:?}, key = {key:?} }}\n\
-         [[api]]\nname = \"public\"\npath_prefix = \"/public\"\nbackend = \"http://{backend}/public\"\nsubscription = \"none\"\n\
-         [[api]]\nname = \"admin\"\npath_prefix = \"/admin\"\nbackend = \"http://{backend}/admin\"\n",
-        state = state_dir.display().to_string(),
-        runtime = dir.0.join("run").display().to_string(),
-        cert = cert.cert_chain_pem.display().to_string(),
-        key = cert.key_pem.display().to_string(),
-    );
-    let log = dir.0.join("rampartd.log");
-    let mut daemon = Rampartd::start(&config, &text, log, port).await;
-    let base = format!("https://localhost:{port}");
-
-    for client in [client(&pki, false), client(&pki, true)] {
+    for client in [client(&s.pki, false), client(&s.pki, true)] {
         let (parts, body) = get(&client, &format!("{base}/public/docs")).await;
         assert_eq!(parts.status, 200, "{body}");
         assert!(body.starts_with("GET /public/docs\n"), "{body}");
@@ -159,7 +171,7 @@ async fn public_prefix_does_not_reach_the_admin_api_around_its_key_check() {
             let (parts, body) = get(&client, &format!("{base}{path}")).await;
             assert_eq!(parts.status, 401, "{path}: {body}");
             let request = Request::get(format!("{base}{path}"))
-                .header("Ocp-Apim-Subscription-Key", keys.primary.expose())
+                .header("Ocp-Apim-Subscription-Key", s.keys.primary.expose())
                 .body(Empty::new())
                 .unwrap();
             let (parts, body) = send(&client, request).await;
@@ -176,6 +188,6 @@ async fn public_prefix_does_not_reach_the_admin_api_around_its_key_check() {
         );
     }
 
-    let status = daemon.terminate().await;
-    assert!(status.success(), "{status}:\n{}", daemon.log());
+    let status = s.daemon.terminate().await;
+    assert!(status.success(), "{status}:\n{}", s.daemon.log());
 }

@@ -185,7 +185,7 @@ impl Rejection {
         Self::new(
             StatusCode::BAD_REQUEST,
             if count == 0 {
-                "Bad request: HTTP/1.1 request without a Host header"
+                "Bad request: the Host header is missing"
             } else {
                 "Bad request: more than one Host header"
             },

@@ -563,6 +563,8 @@ async fn paths_are_routed_and_forwarded_in_normal_form() {
         "GET /api/7?a=%2F..&b=/../"
     );
     assert_eq!(echoed(plain, "/echo/a/b/..").await, "GET /a/");
+    // Path parameters after the API's prefix are forwarded as they are.
+    assert_eq!(echoed(plain, "/orders/7;v=1").await, "GET /api/7;v=1");
     assert_eq!(echoed(plain, "/echo/%c3%bc%20x").await, "GET /%C3%BC%20x");
     // Over TLS and HTTP/2 the same.
     let client = client(&s.pki, true);
@@ -582,6 +584,14 @@ async fn paths_are_routed_and_forwarded_in_normal_form() {
             "Bad request: the path contains an encoded NUL",
         ),
         (
+            "/echo/..;/orders/7",
+            "Bad request: the path contains a dot segment with parameters",
+        ),
+        (
+            "/orders;jsessionid=1/7",
+            "Bad request: the path has parameters (;) in the segments that name the API",
+        ),
+        (
             "/echo/a%zz",
             "Bad request: the path contains an invalid percent-encoding",
         ),
@@ -590,7 +600,7 @@ async fn paths_are_routed_and_forwarded_in_normal_form() {
     }
     assert_eq!(
         rampart::gateway::GatewayStats::get(&s.gateway.stats.malformed_requests),
-        5
+        7
     );
 }
 

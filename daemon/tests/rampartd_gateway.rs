@@ -178,14 +178,25 @@ async fn public_prefix_does_not_reach_the_admin_api_around_its_key_check() {
             assert_eq!(parts.status, 200, "{path}: {body}");
             assert!(body.starts_with("GET /admin/users\n"), "{path}: {body}");
         }
-        // A separator the backend might decode is refused outright.
-        let (parts, body) = get(&client, &format!("{base}/public/..%2Fadmin/users")).await;
-        assert_apim_error(
-            &parts,
-            &body,
-            400,
-            "Bad request: the path contains an encoded slash or a backslash",
-        );
+        // What a backend might read as a separator or as a dot segment (servlet
+        // containers drop `;` parameters) is refused outright.
+        for (path, message) in [
+            (
+                "/public/..%2Fadmin/users",
+                "Bad request: the path contains an encoded slash or a backslash",
+            ),
+            (
+                "/public/..;/admin/users",
+                "Bad request: the path contains a dot segment with parameters",
+            ),
+            (
+                "/admin;x/users",
+                "Bad request: the path has parameters (;) in the segments that name the API",
+            ),
+        ] {
+            let (parts, body) = get(&client, &format!("{base}{path}")).await;
+            assert_apim_error(&parts, &body, 400, message);
+        }
     }
 
     let status = s.daemon.terminate().await;

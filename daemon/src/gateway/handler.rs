@@ -196,11 +196,19 @@ async fn process(
         }
     }
     let host = request_host(&request).map(str::to_owned);
-    let Some((backend, rest)) = shared.routes.route(host.as_deref(), request.uri().path()) else {
+    let path = request.uri().path();
+    let key = path::without_parameters(path);
+    let Some((backend, key_rest)) = shared.routes.route(host.as_deref(), &key) else {
         return rejected(Rejection::not_found(), None);
     };
+    let rest = match path::rest_after_prefix(path, &key, key_rest) {
+        Ok(rest) => rest.to_owned(),
+        Err(problem) => {
+            GatewayStats::bump(&shared.stats.malformed_requests);
+            return rejected(Rejection::bad_path(problem), Some(backend.name.clone()));
+        }
+    };
     let backend = Arc::clone(backend);
-    let rest = rest.to_owned();
     let api = Some(backend.name.clone());
 
     let (mut parts, body) = request.into_parts();

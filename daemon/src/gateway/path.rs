@@ -10,6 +10,13 @@
 //! or backslash (`%2F`, `%5C`, which one backend decodes into a separator and
 //! another does not), a raw backslash (a separator to some servers), an encoded
 //! NUL, and a `%` that starts no escape.
+//!
+//! Servlet containers (Tomcat, Jetty, Spring) drop a segment's parameters (`;`
+//! and what follows) before they map it, so `/admin;x/users` is `/admin/users` and
+//! `/public/..;/admin` is `/admin` to them. Routing therefore reads segments
+//! without their parameters ([`without_parameters`]); a dot segment with
+//! parameters is refused, and so are parameters on the segments that name the API
+//! ([`rest_after_prefix`]).
 
 use std::borrow::Cow;
 
@@ -22,6 +29,10 @@ pub(crate) enum PathProblem {
     EncodedNul,
     /// A `%` not followed by two hexadecimal digits.
     BadEscape,
+    /// `.;...` or `..;...`: a dot segment to a servlet container, a name to others.
+    DotSegmentParameters,
+    /// Parameters on a segment of the API's path prefix (`/admin;x/users`).
+    ParametersInPrefix,
 }
 
 impl PathProblem {
@@ -31,6 +42,12 @@ impl PathProblem {
             Self::EncodedSlash => "Bad request: the path contains an encoded slash or a backslash",
             Self::EncodedNul => "Bad request: the path contains an encoded NUL",
             Self::BadEscape => "Bad request: the path contains an invalid percent-encoding",
+            Self::DotSegmentParameters => {
+                "Bad request: the path contains a dot segment with parameters"
+            }
+            Self::ParametersInPrefix => {
+                "Bad request: the path has parameters (;) in the segments that name the API"
+            }
         }
     }
 }
@@ -58,6 +75,13 @@ pub(crate) fn normalize(
         return Ok(Cow::Borrowed(path));
     }
     let decoded = decode_unreserved(path, allow_encoded_slashes)?;
+    if decoded[1..].split('/').any(|segment| {
+        segment
+            .split_once(';')
+            .is_some_and(|(name, _)| name == "." || name == "..")
+    }) {
+        return Err(PathProblem::DotSegmentParameters);
+    }
     let mut segments: Vec<&str> = Vec::new();
     let mut trailing_slash = false;
     for segment in decoded[1..].split('/') {
@@ -85,13 +109,47 @@ pub(crate) fn normalize(
     })
 }
 
-/// No escape, no empty segment, no `.` or `..` segment: already normal.
+/// No escape, no empty segment, no segment starting with `.` followed by nothing,
+/// `.` or `;`: already normal (and no dot segment with parameters).
 fn is_plain(path: &str) -> bool {
     !path.contains('%')
         && !path.contains("//")
-        && path[1..]
-            .split('/')
-            .all(|segment| segment != "." && segment != "..")
+        && path[1..].split('/').all(|segment| {
+            let name = segment.split_once(';').map_or(segment, |(name, _)| name);
+            name != "." && name != ".."
+        })
+}
+
+/// `path` as routing reads it: each segment without its parameters (`;` and what
+/// follows it). Borrowed when there are none (the usual case).
+pub(crate) fn without_parameters(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let mut key = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            key.push('/');
+        }
+        key.push_str(segment.split_once(';').map_or(segment, |(name, _)| name));
+    }
+    Cow::Owned(key)
+}
+
+/// What follows the API's prefix in `path`, when routing matched `key` (the
+/// [`without_parameters`] form of `path`) and left `key_rest` of it: the prefix's
+/// segments must carry no parameters in `path`, so that the backend gets exactly
+/// the segments the route was chosen by.
+pub(crate) fn rest_after_prefix<'p>(
+    path: &'p str,
+    key: &str,
+    key_rest: &str,
+) -> Result<&'p str, PathProblem> {
+    let prefix = &key[..key.len() - key_rest.len()];
+    match path.strip_prefix(prefix) {
+        Some(rest) if prefix.is_empty() || rest.is_empty() || rest.starts_with('/') => Ok(rest),
+        _ => Err(PathProblem::ParametersInPrefix),
+    }
 }
 
 /// `path` with its escapes of unreserved characters decoded and the others in
@@ -137,6 +195,9 @@ fn decode_unreserved(path: &str, allow_encoded_slashes: bool) -> Result<String, 
 /// Whether a configured path prefix is in the form [`normalize`] gives requests
 /// (else no request could ever match it); the form to write if not.
 pub(crate) fn normal_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.contains(';') {
+        return Err("contains a path parameter (;), which routing reads past".to_owned());
+    }
     match normalize(prefix, true) {
         Ok(Cow::Borrowed(_)) => Ok(()),
         Ok(Cow::Owned(normal)) => Err(format!(
@@ -148,6 +209,8 @@ pub(crate) fn normal_prefix(prefix: &str) -> Result<(), String> {
                 PathProblem::EncodedSlash => "an encoded slash",
                 PathProblem::EncodedNul => "an encoded NUL",
                 PathProblem::BadEscape => "an invalid percent-encoding",
+                PathProblem::DotSegmentParameters => "a dot segment with parameters",
+                PathProblem::ParametersInPrefix => "parameters (;)",
             }
         )),
     }
@@ -230,6 +293,48 @@ mod tests {
         assert_eq!(kept("/a/..%2F..%2Fb").unwrap(), "/a/..%2F..%2Fb");
         assert_eq!(kept("/a\\b/../c").unwrap(), "/c");
         assert_eq!(kept("/a%00"), Err(PathProblem::EncodedNul));
+    }
+
+    #[test]
+    fn dot_segments_with_parameters_are_refused() {
+        for path in [
+            "/public/..;/admin",
+            "/public/.;x/a",
+            "/a/%2e%2e;x/b",
+            "/..;",
+        ] {
+            assert_eq!(
+                normal(path),
+                Err(PathProblem::DotSegmentParameters),
+                "{path}"
+            );
+        }
+        // Other parameters are left to routing; `..x;` is a name.
+        assert_eq!(normal("/a;x/b;y=1").unwrap(), "/a;x/b;y=1");
+        assert_eq!(normal("/a/..x;y/../b").unwrap(), "/a/b");
+    }
+
+    #[test]
+    fn routing_reads_segments_without_parameters() {
+        assert!(matches!(without_parameters("/a/b"), Cow::Borrowed("/a/b")));
+        assert_eq!(without_parameters("/admin;x/users;v=1/"), "/admin/users/");
+        assert_eq!(without_parameters("/;x"), "/");
+    }
+
+    #[test]
+    fn parameters_may_follow_the_prefix_but_not_sit_in_it() {
+        let rest = |path| {
+            let key = without_parameters(path);
+            // As the route table would for prefix `/admin`.
+            let key_rest = key.strip_prefix("/admin").unwrap().to_owned();
+            rest_after_prefix(path, &key, &key_rest)
+        };
+        assert_eq!(rest("/admin/users;v=1"), Ok("/users;v=1"));
+        assert_eq!(rest("/admin"), Ok(""));
+        assert_eq!(rest("/admin;x/users"), Err(PathProblem::ParametersInPrefix));
+        assert_eq!(rest("/admin;x"), Err(PathProblem::ParametersInPrefix));
+        // The catch-all prefix `/` leaves the whole path.
+        assert_eq!(rest_after_prefix("/a;x/b", "/a/b", "/a/b"), Ok("/a;x/b"));
     }
 
     #[test]

@@ -150,6 +150,12 @@ fn each_gateway_error_is_located() {
             "t.toml:5:15: `api.path_prefix` \"/a%00\" contains an encoded NUL",
         ),
         (
+            with_filter(
+                "[[api]]\nname = \"a\"\npath_prefix = \"/a;v=1\"\nbackend = \"http://b\"\n",
+            ),
+            "t.toml:5:15: `api.path_prefix` \"/a;v=1\" contains a path parameter (;), which routing reads past",
+        ),
+        (
             with_filter("[[api]]\nname = \"a\"\nbackend = \"http://b\"\n"),
             "t.toml:3:1: `api` needs `path_prefix`",
         ),

@@ -492,7 +492,6 @@ impl Body for Completion {
     }
 }
 
-/// The host the client asked for: the URI authority (HTTP/2, absolute form) or `Host`.
 /// `uri` with `path` in place of its own, its query kept.
 fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
     let path_and_query = match uri.query() {
@@ -505,6 +504,7 @@ fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
     Uri::from_parts(parts).ok()
 }
 
+/// The host the client asked for: the URI authority (HTTP/2, absolute form) or `Host`.
 fn request_host<B>(request: &Request<B>) -> Option<&str> {
     request
         .uri()

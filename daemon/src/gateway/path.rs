@@ -159,9 +159,8 @@ fn decode_unreserved(path: &str, allow_encoded_slashes: bool) -> Result<String, 
     let mut out = String::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
-        let b = bytes[i];
-        if b != b'%' {
-            // Multi-byte UTF-8 sequences are copied a byte-run at a time below.
+        if bytes[i] != b'%' {
+            // Up to the next escape, as it is (whole UTF-8 sequences included).
             let run = path[i..].find('%').map_or(path.len(), |n| i + n);
             out.push_str(&path[i..run]);
             i = run;

@@ -40,7 +40,9 @@ use http_body_util::combinators::UnsyncBoxBody;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{GatewayError, Rejection};
-pub use forwarded::{ClientHop, client_ip, remove_hop_by_hop, set_forwarding_headers};
+pub use forwarded::{
+    ClientHop, client_ip, remove_hop_by_hop, remove_lookalikes, set_forwarding_headers,
+};
 pub use policy::{RequestContext, RequestPolicy, ResponseContext, Stop, Subscriber, Transferred};
 pub use routing::RouteTable;
 pub use serving::{AppliedGateway, GatewayHandle, PreparedGateway, ServingGateway};

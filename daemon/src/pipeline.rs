@@ -16,7 +16,7 @@ use crate::config::{
 use crate::gateway::{
     AccessLog, ApiSettings, BackendProtocol, BackendTimeouts, CertFiles, ClientAuth, ClientCa,
     GatewaySettings, Limits, ListenerSettings, RequestContext, RequestPolicy, ResponseContext,
-    SniCert, Stop, TlsSettings, Transferred, Transport,
+    SniCert, Stop, TlsSettings, Transferred, Transport, remove_lookalikes,
 };
 use crate::policy::client_cert::ClientCertPolicy;
 use crate::policy::cors::{self, CorsPolicy};
@@ -444,6 +444,11 @@ fn check_client_certificate(
     for (_, name) in &api.certificate_headers {
         request.parts.headers.remove(name);
     }
+    remove_lookalikes(&mut request.parts.headers, |lookalike| {
+        api.certificate_headers
+            .iter()
+            .any(|(_, name)| name.as_str() == lookalike)
+    });
     if let Some(policy) = &api.client_cert {
         policy
             .check(request.client_cert, unix_now())
@@ -481,6 +486,11 @@ fn check_jwt(jwt: &ApiJwt, request: &mut RequestContext<'_>) -> Result<VerifiedT
     for (_, name) in &jwt.claims_to_headers {
         request.parts.headers.remove(name);
     }
+    remove_lookalikes(&mut request.parts.headers, |lookalike| {
+        jwt.claims_to_headers
+            .iter()
+            .any(|(_, name)| name.as_str() == lookalike)
+    });
     let now = unix_now();
     let token = jwt
         .provider

@@ -286,6 +286,9 @@ async fn forwarding_headers_set_and_client_forgeries_dropped() {
         .header("x-forwarded-for", "6.6.6.6")
         .header("x-forwarded-proto", "http")
         .header("forwarded", "for=6.6.6.6")
+        // Look-alikes that CGI-style servers read as the real headers.
+        .header("x_forwarded_for", "6.6.6.6")
+        .header("X_Forwarded_Host", "evil.example")
         .header("connection", "x-drop-me")
         .header("x-drop-me", "1")
         .header("x-keep", "1")
@@ -306,6 +309,7 @@ async fn forwarding_headers_set_and_client_forgeries_dropped() {
         "{body}"
     );
     assert!(!body.contains("6.6.6.6"), "{body}");
+    assert!(!body.contains("evil.example"), "{body}");
     assert!(!body.contains("x-drop-me"), "{body}");
     assert!(body.contains("x-keep: 1\n"), "{body}");
 }

@@ -445,11 +445,12 @@ async fn static_rs256_key_roles_claim_headers_and_refusals() {
         Method::GET,
         &url,
         Some(&tenant),
-        &[("X-Tenant-Id", "evil")],
+        &[("X-Tenant-Id", "evil"), ("X_Tenant_Id", "evil")],
     )
     .await;
     assert_eq!(parts.status, 200, "{body}");
     assert_eq!(echoed(&body, "x-tenant-id"), ["t-1"], "{body}");
+    assert!(!body.contains("evil"), "{body}");
 
     // A token without `oid`: the forged header is removed and the default sent.
     let no_oid = rs256(&without(claims("bob", json!(["API.Read"])), "oid"));

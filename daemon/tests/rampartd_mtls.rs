@@ -224,11 +224,16 @@ async fn identities_decide_per_api_and_fields_reach_the_backend() {
         403,
         "Client certificate missing.",
     );
-    let (parts, body) = get(&anonymous, &open, &[("X-Client-CN", "forged")])
-        .await
-        .unwrap();
+    let (parts, body) = get(
+        &anonymous,
+        &open,
+        &[("X-Client-CN", "forged"), ("X_Client_CN", "forged")],
+    )
+    .await
+    .unwrap();
     assert_eq!(parts.status, 200, "{body}");
     assert!(!body.to_ascii_lowercase().contains("x-client-cn"), "{body}");
+    assert!(!body.to_ascii_lowercase().contains("x_client_cn"), "{body}");
 
     // A matching identity passes; its fields reach the backend, forged copies do not.
     let client = mtls_client(&server, Some(&alice));

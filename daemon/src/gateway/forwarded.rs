@@ -57,6 +57,29 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes the look-alikes of headers the gateway vouches for: every header whose
+/// name has an underscore and, read with `-` for `_`, is one `vouched` accepts.
+/// CGI-style servers (PHP, Rack servers such as Puma: CVE-2024-45614) read `X_Forwarded_For`
+/// and `X-Forwarded-For` as the same `HTTP_X_FORWARDED_FOR`, so a client's
+/// look-alike could stand in for, or clobber, the header the gateway set.
+pub fn remove_lookalikes(headers: &mut HeaderMap, vouched: impl Fn(&str) -> bool) {
+    // The usual message has no underscore in any name: one pass tells.
+    if !headers.keys().any(|name| name.as_str().contains('_')) {
+        return;
+    }
+    let lookalikes: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            name.contains('_') && vouched(&name.replace('_', "-"))
+        })
+        .cloned()
+        .collect();
+    for name in lookalikes {
+        headers.remove(name);
+    }
+}
+
 /// What the gateway knows about the hop it received a request on.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientHop<'a> {
@@ -70,8 +93,8 @@ pub struct ClientHop<'a> {
 }
 
 /// Sets the forwarding headers for the backend. From an untrusted peer, whatever
-/// the client sent in `X-Forwarded-*` and `Forwarded` is dropped first, so the
-/// backend sees only what the gateway itself observed.
+/// the client sent in `X-Forwarded-*` and `Forwarded` (and their look-alikes with
+/// `_`) is dropped first, so the backend sees only what the gateway itself observed.
 pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: ClientHop<'_>) {
     let peer = canonical(hop.peer);
     if !hop.trusted {
@@ -84,6 +107,9 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: ClientHop<'_>) {
             headers.remove(name);
         }
         headers.remove(FORWARDED);
+        remove_lookalikes(headers, |name| {
+            name.starts_with("x-forwarded-") || name == FORWARDED.as_str()
+        });
     }
 
     // The peer's text once, for both headers (IPv4 is the same in each).
@@ -245,6 +271,31 @@ mod tests {
             host: Some("api.example.com"),
             trusted,
         }
+    }
+
+    #[test]
+    fn lookalikes_of_vouched_headers_go_others_stay() {
+        let mut headers = map(&[
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x-forwarded_host", "evil.example"),
+            ("x_forwarded-proto", "http"),
+            ("my_header", "1"),
+            ("x-forwarded-for", "203.0.113.9"),
+        ]);
+        set_forwarding_headers(&mut headers, hop("192.0.2.1", false));
+        let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("x_") || n.contains("_host")),
+            "{names:?}"
+        );
+        assert!(names.contains(&"my_header"), "{names:?}");
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.1");
+        // From a trusted proxy nothing of the client's is removed.
+        let mut headers = map(&[("x_forwarded_for", "203.0.113.9")]);
+        set_forwarding_headers(&mut headers, hop("192.0.2.1", true));
+        assert!(headers.contains_key("x_forwarded_for"));
     }
 
     #[test]

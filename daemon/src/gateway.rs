@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::{GatewayError, Rejection};
 pub use forwarded::{
-    ClientHop, client_ip, remove_hop_by_hop, remove_lookalikes, set_forwarding_headers,
+    ClientHop, client_ip, remove_client_copies, remove_hop_by_hop, set_forwarding_headers,
 };
 pub use policy::{RequestContext, RequestPolicy, ResponseContext, Stop, Subscriber, Transferred};
 pub use routing::RouteTable;

@@ -16,7 +16,7 @@ use crate::config::{
 use crate::gateway::{
     AccessLog, ApiSettings, BackendProtocol, BackendTimeouts, CertFiles, ClientAuth, ClientCa,
     GatewaySettings, Limits, ListenerSettings, RequestContext, RequestPolicy, ResponseContext,
-    SniCert, Stop, TlsSettings, Transferred, Transport, remove_lookalikes,
+    SniCert, Stop, TlsSettings, Transferred, Transport, remove_client_copies,
 };
 use crate::policy::client_cert::ClientCertPolicy;
 use crate::policy::cors::{self, CorsPolicy};
@@ -441,14 +441,10 @@ fn check_client_certificate(
     api: &ApiPipeline,
     request: &mut RequestContext<'_>,
 ) -> Result<(), Stop> {
-    for (_, name) in &api.certificate_headers {
-        request.parts.headers.remove(name);
-    }
-    remove_lookalikes(&mut request.parts.headers, |lookalike| {
-        api.certificate_headers
-            .iter()
-            .any(|(_, name)| name.as_str() == lookalike)
-    });
+    remove_client_copies(
+        &mut request.parts.headers,
+        api.certificate_headers.iter().map(|(_, name)| name),
+    );
     if let Some(policy) = &api.client_cert {
         policy
             .check(request.client_cert, unix_now())
@@ -483,14 +479,10 @@ fn check_client_certificate(
     reason = "a Rejection (with its HeaderMap) is built only when a request is refused; boxing it would cost an allocation there and buy nothing on the pass path"
 )]
 fn check_jwt(jwt: &ApiJwt, request: &mut RequestContext<'_>) -> Result<VerifiedToken, Stop> {
-    for (_, name) in &jwt.claims_to_headers {
-        request.parts.headers.remove(name);
-    }
-    remove_lookalikes(&mut request.parts.headers, |lookalike| {
-        jwt.claims_to_headers
-            .iter()
-            .any(|(_, name)| name.as_str() == lookalike)
-    });
+    remove_client_copies(
+        &mut request.parts.headers,
+        jwt.claims_to_headers.iter().map(|(_, name)| name),
+    );
     let now = unix_now();
     let token = jwt
         .provider

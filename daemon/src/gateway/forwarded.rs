@@ -62,7 +62,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// CGI-style servers (PHP, Rack servers such as Puma: CVE-2024-45614) read `X_Forwarded_For`
 /// and `X-Forwarded-For` as the same `HTTP_X_FORWARDED_FOR`, so a client's
 /// look-alike could stand in for, or clobber, the header the gateway set.
-pub fn remove_lookalikes(headers: &mut HeaderMap, vouched: impl Fn(&str) -> bool) {
+fn remove_lookalikes(headers: &mut HeaderMap, vouched: impl Fn(&str) -> bool) {
     // The usual message has no underscore in any name: one pass tells.
     if !headers.keys().any(|name| name.as_str().contains('_')) {
         return;
@@ -78,6 +78,20 @@ pub fn remove_lookalikes(headers: &mut HeaderMap, vouched: impl Fn(&str) -> bool
     for name in lookalikes {
         headers.remove(name);
     }
+}
+
+/// Removes the client's own copies of headers the gateway sets (`names`), and
+/// their look-alikes.
+pub fn remove_client_copies<'a>(
+    headers: &mut HeaderMap,
+    names: impl Iterator<Item = &'a HeaderName> + Clone,
+) {
+    for name in names.clone() {
+        headers.remove(name);
+    }
+    remove_lookalikes(headers, |lookalike| {
+        names.clone().any(|name| name.as_str() == lookalike)
+    });
 }
 
 /// What the gateway knows about the hop it received a request on.

@@ -64,7 +64,9 @@ pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 pub struct GatewayStats {
     pub connections_accepted: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
-    /// Requests hyper refused as malformed (answered 400, or 431 for a huge head).
+    /// Requests refused as malformed: heads hyper would refuse (400, 414, 431), a
+    /// missing or repeated `Host`, a path the gateway does not route, a body that
+    /// cannot be read (400).
     pub malformed_requests: AtomicU64,
     /// Connections closed because a request head or TLS handshake was too slow.
     pub header_timeouts: AtomicU64,

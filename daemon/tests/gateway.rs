@@ -577,7 +577,7 @@ async fn paths_are_routed_and_forwarded_in_normal_form() {
     assert_eq!(parts.status, StatusCode::OK);
     assert!(body.starts_with("GET /api/7\n"), "{body}");
 
-    // What normalising cannot settle is refused, before routing, and counted.
+    // What normalising cannot settle is refused and counted.
     let slash = "Bad request: the path contains an encoded slash or a backslash";
     for (target, message) in [
         ("/echo/..%2Forders/7", slash),

@@ -205,7 +205,10 @@ async fn process(
         Ok(rest) => rest.to_owned(),
         Err(problem) => {
             GatewayStats::bump(&shared.stats.malformed_requests);
-            return rejected(Rejection::bad_path(problem), Some(backend.name.clone()));
+            return Outcome {
+                backend: Some(Arc::clone(backend)),
+                ..rejected(Rejection::bad_path(problem), Some(backend.name.clone()))
+            };
         }
     };
     let backend = Arc::clone(backend);

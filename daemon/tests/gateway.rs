@@ -752,8 +752,11 @@ async fn content_length_with_transfer_encoding_gets_400_and_closes() {
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, tcp).await.unwrap();
     for byte in SMUGGLING {
-        tls.write_all(std::slice::from_ref(byte)).await.unwrap();
-        tls.flush().await.unwrap();
+        // The gateway answers and closes once it has the refused head: the bytes
+        // after it may find the connection gone (EPIPE), which is what it should do.
+        if tls.write_all(std::slice::from_ref(byte)).await.is_err() || tls.flush().await.is_err() {
+            break;
+        }
     }
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;

@@ -441,10 +441,11 @@ fn check_client_certificate(
     api: &ApiPipeline,
     request: &mut RequestContext<'_>,
 ) -> Result<(), Stop> {
-    remove_client_copies(
-        &mut request.parts.headers,
-        api.certificate_headers.iter().map(|(_, name)| name),
-    );
+    remove_client_copies(&mut request.parts.headers, |copy| {
+        api.certificate_headers
+            .iter()
+            .any(|(_, name)| name.as_str() == copy)
+    });
     if let Some(policy) = &api.client_cert {
         policy
             .check(request.client_cert, unix_now())
@@ -479,10 +480,11 @@ fn check_client_certificate(
     reason = "a Rejection (with its HeaderMap) is built only when a request is refused; boxing it would cost an allocation there and buy nothing on the pass path"
 )]
 fn check_jwt(jwt: &ApiJwt, request: &mut RequestContext<'_>) -> Result<VerifiedToken, Stop> {
-    remove_client_copies(
-        &mut request.parts.headers,
-        jwt.claims_to_headers.iter().map(|(_, name)| name),
-    );
+    remove_client_copies(&mut request.parts.headers, |copy| {
+        jwt.claims_to_headers
+            .iter()
+            .any(|(_, name)| name.as_str() == copy)
+    });
     let now = unix_now();
     let token = jwt
         .provider

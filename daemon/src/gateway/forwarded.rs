@@ -57,41 +57,28 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes the look-alikes of headers the gateway vouches for: every header whose
-/// name has an underscore and, read with `-` for `_`, is one `vouched` accepts.
-/// CGI-style servers (PHP, Rack servers such as Puma: CVE-2024-45614) read `X_Forwarded_For`
-/// and `X-Forwarded-For` as the same `HTTP_X_FORWARDED_FOR`, so a client's
-/// look-alike could stand in for, or clobber, the header the gateway set.
-fn remove_lookalikes(headers: &mut HeaderMap, vouched: impl Fn(&str) -> bool) {
-    // The usual message has no underscore in any name: one pass tells.
-    if !headers.keys().any(|name| name.as_str().contains('_')) {
-        return;
-    }
-    let lookalikes: Vec<HeaderName> = headers
+/// Removes the client's own copies of headers the gateway vouches for (the names
+/// `vouched` accepts), and their look-alikes: names with `_` that, read with `-`
+/// for `_`, are such a header. CGI-style servers (PHP, Rack servers such as Puma:
+/// CVE-2024-45614) read `X_Forwarded_For` and `X-Forwarded-For` as the same
+/// `HTTP_X_FORWARDED_FOR`, so a look-alike could stand in for, or clobber, the
+/// header the gateway sets.
+pub fn remove_client_copies(headers: &mut HeaderMap, vouched: impl Fn(&str) -> bool) {
+    let copies: Vec<HeaderName> = headers
         .keys()
         .filter(|name| {
             let name = name.as_str();
-            name.contains('_') && vouched(&name.replace('_', "-"))
+            if name.contains('_') {
+                vouched(&name.replace('_', "-"))
+            } else {
+                vouched(name)
+            }
         })
         .cloned()
         .collect();
-    for name in lookalikes {
+    for name in copies {
         headers.remove(name);
     }
-}
-
-/// Removes the client's own copies of headers the gateway sets (`names`), and
-/// their look-alikes.
-pub fn remove_client_copies<'a>(
-    headers: &mut HeaderMap,
-    names: impl Iterator<Item = &'a HeaderName> + Clone,
-) {
-    for name in names.clone() {
-        headers.remove(name);
-    }
-    remove_lookalikes(headers, |lookalike| {
-        names.clone().any(|name| name.as_str() == lookalike)
-    });
 }
 
 /// What the gateway knows about the hop it received a request on.
@@ -112,16 +99,7 @@ pub struct ClientHop<'a> {
 pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: ClientHop<'_>) {
     let peer = canonical(hop.peer);
     if !hop.trusted {
-        let forged: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| name.as_str().starts_with("x-forwarded-"))
-            .cloned()
-            .collect();
-        for name in forged {
-            headers.remove(name);
-        }
-        headers.remove(FORWARDED);
-        remove_lookalikes(headers, |name| {
+        remove_client_copies(headers, |name| {
             name.starts_with("x-forwarded-") || name == FORWARDED.as_str()
         });
     }

@@ -169,31 +169,13 @@ async fn process(
         Verdict::Refused(refusal) => Some(Rejection::refused(refusal)),
     };
     if let Some(rejection) = malformed {
-        GatewayStats::bump(&shared.stats.malformed_requests);
-        return rejected(rejection, None);
+        return refused_malformed(shared, rejection, None);
     }
     if head_size(&request) > limits.max_header_bytes {
         return rejected(Rejection::header_too_large(), None);
     }
-    let hosts = request.headers().get_all(HOST).iter().count();
-    if hosts > 1 || (hosts == 0 && request.version() == Version::HTTP_11) {
-        GatewayStats::bump(&shared.stats.malformed_requests);
-        return rejected(Rejection::bad_host(hosts), None);
-    }
-    // Routing, the policies and the backend all see the one normal path.
-    match path::normalize(request.uri().path(), limits.allow_encoded_slashes) {
-        Ok(Cow::Borrowed(_)) => {}
-        Ok(Cow::Owned(normal)) => match with_path(request.uri(), &normal) {
-            Some(uri) => *request.uri_mut() = uri,
-            None => {
-                GatewayStats::bump(&shared.stats.malformed_requests);
-                return rejected(Rejection::bad_request(), None);
-            }
-        },
-        Err(problem) => {
-            GatewayStats::bump(&shared.stats.malformed_requests);
-            return rejected(Rejection::bad_path(problem), None);
-        }
+    if let Err(rejection) = normal_host_and_path(&mut request, limits.allow_encoded_slashes) {
+        return refused_malformed(shared, rejection, None);
     }
     let host = request_host(&request).map(str::to_owned);
     let path = request.uri().path();
@@ -204,10 +186,10 @@ async fn process(
     let rest = match path::rest_after_prefix(path, &key, key_rest) {
         Ok(rest) => rest.to_owned(),
         Err(problem) => {
-            GatewayStats::bump(&shared.stats.malformed_requests);
+            let api = Some(backend.name.clone());
             return Outcome {
                 backend: Some(Arc::clone(backend)),
-                ..rejected(Rejection::bad_path(problem), Some(backend.name.clone()))
+                ..refused_malformed(shared, Rejection::bad_path(problem), api)
             };
         }
     };
@@ -492,6 +474,37 @@ impl Body for Completion {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A request refused as malformed: counted as such.
+fn refused_malformed(shared: &Shared, rejection: Rejection, api: Option<String>) -> Outcome {
+    GatewayStats::bump(&shared.stats.malformed_requests);
+    rejected(rejection, api)
+}
+
+/// One `Host` (none only in HTTP/1.0 and HTTP/2), and the path put in normal form
+/// (`gateway::path`): routing, the policies and the backend all see that one.
+#[expect(
+    clippy::result_large_err,
+    reason = "a Rejection is built only when a request is refused; boxing it would cost an allocation there and buy nothing on the pass path"
+)]
+fn normal_host_and_path<B>(
+    request: &mut Request<B>,
+    allow_encoded_slashes: bool,
+) -> Result<(), Rejection> {
+    let hosts = request.headers().get_all(HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && request.version() == Version::HTTP_11) {
+        return Err(Rejection::bad_host(hosts));
+    }
+    match path::normalize(request.uri().path(), allow_encoded_slashes) {
+        Ok(Cow::Borrowed(_)) => Ok(()),
+        Ok(Cow::Owned(normal)) => {
+            *request.uri_mut() =
+                with_path(request.uri(), &normal).ok_or_else(Rejection::bad_request)?;
+            Ok(())
+        }
+        Err(problem) => Err(Rejection::bad_path(problem)),
     }
 }
 

@@ -36,19 +36,20 @@ pub(crate) enum PathProblem {
 }
 
 impl PathProblem {
-    /// The message of the 400 answer.
-    pub(crate) fn message(self) -> &'static str {
+    /// What is wrong, after "the path" (also said of a configured prefix).
+    pub(crate) fn what(self) -> &'static str {
         match self {
-            Self::EncodedSlash => "Bad request: the path contains an encoded slash or a backslash",
-            Self::EncodedNul => "Bad request: the path contains an encoded NUL",
-            Self::BadEscape => "Bad request: the path contains an invalid percent-encoding",
-            Self::DotSegmentParameters => {
-                "Bad request: the path contains a dot segment with parameters"
-            }
-            Self::ParametersInPrefix => {
-                "Bad request: the path has parameters (;) in the segments that name the API"
-            }
+            Self::EncodedSlash => "contains an encoded slash or a backslash",
+            Self::EncodedNul => "contains an encoded NUL",
+            Self::BadEscape => "contains an invalid percent-encoding",
+            Self::DotSegmentParameters => "contains a dot segment with parameters",
+            Self::ParametersInPrefix => "has parameters (;) in the segments that name the API",
         }
+    }
+
+    /// The message of the 400 answer.
+    pub(crate) fn message(self) -> String {
+        format!("Bad request: the path {}", self.what())
     }
 }
 
@@ -75,13 +76,6 @@ pub(crate) fn normalize(
         return Ok(Cow::Borrowed(path));
     }
     let decoded = decode_unreserved(path, allow_encoded_slashes)?;
-    if decoded[1..].split('/').any(|segment| {
-        segment
-            .split_once(';')
-            .is_some_and(|(name, _)| name == "." || name == "..")
-    }) {
-        return Err(PathProblem::DotSegmentParameters);
-    }
     let mut segments: Vec<&str> = Vec::new();
     let mut trailing_slash = false;
     for segment in decoded[1..].split('/') {
@@ -90,6 +84,9 @@ pub(crate) fn normalize(
             "" | "." => {}
             ".." => {
                 segments.pop();
+            }
+            _ if matches!(segment.split_once(';'), Some(("." | "..", _))) => {
+                return Err(PathProblem::DotSegmentParameters);
             }
             _ => segments.push(segment),
         }
@@ -202,16 +199,7 @@ pub(crate) fn normal_prefix(prefix: &str) -> Result<(), String> {
         Ok(Cow::Owned(normal)) => Err(format!(
             "is not in the normal form requests are routed by; write {normal:?}"
         )),
-        Err(problem) => Err(format!(
-            "contains {}",
-            match problem {
-                PathProblem::EncodedSlash => "an encoded slash",
-                PathProblem::EncodedNul => "an encoded NUL",
-                PathProblem::BadEscape => "an invalid percent-encoding",
-                PathProblem::DotSegmentParameters => "a dot segment with parameters",
-                PathProblem::ParametersInPrefix => "parameters (;)",
-            }
-        )),
+        Err(problem) => Err(problem.what().to_owned()),
     }
 }
 

@@ -17,6 +17,7 @@ mod error;
 mod forwarded;
 mod framing;
 mod handler;
+mod lingering;
 pub mod metrics;
 mod panics;
 pub(crate) mod path;

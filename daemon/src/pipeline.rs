@@ -662,6 +662,8 @@ pub fn gateway_settings(config: &Config) -> (Vec<ListenerSettings>, GatewaySetti
             max_concurrent_streams: gateway.max_concurrent_streams,
             drain_timeout: gateway.drain_timeout,
             allow_encoded_slashes: gateway.allow_encoded_slashes,
+            lingering_timeout: gateway.lingering_timeout,
+            lingering_time: gateway.lingering_time,
         },
         trusted_proxies: gateway.trusted_proxies.clone(),
         access_log: match gateway.access_log {

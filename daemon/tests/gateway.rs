@@ -530,6 +530,121 @@ async fn streamed_body_too_large_gets_413() {
     assert_apim_error(&parts, &body, 413, "Request entity too large");
 }
 
+/// A client uploading more than the limit goes on sending after the 413: the
+/// gateway reads and drops the rest before it closes (lingering close), so the client
+/// neither meets a reset while it sends nor loses the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upload_is_read_to_its_end_so_the_client_gets_the_413() {
+    let limits = Limits {
+        max_body_bytes: 1024 * 1024,
+        ..Limits::default()
+    };
+    let s = setup(limits).await;
+    let total: usize = 32 * 1024 * 1024;
+    let mut stream = TcpStream::connect(s.gateway.plain).await.unwrap();
+    let head = format!("POST /echo/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {total}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // Far more than the socket buffers of both sides hold.
+    let chunk = vec![b'x'; 64 * 1024];
+    for sent in (0..total).step_by(chunk.len()) {
+        if let Err(error) = stream.write_all(&chunk).await {
+            panic!("reset after {sent} of {total} bytes sent: {error}");
+        }
+    }
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("closed once the client has closed its side")
+        .expect("the answer and a clean close, no reset");
+    assert_raw_error(
+        &String::from_utf8_lossy(&answer),
+        413,
+        "Request entity too large",
+    );
+
+    // curl over TLS, uploading a file over the limit, reports the 413.
+    let dir = TempDir::new("upload");
+    let file = dir.0.join("upload");
+    // The pattern the backend checks, so that only the gateway's limit stops it.
+    let pattern: Vec<u8> = (0..16 * 1024 * 1024).map(pattern_byte).collect();
+    std::fs::write(&file, pattern).unwrap();
+    let upload = format!("@{}", file.display());
+    let url = format!("https://localhost:{}/echo/upload", s.gateway.tls.port());
+    let pki = &s.pki;
+    // By Content-Length, and while streaming (chunked, or HTTP/2 without a length).
+    for version in ["--http1.1", "--http2"] {
+        for framing in [&[][..], &["-H", "Transfer-Encoding: chunked"][..]] {
+            let args = [&[version, "--data-binary", &upload][..], framing].concat();
+            let (body, status) = tokio::task::block_in_place(|| curl(pki, &args, &url));
+            assert!(status.ends_with(" 413"), "{args:?}: {status:?} {body}");
+            assert_eq!(
+                body, r#"{ "statusCode": 413, "message": "Request entity too large" }"#,
+                "{args:?}"
+            );
+        }
+    }
+    // Any answer given before the body is read: an unknown route.
+    let unknown = format!("https://localhost:{}/nowhere", s.gateway.tls.port());
+    for version in ["--http1.1", "--http2"] {
+        let (body, status) = tokio::task::block_in_place(|| {
+            curl(pki, &[version, "--data-binary", &upload], &unknown)
+        });
+        assert!(status.ends_with(" 404"), "{version}: {status:?} {body}");
+    }
+}
+
+/// Lingering ends when the client falls silent: its bytes after that meet a closed
+/// socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lingering_ends_when_the_client_falls_silent() {
+    let limits = Limits {
+        max_body_bytes: 1024,
+        lingering_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let s = setup(limits).await;
+    let mut stream = TcpStream::connect(s.gateway.plain).await.unwrap();
+    stream
+        .write_all(b"POST /echo/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    stream.write_all(&[b'x'; 10_000]).await.unwrap();
+    // The answer, and the gateway's side shut after it.
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    assert_raw_error(
+        &String::from_utf8_lossy(&answer),
+        413,
+        "Request entity too large",
+    );
+    // Still read while lingering...
+    stream
+        .write_all(&[b'x'; 10_000])
+        .await
+        .expect("read while lingering");
+    // ... and not after a silence longer than the lingering timeout: the socket is
+    // closed, and the kernel resets what comes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let start = Instant::now();
+    let mut refused = None;
+    while start.elapsed() < Duration::from_secs(3) {
+        if let Err(error) = stream.write_all(&[b'x'; 1000]).await {
+            refused = Some(error);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let error = refused.expect("writes after the lingering are refused");
+    assert!(
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "{error}"
+    );
+}
+
 /// One raw HTTP/1.1 request on the plain listener; the first line of the backend's
 /// echo (`METHOD PATH`), or the whole answer when it is not a 200.
 async fn echoed(addr: std::net::SocketAddr, target: &str) -> String {

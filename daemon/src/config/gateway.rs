@@ -294,6 +294,11 @@ pub struct GatewayConfig {
     pub access_log: AccessLogConfig,
     /// Request paths with `%2F`, `%5C` or `\` are forwarded instead of refused.
     pub allow_encoded_slashes: bool,
+    /// After the gateway ends a connection, the longest wait for the client's next
+    /// bytes (read and dropped); zero: no lingering.
+    pub lingering_timeout: Duration,
+    /// The longest lingering after a connection ends.
+    pub lingering_time: Duration,
 }
 
 /// `[gateway] access_log`.
@@ -329,6 +334,8 @@ impl Default for GatewayConfig {
             worker_threads: 0,
             access_log: AccessLogConfig::All,
             allow_encoded_slashes: false,
+            lingering_timeout: Duration::from_secs(5),
+            lingering_time: Duration::from_secs(30),
         }
     }
 }

@@ -236,6 +236,8 @@ pub(super) struct RawGateway {
     pub worker_threads: Option<Spanned<i64>>,
     pub access_log: Option<Text>,
     pub allow_encoded_slashes: Option<bool>,
+    pub lingering_timeout_secs: Option<Spanned<i64>>,
+    pub lingering_time_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

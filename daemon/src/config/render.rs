@@ -154,6 +154,12 @@ max_deny_entries = {DEFAULT_MAX_DENY_ENTRIES}
 # # unreserved characters, repeated slashes); paths with an encoded slash or
 # # backslash (%2F, %5C, \) get 400 unless this is true.
 # allow_encoded_slashes = false
+# # After the gateway closes a connection, it reads and drops what the client
+# # still sends (the rest of a refused upload), so that the client gets the
+# # answer instead of a reset: until the client falls silent for
+# # lingering_timeout_secs (0 = off) or lingering_time_secs have passed.
+# lingering_timeout_secs = 5
+# lingering_time_secs = 30
 #
 # # Products group APIs; a subscription scoped to a product may call its APIs.
 # [[product]]

@@ -10,9 +10,9 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::HOST;
+use http::header::{CONNECTION, HOST, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Extensions, Request, Response, Uri, Version};
+use http::{Extensions, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioExecutor;
@@ -22,6 +22,7 @@ use ipnet::IpNet;
 use super::error::Rejection;
 use super::forwarded::{ClientHop, client_ip, remove_hop_by_hop, set_forwarding_headers};
 use super::framing::Verdict;
+use super::lingering::{Lingering, discard};
 use super::path;
 use super::policy::{
     RequestContext, RequestPolicy, ResponseContext, Stop, Subscriber, Transferred,
@@ -76,7 +77,38 @@ pub(crate) async fn handle(
     let method = (!stand_in).then(|| request.method().clone());
     let path =
         (shared.access_log != AccessLog::Off && !stand_in).then(|| request.uri().path().to_owned());
-    let outcome = process(&shared, &conn, request, verdict).await;
+    let version = request.version();
+    let (head, body) = request.into_parts();
+    // Taken when the request is forwarded or its body read; left when the gateway
+    // answers first.
+    let mut unread = Some(body);
+    let mut outcome = process(
+        &shared,
+        &conn,
+        Request::from_parts(head, ()),
+        &mut unread,
+        verdict,
+    )
+    .await;
+    if version == Version::HTTP_2
+        && let Some(body) = unread
+        && !body.is_end_stream()
+    {
+        // The gateway answered before the body was read: it is read and dropped
+        // while the answer goes out, as an HTTP/1 connection lingers. Dropped
+        // instead, it would reset the stream, and clients such as curl then report
+        // a stream error, not the answer.
+        tokio::spawn(discard(body, Lingering::of(&shared.limits)));
+    }
+    if outcome.response.status() == StatusCode::PAYLOAD_TOO_LARGE && version < Version::HTTP_2 {
+        // The rest of the body is not read: hyper closes the connection after the
+        // answer, and the answer says so (as nginx's does). The socket lingers
+        // (lingering.rs) so that the client still sending reads it.
+        outcome
+            .response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(reason) = outcome.reason {
         shared.stats.count_rejection(reason);
         super::security_events::SECURITY_EVENTS.record(
@@ -155,10 +187,13 @@ fn full(response: Response<Bytes>) -> Response<ResponseBody> {
     })
 }
 
+/// The request's head is `request`; its body is in `unread` until it is read or
+/// forwarded.
 async fn process(
     shared: &Arc<Shared>,
     conn: &Connection,
-    mut request: Request<Incoming>,
+    mut request: Request<()>,
+    unread: &mut Option<Incoming>,
     verdict: Verdict,
 ) -> Outcome {
     let limits = &shared.limits;
@@ -196,7 +231,7 @@ async fn process(
     let backend = Arc::clone(backend);
     let api = Some(backend.name.clone());
 
-    let (mut parts, body) = request.into_parts();
+    let (mut parts, ()) = request.into_parts();
     if declared_length(&parts).is_some_and(|len| len > limits.max_body_bytes) {
         return Outcome {
             backend: Some(backend),
@@ -211,7 +246,7 @@ async fn process(
         peer: conn.peer,
         client_ip: client_ip(&parts.headers, conn.peer.ip(), &shared.trusted_proxies),
         client_cert: conn.client_cert.as_deref(),
-        has_body: !body.is_end_stream(),
+        has_body: unread.as_ref().is_some_and(|body| !body.is_end_stream()),
         collect_body: None,
         count_bytes: false,
         parts: &mut parts,
@@ -238,11 +273,15 @@ async fn process(
             let deadline = tokio::time::Instant::now() + limits.request_timeout;
             let exchange = async {
                 let max_body = limits.max_body_bytes;
+                let Some(body) = unread.take() else {
+                    // Only taken here.
+                    return Err(Stop::Reject(Rejection::bad_request()));
+                };
                 let upstream: UpstreamBody = match collect {
                     None => {
                         let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
                         let counted = Counted {
-                            inner: ClientBody(body),
+                            inner: ClientBody::new(body, parts.version, Lingering::of(limits)),
                             bytes: request_bytes.clone(),
                         };
                         Either::Left(Limited::new(counted, limit))

@@ -23,6 +23,7 @@ use rustls_pki_types::pem::PemObject;
 use url::Url;
 
 use super::error::{GatewayError, Rejection};
+use super::lingering::Lingering;
 use super::settings::{ApiSettings, BackendProtocol, BackendTimeouts};
 use super::{BoxError, ResponseBody};
 use crate::policy::backend_auth::{ClientCertificate, Credential};
@@ -33,7 +34,34 @@ pub(crate) type UpstreamBody = Either<Limited<super::handler::Counted<ClientBody
 
 /// The client's request body, its errors marked as the client's (bad chunking, a
 /// connection cut mid-body) so they are told apart from the backend's.
-pub(crate) struct ClientBody(pub(crate) Incoming);
+pub(crate) struct ClientBody {
+    body: Option<Incoming>,
+    /// HTTP/2: what is left unread when the body is dropped (cut off at its size
+    /// limit, or the backend answered first) is read and dropped in the background
+    /// (`lingering::discard`), so that the stream is not reset under the answer.
+    discard_rest: Option<Lingering>,
+}
+
+impl ClientBody {
+    pub(crate) fn new(body: Incoming, version: http::Version, lingering: Lingering) -> Self {
+        Self {
+            body: Some(body),
+            discard_rest: (version == http::Version::HTTP_2).then_some(lingering),
+        }
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        if let Some(lingering) = self.discard_rest
+            && let Some(body) = self.body.take()
+            && !hyper::body::Body::is_end_stream(&body)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(super::lingering::discard(body, lingering));
+        }
+    }
+}
 
 /// Reading the client's request body failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,17 +76,26 @@ impl hyper::body::Body for ClientBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, ClientBodyError>>> {
-        std::pin::Pin::new(&mut self.0)
-            .poll_frame(cx)
-            .map(|frame| frame.map(|f| f.map_err(ClientBodyError)))
+        match self.body.as_mut() {
+            Some(body) => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(ClientBodyError))),
+            // Only in drop.
+            None => std::task::Poll::Ready(None),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
+        self.body
+            .as_ref()
+            .is_none_or(hyper::body::Body::is_end_stream)
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.0.size_hint()
+        self.body.as_ref().map_or_else(
+            || hyper::body::SizeHint::with_exact(0),
+            hyper::body::Body::size_hint,
+        )
     }
 }
 

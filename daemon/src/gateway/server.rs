@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls_pki_types::CertificateDer;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +26,7 @@ use super::activity::{Activity, ActivityIo, Busy};
 use super::error::GatewayError;
 use super::framing::{Follower, Framing, FramingIo, Verdict};
 use super::handler::{Connection, Shared};
+use super::lingering::{Lingering, Returning, linger};
 use super::panics::handle_catching;
 use super::proxy::Chain;
 use super::settings::{Limits, ListenerSettings, Transport};
@@ -342,11 +343,13 @@ async fn listener_task(
             let generation = server.current();
             let stats = Arc::clone(&server.stats);
             let activity = Arc::new(Activity::new());
+            let (stream, mut returned) = Returning::new(stream);
             let stream = ActivityIo {
                 inner: stream,
                 watch: Arc::clone(&activity),
             };
             let idle = generation.limits.idle_timeout;
+            let lingering = Lingering::of(&generation.limits);
             // The connection runs in its own task, so that its many wake-ups (one
             // or more per request) do not poll the watchers below as well.
             let serving = tokio::spawn(serve_connection(
@@ -359,12 +362,25 @@ async fn listener_task(
                 watcher,
             ));
             let abort = serving.abort_handle();
-            tokio::select! {
-                _ = serving => {}
-                () = hard_stop.cancelled() => abort.abort(),
+            let served = tokio::select! {
+                served = serving => served.unwrap_or(Ended::Cut),
+                () = hard_stop.cancelled() => {
+                    abort.abort();
+                    Ended::Cut
+                }
                 () = activity.idle_for(idle) => {
                     tracing::debug!(%peer, ?idle, "idle connection closed");
                     abort.abort();
+                    Ended::Cut
+                }
+            };
+            // The HTTP side has dropped the socket by now (its task is over).
+            if served == Ended::Closed
+                && let Ok(stream) = returned.try_recv()
+            {
+                tokio::select! {
+                    () = linger(stream, lingering) => {}
+                    () = hard_stop.cancelled() => {}
                 }
             }
             GatewayStats::bump(&stats.connections_closed);
@@ -386,15 +402,26 @@ async fn listener_task(
     hard_stop.cancel();
 }
 
+/// How a connection's serving ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The HTTP side closed it (after an answer, or the client's close): the client
+    /// may still be sending, so the socket lingers.
+    Closed,
+    /// Cut off (a failed or slow handshake, a slow head, the idle timeout, the end
+    /// of the drain time): closed at once.
+    Cut,
+}
+
 async fn serve_connection(
-    stream: ActivityIo<TcpStream>,
+    stream: ActivityIo<Returning>,
     peer: SocketAddr,
     tls: Option<Arc<ListenerTls>>,
     activity: Arc<Activity>,
     server: Arc<Server>,
     generation: Arc<Shared>,
     watcher: Watcher,
-) {
+) -> Ended {
     let stats = &server.stats;
     let timeout = generation.limits.header_read_timeout;
     match tls {
@@ -404,12 +431,12 @@ async fn serve_connection(
                 Ok(Err(error)) => {
                     GatewayStats::bump(&stats.tls_handshake_failures);
                     tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
+                    return Ended::Cut;
                 }
                 Err(_elapsed) => {
                     GatewayStats::bump(&stats.header_timeouts);
                     tracing::debug!(%peer, "TLS handshake too slow");
-                    return;
+                    return Ended::Cut;
                 }
             };
             let client_cert = stream
@@ -423,7 +450,7 @@ async fn serve_connection(
                 client_cert,
             };
             let http1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
-            run_http(stream, http1, conn, activity, server, &generation, watcher).await;
+            run_http(stream, http1, conn, activity, server, &generation, watcher).await
         }
         None => {
             let conn = Connection {
@@ -432,7 +459,7 @@ async fn serve_connection(
                 client_cert: None,
             };
             // HTTP/2 with prior knowledge is told by its preface.
-            run_http(stream, true, conn, activity, server, &generation, watcher).await;
+            run_http(stream, true, conn, activity, server, &generation, watcher).await
         }
     }
 }
@@ -486,7 +513,8 @@ async fn run_http<S>(
     server: Arc<Server>,
     generation: &Shared,
     watcher: Watcher,
-) where
+) -> Ended
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
@@ -532,22 +560,26 @@ async fn run_http<S>(
         () = first_head_overdue(&framing_watch, generation.limits.header_read_timeout) => {
             GatewayStats::bump(&stats.header_timeouts);
             tracing::debug!(%peer, "request head too slow");
-            return;
+            return Ended::Cut;
         }
     };
-    if let Err(error) = outcome {
-        match error.downcast_ref::<hyper::Error>() {
-            Some(e) if e.is_parse() || e.is_parse_too_large() => {
-                GatewayStats::bump(&stats.malformed_requests);
-                tracing::debug!(%peer, error = %Chain(e), "malformed request");
-            }
-            Some(e) if e.is_timeout() => {
-                GatewayStats::bump(&stats.header_timeouts);
-                tracing::debug!(%peer, "request head too slow");
-            }
-            _ => {
-                tracing::debug!(%peer, error = %Chain(error.as_ref()), "connection ended with an error")
-            }
+    let Err(error) = outcome else {
+        return Ended::Closed;
+    };
+    match error.downcast_ref::<hyper::Error>() {
+        Some(e) if e.is_parse() || e.is_parse_too_large() => {
+            GatewayStats::bump(&stats.malformed_requests);
+            tracing::debug!(%peer, error = %Chain(e), "malformed request");
+            Ended::Closed
+        }
+        Some(e) if e.is_timeout() => {
+            GatewayStats::bump(&stats.header_timeouts);
+            tracing::debug!(%peer, "request head too slow");
+            Ended::Cut
+        }
+        _ => {
+            tracing::debug!(%peer, error = %Chain(error.as_ref()), "connection ended with an error");
+            Ended::Closed
         }
     }
 }

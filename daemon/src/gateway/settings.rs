@@ -143,6 +143,12 @@ pub struct Limits {
     /// Request paths with `%2F`, `%5C` or `\` are forwarded as they are instead of
     /// refused with 400 (see `gateway::path`).
     pub allow_encoded_slashes: bool,
+    /// After the gateway ends a connection, the longest wait for the client's next
+    /// bytes, which are read and dropped so that its socket closes without a reset
+    /// (see `gateway::lingering`); zero turns lingering off.
+    pub lingering_timeout: Duration,
+    /// The longest lingering after a connection ends.
+    pub lingering_time: Duration,
 }
 
 impl Default for Limits {
@@ -157,6 +163,8 @@ impl Default for Limits {
             max_concurrent_streams: 100,
             drain_timeout: Duration::from_secs(30),
             allow_encoded_slashes: false,
+            lingering_timeout: Duration::from_secs(5),
+            lingering_time: Duration::from_secs(30),
         }
     }
 }

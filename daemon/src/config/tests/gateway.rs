@@ -223,6 +223,7 @@ fn gateway_section_quotas_subscriptions_and_api_extras() {
          header_read_timeout_secs = 3\nidle_timeout_secs = 20\nrequest_timeout_secs = 40\n\
          max_concurrent_streams = 10\ndrain_timeout_secs = 5\n\
          trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\nbackend_ca = [\"/etc/ca.pem\"]\nworker_threads = 2\naccess_log = \"errors\"\nallow_encoded_slashes = true\n\
+         lingering_timeout_secs = 0\nlingering_time_secs = 7\n\
          [[listener]]\naddress = \"127.0.0.1:8080\"\nplain_http = true\n\
          [[product]]\nname = \"gold\"\nquota = {{ calls = 1000, kilobytes = 5000, period_secs = 86400 }}\n\
          [[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://b\"\nproducts = [\"gold\"]\n\
@@ -247,6 +248,8 @@ fn gateway_section_quotas_subscriptions_and_api_extras() {
     assert_eq!(g.backend_ca, [std::path::PathBuf::from("/etc/ca.pem")]);
     assert_eq!(g.worker_threads, 2);
     assert!(g.allow_encoded_slashes);
+    assert_eq!(g.lingering_timeout, Duration::ZERO);
+    assert_eq!(g.lingering_time, Duration::from_secs(7));
     assert_eq!(g.access_log, AccessLogConfig::Errors);
 
     assert_eq!(
@@ -352,6 +355,10 @@ fn new_keys_are_checked_with_located_errors() {
         (
             with_filter("[gateway]\nmax_header_bytes = 10\n"),
             "t.toml:4:20: `gateway.max_header_bytes` must be between 1024 and 1048576, not 10",
+        ),
+        (
+            with_filter("[gateway]\nlingering_time_secs = 0\n"),
+            "t.toml:4:23: `gateway.lingering_time_secs` must be between 1 and 3600, not 0",
         ),
         (
             with_filter("[gateway]\ntrusted_proxies = [\"nope\"]\n"),

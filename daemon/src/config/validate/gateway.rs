@@ -988,6 +988,18 @@ impl Checker<'_> {
             allow_encoded_slashes: raw
                 .allow_encoded_slashes
                 .unwrap_or(defaults.allow_encoded_slashes),
+            lingering_timeout: self.seconds(
+                "gateway.lingering_timeout_secs",
+                raw.lingering_timeout_secs,
+                0..=300,
+                secs(defaults.lingering_timeout),
+            ),
+            lingering_time: self.seconds(
+                "gateway.lingering_time_secs",
+                raw.lingering_time_secs,
+                1..=3_600,
+                secs(defaults.lingering_time),
+            ),
         }
     }
 

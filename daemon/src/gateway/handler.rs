@@ -100,10 +100,14 @@ pub(crate) async fn handle(
         // a stream error, not the answer.
         tokio::spawn(discard(body, Lingering::of(&shared.limits)));
     }
-    if outcome.response.status() == StatusCode::PAYLOAD_TOO_LARGE && version < Version::HTTP_2 {
-        // The rest of the body is not read: hyper closes the connection after the
-        // answer, and the answer says so (as nginx's does). The socket lingers
-        // (lingering.rs) so that the client still sending reads it.
+    if outcome.reason.is_some()
+        && outcome.response.status() == StatusCode::PAYLOAD_TOO_LARGE
+        && version < Version::HTTP_2
+    {
+        // The gateway's 413 leaves the rest of the body unread: hyper closes the
+        // connection after the answer, and the answer says so (as nginx's does).
+        // The socket lingers (lingering.rs) so that the client still sending reads
+        // it.
         outcome
             .response
             .headers_mut()

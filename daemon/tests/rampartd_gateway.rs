@@ -202,3 +202,65 @@ async fn public_prefix_does_not_reach_the_admin_api_around_its_key_check() {
     let status = s.daemon.terminate().await;
     assert!(status.success(), "{status}:\n{}", s.daemon.log());
 }
+
+/// `[gateway] lingering_timeout_secs` takes effect: by default a client still
+/// uploading past `max_body_bytes` sends its whole body and then reads the 413 over
+/// TLS; with lingering off (0) rampartd closes at once and the client's writes meet
+/// a reset.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_upload_lingers_as_configured() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for (setting, lingers) in [("", true), ("lingering_timeout_secs = 0\n", false)] {
+        let mut s = serve("rampartd-linger", "uploader", |backend| {
+            format!(
+                "[gateway]\nmax_body_bytes = 1024\n{setting}\
+                 [[api]]\nname = \"up\"\npath_prefix = \"/\"\nbackend = \"http://{backend}/\"\nsubscription = \"none\"\n"
+            )
+        })
+        .await;
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+            .await
+            .unwrap();
+        let tls = s.pki.client_config(&[b"http/1.1"]);
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+        let mut stream = connector
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        let total = 32 * 1024 * 1024;
+        let head =
+            format!("POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: {total}\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut refused = None;
+        for _ in 0..total / chunk.len() {
+            if let Err(error) = stream.write_all(&chunk).await {
+                refused = Some(error);
+                break;
+            }
+        }
+        if lingers {
+            assert!(refused.is_none(), "{refused:?}");
+            stream.shutdown().await.unwrap();
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await.unwrap();
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+            assert!(answer.contains("connection: close"), "{answer}");
+            assert!(
+                answer.ends_with(r#"{ "statusCode": 413, "message": "Request entity too large" }"#),
+                "{answer}"
+            );
+        } else {
+            let error = refused.expect("a reset while the client still sends");
+            assert!(
+                matches!(
+                    error.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ),
+                "{error}"
+            );
+        }
+        assert!(s.daemon.terminate().await.success());
+    }
+}

@@ -227,18 +227,7 @@ async fn refused_upload_lingers_as_configured() {
             .connect("localhost".try_into().unwrap(), tcp)
             .await
             .unwrap();
-        let total = 32 * 1024 * 1024;
-        let head =
-            format!("POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: {total}\r\n\r\n");
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let chunk = vec![b'x'; 64 * 1024];
-        let mut refused = None;
-        for _ in 0..total / chunk.len() {
-            if let Err(error) = stream.write_all(&chunk).await {
-                refused = Some(error);
-                break;
-            }
-        }
+        let refused = upload(&mut stream, "/upload", 32 * 1024 * 1024).await;
         if lingers {
             assert!(refused.is_none(), "{refused:?}");
             stream.shutdown().await.unwrap();
@@ -252,14 +241,7 @@ async fn refused_upload_lingers_as_configured() {
                 "{answer}"
             );
         } else {
-            let error = refused.expect("a reset while the client still sends");
-            assert!(
-                matches!(
-                    error.kind(),
-                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                ),
-                "{error}"
-            );
+            assert_reset(&refused.expect("a reset while the client still sends"));
         }
         assert!(s.daemon.terminate().await.success());
     }

@@ -404,6 +404,39 @@ where
 }
 
 /// Parses a gateway error body and checks its shape.
+/// Sends a POST head to `path` declaring `total` body bytes, then the body in 64 KiB
+/// chunks (more than the socket buffers hold, for totals of megabytes), as a client
+/// uploading a file does; the error of the first write that fails, if one does.
+pub async fn upload<W>(stream: &mut W, path: &str, total: usize) -> Option<std::io::Error>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let head =
+        format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {total}\r\n\r\n");
+    if let Err(error) = stream.write_all(head.as_bytes()).await {
+        return Some(error);
+    }
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..total.div_ceil(chunk.len()) {
+        if let Err(error) = stream.write_all(&chunk).await {
+            return Some(error);
+        }
+    }
+    None
+}
+
+/// A write refused because the peer closed the connection: the kernel's reset.
+pub fn assert_reset(error: &std::io::Error) {
+    assert!(
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "{error}"
+    );
+}
+
 pub fn assert_apim_error(parts: &http::response::Parts, body: &str, status: u16, message: &str) {
     assert_eq!(parts.status.as_u16(), status, "body: {body}");
     assert_eq!(parts.headers["content-type"], "application/json");

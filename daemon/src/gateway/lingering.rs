@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -93,7 +92,9 @@ impl AsyncWrite for Returning {
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        self.stream
+            .as_ref()
+            .is_some_and(TcpStream::is_write_vectored)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -135,8 +136,8 @@ impl Lingering {
 /// The HTTP/2 counterpart of lingering: reads and drops the body of a request the
 /// gateway answered before reading it, so that the client finishes its upload and
 /// reads the answer. Dropped at once, the body would reset the stream while the
-/// client sends, and clients such as curl then report a stream error instead of the
-/// answer; nginx reads such bodies on the same way.
+/// client sends, and clients such as curl (7.88) then report a stream error instead
+/// of the answer, where nginx's 413 reaches them.
 pub(crate) async fn discard(mut body: Incoming, lingering: Lingering) {
     if lingering.timeout.is_zero() {
         return;

@@ -246,3 +246,50 @@ async fn refused_upload_lingers_as_configured() {
         assert!(s.daemon.terminate().await.success());
     }
 }
+
+/// A lingering connection does not hold up a stop: rampartd exits on SIGTERM while
+/// a client that was answered 413 keeps its connection open and silent, far sooner
+/// than the lingering would end.
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_does_not_wait_for_lingering_connections() {
+    use tokio::io::AsyncReadExt;
+    let mut s = serve("rampartd-linger-stop", "uploader", |backend| {
+        format!(
+            "[gateway]\nmax_body_bytes = 1024\nlingering_timeout_secs = 120\nlingering_time_secs = 300\n\
+             [[api]]\nname = \"up\"\npath_prefix = \"/\"\nbackend = \"http://{backend}/\"\nsubscription = \"none\"\n"
+        )
+    })
+    .await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+        .await
+        .unwrap();
+    let tls = s.pki.client_config(&[b"http/1.1"]);
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let stream = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    // 1 MB of a declared 32 MB: the client is still "uploading" when answered.
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let head = "POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 33554432\r\n\r\n";
+    tokio::io::AsyncWriteExt::write_all(&mut writer, head.as_bytes())
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut writer, &vec![b'x'; 1024 * 1024])
+        .await
+        .unwrap();
+    // The answer, and the gateway's side shut: it lingers now.
+    let mut answer = Vec::new();
+    reader.read_to_end(&mut answer).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 413 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let start = std::time::Instant::now();
+    assert!(s.daemon.terminate().await.success());
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // Open until here.
+    drop((reader, writer));
+}

@@ -631,6 +631,51 @@ async fn lingering_ends_when_the_client_falls_silent() {
     assert_reset(&refused.expect("writes after the lingering are refused"));
 }
 
+/// TRACE (which a backend answers by echoing the request, with the headers the
+/// gateway added) and CONNECT (a tunnel) are refused with 405 and never forwarded;
+/// the echo backend would answer either with 200. Other methods, custom ones too,
+/// pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_and_connect_get_405_and_never_reach_the_backend() {
+    let s = setup(Limits::default()).await;
+    for request in [
+        "TRACE /echo/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "CONNECT 198.18.0.9:22 HTTP/1.1\r\nHost: 198.18.0.9:22\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = raw_exchange(s.gateway.plain, request.as_bytes()).await;
+        assert_raw_error(&answer, 405, "Method not allowed");
+        assert!(
+            answer.contains("allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"),
+            "{answer}"
+        );
+    }
+    let client = client::<Empty<Bytes>>(&s.pki, true);
+    let url = format!("https://localhost:{}/echo/x", s.gateway.tls.port());
+    let request = Request::builder()
+        .method("TRACE")
+        .uri(&url)
+        .body(Empty::new())
+        .unwrap();
+    let (parts, body) = send(&client, request).await;
+    assert_apim_error(&parts, &body, 405, "Method not allowed");
+    let request = Request::builder()
+        .method("PROPFIND")
+        .uri(&url)
+        .body(Empty::new())
+        .unwrap();
+    let (parts, body) = send(&client, request).await;
+    assert_eq!(parts.status, StatusCode::OK, "{body}");
+    assert!(body.starts_with("PROPFIND /x\n"), "{body}");
+    assert_eq!(
+        s.gateway
+            .stats
+            .rejections()
+            .into_iter()
+            .find(|(reason, _)| *reason == "MethodNotAllowed"),
+        Some(("MethodNotAllowed", 3))
+    );
+}
+
 /// One raw HTTP/1.1 request on the plain listener; the first line of the backend's
 /// echo (`METHOD PATH`), or the whole answer when it is not a 200.
 async fn echoed(addr: std::net::SocketAddr, target: &str) -> String {

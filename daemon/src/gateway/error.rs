@@ -116,6 +116,19 @@ impl Rejection {
         )
     }
 
+    /// TRACE and CONNECT: never forwarded (see `handler::refused_method`).
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method not allowed",
+            "MethodNotAllowed",
+        )
+        .with_header(
+            http::header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        )
+    }
+
     pub fn bad_gateway() -> Self {
         Self::new(
             StatusCode::BAD_GATEWAY,

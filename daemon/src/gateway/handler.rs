@@ -161,6 +161,16 @@ pub(crate) async fn handle(
     Ok(outcome.response)
 }
 
+/// Methods the gateway never forwards, whatever the API (405, as nginx answers):
+/// a backend answering TRACE echoes the request it received, with the headers the
+/// gateway added (the `backend_auth` credential, claim and certificate headers) to
+/// the client; CONNECT asks the backend for a tunnel, which an API gateway does not
+/// offer (hyper serves no upgrades here). APIM answers both with 404, as methods of
+/// no operation.
+fn refused_method(method: &http::Method) -> bool {
+    *method == http::Method::TRACE || *method == http::Method::CONNECT
+}
+
 /// A request's response and what its access event reports.
 struct Outcome {
     response: Response<ResponseBody>,
@@ -212,6 +222,9 @@ async fn process(
     }
     if head_size(&request) > limits.max_header_bytes {
         return rejected(Rejection::header_too_large(), None);
+    }
+    if refused_method(request.method()) {
+        return rejected(Rejection::method_not_allowed(), None);
     }
     if let Err(rejection) = normal_host_and_path(&mut request, limits.allow_encoded_slashes) {
         return refused_malformed(shared, rejection, None);

@@ -27,6 +27,21 @@ struct Served {
     daemon: Rampartd,
 }
 
+impl Served {
+    /// A raw TLS connection to the listener, speaking HTTP/1.1 (ALPN).
+    async fn connect_http1(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let tls = self.pki.client_config(&[b"http/1.1"]);
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+        connector
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+}
+
 async fn serve(
     tag: &str,
     subscription: &str,
@@ -218,15 +233,7 @@ async fn refused_upload_lingers_as_configured() {
             )
         })
         .await;
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
-            .await
-            .unwrap();
-        let tls = s.pki.client_config(&[b"http/1.1"]);
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
-        let mut stream = connector
-            .connect("localhost".try_into().unwrap(), tcp)
-            .await
-            .unwrap();
+        let mut stream = s.connect_http1().await;
         let refused = upload(&mut stream, "/upload", 32 * 1024 * 1024).await;
         if lingers {
             assert!(refused.is_none(), "{refused:?}");
@@ -260,15 +267,7 @@ async fn stopping_does_not_wait_for_lingering_connections() {
         )
     })
     .await;
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
-        .await
-        .unwrap();
-    let tls = s.pki.client_config(&[b"http/1.1"]);
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
-    let stream = connector
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
+    let stream = s.connect_http1().await;
     // 1 MB of a declared 32 MB: the client is still "uploading" when answered.
     let (mut reader, mut writer) = tokio::io::split(stream);
     let head = "POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 33554432\r\n\r\n";

@@ -22,7 +22,7 @@ use ipnet::IpNet;
 use super::error::Rejection;
 use super::forwarded::{ClientHop, client_ip, remove_hop_by_hop, set_forwarding_headers};
 use super::framing::Verdict;
-use super::lingering::{Lingering, discard};
+use super::lingering::Lingering;
 use super::path;
 use super::policy::{
     RequestContext, RequestPolicy, ResponseContext, Stop, Subscriber, Transferred,
@@ -78,28 +78,11 @@ pub(crate) async fn handle(
     let path =
         (shared.access_log != AccessLog::Off && !stand_in).then(|| request.uri().path().to_owned());
     let version = request.version();
-    let (head, body) = request.into_parts();
-    // Taken when the request is forwarded or its body read; left when the gateway
-    // answers first.
-    let mut unread = Some(body);
-    let mut outcome = process(
-        &shared,
-        &conn,
-        Request::from_parts(head, ()),
-        &mut unread,
-        verdict,
-    )
-    .await;
-    if version == Version::HTTP_2
-        && let Some(body) = unread
-        && !body.is_end_stream()
-    {
-        // The gateway answered before the body was read: it is read and dropped
-        // while the answer goes out, as an HTTP/1 connection lingers. Dropped
-        // instead, it would reset the stream, and clients such as curl then report
-        // a stream error, not the answer.
-        tokio::spawn(discard(body, Lingering::of(&shared.limits)));
-    }
+    // Over HTTP/2, a body the gateway leaves unread (it answered first, or the body
+    // was cut off at its limit) is read and dropped when it is dropped (`ClientBody`).
+    let lingering = Lingering::of(&shared.limits);
+    let request = request.map(|body| ClientBody::new(body, version, lingering));
+    let mut outcome = process(&shared, &conn, request, verdict).await;
     if outcome.reason.is_some()
         && outcome.response.status() == StatusCode::PAYLOAD_TOO_LARGE
         && version < Version::HTTP_2
@@ -201,13 +184,10 @@ fn full(response: Response<Bytes>) -> Response<ResponseBody> {
     })
 }
 
-/// The request's head is `request`; its body is in `unread` until it is read or
-/// forwarded.
 async fn process(
     shared: &Arc<Shared>,
     conn: &Connection,
-    mut request: Request<()>,
-    unread: &mut Option<Incoming>,
+    mut request: Request<ClientBody>,
     verdict: Verdict,
 ) -> Outcome {
     let limits = &shared.limits;
@@ -248,7 +228,7 @@ async fn process(
     let backend = Arc::clone(backend);
     let api = Some(backend.name.clone());
 
-    let (mut parts, ()) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     if declared_length(&parts).is_some_and(|len| len > limits.max_body_bytes) {
         return Outcome {
             backend: Some(backend),
@@ -263,7 +243,7 @@ async fn process(
         peer: conn.peer,
         client_ip: client_ip(&parts.headers, conn.peer.ip(), &shared.trusted_proxies),
         client_cert: conn.client_cert.as_deref(),
-        has_body: unread.as_ref().is_some_and(|body| !body.is_end_stream()),
+        has_body: !body.is_end_stream(),
         collect_body: None,
         count_bytes: false,
         parts: &mut parts,
@@ -290,15 +270,11 @@ async fn process(
             let deadline = tokio::time::Instant::now() + limits.request_timeout;
             let exchange = async {
                 let max_body = limits.max_body_bytes;
-                let Some(body) = unread.take() else {
-                    // Only taken here.
-                    return Err(Stop::Reject(Rejection::bad_request()));
-                };
                 let upstream: UpstreamBody = match collect {
                     None => {
                         let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
                         let counted = Counted {
-                            inner: ClientBody::new(body, parts.version, Lingering::of(limits)),
+                            inner: body,
                             bytes: request_bytes.clone(),
                         };
                         Either::Left(Limited::new(counted, limit))
@@ -434,7 +410,7 @@ fn stopped_response(stop: Stop) -> (Response<ResponseBody>, Option<&'static str>
 /// Reads the whole body, at most `limit` bytes: `None` past the limit; a body that
 /// cannot be read (bad chunking, the client gone) is a 400, a slow one a 408 once
 /// the request timeout passes (the caller's).
-async fn collect_body(body: Incoming, limit: u64) -> Result<Option<Bytes>, Rejection> {
+async fn collect_body(body: ClientBody, limit: u64) -> Result<Option<Bytes>, Rejection> {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(Some(collected.to_bytes())),

@@ -223,19 +223,25 @@ mod tests {
             .unwrap();
     }
 
+    /// How long `linger` ran on `server` with `timeout` and `time` (in ms).
+    async fn lingered(server: TcpStream, timeout: u64, time: u64) -> Duration {
+        let start = Instant::now();
+        let lingering = Lingering {
+            timeout: Duration::from_millis(timeout),
+            time: Duration::from_millis(time),
+        };
+        linger(server, lingering).await;
+        start.elapsed()
+    }
+
     #[tokio::test]
     async fn lingering_stops_when_the_client_falls_silent_or_time_is_up() {
+        let bound = Duration::from_secs(5);
         // Silent: over after the timeout, long before the lingering time.
         let (_client, server) = pair().await;
-        let start = Instant::now();
-        let silent = Lingering {
-            timeout: Duration::from_millis(200),
-            time: Duration::from_secs(10),
-        };
-        linger(server, silent).await;
-        let took = start.elapsed();
+        let took = lingered(server, 200, 10_000).await;
         assert!(
-            took >= silent.timeout && took < Duration::from_secs(5),
+            took >= Duration::from_millis(200) && took < bound,
             "{took:?}"
         );
         // Trickling a byte every 50 ms: over after the lingering time.
@@ -245,27 +251,16 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
-        let start = Instant::now();
-        let trickled = Lingering {
-            timeout: Duration::from_millis(200),
-            time: Duration::from_millis(600),
-        };
-        linger(server, trickled).await;
-        let took = start.elapsed();
+        let took = lingered(server, 200, 600).await;
         assert!(
-            took >= trickled.time && took < Duration::from_secs(5),
+            took >= Duration::from_millis(600) && took < bound,
             "{took:?}"
         );
         trickle.abort();
         // Off: returns at once, the client still sending.
         let (mut client, server) = pair().await;
         client.write_all(b"x").await.unwrap();
-        let start = Instant::now();
-        let off = Lingering {
-            timeout: Duration::ZERO,
-            time: Duration::from_secs(10),
-        };
-        linger(server, off).await;
-        assert!(start.elapsed() < Duration::from_secs(5));
+        let took = lingered(server, 0, 10_000).await;
+        assert!(took < bound, "{took:?}");
     }
 }

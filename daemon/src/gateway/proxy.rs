@@ -36,9 +36,10 @@ pub(crate) type UpstreamBody = Either<Limited<super::handler::Counted<ClientBody
 /// connection cut mid-body) so they are told apart from the backend's.
 pub(crate) struct ClientBody {
     body: Option<Incoming>,
-    /// HTTP/2: what is left unread when the body is dropped (cut off at its size
-    /// limit, or the backend answered first) is read and dropped in the background
-    /// (`lingering::discard`), so that the stream is not reset under the answer.
+    /// HTTP/2: what is left unread when the body is dropped (the gateway answered
+    /// first, the body was cut off at its size limit, or the backend answered first)
+    /// is read and dropped in the background (`lingering::discard`), so that the
+    /// stream is not reset under the answer.
     discard_rest: Option<Lingering>,
 }
 

@@ -798,6 +798,106 @@ async fn host_header_missing_or_repeated_gets_400() {
     );
 }
 
+/// A host-bound API (root.test) is reached by its host only: a `Host` that is no
+/// host name (a comma, userinfo, a port that is no number) is refused instead of
+/// being routed past it to a host-less API and handed to the backend in
+/// `X-Forwarded-Host`, where a backend reading up to the comma would take it for
+/// root.test. The one trailing dot of a fully qualified name is the same host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_must_name_a_host_and_agree_with_authority() {
+    let s = setup(Limits::default()).await;
+    let invalid = "Bad request: the Host is not a valid host name or address";
+    for host in [
+        "root.test,evil",
+        "root.test@evil",
+        "user@root.test",
+        "root.test:abc",
+        "root.test..",
+        "root%2etest",
+    ] {
+        let request = format!("GET /echo/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(s.gateway.plain, request.as_bytes()).await;
+        assert_raw_error(&answer, 400, invalid);
+    }
+    // The authority of an absolute-form target is the request's host (RFC 9112
+    // §3.2.2): userinfo in it is refused as well.
+    let answer = raw_exchange(
+        s.gateway.plain,
+        b"GET http://u@root.test/x HTTP/1.1\r\nHost: root.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_raw_error(&answer, 400, invalid);
+    for host in ["root.test.", "ROOT.test.:8080"] {
+        let request = format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(s.gateway.plain, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        assert!(answer.contains("\r\n\r\nGET /x\n"), "{answer}");
+        assert!(
+            answer.contains(&format!("x-forwarded-host: {host}\n")),
+            "{answer}"
+        );
+    }
+
+    // HTTP/2: a `Host` beside `:authority` must name the same host (RFC 9113 §8.3.1).
+    let h2 = client::<Empty<Bytes>>(&s.pki, true);
+    let port = s.gateway.tls.port();
+    let url = format!("https://localhost:{port}/echo/x");
+    let request = Request::get(&url)
+        .header("host", "root.test")
+        .body(Empty::new())
+        .unwrap();
+    let (parts, body) = send(&h2, request).await;
+    assert_eq!(parts.version, http::Version::HTTP_2);
+    assert_apim_error(
+        &parts,
+        &body,
+        400,
+        "Bad request: the Host header differs from :authority",
+    );
+    let request = Request::get(&url)
+        .header("host", format!("LOCALHOST:{port}"))
+        .body(Empty::new())
+        .unwrap();
+    let (parts, body) = send(&h2, request).await;
+    assert_eq!(parts.status, StatusCode::OK, "{body}");
+    assert!(body.starts_with("GET /x\n"), "{body}");
+    assert_eq!(
+        rampart::gateway::GatewayStats::get(&s.gateway.stats.malformed_requests),
+        8
+    );
+}
+
+/// `*` names the server, not an API's resource: `OPTIONS *` is answered by the
+/// gateway with the methods it lets through, `*` with any other method is
+/// malformed; neither is routed (before, both reached root.test's backend as
+/// `/*`, the API's prefix glued to the asterisk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asterisk_target_is_answered_by_the_gateway() {
+    let s = setup(Limits::default()).await;
+    let answer = raw_exchange(
+        s.gateway.plain,
+        b"OPTIONS * HTTP/1.1\r\nHost: root.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(
+        answer.contains("allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("content-length: 0\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n"), "{answer}");
+    let answer = raw_exchange(
+        s.gateway.plain,
+        b"GET * HTTP/1.1\r\nHost: root.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_raw_error(
+        &answer,
+        400,
+        "Bad request: the target * is for OPTIONS only",
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_request_gets_400_and_is_counted() {
     let s = setup(Limits::default()).await;

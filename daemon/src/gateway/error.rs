@@ -8,6 +8,9 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 
+/// The methods the gateway lets through: `Allow` of its 405 and of `OPTIONS *`.
+pub(crate) const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
 /// Errors that stop the gateway from starting or a certificate reload from applying.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -125,7 +128,16 @@ impl Rejection {
         )
         .with_header(
             http::header::ALLOW,
-            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            HeaderValue::from_static(ALLOWED_METHODS),
+        )
+    }
+
+    /// A target of `*` with another method than OPTIONS (see `handler::asterisk`).
+    pub(crate) fn asterisk() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "Bad request: the target * is for OPTIONS only",
+            "BadRequest",
         )
     }
 
@@ -201,6 +213,21 @@ impl Rejection {
                 "Bad request: the Host header is missing"
             } else {
                 "Bad request: more than one Host header"
+            },
+            "BadRequest",
+        )
+    }
+
+    /// A host (`Host`, `:authority`, an absolute-form target's authority) that names no
+    /// host name or address (`routing::valid_authority`), or an HTTP/2 `Host` that
+    /// names another host than `:authority` (RFC 9113 §8.3.1).
+    pub(crate) fn invalid_host(differs: bool) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            if differs {
+                "Bad request: the Host header differs from :authority"
+            } else {
+                "Bad request: the Host is not a valid host name or address"
             },
             "BadRequest",
         )

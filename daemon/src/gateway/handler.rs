@@ -19,7 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use ipnet::IpNet;
 
-use super::error::Rejection;
+use super::error::{ALLOWED_METHODS, Rejection};
 use super::forwarded::{ClientHop, client_ip, remove_hop_by_hop, set_forwarding_headers};
 use super::framing::Verdict;
 use super::lingering::Lingering;
@@ -28,7 +28,7 @@ use super::policy::{
     RequestContext, RequestPolicy, ResponseContext, Stop, Subscriber, Transferred,
 };
 use super::proxy::{Backend, ClientBody, UpstreamBody, declared_length};
-use super::routing::RouteTable;
+use super::routing::{RouteTable, valid_authority};
 use super::settings::{AccessLog, Limits, is_trusted};
 use super::{GatewayStats, RejectionSink, ResponseBody};
 use crate::policy::client_cert::ClientCertificate;
@@ -154,6 +154,28 @@ fn refused_method(method: &http::Method) -> bool {
     *method == http::Method::TRACE || *method == http::Method::CONNECT
 }
 
+/// A request for `*` (asterisk form) names the server, no API's resource: `OPTIONS *`
+/// (RFC 9110 §9.3.7) is answered by the gateway with the methods it lets through;
+/// any other method with `*` is malformed (RFC 9112 §3.2.4). Neither is routed:
+/// no API prefix would stand in front of `*` at the backend.
+fn asterisk(shared: &Shared, method: &http::Method) -> Outcome {
+    if *method != http::Method::OPTIONS {
+        return refused_malformed(shared, Rejection::asterisk(), None);
+    }
+    let mut response = Response::new(Bytes::new());
+    response.headers_mut().insert(
+        http::header::ALLOW,
+        HeaderValue::from_static(ALLOWED_METHODS),
+    );
+    Outcome {
+        response: full(response),
+        api: None,
+        subscription: None,
+        reason: None,
+        backend: None,
+    }
+}
+
 /// A request's response and what its access event reports.
 struct Outcome {
     response: Response<ResponseBody>,
@@ -208,6 +230,9 @@ async fn process(
     }
     if let Err(rejection) = normal_host_and_path(&mut request, limits.allow_encoded_slashes) {
         return refused_malformed(shared, rejection, None);
+    }
+    if request.uri().path() == "*" {
+        return asterisk(shared, request.method());
     }
     let host = request_host(&request).map(str::to_owned);
     let path = request.uri().path();
@@ -515,8 +540,9 @@ fn refused_malformed(shared: &Shared, rejection: Rejection, api: Option<String>)
     rejected(rejection, api)
 }
 
-/// One `Host` (none only in HTTP/1.0 and HTTP/2), and the path put in normal form
-/// (`gateway::path`): routing, the policies and the backend all see that one.
+/// One `Host` (none only in HTTP/1.0 and HTTP/2) naming a host name or address (and
+/// over HTTP/2 the same one as `:authority`), and the path put in normal form (`gateway::path`): routing, the policies and
+/// the backend all see that one.
 #[expect(
     clippy::result_large_err,
     reason = "a Rejection is built only when a request is refused; boxing it would cost an allocation there and buy nothing on the pass path"
@@ -528,6 +554,30 @@ fn normal_host_and_path<B>(
     let hosts = request.headers().get_all(HOST).iter().count();
     if hosts > 1 || (hosts == 0 && request.version() == Version::HTTP_11) {
         return Err(Rejection::bad_host(hosts));
+    }
+    let header = request.headers().get(HOST);
+    match request.uri().authority() {
+        // HTTP/2's `:authority`, or the authority of an HTTP/1 absolute-form target
+        // (which wins over `Host`, RFC 9112 §3.2.2).
+        Some(authority) => {
+            if !valid_authority(authority.as_str()) {
+                return Err(Rejection::invalid_host(false));
+            }
+            if request.version() == Version::HTTP_2
+                && header.is_some_and(|host| {
+                    !host
+                        .as_bytes()
+                        .eq_ignore_ascii_case(authority.as_str().as_bytes())
+                })
+            {
+                return Err(Rejection::invalid_host(true));
+            }
+        }
+        None => {
+            if header.is_some_and(|host| host.to_str().map_or(true, |h| !valid_authority(h))) {
+                return Err(Rejection::invalid_host(false));
+            }
+        }
     }
     match path::normalize(request.uri().path(), allow_encoded_slashes) {
         Ok(Cow::Borrowed(_)) => Ok(()),

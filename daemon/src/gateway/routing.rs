@@ -83,7 +83,7 @@ impl<T> RouteTable<T> {
     /// The API for a request's host (any port is ignored) and path, if any, with
     /// the part of the path after the API's prefix (`""` or starting with `/`).
     pub fn route<'p>(&self, host: Option<&str>, path: &'p str) -> Option<(&Arc<T>, &'p str)> {
-        let host = host.map(strip_port);
+        let host = host.map(host_name);
         self.routes
             .iter()
             .find(|r| {
@@ -124,6 +124,65 @@ pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
         Some(rest) => rest.is_empty() || rest.starts_with('/'),
         None => false,
     }
+}
+
+/// The name a host is routed by: without its port and without the one trailing dot
+/// of a fully qualified name (`example.com.:8443` -> `example.com`, as nginx
+/// matches it).
+fn host_name(host: &str) -> &str {
+    let name = strip_port(host);
+    match name.strip_suffix('.') {
+        Some(name) if !name.is_empty() => name,
+        _ => name,
+    }
+}
+
+/// Whether `authority` (a `Host` value, an HTTP/2 `:authority`, the authority of an
+/// absolute-form target) names a host the way DNS and IP addresses are written:
+/// a name of letters, digits, `-`, `_` and dots (no empty label; one trailing dot
+/// allowed), an IPv4 address, or an IPv6 address in brackets, then an optional
+/// `:port` of digits. Userinfo (`user@host`, RFC 9110 §4.2.4 makes it an error),
+/// commas, percent escapes and the rest of what RFC 3986 lets a registered name
+/// hold are refused: a value routed as no host-bound API's host but read by a
+/// backend as one (`admin.example,evil` taken at its first comma, from
+/// `X-Forwarded-Host`) would reach that backend around the API's checks.
+pub(crate) fn valid_authority(authority: &str) -> bool {
+    let (name, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let Some((address, port)) = rest.split_once(']') else {
+            return false;
+        };
+        if address.is_empty()
+            || !address
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return false;
+        }
+        if !address.contains(':') {
+            return false;
+        }
+        (None, port)
+    } else {
+        match authority.find(':') {
+            Some(colon) => (Some(&authority[..colon]), &authority[colon..]),
+            None => (Some(authority), ""),
+        }
+    };
+    let port_ok = match port.strip_prefix(':') {
+        Some(digits) => digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit()),
+        None => port.is_empty(),
+    };
+    let name_ok = name.is_none_or(|name| {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        !name.is_empty()
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    });
+    port_ok && name_ok
 }
 
 /// `example.com:8443` -> `example.com`; `[::1]:443` -> `[::1]`.
@@ -240,6 +299,69 @@ mod tests {
         assert_eq!(table.route(None, "/orders/1").map(|(_, r)| r), Some("/1"));
         assert_eq!(table.route(None, "/orders").map(|(_, r)| r), Some(""));
         assert_eq!(table.route(None, "/x/y").map(|(_, r)| r), Some("/x/y"));
+    }
+
+    #[test]
+    fn a_trailing_dot_names_the_same_host() {
+        let table = RouteTable::new([
+            api("admin", Some("admin.example"), "/"),
+            api("site", None, "/"),
+        ])
+        .unwrap();
+        assert_eq!(route(&table, Some("admin.example."), "/x"), Some("admin"));
+        assert_eq!(
+            route(&table, Some("ADMIN.example.:443"), "/x"),
+            Some("admin")
+        );
+        assert_eq!(route(&table, Some("admin.example.."), "/x"), Some("site"));
+        assert_eq!(host_name("."), ".");
+    }
+
+    #[test]
+    fn authorities_are_host_names_or_addresses_with_a_port() {
+        for good in [
+            "example.com",
+            "Example.COM:8443",
+            "example.com.",
+            "example.com.:443",
+            "my_host-1.internal",
+            "localhost",
+            "127.0.0.1",
+            "127.0.0.1:8443",
+            "[::1]",
+            "[::1]:443",
+            "[2001:db8::ffff:198.18.0.1]",
+            "example.com:",
+        ] {
+            assert!(valid_authority(good), "{good} refused");
+        }
+        for bad in [
+            "",
+            ".",
+            ".example.com",
+            "example..com",
+            "example.com..",
+            "admin.example,evil",
+            "admin.example@evil",
+            "user@admin.example",
+            "user:pass@admin.example",
+            "admin.example:abc",
+            "admin.example:443:443",
+            "admin.example:123456",
+            "admin%2eexample",
+            "admin example",
+            "admin.example/x",
+            "admin.example\\x",
+            "admin.example;x",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "[::1]:x",
+            "[example.com]",
+            "[::1%25eth0]",
+        ] {
+            assert!(!valid_authority(bad), "{bad} accepted");
+        }
     }
 
     #[test]

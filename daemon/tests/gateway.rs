@@ -898,6 +898,40 @@ async fn asterisk_target_is_answered_by_the_gateway() {
     );
 }
 
+/// An answer after which hyper closes the connection, because the request's body
+/// was not sent (a refused `Expect: 100-continue`) or was broken (bad chunking),
+/// says `Connection: close`, so that the client does not send its next request on
+/// that connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_that_end_the_connection_say_so() {
+    let s = setup(Limits::default()).await;
+    // Keep-alive requests: the `connection: close` is the gateway's.
+    let answer = raw_exchange(
+        s.gateway.plain,
+        b"POST /nowhere HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 500\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+    assert!(!answer.contains(" 100 "), "{answer}");
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    let answer = raw_exchange(
+        s.gateway.plain,
+        b"POST /echo/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    // A refused request whose body came with it keeps its connection: the next
+    // request on it is answered.
+    let answer = raw_exchange(
+        s.gateway.plain,
+        b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /echo/next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+    assert!(answer.contains("GET /next\n"), "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_request_gets_400_and_is_counted() {
     let s = setup(Limits::default()).await;

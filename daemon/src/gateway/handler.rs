@@ -78,19 +78,37 @@ pub(crate) async fn handle(
     let path =
         (shared.access_log != AccessLog::Off && !stand_in).then(|| request.uri().path().to_owned());
     let version = request.version();
+    // Over HTTP/1, a body the gateway's own answer leaves unsent or broken ends the
+    // connection after the answer; the answer says so (below).
+    let body_pending = version < Version::HTTP_2 && !request.body().is_end_stream();
+    let expects_continue = body_pending
+        && request
+            .headers()
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     // Over HTTP/2, a body the gateway leaves unread (it answered first, or the body
     // was cut off at its limit) is read and dropped when it is dropped (`ClientBody`).
     let lingering = Lingering::of(&shared.limits);
     let request = request.map(|body| ClientBody::new(body, version, lingering));
     let mut outcome = process(&shared, &conn, request, verdict).await;
-    if outcome.reason.is_some()
-        && outcome.response.status() == StatusCode::PAYLOAD_TOO_LARGE
-        && version < Version::HTTP_2
+    if body_pending
+        && outcome.reason.is_some()
+        && (expects_continue
+            || matches!(
+                outcome.response.status(),
+                StatusCode::BAD_REQUEST
+                    | StatusCode::REQUEST_TIMEOUT
+                    | StatusCode::PAYLOAD_TOO_LARGE
+            ))
     {
-        // The gateway's 413 leaves the rest of the body unread: hyper closes the
-        // connection after the answer, and the answer says so (as nginx's does).
-        // The socket lingers (lingering.rs) so that the client still sending reads
-        // it.
+        // The gateway's answer leaves the body unread (413, a body too slow, a
+        // request refused before its `100-continue` was granted, so the client
+        // never sent the body) or broken (400 for bad chunking): hyper closes the
+        // connection after the answer, and the answer says so (as nginx's does;
+        // RFC 9112 §9.6), so that the client does not send its next request on it.
+        // The socket lingers (lingering.rs) so that a client still sending reads
+        // the answer. Other answers to a request with a body (401, 429, ...) keep
+        // the connection when hyper finds the body already received.
         outcome
             .response
             .headers_mut()

@@ -289,6 +289,10 @@ async fn forwarding_headers_set_and_client_forgeries_dropped() {
         // Look-alikes that CGI-style servers read as the real headers.
         .header("x_forwarded_for", "6.6.6.6")
         .header("X_Forwarded_Host", "evil.example")
+        // Headers backends read as the client's address or the URL asked for.
+        .header("x-real-ip", "6.6.6.6")
+        .header("true-client-ip", "6.6.6.6")
+        .header("x-original-url", "/evil.example/admin")
         .header("connection", "x-drop-me")
         .header("x-drop-me", "1")
         .header("x-keep", "1")

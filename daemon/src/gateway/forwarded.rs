@@ -14,6 +14,27 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
+/// Other headers that backends and their frameworks read as the client's address
+/// (nginx's realip module and many frameworks read `X-Real-IP`; Rails `Client-IP`;
+/// the request-ip library of Node.js `X-Client-IP`, `True-Client-IP`,
+/// `X-Cluster-Client-IP`, `X-Forwarded` and `Forwarded-For`) or as the URL the
+/// request was for (IIS, Zend and older Symfony route by `X-Original-URL` and
+/// `X-Rewrite-URL`, which would serve `/admin` for a request the gateway routed and
+/// checked as `/public`). A client's copies of them are dropped like its
+/// `X-Forwarded-*`, unless it is a trusted proxy: the gateway does not set them, so
+/// the backend sees none that the client made up.
+const CLIENT_CLAIMS: [&str; 9] = [
+    "x-real-ip",
+    "client-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "x-forwarded",
+    "forwarded-for",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
 /// The hop-by-hop headers every message loses (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 6] = [
     CONNECTION,
@@ -100,7 +121,9 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: ClientHop<'_>) {
     let peer = canonical(hop.peer);
     if !hop.trusted {
         remove_client_copies(headers, |name| {
-            name.starts_with("x-forwarded-") || name == FORWARDED.as_str()
+            name.starts_with("x-forwarded-")
+                || name == FORWARDED.as_str()
+                || CLIENT_CLAIMS.contains(&name)
         });
     }
 
@@ -397,8 +420,26 @@ mod tests {
             ("x-forwarded-host", "evil"),
             ("x-forwarded-client-cert", "forged"),
             ("forwarded", "for=1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+            ("X_Real_IP", "1.2.3.4"),
+            ("client-ip", "1.2.3.4"),
+            ("true-client-ip", "1.2.3.4"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("x-app", "1"),
         ]);
         set_forwarding_headers(&mut headers, hop("192.0.2.7", false));
+        for claim in [
+            "x-real-ip",
+            "x_real_ip",
+            "client-ip",
+            "true-client-ip",
+            "x-original-url",
+            "x-rewrite-url",
+        ] {
+            assert!(!headers.contains_key(claim), "{claim}");
+        }
+        assert_eq!(headers["x-app"], "1");
         assert_eq!(headers["x-forwarded-for"], "192.0.2.7");
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "api.example.com");
@@ -416,8 +457,10 @@ mod tests {
             ("x-forwarded-for", "198.51.100.2"),
             ("x-forwarded-proto", "http"),
             ("forwarded", "for=203.0.113.1"),
+            ("x-real-ip", "203.0.113.1"),
         ]);
         set_forwarding_headers(&mut headers, hop("10.0.0.1", true));
+        assert_eq!(headers["x-real-ip"], "203.0.113.1");
         assert_eq!(
             headers["x-forwarded-for"],
             "203.0.113.1, 198.51.100.2, 10.0.0.1"

@@ -66,6 +66,7 @@ pub struct GatewayStats {
     pub connections_accepted: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
     /// Requests refused as malformed: heads hyper would refuse (400, 414, 431), a
+    /// `Transfer-Encoding` other than `chunked` (501), a
     /// missing or repeated `Host`, a path the gateway does not route, a body that
     /// cannot be read (400).
     pub malformed_requests: AtomicU64,

@@ -1319,3 +1319,140 @@ async fn drain_is_bounded_by_the_drain_timeout() {
         .unwrap();
     assert!(result.is_err(), "{result:?}");
 }
+
+/// A backend that counts the connections it accepts and the requests it serves, and
+/// echoes each request's line, headers and body.
+async fn start_counting_backend() -> (
+    std::net::SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use http_body_util::{BodyExt, Full};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (accepted, served) = (Arc::clone(&connections), Arc::clone(&requests));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let served = Arc::clone(&served);
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                        served.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            let mut echo = format!("{} {}\n", request.method(), request.uri());
+                            for (name, value) in request.headers() {
+                                echo.push_str(&format!(
+                                    "{name}: {}\n",
+                                    value.to_str().unwrap_or("?")
+                                ));
+                            }
+                            let body = request.into_body().collect().await?.to_bytes();
+                            echo.push_str(&String::from_utf8_lossy(&body));
+                            Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::from(echo))))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, connections, requests)
+}
+
+/// Raw bytes over TLS (HTTP/1.1 by ALPN); what came back until the gateway closed.
+async fn raw_tls_exchange(pki: &Pki, addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(pki.client_config(&[b"http/1.1"])));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(request).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_encoding_other_than_chunked_gets_501_and_reaches_no_backend() {
+    use std::sync::atomic::Ordering;
+    let pki = Pki::new();
+    let (backend, connections, requests) = start_counting_backend().await;
+    let gw = start_gateway_with(
+        tls_settings(pki.leaf("localhost", &["localhost"]), Vec::new()),
+        settings(
+            vec![api("echo", None, "/echo", &format!("http://{backend}/"))],
+            Limits::default(),
+        ),
+        None,
+    )
+    .await;
+    let message = "Transfer-Encoding other than chunked is not supported.";
+    let refused = |encoding: &str| {
+        format!(
+            "POST /echo/x HTTP/1.1\r\nHost: localhost\r\n{encoding}\r\n\
+             5\r\nhello\r\n0\r\n\r\n\
+             GET /echo/after HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        )
+    };
+    for encoding in [
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: GZIP , Chunked\r\n",
+        // Two lines: one field, `gzip, chunked`.
+        "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n",
+    ] {
+        let answer = raw_tls_exchange(&pki, gw.tls, refused(encoding).as_bytes()).await;
+        // The JSON 501 alone, with `connection: close`; the pipelined request after it
+        // is not answered.
+        assert_raw_error(&answer, 501, message);
+        assert!(!answer.contains("after"), "{answer}");
+    }
+    // On the plain listener too.
+    let answer = raw_exchange(
+        gw.plain,
+        refused("Transfer-Encoding: gzip, chunked\r\n").as_bytes(),
+    )
+    .await;
+    assert_raw_error(&answer, 501, message);
+    assert_eq!(connections.load(Ordering::SeqCst), 0);
+    assert_eq!(requests.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        rampart::gateway::GatewayStats::get(&gw.stats.malformed_requests),
+        5
+    );
+    assert!(
+        gw.stats.rejections().contains(&("NotImplemented", 5)),
+        "{:?}",
+        gw.stats.rejections()
+    );
+
+    // `chunked` alone, in any case, is forwarded with its body.
+    for encoding in ["chunked", "CHUNKED", "\tchunked "] {
+        let answer = raw_tls_exchange(
+            &pki,
+            gw.tls,
+            format!(
+                "POST /echo/x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding:{encoding}\r\n\
+                 Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200 "),
+            "{encoding:?}: {answer}"
+        );
+        assert!(answer.contains("\r\n\r\nPOST /x\n"), "{answer}");
+        assert!(answer.ends_with("\nhello"), "{answer}");
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        rampart::gateway::GatewayStats::get(&gw.stats.malformed_requests),
+        5
+    );
+}

@@ -220,7 +220,7 @@ fn gateway_families(
         ),
         (
             "rampart_http_malformed_requests_total",
-            "Requests refused as malformed (400, 414, 431): framing, Host, path, unreadable body.",
+            "Requests refused as malformed (400, 414, 431, 501): framing, Host, path, unreadable body.",
             stats.malformed_requests,
         ),
         (

@@ -233,7 +233,8 @@ impl Rejection {
         )
     }
 
-    /// A request head hyper would refuse (with an empty body): the same status.
+    /// A request head hyper would refuse (with an empty body): the same status; 501
+    /// for a `Transfer-Encoding` other than `chunked` that hyper would take.
     pub(crate) fn refused(refusal: super::framing::Refusal) -> Self {
         use super::framing::Refusal;
         match refusal {
@@ -244,6 +245,11 @@ impl Rejection {
                 "RequestUriTooLong",
             ),
             Refusal::HeadTooLarge => Self::header_too_large(),
+            Refusal::NotChunkedOnly => Self::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "Transfer-Encoding other than chunked is not supported.",
+                "NotImplemented",
+            ),
         }
     }
 

@@ -7,10 +7,17 @@
 //!   9112 §6.3 allows that), so the service cannot see that the header was there.
 //!   rampart answers it 400.
 //! - A head hyper refuses (not HTTP/1 syntax, a bad or a second different
-//!   `Content-Length`, a `Transfer-Encoding` that does not end in `chunked`, a request
+//!   `Content-Length`, a `Transfer-Encoding` that does not end in `chunked` (RFC 9112
+//!   §6.3: the body's length cannot be known; nginx answers 501 there too), a request
 //!   target over 65,534 bytes, more than 100 fields, a head over hyper's buffer): hyper
 //!   answers 400, 414 or 431 itself, with an empty body. rampart answers the same status
 //!   with its JSON body.
+//! - A `Transfer-Encoding` that ends in `chunked` but is not `chunked` alone (`gzip,
+//!   chunked`, or `gzip` and `chunked` on two lines): hyper takes it and undoes the
+//!   chunked coding, and the gateway, which removes `Transfer-Encoding` as hop-by-hop,
+//!   would send the backend a still gzip-coded body with nothing saying so. rampart
+//!   answers it 501 (RFC 9112 §6.1: a transfer coding the server does not understand;
+//!   nginx answers 501 to any `Transfer-Encoding` other than `chunked`).
 //!
 //! [`FramingIo`] therefore reads the connection's bytes as hyper does, with httparse
 //! (hyper's parser) and hyper's own checks: it follows each request's framing (the head,
@@ -60,6 +67,9 @@ pub(crate) enum Refusal {
     UriTooLong = 2,
     /// 431: a head over hyper's buffer, over 100 fields, a field name of 64 KiB.
     HeadTooLarge = 3,
+    /// 501: a `Transfer-Encoding` other than a single `chunked` that hyper would take
+    /// (it ends in `chunked`).
+    NotChunkedOnly = 4,
 }
 
 impl Refusal {
@@ -68,6 +78,7 @@ impl Refusal {
             1 => Some(Self::BadRequest),
             2 => Some(Self::UriTooLong),
             3 => Some(Self::HeadTooLarge),
+            4 => Some(Self::NotChunkedOnly),
             _ => None,
         }
     }
@@ -555,13 +566,16 @@ fn head(input: &[u8], max_head: usize) -> Parsed {
     }
     // Framing, header by header: the last `Transfer-Encoding` decides whether the body
     // is chunked; a `Content-Length` after one is ignored, before one it must be valid.
+    // `only_chunked`: there is one `Transfer-Encoding`, and it is just `chunked`.
     let (mut encoded, mut chunked, mut has_length) = (false, false, false);
+    let mut only_chunked = false;
     let mut length = None;
     for header in request.headers.iter() {
         if header.name.eq_ignore_ascii_case("transfer-encoding") {
             if version != 1 {
                 return Parsed::Refused(Refusal::BadRequest);
             }
+            only_chunked = !encoded && is_only_chunked(header.value);
             encoded = true;
             chunked = is_chunked(header.value);
         } else if header.name.eq_ignore_ascii_case("content-length") {
@@ -586,6 +600,12 @@ fn head(input: &[u8], max_head: usize) -> Parsed {
     }
     if method == "CONNECT" {
         return Parsed::Stop;
+    }
+    // hyper would undo only the chunked coding, and the backend would get the bytes of
+    // the others with nothing saying so. (With a `Content-Length` too, the request is
+    // refused 400 for having both.)
+    if encoded && !only_chunked && !has_length {
+        return Parsed::Refused(Refusal::NotChunkedOnly);
     }
     let next = match (encoded, length) {
         (true, _) => State::ChunkSize,
@@ -629,6 +649,18 @@ fn from_digits(value: &[u8]) -> Option<u64> {
             None
         }
     })
+}
+
+/// A `Transfer-Encoding` value that is `chunked` alone (any case, with optional
+/// whitespace around it).
+fn is_only_chunked(value: &[u8]) -> bool {
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value.iter().position(|b| !ows(b)).unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !ows(b))
+        .map_or(start, |at| at + 1);
+    value[start..end].eq_ignore_ascii_case(b"chunked")
 }
 
 /// hyper's test of a `Transfer-Encoding` value: visible ASCII whose last coding is
@@ -840,6 +872,52 @@ mod tests {
         name.resize(name.len() + (1 << 16), b'n');
         name.extend_from_slice(b": 1\r\n\r\n");
         assert_refused(&name, Refusal::HeadTooLarge);
+    }
+
+    #[test]
+    fn a_transfer_encoding_other_than_chunked_alone_is_refused_501() {
+        for head in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: , chunked\r\n\r\n0\r\n\r\n",
+            // Spread over several lines: one field, `gzip, chunked`.
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: \r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ] {
+            assert_refused(head, Refusal::NotChunkedOnly);
+        }
+    }
+
+    #[test]
+    fn chunked_alone_in_any_case_and_whitespace_is_followed() {
+        for value in ["chunked", "CHUNKED", "Chunked", "\tchunked", " chunked \t"] {
+            let stream = format!(
+                "POST / HTTP/1.1\r\nTransfer-Encoding:{value}\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n"
+            );
+            let seen = seen(stream.as_bytes());
+            assert_eq!(seen.hyper, stream.as_bytes(), "{value:?}");
+            assert_eq!(seen.refused, None, "{value:?}");
+        }
+        assert!(is_only_chunked(b"chunked"));
+        assert!(is_only_chunked(b" \tChUnKeD\t "));
+        for value in [
+            &b""[..],
+            b" ",
+            b"chunked,",
+            b"gzip, chunked",
+            b"chunked chunked",
+            b"xchunked",
+            b"chunke",
+        ] {
+            assert!(
+                !is_only_chunked(value),
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
     }
 
     #[test]

@@ -383,10 +383,22 @@ impl ApiPolicies {
         api: &ApiPipeline,
         request: &mut RequestContext<'_>,
     ) -> Result<Option<String>, Stop> {
+        let parts = &mut *request.parts;
         if api.subscription == SubscriptionRequirement::None {
+            // No key is checked, but one sent (clients often send theirs on every
+            // call) is not handed to this API's backend either.
+            if !api.forward_key
+                && keys::carries_key(
+                    &parts.headers,
+                    parts.uri.query(),
+                    &api.key_header,
+                    &api.key_query,
+                )
+            {
+                remove_key(api, parts);
+            }
             return Ok(None);
         }
-        let parts = &mut *request.parts;
         let presented = keys::extract_key(
             &parts.headers,
             parts.uri.query(),
@@ -419,16 +431,21 @@ impl ApiPolicies {
             rejected.rejection(host, &api.key_header)
         })?;
         if presented.is_some() && !api.forward_key {
-            let query = keys::strip_key(
-                &mut parts.headers,
-                parts.uri.query(),
-                &api.key_header,
-                &api.key_query,
-            );
-            parts.uri = with_query(&parts.uri, query.as_deref());
+            remove_key(api, parts);
         }
         Ok(name)
     }
+}
+
+/// Removes the API's key header and query parameter before forwarding.
+fn remove_key(api: &ApiPipeline, parts: &mut http::request::Parts) {
+    let query = keys::strip_key(
+        &mut parts.headers,
+        parts.uri.query(),
+        &api.key_header,
+        &api.key_query,
+    );
+    parts.uri = with_query(&parts.uri, query.as_deref());
 }
 
 /// The API's client-certificate identities (403 without a matching certificate),

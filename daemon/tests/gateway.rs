@@ -1456,3 +1456,128 @@ async fn transfer_encoding_other_than_chunked_gets_501_and_reaches_no_backend() 
         5
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_key_is_not_forwarded_by_apis_that_check_none() {
+    let pki = Pki::new();
+    let backend = start_backend().await;
+    let to_backend = format!("http://{backend}/");
+    let config = rampart::config::parse(
+        "[filter]\ninterfaces = [\"eth0\"]\n\
+         [[api]]\nname = \"open\"\npath_prefix = \"/open\"\nbackend = \"http://b\"\n\
+         subscription = \"none\"\n\
+         [[api]]\nname = \"forwarding\"\npath_prefix = \"/forwarding\"\nbackend = \"http://b\"\n\
+         subscription = \"none\"\nforward_subscription_key = true\n\
+         [[api]]\nname = \"custom\"\npath_prefix = \"/custom\"\nbackend = \"http://b\"\n\
+         subscription = \"none\"\nsubscription_key_header = \"X-Api-Key\"\n\
+         subscription_key_query = \"apikey\"\n\
+         [[api]]\nname = \"optional\"\npath_prefix = \"/optional\"\nbackend = \"http://b\"\n\
+         subscription = \"optional\"\n",
+        std::path::Path::new("test.toml"),
+    )
+    .unwrap();
+    // A key that opens every API: what a client sends on every call to the host.
+    let mut keys = rampart::policy::keys::KeyStore::in_memory();
+    let (_, issued) = keys
+        .create("client", rampart::policy::keys::Scope::AllApis)
+        .unwrap();
+    let key = issued.primary.expose().to_owned();
+    let quotas =
+        rampart::policy::quota::QuotaCounters::in_memory(1000, rampart::policy::quota::SystemClock);
+    let policies =
+        rampart::pipeline::ApiPolicies::new(&config.apis, &config.products, &[], keys, quotas)
+            .unwrap();
+    let gw = start_gateway_with(
+        tls_settings(pki.leaf("localhost", &["localhost"]), Vec::new()),
+        settings(
+            ["open", "forwarding", "custom", "optional"]
+                .into_iter()
+                .map(|name| api(name, None, &format!("/{name}"), &to_backend))
+                .collect(),
+            Limits::default(),
+        ),
+        Some(Arc::new(policies)),
+    )
+    .await;
+    let h1 = client(&pki, false);
+    let h2 = client(&pki, true);
+    // What the echo backend got for `target`, sent with `header: key` and over HTTP/1.1
+    // and HTTP/2: its request line and headers.
+    let echoed = async |target: &str, header: &str| {
+        let mut seen = Vec::new();
+        for client in [&h1, &h2] {
+            let request = Request::get(format!("https://localhost:{}{target}", gw.tls.port()))
+                .header(header, key.as_str())
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let (parts, body) = send(client, request).await;
+            assert_eq!(parts.status, StatusCode::OK, "{target}: {body}");
+            seen.push(body);
+        }
+        seen
+    };
+
+    for body in echoed(
+        &format!("/open/x?a=1&subscription-key={key}&b=%20two&subscription%2Dkey={key}&c=3"),
+        "Ocp-Apim-Subscription-Key",
+    )
+    .await
+    {
+        assert!(body.starts_with("GET /x?a=1&b=%20two&c=3\n"), "{body}");
+        assert!(!body.contains(&key), "{body}");
+        assert!(
+            !body.to_ascii_lowercase().contains("subscription-key"),
+            "{body}"
+        );
+    }
+    // The key in the query alone.
+    for body in echoed(&format!("/open/x?subscription-key={key}"), "x-other").await {
+        assert!(body.starts_with("GET /x\n"), "{body}");
+    }
+    // The API's own names.
+    for body in echoed(
+        &format!("/custom/x?apikey={key}&subscription-key=kept"),
+        "X-Api-Key",
+    )
+    .await
+    {
+        assert!(body.starts_with("GET /x?subscription-key=kept\n"), "{body}");
+        assert!(!body.contains(&key), "{body}");
+    }
+    // An optional API removes the key it checked.
+    for body in echoed(
+        &format!("/optional/x?a=1&subscription-key={key}"),
+        "Ocp-Apim-Subscription-Key",
+    )
+    .await
+    {
+        assert!(body.starts_with("GET /x?a=1\n"), "{body}");
+        assert!(!body.contains(&key), "{body}");
+    }
+    // forward_subscription_key = true: both reach the backend.
+    for body in echoed(
+        &format!("/forwarding/x?a=1&subscription-key={key}"),
+        "Ocp-Apim-Subscription-Key",
+    )
+    .await
+    {
+        assert!(
+            body.starts_with(&format!("GET /x?a=1&subscription-key={key}\n")),
+            "{body}"
+        );
+        assert!(
+            body.contains(&format!("ocp-apim-subscription-key: {key}\n")),
+            "{body}"
+        );
+    }
+    // Without a key, the request passes as it came.
+    for client in [&h1, &h2] {
+        let (parts, body) = get(
+            client,
+            &format!("https://localhost:{}/open/x?a=1&b=%20", gw.tls.port()),
+        )
+        .await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert!(body.starts_with("GET /x?a=1&b=%20\n"), "{body}");
+    }
+}

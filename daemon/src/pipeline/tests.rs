@@ -175,16 +175,66 @@ fn forwarding_optional_and_none() {
     ));
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 
-    let (p, _) = policies("subscription = \"none\"\n");
+    let (p, _) = policies("subscription = \"none\"\nforward_subscription_key = true\n");
     let out = run(
         &p,
-        get("/x")
+        get("/x?subscription-key=k&a=1")
             .header("Ocp-Apim-Subscription-Key", "anything")
             .body(())
             .unwrap(),
     );
     assert!(out.result.is_ok());
     assert!(out.parts.headers.contains_key("ocp-apim-subscription-key"));
+    assert_eq!(out.parts.uri, "/x?subscription-key=k&a=1");
+}
+
+#[test]
+fn an_api_that_checks_no_key_still_removes_one_before_forwarding() {
+    let (p, _) = policies("subscription = \"none\"\n");
+    let out = run(
+        &p,
+        get("/x?a=1&subscription-key=k&b=2&subscription%2Dkey=k2")
+            .header("Ocp-Apim-Subscription-Key", "anything")
+            .header("accept", "*/*")
+            .body(())
+            .unwrap(),
+    );
+    assert!(out.result.is_ok());
+    assert!(!out.parts.headers.contains_key("ocp-apim-subscription-key"));
+    assert!(out.parts.headers.contains_key("accept"));
+    assert_eq!(out.parts.uri, "/x?a=1&b=2");
+    assert!(out.state.get::<SubscriptionName>().is_none());
+    // Without a key, the request is left as it came.
+    let out = run(&p, get("/x?a=1&b=%20").body(()).unwrap());
+    assert!(out.result.is_ok());
+    assert_eq!(out.parts.uri, "/x?a=1&b=%20");
+    // Custom names.
+    let (p, _) = policies(
+        "subscription = \"none\"\nsubscription_key_header = \"X-Api-Key\"\nsubscription_key_query = \"apikey\"\n",
+    );
+    let out = run(
+        &p,
+        get("/x?apikey=k&subscription-key=other")
+            .header("x-api-key", "k")
+            .header("Ocp-Apim-Subscription-Key", "other")
+            .body(())
+            .unwrap(),
+    );
+    assert!(!out.parts.headers.contains_key("x-api-key"));
+    assert!(out.parts.headers.contains_key("ocp-apim-subscription-key"));
+    assert_eq!(out.parts.uri, "/x?subscription-key=other");
+    // An optional API removes the key it checked.
+    let (p, key) = policies("subscription = \"optional\"\n");
+    let out = run(
+        &p,
+        get(&format!("/x?a=1&subscription-key={key}"))
+            .header("Ocp-Apim-Subscription-Key", &key)
+            .body(())
+            .unwrap(),
+    );
+    assert!(out.result.is_ok());
+    assert!(!out.parts.headers.contains_key("ocp-apim-subscription-key"));
+    assert_eq!(out.parts.uri, "/x?a=1");
 }
 
 #[test]

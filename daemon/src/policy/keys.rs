@@ -25,7 +25,7 @@ mod extract;
 pub(crate) mod file;
 mod subscriptions;
 
-pub use extract::{KeyLocation, PresentedKey, extract_key, strip_key};
+pub use extract::{KeyLocation, PresentedKey, carries_key, extract_key, strip_key};
 pub use subscriptions::Subscriptions;
 
 /// APIM's default header for the key.

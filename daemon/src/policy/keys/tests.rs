@@ -378,3 +378,62 @@ fn key_is_stripped_from_header_and_query() {
         None
     );
 }
+
+#[test]
+fn a_key_is_carried_exactly_where_extract_key_finds_one() {
+    let mut with_header = HeaderMap::new();
+    with_header.insert(DEFAULT_HEADER, HeaderValue::from_static("k"));
+    let mut empty_header = HeaderMap::new();
+    empty_header.insert(DEFAULT_HEADER, HeaderValue::from_static(""));
+    let none = HeaderMap::new();
+    let queries = [
+        None,
+        Some(""),
+        Some("a=1&b=2"),
+        Some("q=a+b&c=%20"),
+        Some("subscription-key=k"),
+        Some("a=1&subscription-key=k&b=2"),
+        Some("subscription-key="),
+        Some("subscription-key"),
+        Some("subscription-key=&subscription-key=k"),
+        Some("subscription%2Dkey=k"),
+        Some("subscription%2dkey=k"),
+        Some("%73ubscription-key=k"),
+        Some("subscription-key%3Dk"),
+        Some("Subscription-Key=k"),
+        Some("subscription-keyx=k"),
+        Some("subscription-ke=k"),
+        Some("subscription-key%=k"),
+        Some("&&subscription-key=k&&"),
+        Some("subscription+key=k"),
+    ];
+    for headers in [&with_header, &empty_header, &none] {
+        for query in queries {
+            let expected =
+                extract_key(headers, query, DEFAULT_HEADER, DEFAULT_QUERY_PARAM).is_some();
+            assert_eq!(
+                carries_key(headers, query, DEFAULT_HEADER, DEFAULT_QUERY_PARAM),
+                expected,
+                "{headers:?} {query:?}"
+            );
+        }
+    }
+    // Names with a space, a `%` and non-ASCII, decoded as extract_key decodes them.
+    for (query, param) in [
+        ("my+key=k", "my key"),
+        ("my%20key=k", "my key"),
+        ("a%25b=k", "a%b"),
+        ("a%b=k", "a%b"),
+        ("%C3%BC=k", "ü"),
+    ] {
+        assert!(
+            extract_key(&none, Some(query), DEFAULT_HEADER, param).is_some(),
+            "{query}"
+        );
+        assert!(
+            carries_key(&none, Some(query), DEFAULT_HEADER, param),
+            "{query}"
+        );
+    }
+    assert!(!carries_key(&none, Some("a=1"), "bad name", "k"));
+}

@@ -72,6 +72,17 @@ fn missing_and_invalid_keys_get_apim_401s() {
         challenge,
         "AzureApiManagementKey realm=\"https://api.example/\",name=\"Ocp-Apim-Subscription-Key\",type=\"header\""
     );
+    // An absolute-form target (or HTTP/2's :authority) names the host the request
+    // was routed by: the realm names it too, not a Host beside it.
+    let r = rejection(run(&p, get("http://api.example:8443/x").body(()).unwrap()));
+    let challenge = r.headers.get(header::WWW_AUTHENTICATE).unwrap();
+    assert!(
+        challenge
+            .to_str()
+            .unwrap()
+            .starts_with("AzureApiManagementKey realm=\"https://api.example:8443/\""),
+        "{challenge:?}"
+    );
     let r = rejection(run(
         &p,
         get("/x")

@@ -1581,3 +1581,95 @@ async fn subscription_key_is_not_forwarded_by_apis_that_check_none() {
         assert!(body.starts_with("GET /x?a=1&b=%20\n"), "{body}");
     }
 }
+
+/// The raw backend's answers in the tests of invalid backend answers: a plain 200
+/// to `GET /good`, and on `/bad` an answer with both `Content-Length` and
+/// `Transfer-Encoding` (the length is stale: the chunked body is 5 bytes).
+fn length_and_chunked_on_bad(request_line: &str) -> &'static [u8] {
+    if request_line.starts_with("GET /bad ") {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    } else {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    }
+}
+
+/// As above, with a 101 Switching Protocols (which nobody asked for) on `/bad`.
+fn switching_protocols_on_bad(request_line: &str) -> &'static [u8] {
+    if request_line.starts_with("GET /bad ") {
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    } else {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    }
+}
+
+/// A backend that answers `/bad` with something no client may be given, over
+/// plain HTTP/1.1 (the gateway's own pool) and over TLS (hyper-util's client):
+/// HTTP/1.1 and HTTP/2 clients get the gateway's 502, a following request on a
+/// fresh connection is answered, and the backend connection that carried the bad
+/// answer is not used again.
+async fn assert_invalid_backend_answer_gets_502(answer: fn(&str) -> &'static [u8]) {
+    let pki = Pki::new();
+    let plain = RawBackend::start(None, answer).await;
+    let tls = RawBackend::start(Some(&pki), answer).await;
+    let apis = vec![
+        api("plain", None, "/plain", &format!("http://{}/", plain.addr)),
+        api(
+            "tls",
+            None,
+            "/tls",
+            &format!("https://localhost:{}/", tls.addr.port()),
+        ),
+    ];
+    let mut gw_settings = settings(apis, Limits::default());
+    gw_settings.backend_ca_pem = vec![pki.ca_pem.clone()];
+    let gw = start_gateway_with(
+        tls_settings(pki.leaf("localhost", &["localhost"]), Vec::new()),
+        gw_settings,
+        None,
+    )
+    .await;
+    let base = format!("https://localhost:{}", gw.tls.port());
+    // Each on a connection of its own.
+    let get_fresh = |h2: bool, url: String| {
+        let client = client(&pki, h2);
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), get(&client, &url))
+                .await
+                .expect("no answer within 10 s")
+        }
+    };
+    for (prefix, backend) in [("/plain", &plain), ("/tls", &tls)] {
+        for h2 in [false, true] {
+            let (parts, body) = get_fresh(h2, format!("{base}{prefix}/bad")).await;
+            assert_apim_error(&parts, &body, 502, "Bad gateway");
+            let (parts, body) = get_fresh(h2, format!("{base}{prefix}/good")).await;
+            assert_eq!(parts.status, StatusCode::OK, "{prefix} h2={h2}: {body}");
+            assert_eq!(body, "ok");
+        }
+        let requests = backend.requests();
+        assert_eq!(requests.len(), 4, "{requests:?}");
+        for (i, (connection, line)) in requests.iter().enumerate() {
+            if line.starts_with("GET /bad ") {
+                assert!(
+                    requests[i + 1..].iter().all(|(c, _)| c != connection),
+                    "{prefix}: a connection was used after a refused answer: {requests:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        gw.stats.rejections(),
+        [("BackendConnectionFailure", 4)],
+        "rejection counters"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_answer_with_content_length_and_transfer_encoding_gets_502() {
+    assert_invalid_backend_answer_gets_502(length_and_chunked_on_bad).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_101_switching_protocols_gets_502() {
+    assert_invalid_backend_answer_gets_502(switching_protocols_on_bad).await;
+}

@@ -9,14 +9,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Method, Request, Response, Version, request};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -235,22 +235,40 @@ impl Backend {
             parts.uri = Uri::from(self.upstream_path(rest_of_path, parts.uri.query())?);
             let request = Request::from_parts(parts, body);
             let sent = tokio::time::timeout_at(until, pool.send(request)).await;
-            return self.answered(sent, deadline <= own, upstream::UpstreamError::is_connect);
+            // A refused answer's body, dropped unread, closes its connection
+            // (a 101's connection hyper never keeps).
+            return self.answered(
+                sent,
+                deadline <= own,
+                upstream::UpstreamError::is_connect,
+                || {},
+            );
         }
         parts.uri = self.upstream_uri(rest_of_path, parts.uri.query())?;
-        let request = Request::from_parts(parts, body);
+        let mut request = Request::from_parts(parts, body);
+        // hyper-util's pool takes an HTTP/1.1 connection back once its response
+        // has been read off the wire, also when the body is dropped unread (a
+        // short body is drained): a refused answer's connection is poisoned.
+        let connection = capture_connection(&mut request);
         let sent = tokio::time::timeout_at(until, self.client.request(request)).await;
         self.answered(
             sent,
             deadline <= own,
             hyper_util::client::legacy::Error::is_connect,
+            || {
+                if let Some(connected) = connection.connection_metadata().as_ref() {
+                    connected.poison();
+                }
+            },
         )
     }
 
     /// What the client gets for the backend's answer (or its failure, or its
     /// silence until the timer ran out: `request_deadline_passed` tells which
     /// timer it was): the response head without hop-by-hop headers, its body
-    /// streaming.
+    /// streaming. An answer no client may be given ([`InvalidAnswer`]) is a 502,
+    /// as a response hyper could not parse is; its body is dropped unread and
+    /// `discard_connection` keeps its connection from being used again.
     #[expect(
         clippy::result_large_err,
         reason = "a Rejection (with its HeaderMap) is built only when a request is refused; boxing it would cost an allocation there and buy nothing on the pass path"
@@ -260,6 +278,7 @@ impl Backend {
         sent: Result<Result<Response<B>, E>, tokio::time::error::Elapsed>,
         request_deadline_passed: bool,
         is_connect: fn(&E) -> bool,
+        discard_connection: impl FnOnce(),
     ) -> Result<Response<ResponseBody>, Rejection>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -272,6 +291,11 @@ impl Backend {
             Ok(Ok(response)) => response,
         };
         let (mut parts, body) = response.into_parts();
+        if let Some(invalid) = InvalidAnswer::of(&parts) {
+            drop(body);
+            discard_connection();
+            return Err(self.classify(&invalid, false));
+        }
         super::forwarded::remove_hop_by_hop(&mut parts.headers);
         let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
         Ok(Response::from_parts(parts, body))
@@ -338,6 +362,37 @@ impl Backend {
             .path_and_query(path_and_query)
             .build();
         uri.map_err(|_| Rejection::bad_request())
+    }
+}
+
+/// A backend's response head that is well-formed to hyper's parser but that the
+/// gateway refuses to relay (502, as nginx answers both).
+#[derive(Debug, thiserror::Error)]
+enum InvalidAnswer {
+    /// `Content-Length` beside `Transfer-Encoding`: hyper reads the body by the
+    /// latter and keeps both headers; relayed, the stale length would cut the
+    /// body short over HTTP/1.1 and break the stream over HTTP/2. RFC 9112 §6.3
+    /// calls such a message a likely smuggling attempt.
+    #[error("invalid backend response: both Content-Length and Transfer-Encoding")]
+    LengthAndTransferEncoding,
+    /// A 1xx as the final answer: hyper passes on a 101 (the others it skips).
+    /// The gateway never forwards `Upgrade` (hop-by-hop), so no switch was asked
+    /// for; HTTP/2 has no 101 at all (RFC 9113 §8.6).
+    #[error("invalid backend response: {0} as the final status")]
+    Informational(http::StatusCode),
+}
+
+impl InvalidAnswer {
+    fn of(parts: &http::response::Parts) -> Option<Self> {
+        if parts.status.is_informational() {
+            return Some(Self::Informational(parts.status));
+        }
+        if parts.headers.contains_key(TRANSFER_ENCODING)
+            && parts.headers.contains_key(CONTENT_LENGTH)
+        {
+            return Some(Self::LengthAndTransferEncoding);
+        }
+        None
     }
 }
 
@@ -451,5 +506,41 @@ mod tests {
         assert_eq!(join_path("/api/", "/a/b"), "/api/a/b");
         assert_eq!(join_path("/api", ""), "/api");
         assert_eq!(join_path("", ""), "/");
+    }
+
+    fn head(status: u16, headers: &[(&'static str, &'static str)]) -> http::response::Parts {
+        let mut response = Response::builder().status(status);
+        for (name, value) in headers {
+            response = response.header(*name, *value);
+        }
+        response
+            .body(())
+            .map(|r| r.into_parts().0)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_final_1xx_or_length_beside_transfer_encoding_is_not_relayed() {
+        let invalid = |parts| InvalidAnswer::of(&parts).map(|e| e.to_string());
+        assert_eq!(
+            invalid(head(
+                200,
+                &[("content-length", "3"), ("transfer-encoding", "chunked")]
+            )),
+            Some("invalid backend response: both Content-Length and Transfer-Encoding".into())
+        );
+        assert_eq!(
+            invalid(head(
+                101,
+                &[("upgrade", "websocket"), ("connection", "upgrade")]
+            )),
+            Some("invalid backend response: 101 Switching Protocols as the final status".into())
+        );
+        assert_eq!(
+            invalid(head(200, &[("transfer-encoding", "chunked")])),
+            None
+        );
+        assert_eq!(invalid(head(200, &[("content-length", "3")])), None);
+        assert_eq!(invalid(head(204, &[])), None);
     }
 }

@@ -238,21 +238,7 @@ pub async fn start_backend() -> SocketAddr {
 
 /// A TLS backend (ALPN h2 and http/1.1) with a certificate for `localhost`.
 pub async fn start_tls_backend(pki: &Pki) -> SocketAddr {
-    let files = pki.leaf("backend", &["localhost"]);
-    use rustls::pki_types::pem::PemObject;
-    let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(&files.cert_chain_pem)
-        .unwrap()
-        .map(|c| c.unwrap())
-        .collect();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&files.key_pem).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
+    let mut config = tls_server_config(pki);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -275,6 +261,101 @@ pub async fn start_tls_backend(pki: &Pki) -> SocketAddr {
         }
     });
     addr
+}
+
+/// A backend that writes exact bytes: for each request head it reads (no body),
+/// the bytes `answer` gives for the request line, on the same connection, which
+/// it keeps open for more. It records each request line with the number of the
+/// connection it came on (0, 1, ...), so a test can tell whether a connection was
+/// used again. Over TLS (ALPN `http/1.1` only) when `pki` is given.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    pub requests: Arc<std::sync::Mutex<Vec<(usize, String)>>>,
+}
+
+impl RawBackend {
+    pub async fn start(pki: Option<&Pki>, answer: fn(&str) -> &'static [u8]) -> Self {
+        let acceptor = pki.map(|pki| {
+            let mut config = tls_server_config(pki);
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&requests);
+        tokio::spawn(async move {
+            for connection in 0.. {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let seen = Arc::clone(&seen);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                raw_answers(stream, connection, &seen, answer).await;
+                            }
+                        }
+                        None => raw_answers(stream, connection, &seen, answer).await,
+                    }
+                });
+            }
+        });
+        Self { addr, requests }
+    }
+
+    /// The connection each request line came on, in order.
+    pub fn requests(&self) -> Vec<(usize, String)> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+async fn raw_answers<S>(
+    mut stream: S,
+    connection: usize,
+    seen: &std::sync::Mutex<Vec<(usize, String)>>,
+    answer: fn(&str) -> &'static [u8],
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+            buffer.drain(..end + 4);
+            let line = head.lines().next().unwrap_or("").to_owned();
+            let bytes = answer(&line);
+            seen.lock().unwrap().push((connection, line));
+            if stream.write_all(bytes).await.is_err() {
+                return;
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A server configuration with a certificate for `localhost`.
+fn tls_server_config(pki: &Pki) -> rustls::ServerConfig {
+    let files = pki.leaf("backend", &["localhost"]);
+    use rustls::pki_types::pem::PemObject;
+    let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(&files.cert_chain_pem)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&files.key_pem).unwrap();
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap()
 }
 
 /// A loopback address where nothing listens.

@@ -1673,3 +1673,51 @@ async fn backend_answer_with_content_length_and_transfer_encoding_gets_502() {
 async fn backend_101_switching_protocols_gets_502() {
     assert_invalid_backend_answer_gets_502(switching_protocols_on_bad).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_fields_reach_an_http1_backend_as_one_cookie_line() {
+    let pki = Pki::new();
+    let backend = start_backend().await;
+    let mut h2c = api("h2c", None, "/h2c", &format!("http://{backend}/"));
+    h2c.backend_protocol = BackendProtocol::Http2;
+    let apis = vec![
+        api("echo", None, "/echo", &format!("http://{backend}/")),
+        h2c,
+    ];
+    let gw = start_gateway_with(
+        tls_settings(pki.leaf("localhost", &["localhost"]), Vec::new()),
+        settings(apis, Limits::default()),
+        None,
+    )
+    .await;
+    let base = format!("https://localhost:{}", gw.tls.port());
+    let with_two_cookies = |path: &str| {
+        Request::get(format!("{base}{path}"))
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let cookie_lines = |body: &str| -> Vec<String> {
+        body.lines()
+            .filter(|line| line.starts_with("cookie:"))
+            .map(str::to_owned)
+            .collect()
+    };
+    // An HTTP/2 client sends each cookie as its own field (as browsers do); an
+    // HTTP/1.1 client's two Cookie lines are joined the same way.
+    for h2 in [true, false] {
+        let (parts, body) = send(&client(&pki, h2), with_two_cookies("/echo/c")).await;
+        assert_eq!(parts.status, StatusCode::OK, "{body}");
+        assert_eq!(parts.headers["x-backend-version"], "HTTP/1.1");
+        assert_eq!(cookie_lines(&body), ["cookie: a=1; b=2"], "h2={h2}: {body}");
+    }
+    // To an HTTP/2 backend they stay separate fields, as HTTP/2 allows.
+    let (parts, body) = send(&client(&pki, true), with_two_cookies("/h2c/c")).await;
+    assert_eq!(parts.headers["x-backend-version"], "HTTP/2.0");
+    assert_eq!(
+        cookie_lines(&body),
+        ["cookie: a=1", "cookie: b=2"],
+        "{body}"
+    );
+}

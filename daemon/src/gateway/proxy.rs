@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, COOKIE, HOST, TRANSFER_ENCODING};
 use http::uri::{PathAndQuery, Uri};
-use http::{HeaderValue, Method, Request, Response, Version, request};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Version, request};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -108,6 +108,8 @@ pub(crate) struct Backend {
     client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     /// HTTP/1.1 to an `http://` backend: connections of our own, not `client`'s.
     http1: Option<Arc<upstream::Http1Pool>>,
+    /// `backend_protocol = "http2"`: requests never go out over HTTP/1.1.
+    http2_only: bool,
     /// The `Authorization` every forwarded request carries (`backend_auth`).
     credential: Option<Arc<Credential>>,
     /// This API's request counters (kept across reloads, found by name).
@@ -187,6 +189,7 @@ impl Backend {
             timeouts: api.timeouts,
             client,
             http1,
+            http2_only: api.backend_protocol == BackendProtocol::Http2,
             credential,
             metrics,
         })
@@ -220,6 +223,11 @@ impl Backend {
             }
         }
         parts.version = Version::HTTP_11;
+        if !self.http2_only {
+            // HTTP/1.1, or HTTP/2 if an https backend picks it by ALPN, where one
+            // field is as good as several.
+            join_cookies(&mut parts.headers);
+        }
         // The client sets Host from the URI: the backend sees its own name, the
         // original one travels in X-Forwarded-Host and Forwarded.
         parts.headers.remove(HOST);
@@ -396,6 +404,31 @@ impl InvalidAnswer {
     }
 }
 
+/// Joins several `cookie` fields into one, separated by "; " (empty ones left
+/// out), as RFC 9113 §8.2.3 requires before a request from an HTTP/2 client
+/// (browsers send one field per cookie) goes out over HTTP/1.1, where a backend
+/// may read only the first line; an HTTP/1.1 client's several lines are joined
+/// the same way. Nothing is allocated for none or one.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let cookies = headers.get_all(COOKIE);
+    let len = cookies.iter().map(|v| v.len() + 2).sum::<usize>();
+    let mut joined = Vec::with_capacity(len);
+    for value in cookies.iter().filter(|v| !v.is_empty()) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    // Valid field values joined by "; " are a valid field value.
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+        headers.insert(COOKIE, value);
+    }
+}
+
 fn host_for_uri(url: &Url) -> String {
     match url.host() {
         Some(url::Host::Ipv6(v6)) => format!("[{v6}]"),
@@ -508,6 +541,27 @@ mod tests {
         assert_eq!(join_path("", ""), "/");
     }
 
+    fn cookies(headers: &HeaderMap) -> Vec<&str> {
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("?"))
+            .collect()
+    }
+
+    #[test]
+    fn several_cookie_fields_are_joined_into_one() {
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, HeaderValue::from_static("a=1"));
+        headers.append("x-other", HeaderValue::from_static("o"));
+        headers.append(COOKIE, HeaderValue::from_static("b=2"));
+        headers.append(COOKIE, HeaderValue::from_static(""));
+        headers.append(COOKIE, HeaderValue::from_static("c=3; d=4"));
+        join_cookies(&mut headers);
+        assert_eq!(cookies(&headers), ["a=1; b=2; c=3; d=4"]);
+        assert_eq!(headers["x-other"], "o");
+    }
+
     fn head(status: u16, headers: &[(&'static str, &'static str)]) -> http::response::Parts {
         let mut response = Response::builder().status(status);
         for (name, value) in headers {
@@ -542,5 +596,15 @@ mod tests {
         );
         assert_eq!(invalid(head(200, &[("content-length", "3")])), None);
         assert_eq!(invalid(head(204, &[])), None);
+    }
+
+    #[test]
+    fn one_cookie_field_or_none_is_left_as_it_is() {
+        let mut headers = HeaderMap::new();
+        join_cookies(&mut headers);
+        assert!(!headers.contains_key(COOKIE));
+        headers.append(COOKIE, HeaderValue::from_static("a=1; b=2"));
+        join_cookies(&mut headers);
+        assert_eq!(cookies(&headers), ["a=1; b=2"]);
     }
 }

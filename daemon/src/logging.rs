@@ -121,7 +121,10 @@ pub fn init(default_level: &str, target: LogTarget) -> LogGuard {
         .with_env_filter(filter())
         .with_ansi(ansi)
         .with_timer(CachedUtc)
-        .with_writer(writer)
+        .with_writer(Escaping {
+            inner: writer,
+            ansi,
+        })
         .init();
     if let Some(error) = unavailable {
         tracing::warn!(
@@ -244,6 +247,70 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
+/// Stderr's writer: each event is one line. A value that holds a line break or
+/// another control character (a client's bytes, such as a token's header quoted in
+/// a refusal's detail) is written escaped (`\n`, `\r`, `\x1b`), so that no client
+/// can start a line of its own that reads as rampartd's (CWE-117) or send escape
+/// sequences to a terminal. The formatter writes each event with one `write_all`
+/// (tracing-subscriber's `fmt` layer), ending in its one line break; on a terminal
+/// (`ansi`) the formatter's own colour sequences are kept.
+struct Escaping<W> {
+    inner: W,
+    ansi: bool,
+}
+
+impl<'a, W: tracing_subscriber::fmt::MakeWriter<'a>> tracing_subscriber::fmt::MakeWriter<'a>
+    for Escaping<W>
+{
+    type Writer = EscapingWriter<W::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        EscapingWriter {
+            inner: self.inner.make_writer(),
+            ansi: self.ansi,
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        EscapingWriter {
+            inner: self.inner.make_writer_for(meta),
+            ansi: self.ansi,
+        }
+    }
+}
+
+struct EscapingWriter<W> {
+    inner: W,
+    ansi: bool,
+}
+
+impl<W: std::io::Write> std::io::Write for EscapingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let line = buf.strip_suffix(b"\n").unwrap_or(buf);
+        let escaped = |b: u8| (b < 0x20 && b != b'\t' && !(self.ansi && b == 0x1b)) || b == 0x7f;
+        if !line.iter().any(|&b| escaped(b)) {
+            self.inner.write_all(buf)?;
+            return Ok(buf.len());
+        }
+        let mut out = Vec::with_capacity(buf.len() + 32);
+        for &b in line {
+            match b {
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b if escaped(b) => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+                b => out.push(b),
+            }
+        }
+        out.extend_from_slice(&buf[line.len()..]);
+        self.inner.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +319,31 @@ mod tests {
         let mut s = String::new();
         write_datetime(&mut s, secs).unwrap();
         s
+    }
+
+    fn escaped(event: &[u8], ansi: bool) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut writer = EscapingWriter {
+            inner: Vec::new(),
+            ansi,
+        };
+        writer.write_all(event).unwrap();
+        writer.inner
+    }
+
+    #[test]
+    fn each_event_is_one_line_whatever_its_values_hold() {
+        let plain = b"2026-11-30T22:31:00Z  INFO rampart::access: path=\"/x\" status=200\n";
+        assert_eq!(escaped(plain, false), plain);
+        let forged = b"INFO rampart::pipeline: JWT refused detail=variant `x\n2026 INFO rampart::access: status=200\r\x1b[2J\x7f`\n";
+        assert_eq!(
+            String::from_utf8(escaped(forged, false)).unwrap(),
+            "INFO rampart::pipeline: JWT refused detail=variant `x\\n2026 INFO rampart::access: status=200\\r\\x1b[2J\\x7f`\n"
+        );
+        // On a terminal the formatter's colours stay; tabs stay either way.
+        let coloured = b"\x1b[32m INFO\x1b[0m a\tb\n";
+        assert_eq!(escaped(coloured, true), coloured);
+        assert_eq!(escaped(b"a\tb\n", false), b"a\tb\n");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::gateway::{
 use crate::policy::client_cert::ClientCertPolicy;
 use crate::policy::cors::{self, CorsPolicy};
 use crate::policy::headers::HeaderRules;
-use crate::policy::jwt::{JwtProvider, JwtProviderSettings, VerifiedToken};
+use crate::policy::jwt::{JwtProvider, JwtProviderSettings, JwtRejection, VerifiedToken};
 use crate::policy::keys::{self, KeyHash, KeyRejection, KeyStore, KeyStoreError};
 use crate::policy::quota::{Quota, QuotaCounters, QuotaError};
 use crate::policy::throttle::{RateLimitHeaders, RateLimiter, ThrottleError};
@@ -561,8 +561,26 @@ fn check_jwt(jwt: &ApiJwt, request: &mut RequestContext<'_>) -> Result<VerifiedT
             Some(serde_json::Value::Null) | None => config.default.clone(),
             Some(other) => Some(other.to_string()),
         };
-        if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
-            request.parts.headers.insert(name.clone(), value);
+        let Some(value) = value else { continue };
+        match HeaderValue::from_str(&value) {
+            Ok(value) => {
+                request.parts.headers.insert(name.clone(), value);
+            }
+            Err(_) => {
+                let rejected = JwtRejection::ClaimNotHeaderSafe {
+                    claim: config.claim.clone(),
+                    header: name.to_string(),
+                };
+                tracing::info!(
+                    api = request.api,
+                    peer = %request.peer,
+                    provider = jwt.provider.name(),
+                    reason = rejected.reason(),
+                    detail = %rejected,
+                    "JWT refused"
+                );
+                return Err(Stop::Reject(jwt.provider.rejection(&rejected)));
+            }
         }
     }
     Ok(token)

@@ -830,3 +830,64 @@ fn check_config_reports_jwt_errors_with_exit_64() {
     let secret_text = std::fs::read_to_string(&short_secret).unwrap();
     assert!(!err.contains(&secret_text), "{err}");
 }
+
+/// What a client writes into a token never starts a line of rampartd's log: a
+/// token whose header's `alg` holds a line break and a made-up access line is
+/// refused, and its detail is logged on the refusal's own line, escaped (before,
+/// the made-up line stood in the log as rampartd's). A signed token whose claim
+/// cannot be a header value (CR LF) is refused rather than forwarded without the
+/// claim's header, or with its default (`anonymous`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_bytes_never_start_a_log_line_and_unsafe_claims_are_refused() {
+    let setup = Setup::new("log-injection");
+    let backend = start_backend().await;
+    let daemon = setup
+        .start(&format!(
+            "{}{}",
+            static_provider(&setup),
+            orders_api(backend)
+        ))
+        .await;
+    let client = client(&setup.pki, false);
+    let url = setup.url("/orders/items");
+
+    let forged =
+        "x\n2026-11-30T22:31:00.000000Z  INFO rampart::access: peer=10.6.6.6:1 status=200 FORGED";
+    let token = sign(
+        &json!({"alg": forged, "typ": "JWT", "kid": "k1"}),
+        &claims("alice", json!(["API.Read"])),
+        &rsa_signer(),
+        Algorithm::RS256,
+    );
+    let (parts, body) = call(&client, Method::GET, &url, Some(&token), &[]).await;
+    assert_eq!(parts.status, 401, "{body}");
+    daemon.wait_for_log("FORGED", 0).await;
+    let log = daemon.log();
+    assert!(
+        !log.lines()
+            .any(|line| line.contains("FORGED") && !line.contains("JWT refused")),
+        "a client's bytes started a line of the log:\n{log}"
+    );
+    assert!(log.contains("`x\\n2026-11-30T22:31:00"), "{log}");
+
+    let unsafe_claim = rs256(&with(
+        claims("alice", json!(["API.Read"])),
+        "oid",
+        json!("alice\r\nX-Admin: 1"),
+    ));
+    let (parts, body) = call(&client, Method::GET, &url, Some(&unsafe_claim), &[]).await;
+    assert_eq!(parts.status, 401, "{body}");
+    assert!(body.contains("Invalid JWT."), "{body}");
+    daemon
+        .wait_for_log("cannot be sent as header x-user-id", 0)
+        .await;
+    // The same token with a plain claim passes.
+    let plain = rs256(&with(
+        claims("alice", json!(["API.Read"])),
+        "oid",
+        json!("alice"),
+    ));
+    let (parts, body) = call(&client, Method::GET, &url, Some(&plain), &[]).await;
+    assert_eq!(parts.status, 200, "{body}");
+    assert_eq!(echoed(&body, "x-user-id"), ["alice"], "{body}");
+}

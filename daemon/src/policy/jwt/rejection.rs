@@ -54,6 +54,12 @@ pub enum JwtRejection {
     ClaimValueNotAllowed { name: String, value: String },
     #[error("the provider's key set was never loaded")]
     KeysUnavailable,
+    /// A claim sent to the backend as a header holds what no header value may
+    /// (a control character: CR, LF, NUL, ...). Refused rather than sent without
+    /// it (or with its `default`): the backend would take the request for one
+    /// without that claim.
+    #[error("claim {claim} cannot be sent as header {header}: it holds a control character")]
+    ClaimNotHeaderSafe { claim: String, header: String },
 }
 
 impl JwtRejection {
@@ -65,7 +71,8 @@ impl JwtRejection {
             | Self::TooLarge { .. }
             | Self::CriticalHeader
             | Self::AlgorithmNotAllowed { .. }
-            | Self::BadTimeClaim { .. } => reason::JWT_INVALID,
+            | Self::BadTimeClaim { .. }
+            | Self::ClaimNotHeaderSafe { .. } => reason::JWT_INVALID,
             Self::KeyNotFound { .. } => reason::SIGNATURE_KEY_NOT_FOUND,
             Self::SignatureInvalid { .. } => reason::SIGNATURE_INVALID,
             Self::Expired { .. } => reason::EXPIRED,

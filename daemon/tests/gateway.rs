@@ -1674,6 +1674,66 @@ async fn backend_101_switching_protocols_gets_502() {
     assert_invalid_backend_answer_gets_502(switching_protocols_on_bad).await;
 }
 
+/// A response head of `fields` header fields of 8 KiB each, with a body of `ok`.
+fn large_head(fields: usize) -> Vec<u8> {
+    let mut head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
+    for i in 0..fields {
+        head.extend_from_slice(format!("X-Big-{i}: {}\r\n", "a".repeat(8 * 1024)).as_bytes());
+    }
+    head.extend_from_slice(b"\r\nok");
+    head
+}
+
+/// As above, with a head of 160 KiB (20 fields of 8 KiB) on `/bad`: over the
+/// gateway's 64 KiB for a response head; before, it was relayed whole to HTTP/1.1
+/// clients and broke the stream of HTTP/2 clients under a 200.
+fn large_head_on_bad(request_line: &str) -> &'static [u8] {
+    static HEAD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    if request_line.starts_with("GET /bad ") {
+        HEAD.get_or_init(|| large_head(20))
+    } else {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_response_head_over_64_kib_gets_502() {
+    assert_invalid_backend_answer_gets_502(large_head_on_bad).await;
+}
+
+/// A response head of 40 KiB (5 fields of 8 KiB) is within the limit and relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_response_head_under_64_kib_is_relayed() {
+    fn answer(_: &str) -> &'static [u8] {
+        static HEAD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        HEAD.get_or_init(|| large_head(5))
+    }
+    let pki = Pki::new();
+    let backend = RawBackend::start(None, answer).await;
+    let apis = vec![api(
+        "plain",
+        None,
+        "/",
+        &format!("http://{}/", backend.addr),
+    )];
+    let gw = start_gateway_with(
+        tls_settings(pki.leaf("localhost", &["localhost"]), Vec::new()),
+        settings(apis, Limits::default()),
+        None,
+    )
+    .await;
+    // Over HTTP/1.1: the test's HTTP/2 client takes no more than 16 KiB of header
+    // fields (hyper's default), a limit of its own.
+    let (parts, body) = get(
+        &client(&pki, false),
+        &format!("https://localhost:{}/x", gw.tls.port()),
+    )
+    .await;
+    assert_eq!(parts.status, StatusCode::OK, "{body}");
+    assert_eq!(parts.headers["x-big-4"].len(), 8 * 1024);
+    assert_eq!(body, "ok");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_fields_reach_an_http1_backend_as_one_cookie_line() {
     let pki = Pki::new();

@@ -156,6 +156,8 @@ impl Backend {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(api.backend_protocol == BackendProtocol::Http2)
+            .http1_max_buf_size(MAX_RESPONSE_HEAD_BYTES)
+            .http2_max_header_list_size(MAX_RESPONSE_HEAD_BYTES as u32)
             .build(connector);
         let http1 = (api.backend.scheme() == "http"
             && api.backend_protocol == BackendProtocol::Auto)
@@ -428,6 +430,14 @@ fn join_cookies(headers: &mut HeaderMap) {
         headers.insert(COOKIE, value);
     }
 }
+
+/// The largest response head a backend may send (status line and header fields):
+/// a larger one gets the client a 502, as Envoy (60 KiB), HAProxy (`tune.bufsize`,
+/// 16 KiB) and nginx (`proxy_buffer_size`, 4 or 8 KiB) refuse one; hyper alone
+/// reads about 400 KiB and relays it, and over HTTP/2 the client's own limit (which
+/// rampartd advertises too) then breaks the stream under a 200. Over HTTP/1.1 it
+/// is also the most hyper buffers of a body at once.
+pub(crate) const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 
 fn host_for_uri(url: &Url) -> String {
     match url.host() {

@@ -233,6 +233,7 @@ impl Http1Pool {
         };
         stream.set_nodelay(true).map_err(connect_error)?;
         let (sender, connection) = Builder::new()
+            .max_buf_size(super::MAX_RESPONSE_HEAD_BYTES)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Connect(Box::new(e)))?;

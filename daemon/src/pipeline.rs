@@ -219,7 +219,9 @@ fn counter_key(
             None => format!("ip:{client}"),
         },
         CounterConfig::ClientIp => format!("ip:{client}"),
-        CounterConfig::Header(name) => match headers.get(name.as_str()) {
+        // An empty value is no value: counted per client address, not in one
+        // bucket that every client sending the header empty would share.
+        CounterConfig::Header(name) => match headers.get(name.as_str()).filter(|v| !v.is_empty()) {
             Some(value) => {
                 let hash = KeyHash::of(value.as_bytes()).to_hex();
                 format!("h:{}", &hash[..32])

@@ -415,10 +415,17 @@ fn counters_by_header_and_by_ip() {
         rejection(run(&p, tenant("t1"))).status,
         StatusCode::TOO_MANY_REQUESTS
     );
-    // Without the header: counted per client address.
-    assert!(run(&p, get("/x").body(()).unwrap()).result.is_ok());
+    // An empty header: a bucket of its own would be shared by every client that
+    // sends it empty; it is counted per client address, as without the header.
+    assert!(run(&p, tenant("")).result.is_ok());
+    // Without the header: counted per client address (the one the empty header
+    // used).
     assert_eq!(
         rejection(run(&p, get("/x").body(()).unwrap())).status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        rejection(run(&p, tenant(""))).status,
         StatusCode::TOO_MANY_REQUESTS
     );
 }

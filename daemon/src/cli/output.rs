@@ -202,7 +202,9 @@ pub fn subscriptions(subs: &[SubscriptionView]) -> String {
             s.scope.clone(),
             s.state.clone(),
             s.origin.clone(),
-            time(s.created_at),
+            // A subscription declared in the configuration has no creation time
+            // (0 on the wire): a dash, not 1970.
+            or_dash((s.created_at != 0).then(|| time(s.created_at))),
         ]);
     }
     table.render(0)

@@ -479,3 +479,23 @@ fn events_are_one_line_each() {
         "2023-11-14T22:13:20.123Z  ban_added  198.51.100.7 banned for 10m source=198.51.100.7 why=\"bad keys\"\n"
     );
 }
+
+#[test]
+fn subscriptions_from_the_configuration_have_no_creation_date() {
+    let view = |name: &str, origin: &str, created_at: u64| SubscriptionView {
+        name: name.into(),
+        scope: "all".into(),
+        state: "active".into(),
+        origin: origin.into(),
+        created_at,
+    };
+    let table = output::subscriptions(&[
+        view("declared", "config", 0),
+        view("made", "store", 1_796_000_000),
+    ]);
+    let declared = table.lines().find(|l| l.starts_with("declared")).unwrap();
+    assert!(declared.trim_end().ends_with(" -"), "{table}");
+    assert!(!table.contains("1970"), "{table}");
+    let made = table.lines().find(|l| l.starts_with("made")).unwrap();
+    assert!(made.contains("2026-11-30T"), "{table}");
+}

@@ -389,6 +389,11 @@ impl JwtProvider {
         }
         let candidates = self.candidates(&loaded.set, header.kid.as_deref(), alg, now)?;
         let claims = self.verify_signature(token, &candidates, &loaded.validation)?;
+        // `iss` is one StringOrURI (RFC 7519 §4.1.1); jsonwebtoken also takes an
+        // array and passes it when any element is allowed.
+        if claims.get("iss").is_some_and(|iss| !iss.is_string()) {
+            return Err(JwtRejection::IssuerNotAllowed);
+        }
         let exp = time_claim(&claims, "exp")?.ok_or(JwtRejection::BadTimeClaim { claim: "exp" })?;
         if now >= exp.saturating_add(skew) {
             return Err(JwtRejection::Expired { exp, now, skew });

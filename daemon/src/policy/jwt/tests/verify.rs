@@ -260,6 +260,17 @@ fn issuer_and_audience_are_any_of_and_required_when_configured() {
     assert!(verify(&provider, &rs256(&wrong_array)).is_err());
     // A type-confused iss (number) is refused.
     assert!(verify(&provider, &rs256(&with(good_claims(), "iss", json!(1)))).is_err());
+    // So is an array, even one holding the allowed issuer (RFC 7519 §4.1.1: one
+    // StringOrURI; jsonwebtoken alone takes it).
+    let e = rejected(
+        &provider,
+        &rs256(&with(
+            good_claims(),
+            "iss",
+            json!([ISS, "https://evil.test"]),
+        )),
+    );
+    assert!(matches!(e, JwtRejection::IssuerNotAllowed), "{e:?}");
 }
 
 #[test]

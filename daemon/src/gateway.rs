@@ -222,43 +222,60 @@ impl Gateway {
     ) -> Result<Self, Vec<GatewayError>> {
         let mut errors = Vec::new();
         let stats = Arc::<GatewayStats>::default();
-        let backends = backends::build(&settings, &[], &stats.http)
-            .map_err(|e| errors.extend(e))
-            .unwrap_or_default();
-        let mut bound = Vec::with_capacity(listeners.len());
+        let unbound = serving::build_unbound(listeners, &settings, &[], &stats.http)
+            .map_err(|e| errors.extend(e));
+        let mut sockets = Vec::with_capacity(listeners.len());
         for listener in listeners {
-            let tls = server::listener_tls(listener).map_err(|e| errors.push(e));
-            let socket = server::bind_socket(listener.addr).await;
-            match (tls, socket) {
-                (Ok(tls), Ok(socket)) => {
-                    match server::BoundListener::new(listener.clone(), socket, tls) {
-                        Ok(listener) => bound.push(listener),
-                        Err(e) => errors.push(e),
-                    }
-                }
-                (_, Err(e)) => errors.push(e),
-                (Err(()), Ok(_)) => {}
+            match server::bind_socket(listener.addr).await {
+                Ok(socket) => sockets.push(socket),
+                Err(e) => errors.push(e),
             }
         }
-        let routes = serving::route_table(&backends).map_err(|e| errors.push(e));
-        match routes {
-            Ok(routes) if errors.is_empty() => {
-                let certificates = CertReloader {
-                    listeners: Arc::new(bound.iter().filter_map(|l| l.tls.clone()).collect()),
-                };
-                Ok(Self {
-                    listeners: bound,
-                    backends,
-                    routes: Arc::new(routes),
-                    settings,
-                    policies: Vec::new(),
-                    rejections: None,
-                    stats,
-                    certificates,
-                })
-            }
-            _ => Err(errors),
+        let Ok(serving::Unbound {
+            tls,
+            backends,
+            routes,
+        }) = unbound
+        else {
+            return Err(errors);
+        };
+        if !errors.is_empty() {
+            return Err(errors);
         }
+        let mut bound = Vec::with_capacity(listeners.len());
+        for ((listener, socket), tls) in listeners.iter().zip(sockets).zip(tls) {
+            match server::BoundListener::new(listener.clone(), socket, tls) {
+                Ok(listener) => bound.push(listener),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let certificates = CertReloader {
+            listeners: Arc::new(bound.iter().filter_map(|l| l.tls.clone()).collect()),
+        };
+        Ok(Self {
+            listeners: bound,
+            backends,
+            routes: Arc::new(routes),
+            settings,
+            policies: Vec::new(),
+            rejections: None,
+            stats,
+            certificates,
+        })
+    }
+
+    /// Builds what [`Gateway::bind_reporting_all`] builds, binding nothing: the
+    /// listeners' TLS configurations, the backends and the route table (two APIs
+    /// with the same host and prefix, a bad certificate...). For
+    /// `rampartd --check-config`. Every problem is reported (never an empty list).
+    pub fn check(
+        listeners: &[ListenerSettings],
+        settings: &GatewaySettings,
+    ) -> Result<(), Vec<GatewayError>> {
+        serving::build_unbound(listeners, settings, &[], &metrics::HttpMetrics::default()).map(drop)
     }
 
     /// Adds a policy; policies run in the order they were added.

@@ -37,7 +37,10 @@ use crate::{
         AttachMode, DropRecord, EntryOrigin, Filter, FilterError, ListEntry, ListKind, Lists,
         Protect, Settings,
     },
-    gateway::{GatewayError, running::RunningGateway},
+    gateway::{
+        GatewayError,
+        running::{GatewayConfigError, RunningGateway},
+    },
     geo::{self, GeoError},
     pipeline::PipelineError,
     policy::ban::BanTracker,
@@ -66,6 +69,11 @@ pub enum ServiceError {
     Gateway(#[from] GatewayError),
     #[error("gateway policies")]
     Pipeline(#[from] PipelineError),
+    /// What the file's gateway makes cannot be built (two APIs with one route, a
+    /// certificate that does not load...): every problem, found before anything
+    /// is bound or changed.
+    #[error("{0}")]
+    GatewayBuild(GatewayConfigError),
     #[error("state directory")]
     State(#[from] StateError),
     #[error("control socket")]
@@ -101,6 +109,7 @@ impl ServiceError {
             ServiceError::Gateway(_) => 64,
             ServiceError::Pipeline(PipelineError::KeyStore(_)) => 65,
             ServiceError::Pipeline(_) => 64,
+            ServiceError::GatewayBuild(e) => e.exit_code(),
             ServiceError::State(StateError::Locked { .. }) => 75,
             ServiceError::State(_) => 74,
             ServiceError::Control(ControlError::UnknownGroup { .. }) => 64,
@@ -130,19 +139,15 @@ pub struct FilterPlan {
 }
 
 /// Reads, validates and resolves a configuration file (with its country
-/// database). Used by `--check-config`, start-up and reload.
+/// database), and builds the gateway it describes without binding anything
+/// ([`crate::gateway::running::check`]: routes, policies, certificates). Used by
+/// `--check-config`, start-up and reload, so that the check refuses what start
+/// and reload refuse, and a bad file is refused before anything reaches the
+/// kernel or a reload changes anything.
 pub fn prepare(path: &Path) -> Result<Desired, ServiceError> {
     let config = config::load(path)?;
     let filter = config.filter.clone().map(plan_filter).transpose()?;
-    // Certificates are loaded (and thrown away) here too, so that a bad one
-    // is reported by --check-config and at start before anything reaches the
-    // kernel, and a reload with one is rejected whole.
-    for listener in crate::pipeline::gateway_settings(&config).0 {
-        if let crate::gateway::Transport::Tls(tls) = &listener.transport {
-            crate::gateway::CertResolver::load(tls)?;
-            crate::gateway::client_verification(&tls.client_auth)?;
-        }
-    }
+    crate::gateway::running::check(&config).map_err(ServiceError::GatewayBuild)?;
     Ok(Desired { config, filter })
 }
 

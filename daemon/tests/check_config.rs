@@ -133,3 +133,156 @@ fn a_certificate_that_does_not_load_is_reported() {
         "{err}"
     );
 }
+
+/// A gateway file: `[daemon]` in `d`, a plain-HTTP listener per address, then `rest`.
+fn gateway_file(d: &Dir, name: &str, addresses: &[&str], rest: &str) -> PathBuf {
+    let mut text = format!(
+        "[daemon]\nstate_dir = {state:?}\nruntime_dir = {run:?}\nlog_target = \"stderr\"\nadmin_listen = \"off\"\n\n",
+        state = d.0.join("state").display().to_string(),
+        run = d.0.join("run").display().to_string(),
+    );
+    for address in addresses {
+        text.push_str(&format!(
+            "[[listener]]\naddress = \"{address}\"\nplain_http = true\n\n"
+        ));
+    }
+    text.push_str(rest);
+    let cfg = d.0.join(name);
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// `rampartd --config FILE`, for a file it refuses: exit code and stderr.
+fn start(file: &std::path::Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rampartd"))
+        .arg("--config")
+        .arg(file)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+const TWO_ECHO_APIS: &str = "[[api]]\nname = \"echo\"\npath_prefix = \"/echo\"\nbackend = \"http://127.0.0.1:18080/\"\nsubscription = \"none\"\n\n\
+     [[api]]\nname = \"echo2\"\npath_prefix = \"/echo/\"\nbackend = \"http://127.0.0.1:18080/\"\nsubscription = \"none\"\n";
+
+#[test]
+fn two_apis_with_one_route_fail_the_check_as_they_fail_start() {
+    let d = dir("route");
+    let address = format!("127.0.0.1:{}", free_port());
+    let cfg = gateway_file(&d, "route.toml", &[&address], TWO_ECHO_APIS);
+    let (code, out, err) = check(&cfg);
+    assert_eq!(code, 64, "check said: {out}{err}");
+    assert!(
+        err.contains(
+            "gateway: APIs \"echo\" and \"echo2\" have the same host and path prefix (no host; prefix \"/echo\")"
+        ),
+        "{err}"
+    );
+    let (start_code, start_err) = start(&cfg);
+    assert_eq!(start_code, code, "start said: {start_err}");
+    assert!(
+        start_err.contains(&format!("rampartd: {}", err.trim_end())),
+        "start said:\n{start_err}\ncheck said:\n{err}"
+    );
+}
+
+#[test]
+fn hosts_that_differ_only_in_case_are_one_route() {
+    let d = dir("host-case");
+    let address = format!("127.0.0.1:{}", free_port());
+    let cfg = gateway_file(
+        &d,
+        "hosts.toml",
+        &[&address],
+        "[[api]]\nname = \"upper\"\nhost = \"A.example\"\npath_prefix = \"/v1\"\nbackend = \"http://127.0.0.1:18080/\"\nsubscription = \"none\"\n\n\
+         [[api]]\nname = \"lower\"\nhost = \"a.example\"\npath_prefix = \"/v1\"\nbackend = \"http://127.0.0.1:18080/\"\nsubscription = \"none\"\n",
+    );
+    let (code, out, err) = check(&cfg);
+    assert_eq!(code, 64, "check said: {out}{err}");
+    assert!(
+        err.contains("APIs \"upper\" and \"lower\" have the same host and path prefix (host \"a.example\", names compared without case; prefix \"/v1\")"),
+        "{err}"
+    );
+    let (start_code, start_err) = start(&cfg);
+    assert_eq!(start_code, 64, "{start_err}");
+    assert!(
+        start_err.contains("APIs \"upper\" and \"lower\""),
+        "{start_err}"
+    );
+}
+
+#[test]
+fn listeners_that_cannot_both_bind_are_a_positioned_error() {
+    let d = dir("listeners");
+    let port = free_port();
+    let api = "[[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://127.0.0.1:18080/\"\nsubscription = \"none\"\n";
+    // [daemon] takes 7 lines and each listener 4: the first address is on
+    // line 8, the second on line 12, column 11.
+    for (first, second, needle) in [
+        (
+            format!("127.0.0.1:{port}"),
+            format!("0.0.0.0:{port}"),
+            format!("0.0.0.0:{port} takes port {port} on every IPv4 address"),
+        ),
+        (
+            format!("127.0.0.1:{port}"),
+            format!("[::]:{port}"),
+            format!("[::]:{port} takes port {port} on every IPv6 and IPv4 address"),
+        ),
+        (
+            format!("[::1]:{port}"),
+            format!("[::]:{port}"),
+            format!("[::]:{port} takes port {port} on every IPv6 and IPv4 address"),
+        ),
+        (
+            format!("127.0.0.1:{port}"),
+            format!("[::ffff:127.0.0.1]:{port}"),
+            "they are the same address".to_owned(),
+        ),
+    ] {
+        let cfg = gateway_file(&d, "listeners.toml", &[&first, &second], api);
+        let (code, out, err) = check(&cfg);
+        assert_eq!(code, 64, "{first} and {second}: check said {out}{err}");
+        let expected = format!(
+            "{}:12:11: listener address {second} overlaps listener {first} (line 8): {needle}",
+            cfg.display()
+        );
+        assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
+        let (start_code, start_err) = start(&cfg);
+        assert_eq!(start_code, 64, "{start_err}");
+        assert!(start_err.contains(&expected), "{start_err}");
+    }
+    // The same address twice names the first one's line too.
+    let same = format!("127.0.0.1:{port}");
+    let cfg = gateway_file(&d, "same.toml", &[&same, &same], api);
+    let (code, _, err) = check(&cfg);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains(&format!(
+            ":12:11: listener address {same} appears twice (first at line 8)"
+        )),
+        "{err}"
+    );
+    // Another port, or IPv6 loopback beside IPv4 loopback, binds.
+    let other = free_port();
+    for (first, second) in [
+        (format!("127.0.0.1:{port}"), format!("0.0.0.0:{other}")),
+        (format!("[::1]:{port}"), format!("127.0.0.1:{port}")),
+    ] {
+        let cfg = gateway_file(&d, "fine.toml", &[&first, &second], api);
+        let (code, out, err) = check(&cfg);
+        assert_eq!(code, 0, "{first} and {second}: {out}{err}");
+    }
+}

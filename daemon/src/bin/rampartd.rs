@@ -45,6 +45,13 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
+            Err(service::ServiceError::GatewayBuild(e)) => {
+                // One line per problem, each as start and reload say it.
+                for problem in &e.problems {
+                    eprintln!("{}", service::chain(problem));
+                }
+                ExitCode::from(e.exit_code())
+            }
             Err(e) => {
                 eprintln!("{}", service::chain(&e));
                 ExitCode::from(e.exit_code())

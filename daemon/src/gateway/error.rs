@@ -74,8 +74,16 @@ pub enum GatewayError {
         prefix: String,
         why: String,
     },
-    #[error("APIs {first:?} and {second:?} have the same host and path prefix")]
-    DuplicateRoute { first: String, second: String },
+    /// `route` names the shared host and prefix as compared (host names without
+    /// case, a prefix without its trailing `/`).
+    #[error(
+        "APIs {first:?} and {second:?} have the same host and path prefix ({route}): a request could not tell them apart"
+    )]
+    DuplicateRoute {
+        first: String,
+        second: String,
+        route: String,
+    },
     #[error("API {api:?}: backend_auth")]
     BackendAuth {
         api: String,

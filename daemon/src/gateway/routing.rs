@@ -56,9 +56,16 @@ impl<T> RouteTable<T> {
                 .iter()
                 .find(|(_, r)| r.host == host && r.prefix == prefix)
             {
+                let route = match &host {
+                    Some(host) => {
+                        format!("host {host:?}, names compared without case; prefix {prefix:?}")
+                    }
+                    None => format!("no host; prefix {prefix:?}"),
+                };
                 return Err(GatewayError::DuplicateRoute {
                     first: first.clone(),
                     second: api.name,
+                    route,
                 });
             }
             routes.push((

@@ -204,6 +204,37 @@ impl fmt::Debug for RunningGateway {
     }
 }
 
+/// Builds everything [`start`] and a reload build that needs no privileges, no
+/// state and no network, and throws it away: the subscriptions the file declares,
+/// the policies (rate limits, quotas, CORS, validation, JWT providers with their
+/// static keys), the listeners' TLS configurations, the backends and the route
+/// table. Through the same functions as [`start`] and [`RunningGateway::reload`]:
+/// `rampartd --check-config` accepts what they accept, and start and reload refuse
+/// a file before binding or changing anything. Every problem is reported.
+pub fn check(config: &Config) -> Result<(), GatewayConfigError> {
+    if config.listeners.is_empty() {
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    let mut keys = crate::policy::keys::KeyStore::in_memory();
+    if let Err(e) = keys.set_static(pipeline::static_subscriptions(&config.subscriptions)) {
+        problems.push(Problem::Subscriptions(e));
+    }
+    let quotas = QuotaCounters::in_memory(1, crate::policy::quota::SystemClock);
+    if let Err(e) = ApiPolicies::build(config, Arc::new(keys), Arc::new(quotas), None) {
+        problems.extend(e.into_iter().map(Problem::Pipeline));
+    }
+    let (listeners, settings) = pipeline::gateway_settings(config);
+    if let Err(e) = Gateway::check(&listeners, &settings) {
+        problems.extend(e.into_iter().map(Problem::Gateway));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(GatewayConfigError::new(problems))
+    }
+}
+
 /// Starts the gateway of `config` when it has listeners (`None` without): opens
 /// the subscription store and quota counters, builds everything, binds every
 /// listener, then serves on the current Tokio runtime until `shutdown` is

@@ -141,6 +141,48 @@ impl GatewayHandle {
     }
 }
 
+/// What the gateway builds from its settings before anything is bound: each
+/// listener's TLS configuration (certificates, keys, client CAs and CRLs loaded),
+/// the backends (keeping those of `previous` that serve an unchanged API) and the
+/// route table. Start ([`Gateway::bind_reporting_all`]), reload
+/// ([`ServingGateway::prepare`]) and `rampartd --check-config` ([`Gateway::check`])
+/// all build through here, so what the check accepts is what they build. Every
+/// problem is reported (never an empty list).
+pub(crate) struct Unbound {
+    /// One per listener, in order; `None` for plain HTTP.
+    pub(crate) tls: Vec<Option<Arc<ListenerTls>>>,
+    pub(crate) backends: Vec<BackendEntry>,
+    pub(crate) routes: RouteTable<Backend>,
+}
+
+pub(crate) fn build_unbound(
+    listeners: &[ListenerSettings],
+    settings: &GatewaySettings,
+    previous: &[BackendEntry],
+    metrics: &super::metrics::HttpMetrics,
+) -> Result<Unbound, Vec<GatewayError>> {
+    let mut errors = Vec::new();
+    let mut tls = Vec::with_capacity(listeners.len());
+    for listener in listeners {
+        match server::listener_tls(listener) {
+            Ok(loaded) => tls.push(loaded),
+            Err(e) => errors.push(e),
+        }
+    }
+    let backends = backends::build(settings, previous, metrics)
+        .map_err(|e| errors.extend(e))
+        .unwrap_or_default();
+    let routes = route_table(&backends).map_err(|e| errors.push(e));
+    match routes {
+        Ok(routes) if errors.is_empty() => Ok(Unbound {
+            tls,
+            backends,
+            routes,
+        }),
+        _ => Err(errors),
+    }
+}
+
 pub(crate) fn route_table(backends: &[BackendEntry]) -> Result<RouteTable<Backend>, GatewayError> {
     RouteTable::from_shared(
         backends
@@ -247,27 +289,36 @@ impl ServingGateway {
         let mut errors = Vec::new();
         let running = self.server.listeners();
         let is_running = |addr: SocketAddr| running.iter().any(|l| l.settings.addr == addr);
-        let mut added = Vec::new();
+        let mut sockets = Vec::new();
         for listener in listeners.iter().filter(|l| !is_running(l.addr)) {
             match server::bind_socket(listener.addr).await {
-                Ok(socket) => added.push((listener, socket)),
+                Ok(socket) => sockets.push((listener.addr, socket)),
                 Err(e) => errors.push(e),
             }
         }
-        let mut bound = Vec::with_capacity(added.len());
-        for (listener, socket) in added {
-            let tls = server::listener_tls(listener).map_err(|e| errors.push(e));
-            if let Ok(tls) = tls {
-                match BoundListener::new(listener.clone(), socket, tls) {
-                    Ok(listener) => bound.push(listener),
-                    Err(e) => errors.push(e),
-                }
-            }
-        }
+        let unbound = build_unbound(listeners, &settings, &self.backends, &self.stats().http)
+            .map_err(|e| errors.extend(e));
+        let Ok(Unbound {
+            tls,
+            backends,
+            routes,
+        }) = unbound
+        else {
+            return Err(errors);
+        };
+        let mut added = Vec::new();
         let mut kept = Vec::new();
-        for listener in listeners.iter().filter(|l| is_running(l.addr)) {
-            match server::listener_tls(listener) {
-                Ok(tls) => kept.push((listener.clone(), tls)),
+        for (listener, tls) in listeners.iter().zip(tls) {
+            if is_running(listener.addr) {
+                kept.push((listener.clone(), tls));
+                continue;
+            }
+            let Some(index) = sockets.iter().position(|(addr, _)| *addr == listener.addr) else {
+                continue;
+            };
+            let (_, socket) = sockets.swap_remove(index);
+            match BoundListener::new(listener.clone(), socket, tls) {
+                Ok(listener) => added.push(listener),
                 Err(e) => errors.push(e),
             }
         }
@@ -276,21 +327,17 @@ impl ServingGateway {
             .map(|l| l.settings.addr)
             .filter(|addr| !listeners.iter().any(|l| l.addr == *addr))
             .collect();
-        let backends = backends::build(&settings, &self.backends, &self.stats().http)
-            .map_err(|e| errors.extend(e))
-            .unwrap_or_default();
-        let routes = route_table(&backends).map_err(|e| errors.push(e));
-        match routes {
-            Ok(routes) if errors.is_empty() => Ok(PreparedGateway {
-                added: bound,
-                kept,
-                removed,
-                backends,
-                routes: Arc::new(routes),
-                settings,
-            }),
-            _ => Err(errors),
+        if !errors.is_empty() {
+            return Err(errors);
         }
+        Ok(PreparedGateway {
+            added,
+            kept,
+            removed,
+            backends,
+            routes: Arc::new(routes),
+            settings,
+        })
     }
 
     /// Installs `prepared` with `policies` in one step: requests that arrive from

@@ -1176,6 +1176,9 @@ pub(crate) fn reload_error(e: &ServiceError) -> ErrorReply {
         ServiceError::Config(c) => {
             reply.details = c.to_string().lines().map(str::to_owned).collect()
         }
+        ServiceError::GatewayBuild(g) => {
+            reply.details = g.problems.iter().map(|p| chain(p)).collect()
+        }
         other => reply.details = vec![chain(other)],
     }
     reply

@@ -39,9 +39,50 @@ const SUBSCRIPTION_STATES: [(&str, SubscriptionState); 3] = [
     ("cancelled", SubscriptionState::Cancelled),
 ];
 
+/// Two listener addresses that cannot both be bound on Linux: the same port (not
+/// 0, which the kernel picks) on the same address, or with a wildcard on either
+/// side. `0.0.0.0:P` takes the port on every IPv4 address; `[::]:P` on every IPv6
+/// address and, since rampartd's IPv6 sockets are dual-stack (it does not set
+/// IPV6_V6ONLY, and Linux's `net.ipv6.bindv6only` is 0 unless changed), on every
+/// IPv4 address too. An IPv4-mapped address (`[::ffff:127.0.0.1]`) is its IPv4
+/// address.
+pub(crate) fn listeners_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    use std::net::IpAddr;
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let plain = |ip: IpAddr| ip.to_canonical();
+    match (plain(a.ip()), plain(b.ip())) {
+        (x, y) if x == y => true,
+        (IpAddr::V4(x), IpAddr::V4(y)) => x.is_unspecified() || y.is_unspecified(),
+        (IpAddr::V6(x), IpAddr::V6(y)) => x.is_unspecified() || y.is_unspecified(),
+        (IpAddr::V6(v6), IpAddr::V4(_)) | (IpAddr::V4(_), IpAddr::V6(v6)) => v6.is_unspecified(),
+    }
+}
+
+/// Why two different addresses of [`listeners_overlap`] overlap.
+fn overlap_reason(a: SocketAddr, b: SocketAddr) -> String {
+    let port = a.port();
+    let ips = [a.ip().to_canonical(), b.ip().to_canonical()];
+    // `[::]` first: it is what makes an IPv6 and an IPv4 address overlap.
+    let wildcard = (ips.iter().find(|ip| ip.is_ipv6() && ip.is_unspecified()))
+        .or_else(|| ips.iter().find(|ip| ip.is_unspecified()));
+    match wildcard {
+        Some(std::net::IpAddr::V6(_)) => format!(
+            "[::]:{port} takes port {port} on every IPv6 and IPv4 address \
+             (rampartd's IPv6 listeners are dual-stack)"
+        ),
+        Some(std::net::IpAddr::V4(_)) => {
+            format!("0.0.0.0:{port} takes port {port} on every IPv4 address")
+        }
+        None => "they are the same address".to_owned(),
+    }
+}
+
 impl Checker<'_> {
     pub(super) fn listeners(&mut self, raw: Vec<Spanned<RawListener>>) -> Vec<ListenerConfig> {
-        let mut seen = HashSet::new();
+        // Addresses so far, with where each was written.
+        let mut seen: Vec<(SocketAddr, usize)> = Vec::new();
         let mut listeners = Vec::with_capacity(raw.len());
         for raw in raw {
             let section = raw.span().start;
@@ -59,11 +100,24 @@ impl Checker<'_> {
                 );
                 continue;
             };
-            if !seen.insert(addr) {
-                self.error(
-                    address.span().start,
-                    format!("listener address {addr} appears twice"),
-                );
+            let offset = address.span().start;
+            if let Some((earlier, at)) = seen
+                .iter()
+                .find(|(earlier, _)| listeners_overlap(*earlier, addr))
+            {
+                let (line, _) = self.source.position(*at);
+                let message = if *earlier == addr {
+                    format!("listener address {addr} appears twice (first at line {line})")
+                } else {
+                    format!(
+                        "listener address {addr} overlaps listener {earlier} (line {line}): {}; \
+                         rampartd could not bind both, list one of them",
+                        overlap_reason(*earlier, addr)
+                    )
+                };
+                self.error(offset, message);
+            } else {
+                seen.push((addr, offset));
             }
             let plain = raw.plain_http.as_ref().is_some_and(|p| *p.get_ref());
             let transport = match (raw.tls, plain) {

@@ -151,6 +151,53 @@ pub fn prepare(path: &Path) -> Result<Desired, ServiceError> {
     Ok(Desired { config, filter })
 }
 
+/// What rampartd reads only at start: `[daemon]` (paths, control socket and
+/// group, admin listener, logging) and `[gateway] worker_threads`. A reload
+/// that changes one applies the rest of the file, keeps the running value, and
+/// says which keys were not applied (log, `rampart reload`, STATUS=).
+pub(crate) struct StartOnly {
+    daemon: config::DaemonConfig,
+    worker_threads: u32,
+}
+
+impl StartOnly {
+    pub(crate) fn of(config: &Config) -> Self {
+        Self {
+            daemon: config.daemon.clone(),
+            worker_threads: config.gateway.worker_threads,
+        }
+    }
+
+    /// The keys whose value in `new` is not the one the daemon started with
+    /// (and still runs with), in the order of the reference.
+    pub(crate) fn not_applied(&self, new: &Config) -> Vec<&'static str> {
+        let (old, d) = (&self.daemon, &new.daemon);
+        [
+            (old.state_dir != d.state_dir, "[daemon] state_dir"),
+            (old.runtime_dir != d.runtime_dir, "[daemon] runtime_dir"),
+            (old.pin_root != d.pin_root, "[daemon] pin_root"),
+            (old.log_level != d.log_level, "[daemon] log_level"),
+            (old.log_target != d.log_target, "[daemon] log_target"),
+            (
+                old.control_socket() != d.control_socket(),
+                "[daemon] control_socket",
+            ),
+            (
+                old.control_group != d.control_group,
+                "[daemon] control_group",
+            ),
+            (old.admin_listen != d.admin_listen, "[daemon] admin_listen"),
+            (
+                self.worker_threads != new.gateway.worker_threads,
+                "[gateway] worker_threads",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(changed, key)| changed.then_some(key))
+        .collect()
+    }
+}
+
 fn plan_filter(f: FilterConfig) -> Result<FilterPlan, ServiceError> {
     let settings = Settings {
         protect: match &f.protect {
@@ -451,6 +498,8 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
             config_countries,
             loaded_countries,
             last_reload: None,
+            start_only: StartOnly::of(&desired.config),
+            not_applied: Vec::new(),
             bans_issued: 0,
             reloads: crate::admin::ReloadCounts::started(controller::unix_now()),
             gateway: gateway
@@ -626,10 +675,22 @@ fn reload_all(c: &mut Controller) -> Result<String, ErrorReply> {
         c.bans.set_settings(plan.config.autoban);
     }
     c.refresh_exempt();
-    Ok(format!(
-        "configuration reloaded from {}",
-        c.config_path.display()
-    ))
+    c.not_applied = c.start_only.not_applied(&desired.config);
+    Ok(reloaded_message(&c.config_path, &c.not_applied))
+}
+
+/// What a reload that was applied says (log, `rampart reload`, events): with the
+/// keys it did not apply, which keep the values rampartd started with.
+fn reloaded_message(path: &Path, not_applied: &[&str]) -> String {
+    if not_applied.is_empty() {
+        format!("configuration reloaded from {}", path.display())
+    } else {
+        format!(
+            "configuration reloaded from {}, except {}: read only at start, their running values stay until rampartd restarts",
+            path.display(),
+            not_applied.join(", ")
+        )
+    }
 }
 
 /// An error and its sources on one line.

@@ -577,3 +577,92 @@ async fn rejections_reach_the_sink_with_the_tcp_peer_and_are_counted() {
     shutdown.cancel();
     gateway.drained().await.unwrap();
 }
+
+/// `rampart --socket SOCKET reload`: exit code and stdout.
+fn rampart_reload(socket: &Path) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .arg("--socket")
+        .arg(socket)
+        .arg("reload")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Removing `control_group` and reloading: the rest of the file is applied,
+/// the answer and the log name the key that was not, and the socket keeps its
+/// group until a restart (as the answer says). Root only: the socket is
+/// given to the group `users` (gid 100).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_changes_control_group_says_it_needs_a_restart() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to give the control socket to a group");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt as _;
+    let setup = Setup::new("reload-group").await;
+    let port = free_port();
+    let api = |name: &str| {
+        format!(
+            "[[api]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nbackend = \"http://{{backend}}/\"\nsubscription = \"none\"\n"
+        )
+    };
+    let with_group = setup.text(&[port], &api("one")).replacen(
+        "[daemon]\n",
+        "[daemon]\ncontrol_group = \"users\"\nadmin_listen = \"off\"\n",
+        1,
+    );
+    let without_group = setup.text(&[port], &api("two")).replacen(
+        "[daemon]\n",
+        "[daemon]\nadmin_listen = \"off\"\n",
+        1,
+    );
+    let mut daemon = setup.start(&with_group, port).await;
+    let socket = setup.dir.0.join("run").join("control.sock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(std::fs::metadata(&socket).unwrap().gid(), 100);
+
+    std::fs::write(&setup.config, &without_group).unwrap();
+    let (code, answer) = rampart_reload(&socket);
+    assert_eq!(code, 0, "{answer}");
+    let expected = format!(
+        "configuration reloaded from {}, except [daemon] control_group: read only at start, \
+         their running values stay until rampartd restarts",
+        setup.config.display()
+    );
+    assert_eq!(answer.trim_end(), expected);
+    let log = daemon.log();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains(&expected)
+            && l.contains("not_applied=[daemon] control_group")),
+        "{log}"
+    );
+    // The rest was applied; the group was not.
+    let h1 = client(&setup.pki, false);
+    assert_eq!(status(&h1, &url(port, "/two/x")).await, 200);
+    assert_eq!(status(&h1, &url(port, "/one/x")).await, 404);
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!((meta.gid(), meta.mode() & 0o777), (100, 0o660));
+
+    // A second reload of the same file still says so: the running group is
+    // still the one rampartd started with.
+    let (code, answer) = rampart_reload(&socket);
+    assert_eq!((code, answer.trim_end()), (0, expected.as_str()));
+    // Back to the group it started with: nothing left to say.
+    std::fs::write(&setup.config, &with_group).unwrap();
+    let (code, answer) = rampart_reload(&socket);
+    assert_eq!(code, 0, "{answer}");
+    assert_eq!(
+        answer.trim_end(),
+        format!("configuration reloaded from {}", setup.config.display())
+    );
+    daemon.terminate().await;
+}

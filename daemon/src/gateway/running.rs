@@ -117,8 +117,6 @@ pub struct ReloadSummary {
     pub jwt_providers_kept: Vec<String>,
     /// JWT providers whose keys are fetched anew (new or changed).
     pub jwt_providers_started: Vec<String>,
-    /// Settings that changed but apply only at restart.
-    pub needs_restart: Vec<&'static str>,
 }
 
 impl fmt::Display for ReloadSummary {
@@ -134,11 +132,7 @@ impl fmt::Display for ReloadSummary {
             self.backends_kept,
             self.jwt_providers_kept.len(),
             self.jwt_providers_started.len(),
-        )?;
-        if !self.needs_restart.is_empty() {
-            write!(f, "; needs a restart: {}", self.needs_restart.join(", "))?;
-        }
-        Ok(())
+        )
     }
 }
 
@@ -375,12 +369,8 @@ fn api_changes(old: &Config, new: &Config, summary: &mut ReloadSummary) {
         .filter(|a| !new.apis.iter().any(|n| n.name == a.name))
         .map(|a| a.name.clone())
         .collect();
-    if old.daemon.state_dir != new.daemon.state_dir {
-        summary.needs_restart.push("[daemon] state_dir");
-    }
-    if old.gateway.worker_threads != new.gateway.worker_threads {
-        summary.needs_restart.push("[gateway] worker_threads");
-    }
+    // Settings read only at start are the service's to report
+    // (service::StartOnly): they are not the gateway's alone.
 }
 
 impl RunningGateway {

@@ -82,6 +82,11 @@ pub(crate) struct Controller {
     /// The table of the last `geo load`, when one was made.
     pub loaded_countries: Option<Vec<(IpNet, u16)>>,
     pub last_reload: Option<ReloadStatus>,
+    /// The settings read only at start, as the daemon started with them.
+    pub start_only: super::StartOnly,
+    /// The keys of the file in force that differ from those (not applied): set
+    /// by each applied reload.
+    pub not_applied: Vec<&'static str>,
     pub bans_issued: u64,
     /// Reload outcomes (`/metrics`).
     pub reloads: crate::admin::ReloadCounts,
@@ -1132,8 +1137,21 @@ impl Controller {
         let at = unix_now();
         self.reloads.record(result.is_ok(), at);
         match &result {
+            Ok(message) if !self.not_applied.is_empty() => {
+                tracing::warn!(
+                    rampart_event = "config_reloaded",
+                    config = %self.config_path.display(),
+                    not_applied = %self.not_applied.join(", "),
+                    "{message}"
+                );
+            }
             Ok(message) => {
                 tracing::info!(rampart_event = "config_reloaded", config = %self.config_path.display(), "{message}");
+            }
+            Err(_) => {}
+        }
+        match &result {
+            Ok(message) => {
                 self.events
                     .push("config_reloaded", message.clone(), Vec::new());
                 self.last_reload = Some(ReloadStatus {

@@ -114,11 +114,25 @@ impl Notifier {
 
     /// `READY=1` again after a reload, `STATUS=` saying how it went; a
     /// rejection stays in the status line until a reload succeeds.
-    pub(crate) fn reloaded(&self, result: &Result<String, ErrorReply>, summary: &str) {
+    pub(crate) fn reloaded(
+        &self,
+        result: &Result<String, ErrorReply>,
+        summary: &str,
+        not_applied: &[&str],
+    ) {
         if !self.enabled {
             return;
         }
-        let note = result.as_ref().err().map(rejection_note);
+        // A rejection, or the start-only keys an applied reload left as they
+        // were: kept until the next reload says otherwise.
+        let note = match result {
+            Err(e) => Some(rejection_note(e)),
+            Ok(_) if !not_applied.is_empty() => Some(format!(
+                "needs a restart to apply {}",
+                not_applied.join(", ")
+            )),
+            Ok(_) => None,
+        };
         if let Ok(mut kept) = self.reload_note.lock() {
             kept.clone_from(&note);
         }
@@ -324,7 +338,8 @@ impl Controller {
     pub(crate) fn notified_reload(&mut self) -> Result<String, ErrorReply> {
         self.notify.reloading();
         let result = self.reload();
-        self.notify.reloaded(&result, &self.summary().to_string());
+        self.notify
+            .reloaded(&result, &self.summary().to_string(), &self.not_applied);
         result
     }
 }

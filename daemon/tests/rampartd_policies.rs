@@ -985,6 +985,150 @@ validation = {{ content_types = ["application/json"], max_body_bytes = 1024, jso
     assert!(status.success(), "{status}:\n{}", daemon.log());
 }
 
+/// The backend of the tests below, and APIs on it: `schemaonly` (a schema and no
+/// `content_types`, as the tester's), `val` (JSON only, a schema) and `json` (JSON
+/// only, no schema).
+async fn start_validation_apis(setup: &Setup) -> (Daemon, Arc<Recorder>) {
+    let (backend, recorder) = start_recording_backend().await;
+    let daemon = setup
+        .start(&format!(
+            r#"
+[[api]]
+name = "schemaonly"
+path_prefix = "/schemaonly"
+backend = "http://{backend}/"
+subscription = "none"
+validation = {{ json_schema = {{ type = "object", required = ["a"], properties = {{ a = {{ type = "integer", maximum = 10 }} }}, additionalProperties = false }} }}
+
+[[api]]
+name = "val"
+path_prefix = "/val"
+backend = "http://{backend}/"
+subscription = "none"
+validation = {{ content_types = ["application/json"], json_schema = {{ type = "object", required = ["a"], properties = {{ a = {{ type = "integer", maximum = 10 }} }} }} }}
+
+[[api]]
+name = "json"
+path_prefix = "/json"
+backend = "http://{backend}/"
+subscription = "none"
+validation = {{ content_types = ["application/json"] }}
+"#
+        ))
+        .await;
+    (daemon, recorder)
+}
+
+/// A POST with these headers and body, over HTTP/1.1 or HTTP/2.
+async fn post_raw(
+    setup: &Setup,
+    h2: bool,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: AnyBody,
+) -> (http::response::Parts, String) {
+    let client: TestClient<AnyBody> = gateway_support::client(&setup.pki, h2);
+    let mut request = Request::post(setup.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let (parts, body) = send(&client, request.body(body).unwrap()).await;
+    let version = if h2 {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
+    assert_eq!(parts.version, version);
+    (parts, body)
+}
+
+fn full(body: &'static str) -> AnyBody {
+    Full::new(Bytes::from_static(body.as_bytes())).boxed_unsync()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_without_content_types_refuses_bodies_not_declared_json() {
+    let setup = Setup::new("validation-schema-only").await;
+    let (mut daemon, recorder) = start_validation_apis(&setup).await;
+    let body = r#"{"a":999,"admin":true}"#;
+
+    for h2 in [false, true] {
+        for (content_type, media_type) in [
+            ("text/plain", "text/plain"),
+            (
+                "application/x-www-form-urlencoded",
+                "application/x-www-form-urlencoded",
+            ),
+            ("application/json5", "application/json5"),
+            ("Application/JSONX; charset=utf-8", "application/jsonx"),
+        ] {
+            let (parts, text) = post_raw(
+                &setup,
+                h2,
+                "/schemaonly/x",
+                &[("content-type", content_type)],
+                full(body),
+            )
+            .await;
+            assert_exact_error(
+                &parts,
+                &text,
+                400,
+                &format!("Unspecified content type {media_type} is not allowed."),
+            );
+        }
+        let (parts, text) = post_raw(&setup, h2, "/schemaonly/x", &[], full(body)).await;
+        assert_exact_error(
+            &parts,
+            &text,
+            400,
+            "Request's content type is not specified; a request body needs a Content-Type header.",
+        );
+        // Declared as JSON, the body is checked against the schema.
+        let (parts, text) = post_raw(
+            &setup,
+            h2,
+            "/schemaonly/x",
+            &[("content-type", "application/json; charset=utf-8")],
+            full(body),
+        )
+        .await;
+        let message = error_message(&parts, &text, 400);
+        assert!(
+            message.starts_with("Request's body does not conform to the schema at /"),
+            "{message}"
+        );
+    }
+    assert_eq!(recorder.total(), 0, "a refused body reached the backend");
+
+    // JSON that conforms passes (+json too), and so does a request without a body.
+    for h2 in [false, true] {
+        let (parts, text) = post_raw(
+            &setup,
+            h2,
+            "/schemaonly/x",
+            &[("content-type", "application/vnd.x+json")],
+            full(r#"{"a":1}"#),
+        )
+        .await;
+        assert_eq!(parts.status, 200, "{text}");
+        assert_eq!(text, r#"{"a":1}"#);
+        let (parts, text) = post_raw(
+            &setup,
+            h2,
+            "/schemaonly/x",
+            &[("content-type", "text/plain")],
+            Empty::new().boxed_unsync(),
+        )
+        .await;
+        assert_eq!(parts.status, 200, "{text}");
+    }
+    assert_eq!(recorder.total(), 4);
+
+    let status = daemon.terminate().await;
+    assert!(status.success(), "{status}:\n{}", daemon.log());
+}
+
 // ---------------------------------------------------------------------------
 // 7. Backend down or slow
 // ---------------------------------------------------------------------------

@@ -114,7 +114,8 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 102_400;
 pub struct ValidationSettings {
     /// Media types a request body may have (`type/subtype`, case-insensitive; parameters
     /// such as `charset` are ignored). A request with a body and another or no
-    /// `Content-Type` gets 400. Default: empty, meaning any content type.
+    /// `Content-Type` gets 400. Default: empty, meaning any content type, or, when a
+    /// JSON Schema is set, the JSON types only (`application/json` and `+json`).
     #[serde(default)]
     pub content_types: Vec<String>,
     /// Bodies declared as JSON (`application/json` or any `+json` type) must parse.
@@ -185,8 +186,11 @@ pub enum ValidationConfigError {
 /// Validated settings, ready for per-request checks.
 #[derive(Debug)]
 pub struct RequestValidator {
-    /// Lowercased `type/subtype` essences; empty means any.
+    /// Lowercased `type/subtype` essences; empty means any (see `json_types_only`).
     content_types: Vec<String>,
+    /// A schema is set and `content_types` is empty: a body must be declared as JSON,
+    /// else the schema would be skipped for a body many backends parse as JSON anyway.
+    json_types_only: bool,
     require_valid_json: bool,
     schema: Option<jsonschema::Validator>,
     max_body_bytes: u64,
@@ -245,6 +249,7 @@ impl ValidationSettings {
             return Err(errors);
         }
         Ok(RequestValidator {
+            json_types_only: content_types.is_empty() && schema.is_some(),
             content_types,
             require_valid_json: self.require_valid_json,
             schema,
@@ -307,6 +312,16 @@ impl RequestValidator {
                 return Err(RequestInvalid::ContentTypeNotAllowed {
                     media_type: media.essence.clone(),
                 });
+            }
+        } else if self.json_types_only {
+            match &media {
+                None => return Err(RequestInvalid::ContentTypeMissing),
+                Some(media) if !media.is_json() => {
+                    return Err(RequestInvalid::ContentTypeNotAllowed {
+                        media_type: media.essence.clone(),
+                    });
+                }
+                Some(_) => {}
             }
         }
         let is_json = media.as_ref().is_some_and(MediaType::is_json);

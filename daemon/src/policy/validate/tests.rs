@@ -399,3 +399,76 @@ fn unexpected_properties_are_reported_and_the_body_is_apim_json() {
         "{ \"statusCode\": 413, \"message\": \"Request's body is 200000 bytes long and it exceeds the limit of 102400 bytes.\" }"
     );
 }
+
+/// A schema and no `content_types`, as the tester's `schemaonly` API.
+fn schema_only() -> ValidationSettings {
+    ValidationSettings {
+        json_schema: Some(json!({
+            "type": "object",
+            "properties": {"a": {"type": "integer", "maximum": 10}}
+        })),
+        ..ValidationSettings::default()
+    }
+}
+
+#[test]
+fn a_schema_without_content_types_allows_json_types_only() {
+    let v = validator(&schema_only());
+    for ct in [
+        "application/json",
+        "Application/JSON ; charset=UTF-8",
+        "application/problem+json",
+    ] {
+        let h = headers(&[("content-type", ct)]);
+        let r = rejected(run(&v, &h, br#"{"a": 99}"#));
+        assert_eq!(r.reason, reason::SCHEMA_VIOLATION, "{ct}");
+    }
+    for (ct, media_type) in [
+        ("text/plain", "text/plain"),
+        (
+            "application/x-www-form-urlencoded",
+            "application/x-www-form-urlencoded",
+        ),
+        ("Application/JSON5; charset=utf-8", "application/json5"),
+        ("application/jsonx", "application/jsonx"),
+        ("text/json", "text/json"),
+    ] {
+        let h = headers(&[("content-type", ct)]);
+        let r = rejected(v.check_head(&h, true));
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{ct}");
+        assert_eq!(r.reason, reason::CONTENT_TYPE_NOT_ALLOWED, "{ct}");
+        assert_eq!(
+            r.message,
+            format!("Unspecified content type {media_type} is not allowed.")
+        );
+    }
+    let r = rejected(v.check_head(&HeaderMap::new(), true));
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.reason, reason::CONTENT_TYPE_MISSING);
+    assert_eq!(
+        r.message,
+        "Request's content type is not specified; a request body needs a Content-Type header."
+    );
+    // A request without a body is not checked.
+    let h = headers(&[("content-type", "text/plain")]);
+    assert_eq!(v.check_head(&h, false).ok(), Some(BodyPlan::Stream));
+    assert_eq!(
+        v.check_head(&HeaderMap::new(), false).ok(),
+        Some(BodyPlan::Stream)
+    );
+
+    // With a list, the list decides, as before.
+    let settings = ValidationSettings {
+        content_types: vec!["application/json".to_owned(), "text/plain".to_owned()],
+        ..schema_only()
+    };
+    let v = validator(&settings);
+    // The operator listed text/plain: it streams unchecked, as before.
+    let h = headers(&[("content-type", "text/plain")]);
+    assert_eq!(v.check_head(&h, true).ok(), Some(BodyPlan::Stream));
+    let h = headers(&[("content-type", "application/problem+json")]);
+    assert_eq!(
+        rejected(v.check_head(&h, true)).reason,
+        reason::CONTENT_TYPE_NOT_ALLOWED
+    );
+}

@@ -1129,6 +1129,71 @@ async fn a_schema_without_content_types_refuses_bodies_not_declared_json() {
     assert!(status.success(), "{status}:\n{}", daemon.log());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_body_is_forwarded_however_it_is_framed() {
+    let setup = Setup::new("validation-empty").await;
+    let (mut daemon, recorder) = start_validation_apis(&setup).await;
+    // One empty chunk: over HTTP/1.1 a chunked body of only the last chunk, over
+    // HTTP/2 HEADERS without END_STREAM, then an empty DATA frame with it.
+    let empty_chunk = || Chunked([Bytes::new()].into()).boxed_unsync();
+
+    let mut forwarded = 0;
+    for h2 in [false, true] {
+        for (path, headers, body) in [
+            (
+                "/val/x",
+                &[("content-type", "application/json")][..],
+                empty_chunk(),
+            ),
+            (
+                "/schemaonly/x",
+                &[("content-type", "application/json")][..],
+                empty_chunk(),
+            ),
+            (
+                "/val/x",
+                &[
+                    ("content-type", "application/json"),
+                    ("content-length", "0"),
+                ][..],
+                empty_chunk(),
+            ),
+            (
+                "/val/x",
+                &[("content-type", "text/plain"), ("content-length", "0")][..],
+                empty_chunk(),
+            ),
+            (
+                "/schemaonly/x",
+                &[("content-length", "0")][..],
+                empty_chunk(),
+            ),
+            // As before: no body at all, and Content-Length: 0 (END_STREAM on HEADERS).
+            (
+                "/val/x",
+                &[("content-type", "application/json")][..],
+                Empty::new().boxed_unsync(),
+            ),
+            (
+                "/val/x",
+                &[("content-type", "application/json")][..],
+                full(""),
+            ),
+        ] {
+            let (parts, text) = post_raw(&setup, h2, path, headers, body).await;
+            assert_eq!(parts.status, 200, "h2 {h2} {path} {headers:?}: {text}");
+            assert_eq!(text, "");
+            forwarded += 1;
+            assert_eq!(recorder.total(), forwarded, "h2 {h2} {path} {headers:?}");
+            let (_, received, _) = recorder.last_body();
+            assert!(received.is_empty());
+        }
+    }
+
+    let status = daemon.terminate().await;
+    assert!(status.success(), "{status}:\n{}", daemon.log());
+}
+
 // ---------------------------------------------------------------------------
 // 7. Backend down or slow
 // ---------------------------------------------------------------------------

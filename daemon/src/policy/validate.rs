@@ -295,12 +295,15 @@ pub enum BodyPlan {
 impl RequestValidator {
     /// Checks what the headers declare. `has_body` comes from the gateway (hyper knows
     /// whether the request has a body; an HTTP/2 body may come without Content-Length).
+    /// An empty body is no body, however it is framed: `Content-Length: 0` here (over
+    /// HTTP/2 it may still come with an empty DATA frame), and an empty chunked or
+    /// HTTP/2 body in [`Self::check_body`].
     pub fn check_head(
         &self,
         headers: &HeaderMap,
         has_body: bool,
     ) -> Result<BodyPlan, RequestInvalid> {
-        if !has_body {
+        if !has_body || declared_length(headers) == Some(0) {
             return Ok(BodyPlan::Stream);
         }
         let media = content_type(headers)?;
@@ -345,11 +348,16 @@ impl RequestValidator {
         })
     }
 
-    /// Validates a collected body. The headers are those given to `check_head`.
+    /// Validates a collected body. The headers are those given to `check_head`. An
+    /// empty body passes, as a request without one does (a chunked body of only the
+    /// last chunk, an HTTP/2 body of one empty DATA frame).
     pub fn check_body(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), RequestInvalid> {
         let length = u64::try_from(body.len()).unwrap_or(u64::MAX);
         if length > self.max_body_bytes {
             return Err(self.too_large(Some(length)));
+        }
+        if body.is_empty() {
+            return Ok(());
         }
         let is_json = content_type(headers)?
             .as_ref()

@@ -472,3 +472,33 @@ fn a_schema_without_content_types_allows_json_types_only() {
         reason::CONTENT_TYPE_NOT_ALLOWED
     );
 }
+
+#[test]
+fn an_empty_body_is_no_body_however_it_is_framed() {
+    let v = validator(&order_schema());
+    let json = headers(&[("content-type", "application/json")]);
+    // Chunked with only the last chunk, or an HTTP/2 empty DATA frame: the body is
+    // collected and is empty.
+    assert_eq!(
+        v.check_head(&json, true).ok(),
+        Some(BodyPlan::Buffer { limit: 102_400 })
+    );
+    assert_eq!(v.check_body(&json, b""), Ok(()));
+    // Content-Length: 0 with a body hyper has not seen end yet (HTTP/2 HEADERS
+    // without END_STREAM, then an empty DATA frame): no body, whatever its type.
+    for h in [
+        headers(&[
+            ("content-type", "application/json"),
+            ("content-length", "0"),
+        ]),
+        headers(&[("content-type", "text/plain"), ("content-length", "0")]),
+        headers(&[("content-length", "0")]),
+    ] {
+        assert_eq!(v.check_head(&h, true).ok(), Some(BodyPlan::Stream), "{h:?}");
+    }
+    // A body of only blanks is not empty: it is not JSON.
+    assert_eq!(
+        rejected(v.check_body(&json, b" ")).message,
+        "Request's body is not valid JSON: unexpected end of input at line 1, column 1."
+    );
+}

@@ -1130,6 +1130,58 @@ async fn a_schema_without_content_types_refuses_bodies_not_declared_json() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn json_with_a_duplicate_key_is_refused() {
+    let setup = Setup::new("validation-duplicates").await;
+    let (mut daemon, recorder) = start_validation_apis(&setup).await;
+
+    for h2 in [false, true] {
+        for (path, body, expected) in [
+            // The schema would see a = 1, a backend that keeps the first 99.
+            (
+                "/val/x",
+                r#"{"a":99,"a":1}"#,
+                r#"{ "statusCode": 400, "message": "Request's body has a duplicate key \"a\" in the object at /." }"#,
+            ),
+            (
+                "/json/x",
+                r#"{"a":1,"b":{"c":[{"d":1},{"d":2,"\u0064":3}]}}"#,
+                r#"{ "statusCode": 400, "message": "Request's body has a duplicate key \"d\" in the object at /b/c/1." }"#,
+            ),
+        ] {
+            let (parts, text) = post_raw(
+                &setup,
+                h2,
+                path,
+                &[("content-type", "application/json")],
+                full(body),
+            )
+            .await;
+            assert_eq!(parts.status, 400, "{text}");
+            assert_eq!(parts.headers["content-type"], "application/json");
+            assert_eq!(text, expected);
+        }
+    }
+    assert_eq!(recorder.total(), 0, "a refused body reached the backend");
+
+    // The same key in different objects is no duplicate.
+    let body = r#"{"a":1,"b":{"a":2},"c":[{"a":3},{"a":4}]}"#;
+    let (parts, text) = post_raw(
+        &setup,
+        false,
+        "/json/x",
+        &[("content-type", "application/json")],
+        full(body),
+    )
+    .await;
+    assert_eq!(parts.status, 200, "{text}");
+    assert_eq!(text, body);
+    assert_eq!(recorder.total(), 1);
+
+    let status = daemon.terminate().await;
+    assert!(status.success(), "{status}:\n{}", daemon.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_empty_body_is_forwarded_however_it_is_framed() {
     let setup = Setup::new("validation-empty").await;
     let (mut daemon, recorder) = start_validation_apis(&setup).await;

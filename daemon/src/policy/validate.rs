@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use super::Rejection;
 
+mod json;
 #[cfg(test)]
 mod tests;
 
@@ -62,6 +63,10 @@ pub enum RequestInvalid {
         line: usize,
         column: usize,
     },
+    /// `key` is the key as a JSON string (cut to [`MAX_KEY_CHARS`]), `object` the JSON
+    /// pointer of the object that has it twice.
+    #[error("Request's body has a duplicate key {key} in the object at {object}.")]
+    JsonDuplicateKey { key: String, object: String },
     /// `location` is a JSON pointer into the body, `detail` the schema rule with the
     /// body's values masked.
     #[error("Request's body does not conform to the schema at {location}: {detail}.")]
@@ -85,7 +90,7 @@ impl RequestInvalid {
             Self::ContentTypeNotAllowed { .. } => reason::CONTENT_TYPE_NOT_ALLOWED,
             Self::ContentEncodingNotSupported => reason::CONTENT_ENCODING_NOT_SUPPORTED,
             Self::BodyTooLarge { .. } => reason::BODY_TOO_LARGE,
-            Self::JsonInvalid { .. } => reason::JSON_INVALID,
+            Self::JsonInvalid { .. } | Self::JsonDuplicateKey { .. } => reason::JSON_INVALID,
             Self::SchemaViolation { .. } => reason::SCHEMA_VIOLATION,
         }
     }
@@ -101,8 +106,11 @@ impl RequestInvalid {
     }
 }
 
-/// Longest schema error text put into a message; the rest is cut.
+/// Longest schema error text (and JSON pointer) put into a message; the rest is cut.
 const MAX_DETAIL_CHARS: usize = 300;
+
+/// Longest duplicate key put into a message; the rest is cut.
+const MAX_KEY_CHARS: usize = 64;
 
 /// Default for [`ValidationSettings::max_body_bytes`]: 100 KiB, APIM's long-standing
 /// `validate-content` limit.
@@ -365,8 +373,10 @@ impl RequestValidator {
         if !(is_json && self.require_valid_json) {
             return Ok(());
         }
-        let value: serde_json::Value =
-            serde_json::from_slice(body).map_err(|err| bad_json(&err))?;
+        let value = json::parse(body).map_err(|refused| match refused {
+            json::Refused::Json(err) => bad_json(&err),
+            json::Refused::DuplicateKey { key, object } => duplicate_key(&key, &object),
+        })?;
         if let Some(schema) = &self.schema
             && let Some(error) = schema.iter_errors(&value).next()
         {
@@ -403,16 +413,34 @@ fn bad_json(err: &serde_json::Error) -> RequestInvalid {
     }
 }
 
+/// The key quoted as a JSON string and the object's pointer (`/` for the top), both cut
+/// to their limits.
+fn duplicate_key(key: &str, object: &str) -> RequestInvalid {
+    let key = serde_json::Value::from(cut(key, MAX_KEY_CHARS)).to_string();
+    let object = if object.is_empty() {
+        "/".to_owned()
+    } else {
+        cut(object, MAX_DETAIL_CHARS)
+    };
+    RequestInvalid::JsonDuplicateKey { key, object }
+}
+
+/// `text` up to `max` characters, with `…` when cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max).collect();
+    cut.push('…');
+    cut
+}
+
 /// Reports the first schema error, as APIM stops at the first set of errors. The
 /// instance's values are masked: the message shows where and which rule, not the data.
 fn schema_violation(error: &jsonschema::ValidationError<'_>) -> RequestInvalid {
     let location = error.instance_path().as_str();
     let location = if location.is_empty() { "/" } else { location }.to_owned();
-    let mut detail = error.masked().to_string();
-    if detail.chars().count() > MAX_DETAIL_CHARS {
-        detail = detail.chars().take(MAX_DETAIL_CHARS).collect();
-        detail.push('…');
-    }
+    let detail = cut(&error.masked().to_string(), MAX_DETAIL_CHARS);
     RequestInvalid::SchemaViolation { location, detail }
 }
 

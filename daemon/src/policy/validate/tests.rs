@@ -502,3 +502,79 @@ fn an_empty_body_is_no_body_however_it_is_framed() {
         "Request's body is not valid JSON: unexpected end of input at line 1, column 1."
     );
 }
+
+#[test]
+fn duplicate_keys_are_refused_at_any_depth() {
+    let v = validator(&json_only());
+    let h = headers(&[("content-type", "application/json")]);
+    for (body, message) in [
+        (
+            &br#"{"a": 99, "a": 1}"#[..],
+            r#"Request's body has a duplicate key "a" in the object at /."#,
+        ),
+        (
+            br#"{"a": 1, "b": 2, "a": 1}"#,
+            r#"Request's body has a duplicate key "a" in the object at /."#,
+        ),
+        // Keys are compared decoded.
+        (
+            br#"{"a": 1, "\u0061": 2}"#,
+            r#"Request's body has a duplicate key "a" in the object at /."#,
+        ),
+        (
+            br#"{"items": [{"id": 1}, {"id": 2, "n": {}, "id": 3}]}"#,
+            r#"Request's body has a duplicate key "id" in the object at /items/1."#,
+        ),
+        (
+            br#"[[{"x": {"a/b~": {"k": 1, "k": 2}}}]]"#,
+            r#"Request's body has a duplicate key "k" in the object at /0/0/x/a~1b~0."#,
+        ),
+        (
+            b"{\"q\\\"\\n\": 1, \"q\\\"\\n\": 2}",
+            r#"Request's body has a duplicate key "q\"\n" in the object at /."#,
+        ),
+    ] {
+        let r = rejected(run(&v, &h, body));
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(r.reason, reason::JSON_INVALID);
+        assert_eq!(r.message, message, "{}", String::from_utf8_lossy(body));
+    }
+    // A long key is cut.
+    let long = "k".repeat(1000);
+    let body = format!(r#"{{"{long}": 1, "{long}": 2}}"#);
+    let r = rejected(run(&v, &h, body.as_bytes()));
+    assert_eq!(
+        r.message,
+        format!(
+            "Request's body has a duplicate key \"{}…\" in the object at /.",
+            "k".repeat(64)
+        )
+    );
+    // The same key in different objects is no duplicate, and values stay whole.
+    assert!(
+        run(
+            &v,
+            &h,
+            br#"{"a": 1, "b": {"a": 2}, "c": [{"a": 3}, {"a": 4}]}"#
+        )
+        .is_ok()
+    );
+    assert_eq!(
+        json::parse(br#"{"a": [1, -2, 18446744073709551615, 1.5, "s\u00e9", true, null, {}]}"#)
+            .ok(),
+        Some(json!({"a": [1, -2, 18_446_744_073_709_551_615_u64, 1.5, "sé", true, null, {}]}))
+    );
+}
+
+#[test]
+fn duplicate_keys_are_refused_before_the_schema() {
+    let v = validator(&schema_only());
+    let h = headers(&[("content-type", "application/json")]);
+    // The schema would see a = 1 (the last), a first-wins backend 99.
+    let r = rejected(run(&v, &h, br#"{"a": 99, "a": 1}"#));
+    assert_eq!(r.reason, reason::JSON_INVALID);
+    assert_eq!(
+        r.message,
+        r#"Request's body has a duplicate key "a" in the object at /."#
+    );
+}

@@ -1246,6 +1246,40 @@ async fn an_empty_body_is_forwarded_however_it_is_framed() {
     assert!(status.success(), "{status}:\n{}", daemon.log());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn deep_json_and_numbers_out_of_range_are_named() {
+    let setup = Setup::new("validation-deep").await;
+    let (mut daemon, recorder) = start_validation_apis(&setup).await;
+    let deep: &'static str = format!("{}{}", "[".repeat(200), "]".repeat(200)).leak();
+
+    for h2 in [false, true] {
+        for (body, message) in [
+            (
+                deep,
+                "Request's body is JSON the gateway does not accept: nested deeper than 128 levels at line 1, column 128.",
+            ),
+            (
+                r#"{"a":1e400}"#,
+                "Request's body is JSON the gateway does not accept: a number out of range at line 1, column 10.",
+            ),
+        ] {
+            let (parts, text) = post_raw(
+                &setup,
+                h2,
+                "/json/x",
+                &[("content-type", "application/json")],
+                full(body),
+            )
+            .await;
+            assert_exact_error(&parts, &text, 400, message);
+        }
+    }
+    assert_eq!(recorder.total(), 0, "a refused body reached the backend");
+
+    let status = daemon.terminate().await;
+    assert!(status.success(), "{status}:\n{}", daemon.log());
+}
+
 // ---------------------------------------------------------------------------
 // 7. Backend down or slow
 // ---------------------------------------------------------------------------

@@ -63,6 +63,16 @@ pub enum RequestInvalid {
         line: usize,
         column: usize,
     },
+    /// Valid JSON the gateway does not parse: deeper than serde_json's recursion limit,
+    /// or a number no `f64` holds (`1e400`).
+    #[error(
+        "Request's body is JSON the gateway does not accept: {problem} at line {line}, column {column}."
+    )]
+    JsonNotAccepted {
+        problem: &'static str,
+        line: usize,
+        column: usize,
+    },
     /// `key` is the key as a JSON string (cut to [`MAX_KEY_CHARS`]), `object` the JSON
     /// pointer of the object that has it twice.
     #[error("Request's body has a duplicate key {key} in the object at {object}.")]
@@ -90,7 +100,9 @@ impl RequestInvalid {
             Self::ContentTypeNotAllowed { .. } => reason::CONTENT_TYPE_NOT_ALLOWED,
             Self::ContentEncodingNotSupported => reason::CONTENT_ENCODING_NOT_SUPPORTED,
             Self::BodyTooLarge { .. } => reason::BODY_TOO_LARGE,
-            Self::JsonInvalid { .. } | Self::JsonDuplicateKey { .. } => reason::JSON_INVALID,
+            Self::JsonInvalid { .. }
+            | Self::JsonNotAccepted { .. }
+            | Self::JsonDuplicateKey { .. } => reason::JSON_INVALID,
             Self::SchemaViolation { .. } => reason::SCHEMA_VIOLATION,
         }
     }
@@ -399,17 +411,37 @@ impl RequestValidator {
 /// between versions and talks about Rust types).
 fn bad_json(err: &serde_json::Error) -> RequestInvalid {
     use serde_json::error::Category;
+    let (line, column) = (err.line(), err.column());
     let problem = match err.classify() {
         Category::Eof => "unexpected end of input",
-        Category::Syntax => "syntax error",
-        // Parsing into a `Value` only fails with the two above, or on the recursion limit
-        // (reported as syntax); keep a neutral text for anything else.
+        // serde_json counts valid JSON it does not take among its syntax errors too; only
+        // its text tells them apart (read on this error path only).
+        Category::Syntax => {
+            let text = err.to_string();
+            let refused = if text.starts_with("recursion limit exceeded") {
+                Some("nested deeper than 128 levels")
+            } else if text.starts_with("number out of range") {
+                Some("a number out of range")
+            } else {
+                None
+            };
+            if let Some(problem) = refused {
+                return RequestInvalid::JsonNotAccepted {
+                    problem,
+                    line,
+                    column,
+                };
+            }
+            "syntax error"
+        }
+        // Parsing into a `Value` only fails with the two above; keep a neutral text for
+        // anything else.
         Category::Data | Category::Io => "invalid content",
     };
     RequestInvalid::JsonInvalid {
         problem,
-        line: err.line(),
-        column: err.column(),
+        line,
+        column,
     }
 }
 

@@ -578,3 +578,38 @@ fn duplicate_keys_are_refused_before_the_schema() {
         r#"Request's body has a duplicate key "a" in the object at /."#
     );
 }
+
+#[test]
+fn deep_nesting_and_numbers_out_of_range_have_their_own_messages() {
+    let v = validator(&json_only());
+    let h = headers(&[("content-type", "application/json")]);
+    // serde_json's limit: 127 levels parse, the 128th is refused where it opens.
+    for open in ["[", "{\"a\":"] {
+        let close = if open == "[" { "]" } else { "}" };
+        let ok = format!("{}1{}", open.repeat(127), close.repeat(127));
+        assert!(run(&v, &h, ok.as_bytes()).is_ok(), "{open}");
+        let deep = format!("{}1{}", open.repeat(200), close.repeat(200));
+        let r = rejected(run(&v, &h, deep.as_bytes()));
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(r.reason, reason::JSON_INVALID);
+        let column = 127 * open.len() + 1;
+        assert_eq!(
+            r.message,
+            format!(
+                "Request's body is JSON the gateway does not accept: nested deeper than 128 levels at line 1, column {column}."
+            )
+        );
+    }
+    for (body, column) in [(&b"{\"a\":1e400}"[..], 10), (b"[-1e309]", 7)] {
+        let r = rejected(run(&v, &h, body));
+        assert_eq!(r.reason, reason::JSON_INVALID);
+        assert_eq!(
+            r.message,
+            format!(
+                "Request's body is JSON the gateway does not accept: a number out of range at line 1, column {column}."
+            )
+        );
+    }
+    // A large integer is a float, not out of range.
+    assert!(run(&v, &h, b"[1e300, 123456789012345678901234567890]").is_ok());
+}

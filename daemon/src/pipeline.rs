@@ -515,17 +515,7 @@ fn check_jwt(jwt: &ApiJwt, request: &mut RequestContext<'_>) -> Result<VerifiedT
     let token = jwt
         .provider
         .verify(&request.parts.headers, request.parts.uri.query(), now)
-        .map_err(|rejected| {
-            tracing::info!(
-                api = request.api,
-                peer = %request.peer,
-                provider = jwt.provider.name(),
-                reason = rejected.reason(),
-                detail = %rejected,
-                "JWT refused"
-            );
-            Stop::Reject(jwt.provider.rejection(&rejected))
-        })?;
+        .map_err(|rejected| jwt_refused(jwt, request, &rejected))?;
     if !jwt.roles.is_empty() {
         let method = request.parts.method.as_str();
         let rule = jwt
@@ -573,19 +563,25 @@ fn check_jwt(jwt: &ApiJwt, request: &mut RequestContext<'_>) -> Result<VerifiedT
                     claim: config.claim.clone(),
                     header: name.to_string(),
                 };
-                tracing::info!(
-                    api = request.api,
-                    peer = %request.peer,
-                    provider = jwt.provider.name(),
-                    reason = rejected.reason(),
-                    detail = %rejected,
-                    "JWT refused"
-                );
-                return Err(Stop::Reject(jwt.provider.rejection(&rejected)));
+                return Err(jwt_refused(jwt, request, &rejected));
             }
         }
     }
     Ok(token)
+}
+
+/// A refused token: its reason and detail to the log, the provider's answer to the
+/// client.
+fn jwt_refused(jwt: &ApiJwt, request: &RequestContext<'_>, rejected: &JwtRejection) -> Stop {
+    tracing::info!(
+        api = request.api,
+        peer = %request.peer,
+        provider = jwt.provider.name(),
+        reason = rejected.reason(),
+        detail = %rejected,
+        "JWT refused"
+    );
+    Stop::Reject(jwt.provider.rejection(rejected))
 }
 
 /// A roles claim: an array of strings, or one space-separated string.

@@ -66,6 +66,7 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use super::Rejection;
+use super::validate::json::StrictObject;
 
 mod cache;
 mod claims;
@@ -468,8 +469,9 @@ impl JwtProvider {
     ) -> Result<Map<String, Value>, JwtRejection> {
         for key in candidates {
             self.signature_checks.fetch_add(1, Ordering::Relaxed);
-            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
-                Ok(data) => return Ok(data.claims),
+            // Claims with a name given twice are refused (`StrictObject`).
+            match jsonwebtoken::decode::<StrictObject>(token, &key.key, validation) {
+                Ok(data) => return Ok(data.claims.0),
                 // This key is not the one: try the next.
                 Err(e) if is_key_mismatch(e.kind()) => continue,
                 Err(e) => return Err(map_claims_error(e.kind())),

@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use super::Rejection;
 
-mod json;
+pub(crate) mod json;
 #[cfg(test)]
 mod tests;
 

@@ -45,6 +45,23 @@ pub(super) fn parse(body: &[u8]) -> Result<Value, Refused> {
     }
 }
 
+/// A JSON object decoded as [`parse`] decodes a body: an object with the same key
+/// twice, at any depth, is an error. For the claims of a JWT (jsonwebtoken decodes
+/// them with serde into the type it is asked for): a token with `roles` twice would
+/// otherwise hold the last, where another reader of the same token finds the first.
+#[derive(Debug)]
+pub(crate) struct StrictObject(pub(crate) Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for StrictObject {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let found = RefCell::new(None);
+        match (Strict { found: &found }).deserialize(deserializer)? {
+            Value::Object(object) => Ok(Self(object)),
+            _ => Err(de::Error::custom("not a JSON object")),
+        }
+    }
+}
+
 /// The duplicate found, and the way to its object, innermost step first (filled in as
 /// the error goes back up, so a body without duplicates pays nothing for it).
 struct Duplicate {

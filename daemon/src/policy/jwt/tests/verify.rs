@@ -478,3 +478,38 @@ fn required_claims_all_any_and_separator() {
     );
     assert_eq!(e.reason(), reason::CLAIM_NOT_FOUND);
 }
+
+#[test]
+fn claims_with_a_name_given_twice_are_refused() {
+    let provider = rsa_provider("");
+    // Signed by the provider's key: only the duplicate `roles` is wrong.
+    let signed = |payload: &str| {
+        let message = format!(
+            "{}.{}",
+            B64.encode(json!({"alg": "RS256", "typ": "JWT", "kid": "k1"}).to_string()),
+            B64.encode(payload)
+        );
+        let signature = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &rsa_signer(rsa_key()),
+            Algorithm::RS256,
+        )
+        .unwrap();
+        format!("{message}.{signature}")
+    };
+    let claims = format!(
+        r#""iss":"{ISS}","aud":"{AUD}","sub":"alice","exp":{},"nbf":{}"#,
+        NOW + 600,
+        NOW - 10
+    );
+    let once = signed(&format!(r#"{{{claims},"roles":["reader"]}}"#));
+    assert!(verify(&provider, &once).is_ok());
+    let twice = signed(&format!(
+        r#"{{{claims},"roles":["reader"],"roles":["writer"]}}"#
+    ));
+    let e = rejected(&provider, &twice);
+    assert_eq!(e.reason(), reason::JWT_INVALID, "{e:?}");
+    // Also inside a claim's object.
+    let nested = signed(&format!(r#"{{{claims},"ext":{{"a":1,"a":2}}}}"#));
+    assert_eq!(rejected(&provider, &nested).reason(), reason::JWT_INVALID);
+}

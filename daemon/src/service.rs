@@ -314,9 +314,7 @@ fn merged_lists(plan: &FilterPlan, state: &State) -> Lists {
             e.list,
             ListEntry {
                 net: e.net,
-                expires_ns: e.expires_at.map_or(0, |at| {
-                    now_mono + at.saturating_sub(now_unix) * 1_000_000_000
-                }),
+                expires_ns: controller::expiry_ns(e.expires_at, now_unix, now_mono),
                 origin: e.origin,
             },
         );
@@ -944,6 +942,19 @@ impl GatewayControl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_expiry_beyond_the_kernel_clock_saturates() {
+        // A journal record from before the daemon bounded TTLs: it loads (before,
+        // every start panicked on the overflow) as an entry that never expires in
+        // practice.
+        assert_eq!(
+            controller::expiry_ns(Some(u64::MAX), 1_000, 5_000),
+            u64::MAX
+        );
+        assert_eq!(controller::expiry_ns(Some(1_010), 1_000, 5), 10_000_000_005);
+        assert_eq!(controller::expiry_ns(None, 1_000, 5), 0);
+    }
 
     #[test]
     fn drop_summary_aggregates_per_source_and_reason() {

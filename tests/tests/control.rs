@@ -547,6 +547,22 @@ fn bad_input_exits_3_and_changes_nothing() {
             comment: None,
             replace: false,
         },
+        // Over 365 days: before, a TTL this long overflowed the kernel expiry
+        // (rampartd panicked after journaling it, and again at every start).
+        Request::ListAdd {
+            list: ListName::Deny,
+            entries: vec!["198.18.0.7".into()],
+            ttl_secs: Some(99_999_999_999_999),
+            comment: None,
+            replace: false,
+        },
+        Request::ListAdd {
+            list: ListName::Deny,
+            entries: vec!["198.18.0.7".into()],
+            ttl_secs: Some(365 * 24 * 3600 + 1),
+            comment: None,
+            replace: false,
+        },
         Request::ListAdd {
             list: ListName::Allow,
             entries: vec!["198.18.0.7/8".into()],

@@ -11,7 +11,7 @@ use std::{
 use crate::rules::{self, RuleError};
 
 /// Longest `--ttl`: longer bans are permanent entries in disguise.
-pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+pub const MAX_TTL: Duration = Duration::from_secs(crate::control::protocol::MAX_TTL_SECS);
 /// Longest subscription, product or API name (the key store's limit).
 const MAX_NAME_BYTES: usize = 256;
 /// Longest `--comment`.

@@ -19,6 +19,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Longest request line the daemon reads (a `--from-file` of 100k entries fits).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
+/// The longest TTL of a list entry (365 days), checked by the CLI and again by the
+/// daemon: a longer one is meant as permanent, which is no TTL at all.
+pub const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
+
 /// One request line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestEnvelope {

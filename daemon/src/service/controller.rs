@@ -143,11 +143,15 @@ fn storage_error(e: &StateError) -> ErrorReply {
     )
 }
 
-/// CLOCK_MONOTONIC ns of a wall-clock expiry (the kernel's clock).
-fn expiry_ns(expires_at: Option<u64>, now_unix: u64, now_mono: u64) -> u64 {
+/// CLOCK_MONOTONIC ns of a wall-clock expiry (the kernel's clock; 0 is no expiry).
+/// Saturates: an expiry too far off for the clock (one journaled before TTLs were
+/// bounded by the daemon) stays far off instead of overflowing.
+pub(super) fn expiry_ns(expires_at: Option<u64>, now_unix: u64, now_mono: u64) -> u64 {
     match expires_at {
         None => 0,
-        Some(at) => now_mono + at.saturating_sub(now_unix) * 1_000_000_000,
+        Some(at) => now_mono
+            .saturating_add(at.saturating_sub(now_unix).saturating_mul(1_000_000_000))
+            .max(1),
     }
 }
 
@@ -505,6 +509,14 @@ impl Controller {
         let nets = parse_entries(entries)?;
         if ttl_secs == Some(0) {
             return Err(error(ErrorKind::InvalidInput, "--ttl must be more than 0"));
+        }
+        // The CLI refuses these too; a request made some other way must not reach
+        // the journal with an expiry the kernel's clock cannot hold.
+        if ttl_secs.is_some_and(|t| t > crate::control::protocol::MAX_TTL_SECS) {
+            return Err(error(
+                ErrorKind::InvalidInput,
+                "--ttl is longer than 365d; leave it out for a permanent entry",
+            ));
         }
         let now = unix_now();
         let expires_at = ttl_secs.map(|t| now.saturating_add(t));

@@ -30,7 +30,9 @@ use thiserror::Error;
 pub use batch::{Applied, Change};
 pub use explain::{Action, Explanation, Matched};
 pub(crate) use kernel::interface_exists;
-pub use kernel::{AttachInfo, AttachMode, Events, Kernel, detach, detach_old_layouts};
+pub use kernel::{
+    AttachInfo, AttachMode, Events, Kernel, detach, detach_old_layouts, ensure_bpffs,
+};
 pub use lists::{EntryOrigin, ListEntry, ListKind, Lists};
 
 use crate::rules::{self, CompiledTable, CountryPolicy, RuleError};

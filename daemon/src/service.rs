@@ -88,6 +88,19 @@ pub enum ServiceError {
     /// panic, logged before): the daemon stops rather than run half alive.
     #[error("the control thread ended unexpectedly")]
     ControlEnded,
+    /// Another rampartd holds the filter's pins (`pin_root`): this one would
+    /// replace its program and maps with its own rules.
+    #[error(
+        "another rampartd is running on the filter pinned at {}: stop it first, or give this one another [daemon] pin_root",
+        path.display()
+    )]
+    PinsInUse { path: PathBuf },
+    #[error("cannot lock the filter pins at {}", path.display())]
+    PinLock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ServiceError {
@@ -111,6 +124,8 @@ impl ServiceError {
             ServiceError::Pipeline(_) => 64,
             ServiceError::GatewayBuild(e) => e.exit_code(),
             ServiceError::State(StateError::Locked { .. }) => 75,
+            ServiceError::PinsInUse { .. } => 75,
+            ServiceError::PinLock { .. } => 71,
             ServiceError::State(_) => 74,
             ServiceError::Control(ControlError::UnknownGroup { .. }) => 64,
             ServiceError::Control(_) => 71,
@@ -341,6 +356,43 @@ fn effective_countries(
 /// Starts the filter: everything is validated first; a bad file, database or
 /// interface changes nothing in the kernel. Without `[filter]`, nothing is
 /// attached and the filter is `None`.
+/// Locks the filter's pin directory (`flock` on the directory, which bpffs keeps
+/// like any other) for the life of this process, before anything is loaded or
+/// pinned. A second rampartd on the same `pin_root` (another state directory, a
+/// test run, a unit started twice by hand) would otherwise replace the running
+/// one's program and maps with its own rules, and only then fail on the control
+/// socket: the running daemon would go on reporting rules the kernel no longer
+/// held. The lock goes with the process; the pins stay (restarts keep no gap).
+fn lock_pins(pin_dir: &Path) -> Result<(), ServiceError> {
+    static PINS: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    if PINS.get().is_some() {
+        return Ok(());
+    }
+    crate::filter::ensure_bpffs(pin_dir)?;
+    // A directory that cannot be made or opened is left to the filter's own
+    // opening, which says what is wrong with it.
+    let Ok(dir) = std::fs::create_dir_all(pin_dir).and_then(|()| std::fs::File::open(pin_dir))
+    else {
+        return Ok(());
+    };
+    match dir.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(ServiceError::PinsInUse {
+                path: pin_dir.to_owned(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(ServiceError::PinLock {
+                path: pin_dir.to_owned(),
+                source,
+            });
+        }
+    }
+    let _ = PINS.set(dir);
+    Ok(())
+}
+
 fn start_filter(
     desired: &Desired,
     store: &StateStore,
@@ -352,6 +404,7 @@ fn start_filter(
     };
     interfaces_exist(plan)?;
     let pin_dir = desired.config.daemon.paths().pin_dir();
+    lock_pins(&pin_dir)?;
     let mut filter = Filter::open_sized(&pin_dir, plan.config.max_deny_entries)?;
     let lists = merged_lists(plan, store.state());
     let (countries, policy) = effective_countries(plan, store, loaded);

@@ -955,3 +955,75 @@ fn count_reloads(cli: &rampart_tests::control::Cli) -> usize {
         .filter(|e| e["event"] == "config_reloaded" || e["event"] == "reload_rejected")
         .count()
 }
+
+/// A second rampartd given the same pin_root (another state directory, so its own
+/// state lock does not stop it) refuses before it touches the kernel. Before, it
+/// attached its program over the running one's, applied its own (empty) lists and
+/// only then failed on the control socket: the first daemon's deny entry no
+/// longer dropped while `rampart check` still said it did.
+#[test]
+fn a_second_rampartd_on_the_same_pins_changes_nothing() {
+    if !privileged() {
+        return;
+    }
+    let rig = Rig::start(opts(&["198.18.0.7"], "")).unwrap();
+    rig.cli.ok(&["deny", "add", "198.18.0.7"]).unwrap();
+    assert!(!rig.reach("198.18.0.7"), "denied by the first daemon");
+
+    let second_state = rig.dir.path.join("second-state");
+    let second_run = rig.dir.path.join("second-run");
+    let text = rig
+        .config_text(&rig.opts.filter, &rig.opts.sections)
+        .replace(
+            &rig.state_dir.display().to_string(),
+            &second_state.display().to_string(),
+        )
+        .replace(
+            &rig.runtime_dir.display().to_string(),
+            &second_run.display().to_string(),
+        );
+    let config = rig.dir.path.join("second.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut second = std::process::Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", rig.pair.srv))
+        .arg(rampart_tests::daemon::rampartd_bin().unwrap())
+        .arg("--config")
+        .arg(&config)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Before, the second daemon (its own control socket) went on running.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = second.stderr.take() {
+        use std::io::Read as _;
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(75), "{stderr}");
+    assert!(
+        stderr.contains("another rampartd is running on the filter pinned at"),
+        "{stderr}"
+    );
+    assert!(
+        !rig.reach("198.18.0.7"),
+        "the first daemon's entry still drops"
+    );
+    let check = rig
+        .cli
+        .run(&["check", "198.18.0.7", "--port", &PORT.to_string()]);
+    assert!(check.stdout.contains("drop"), "{check}");
+}

@@ -77,7 +77,7 @@ where
 
 /// Mounts bpffs at /sys/fs/bpf when the pin directory is below it and it is
 /// not mounted yet (a fresh host).
-fn ensure_bpffs(pin_dir: &Path) -> Result<(), FilterError> {
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), FilterError> {
     let base = Path::new(SYS_FS_BPF);
     if !pin_dir.starts_with(base) || is_bpffs(base) {
         return Ok(());

@@ -638,6 +638,10 @@ async fn a_reload_that_changes_control_group_says_it_needs_a_restart() {
         setup.config.display()
     );
     assert_eq!(answer.trim_end(), expected);
+    // The log is written by a thread of its own: the line may follow the answer.
+    daemon
+        .wait_for_log("not_applied=[daemon] control_group", 0)
+        .await;
     let log = daemon.log();
     assert!(
         log.lines().any(|l| l.contains("WARN")

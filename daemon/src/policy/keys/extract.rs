@@ -55,10 +55,10 @@ pub fn extract_key(
         })
 }
 
-/// Whether the request carries a key where [`extract_key`] looks (a non-empty key
-/// header, or a `query_param` parameter with a non-empty value, its name read as
-/// [`extract_key`] reads it: percent-decoded, `+` as a space), without allocating.
-/// For APIs that check no key but still remove it before forwarding.
+/// Whether the request carries a key where [`extract_key`] looks, read the same way
+/// (the query by `form_urlencoded`, which borrows unless a name or value has an
+/// escape), without copying the key. For APIs that check no key but still remove
+/// it before forwarding.
 pub fn carries_key(
     headers: &HeaderMap,
     query: Option<&str>,
@@ -70,41 +70,9 @@ pub fn carries_key(
         .iter()
         .any(|value| !value.is_empty())
         || query.is_some_and(|query| {
-            query.split('&').any(|pair| {
-                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-                !value.is_empty() && decodes_to(name.as_bytes(), query_param.as_bytes())
-            })
+            form_urlencoded::parse(query.as_bytes())
+                .any(|(name, value)| name == query_param && !value.is_empty())
         })
-}
-
-/// Whether the form-urlencoded `raw` decodes to `expected` (as `form_urlencoded`
-/// decodes: `+` is a space, `%` and two hex digits a byte, any other `%` itself).
-fn decodes_to(raw: &[u8], expected: &[u8]) -> bool {
-    let hex = |b: u8| char::from(b).to_digit(16);
-    let mut expected = expected.iter();
-    let mut at = 0;
-    while at < raw.len() {
-        let byte = match raw[at] {
-            b'+' => b' ',
-            b'%' => match (
-                raw.get(at + 1).copied().and_then(hex),
-                raw.get(at + 2).copied().and_then(hex),
-            ) {
-                (Some(high), Some(low)) => {
-                    at += 2;
-                    // Two hex digits: at most 0xff.
-                    u8::try_from(high * 16 + low).unwrap_or(u8::MAX)
-                }
-                _ => b'%',
-            },
-            byte => byte,
-        };
-        if expected.next() != Some(&byte) {
-            return false;
-        }
-        at += 1;
-    }
-    expected.next().is_none()
 }
 
 /// Removes the key header and every `query_param` parameter, so the key never reaches the

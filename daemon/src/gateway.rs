@@ -46,6 +46,7 @@ pub use forwarded::{
 };
 pub use policy::{RequestContext, RequestPolicy, ResponseContext, Stop, Subscriber, Transferred};
 pub use routing::RouteTable;
+pub(crate) use routing::request_host;
 pub use serving::{AppliedGateway, GatewayHandle, PreparedGateway, ServingGateway};
 pub use settings::{
     AccessLog, ApiSettings, BackendAuth, BackendProtocol, BackendTimeouts, CertFiles, ClientAuth,

@@ -424,19 +424,8 @@ impl ApiPolicies {
             },
         };
         let name = result.map_err(|rejected: KeyRejection| {
-            // The host the request was routed by: the target's authority (HTTP/2,
-            // an absolute-form target), else `Host`.
-            let host = parts
-                .uri
-                .authority()
-                .map(http::uri::Authority::as_str)
-                .or_else(|| {
-                    parts
-                        .headers
-                        .get(header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                })
-                .unwrap_or_default();
+            // The host the request was routed by.
+            let host = crate::gateway::request_host(&parts.uri, &parts.headers).unwrap_or_default();
             rejected.rejection(host, &api.key_header)
         })?;
         if presented.is_some() && !api.forward_key {

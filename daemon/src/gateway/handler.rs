@@ -28,7 +28,7 @@ use super::policy::{
     RequestContext, RequestPolicy, ResponseContext, Stop, Subscriber, Transferred,
 };
 use super::proxy::{Backend, ClientBody, UpstreamBody, declared_length};
-use super::routing::{RouteTable, valid_authority};
+use super::routing::{RouteTable, request_host, valid_authority};
 use super::settings::{AccessLog, Limits, is_trusted};
 use super::{GatewayStats, RejectionSink, ResponseBody};
 use crate::policy::client_cert::ClientCertificate;
@@ -252,7 +252,7 @@ async fn process(
     if request.uri().path() == "*" {
         return asterisk(shared, request.method());
     }
-    let host = request_host(&request).map(str::to_owned);
+    let host = request_host(request.uri(), request.headers()).map(str::to_owned);
     let path = request.uri().path();
     let key = path::without_parameters(path);
     let Some((backend, key_rest)) = shared.routes.route(host.as_deref(), &key) else {
@@ -618,15 +618,6 @@ fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(path_and_query);
     Uri::from_parts(parts).ok()
-}
-
-/// The host the client asked for: the URI authority (HTTP/2, absolute form) or `Host`.
-fn request_host<B>(request: &Request<B>) -> Option<&str> {
-    request
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| request.headers().get(HOST).and_then(|v| v.to_str().ok()))
 }
 
 /// Bytes of the request head as sent in HTTP/1.1 (request line + header lines);

@@ -144,6 +144,21 @@ fn host_name(host: &str) -> &str {
     }
 }
 
+/// The host a request names, and is routed by: the authority of its target
+/// (HTTP/2's `:authority`, an HTTP/1 absolute-form target) or else `Host`.
+pub(crate) fn request_host<'r>(
+    uri: &'r http::Uri,
+    headers: &'r http::HeaderMap,
+) -> Option<&'r str> {
+    uri.authority()
+        .map(http::uri::Authority::as_str)
+        .or_else(|| {
+            headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+        })
+}
+
 /// Whether `authority` (a `Host` value, an HTTP/2 `:authority`, the authority of an
 /// absolute-form target) names a host the way DNS and IP addresses are written:
 /// a name of letters, digits, `-`, `_` and dots (no empty label; one trailing dot

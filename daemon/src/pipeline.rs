@@ -666,6 +666,7 @@ pub fn gateway_settings(config: &Config) -> (Vec<ListenerSettings>, GatewaySetti
             name: api.name.clone(),
             host: api.host.clone(),
             path_prefix: api.path_prefix.clone(),
+            listeners: api.listeners.clone(),
             backend: api.backend.clone(),
             backend_protocol: match api.backend_protocol {
                 BackendProtocolConfig::Auto => BackendProtocol::Auto,

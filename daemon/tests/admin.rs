@@ -217,7 +217,8 @@ async fn start_rig(name: &str) -> Rig {
     let text = format!(
         "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\nadmin_listen = \"{admin}\"\n\
          [[listener]]\naddress = \"127.0.0.1:{port}\"\nplain_http = true\n\
-         [[api]]\nname = \"echo\"\npath_prefix = \"/echo\"\nbackend = \"http://{backend}/\"\n",
+         [[api]]\nname = \"echo\"\npath_prefix = \"/echo\"\nbackend = \"http://{backend}/\"\n\
+         listeners = [\"127.0.0.1:{port}\"]\n",
         state = state_dir.display().to_string(),
         runtime = dir.0.join("run").display().to_string(),
     );
@@ -408,7 +409,8 @@ async fn admin_listen_off_has_no_listener() {
     let text = format!(
         "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\nadmin_listen = \"off\"\n\
          [[listener]]\naddress = \"127.0.0.1:{port}\"\nplain_http = true\n\
-         [[api]]\nname = \"echo\"\npath_prefix = \"/echo\"\nsubscription = \"none\"\nbackend = \"http://{backend}/\"\n",
+         [[api]]\nname = \"echo\"\npath_prefix = \"/echo\"\nsubscription = \"none\"\nbackend = \"http://{backend}/\"\n\
+         listeners = [\"127.0.0.1:{port}\"]\n",
         state = dir.0.join("state").display().to_string(),
         runtime = dir.0.join("run").display().to_string(),
     );
@@ -546,7 +548,8 @@ async fn a_jwks_never_loaded_is_exported_with_its_failures() {
          [[jwt_provider]]\nname = \"corp\"\nalgorithms = [\"RS256\"]\n\
          jwks_url = \"https://localhost:{jwks_port}/keys\"\nca_file = {ca:?}\n\
          [[api]]\nname = \"orders\"\npath_prefix = \"/orders\"\nsubscription = \"none\"\n\
-         backend = \"http://{backend}/\"\njwt = {{ provider = \"corp\" }}\n",
+         backend = \"http://{backend}/\"\njwt = {{ provider = \"corp\" }}\n\
+         listeners = [\"127.0.0.1:{port}\"]\n",
         state = dir.0.join("state").display().to_string(),
         runtime = dir.0.join("run").display().to_string(),
         ca = idp.ca_pem.display().to_string(),

@@ -146,7 +146,18 @@ fn gateway_file(d: &Dir, name: &str, addresses: &[&str], rest: &str) -> PathBuf 
             "[[listener]]\naddress = \"{address}\"\nplain_http = true\n\n"
         ));
     }
-    text.push_str(rest);
+    // Plain-HTTP listeners serve only the APIs that name them.
+    let mut named: Vec<String> = Vec::new();
+    for address in addresses {
+        let quoted = format!("{address:?}");
+        if !named.contains(&quoted) {
+            named.push(quoted);
+        }
+    }
+    text.push_str(&rest.replace(
+        "[[api]]\n",
+        &format!("[[api]]\nlisteners = [{}]\n", named.join(", ")),
+    ));
     let cfg = d.0.join(name);
     std::fs::write(&cfg, text).unwrap();
     cfg
@@ -185,9 +196,9 @@ fn two_apis_with_one_route_fail_the_check_as_they_fail_start() {
     let (code, out, err) = check(&cfg);
     assert_eq!(code, 64, "check said: {out}{err}");
     assert!(
-        err.contains(
-            "gateway: APIs \"echo\" and \"echo2\" have the same host and path prefix (no host; prefix \"/echo\")"
-        ),
+        err.contains(&format!(
+            "gateway: APIs \"echo\" and \"echo2\" have the same host and path prefix (no host; prefix \"/echo\"; both served on listener {address})"
+        )),
         "{err}"
     );
     let (start_code, start_err) = start(&cfg);
@@ -212,7 +223,7 @@ fn hosts_that_differ_only_in_case_are_one_route() {
     let (code, out, err) = check(&cfg);
     assert_eq!(code, 64, "check said: {out}{err}");
     assert!(
-        err.contains("APIs \"upper\" and \"lower\" have the same host and path prefix (host \"a.example\", names compared without case; prefix \"/v1\")"),
+        err.contains(&format!("APIs \"upper\" and \"lower\" have the same host and path prefix (host \"a.example\", names compared without case; prefix \"/v1\"; both served on listener {address})")),
         "{err}"
     );
     let (start_code, start_err) = start(&cfg);

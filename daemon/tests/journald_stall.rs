@@ -106,7 +106,7 @@ async fn a_stopped_journald_does_not_stop_the_gateway() {
          admin_listen = \"127.0.0.1:{admin}\"\n\
          [[listener]]\naddress = \"127.0.0.1:{port}\"\nplain_http = true\n\
          [[api]]\nname = \"echo\"\npath_prefix = \"/\"\nbackend = \"http://{backend}/\"\n\
-         subscription = \"none\"\n\
+         subscription = \"none\"\nlisteners = [\"127.0.0.1:{port}\"]\n\
          [gateway]\naccess_log = \"all\"\n",
         state = dir.0.join("state").display().to_string(),
         runtime = dir.0.join("run").display().to_string(),

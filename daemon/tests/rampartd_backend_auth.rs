@@ -40,6 +40,11 @@ async fn start(dir: &Path, port: u16, rest: &str) -> Rampartd {
          [[listener]]\naddress = \"127.0.0.1:{port}\"\nplain_http = true\n\n{rest}\n",
         state = dir.join("state").display().to_string(),
         runtime = dir.join("run").display().to_string(),
+        // The plain listener serves the APIs that name it.
+        rest = rest.replace(
+            "[[api]]\n",
+            &format!("[[api]]\nlisteners = [\"127.0.0.1:{port}\"]\n"),
+        ),
     );
     let log = dir.join(format!("rampartd-{port}.log"));
     Rampartd::start(&config, &text, log, port).await
@@ -463,8 +468,8 @@ fn configuration_errors_are_reported_with_their_position() {
     let secret = dir.0.join("secret");
     std::fs::write(&secret, "x").unwrap();
     let header = "[[listener]]\naddress = \"127.0.0.1:8443\"\nplain_http = true\n\
-                  [[api]]\nname = \"a\"\npath_prefix = \"/\"\n";
-    // The `backend_auth` line is line 8; its value starts at column 16.
+                  [[api]]\nname = \"a\"\npath_prefix = \"/\"\nlisteners = [\"127.0.0.1:8443\"]\n";
+    // The `backend_auth` line is line 9; its value starts at column 16.
     let cases = [
         (
             "cert-http",
@@ -473,7 +478,7 @@ fn configuration_errors_are_reported_with_their_position() {
                 files.cert_chain_pem.display().to_string(),
                 files.key_pem.display().to_string()
             ),
-            ":8:32: ",
+            ":9:32: ",
             "needs an https:// backend",
         ),
         (
@@ -482,7 +487,7 @@ fn configuration_errors_are_reported_with_their_position() {
                 "backend = \"http://b/\"\nbackend_auth = {{ bearer_token_file = {:?} }}\n",
                 dir.0.join("nope").display().to_string()
             ),
-            ":8:38: ",
+            ":9:38: ",
             "cannot read",
         ),
         (
@@ -491,13 +496,13 @@ fn configuration_errors_are_reported_with_their_position() {
                 "backend = \"http://b/\"\nbackend_auth = {{ oauth2 = {{ token_url = \"http://idp/t\", client_id = \"gw\", client_secret_file = {:?} }} }}\n",
                 secret.display().to_string()
             ),
-            ":8:41: ",
+            ":9:41: ",
             "expected an https:// URL",
         ),
         (
             "unknown-key",
             "backend = \"http://b/\"\nbackend_auth = { token = \"x\" }\n".to_owned(),
-            ":8:",
+            ":9:",
             "unknown field `token`",
         ),
     ];

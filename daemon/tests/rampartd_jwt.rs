@@ -766,6 +766,11 @@ fn config_file(setup: &Setup, name: &str, body: &str) -> PathBuf {
             "[daemon]\nstate_dir = {state:?}\n\n[[listener]]\naddress = \"127.0.0.1:{port}\"\nplain_http = true\n\n{body}",
             state = setup.state_dir.display().to_string(),
             port = setup.port,
+            // The plain listener serves the APIs that name it.
+            body = body.replace(
+                "[[api]]\n",
+                &format!("[[api]]\nlisteners = [\"127.0.0.1:{}\"]\n", setup.port),
+            ),
         )
         .as_bytes(),
     )
@@ -792,7 +797,7 @@ fn check_config_reports_jwt_errors_with_exit_64() {
     let (code, err) = check_config(&good);
     assert_eq!(code, 0, "{err}");
 
-    // An API naming a provider nobody declared (`jwt` on line 13 of the file).
+    // An API naming a provider nobody declared (`jwt` on line 14 of the file).
     let unknown = config_file(
         &setup,
         "unknown.toml",
@@ -801,7 +806,7 @@ fn check_config_reports_jwt_errors_with_exit_64() {
     let (code, err) = check_config(&unknown);
     assert_eq!(code, 64, "{err}");
     let expected = format!(
-        "{}:13:20: unknown jwt_provider \"nobody\"",
+        "{}:14:20: unknown jwt_provider \"nobody\"",
         unknown.display()
     );
     assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");

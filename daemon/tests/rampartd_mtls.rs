@@ -365,3 +365,108 @@ fn client_auth_needs_a_ca_and_a_bad_ca_file_is_refused() {
     assert_ne!(code, Some(0), "{text}");
     assert!(text.contains("empty.pem"), "{text}");
 }
+
+/// An API is served only on the listeners it names (without `listeners`, on every TLS
+/// listener): a certificate that another listener's CA issued never reaches an API
+/// whose listener trusts only its own CA, and a plain listener serves only the APIs
+/// that name it.
+#[tokio::test(flavor = "multi_thread")]
+async fn apis_are_served_only_on_their_listeners() {
+    let dir = TempDir::new("mtls-listeners");
+    let server = Pki::new();
+    let server_cert = server.leaf("gw", &["localhost"]);
+    let internal_ca = ClientPki::new(&dir.0, "internal-ca");
+    let partner_ca = ClientPki::new(&dir.0, "partner-ca");
+    let alice = internal_ca.issue("alice", "Contoso", 3001);
+    // The same name, from the partner's CA.
+    let partner_alice = partner_ca.issue("alice", "Contoso", 3002);
+    let backend = start_backend().await;
+    let (internal, partner, plain) = (free_port(), free_port(), free_port());
+    let cert = server_cert.cert_chain_pem.display().to_string();
+    let key = server_cert.key_pem.display().to_string();
+    let listener = |port: u16, ca: &ClientPki| {
+        format!(
+            "[[listener]]\naddress = \"127.0.0.1:{port}\"\n\
+             tls = {{ cert = {cert:?}, key = {key:?}, client_auth = \"optional\", client_ca = {:?} }}\n\n",
+            ca.ca_pem.display().to_string()
+        )
+    };
+    let text = format!(
+        "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\n\n{}{}\
+         [[listener]]\naddress = \"127.0.0.1:{plain}\"\nplain_http = true\n\n\
+         [[api]]\nname = \"internal\"\npath_prefix = \"/internal\"\nbackend = \"http://{backend}/\"\n\
+         subscription = \"none\"\nlisteners = [\"127.0.0.1:{internal}\"]\n\
+         client_certificate = {{ identities = [{{ common_name = \"alice\" }}] }}\n\n\
+         [[api]]\nname = \"partner\"\npath_prefix = \"/partner\"\nbackend = \"http://{backend}/\"\n\
+         subscription = \"none\"\nlisteners = [\"127.0.0.1:{partner}\"]\nclient_certificate = {{}}\n\n\
+         [[api]]\nname = \"open\"\npath_prefix = \"/open\"\nbackend = \"http://{backend}/\"\n\
+         subscription = \"none\"\n\n\
+         [[api]]\nname = \"health\"\npath_prefix = \"/health\"\nbackend = \"http://{backend}/\"\n\
+         subscription = \"none\"\nlisteners = [\"127.0.0.1:{plain}\", \"127.0.0.1:{internal}\"]\n",
+        listener(internal, &internal_ca),
+        listener(partner, &partner_ca),
+        state = dir.0.join("state").display().to_string(),
+        runtime = dir.0.join("run").display().to_string(),
+    );
+    let config = dir.0.join("rampart.toml");
+    let daemon = Rampartd::start(&config, &text, dir.0.join("rampartd.log"), plain).await;
+    let log = || std::fs::read_to_string(&daemon.log).unwrap_or_default();
+    let status = |result: Result<(http::response::Parts, String), String>| {
+        result.map(|(parts, _)| parts.status.as_u16())
+    };
+    let url = |port: u16, path: &str| format!("https://localhost:{port}{path}");
+
+    // The partner's "alice" on the partner listener: its API, not the internal one.
+    let partner_client = mtls_client(&server, Some(&partner_alice));
+    assert_eq!(
+        status(get(&partner_client, &url(partner, "/partner/x"), &[]).await),
+        Ok(200),
+        "{}",
+        log()
+    );
+    let around = get(&partner_client, &url(partner, "/internal/x"), &[]).await;
+    assert_error(&around, 404, "Resource not found");
+    // The internal alice: the internal API on its listener; not the partner API.
+    let internal_client = mtls_client(&server, Some(&alice));
+    assert_eq!(
+        status(get(&internal_client, &url(internal, "/internal/x"), &[]).await),
+        Ok(200)
+    );
+    assert_eq!(
+        status(get(&internal_client, &url(internal, "/partner/x"), &[]).await),
+        Ok(404)
+    );
+    // No `listeners`: every TLS listener.
+    for port in [internal, partner] {
+        let client = mtls_client(&server, None);
+        assert_eq!(
+            status(get(&client, &url(port, "/open/x"), &[]).await),
+            Ok(200)
+        );
+    }
+    // The plain listener serves only what names it.
+    let client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let plain_status = |path: &'static str| {
+        let client = client.clone();
+        async move {
+            let uri = format!("http://127.0.0.1:{plain}{path}");
+            let response = client
+                .request(Request::get(uri).body(Empty::new()).unwrap())
+                .await
+                .unwrap();
+            response.status().as_u16()
+        }
+    };
+    assert_eq!(plain_status("/health").await, 200);
+    assert_eq!(plain_status("/open/x").await, 404);
+    assert_eq!(plain_status("/internal/x").await, 404);
+    assert_eq!(
+        status(get(&mtls_client(&server, None), &url(internal, "/health"), &[]).await),
+        Ok(200)
+    );
+    assert_eq!(
+        status(get(&mtls_client(&server, None), &url(partner, "/health"), &[]).await),
+        Ok(404)
+    );
+}

@@ -62,6 +62,11 @@ impl Setup {
              quota = {{ calls = 5, period_secs = 3600 }}\n\n{extra}",
             state = state_dir.display().to_string(),
             runtime = dir.0.join("run").display().to_string(),
+        )
+        // The plain listener serves the APIs that name it.
+        .replace(
+            "[[api]]\n",
+            &format!("[[api]]\nlisteners = [\"127.0.0.1:{port}\"]\n"),
         );
         std::fs::write(&config, text).unwrap();
         Self {

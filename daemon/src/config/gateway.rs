@@ -67,6 +67,10 @@ pub struct ApiConfig {
     pub name: String,
     pub host: Option<String>,
     pub path_prefix: String,
+    /// The `[[listener]]`s (their addresses) that serve the API: those `listeners`
+    /// names, else every TLS listener (plain-HTTP listeners serve only the APIs that
+    /// name them).
+    pub listeners: Vec<SocketAddr>,
     pub backend: Url,
     /// Names of `[[product]]`s, each checked to exist.
     pub products: Vec<String>,

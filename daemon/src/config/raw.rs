@@ -122,6 +122,7 @@ pub(super) struct RawApi {
     pub name: Option<Text>,
     pub host: Option<Text>,
     pub path_prefix: Option<Text>,
+    pub listeners: Option<TextList>,
     pub backend: Option<Text>,
     pub products: Option<TextList>,
     pub subscription: Option<Text>,

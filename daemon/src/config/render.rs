@@ -177,6 +177,9 @@ max_deny_entries = {DEFAULT_MAX_DENY_ENTRIES}
 # host = "api.example.com"
 # # Required: matched on whole path segments, longest prefix wins.
 # path_prefix = "/orders"
+# # Optional: the listeners (by address) that serve it; default: every TLS
+# # listener (plain-HTTP listeners serve only the APIs that name them).
+# listeners = ["0.0.0.0:443"]
 # # Required: http:// or https:// base URL; its path is prepended.
 # backend = "http://127.0.0.1:8080"
 # # Products this API belongs to (each declared with [[product]]).

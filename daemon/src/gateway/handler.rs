@@ -54,6 +54,9 @@ pub(crate) struct Shared {
 #[derive(Clone)]
 pub(crate) struct Connection {
     pub(crate) peer: SocketAddr,
+    /// The configured address of the listener that accepted it: only the APIs that
+    /// listener serves are routed to.
+    pub(crate) listener: SocketAddr,
     /// `https` or `http`.
     pub(crate) proto: &'static str,
     /// The client certificate the TLS layer verified, if any.
@@ -255,7 +258,8 @@ async fn process(
     let host = request_host(request.uri(), request.headers()).map(str::to_owned);
     let path = request.uri().path();
     let key = path::without_parameters(path);
-    let Some((backend, key_rest)) = shared.routes.route(host.as_deref(), &key) else {
+    let Some((backend, key_rest)) = shared.routes.route(conn.listener, host.as_deref(), &key)
+    else {
         return rejected(Rejection::not_found(), None);
     };
     let rest = match path::rest_after_prefix(path, &key, key_rest) {

@@ -1,5 +1,7 @@
-//! Host + longest path prefix routing of requests to APIs.
+//! Host + longest path prefix routing of requests to APIs, among the APIs the
+//! request's listener serves.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::error::GatewayError;
@@ -17,6 +19,8 @@ pub struct RouteTable<T> {
 struct Route<T> {
     host: Option<String>,
     prefix: String,
+    /// The listeners (configured addresses) that serve it.
+    listeners: Vec<SocketAddr>,
     target: Arc<T>,
 }
 
@@ -52,16 +56,21 @@ impl<T> RouteTable<T> {
             }
             let prefix = normalize_prefix(&api.path_prefix);
             let host = api.host.as_deref().map(str::to_ascii_lowercase);
-            if let Some((first, _)) = routes
-                .iter()
-                .find(|(_, r)| r.host == host && r.prefix == prefix)
-            {
-                let route = match &host {
+            // The same host and prefix may lead to other APIs on other listeners.
+            if let Some((first, _)) = routes.iter().find(|(_, r)| {
+                r.host == host
+                    && r.prefix == prefix
+                    && r.listeners.iter().any(|l| api.listeners.contains(l))
+            }) {
+                let mut route = match &host {
                     Some(host) => {
                         format!("host {host:?}, names compared without case; prefix {prefix:?}")
                     }
                     None => format!("no host; prefix {prefix:?}"),
                 };
+                if let Some(shared) = first_route_listener(&routes, first, &api.listeners) {
+                    route.push_str(&format!("; both served on listener {shared}"));
+                }
                 return Err(GatewayError::DuplicateRoute {
                     first: first.clone(),
                     second: api.name,
@@ -73,6 +82,7 @@ impl<T> RouteTable<T> {
                 Route {
                     host,
                     prefix,
+                    listeners: api.listeners,
                     target,
                 },
             ));
@@ -87,13 +97,22 @@ impl<T> RouteTable<T> {
         Ok(Self { routes })
     }
 
-    /// The API for a request's host (any port is ignored) and path, if any, with
-    /// the part of the path after the API's prefix (`""` or starting with `/`).
-    pub fn route<'p>(&self, host: Option<&str>, path: &'p str) -> Option<(&Arc<T>, &'p str)> {
+    /// The API for a request that came on `listener` (its configured address), by its
+    /// host (any port is ignored) and path, if any, with the part of the path after
+    /// the API's prefix (`""` or starting with `/`).
+    pub fn route<'p>(
+        &self,
+        listener: SocketAddr,
+        host: Option<&str>,
+        path: &'p str,
+    ) -> Option<(&Arc<T>, &'p str)> {
         let host = host.map(host_name);
         self.routes
             .iter()
             .find(|r| {
+                if !r.listeners.contains(&listener) {
+                    return false;
+                }
                 let host_ok = match (&r.host, host) {
                     (None, _) => true,
                     (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
@@ -110,6 +129,20 @@ impl<T> RouteTable<T> {
                 (&r.target, rest)
             })
     }
+}
+
+/// A listener that serves both the route of API `first` and `listeners`.
+fn first_route_listener<T>(
+    routes: &[(String, Route<T>)],
+    first: &str,
+    listeners: &[SocketAddr],
+) -> Option<SocketAddr> {
+    let (_, route) = routes.iter().find(|(name, _)| name == first)?;
+    route
+        .listeners
+        .iter()
+        .find(|l| listeners.contains(l))
+        .copied()
 }
 
 /// `/a/b/` and `/a/b` are the same prefix; `/` stays `/`.
@@ -226,12 +259,28 @@ mod tests {
     use super::*;
     use crate::gateway::settings::BackendTimeouts;
 
+    /// The listener the tests' requests come on.
+    const L1: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8443);
+    const L2: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+
     fn api(name: &str, host: Option<&str>, prefix: &str) -> (ApiSettings, String) {
+        api_on(name, host, prefix, &[L1])
+    }
+
+    fn api_on(
+        name: &str,
+        host: Option<&str>,
+        prefix: &str,
+        listeners: &[SocketAddr],
+    ) -> (ApiSettings, String) {
         (
             ApiSettings {
                 name: name.to_owned(),
                 host: host.map(str::to_owned),
                 path_prefix: prefix.to_owned(),
+                listeners: listeners.to_vec(),
                 backend: url::Url::parse("http://127.0.0.1:1/").unwrap(),
                 backend_protocol: Default::default(),
                 timeouts: BackendTimeouts::default(),
@@ -241,7 +290,35 @@ mod tests {
     }
 
     fn route<'a>(table: &'a RouteTable<String>, host: Option<&str>, path: &str) -> Option<&'a str> {
-        table.route(host, path).map(|(t, _)| t.as_str())
+        table.route(L1, host, path).map(|(t, _)| t.as_str())
+    }
+
+    #[test]
+    fn an_api_is_reached_only_on_its_listeners() {
+        let table = RouteTable::new([
+            api_on("internal", None, "/admin", &[L2]),
+            api_on("both", None, "/", &[L1, L2]),
+            api_on("public-admin", None, "/admin", &[L1]),
+        ])
+        .unwrap();
+        let on = |listener, path| table.route(listener, None, path).map(|(t, _)| t.as_str());
+        assert_eq!(on(L2, "/admin/x"), Some("internal"));
+        assert_eq!(on(L1, "/admin/x"), Some("public-admin"));
+        assert_eq!(on(L1, "/x"), Some("both"));
+        let other = SocketAddr::from(([127, 0, 0, 1], 9443));
+        assert_eq!(on(other, "/x"), None);
+        // The same route on a shared listener is ambiguous.
+        let error = RouteTable::new([
+            api_on("a", None, "/x", &[L1, L2]),
+            api_on("b", None, "/x", &[L2]),
+        ])
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("both served on listener 127.0.0.1:8080"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -318,9 +395,12 @@ mod tests {
     #[test]
     fn rest_of_path_follows_the_prefix() {
         let table = RouteTable::new([api("root", None, "/"), api("o", None, "/orders/")]).unwrap();
-        assert_eq!(table.route(None, "/orders/1").map(|(_, r)| r), Some("/1"));
-        assert_eq!(table.route(None, "/orders").map(|(_, r)| r), Some(""));
-        assert_eq!(table.route(None, "/x/y").map(|(_, r)| r), Some("/x/y"));
+        assert_eq!(
+            table.route(L1, None, "/orders/1").map(|(_, r)| r),
+            Some("/1")
+        );
+        assert_eq!(table.route(L1, None, "/orders").map(|(_, r)| r), Some(""));
+        assert_eq!(table.route(L1, None, "/x/y").map(|(_, r)| r), Some("/x/y"));
     }
 
     #[test]

@@ -222,7 +222,10 @@ impl Server {
         tokio::spawn(listener_task(
             Arc::clone(self),
             socket,
-            local_addr,
+            ListenerAddrs {
+                configured: settings.addr,
+                local: local_addr,
+            },
             Arc::clone(&tls),
             stop.clone(),
             closed_tx,
@@ -297,7 +300,10 @@ impl Server {
 async fn listener_task(
     server: Arc<Server>,
     socket: TcpListener,
-    local_addr: SocketAddr,
+    ListenerAddrs {
+        configured,
+        local: local_addr,
+    }: ListenerAddrs,
     tls: Arc<ArcSwapOption<ListenerTls>>,
     stop: CancellationToken,
     closed: oneshot::Sender<()>,
@@ -354,7 +360,10 @@ async fn listener_task(
             // or more per request) do not poll the watchers below as well.
             let serving = tokio::spawn(serve_connection(
                 stream,
-                peer,
+                Addresses {
+                    peer,
+                    listener: configured,
+                },
                 tls,
                 Arc::clone(&activity),
                 server,
@@ -413,9 +422,23 @@ enum Ended {
     Cut,
 }
 
+/// A listener's address as configured (what `api.listeners` names) and as bound
+/// (its port when the configured one is 0).
+struct ListenerAddrs {
+    configured: SocketAddr,
+    local: SocketAddr,
+}
+
+/// The two ends of an accepted connection.
+struct Addresses {
+    peer: SocketAddr,
+    /// The configured address of the listener that accepted it.
+    listener: SocketAddr,
+}
+
 async fn serve_connection(
     stream: ActivityIo<Returning>,
-    peer: SocketAddr,
+    Addresses { peer, listener }: Addresses,
     tls: Option<Arc<ListenerTls>>,
     activity: Arc<Activity>,
     server: Arc<Server>,
@@ -446,6 +469,7 @@ async fn serve_connection(
                 .and_then(|chain| client_certificate(chain, &tls.client_cas, peer));
             let conn = Connection {
                 peer,
+                listener,
                 proto: "https",
                 client_cert,
             };
@@ -455,6 +479,7 @@ async fn serve_connection(
         None => {
             let conn = Connection {
                 peer,
+                listener,
                 proto: "http",
                 client_cert: None,
             };

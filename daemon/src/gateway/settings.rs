@@ -81,6 +81,8 @@ pub struct ApiSettings {
     /// Matched on whole path segments: `/orders` matches `/orders` and `/orders/1`,
     /// not `/ordersx`. `/` matches everything.
     pub path_prefix: String,
+    /// The listeners (their configured addresses) whose connections may reach the API.
+    pub listeners: Vec<SocketAddr>,
     /// `http://` or `https://` base URL; its path is prepended to the remaining path.
     pub backend: Url,
     pub backend_protocol: BackendProtocol,

@@ -369,6 +369,8 @@ pub fn api(name: &str, host: Option<&str>, prefix: &str, backend: &str) -> ApiSe
         name: name.to_owned(),
         host: host.map(str::to_owned),
         path_prefix: prefix.to_owned(),
+        // Both listeners of `start_gateway_with` are configured as 127.0.0.1:0.
+        listeners: vec!["127.0.0.1:0".parse().unwrap()],
         backend: backend.parse().unwrap(),
         backend_protocol: Default::default(),
         timeouts: BackendTimeouts::default(),

@@ -39,6 +39,8 @@ fn gateway_sections_with_defaults() {
     let api = &config.apis[0];
     assert_eq!(api.name, "orders");
     assert_eq!(api.host, None);
+    // Every TLS listener, not the plain one.
+    assert_eq!(api.listeners, ["127.0.0.1:8443".parse().unwrap()]);
     assert_eq!(api.backend.as_str(), "http://127.0.0.1:9000/v1");
     assert_eq!(api.products, ["starter"]);
     assert_eq!(api.subscription, SubscriptionRequirement::Required);
@@ -48,6 +50,95 @@ fn gateway_sections_with_defaults() {
     assert_eq!(api.rate_limit, None);
     assert_eq!(api.cors, None);
     assert!(api.headers.request.is_empty() && api.headers.response.is_empty());
+}
+
+/// Two TLS listeners trusting different client CAs, a plain one, and `apis`.
+fn three_listeners(apis: &str) -> String {
+    with_filter(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:8443\"\n\
+         tls = {{ cert = \"/c.pem\", key = \"/k.pem\", client_auth = \"optional\", client_ca = \"/internal-ca.pem\" }}\n\
+         [[listener]]\naddress = \"127.0.0.1:9443\"\n\
+         tls = {{ cert = \"/c.pem\", key = \"/k.pem\", client_auth = \"required\", client_ca = \"/partner-ca.pem\" }}\n\
+         [[listener]]\naddress = \"127.0.0.1:8080\"\nplain_http = true\n{apis}"
+    ))
+}
+
+#[test]
+fn apis_are_served_on_the_listeners_they_name_or_every_tls_one() {
+    let config = parse_ok(&three_listeners(
+        "[[api]]\nname = \"all\"\npath_prefix = \"/\"\nbackend = \"http://b\"\n\
+         [[api]]\nname = \"health\"\npath_prefix = \"/health\"\nbackend = \"http://b\"\n\
+         subscription = \"none\"\nlisteners = [\"127.0.0.1:8080\", \"127.0.0.1:8443\"]\n\
+         [[api]]\nname = \"internal\"\npath_prefix = \"/i\"\nbackend = \"http://b\"\n\
+         listeners = [\"127.0.0.1:8443\"]\nclient_certificate = { identities = [{ common_name = \"alice\" }] }\n\
+         [[api]]\nname = \"partner\"\npath_prefix = \"/i\"\nbackend = \"http://b\"\n\
+         listeners = [\"127.0.0.1:9443\"]\nclient_certificate = {}\n\
+         [[api]]\nname = \"pinned\"\npath_prefix = \"/p\"\nbackend = \"http://b\"\n\
+         client_certificate = { identities = [{ common_name = \"alice\", issuer_thumbprint = \"AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD\" }] }\n",
+    ));
+    let served = |name: &str| {
+        config
+            .apis
+            .iter()
+            .find(|api| api.name == name)
+            .unwrap()
+            .listeners
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(served("all"), ["127.0.0.1:8443", "127.0.0.1:9443"]);
+    assert_eq!(served("health"), ["127.0.0.1:8080", "127.0.0.1:8443"]);
+    assert_eq!(served("internal"), ["127.0.0.1:8443"]);
+    assert_eq!(served("partner"), ["127.0.0.1:9443"]);
+    assert_eq!(served("pinned"), ["127.0.0.1:8443", "127.0.0.1:9443"]);
+}
+
+#[test]
+fn api_listeners_must_name_listeners_and_keep_client_cas_apart() {
+    let errors = parse_err(&three_listeners(
+        "[[api]]\nname = \"a\"\npath_prefix = \"/a\"\nbackend = \"http://b\"\n\
+         listeners = [\"127.0.0.1:7443\", \"localhost:8443\", \"127.0.0.1:8443\", \"127.0.0.1:8443\"]\n\
+         [[api]]\nname = \"b\"\npath_prefix = \"/b\"\nbackend = \"http://b\"\nlisteners = []\n\
+         [[api]]\nname = \"c\"\npath_prefix = \"/c\"\nbackend = \"http://b\"\n\
+         client_certificate = { identities = [{ common_name = \"alice\" }] }\n\
+         [[api]]\nname = \"d\"\npath_prefix = \"/d\"\nbackend = \"http://b\"\n\
+         listeners = [\"127.0.0.1:8443\", \"127.0.0.1:9443\", \"127.0.0.1:8080\"]\nclient_certificate = {}\n",
+    ));
+    let known = "127.0.0.1:8443, 127.0.0.1:9443, 127.0.0.1:8080";
+    let cas = "`api.client_certificate` is checked on listeners that trust different client CAs \
+               (127.0.0.1:8443: /internal-ca.pem; 127.0.0.1:9443: /partner-ca.pem): a certificate \
+               from either CA with a matching name would pass; serve the API on one of them with \
+               `listeners = [...]`, or pin every identity's issuer with `issuer_thumbprint`";
+    assert_eq!(
+        errors,
+        [
+            format!(
+                "t.toml:16:14: `api.listeners` names \"127.0.0.1:7443\", which is not the address \
+                 of a [[listener]] (written as in its `address`: {known})"
+            ),
+            format!(
+                "t.toml:16:32: `api.listeners` names \"localhost:8443\", which is not the address \
+                 of a [[listener]] (written as in its `address`: {known})"
+            ),
+            "t.toml:16:68: `api.listeners` names 127.0.0.1:8443 twice".to_owned(),
+            "t.toml:21:13: `api.listeners` is empty: name at least one [[listener]] address, or \
+             leave the key out to serve the API on every TLS listener"
+                .to_owned(),
+            format!("t.toml:26:22: {cas}"),
+            format!("t.toml:32:22: {cas}"),
+        ]
+    );
+    // Plain HTTP alone serves only the APIs that name it.
+    assert_eq!(
+        single_error(
+            "[[listener]]\naddress = \"127.0.0.1:8080\"\nplain_http = true\n\
+             [[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://b\"\n"
+        ),
+        "t.toml:4:1: this [[api]] is served by no listener: without `listeners` an API is \
+         served on every TLS listener, and there is none; name the plain-HTTP listeners that \
+         serve it, e.g. listeners = [\"127.0.0.1:8080\"]"
+    );
 }
 
 #[test]
@@ -207,7 +298,8 @@ fn invalid_cors_and_header_rules_are_reported_at_their_table() {
 fn a_gateway_alone_needs_no_filter() {
     let config = parse_ok(
         "[[listener]]\naddress = \"127.0.0.1:8080\"\nplain_http = true\n\
-         [[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://b\"\n",
+         [[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://b\"\n\
+         listeners = [\"127.0.0.1:8080\"]\n",
     );
     assert_eq!(config.filter, None);
     assert_eq!(config.listeners.len(), 1);
@@ -227,6 +319,7 @@ fn gateway_section_quotas_subscriptions_and_api_extras() {
          [[listener]]\naddress = \"127.0.0.1:8080\"\nplain_http = true\n\
          [[product]]\nname = \"gold\"\nquota = {{ calls = 1000, kilobytes = 5000, period_secs = 86400 }}\n\
          [[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://b\"\nproducts = [\"gold\"]\n\
+         listeners = [\"127.0.0.1:8080\"]\n\
          rate_limit = {{ calls = 10, period_secs = 1, counter = \"header:X-Tenant\", algorithm = \"token_bucket\", remaining_header = \"X-RateLimit-Remaining\", total_header = \"X-RateLimit-Limit\" }}\n\
          quota = {{ calls = 5, period_secs = 0, counter = \"ip\" }}\n\
          validation = {{ content_types = [\"application/json\"], max_body_bytes = 2048 }}\n\

@@ -18,7 +18,7 @@ use crate::config::gateway::{
 use crate::config::raw::{
     RawApi, RawApiJwt, RawBackendAuth, RawBackendTimeouts, RawClaimHeader, RawGateway, RawListener,
     RawOAuth2, RawProduct, RawQuota, RawRateLimit, RawRoleRule, RawSni, RawSubscription, RawTls,
-    Text,
+    Text, TextList,
 };
 use crate::config::{
     ApiConfig, ListenerConfig, ListenerTransport, MAX_RATE_LIMIT_CALLS, MAX_RATE_LIMIT_PERIOD_SECS,
@@ -403,6 +403,7 @@ impl Checker<'_> {
         raw: Vec<Spanned<RawApi>>,
         products: &[ProductConfig],
         providers: &[JwtProviderSettings],
+        listeners: &[ListenerConfig],
     ) -> Vec<ApiConfig> {
         let mut seen = HashSet::new();
         let mut apis = Vec::with_capacity(raw.len());
@@ -491,11 +492,17 @@ impl Checker<'_> {
                 }
             });
             let jwt = raw.jwt.and_then(|jwt| self.api_jwt(jwt, providers));
+            let served_on = self.api_listeners(section, raw.listeners, listeners);
             let client_certificate = raw.client_certificate.and_then(|settings| {
                 let at = settings.span().start;
                 let settings = settings.into_inner();
                 match settings.validate() {
-                    Ok(_) => Some(settings),
+                    Ok(_) => {
+                        if let Some(served_on) = &served_on {
+                            self.client_cas_agree(at, &settings, served_on, listeners);
+                        }
+                        Some(settings)
+                    }
                     Err(errors) => {
                         for e in errors {
                             self.error(
@@ -574,7 +581,8 @@ impl Checker<'_> {
                 }
                 headers
             });
-            let (Some(name), Some(path_prefix), Some(backend)) = (name, path_prefix, backend)
+            let (Some(name), Some(path_prefix), Some(backend), Some(served_on)) =
+                (name, path_prefix, backend, served_on)
             else {
                 continue;
             };
@@ -582,6 +590,7 @@ impl Checker<'_> {
                 name,
                 host: raw.host.map(Spanned::into_inner),
                 path_prefix,
+                listeners: served_on,
                 backend,
                 products: api_products,
                 subscription,
@@ -602,6 +611,128 @@ impl Checker<'_> {
             });
         }
         apis
+    }
+
+    /// `api.listeners`: the addresses of `[[listener]]`s, each once; without it, every
+    /// TLS listener. Plain HTTP serves an API only when the API names it (APIM's APIs
+    /// take HTTPS unless told otherwise): keys and tokens are not sent in clear text
+    /// because a plain listener was added for something else.
+    fn api_listeners(
+        &mut self,
+        section: usize,
+        raw: Option<TextList>,
+        listeners: &[ListenerConfig],
+    ) -> Option<Vec<SocketAddr>> {
+        let Some(raw) = raw else {
+            let tls: Vec<SocketAddr> = listeners
+                .iter()
+                .filter(|l| matches!(l.transport, ListenerTransport::Tls { .. }))
+                .map(|l| l.address)
+                .collect();
+            if tls.is_empty() && !listeners.is_empty() {
+                self.error(
+                    section,
+                    "this [[api]] is served by no listener: without `listeners` an API is \
+                     served on every TLS listener, and there is none; name the plain-HTTP \
+                     listeners that serve it, e.g. listeners = [\"127.0.0.1:8080\"]",
+                );
+                return None;
+            }
+            return Some(tls);
+        };
+        let at = raw.span().start;
+        let raw = raw.into_inner();
+        if raw.is_empty() {
+            self.error(
+                at,
+                "`api.listeners` is empty: name at least one [[listener]] address, or leave \
+                 the key out to serve the API on every TLS listener",
+            );
+            return None;
+        }
+        let mut served_on = Vec::with_capacity(raw.len());
+        let mut ok = true;
+        for address in raw {
+            let at = address.span().start;
+            let text = address.into_inner();
+            let Some(addr) = text
+                .parse::<SocketAddr>()
+                .ok()
+                .filter(|addr| listeners.iter().any(|l| l.address == *addr))
+            else {
+                let known: Vec<String> = listeners.iter().map(|l| l.address.to_string()).collect();
+                self.error(
+                    at,
+                    format!(
+                        "`api.listeners` names {text:?}, which is not the address of a \
+                         [[listener]] (written as in its `address`: {})",
+                        if known.is_empty() {
+                            "there is none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+                ok = false;
+                continue;
+            };
+            if served_on.contains(&addr) {
+                self.error(at, format!("`api.listeners` names {addr} twice"));
+                ok = false;
+                continue;
+            }
+            served_on.push(addr);
+        }
+        ok.then_some(served_on)
+    }
+
+    /// An API that checks client certificates must not be served on listeners that
+    /// trust different client CAs, unless each identity pins its issuer by thumbprint:
+    /// the check takes the certificate the connection's listener verified, so a
+    /// certificate from either CA with a matching name would pass.
+    fn client_cas_agree(
+        &mut self,
+        at: usize,
+        settings: &crate::policy::client_cert::ClientCertSettings,
+        served_on: &[SocketAddr],
+        listeners: &[ListenerConfig],
+    ) {
+        if !settings.identities.is_empty()
+            && settings
+                .identities
+                .iter()
+                .all(|identity| identity.issuer_thumbprint.is_some())
+        {
+            return;
+        }
+        let mut trusting: Vec<(SocketAddr, &std::path::Path)> = Vec::new();
+        for listener in listeners.iter().filter(|l| served_on.contains(&l.address)) {
+            if let ListenerTransport::Tls {
+                client_auth:
+                    ClientAuthConfig::Optional { ca, .. } | ClientAuthConfig::Required { ca, .. },
+                ..
+            } = &listener.transport
+            {
+                trusting.push((listener.address, ca));
+            }
+        }
+        let Some((first, first_ca)) = trusting.first().copied() else {
+            return;
+        };
+        if let Some((other, other_ca)) = trusting.iter().find(|(_, ca)| *ca != first_ca) {
+            self.error(
+                at,
+                format!(
+                    "`api.client_certificate` is checked on listeners that trust different \
+                     client CAs ({first}: {}; {other}: {}): a certificate from either CA \
+                     with a matching name would pass; serve the API on one of them with \
+                     `listeners = [...]`, or pin every identity's issuer with \
+                     `issuer_thumbprint`",
+                    first_ca.display(),
+                    other_ca.display()
+                ),
+            );
+        }
     }
 
     /// `backend_auth`: exactly one of a client certificate, a token file or OAuth2;

@@ -111,7 +111,10 @@ pub fn parse_entry(s: &str) -> Result<Vec<IpNet>, RuleError> {
     if s.is_empty() {
         return Err(RuleError::Empty);
     }
-    if let Some((start, end)) = s.split_once('-') {
+    if let Some((start, end)) = s.split_once('-')
+        // `10.0.0.1/-1` is a CIDR with a negative length, not a range.
+        && !start.trim_end().ends_with('/')
+    {
         let (start, end) = (start.trim(), end.trim());
         if start.is_empty() || end.is_empty() {
             return Err(RuleError::IncompleteRange {

@@ -60,6 +60,9 @@ fn bad_prefix_lengths_are_rejected() {
         "10.0.0.0/+8",
         "::/129",
         "1.2.3.0/24/8",
+        "10.0.0.0/-1",
+        "10.0.0.1/ -1",
+        "2001:db8::/-64",
     ] {
         let err = parse_entry(s).unwrap_err();
         assert!(
@@ -71,6 +74,12 @@ fn bad_prefix_lengths_are_rejected() {
         parse_entry("10.0.0.0/33").unwrap_err().to_string(),
         "`10.0.0.0/33` has an invalid prefix length (expected 0..=32)"
     );
+    // Before, the range split on '-' ran first: "`10.0.0.1/` is not an IPv4
+    // or IPv6 address".
+    assert_eq!(
+        parse_entry("10.0.0.1/-1").unwrap_err().to_string(),
+        "`10.0.0.1/-1` has an invalid prefix length (expected 0..=32)"
+    );
 }
 
 #[test]
@@ -81,7 +90,6 @@ fn invalid_input_is_rejected() {
         "10.0.0",
         "example.com",
         "10.0.0.256",
-        "10.0.0.0/-1",
         "1.2.3.0/24-1.2.4.0",
         "1.2.3.4-1.2.3.5-1.2.3.6",
     ] {

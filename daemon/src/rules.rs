@@ -26,8 +26,18 @@ pub enum RuleError {
     InvalidPrefixLength { input: String, max: u8 },
     #[error("{input} has host bits set; did you mean {network}?")]
     HostBitsSet { input: String, network: IpNet },
+    #[error(
+        "`{input}` is an IPv4-mapped prefix shorter than /96, which covers more than \
+         IPv4 addresses; give the IPv4 network (::ffff:a.b.c.d/96+n is a.b.c.d/n)"
+    )]
+    MappedPrefixTooShort { input: String },
     #[error("range `{input}` needs an address on each side of '-'")]
     IncompleteRange { input: String },
+    #[error(
+        "range `{input}` runs from an IPv4-mapped address (taken as IPv4) to another \
+         IPv6 address; give the IPv4 and the IPv6 parts as separate ranges"
+    )]
+    MappedRange { input: String },
     #[error("range {start}-{end} mixes IPv4 and IPv6")]
     MixedFamilies { start: IpAddr, end: IpAddr },
     #[error("range {start}-{end} is reversed (start is after end)")]
@@ -106,6 +116,11 @@ impl CountryPolicy {
 
 /// Parses one address entry: an address (a /32 or /128), a CIDR without
 /// host bits, or an inclusive range `a-b` (turned into the fewest CIDRs).
+///
+/// An IPv4-mapped IPv6 form (`::ffff:a.b.c.d`, `::ffff:a.b.c.d/96+n`, a range
+/// of them) is the IPv4 entry it maps: the kernel sees an IPv4 source as
+/// IPv4, so the IPv6 form could never match (Linux drops IPv6 packets with a
+/// mapped source), and operators copy such addresses from dual-stack logs.
 pub fn parse_entry(s: &str) -> Result<Vec<IpNet>, RuleError> {
     let s = s.trim();
     if s.is_empty() {
@@ -121,9 +136,14 @@ pub fn parse_entry(s: &str) -> Result<Vec<IpNet>, RuleError> {
                 input: s.to_string(),
             });
         }
-        let start = parse_addr(start)?;
-        let end = parse_addr(end)?;
-        return range_to_cidrs(start, end);
+        let (start, end) = (parse_addr(start)?, parse_addr(end)?);
+        let (start4, end4) = (start.to_canonical(), end.to_canonical());
+        if start4.is_ipv4() != end4.is_ipv4() && start.is_ipv6() && end.is_ipv6() {
+            return Err(RuleError::MappedRange {
+                input: s.to_string(),
+            });
+        }
+        return range_to_cidrs(start4, end4);
     }
     if let Some((addr, len)) = s.split_once('/') {
         let addr = addr.trim();
@@ -142,7 +162,18 @@ pub fn parse_entry(s: &str) -> Result<Vec<IpNet>, RuleError> {
             return Err(bad_len());
         }
         let len: u8 = len.parse().map_err(|_| bad_len())?;
-        let net = IpNet::new(ip, len).map_err(|_| bad_len())?;
+        let net = match ip.to_canonical() {
+            IpAddr::V4(v4) if ip.is_ipv6() => {
+                if len > 128 {
+                    return Err(bad_len());
+                }
+                let len = len.checked_sub(96).ok_or(RuleError::MappedPrefixTooShort {
+                    input: s.to_string(),
+                })?;
+                IpNet::new(IpAddr::V4(v4), len).map_err(|_| bad_len())?
+            }
+            _ => IpNet::new(ip, len).map_err(|_| bad_len())?,
+        };
         let network = net.trunc();
         if network != net {
             return Err(RuleError::HostBitsSet {
@@ -152,7 +183,7 @@ pub fn parse_entry(s: &str) -> Result<Vec<IpNet>, RuleError> {
         }
         return Ok(vec![network]);
     }
-    let ip = parse_addr(s)?;
+    let ip = parse_addr(s)?.to_canonical();
     Ok(vec![IpNet::from(ip)])
 }
 

@@ -427,6 +427,79 @@ fn entries_are_addresses_cidrs_ranges_files_and_replacements() {
 }
 
 #[test]
+fn ipv4_mapped_entries_are_the_ipv4_entries_they_map() {
+    if !privileged() {
+        return;
+    }
+    // Before, `::ffff:a.b.c.d` was stored as an IPv6 entry the kernel never
+    // matches (it sees the IPv4 source as IPv4): "added", and no effect.
+    let rig = Rig::start(opts(
+        &["198.18.0.3", "198.18.0.4", "198.18.0.5"],
+        r#"deny = ["::ffff:198.18.0.5"]"#,
+    ))
+    .unwrap();
+    let cli = &rig.cli;
+    let port = PORT.to_string();
+
+    // A configuration-file entry.
+    assert!(
+        !rig.reach("198.18.0.5"),
+        "config entry in mapped form applies"
+    );
+    let list = cli.list("deny").unwrap();
+    assert_eq!(find(&list, "198.18.0.5/32").unwrap()["origin"], "config");
+
+    // An operator entry: enforced, listed and checked as IPv4.
+    assert!(rig.reach("198.18.0.3"));
+    cli.ok(&["deny", "add", "::ffff:198.18.0.3"]).unwrap();
+    assert!(!rig.reach("198.18.0.3"), "denied by its mapped form");
+    assert!(rig.reach("198.18.0.4"));
+    assert_eq!(
+        cli.list_entries("deny").unwrap(),
+        ["198.18.0.3/32", "198.18.0.5/32"]
+    );
+    for source in ["198.18.0.3", "::ffff:198.18.0.3"] {
+        let c = cli.json(&["check", source, "--port", &port]).unwrap();
+        assert_eq!(c["action"], "drop", "{source}: {c}");
+        assert_eq!(c["list"], "deny", "{source}: {c}");
+    }
+    let text = cli.ok(&["deny", "list"]).unwrap().stdout;
+    assert!(!text.contains("::ffff"), "{text}");
+
+    // Deleting by the mapped form deletes the IPv4 entry.
+    cli.ok(&["deny", "del", "::ffff:198.18.0.3"]).unwrap();
+    assert!(rig.reach("198.18.0.3"), "passes after `deny del`");
+    assert_eq!(cli.list_entries("deny").unwrap(), ["198.18.0.5/32"]);
+
+    // A mapped prefix in a bulk file: /96+n is /n.
+    let file = rig
+        .file("mapped.txt", "::ffff:198.18.0.0/126  # .0 to .3\n")
+        .unwrap();
+    cli.ok(&["deny", "add", "--from-file", file.to_str().unwrap()])
+        .unwrap();
+    assert!(!rig.reach("198.18.0.3"), "inside the mapped /126");
+    assert!(rig.reach("198.18.0.4"), "outside the mapped /126");
+    assert_eq!(
+        cli.list_entries("deny").unwrap(),
+        ["198.18.0.0/30", "198.18.0.5/32"]
+    );
+    // The bypass list too (it beats the deny /30).
+    cli.ok(&["bypass", "add", "::ffff:198.18.0.3"]).unwrap();
+    assert!(rig.reach("198.18.0.3"), "bypassed by its mapped form");
+    assert_eq!(cli.list_entries("bypass").unwrap(), ["198.18.0.3/32"]);
+
+    // Shorter than /96 covers more than IPv4: refused, nothing changed.
+    let before = cli.list("deny").unwrap();
+    let run = cli.run(&["deny", "add", "::ffff:198.18.0.0/80"]);
+    assert_eq!(run.code, i32::from(exit::INVALID_INPUT), "{run}");
+    assert!(
+        run.stderr.contains("IPv4-mapped prefix shorter than /96"),
+        "{run}"
+    );
+    assert_eq!(cli.list("deny").unwrap(), before, "nothing changed");
+}
+
+#[test]
 fn temporary_entries_stop_and_vanish_at_expiry() {
     if !privileged() {
         return;

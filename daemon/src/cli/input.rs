@@ -66,7 +66,9 @@ fn entry_problem(entry: &str, error: &RuleError) -> String {
         RuleError::InvalidAddress { input }
         | RuleError::InvalidPrefixLength { input, .. }
         | RuleError::HostBitsSet { input, .. }
-        | RuleError::IncompleteRange { input } => input == entry,
+        | RuleError::MappedPrefixTooShort { input }
+        | RuleError::IncompleteRange { input }
+        | RuleError::MappedRange { input } => input == entry,
         RuleError::MixedFamilies { .. } | RuleError::ReversedRange { .. } => true,
         _ => false,
     };
@@ -216,11 +218,15 @@ pub fn comment(text: &str) -> Result<String, InputError> {
     Ok(text.to_string())
 }
 
-/// The source address of `check`.
+/// The source address of `check`; an IPv4-mapped one (`::ffff:a.b.c.d`) is
+/// the IPv4 source it maps, as for list entries.
 pub fn address(text: &str) -> Result<IpAddr, InputError> {
-    text.trim().parse().map_err(|_| InputError::Address {
-        text: text.to_string(),
-    })
+    text.trim()
+        .parse()
+        .map(|ip: IpAddr| ip.to_canonical())
+        .map_err(|_| InputError::Address {
+            text: text.to_string(),
+        })
 }
 
 /// A path the daemon reads: made absolute, since rampartd's working

@@ -193,6 +193,15 @@ fn verbs_make_the_protocol_requests() {
             udp: true,
         }
     );
+    // An IPv4-mapped source is checked as the IPv4 source it maps.
+    assert_eq!(
+        request_of(&["check", "::ffff:198.18.0.2"]).unwrap(),
+        Request::Check {
+            addr: "198.18.0.2".parse::<IpAddr>().unwrap(),
+            port: None,
+            udp: false,
+        }
+    );
     assert_eq!(
         request_of(&["country", "allow-only", "DE", "at", "--allow-unknown"]).unwrap(),
         Request::CountryAllowOnly {

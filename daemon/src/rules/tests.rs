@@ -63,6 +63,7 @@ fn bad_prefix_lengths_are_rejected() {
         "10.0.0.0/-1",
         "10.0.0.1/ -1",
         "2001:db8::/-64",
+        "::ffff:10.0.0.0/129",
     ] {
         let err = parse_entry(s).unwrap_err();
         assert!(
@@ -79,6 +80,91 @@ fn bad_prefix_lengths_are_rejected() {
     assert_eq!(
         parse_entry("10.0.0.1/-1").unwrap_err().to_string(),
         "`10.0.0.1/-1` has an invalid prefix length (expected 0..=32)"
+    );
+}
+
+#[test]
+fn ipv4_mapped_forms_are_the_ipv4_entries_they_map() {
+    // Addresses, in dotted and in hex form.
+    assert_eq!(
+        parse_entry("::ffff:198.18.0.2").unwrap(),
+        nets(&["198.18.0.2/32"])
+    );
+    assert_eq!(
+        parse_entry(" ::FFFF:c612:2 ").unwrap(),
+        nets(&["198.18.0.2/32"])
+    );
+    // Prefixes: /96+n is /n.
+    assert_eq!(
+        parse_entry("::ffff:10.0.0.0/104").unwrap(),
+        nets(&["10.0.0.0/8"])
+    );
+    assert_eq!(
+        parse_entry("::ffff:198.18.0.2/128").unwrap(),
+        nets(&["198.18.0.2/32"])
+    );
+    assert_eq!(parse_entry("::ffff:0:0/96").unwrap(), nets(&["0.0.0.0/0"]));
+    // Ranges, also with one end written as IPv4.
+    assert_eq!(
+        parse_entry("::ffff:10.0.0.1-::ffff:10.0.0.6").unwrap(),
+        nets(&["10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/31", "10.0.0.6/32"])
+    );
+    assert_eq!(
+        parse_entry("::ffff:10.0.0.0-10.0.0.255").unwrap(),
+        nets(&["10.0.0.0/24"])
+    );
+    // Host bits are judged, and the network suggested, as IPv4.
+    assert_eq!(
+        parse_entry("::ffff:10.0.0.1/104").unwrap_err().to_string(),
+        "::ffff:10.0.0.1/104 has host bits set; did you mean 10.0.0.0/8?"
+    );
+    // IPv6 proper, including the other embeddings, stays IPv6.
+    assert_eq!(parse_entry("::1").unwrap(), nets(&["::1/128"]));
+    assert_eq!(parse_entry("::10.0.0.1").unwrap(), nets(&["::a00:1/128"]));
+    assert_eq!(
+        parse_entry("64:ff9b::10.0.0.1").unwrap(),
+        nets(&["64:ff9b::a00:1/128"])
+    );
+    assert_eq!(parse_entry("::/0").unwrap(), nets(&["::/0"]));
+}
+
+#[test]
+fn ipv4_mapped_forms_reaching_beyond_ipv4_are_refused() {
+    // Shorter than /96: more than the mapped space.
+    for s in ["::ffff:10.0.0.0/80", "::ffff:0:0/95", "::ffff:0:0/0"] {
+        assert_eq!(
+            parse_entry(s).unwrap_err(),
+            RuleError::MappedPrefixTooShort { input: s.into() },
+            "{s}"
+        );
+    }
+    assert_eq!(
+        parse_entry("::ffff:10.0.0.0/80").unwrap_err().to_string(),
+        "`::ffff:10.0.0.0/80` is an IPv4-mapped prefix shorter than /96, which covers \
+         more than IPv4 addresses; give the IPv4 network (::ffff:a.b.c.d/96+n is a.b.c.d/n)"
+    );
+    // A range from the mapped space into the rest of IPv6.
+    for s in ["::ffff:10.0.0.1-2001:db8::1", "::1-::ffff:10.0.0.1"] {
+        assert_eq!(
+            parse_entry(s).unwrap_err(),
+            RuleError::MappedRange { input: s.into() },
+            "{s}"
+        );
+    }
+    assert_eq!(
+        parse_entry("::ffff:10.0.0.1-2001:db8::1")
+            .unwrap_err()
+            .to_string(),
+        "range `::ffff:10.0.0.1-2001:db8::1` runs from an IPv4-mapped address (taken as \
+         IPv4) to another IPv6 address; give the IPv4 and the IPv6 parts as separate ranges"
+    );
+    // Reversed once mapped, as IPv4 ranges are.
+    assert_eq!(
+        parse_entry("::ffff:10.0.0.9-::ffff:10.0.0.1").unwrap_err(),
+        RuleError::ReversedRange {
+            start: ip("10.0.0.9"),
+            end: ip("10.0.0.1"),
+        }
     );
 }
 

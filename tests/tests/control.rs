@@ -584,6 +584,9 @@ fn bad_input_exits_3_and_changes_nothing() {
         vec!["deny", "add", "198.18.0.7", "--ttl", "0s"],
         vec!["deny", "add", "198.18.0.7", "--ttl", "soon"],
         vec!["deny", "add", "198.18.0.7", "--ttl", "400d"],
+        // humantime's months: before, a ban of 304 days.
+        vec!["deny", "add", "198.18.0.7", "--ttl", "10M"],
+        vec!["deny", "add", "198.18.0.7", "--ttl", "1w"],
         vec!["deny", "add", "--from-file", bad_file],
         vec!["deny", "del", "198.18.0.9/33"],
         vec!["allow", "add", "::g"],
@@ -603,6 +606,12 @@ fn bad_input_exits_3_and_changes_nothing() {
     assert!(run.stderr.contains("bad.txt:2"), "names the line: {run}");
     let run = cli.run(&["deny", "add", "198.18.0.9-198.18.0.5"]);
     assert!(run.stderr.contains("198.18.0.9"), "names the entry: {run}");
+    let run = cli.run(&["deny", "add", "198.18.0.7", "--ttl", "10M"]);
+    assert!(
+        run.stderr
+            .contains("unknown unit `M`; use whole numbers with the units s, m, h and d"),
+        "names the units: {run}"
+    );
 
     // The daemon checks too, for clients that are not this CLI.
     let daemon_side = [

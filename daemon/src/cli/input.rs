@@ -164,24 +164,59 @@ pub fn countries(codes: &[String]) -> Result<Vec<String>, InputError> {
 }
 
 /// A `--ttl` in whole seconds: more than zero, at most [`MAX_TTL`].
+///
+/// Only the units docs/cli.md gives (s, m, h, d), one or more
+/// number-unit pairs (`90s`, `1h30m`, `1h 30m`). Hand-written because
+/// humantime cannot be limited to some units, and its `M` (months) next to
+/// `m` (minutes) turned a typo into a ban of most of a year.
 pub fn ttl(text: &str) -> Result<u64, InputError> {
+    const UNITS: &str =
+        "use whole numbers with the units s, m, h and d, like 90s, 10m, 1h30m or 7d";
     let bad = |problem: String| InputError::Ttl {
         text: text.to_string(),
         problem,
     };
-    let duration = humantime::parse_duration(text.trim()).map_err(|e| bad(e.to_string()))?;
-    if duration.is_zero() {
+    let too_long = || bad("longer than 365d; leave --ttl out for a permanent entry".into());
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad(format!("it is empty; {UNITS}")));
+    }
+    let mut secs: u64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return Err(bad(UNITS.into()));
+        }
+        let (number, after) = rest.split_at(digits);
+        let after = after.trim_start();
+        let letters = after.len() - after.trim_start_matches(char::is_alphabetic).len();
+        let (unit, after) = after.split_at(letters);
+        let size: u64 = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3_600,
+            "d" => 86_400,
+            "" if after.is_empty() || after.starts_with(|c: char| c.is_ascii_digit()) => {
+                return Err(bad(format!("`{number}` has no unit; {UNITS}")));
+            }
+            "" => return Err(bad(UNITS.into())),
+            other => return Err(bad(format!("unknown unit `{other}`; {UNITS}"))),
+        };
+        // Digits only, so the parse fails on overflow alone.
+        let n: u64 = number.parse().map_err(|_| too_long())?;
+        secs = n
+            .checked_mul(size)
+            .and_then(|part| secs.checked_add(part))
+            .ok_or_else(too_long)?;
+        rest = after.trim_start();
+    }
+    if secs == 0 {
         return Err(bad("must be longer than zero".into()));
     }
-    if duration.subsec_nanos() != 0 {
-        return Err(bad("must be a whole number of seconds".into()));
+    if secs > MAX_TTL.as_secs() {
+        return Err(too_long());
     }
-    if duration > MAX_TTL {
-        return Err(bad(
-            "longer than 365d; leave --ttl out for a permanent entry".into(),
-        ));
-    }
-    Ok(duration.as_secs())
+    Ok(secs)
 }
 
 /// A subscription, product or API name: not empty, no control characters.

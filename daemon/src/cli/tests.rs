@@ -82,6 +82,79 @@ fn ttls_must_be_positive_whole_and_sane() {
 }
 
 #[test]
+fn ttls_take_the_documented_units_only() {
+    for (text, secs) in [
+        ("90s", 90),
+        ("10m", 600),
+        ("2h", 7_200),
+        ("7d", 604_800),
+        ("1h30m", 5_400),
+        (" 1h 30m ", 5_400),
+        ("10 m", 600),
+        ("1d1h1m1s", 90_061),
+        ("8760h", 365 * 86_400),
+    ] {
+        assert_eq!(input::ttl(text).unwrap(), secs, "{text}");
+    }
+    // Before, humantime read `M` as months: `10M` was a ban of 304 days.
+    for (bad, unit) in [
+        ("10M", "M"),
+        ("1H", "H"),
+        ("10min", "min"),
+        ("2 months", "months"),
+        ("2w", "w"),
+        ("1y", "y"),
+        ("1500ms", "ms"),
+        ("10us", "us"),
+        ("5ns", "ns"),
+        ("1h30x", "x"),
+    ] {
+        let err = input::ttl(bad).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "invalid --ttl `{bad}`: unknown unit `{unit}`; use whole numbers with the \
+                 units s, m, h and d, like 90s, 10m, 1h30m or 7d"
+            )
+        );
+    }
+    assert_eq!(
+        input::ttl("10").unwrap_err().to_string(),
+        "invalid --ttl `10`: `10` has no unit; use whole numbers with the units s, m, h \
+         and d, like 90s, 10m, 1h30m or 7d"
+    );
+    for bad in ["1.5h", "-5m", "h", "1h,30m", "1h30"] {
+        let err = input::ttl(bad).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("use whole numbers with the units s, m, h and d"),
+            "{bad}: {err}"
+        );
+    }
+    // Still more than zero and at most 365 days, however large the number.
+    assert!(
+        input::ttl("0m0s")
+            .unwrap_err()
+            .to_string()
+            .ends_with("must be longer than zero")
+    );
+    for bad in [
+        "365d1s",
+        "8761h",
+        "99999999999999999999s",
+        "213503982334601d",
+    ] {
+        assert!(
+            input::ttl(bad)
+                .unwrap_err()
+                .to_string()
+                .contains("longer than 365d"),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
 fn countries_are_two_letters_in_lower_case() {
     assert_eq!(
         input::countries(&["DE".into(), "fr".into(), "Eu".into()]).unwrap(),

@@ -700,6 +700,22 @@ fn exit_codes_for_not_found_usage_and_a_daemon_that_is_down() {
     let run = cli.run(&["geo", "load", missing.to_str().unwrap()]);
     assert_eq!(run.code, i32::from(exit::NOT_FOUND), "{run}");
     assert!(run.stderr.contains("no-such-database.csv"), "{run}");
+    // A list file the CLI reads itself: the same (before, 3).
+    let missing = rig.path("no-such-list.txt");
+    for list in ["deny", "allow", "bypass"] {
+        for verb in ["add", "del"] {
+            let run = cli.run(&[list, verb, "--from-file", missing.to_str().unwrap()]);
+            assert_eq!(run.code, i32::from(exit::NOT_FOUND), "{run}");
+            assert_eq!(
+                run.stderr,
+                format!(
+                    "rampart: cannot read {}: No such file or directory (os error 2)\n",
+                    missing.display()
+                ),
+                "{run}"
+            );
+        }
+    }
 
     // Usage errors are clap's.
     assert_eq!(cli.run(&["deny"]).code, i32::from(exit::USAGE));

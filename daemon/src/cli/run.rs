@@ -40,6 +40,13 @@ impl CliError {
     /// The exit code (`protocol::exit`), chosen by the error's type.
     pub fn exit_code(&self) -> u8 {
         match self {
+            // A file the operator named that is not there is "not found",
+            // as `geo load` of a missing file is (the daemon's answer).
+            Self::Input(InputError::ReadFile { source, .. })
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                exit::NOT_FOUND
+            }
             Self::Input(_) => exit::INVALID_INPUT,
             Self::Client(e) => e.exit_code(),
             Self::Output(_) | Self::ManPages { .. } => exit::FAILED,

@@ -6,11 +6,11 @@ use super::{
     Cli, command,
     input::{self, InputError},
     output,
-    run::{request, text},
+    run::{CliError, request, text},
 };
 use crate::control::protocol::{
     ChangeReply, CheckReply, CountriesReply, EntryView, EventView, KeySlotName, ListName, Reply,
-    Request, ScopeSpec, StatsReply, SubscriptionView,
+    Request, ScopeSpec, StatsReply, SubscriptionView, exit,
 };
 
 fn parse(args: &[&str]) -> Cli {
@@ -152,6 +152,26 @@ fn ttls_take_the_documented_units_only() {
             "{bad}"
         );
     }
+}
+
+#[test]
+fn a_missing_entry_file_is_not_found() {
+    let missing = std::env::temp_dir().join("rampart-no-such-dir-9f3c/list.txt");
+    let err = CliError::from(input::entries(&[], Some(&missing), false).unwrap_err());
+    assert_eq!(err.exit_code(), exit::NOT_FOUND);
+    let report = err.report();
+    assert!(
+        report.starts_with(&format!("rampart: cannot read {}: ", missing.display())),
+        "{report}"
+    );
+    // Another read error stays invalid input: a directory is not a list.
+    let dir = std::env::temp_dir();
+    let err = CliError::from(input::entries(&[], Some(&dir), false).unwrap_err());
+    assert!(
+        matches!(err, CliError::Input(InputError::ReadFile { .. })),
+        "{err:?}"
+    );
+    assert_eq!(err.exit_code(), exit::INVALID_INPUT);
 }
 
 #[test]

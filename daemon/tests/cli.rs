@@ -187,6 +187,7 @@ fn invalid_input_exits_3_and_sends_nothing() {
     let list_file = dir.path("list.txt");
     std::fs::write(&list_file, "# scanners\n192.0.2.0/24\n\n198.51.100.0/33\n").unwrap();
     let list_file = list_file.to_string_lossy().into_owned();
+    let long_comment = "x".repeat(1025);
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["deny", "add", "192.0.2.1", "10.0.0.256"],
@@ -209,6 +210,22 @@ fn invalid_input_exits_3_and_sends_nothing() {
         (vec!["deny", "add", "192.0.2.1", "--ttl", "400d"], "365d"),
         (vec!["country", "block", "DE", "Germany"], "`Germany`"),
         (vec!["country", "allow-only", "d3"], "`d3`"),
+        (
+            vec!["deny", "add", "192.0.2.1", "--comment", "txt\u{202e}exe.sh"],
+            "invalid --comment: it contains U+202E, an invisible format character",
+        ),
+        (
+            vec!["deny", "add", "192.0.2.1", "--comment", "a\u{200b}b"],
+            "U+200B",
+        ),
+        (
+            vec!["deny", "add", "192.0.2.1", "--comment", "line1\nFAKE"],
+            "control characters (one line only)",
+        ),
+        (
+            vec!["deny", "add", "192.0.2.1", "--comment", &long_comment],
+            "longer than 1024 bytes",
+        ),
         (vec!["keys", "suspend", "a\tb"], "control characters"),
         (vec!["keys", "create", ""], "empty"),
         (vec!["check", "not-an-ip"], "`not-an-ip`"),

@@ -14,8 +14,6 @@ use crate::rules::{self, RuleError};
 pub const MAX_TTL: Duration = Duration::from_secs(crate::control::protocol::MAX_TTL_SECS);
 /// Longest subscription, product or API name (the key store's limit).
 const MAX_NAME_BYTES: usize = 256;
-/// Longest `--comment`.
-const MAX_COMMENT_BYTES: usize = 1024;
 
 /// Input the CLI refuses to send.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +50,11 @@ pub enum InputError {
         name: String,
         problem: &'static str,
     },
-    #[error("invalid --comment: {problem}")]
-    Comment { problem: &'static str },
+    #[error("invalid --comment: {source}")]
+    Comment {
+        #[source]
+        source: crate::control::protocol::CommentError,
+    },
     #[error("`{text}` is not an IPv4 or IPv6 address")]
     Address { text: String },
     #[error("path {path:?} is not valid UTF-8")]
@@ -238,18 +239,11 @@ pub fn name(what: &'static str, name: &str) -> Result<String, InputError> {
     Ok(name.to_string())
 }
 
-/// A `--comment`: one line, not too long.
+/// A `--comment`: the daemon's own rule (one line, no invisible format
+/// characters, at most 1024 bytes), checked before sending.
 pub fn comment(text: &str) -> Result<String, InputError> {
-    if text.len() > MAX_COMMENT_BYTES {
-        return Err(InputError::Comment {
-            problem: "longer than 1024 bytes",
-        });
-    }
-    if text.chars().any(char::is_control) {
-        return Err(InputError::Comment {
-            problem: "it contains control characters (one line only)",
-        });
-    }
+    crate::control::protocol::check_comment(text)
+        .map_err(|source| InputError::Comment { source })?;
     Ok(text.to_string())
 }
 

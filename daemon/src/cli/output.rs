@@ -3,13 +3,14 @@
 //! that tests can pin the output.
 
 use std::{
+    borrow::Cow,
     fmt::Write as _,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use crate::control::protocol::{
     CheckReply, CountriesReply, EntryView, EventView, GeoReply, KeySlotName, ListName, Reply,
-    ScopeSpec, StatsReply, StatusReply, SubscriptionView,
+    ScopeSpec, StatsReply, StatusReply, SubscriptionView, is_control_or_format,
 };
 
 /// What `--json` prints: listings as their array (entries, subscriptions)
@@ -71,6 +72,26 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Free text from the daemon as it may be printed: control and format
+/// characters escaped (`\n`, `\u{202e}`), so that a comment cannot start a line
+/// of its own or reverse the text after it. The daemon refuses them in what it
+/// stores now, but a state written by an older rampartd may still hold them.
+pub fn shown(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_control_or_format) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_control_or_format(c) {
+            // `\t`, `\r`, `\n`, else `\u{...}`: none of these is printable.
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// `1 entry`, `2 entries`.
 pub fn count(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
@@ -102,7 +123,15 @@ impl Table {
         }
     }
 
+    /// Adds a row; whatever a cell holds is [`shown`] escaped.
     pub fn row(&mut self, cells: Vec<String>) {
+        let cells = cells
+            .into_iter()
+            .map(|cell| match shown(&cell) {
+                Cow::Borrowed(_) => cell,
+                Cow::Owned(escaped) => escaped,
+            })
+            .collect();
         self.rows.push(cells);
     }
 
@@ -252,7 +281,7 @@ pub fn key_rotated(name: &str, slot: KeySlotName, key: &str) -> String {
 /// `check`: the daemon's sentence, then what it rests on (`udp`: the port
 /// asked about is a UDP port).
 pub fn check(c: &CheckReply, udp: bool) -> String {
-    let mut out = format!("{}\n", c.explanation);
+    let mut out = format!("{}\n", shown(&c.explanation));
     let mut rows = vec![("verdict", format!("{} ({})", c.action, c.reason))];
     let mut source = c.addr.to_string();
     if let Some(country) = &c.country {
@@ -418,7 +447,7 @@ pub fn countries(c: &CountriesReply) -> String {
 pub fn geo_loaded(g: &GeoReply) -> String {
     format!(
         "loaded {}: {}, {} IPv4 and {} IPv6 prefixes\n",
-        g.source,
+        shown(&g.source),
         count(g.countries, "country", "countries"),
         g.prefixes_v4,
         g.prefixes_v6
@@ -427,12 +456,19 @@ pub fn geo_loaded(g: &GeoReply) -> String {
 
 /// One line of `events`.
 pub fn event(e: &EventView) -> String {
-    let mut line = format!("{}  {}  {}", time_ms(e.time_ms), e.event, e.message);
+    let mut line = format!(
+        "{}  {}  {}",
+        time_ms(e.time_ms),
+        shown(&e.event),
+        shown(&e.message)
+    );
     for (key, value) in &e.fields {
+        let key = shown(key);
+        // `{:?}` escapes as `shown` does.
         if value.contains(char::is_whitespace) || value.is_empty() {
             let _ = write!(line, " {key}={value:?}");
         } else {
-            let _ = write!(line, " {key}={value}");
+            let _ = write!(line, " {key}={}", shown(value));
         }
     }
     line.push('\n');

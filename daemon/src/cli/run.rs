@@ -261,7 +261,7 @@ pub fn text(request: &Request, reply: &Reply, now: u64) -> String {
         }
         Reply::KeyRotated { name, slot, key } => output::key_rotated(name, *slot, key),
         Reply::Subscriptions { subscriptions } => output::subscriptions(subscriptions),
-        Reply::Reloaded { message } => format!("{message}\n"),
+        Reply::Reloaded { message } => format!("{}\n", output::shown(message)),
         Reply::Event(e) => output::event(e),
         Reply::Changed(c) => format!("{}\n", changed(request, c.changed, c.unchanged)),
         Reply::Done => format!("{}\n", done(request)),

@@ -197,8 +197,105 @@ fn names_refuse_empty_and_control_characters() {
     assert!(input::name("subscription name", "a\nb").is_err());
     assert!(input::name("subscription name", "a\u{7}").is_err());
     assert!(input::name("subscription name", &"x".repeat(257)).is_err());
-    assert!(input::comment("line one\nline two").is_err());
     assert!(input::comment("ticket 42").is_ok());
+}
+
+#[test]
+fn comments_refuse_line_breaks_format_characters_and_length() {
+    assert_eq!(
+        input::comment("ticket 42 — café").unwrap(),
+        "ticket 42 — café"
+    );
+    assert_eq!(
+        input::comment(&"é".repeat(512)).unwrap().len(),
+        1024,
+        "1024 bytes fit"
+    );
+    let refused = |text: &str| input::comment(text).unwrap_err().to_string();
+    assert_eq!(
+        refused(&"x".repeat(1025)),
+        "invalid --comment: longer than 1024 bytes"
+    );
+    for text in [
+        "line one\nFAKE",
+        "a\rb",
+        "a\tb",
+        "a\u{1b}[2Jb",
+        "a\u{85}b",
+        "a\u{2028}b",
+    ] {
+        assert_eq!(
+            refused(text),
+            "invalid --comment: it contains control characters (one line only)",
+            "{text:?}"
+        );
+    }
+    assert_eq!(
+        refused("evil\u{202e}txt.exe"),
+        "invalid --comment: it contains U+202E, an invisible format character \
+         (such as a bidirectional override or a zero-width space)"
+    );
+    for c in [
+        '\u{200b}',
+        '\u{200e}',
+        '\u{200f}',
+        '\u{202a}',
+        '\u{2066}',
+        '\u{2069}',
+        '\u{feff}',
+        '\u{ad}',
+        '\u{e0001}',
+    ] {
+        let err = input::comment(&format!("a{c}b")).unwrap_err().to_string();
+        assert!(err.contains(&format!("U+{:04X}", u32::from(c))), "{err}");
+    }
+}
+
+#[test]
+fn listings_escape_control_and_format_characters() {
+    // As a state written before comments were checked may hold them.
+    let reply = Reply::Entries {
+        entries: vec![
+            entry("192.0.2.1/32", "operator", None, Some("line1\nFAKE")),
+            entry(
+                "192.0.2.2/32",
+                "operator",
+                None,
+                Some("a\u{202e}cba\u{200b}\u{1b}[31m"),
+            ),
+        ],
+    };
+    let shown = text(
+        &Request::ListShow {
+            list: ListName::Deny,
+        },
+        &reply,
+        1_700_000_000,
+    );
+    assert_eq!(
+        shown,
+        "ENTRY         ORIGIN    EXPIRES IN  ADDED                 BY  COMMENT\n\
+         192.0.2.1/32  operator  never       2023-11-14T22:13:20Z  0   line1\\nFAKE\n\
+         192.0.2.2/32  operator  never       2023-11-14T22:13:20Z  0   a\\u{202e}cba\\u{200b}\\u{1b}[31m\n"
+    );
+    assert_eq!(shown.lines().count(), 3, "one line per entry");
+    let subs = output::subscriptions(&[SubscriptionView {
+        name: "x\u{2066}y".into(),
+        scope: "all".into(),
+        state: "active".into(),
+        origin: "store".into(),
+        created_at: 0,
+    }]);
+    assert!(subs.contains("x\\u{2066}y"), "{subs}");
+    let event = output::event(&EventView {
+        time_ms: 0,
+        event: "list_changed".into(),
+        message: "a\nb".into(),
+        fields: vec![("K".into(), "v\u{202e}".into())],
+    });
+    assert_eq!(event.lines().count(), 1, "{event}");
+    assert!(event.contains("a\\nb K=v\\u{202e}"), "{event}");
+    assert_eq!(output::shown("plain — text"), "plain — text");
 }
 
 #[test]

@@ -23,6 +23,65 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 /// daemon: a longer one is meant as permanent, which is no TTL at all.
 pub const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
 
+/// The longest comment of a list entry, in bytes; checked by the CLI and again by
+/// the daemon.
+pub const MAX_COMMENT_BYTES: usize = 1024;
+
+/// Whether `c` changes how text around it is shown rather than being shown
+/// itself: control characters (Unicode category Cc: a newline that would start
+/// a line of its own in a listing, terminal escapes), format characters (Cf:
+/// bidirectional overrides such as U+202E that reverse what follows,
+/// zero-width characters, U+FEFF) and the line and paragraph separators (Zl,
+/// Zp). Comments may not hold them, and the CLI escapes them wherever it prints
+/// free text (`\u{202e}`), since a state written before they were refused may
+/// hold them. The categories come from `unicode-general-category` (Unicode
+/// 16), not hand-kept ranges.
+pub fn is_control_or_format(c: char) -> bool {
+    use unicode_general_category::{GeneralCategory, get_general_category};
+    // ASCII first: the common case needs no table lookup.
+    if c.is_ascii() {
+        return c.is_ascii_control();
+    }
+    matches!(
+        get_general_category(c),
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+    )
+}
+
+/// Why a comment is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CommentError {
+    #[error("longer than {MAX_COMMENT_BYTES} bytes")]
+    TooLong,
+    #[error("it contains control characters (one line only)")]
+    Control,
+    #[error(
+        "it contains U+{:04X}, an invisible format character (such as a bidirectional override or a zero-width space)",
+        u32::from(*ch)
+    )]
+    Format { ch: char },
+}
+
+/// The rule for a list entry's comment, shared by the CLI and the daemon: at
+/// most [`MAX_COMMENT_BYTES`], one line, nothing that changes how a listing
+/// reads ([`is_control_or_format`]).
+pub fn check_comment(text: &str) -> Result<(), CommentError> {
+    if text.len() > MAX_COMMENT_BYTES {
+        return Err(CommentError::TooLong);
+    }
+    match text.chars().find(|c| is_control_or_format(*c)) {
+        None => Ok(()),
+        // The line and paragraph separators break lines as a newline does.
+        Some(c) if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => {
+            Err(CommentError::Control)
+        }
+        Some(ch) => Err(CommentError::Format { ch }),
+    }
+}
+
 /// One request line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestEnvelope {
@@ -498,6 +557,43 @@ mod tests {
                 last: 50
             }
         );
+    }
+
+    #[test]
+    fn comments_are_one_line_of_visible_text() {
+        assert_eq!(check_comment("ticket 42 — café 🚫"), Ok(()));
+        assert_eq!(check_comment(&"x".repeat(MAX_COMMENT_BYTES)), Ok(()));
+        assert_eq!(
+            check_comment(&"x".repeat(MAX_COMMENT_BYTES + 1)),
+            Err(CommentError::TooLong)
+        );
+        for text in ["a\nb", "a\u{0}b", "a\u{7f}b", "a\u{9b}b", "a\u{2029}b"] {
+            assert_eq!(check_comment(text), Err(CommentError::Control), "{text:?}");
+        }
+        // Category Cf, from the bidirectional controls to the tag characters.
+        for ch in [
+            '\u{ad}',
+            '\u{61c}',
+            '\u{200b}',
+            '\u{200d}',
+            '\u{200f}',
+            '\u{202a}',
+            '\u{202e}',
+            '\u{2060}',
+            '\u{2066}',
+            '\u{2069}',
+            '\u{feff}',
+            '\u{fff9}',
+            '\u{e0001}',
+            '\u{e007f}',
+        ] {
+            assert_eq!(
+                check_comment(&format!("a{ch}b")),
+                Err(CommentError::Format { ch }),
+                "U+{:04X}",
+                u32::from(ch)
+            );
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::{
         protocol::{
             ChangeReply, CheckReply, CountriesReply, ErrorKind, ErrorReply, FilterStatus, GeoReply,
             ListName, ReloadStatus, Reply, Request, Response, StatsReply, StatusReply,
+            check_comment,
         },
         server::{Command, EventLog, Peer},
     },
@@ -516,6 +517,14 @@ impl Controller {
             return Err(error(
                 ErrorKind::InvalidInput,
                 "--ttl is longer than 365d; leave it out for a permanent entry",
+            ));
+        }
+        // The CLI's rule too: a comment with a newline would print as a line of
+        // its own in `rampart deny list`.
+        if let Some(Err(e)) = comment.as_deref().map(check_comment) {
+            return Err(error(
+                ErrorKind::InvalidInput,
+                format!("invalid comment: {e}; nothing changed"),
             ));
         }
         let now = unix_now();

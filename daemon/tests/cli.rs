@@ -316,7 +316,7 @@ fn deny_add_sends_the_list_add_request() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
         run.stdout,
-        "deny: 3 entries added, 1 already there, expiring in 10m\n"
+        "deny: 3 entries added, expiring in 10m; 1 already there\n"
     );
     assert_eq!(
         daemon.request(),

@@ -331,3 +331,63 @@ fn an_auto_ban_survives_a_sigkill_and_the_kernel_keeps_it_meanwhile() {
         "the restarted gateway serves the others"
     );
 }
+
+#[test]
+fn an_operator_entry_takes_a_bans_place_only_when_it_outlasts_it() {
+    if !privileged() {
+        return;
+    }
+    let gw = start();
+    let cli = &gw.rig.cli;
+    ban(&gw, "198.18.0.4");
+
+    // Shorter than the ban: the ban stays as it is.
+    let run = cli
+        .ok(&["deny", "add", "198.18.0.4", "--ttl", "1s"])
+        .unwrap();
+    assert_eq!(run.stdout, "deny: 0 entries added, 1 already there\n");
+    let e = deny_entry(&gw, "198.18.0.4/32").unwrap();
+    assert_eq!(e["origin"], "auto", "{e}");
+
+    // For good: the operator's entry replaces the ban, in the listing and in
+    // the kernel alike (one entry, not the ban beside it).
+    let run = cli
+        .ok(&["deny", "add", "198.18.0.4", "--comment", "known scanner"])
+        .unwrap();
+    assert_eq!(run.stdout, "deny: 1 entry added, 0 already there\n");
+    let rows: Vec<Value> = (cli.list("deny").unwrap().into_iter())
+        .filter(|e| e["entry"] == "198.18.0.4/32")
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["origin"], "operator", "{rows:?}");
+    assert!(rows[0]["expires_at"].is_null(), "{rows:?}");
+    assert_eq!(rows[0]["comment"], "known scanner", "{rows:?}");
+    let c = cli.json(&["check", "198.18.0.4"]).unwrap();
+    assert_eq!(c["origin"], "operator", "{c}");
+    assert!(c["expires_in_secs"].is_null(), "{c}");
+    let s = cli.json(&["status"]).unwrap();
+    assert_eq!(s["filter"]["auto_bans"], 0, "{s}");
+
+    // Once the ban's time is over: still denied, still the operator's.
+    std::thread::sleep(Duration::from_secs(BAN_SECS + 1));
+    assert!(!gw.tls_port_reachable("198.18.0.4"), "still denied");
+    let e = deny_entry(&gw, "198.18.0.4/32").unwrap();
+    assert_eq!(e["origin"], "operator", "{e}");
+
+    // --replace follows the same rule for a ban: a shorter entry leaves it
+    // (the operator's other entries go), a lasting one takes its place.
+    ban(&gw, "198.18.0.3");
+    cli.ok(&["deny", "add", "--replace", "198.18.0.3", "--ttl", "1s"])
+        .unwrap();
+    let list = cli.list("deny").unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["entry"], "198.18.0.3/32", "{list:?}");
+    assert_eq!(list[0]["origin"], "auto", "{list:?}");
+    assert!(gw.tls_port_reachable("198.18.0.4"), "replaced away");
+    cli.ok(&["deny", "add", "--replace", "198.18.0.3"]).unwrap();
+    let list = cli.list("deny").unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["origin"], "operator", "{list:?}");
+    assert!(list[0]["expires_at"].is_null(), "{list:?}");
+    assert!(!gw.tls_port_reachable("198.18.0.3"), "denied");
+}

@@ -1,5 +1,6 @@
 //! Operator list entries end to end, as listed and as enforced: what a comment
-//! may hold (checked by the daemon as by the CLI, escaped when listed).
+//! may hold (checked by the daemon as by the CLI, escaped when listed), and
+//! what adding an entry that is already there does and says.
 //!
 //! Needs root (BPF, XDP, network namespaces); skipped visibly otherwise. The
 //! binaries are the debug builds next to this test binary (`cargo build -p
@@ -57,6 +58,31 @@ fn row(rig: &Rig, net: &str) -> String {
     let rows: Vec<&str> = text.lines().filter(|l| l.starts_with(net)).collect();
     assert_eq!(rows.len(), 1, "one row for {net}:\n{text}");
     rows[0].to_owned()
+}
+
+/// `rampart deny ARGS...`: exit 0, the reply sentence.
+fn deny(rig: &Rig, args: &[&str]) -> String {
+    let mut all = vec!["deny"];
+    all.extend_from_slice(args);
+    rig.cli.ok(&all).unwrap().stdout
+}
+
+/// The kernel's word on `addr`: its verdict and seconds left (`None`: for good).
+fn kernel(rig: &Rig, addr: &str) -> (String, Option<u64>) {
+    let c = rig.cli.json(&["check", addr]).unwrap();
+    (
+        c["action"].as_str().unwrap().to_owned(),
+        c["expires_in_secs"].as_u64(),
+    )
+}
+
+/// The listed expiry of `net` in seconds from now (`None`: never).
+fn listed_ttl(rig: &Rig, net: &str) -> Option<u64> {
+    let list = rig.cli.list("deny").unwrap();
+    let e = find(&list, net).unwrap_or_else(|| panic!("{net} is not listed: {list:?}"));
+    e["expires_at"]
+        .as_u64()
+        .map(|at| at.saturating_sub(unix_now()))
 }
 
 #[test]
@@ -201,5 +227,135 @@ fn a_comment_stored_before_comments_were_checked_is_listed_escaped() {
     assert_eq!(
         find(&list, "198.18.0.22/32").unwrap()["comment"],
         "ticket \u{202e}4321 \u{1b}[2J"
+    );
+}
+
+#[test]
+fn re_adding_an_entry_never_shortens_it_and_the_reply_says_what_changed() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::start(opts(&["198.18.0.10", "198.18.0.11"], "")).unwrap();
+
+    // A permanent entry re-added with a TTL stays permanent.
+    assert_eq!(
+        deny(&rig, &["add", "198.18.0.10", "--comment", "for good"]),
+        "deny: 1 entry added, 0 already there\n"
+    );
+    assert_eq!(
+        deny(&rig, &["add", "198.18.0.10", "--ttl", "2m"]),
+        "deny: 0 entries added, 1 already there\n"
+    );
+    assert_eq!(listed_ttl(&rig, "198.18.0.10/32"), None);
+    let r = row(&rig, "198.18.0.10/32");
+    assert!(r.contains(" never ") && r.ends_with("for good"), "{r}");
+    assert_eq!(kernel(&rig, "198.18.0.10"), ("drop".into(), None));
+
+    // A temporary entry: re-added with an earlier expiry, it is already there ...
+    assert_eq!(
+        deny(
+            &rig,
+            &["add", "198.18.0.11", "--ttl", "2m", "--comment", "scan"]
+        ),
+        "deny: 1 entry added, expiring in 2m; 0 already there\n"
+    );
+    assert_eq!(
+        deny(&rig, &["add", "198.18.0.11", "--ttl", "1m"]),
+        "deny: 0 entries added, 1 already there\n"
+    );
+    let ttl = listed_ttl(&rig, "198.18.0.11/32").unwrap();
+    assert!((110..=120).contains(&ttl), "still 2m: {ttl} s");
+    let (verdict, left) = kernel(&rig, "198.18.0.11");
+    assert_eq!(verdict, "drop");
+    assert!((110..=120).contains(&left.unwrap()), "kernel: {left:?}");
+
+    // ... with a later one, extended (its comment kept), in the kernel too ...
+    assert_eq!(
+        deny(&rig, &["add", "198.18.0.11", "--ttl", "10m"]),
+        "deny: 0 entries added, 1 extended, expiring in 10m; 0 already there\n"
+    );
+    let ttl = listed_ttl(&rig, "198.18.0.11/32").unwrap();
+    assert!((590..=600).contains(&ttl), "extended to 10m: {ttl} s");
+    let (_, left) = kernel(&rig, "198.18.0.11");
+    assert!((590..=600).contains(&left.unwrap()), "kernel: {left:?}");
+    assert!(row(&rig, "198.18.0.11/32").ends_with("scan"));
+
+    // ... and without --ttl, made permanent.
+    assert_eq!(
+        deny(&rig, &["add", "198.18.0.11", "198.18.0.10"]),
+        "deny: 0 entries added, 1 made permanent, 1 already there\n"
+    );
+    assert_eq!(listed_ttl(&rig, "198.18.0.11/32"), None);
+    assert_eq!(kernel(&rig, "198.18.0.11"), ("drop".into(), None));
+
+    // For scripts: `updated` counts the extended ones (part of `changed`).
+    let r = rig
+        .cli
+        .json(&["deny", "add", "198.18.0.12", "--ttl", "1m"])
+        .unwrap();
+    assert_eq!(
+        (&r["changed"], &r["updated"], &r["unchanged"]),
+        (&1.into(), &0.into(), &0.into()),
+        "{r}"
+    );
+    let r = rig
+        .cli
+        .json(&[
+            "deny",
+            "add",
+            "198.18.0.12",
+            "198.18.0.13",
+            "198.18.0.10",
+            "--ttl",
+            "5m",
+        ])
+        .unwrap();
+    assert_eq!(
+        (&r["changed"], &r["updated"], &r["unchanged"]),
+        (&2.into(), &1.into(), &1.into()),
+        "{r}"
+    );
+
+    // What is stored is what is enforced: the same after a restart.
+    rig.kill_daemon().unwrap();
+    rig.start_daemon().unwrap();
+    assert_eq!(listed_ttl(&rig, "198.18.0.10/32"), None);
+    assert_eq!(listed_ttl(&rig, "198.18.0.11/32"), None);
+    let ttl = listed_ttl(&rig, "198.18.0.12/32").unwrap();
+    assert!((290..=300).contains(&ttl), "extended to 5m: {ttl} s");
+    assert_eq!(kernel(&rig, "198.18.0.10"), ("drop".into(), None));
+    assert!(!rig.reach("198.18.0.10") && !rig.reach("198.18.0.11"));
+
+    // --replace still makes the operator's entries exactly these, TTL included.
+    let out = deny(&rig, &["add", "--replace", "198.18.0.10", "--ttl", "2m"]);
+    assert!(out.starts_with("deny: operator entries replaced"), "{out}");
+    assert_eq!(rig.cli.list_entries("deny").unwrap(), ["198.18.0.10/32"]);
+    let ttl = listed_ttl(&rig, "198.18.0.10/32").unwrap();
+    assert!((110..=120).contains(&ttl), "replaced with 2m: {ttl} s");
+    assert!(
+        rig.reach("198.18.0.11"),
+        "no longer listed, no longer denied"
+    );
+}
+
+#[test]
+fn re_adding_a_config_entry_with_a_ttl_says_nothing_of_an_expiry() {
+    if !privileged() {
+        return;
+    }
+    let rig = Rig::start(opts(&[], r#"deny = ["198.18.1.0/24"]"#)).unwrap();
+    assert_eq!(
+        deny(&rig, &["add", "198.18.1.0/24", "--ttl", "1m"]),
+        "deny: 0 entries added, 1 already there\n"
+    );
+    let list = rig.cli.list("deny").unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    let e = find(&list, "198.18.1.0/24").unwrap();
+    assert_eq!(e["origin"], "config", "{e}");
+    assert!(e["expires_at"].is_null(), "{e}");
+    // Mixed: the expiry is said of the one added, not of the file's.
+    assert_eq!(
+        deny(&rig, &["add", "198.18.1.0/24", "198.18.2.1", "--ttl", "1m"]),
+        "deny: 1 entry added, expiring in 1m; 1 already there\n"
     );
 }

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::control::{
     client::{Client, ClientError},
-    protocol::{KeySlotName, ListName, Reply, Request, ScopeSpec, exit},
+    protocol::{ChangeReply, KeySlotName, ListName, Reply, Request, ScopeSpec, exit},
 };
 
 /// Why a `rampart` command failed.
@@ -263,13 +263,19 @@ pub fn text(request: &Request, reply: &Reply, now: u64) -> String {
         Reply::Subscriptions { subscriptions } => output::subscriptions(subscriptions),
         Reply::Reloaded { message } => format!("{}\n", output::shown(message)),
         Reply::Event(e) => output::event(e),
-        Reply::Changed(c) => format!("{}\n", changed(request, c.changed, c.unchanged)),
+        Reply::Changed(c) => format!("{}\n", changed(request, c)),
         Reply::Done => format!("{}\n", done(request)),
     }
 }
 
-/// The sentence for a `changed` reply.
-fn changed(request: &Request, changed: usize, unchanged: usize) -> String {
+/// The sentence for a `changed` reply. An add's expiry is told only of the
+/// entries it added or extended: one already there keeps its own.
+fn changed(request: &Request, reply: &ChangeReply) -> String {
+    let &ChangeReply {
+        changed,
+        updated,
+        unchanged,
+    } = reply;
     let entries = |n| output::count(n, "entry", "entries");
     let countries = |n| output::count(n, "country", "countries");
     match request {
@@ -279,9 +285,10 @@ fn changed(request: &Request, changed: usize, unchanged: usize) -> String {
             replace,
             ..
         } => {
-            let ttl = ttl_secs.map_or(String::new(), |s| {
-                format!(", expiring in {}", output::duration(s))
-            });
+            let ttl = match ttl_secs {
+                Some(secs) if changed > 0 => format!(", expiring in {}", output::duration(*secs)),
+                _ => String::new(),
+            };
             if *replace {
                 format!(
                     "{}: operator entries replaced ({} changed, {unchanged} unchanged){ttl}",
@@ -289,11 +296,20 @@ fn changed(request: &Request, changed: usize, unchanged: usize) -> String {
                     entries(changed)
                 )
             } else {
-                format!(
-                    "{}: {} added, {unchanged} already there{ttl}",
+                // A daemon older than `updated` counts extensions as added.
+                let mut text = format!(
+                    "{}: {} added",
                     list.as_str(),
-                    entries(changed)
-                )
+                    entries(changed.saturating_sub(updated))
+                );
+                match (updated, ttl_secs) {
+                    (0, _) => {}
+                    (n, Some(_)) => text.push_str(&format!(", {n} extended")),
+                    (n, None) => text.push_str(&format!(", {n} made permanent")),
+                }
+                // `;`: the expiry is not that of the entries already there.
+                let sep = if ttl.is_empty() { "," } else { ";" };
+                format!("{text}{ttl}{sep} {unchanged} already there")
             }
         }
         Request::ListDel { list, .. } => format!(

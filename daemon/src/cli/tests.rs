@@ -558,9 +558,11 @@ fn listings_in_json_are_bare_arrays_and_objects() {
 
     let changed = json_value(&Reply::Changed(ChangeReply {
         changed: 1,
+        updated: 0,
         unchanged: 0,
     }));
     assert_eq!(changed["type"], "changed");
+    assert_eq!(changed["updated"], 0);
 }
 
 #[test]
@@ -625,13 +627,40 @@ fn changes_and_stats_read_as_sentences() {
         comment: None,
         replace: false,
     };
-    let reply = Reply::Changed(ChangeReply {
-        changed: 2,
-        unchanged: 1,
-    });
+    let reply = |changed, updated, unchanged| {
+        Reply::Changed(ChangeReply {
+            changed,
+            updated,
+            unchanged,
+        })
+    };
     assert_eq!(
-        text(&add, &reply, 0),
-        "allow: 2 entries added, 1 already there, expiring in 10m\n"
+        text(&add, &reply(2, 0, 1), 0),
+        "allow: 2 entries added, expiring in 10m; 1 already there\n"
+    );
+    assert_eq!(
+        text(&add, &reply(3, 2, 0), 0),
+        "allow: 1 entry added, 2 extended, expiring in 10m; 0 already there\n"
+    );
+    // Nothing stored, nothing expires: the entries there keep their own expiry.
+    assert_eq!(
+        text(&add, &reply(0, 0, 1), 0),
+        "allow: 0 entries added, 1 already there\n"
+    );
+    let permanent = Request::ListAdd {
+        list: ListName::Deny,
+        entries: vec![],
+        ttl_secs: None,
+        comment: None,
+        replace: false,
+    };
+    assert_eq!(
+        text(&permanent, &reply(1, 1, 0), 0),
+        "deny: 0 entries added, 1 made permanent, 0 already there\n"
+    );
+    assert_eq!(
+        text(&permanent, &reply(1, 0, 2), 0),
+        "deny: 1 entry added, 2 already there\n"
     );
     assert_eq!(
         text(

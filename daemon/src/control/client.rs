@@ -324,8 +324,10 @@ mod tests {
             .unwrap();
         assert_eq!(
             reply,
+            // A reply without `updated` (an older daemon's) reads as 0 updated.
             Reply::Changed(ChangeReply {
                 changed: 1,
+                updated: 0,
                 unchanged: 0
             })
         );

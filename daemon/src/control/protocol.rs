@@ -444,9 +444,14 @@ pub struct CheckReply {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeReply {
-    /// Entries (or countries) added or removed.
+    /// Entries (or countries) added, updated or removed.
     pub changed: usize,
-    /// Already there (add) or not there (del).
+    /// Of `changed`, the entries that were there already and were updated in
+    /// place: by a list add (without `replace`), an entry extended to a later
+    /// expiry or made permanent. 0 from a daemon older than this field.
+    #[serde(default)]
+    pub updated: usize,
+    /// Already there (add: for at least as long as asked) or not there (del).
     pub unchanged: usize,
 }
 
@@ -594,6 +599,19 @@ mod tests {
                 u32::from(ch)
             );
         }
+    }
+
+    #[test]
+    fn a_change_reply_without_updated_is_an_older_daemons() {
+        let r: ChangeReply = serde_json::from_str(r#"{"changed":2,"unchanged":1}"#).unwrap();
+        assert_eq!(
+            r,
+            ChangeReply {
+                changed: 2,
+                updated: 0,
+                unchanged: 1
+            }
+        );
     }
 
     #[test]

@@ -156,6 +156,16 @@ pub(super) fn expiry_ns(expires_at: Option<u64>, now_unix: u64, now_mono: u64) -
     }
 }
 
+/// Whether an entry expiring at `new` lasts longer than one expiring at `old`
+/// (unix seconds; `None` = permanent).
+fn outlasts(new: Option<u64>, old: Option<u64>) -> bool {
+    match (new, old) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(new), Some(old)) => new > old,
+    }
+}
+
 /// The fields of a list change's event.
 fn list_fields(kind: ListKind, peer: Peer) -> Vec<(String, String)> {
     vec![
@@ -498,6 +508,14 @@ impl Controller {
         })
     }
 
+    /// Adds operator entries. Without `replace`, an add never shortens an
+    /// entry's life: a net already listed until at least the expiry asked for
+    /// (or for good) is "already there" and left as it is, comment included; one
+    /// listed until earlier is extended (made permanent without a TTL) and keeps
+    /// its comment unless a new one is given. With `replace`, the operator's
+    /// entries become exactly these. Either way an automatic ban is never
+    /// shortened: an operator entry that outlasts it takes its place (the state
+    /// holds one entry per network, and the kernel then holds that one too).
     fn list_add(
         &mut self,
         kind: ListKind,
@@ -532,7 +550,10 @@ impl Controller {
         let lists = self.filter_ref()?.lists();
         let in_config = |net: &IpNet| lists.slots(kind, net).get(EntryOrigin::Config).is_some();
         let mut unchanged = 0;
+        let mut updated = 0;
         let mut fresh = Vec::new();
+        // Automatic bans an operator entry takes the place of.
+        let mut retired = Vec::new();
         let mut seen = BTreeSet::new();
         for net in nets {
             let net = net.trunc();
@@ -543,15 +564,7 @@ impl Controller {
                 unchanged += 1;
                 continue;
             }
-            if !replace
-                && let Some(old) = self.store.state().get(kind, &net)
-                && old.expires_at == expires_at
-                && old.origin == EntryOrigin::Operator
-            {
-                unchanged += 1;
-                continue;
-            }
-            fresh.push(StoredEntry {
+            let mut entry = StoredEntry {
                 list: kind,
                 net,
                 origin: EntryOrigin::Operator,
@@ -560,7 +573,31 @@ impl Controller {
                 added_by: Some(peer.uid),
                 added_at: now,
                 reason: None,
-            });
+            };
+            let old = self
+                .store
+                .state()
+                .get(kind, &net)
+                .filter(|e| e.is_live(now));
+            if let Some(old) = old {
+                let keep = match old.origin {
+                    EntryOrigin::Operator => !replace,
+                    EntryOrigin::Auto | EntryOrigin::Config => true,
+                };
+                if keep && !outlasts(expires_at, old.expires_at) {
+                    unchanged += 1;
+                    continue;
+                }
+                if old.origin == EntryOrigin::Auto {
+                    retired.push(net);
+                } else if !replace {
+                    updated += 1;
+                    if entry.comment.is_none() {
+                        entry.comment.clone_from(&old.comment);
+                    }
+                }
+            }
+            fresh.push(entry);
         }
         let change = if replace {
             Change::Replace {
@@ -572,6 +609,7 @@ impl Controller {
             if fresh.is_empty() {
                 return Ok(ChangeReply {
                     changed: 0,
+                    updated: 0,
                     unchanged,
                 });
             }
@@ -595,7 +633,15 @@ impl Controller {
             .commit(std::slice::from_ref(&change))
             .map_err(|e| storage_error(&e))?;
         let now_mono = filter::monotonic_ns();
-        let batch = if replace {
+        let mut batch = Vec::new();
+        if !retired.is_empty() {
+            batch.push(filter::Change::RemoveOrigin {
+                kind,
+                origin: EntryOrigin::Auto,
+                nets: retired,
+            });
+        }
+        if replace {
             // The operator's whole set at once: kept entries keep their expiry.
             let all: Vec<(IpNet, u64)> = self
                 .store
@@ -605,31 +651,36 @@ impl Controller {
                 .filter(|e| e.list == kind && e.origin == EntryOrigin::Operator)
                 .map(|e| (e.net, expiry_ns(e.expires_at, now, now_mono)))
                 .collect();
-            vec![filter::Change::ReplaceOrigin {
+            batch.push(filter::Change::ReplaceOrigin {
                 kind,
                 origin: EntryOrigin::Operator,
                 entries: all,
-            }]
+            });
         } else {
-            vec![filter::Change::Add {
+            batch.push(filter::Change::Add {
                 kind,
                 entries: fresh
                     .iter()
                     .map(|e| (e.net, expiry_ns(e.expires_at, now, now_mono), e.origin))
                     .collect(),
-            }]
-        };
+            });
+        }
         if let Err(e) = self.apply_kernel(batch) {
             self.undo(&undo);
             return Err(e);
         }
         let changed = fresh.len() + removed.len();
+        let added = fresh.len() - updated;
         self.events.push(
             "list_changed",
             format!(
-                "{} list: {} added{}{}",
+                "{} list: {added} added{}{}{}",
                 kind.name(),
-                fresh.len(),
+                if updated == 0 {
+                    String::new()
+                } else {
+                    format!(", {updated} extended")
+                },
                 if removed.is_empty() {
                     String::new()
                 } else {
@@ -642,7 +693,8 @@ impl Controller {
         tracing::info!(
             rampart_event = "list_changed",
             list = kind.name(),
-            added = fresh.len(),
+            added,
+            extended = updated,
             removed = removed.len(),
             entries = %entries_field(fresh.iter().map(|e| &e.net)),
             ttl_secs = ttl_secs.unwrap_or(0),
@@ -650,7 +702,11 @@ impl Controller {
             peer_pid = peer.pid.unwrap_or(0),
             "list changed by the control socket"
         );
-        Ok(ChangeReply { changed, unchanged })
+        Ok(ChangeReply {
+            changed,
+            updated,
+            unchanged,
+        })
     }
 
     /// Puts one list change into the kernel as one atomic step.
@@ -780,6 +836,7 @@ impl Controller {
         );
         Ok(ChangeReply {
             changed: remove.len(),
+            updated: 0,
             unchanged: missing.len(),
         })
     }
@@ -794,7 +851,10 @@ impl Controller {
             .list(kind)
             .into_iter()
             .map(|e: ListEntry| {
-                let stored = self.store.state().get(kind, &e.net);
+                // The state keeps one entry per network: its details belong to
+                // the kernel entry of its origin only.
+                let stored =
+                    (self.store.state().get(kind, &e.net)).filter(|s| s.origin == e.origin);
                 let expires_at = (e.expires_ns != 0).then(|| {
                     now_unix
                         + e.expires_ns
@@ -857,6 +917,7 @@ impl Controller {
         self.set_country_policy(policy, peer)?;
         Ok(Reply::Changed(ChangeReply {
             changed,
+            updated: 0,
             unchanged: codes.len() - changed,
         }))
     }
@@ -880,6 +941,7 @@ impl Controller {
         self.set_country_policy(policy, peer)?;
         Ok(Reply::Changed(ChangeReply {
             changed: n,
+            updated: 0,
             unchanged: 0,
         }))
     }
@@ -1073,24 +1135,34 @@ impl Controller {
             added_at: now,
             reason: Some(ban.reason.clone()),
         };
-        if let Some(old) = self.store.state().get(ListKind::Deny, &net)
-            && old.origin == EntryOrigin::Operator
-            && old.expires_at.is_none()
-        {
+        // A ban never shortens an entry: one that lasts at least as long stays
+        // (an operator's comment included); one that ends sooner gives way to the
+        // ban, in the state (one entry per network) and in the kernel alike.
+        let old = (self.store.state().get(ListKind::Deny, &net)).filter(|e| e.is_live(now));
+        if old.is_some_and(|old| !outlasts(entry.expires_at, old.expires_at)) {
             return;
         }
+        let replaces_operator = old.is_some_and(|old| old.origin == EntryOrigin::Operator);
+        let undo = self.undo_changes(ListKind::Deny, std::iter::once(&net));
         if let Err(e) = self.store.commit(&[Change::Add(vec![entry])]) {
             tracing::error!(src_ip = %ban.source, error = %chain(&e), "automatic ban not stored; not applied");
             return;
         }
         let expires = expiry_ns(Some(now + ttl), now, filter::monotonic_ns());
-        if let Err(e) = self.apply_kernel(vec![filter::Change::Add {
+        let mut batch = Vec::new();
+        if replaces_operator {
+            batch.push(filter::Change::RemoveOrigin {
+                kind: ListKind::Deny,
+                origin: EntryOrigin::Operator,
+                nets: vec![net],
+            });
+        }
+        batch.push(filter::Change::Add {
             kind: ListKind::Deny,
             entries: vec![(net, expires, EntryOrigin::Auto)],
-        }]) {
-            let _ = self
-                .store
-                .commit(&[Change::Remove(vec![(ListKind::Deny, net)])]);
+        });
+        if let Err(e) = self.apply_kernel(batch) {
+            self.undo(&undo);
             tracing::error!(src_ip = %ban.source, error = %e.message, "automatic ban refused by the kernel");
             return;
         }

@@ -391,3 +391,75 @@ fn an_operator_entry_takes_a_bans_place_only_when_it_outlasts_it() {
     assert!(list[0]["expires_at"].is_null(), "{list:?}");
     assert!(!gw.tls_port_reachable("198.18.0.3"), "denied");
 }
+
+/// Where the filter lets a denied source through (monitor mode here; another
+/// interface or local traffic alike), its failures at the gateway never replace an
+/// operator's entry that lasts longer, nor one from the configuration file: the
+/// entry keeps its expiry, comment and origin, across a restart too, and is listed
+/// once.
+#[test]
+fn a_ban_leaves_entries_that_deny_the_source_for_longer() {
+    if !privileged() {
+        return;
+    }
+    let mut gw = Gateway::start(
+        RigOptions {
+            client_addrs: ["198.18.0.3", "198.18.0.4"].into_iter().map(ip).collect(),
+            filter: "monitor = true\ndeny = [\"198.18.0.4\"]".into(),
+            ..RigOptions::default()
+        },
+        &format!("[filter.autoban]\nauth_failures = {THRESHOLD}\nban_secs = {BAN_SECS}\n"),
+    )
+    .unwrap();
+    let cli = &gw.rig.cli;
+    cli.ok(&[
+        "deny",
+        "add",
+        "198.18.0.3",
+        "--ttl",
+        "30d",
+        "--comment",
+        "known abuser, ticket 123",
+    ])
+    .unwrap();
+    for src in ["198.18.0.3", "198.18.0.4"] {
+        for i in 0..THRESHOLD {
+            assert_eq!(bad_key(&gw, src), Some(401), "{src}: failure {}", i + 1);
+        }
+        // The ban request is handled on the control thread after the answer:
+        // wait for its word in the log (at most 2 s).
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline
+            && !gw.rig.log().lines().any(|l| {
+                l.contains(&format!("src_ip={src}"))
+                    && (l.contains("no automatic ban") || l.contains("source banned"))
+            })
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let check = |gw: &Gateway| {
+        let list = gw.rig.cli.list("deny").unwrap();
+        assert_eq!(list.len(), 2, "one row each: {list:#?}");
+        let e = deny_entry(gw, "198.18.0.3/32").unwrap();
+        assert_eq!(e["origin"], "operator", "{e}");
+        assert_eq!(e["comment"], "known abuser, ticket 123", "{e}");
+        let left = e["expires_at"].as_u64().unwrap()
+            - std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+        assert!(left > 29 * 86_400, "still about 30 days: {e}");
+        let e = deny_entry(gw, "198.18.0.4/32").unwrap();
+        assert_eq!(e["origin"], "config", "{e}");
+        assert!(e["expires_at"].is_null(), "{e}");
+        let s = gw.rig.cli.json(&["status"]).unwrap();
+        assert_eq!(s["filter"]["auto_bans"], 0, "{s}");
+    };
+    check(&gw);
+    // Past the ban's time and across a restart: the same.
+    std::thread::sleep(Duration::from_secs(BAN_SECS + 1));
+    gw.rig.kill_daemon().unwrap();
+    gw.rig.start_daemon().unwrap();
+    check(&gw);
+}

@@ -1136,10 +1136,28 @@ impl Controller {
             reason: Some(ban.reason.clone()),
         };
         // A ban never shortens an entry: one that lasts at least as long stays
-        // (an operator's comment included); one that ends sooner gives way to the
-        // ban, in the state (one entry per network) and in the kernel alike.
+        // (an operator's comment included), and so does an entry of the
+        // configuration file (permanent); one that ends sooner gives way to the
+        // ban, in the state (one entry per network) and in the kernel alike. A
+        // source denied already reaches the gateway only where the filter does not
+        // see it (monitor mode, another interface, local traffic).
         let old = (self.store.state().get(ListKind::Deny, &net)).filter(|e| e.is_live(now));
-        if old.is_some_and(|old| !outlasts(entry.expires_at, old.expires_at)) {
+        let in_config = self.filter.as_ref().is_some_and(|filter| {
+            (filter.lists().slots(ListKind::Deny, &net))
+                .get(EntryOrigin::Config)
+                .is_some()
+        });
+        if in_config || old.is_some_and(|old| !outlasts(entry.expires_at, old.expires_at)) {
+            tracing::info!(
+                src_ip = %ban.source,
+                reason = %ban.reason,
+                origin = if in_config {
+                    "config"
+                } else {
+                    old.map_or("-", |old| origin_name(old.origin))
+                },
+                "no automatic ban: the source is denied already, for at least as long"
+            );
             return;
         }
         let replaces_operator = old.is_some_and(|old| old.origin == EntryOrigin::Operator);

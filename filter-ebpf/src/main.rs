@@ -4,8 +4,9 @@
 //! once in its interface's slot):
 //!
 //! 1. Non-IP frames (ARP, LLDP, ...) pass; IPv6 neighbour/router discovery
-//!    (ICMPv6 133-137) passes. Truncated or malformed IP headers get
-//!    `MALFORMED` and are dropped, or passed when `DROP_MALFORMED` is off.
+//!    (ICMPv6 133-137) passes. Truncated or malformed IP headers, and
+//!    frames with more VLAN tags than are parsed, get `MALFORMED` and are
+//!    dropped, or passed when `DROP_MALFORMED` is off.
 //! 2. The source's class comes from one walk of the prefix table (bypass,
 //!    deny CIDRs, allowlist and country folded together by the daemon).
 //! 3. Bypass passes. Exact deny entries and deny CIDRs drop (unless expired).
@@ -268,6 +269,10 @@ fn decide(ctx: &XdpContext, cfg: &Config) -> (u32, u32) {
     let verdict = match ethertype(ctx) {
         Ok((ETH_P_IP, off)) => v4(ctx, cfg, off),
         Ok((ETH_P_IPV6, off)) => v6(ctx, cfg, off),
+        // Still a tag after the ones parsed: more than MAX_VLAN_DEPTH tags. The
+        // frame is not judged, so it must not pass as "not IP" (it would skip
+        // every rule); checked after the IP arms, so untagged IP pays nothing.
+        Ok((ETH_P_8021Q | ETH_P_8021AD, _)) => Err(Stop::Malformed),
         Ok(_) => Err(Stop::NotIp),
         Err(e) => Err(e),
     };
@@ -289,6 +294,8 @@ fn decide(ctx: &XdpContext, cfg: &Config) -> (u32, u32) {
 }
 
 /// The ethertype after up to two VLAN tags, and the network header offset.
+/// With more tags, the ethertype returned is the third tag's (802.1Q or
+/// 802.1ad), which `decide` treats as malformed.
 #[inline(always)]
 fn ethertype(ctx: &XdpContext) -> Result<(u16, usize), Stop> {
     let eth = ptr_at(ctx, 0, ETH_HLEN)?;

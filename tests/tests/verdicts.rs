@@ -328,6 +328,82 @@ fn ipv4_options_fragments_and_malformed_headers() {
 }
 
 #[test]
+fn more_vlan_tags_than_parsed_are_malformed() {
+    if !privileged() {
+        return;
+    }
+    // The program parses two tags. A third one must not make the frame "not
+    // IP" (which passes whatever its source): before, a denied source in a
+    // frame with three 802.1Q tags got XDP_PASS, counted as not_ip.
+    let h = Harness::standard();
+    let frames = [
+        ("802.1Q x3", Frame::new().vlan(10).vlan(20).vlan(30)),
+        ("QinQ + 802.1Q", Frame::new().qinq(100).vlan(10).vlan(20)),
+        ("802.1ad x3", Frame::new().qinq(1).qinq(2).qinq(3)),
+        ("4 tags", Frame::new().qinq(100).vlan(10).vlan(20).vlan(30)),
+    ];
+    for (enc, f) in &frames {
+        let c = |s: &str| format!("{enc}: {s}");
+        h.expect(
+            &c("exact deny"),
+            &f.ipv4(&Ipv4::tcp(v4("198.18.1.1"), 443)),
+            XDP_DROP,
+            "malformed",
+        );
+        h.expect(
+            &c("allowed source"),
+            &f.ipv4(&Ipv4::tcp(v4("198.18.0.5"), 443)),
+            XDP_DROP,
+            "malformed",
+        );
+        h.expect(
+            &c("IPv6 deny"),
+            &f.ipv6(&Ipv6::tcp(v6("2001:db8::bad"), 443)),
+            XDP_DROP,
+            "malformed",
+        );
+        h.expect(
+            &c("ARP"),
+            &f.arp(v4("198.18.0.5"), v4("198.18.0.1")),
+            XDP_DROP,
+            "malformed",
+        );
+    }
+    // Two tags are still parsed and judged.
+    h.expect(
+        "QinQ, exact deny",
+        &Frame::new()
+            .qinq(100)
+            .vlan(10)
+            .ipv4(&Ipv4::tcp(v4("198.18.1.1"), 443)),
+        XDP_DROP,
+        "denied",
+    );
+
+    // Handled as any malformed frame: passed (and counted) with
+    // drop_malformed = false.
+    let settings = Settings {
+        drop_malformed: false,
+        ..Settings::default()
+    };
+    let h = Harness::new(
+        settings,
+        lists(&[], &["198.18.1.1"], &[]),
+        CountryPolicy::Off,
+    );
+    h.expect(
+        "802.1Q x3, drop_malformed = false",
+        &Frame::new()
+            .vlan(10)
+            .vlan(20)
+            .vlan(30)
+            .ipv4(&Ipv4::tcp(v4("198.18.1.1"), 443)),
+        XDP_PASS,
+        "malformed",
+    );
+}
+
+#[test]
 fn ipv6_rules_extension_headers_and_neighbour_discovery() {
     if !privileged() {
         return;

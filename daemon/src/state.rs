@@ -12,8 +12,10 @@
 //! A commit writes its record and fdatasyncs it before returning; on any error the
 //! journal is cut back to its previous length and the in-memory state is untouched, so a
 //! full disk or a read-only directory refuses the change and changes nothing. On open,
-//! the records after the snapshot's sequence number are replayed; a last record cut short
-//! by a crash was never acknowledged and is dropped. When the journal outgrows the
+//! the records after the snapshot's sequence number are replayed. A last record that
+//! looks torn by a crash (cut short, or with zeroed bytes) was most likely never
+//! acknowledged: it is copied aside (`journal.log.damaged-<seq>`) and cut off. Any other
+//! damaged record, the last one included, refuses the open. When the journal outgrows the
 //! snapshot, the state is compacted: snapshot first, then the journal is truncated. A
 //! crash between the two leaves records the snapshot already has; their sequence numbers
 //! say so and replay skips them.
@@ -334,20 +336,29 @@ impl<C: WallClock> StateStore<C> {
                 path: journal_path.clone(),
                 source,
             })?;
-        let (seq, stale, scan) =
-            replay(&bytes, snapshot_seq, &mut state).map_err(|(line, source)| {
-                StateError::CorruptJournal {
-                    path: journal_path.clone(),
-                    line,
-                    source,
-                }
-            })?;
+        let damaged = |d: journal::Damage| {
+            let path = journal_path.clone();
+            let (line, source) = (d.line, d.defect);
+            if d.last {
+                StateError::DamagedLastRecord { path, line, source }
+            } else {
+                StateError::CorruptJournal { path, line, source }
+            }
+        };
+        let scan = journal::scan(&bytes).map_err(damaged)?;
+        let (seq, stale) = replay(&scan, snapshot_seq, &mut state).map_err(damaged)?;
         let good_len = scan.good_len as u64;
         if scan.torn_len > 0 {
+            // Kept, not destroyed: it may be corruption of an acknowledged record after
+            // all. Named after the sequence number the record would have.
+            let torn = &bytes[scan.good_len..];
+            let copy = file::set_aside(&journal_path, seq + 1, torn)
+                .map_err(|(path, e)| StateError::write(&path, e))?;
             tracing::warn!(
                 path = %journal_path.display(),
                 bytes = scan.torn_len,
-                "dropping an incomplete last journal record (it was never acknowledged)"
+                set_aside = %copy.display(),
+                "the last journal record is damaged or incomplete (a torn write at a crash, or corruption); it is set aside"
             );
             journal
                 .set_len(good_len)
@@ -471,15 +482,19 @@ impl<C: WallClock> StateStore<C> {
     }
 }
 
-/// Applies the journal's records after `snapshot_seq` to `state`. Returns the last
-/// sequence number, how many records the snapshot already had, and the scan (for the
-/// torn tail); or the line and defect of a damaged record.
+/// Applies the scanned records after `snapshot_seq` to `state`. Returns the last
+/// sequence number and how many records the snapshot already had; or the damaged record.
 fn replay(
-    bytes: &[u8],
+    scan: &journal::Scan,
     snapshot_seq: u64,
     state: &mut State,
-) -> Result<(u64, usize, journal::Scan), (usize, RecordError)> {
-    let scan = journal::scan(bytes)?;
+) -> Result<(u64, usize), journal::Damage> {
+    // A valid record that cannot be replayed is not a torn write wherever it is.
+    let damage = |line, defect| journal::Damage {
+        line,
+        last: false,
+        defect,
+    };
     let mut seq = snapshot_seq;
     let mut stale = 0;
     for record in &scan.records {
@@ -493,18 +508,18 @@ fn replay(
                 expected: seq + 1,
                 found: record.seq,
             };
-            return Err((record.line, defect));
+            return Err(damage(record.line, defect));
         }
         validate(&record.changes).map_err(|e| {
             let defect = RecordError::Invalid {
                 source: Box::new(e),
             };
-            (record.line, defect)
+            damage(record.line, defect)
         })?;
         for change in &record.changes {
             state.apply(change);
         }
         seq = record.seq;
     }
-    Ok((seq, stale, scan))
+    Ok((seq, stale))
 }

@@ -11,7 +11,10 @@
 
 use std::{
     collections::BTreeSet,
+    io::Read as _,
     net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -25,7 +28,7 @@ use rampart_tests::{
         Rig, RigOptions,
         system::{Ext4Image, Tmpfs},
     },
-    daemon::TempDir,
+    daemon::{TempDir, rampartd_bin},
     privileged,
 };
 
@@ -283,4 +286,161 @@ fn a_read_only_state_directory_refuses_the_change_and_the_kernel_never_sees_it()
     // The daemon still answers.
     let s = cli.json(&["status"]).unwrap();
     assert_eq!(s["filter"]["deny"], 1, "{s}");
+}
+
+/// Starts rampartd on the rig's configuration when it is expected to refuse:
+/// its exit code (`None`: still running after 15 s, then killed) and stderr.
+fn start_refused(rig: &Rig) -> (Option<i32>, String) {
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", rig.pair.srv))
+        .arg(rampartd_bin().unwrap())
+        .arg("--config")
+        .arg(&rig.config)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    (status, stderr)
+}
+
+/// The files in `dir` whose names start with `journal.log.damaged-`.
+fn set_aside_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("journal.log.damaged-"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// `deny add` then `deny del` of 198.18.0.3 (journal records 1 and 2), and
+/// rampartd stopped: the journal's bytes and where its last line starts.
+fn added_and_removed(rig: &mut Rig) -> (Vec<u8>, usize) {
+    rig.cli.ok(&["deny", "add", "198.18.0.3"]).unwrap();
+    rig.cli.ok(&["deny", "del", "198.18.0.3"]).unwrap();
+    rig.kill_daemon().unwrap();
+    let journal = std::fs::read(rig.state_dir.join("journal.log")).unwrap();
+    let text = String::from_utf8(journal.clone()).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.lines().nth(1).unwrap().contains(r#""remove""#),
+        "{text}"
+    );
+    let last = text.trim_end().rfind('\n').unwrap() + 1;
+    (journal, last)
+}
+
+fn denied(rig: &Rig) -> Vec<String> {
+    rig.cli
+        .list("deny")
+        .unwrap()
+        .iter()
+        .map(|e| e["entry"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_torn_last_journal_record_is_set_aside_and_rampartd_starts() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::start(RigOptions::default()).unwrap();
+    let (journal, last) = added_and_removed(&mut rig);
+    // A write cut short by a crash: the last record without its second half
+    // and its newline.
+    let cut = last + (journal.len() - last) / 2;
+    let path = rig.state_dir.join("journal.log");
+    std::fs::write(&path, &journal[..cut]).unwrap();
+
+    rig.start_daemon().unwrap();
+    let copy = rig.state_dir.join("journal.log.damaged-2");
+    let log = rig.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("the last journal record is damaged or incomplete"))
+        .unwrap_or_else(|| panic!("no warning about the torn record; log:\n{log}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains("(a torn write at a crash, or corruption); it is set aside"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("set_aside={}", copy.display())),
+        "names the copy: {line}"
+    );
+    assert!(!log.contains("never acknowledged"), "{log}");
+    // The dropped bytes are kept, private; the journal is cut back.
+    assert_eq!(std::fs::read(&copy).unwrap(), &journal[last..cut]);
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(set_aside_files(&rig.state_dir), vec![copy]);
+    assert_eq!(std::fs::read(&path).unwrap(), &journal[..last]);
+    // The state is record 1's: the removal in the torn record is not applied.
+    assert_eq!(denied(&rig), ["198.18.0.3/32"]);
+    let c = rig.cli.json(&["check", "198.18.0.3"]).unwrap();
+    assert_eq!(c["action"], "drop", "{c}");
+}
+
+#[test]
+fn a_complete_but_damaged_last_journal_record_refuses_to_start() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::start(RigOptions::default()).unwrap();
+    let (journal, last) = added_and_removed(&mut rig);
+    // The acknowledged removal, edited while rampartd was stopped: the line
+    // is whole (newline, no NUL byte), so it is not a torn write. Dropping
+    // it would bring the removed entry back into force.
+    let text = String::from_utf8(journal.clone()).unwrap();
+    let damaged = format!(
+        "{}{}",
+        &text[..last],
+        text[last..].replace("198.18.0.3/32", "198.18.0.3/31")
+    );
+    assert_ne!(damaged, text);
+    let path = rig.state_dir.join("journal.log");
+    std::fs::write(&path, &damaged).unwrap();
+
+    let (code, stderr) = start_refused(&rig);
+    assert_eq!(code, Some(74), "{stderr}");
+    let expected = format!(
+        "{}:2: the last journal record is complete but damaged (not a torn write, so probably an acknowledged change): restore the state directory, repair the line, or delete it to start without that change: checksum mismatch",
+        path.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    // Nothing was changed or set aside.
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), damaged);
+    assert!(set_aside_files(&rig.state_dir).is_empty());
+
+    // The operator's way out: delete the line. rampartd starts without that
+    // change.
+    std::fs::write(&path, &text[..last]).unwrap();
+    rig.start_daemon().unwrap();
+    assert_eq!(denied(&rig), ["198.18.0.3/32"]);
 }

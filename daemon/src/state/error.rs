@@ -68,6 +68,16 @@ pub enum StateError {
         #[source]
         source: RecordError,
     },
+    #[error(
+        "{}:{line}: the last journal record is complete but damaged (not a torn write, so probably an acknowledged change): restore the state directory, repair the line, or delete it to start without that change",
+        path.display()
+    )]
+    DamagedLastRecord {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: RecordError,
+    },
     #[error("{}:{line}: invalid country table line {text:?}", path.display())]
     CorruptCountries {
         path: PathBuf,

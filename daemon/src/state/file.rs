@@ -3,7 +3,7 @@
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new file:
 /// write a temp file in the same directory, fsync it, rename over, fsync the directory.
@@ -33,6 +33,46 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<(
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Keeps `bytes` in a new file next to `path`, `<name>.damaged-<tag>` (`.1`, `.2`, ...
+/// appended when that exists: an earlier copy is never overwritten), mode 0600, made
+/// durable before this returns. Returns the file's path; on error, the path tried.
+pub(super) fn set_aside(
+    path: &Path,
+    tag: u64,
+    bytes: &[u8],
+) -> Result<PathBuf, (PathBuf, io::Error)> {
+    let dir = parent_dir(path);
+    let mut name = path.file_name().unwrap_or(path.as_os_str()).to_owned();
+    name.push(format!(".damaged-{tag}"));
+    let mut copy = dir.join(&name);
+    let mut n = 0;
+    let mut f = loop {
+        let created = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&copy);
+        match created {
+            Ok(f) => break f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 1000 => {
+                n += 1;
+                let mut numbered = name.clone();
+                numbered.push(format!(".{n}"));
+                copy = dir.join(numbered);
+            }
+            Err(e) => return Err((copy, e)),
+        }
+    };
+    match f
+        .write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| sync_dir(dir))
+    {
+        Ok(()) => Ok(copy),
+        Err(e) => Err((copy, e)),
+    }
 }
 
 /// Creates `dir` (and its parents) with mode 0700 if it is missing; an existing

@@ -5,6 +5,12 @@
 //! one write and made durable (fdatasync) before the change is acknowledged, so only the
 //! last line can be incomplete after a crash; any earlier bad line is damage to
 //! acknowledged data and is reported, never skipped.
+//!
+//! A torn last write shows as a line without its newline (the file's length was cut
+//! short) or as NUL bytes inside it (blocks the file system had not written read as
+//! zeros). A last line that has its newline and no NUL byte but fails its checksum does
+//! not look like a torn write: it is reported as damage too, since it is more likely an
+//! acknowledged record that was altered afterwards.
 
 use serde::{Deserialize, Serialize};
 
@@ -41,9 +47,22 @@ pub(super) struct Scan {
     pub records: Vec<Record>,
     /// Length of the prefix made of whole, valid lines.
     pub good_len: usize,
-    /// Bytes after `good_len`: a last record that was cut short or fails its checksum
-    /// (it was being written when the process stopped, so it was never acknowledged).
+    /// Bytes after `good_len`: a last record that looks like a torn write (cut short,
+    /// or failing its checksum with NUL bytes in it). Most likely it was being written
+    /// when the process stopped, so never acknowledged; corruption cannot be ruled out.
     pub torn_len: usize,
+}
+
+/// A line that stops the scan or the replay.
+#[derive(Debug)]
+pub(super) struct Damage {
+    /// 1-based line number in the journal.
+    pub line: usize,
+    /// The journal's last line, whole but damaged itself (checksum, header or syntax);
+    /// `false` for a damaged line before it, and for a valid record that cannot be
+    /// replayed (sequence, content).
+    pub last: bool,
+    pub defect: RecordError,
 }
 
 /// Why a journal line is not a valid record.
@@ -77,9 +96,9 @@ pub(super) fn encode(seq: u64, changes: &[Change]) -> Result<Vec<u8>, serde_json
     Ok(line)
 }
 
-/// Splits a journal into records. A bad last line is returned as `torn_len`; a bad line
-/// anywhere else is an error with its 1-based line number.
-pub(super) fn scan(bytes: &[u8]) -> Result<Scan, (usize, RecordError)> {
+/// Splits a journal into records. A last line that looks like a torn write is returned
+/// as `torn_len`; any other bad line is an error with its 1-based line number.
+pub(super) fn scan(bytes: &[u8]) -> Result<Scan, Damage> {
     let mut records = Vec::new();
     let mut pos = 0;
     let mut line_no = 0;
@@ -90,18 +109,29 @@ pub(super) fn scan(bytes: &[u8]) -> Result<Scan, (usize, RecordError)> {
             break;
         };
         let end = pos + newline + 1;
-        match decode(&bytes[pos..end - 1]) {
+        let line = &bytes[pos..end - 1];
+        let last = end == bytes.len();
+        match decode(line) {
             Ok((seq, changes)) => records.push(Record {
                 line: line_no,
                 seq,
                 changes,
             }),
             // A whole line whose checksum fails can still be a torn write: after a crash
-            // the file's length may be durable while some of its blocks are not.
-            Err(RecordError::Malformed | RecordError::Checksum { .. }) if end == bytes.len() => {
+            // the file's length may be durable while some of its blocks are not, and
+            // those read as zeros.
+            Err(RecordError::Malformed | RecordError::Checksum { .. })
+                if last && line.contains(&0) =>
+            {
                 break;
             }
-            Err(e) => return Err((line_no, e)),
+            Err(defect) => {
+                return Err(Damage {
+                    line: line_no,
+                    last,
+                    defect,
+                });
+            }
         }
         pos = end;
     }

@@ -137,6 +137,19 @@ fn journal_bytes(dir: &Path) -> Vec<u8> {
     fs::read(dir.join(JOURNAL_FILE)).unwrap()
 }
 
+/// The journal's set-aside copies in `dir`, by name, with their contents.
+fn set_aside(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().unwrap();
+            name.starts_with("journal.log.damaged-")
+                .then(|| (name, fs::read(e.path()).unwrap()))
+        })
+        .collect()
+}
+
 #[test]
 fn replay_equals_the_acknowledged_changes() {
     let tmp = TempDir::new("replay");
@@ -213,6 +226,16 @@ fn a_torn_last_record_is_dropped_at_every_cut() {
         assert_eq!(store.seq(), 3);
         // The file is cut back to the good prefix, so later records follow good ones.
         assert_eq!(journal_bytes(&case.state()), good, "cut at byte {cut}");
+        // The dropped bytes are kept beside the journal, named after record 4.
+        let expected: BTreeMap<String, Vec<u8>> = if cut == good.len() {
+            BTreeMap::new()
+        } else {
+            BTreeMap::from([(
+                "journal.log.damaged-4".into(),
+                full[good.len()..cut].to_vec(),
+            )])
+        };
+        assert_eq!(set_aside(&case.state()), expected, "cut at byte {cut}");
         store.commit(&batches[4]).unwrap();
         drop(store);
         assert_eq!(open(&case.state()).seq(), 4, "cut at byte {cut}");
@@ -220,7 +243,7 @@ fn a_torn_last_record_is_dropped_at_every_cut() {
 }
 
 #[test]
-fn a_last_record_failing_its_checksum_is_dropped() {
+fn a_last_record_with_zeroed_bytes_is_set_aside_and_dropped() {
     let tmp = TempDir::new("torn-crc");
     let mut store = open(&tmp.state());
     commit_all(&mut store, &sample_batches()[..2]);
@@ -233,9 +256,90 @@ fn a_last_record_failing_its_checksum_is_dropped() {
     let last = bytes.len() - 10;
     bytes[last - 20..last].fill(0);
     fs::write(tmp.state().join(JOURNAL_FILE), &bytes).unwrap();
-    let store = open(&tmp.state());
+    let mut store = open(&tmp.state());
     assert_eq!(store.state(), &before);
     assert_eq!(journal_bytes(&tmp.state()), good);
+    let copy = tmp.state().join("journal.log.damaged-3");
+    assert_eq!(fs::read(&copy).unwrap(), &bytes[good.len()..]);
+    assert_eq!(
+        fs::metadata(&copy).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // The next record takes sequence number 3; torn again, its copy does not
+    // replace the first one.
+    commit_all(&mut store, &sample_batches()[2..3]);
+    drop(store);
+    let mut again = journal_bytes(&tmp.state());
+    again.truncate(again.len() - 5);
+    fs::write(tmp.state().join(JOURNAL_FILE), &again).unwrap();
+    let store = open(&tmp.state());
+    assert_eq!(store.state(), &before);
+    assert_eq!(
+        set_aside(&tmp.state()),
+        BTreeMap::from([
+            ("journal.log.damaged-3".into(), bytes[good.len()..].to_vec()),
+            (
+                "journal.log.damaged-3.1".into(),
+                again[good.len()..].to_vec()
+            ),
+        ])
+    );
+}
+
+#[test]
+fn a_complete_last_record_failing_its_checksum_refuses_to_open() {
+    let tmp = TempDir::new("last-crc");
+    let mut store = open(&tmp.state());
+    commit_all(&mut store, &sample_batches()[..3]);
+    drop(store);
+    let path = tmp.state().join(JOURNAL_FILE);
+    // One byte of the last record changed (a /32 made a /31, say): the line is
+    // whole, with its newline and no NUL byte, so not a torn write. It was most
+    // likely acknowledged: dropping it would bring back the entry it removed.
+    let mut damaged = journal_bytes(&tmp.state());
+    let at = damaged.len() - 20;
+    damaged[at] ^= 0x01;
+    fs::write(&path, &damaged).unwrap();
+    let err = open_err(&tmp.state());
+    match &err {
+        StateError::DamagedLastRecord { line, source, .. } => {
+            assert_eq!(*line, 3);
+            assert!(matches!(source, RecordError::Checksum { .. }), "{source:?}");
+        }
+        other => panic!("expected DamagedLastRecord, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("journal.log:3: the last journal record is complete but damaged"),
+        "{text}"
+    );
+    assert!(
+        text.contains("delete it to start without that change"),
+        "{text}"
+    );
+    // Nothing changed on disk.
+    assert_eq!(fs::read(&path).unwrap(), damaged);
+    assert!(set_aside(&tmp.state()).is_empty());
+
+    // A damaged header (not 8 hex digits) on a whole last line: the same.
+    let mut damaged = journal_bytes(&tmp.state());
+    damaged[at] ^= 0x01;
+    let last_start = damaged[..damaged.len() - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .unwrap()
+        + 1;
+    damaged[last_start] = b'g';
+    fs::write(&path, &damaged).unwrap();
+    assert!(matches!(
+        open_err(&tmp.state()),
+        StateError::DamagedLastRecord {
+            line: 3,
+            source: RecordError::Malformed,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -288,12 +392,28 @@ fn a_bad_record_before_the_last_is_an_error_naming_its_line() {
     fs::write(&path, bad).unwrap();
     assert!(matches!(
         open_err(&tmp.state()),
+        StateError::DamagedLastRecord {
+            line: 5,
+            source: RecordError::Syntax { .. },
+            ..
+        }
+    ));
+    // A record before a torn tail is not the last: its damage is CorruptJournal.
+    let bad = format!(
+        "{}{:08x} {json}\n{{\"seq\"",
+        text,
+        crc32fast::hash(json.as_bytes())
+    );
+    fs::write(&path, bad).unwrap();
+    assert!(matches!(
+        open_err(&tmp.state()),
         StateError::CorruptJournal {
             line: 5,
             source: RecordError::Syntax { .. },
             ..
         }
     ));
+    assert!(set_aside(&tmp.state()).is_empty());
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //!
 //! Every acknowledged change is on disk first. The state directory holds:
 //! - `state.json`, a snapshot (format version, sequence number of the last record it
-//!   includes, entries, country policy, geo source), always replaced atomically;
+//!   includes, entries, country policy, geo source) behind a CRC-32 of it, in the
+//!   journal's line form; always replaced atomically;
 //! - `journal.log`, an append-only journal with one checksummed record per line
 //!   (`<crc32 hex> {"seq":N,"changes":[...]}`); one [`StateStore::commit`] is one record,
 //!   so a batch of changes is replayed whole or not at all;
@@ -51,6 +52,7 @@ use crate::policy::quota::{SystemClock, WallClock};
 pub use error::StateError;
 pub(crate) use file::replace_file;
 pub use journal::RecordError;
+pub use snapshot::SnapshotDefect;
 
 /// The snapshot's file name in the state directory.
 pub const SNAPSHOT_FILE: &str = "state.json";
@@ -327,7 +329,12 @@ impl<C: WallClock> StateStore<C> {
             }
             Err(TryLockError::Error(e)) => return Err(StateError::write(&journal_path, e)),
         }
-        let (snapshot_seq, snapshot_len, mut state) = snapshot::read(&snapshot_path)?;
+        let snapshot::Snapshot {
+            seq: snapshot_seq,
+            len: snapshot_len,
+            mut state,
+            unchecked,
+        } = snapshot::read(&snapshot_path)?;
 
         let mut bytes = Vec::new();
         journal
@@ -382,6 +389,23 @@ impl<C: WallClock> StateStore<C> {
         };
         if stale > 0 {
             store.compact()?;
+        } else if unchecked {
+            // Written by an earlier version: give it its checksum now rather than at
+            // the next compaction. It was read fine, so failing here stops nothing.
+            if let Err(e) = store.compact() {
+                tracing::warn!(
+                    path = %store.snapshot_path.display(),
+                    error = %e,
+                    "the snapshot has no checksum (written by an earlier version) and cannot be rewritten with one yet; it is read unchecked until the next compaction"
+                );
+                return Ok(store);
+            }
+        }
+        if unchecked {
+            tracing::info!(
+                path = %store.snapshot_path.display(),
+                "the snapshot had no checksum (written by an earlier version): read unchecked, rewritten with one"
+            );
         }
         Ok(store)
     }

@@ -353,15 +353,6 @@ fn added_and_removed(rig: &mut Rig) -> (Vec<u8>, usize) {
     (journal, last)
 }
 
-fn denied(rig: &Rig) -> Vec<String> {
-    rig.cli
-        .list("deny")
-        .unwrap()
-        .iter()
-        .map(|e| e["entry"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[test]
 fn a_torn_last_journal_record_is_set_aside_and_rampartd_starts() {
     if !privileged() {
@@ -402,7 +393,7 @@ fn a_torn_last_journal_record_is_set_aside_and_rampartd_starts() {
     assert_eq!(set_aside_files(&rig.state_dir), vec![copy]);
     assert_eq!(std::fs::read(&path).unwrap(), &journal[..last]);
     // The state is record 1's: the removal in the torn record is not applied.
-    assert_eq!(denied(&rig), ["198.18.0.3/32"]);
+    assert_eq!(rig.cli.list_entries("deny").unwrap(), ["198.18.0.3/32"]);
     let c = rig.cli.json(&["check", "198.18.0.3"]).unwrap();
     assert_eq!(c["action"], "drop", "{c}");
 }
@@ -442,5 +433,71 @@ fn a_complete_but_damaged_last_journal_record_refuses_to_start() {
     // change.
     std::fs::write(&path, &text[..last]).unwrap();
     rig.start_daemon().unwrap();
-    assert_eq!(denied(&rig), ["198.18.0.3/32"]);
+    assert_eq!(rig.cli.list_entries("deny").unwrap(), ["198.18.0.3/32"]);
+}
+
+#[test]
+fn an_edited_snapshot_refuses_to_start_and_names_the_file() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::prepare(RigOptions {
+        client_addrs: vec![ip("198.18.0.4")],
+        ..RigOptions::default()
+    })
+    .unwrap();
+    // A snapshot as the previous version wrote it, without a checksum: read,
+    // then rewritten with one.
+    std::fs::create_dir_all(&rig.state_dir).unwrap();
+    let path = rig.state_dir.join("state.json");
+    std::fs::write(
+        &path,
+        r#"{"version":1,"seq":5,"entries":[{"list":"deny","net":"198.18.0.4/32","origin":"operator","added_by":0,"added_at":1700000000}],"countries":null,"geo":null}
+"#,
+    )
+    .unwrap();
+    rig.start_daemon().unwrap();
+    assert_eq!(rig.cli.list_entries("deny").unwrap(), ["198.18.0.4/32"]);
+    assert!(!rig.reach("198.18.0.4"), "the snapshot's entry is enforced");
+    assert!(
+        rig.log().contains(
+            "the snapshot had no checksum (written by an earlier version): read unchecked, rewritten with one"
+        ),
+        "{}",
+        rig.log()
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (crc, json) = text.trim_end().split_once(' ').unwrap();
+    assert!(
+        crc.len() == 8 && crc.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{text}"
+    );
+    assert!(json.contains(r#""net":"198.18.0.4/32""#), "{text}");
+    rig.kill_daemon().unwrap();
+
+    // The prefix edited while rampartd was stopped: /32 to /31. Before, it
+    // was enforced without a word.
+    let edited = text.replace("198.18.0.4/32", "198.18.0.4/31");
+    std::fs::write(&path, &edited).unwrap();
+    let (code, stderr) = start_refused(&rig);
+    assert_eq!(code, Some(74), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "rampartd: state directory: {} is corrupt: checksum mismatch: the file says {crc}, its contents hash to ",
+            path.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        edited,
+        "left as it is"
+    );
+    // The kernel keeps what it had while no rampartd runs.
+    assert!(!rig.reach("198.18.0.4"));
+
+    // Restored: rampartd starts with the /32.
+    std::fs::write(&path, &text).unwrap();
+    rig.start_daemon().unwrap();
+    assert_eq!(rig.cli.list_entries("deny").unwrap(), ["198.18.0.4/32"]);
 }

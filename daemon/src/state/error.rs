@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
-use super::RecordError;
+use super::{RecordError, SnapshotDefect};
 use crate::filter::{EntryOrigin, ListKind};
 
 /// Errors of the state directory. Storage errors are split so that the caller can say
@@ -48,7 +48,7 @@ pub enum StateError {
     CorruptSnapshot {
         path: PathBuf,
         #[source]
-        source: serde_json::Error,
+        source: SnapshotDefect,
     },
     #[error("{} holds an entry or a policy that is not valid", path.display())]
     InvalidSnapshot {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::{Change, StateError};
 
 /// Bytes before the record: 8 hex digits and a space.
-const HEADER_LEN: usize = 9;
+pub(super) const HEADER_LEN: usize = 9;
 
 #[derive(Serialize)]
 struct RecordOut<'a> {
@@ -142,18 +142,22 @@ pub(super) fn scan(bytes: &[u8]) -> Result<Scan, Damage> {
     })
 }
 
-fn decode(line: &[u8]) -> Result<(u64, Vec<Change>), RecordError> {
-    let (header, json) = line
-        .split_at_checked(HEADER_LEN)
-        .ok_or(RecordError::Malformed)?;
+/// The checksum a line starts with and the rest of the line; `None` when the line does
+/// not start with 8 hex digits and a space. (The snapshot has the same form.)
+pub(super) fn split_header(line: &[u8]) -> Option<(u32, &[u8])> {
+    let (header, rest) = line.split_at_checked(HEADER_LEN)?;
     let (digits, space) = header.split_at(HEADER_LEN - 1);
     if space != b" " || !digits.iter().all(u8::is_ascii_hexdigit) {
-        return Err(RecordError::Malformed);
+        return None;
     }
     let stored = std::str::from_utf8(digits)
         .ok()
-        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
-        .ok_or(RecordError::Malformed)?;
+        .and_then(|hex| u32::from_str_radix(hex, 16).ok())?;
+    Some((stored, rest))
+}
+
+fn decode(line: &[u8]) -> Result<(u64, Vec<Change>), RecordError> {
+    let (stored, json) = split_header(line).ok_or(RecordError::Malformed)?;
     let actual = crc32fast::hash(json);
     if stored != actual {
         return Err(RecordError::Checksum { stored, actual });

@@ -483,6 +483,119 @@ fn a_crash_between_snapshot_and_truncation_is_harmless() {
     assert_eq!(store.seq(), 7);
 }
 
+/// A store with sample state compacted into its snapshot; the snapshot's bytes.
+fn compacted(tmp: &TempDir) -> (State, Vec<u8>) {
+    let mut store = open(&tmp.state());
+    commit_all(&mut store, &sample_batches());
+    store.compact().unwrap();
+    let state = store.state().clone();
+    drop(store);
+    (state, fs::read(tmp.state().join(SNAPSHOT_FILE)).unwrap())
+}
+
+#[test]
+fn the_snapshot_carries_a_checksum_of_its_json() {
+    let tmp = TempDir::new("snapshot-format");
+    let (state, bytes) = compacted(&tmp);
+    let text = String::from_utf8(bytes).unwrap();
+    let line = text.strip_suffix('\n').unwrap();
+    assert!(!line.contains('\n'), "one line");
+    let (crc, json) = line.split_once(' ').unwrap();
+    assert_eq!(crc, format!("{:08x}", crc32fast::hash(json.as_bytes())));
+    assert!(
+        json.starts_with(r#"{"version":1,"seq":6,"entries":["#),
+        "{json}"
+    );
+    assert_eq!(open(&tmp.state()).state(), &state);
+}
+
+#[test]
+fn a_changed_byte_in_the_snapshot_refuses_the_open() {
+    let tmp = TempDir::new("snapshot-crc");
+    let (_, good) = compacted(&tmp);
+    let path = tmp.state().join(SNAPSHOT_FILE);
+    // An edited prefix: the entry would be enforced as a /31.
+    let text = String::from_utf8(good.clone()).unwrap();
+    assert!(text.contains(r#""net":"2001:db8::/32""#), "{text}");
+    let edited = text.replacen("2001:db8::/32", "2001:db8::/31", 1);
+    assert_ne!(edited, text);
+    type Case = (&'static str, Vec<u8>, fn(&SnapshotDefect) -> bool);
+    let cases: Vec<Case> = vec![
+        ("an edited prefix", edited.into_bytes(), |d| {
+            matches!(d, SnapshotDefect::Checksum { .. })
+        }),
+        ("cut short", good[..good.len() / 2].to_vec(), |d| {
+            matches!(d, SnapshotDefect::Checksum { .. })
+        }),
+        (
+            "a damaged checksum",
+            [b"z".as_slice(), &good[1..]].concat(),
+            |d| matches!(d, SnapshotDefect::Malformed),
+        ),
+        ("empty", Vec::new(), |d| {
+            matches!(d, SnapshotDefect::Malformed)
+        }),
+    ];
+    for (what, bytes, expected) in cases {
+        fs::write(&path, &bytes).unwrap();
+        let err = open_err(&tmp.state());
+        match &err {
+            StateError::CorruptSnapshot { path: p, source } => {
+                assert_eq!(p, &path, "{what}");
+                assert!(expected(source), "{what}: {source:?}");
+            }
+            other => panic!("{what}: expected CorruptSnapshot, got {other:?}"),
+        }
+        // Nothing was rewritten.
+        assert_eq!(fs::read(&path).unwrap(), bytes, "{what}");
+    }
+    fs::write(&path, text.replacen("2001:db8::/32", "2001:db8::/31", 1)).unwrap();
+    let err = open_err(&tmp.state());
+    let message = crate::service::chain(&err);
+    assert!(
+        message.starts_with(&format!(
+            "{} is corrupt: checksum mismatch: the file says ",
+            path.display()
+        )),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_snapshot_without_checksum_is_read_and_rewritten_with_one() {
+    let tmp = TempDir::new("snapshot-legacy");
+    let (state, good) = compacted(&tmp);
+    let path = tmp.state().join(SNAPSHOT_FILE);
+    // As the previous version wrote it: the JSON and a newline.
+    let legacy = good[journal::HEADER_LEN..].to_vec();
+    assert_eq!(legacy[0], b'{');
+    fs::write(&path, &legacy).unwrap();
+    let mut store = open(&tmp.state());
+    assert_eq!(store.state(), &state);
+    assert_eq!(store.seq(), 6);
+    // Rewritten at once, with its checksum, and the journal goes on after it.
+    assert_eq!(fs::read(&path).unwrap(), good);
+    store
+        .commit(&[Change::Add(vec![deny("192.0.2.99/32")])])
+        .unwrap();
+    let expected = store.state().clone();
+    drop(store);
+    let store = open(&tmp.state());
+    assert_eq!(store.state(), &expected);
+    assert_eq!(store.seq(), 7);
+
+    // A legacy snapshot that does not parse is corrupt, as before.
+    drop(store);
+    fs::write(&path, &legacy[..legacy.len() / 2]).unwrap();
+    assert!(matches!(
+        open_err(&tmp.state()),
+        StateError::CorruptSnapshot {
+            source: SnapshotDefect::Syntax(_),
+            ..
+        }
+    ));
+}
+
 #[test]
 fn a_journal_that_starts_after_the_snapshot_is_an_error() {
     let tmp = TempDir::new("gap");

@@ -756,6 +756,18 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// What an `xdp_drop` summary says (log and `rampart events`). `count` is the
+/// number of drop events the kernel sent: each is one dropped packet, but the
+/// kernel sends only a sample (`events_per_second` per CPU, after a burst), so
+/// it is a lower bound; the kernel's counters (`rampart stats`) count every drop,
+/// per reason.
+fn drop_message(count: u64, src: IpAddr, reason: &str) -> String {
+    let packets = if count == 1 { "packet" } else { "packets" };
+    format!(
+        "at least {count} {packets} from {src} dropped ({reason}; counted from sampled events, rampart stats has the exact totals per reason)"
+    )
+}
+
 /// Drop events aggregated per source and reason, logged once per interval,
 /// so that a flood cannot flood the log.
 #[derive(Default)]
@@ -780,9 +792,10 @@ impl DropSummary {
         all.sort_by_key(|e| std::cmp::Reverse(e.1.0));
         let rest = all.len().saturating_sub(EVENT_SOURCES_PER_SUMMARY);
         for ((src, reason), (count, country)) in all.into_iter().take(EVENT_SOURCES_PER_SUMMARY) {
+            let message = drop_message(count, src, reason);
             log.push(
                 "xdp_drop",
-                format!("{count} packets from {src} dropped ({reason})"),
+                message.clone(),
                 vec![
                     ("SRC_IP".into(), src.to_string()),
                     ("REASON".into(), reason.to_owned()),
@@ -798,9 +811,9 @@ impl DropSummary {
                 reason,
                 country = country.as_deref(),
                 // Drop events the kernel sent (sampled: at most
-                // `events_per_second`), not every dropped packet.
+                // `events_per_second` per CPU), not every dropped packet.
                 count,
-                "packets dropped"
+                "{message}"
             );
         }
         if rest > 0 {
@@ -1029,8 +1042,18 @@ mod tests {
         assert_eq!(s.counts[&("198.18.0.1".parse().unwrap(), "denied")].0, 1000);
         let log = EventLog::new(10);
         s.flush(&log);
-        assert_eq!(log.last(10).len(), 3);
+        let events = log.last(10);
+        assert_eq!(events.len(), 3);
         assert!(s.counts.is_empty());
+        // The count is of sampled events, and the text says so.
+        let messages: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
+        for expected in [
+            "at least 1000 packets from 198.18.0.1 dropped (denied; counted from sampled events, rampart stats has the exact totals per reason)",
+            "at least 1 packet from 198.18.0.1 dropped (flood; counted from sampled events, rampart stats has the exact totals per reason)",
+            "at least 1 packet from 198.18.0.2 dropped (denied; counted from sampled events, rampart stats has the exact totals per reason)",
+        ] {
+            assert!(messages.contains(&expected), "{messages:#?}");
+        }
     }
 
     #[test]

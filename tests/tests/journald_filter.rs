@@ -1,10 +1,10 @@
 //! Kernel-side and control-side security events read back from a real
 //! journald: a rampartd with `[filter]` on a veth in a test-made namespace and
 //! `[daemon] log_target = "journald"`; a denied source's SYNs make `xdp_drop`
-//! (flushed at SIGTERM), `rampart deny add` makes `list_changed` with the
-//! caller's credentials, and bad subscription keys from one source make
-//! `[filter.autoban]` write `ban_added`. All are read with
-//! `journalctl -o json _PID=<rampartd>`.
+//! (the 10 s summary, read with `rampart events`, and what is left at SIGTERM),
+//! `rampart deny add` makes `list_changed` with the caller's credentials, and
+//! bad subscription keys from one source make `[filter.autoban]` write
+//! `ban_added`. All are read with `journalctl -o json _PID=<rampartd>`.
 //!
 //! When no journald answers on /run/systemd/journal/socket, the test starts
 //! `/lib/systemd/systemd-journald` standalone and stops it at the end, even
@@ -137,8 +137,50 @@ fn kernel_and_control_events_reach_the_journal_with_their_fields() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // The drops are summed per source and reason and written every 10 s,
-    // and at shutdown: SIGTERM writes them now.
+    // The drops are summed per source and reason and written every 10 s:
+    // `rampart events` shows the summary, whose count is of sampled drop
+    // events and says so (before: "3 packets from ... dropped (denied)", read
+    // as an exact count).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let event = loop {
+        let text = rig.cli.ok(&["events"]).unwrap().stdout;
+        let line = text
+            .lines()
+            .find(|l| l.contains("  xdp_drop  ") && l.contains(&format!("SRC_IP={DENIED} ")))
+            .map(str::to_owned);
+        if let Some(line) = line {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no xdp_drop event for {DENIED} within 15 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (_, text) = event.split_once("  xdp_drop  ").unwrap();
+    let count: u64 = text
+        .strip_prefix("at least ")
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not \"at least N\": {event}"));
+    let packets = if count == 1 { "packet" } else { "packets" };
+    assert_eq!(
+        text,
+        format!(
+            "at least {count} {packets} from {DENIED} dropped (denied; counted from sampled events, rampart stats has the exact totals per reason) SRC_IP={DENIED} REASON=denied COUNTRY=-"
+        ),
+        "{event}"
+    );
+    // A lower bound of what the kernel counted.
+    let stats = rig.cli.json(&["stats"]).unwrap();
+    let denied = stats["kernel"]
+        .as_array()
+        .and_then(|pairs| pairs.iter().find(|pair| pair[0] == "denied"))
+        .and_then(|pair| pair[1].as_u64())
+        .unwrap_or_else(|| panic!("no denied counter: {stats}"));
+    assert!(count <= denied, "{count} > {denied}: {stats}");
+
+    // And at shutdown: SIGTERM writes what is left now.
     assert_eq!(
         daemon.terminate(Duration::from_secs(20)).unwrap(),
         Some(0),
@@ -166,6 +208,14 @@ fn kernel_and_control_events_reach_the_journal_with_their_fields() {
             .parse()
             .unwrap_or_else(|_| panic!("COUNT is a number: {d}"));
         assert!(count >= 1, "{d}");
+        let packets = if count == 1 { "packet" } else { "packets" };
+        assert_eq!(
+            field(d, "MESSAGE"),
+            format!(
+                "at least {count} {packets} from {DENIED} dropped (denied; counted from sampled events, rampart stats has the exact totals per reason)"
+            ),
+            "{d}"
+        );
         counted += count;
     }
     assert!(counted >= 1, "{}", context());

@@ -208,6 +208,41 @@ impl State {
             .insert((entry.list, net), StoredEntry { net, ..entry });
     }
 
+    /// Entries of an IPv4-mapped IPv6 network (`::ffff:a.b.c.d/96+n`), which
+    /// earlier versions stored as given though the kernel never matches them (it
+    /// sees an IPv4 source as IPv4), become the IPv4 entry they map, as the CLI now
+    /// makes them; where that entry is there already, the one that lasts longer
+    /// stays. Returns `(was, now)` for each entry changed.
+    fn unmap_ipv4_mapped(&mut self) -> Vec<(IpNet, IpNet)> {
+        let mapped: Vec<(ListKind, IpNet)> = self
+            .entries
+            .keys()
+            .filter(|(_, net)| ipv4_of_mapped(net).is_some())
+            .copied()
+            .collect();
+        let mut changed = Vec::with_capacity(mapped.len());
+        for key in mapped {
+            let Some(entry) = self.entries.remove(&key) else {
+                continue;
+            };
+            let Some(v4) = ipv4_of_mapped(&key.1) else {
+                continue;
+            };
+            changed.push((key.1, v4));
+            let keep_old = self.entries.get(&(key.0, v4)).is_some_and(|old| {
+                match (old.expires_at, entry.expires_at) {
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                    (Some(old), Some(new)) => old >= new,
+                }
+            });
+            if !keep_old {
+                self.insert(StoredEntry { net: v4, ..entry });
+            }
+        }
+        changed
+    }
+
     /// Drops entries expired at `now`; returns how many.
     fn drop_expired(&mut self, now: u64) -> usize {
         let before = self.entries.len();
@@ -373,6 +408,14 @@ impl<C: WallClock> StateStore<C> {
                 .map_err(|e| StateError::write(&journal_path, e))?;
         }
         state.drop_expired(clock.now_unix());
+        let unmapped = state.unmap_ipv4_mapped();
+        for (was, now) in &unmapped {
+            tracing::warn!(
+                was = %was,
+                now = %now,
+                "a list entry stored by an earlier version as an IPv4-mapped IPv6 network (never matched by the kernel) is taken as the IPv4 entry it maps"
+            );
+        }
 
         let mut store = Self {
             dir: dir.to_owned(),
@@ -387,7 +430,7 @@ impl<C: WallClock> StateStore<C> {
             state,
             clock,
         };
-        if stale > 0 {
+        if stale > 0 || !unmapped.is_empty() {
             store.compact()?;
         } else if unchecked {
             // Written by an earlier version: give it its checksum now rather than at
@@ -508,6 +551,18 @@ impl<C: WallClock> StateStore<C> {
 
 /// Applies the scanned records after `snapshot_seq` to `state`. Returns the last
 /// sequence number and how many records the snapshot already had; or the damaged record.
+/// The IPv4 network an IPv4-mapped IPv6 network of at least /96 maps.
+fn ipv4_of_mapped(net: &IpNet) -> Option<IpNet> {
+    let IpNet::V6(v6) = net else {
+        return None;
+    };
+    let v4 = v6.addr().to_ipv4_mapped()?;
+    let len = v6.prefix_len().checked_sub(96)?;
+    IpNet::new(std::net::IpAddr::V4(v4), len)
+        .ok()
+        .map(|n| n.trunc())
+}
+
 fn replay(
     scan: &journal::Scan,
     snapshot_seq: u64,

@@ -637,6 +637,69 @@ fn expired_entries_are_dropped_at_load_and_filtered_by_live() {
 }
 
 #[test]
+fn ipv4_mapped_entries_of_earlier_versions_load_as_the_ipv4_entries_they_map() {
+    let tmp = TempDir::new("mapped");
+    let mut store = open(&tmp.state());
+    // As an earlier version stored `deny add ::ffff:198.51.100.7` and others.
+    let mut short = deny("::ffff:192.0.2.1/128");
+    short.expires_at = Some(T0 + 60);
+    let mut ban = entry(ListKind::Deny, "198.51.100.9/32", EntryOrigin::Auto);
+    ban.expires_at = Some(T0 + 600);
+    let mut mapped_ban = entry(
+        ListKind::Allow,
+        "::ffff:10.0.0.0/104",
+        EntryOrigin::Operator,
+    );
+    mapped_ban.comment = Some("office".into());
+    store
+        .commit(&[Change::Add(vec![
+            deny("::ffff:198.51.100.7/128"),
+            short,
+            deny("192.0.2.1/32"),
+            deny("::ffff:198.51.100.9/128"),
+            ban,
+            mapped_ban,
+            deny("::/80"),
+            deny("2001:db8::/32"),
+        ])])
+        .unwrap();
+    drop(store);
+    let store = open(&tmp.state());
+    let nets: Vec<(ListKind, String)> = (store.state().entries.keys())
+        .map(|(list, net)| (*list, net.to_string()))
+        .collect();
+    assert_eq!(
+        nets,
+        [
+            (ListKind::Deny, "192.0.2.1/32".to_owned()),
+            (ListKind::Deny, "198.51.100.7/32".to_owned()),
+            (ListKind::Deny, "198.51.100.9/32".to_owned()),
+            // Wider than the mapped space: left as it is.
+            (ListKind::Deny, "::/80".to_owned()),
+            (ListKind::Deny, "2001:db8::/32".to_owned()),
+            (ListKind::Allow, "10.0.0.0/8".to_owned()),
+        ]
+    );
+    let get = |list, net: &str| store.state().get(list, &net.parse().unwrap()).unwrap();
+    // The permanent one outlasts the mapped 60 s one; the permanent mapped entry
+    // outlasts the ban.
+    assert_eq!(get(ListKind::Deny, "192.0.2.1/32").expires_at, None);
+    let was_ban = get(ListKind::Deny, "198.51.100.9/32");
+    assert_eq!(
+        (was_ban.origin, was_ban.expires_at),
+        (EntryOrigin::Operator, None)
+    );
+    assert_eq!(
+        get(ListKind::Allow, "10.0.0.0/8").comment.as_deref(),
+        Some("office")
+    );
+    // Written back: the next open reads the same without converting again.
+    let state = store.state().clone();
+    drop(store);
+    assert_eq!(open(&tmp.state()).state(), &state);
+}
+
+#[test]
 fn invalid_changes_are_refused_before_anything_is_written() {
     let tmp = TempDir::new("invalid");
     let mut store = open(&tmp.state());

@@ -15,3 +15,19 @@ pub mod tls;
 
 pub use cli::{Cli, Run};
 pub use rig::{PORT, Rig, RigOptions};
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+/// Unix seconds now (the clock of list expiries).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The entry of a `--json` list whose `entry` is `net`.
+pub fn find<'a>(list: &'a [Value], net: &str) -> Option<&'a Value> {
+    list.iter().find(|e| e["entry"] == net)
+}

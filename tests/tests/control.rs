@@ -17,7 +17,7 @@ use std::{
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     process::Stdio,
     sync::mpsc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use rampart::control::{
@@ -28,7 +28,9 @@ use rampart_tests::{
     control::{
         PORT, Rig, RigOptions,
         cli::As,
+        find,
         system::{TempGroup, TempUser},
+        unix_now,
     },
     privileged,
 };
@@ -36,26 +38,6 @@ use serde_json::Value;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn opts(client: &[&str], filter: &str) -> RigOptions {
-    RigOptions {
-        client_addrs: client.iter().map(|a| ip(a)).collect(),
-        filter: filter.into(),
-        ..RigOptions::default()
-    }
-}
-
-/// The entry of `list` whose `entry` is `net`.
-fn find<'a>(list: &'a [Value], net: &str) -> Option<&'a Value> {
-    list.iter().find(|e| e["entry"] == net)
 }
 
 /// `kernel` of `stats --json`: `[[name, count], ...]`.
@@ -74,10 +56,9 @@ fn status_stats_and_check_describe_the_daemon_and_the_kernel() {
     if !privileged() {
         return;
     }
-    let rig = Rig::start(opts(
-        &["198.18.0.3", "2001:db8::3"],
-        r#"deny = ["198.18.0.5"]"#,
-    ))
+    let rig = Rig::start(
+        RigOptions::clients(&["198.18.0.3", "2001:db8::3"], r#"deny = ["198.18.0.5"]"#).unwrap(),
+    )
     .unwrap();
     let cli = &rig.cli;
 
@@ -200,7 +181,7 @@ fn list_changes_are_enforced_when_the_command_returns() {
     if !privileged() {
         return;
     }
-    let rig = Rig::start(opts(&["198.18.0.3", "198.18.0.4"], "")).unwrap();
+    let rig = Rig::start(RigOptions::clients(&["198.18.0.3", "198.18.0.4"], "").unwrap()).unwrap();
     let cli = &rig.cli;
     // A second server port, outside the protected scope.
     let _other = rig.pair.serve(9090).unwrap();
@@ -285,7 +266,7 @@ fn entries_are_addresses_cidrs_ranges_files_and_replacements() {
     if !privileged() {
         return;
     }
-    let rig = Rig::start(opts(&[], r#"deny = ["198.18.0.5"]"#)).unwrap();
+    let rig = Rig::start(RigOptions::clients(&[], r#"deny = ["198.18.0.5"]"#).unwrap()).unwrap();
     let cli = &rig.cli;
 
     // Addresses, CIDRs and inclusive ranges (as the fewest CIDRs).
@@ -433,10 +414,13 @@ fn ipv4_mapped_entries_are_the_ipv4_entries_they_map() {
     }
     // Before, `::ffff:a.b.c.d` was stored as an IPv6 entry the kernel never
     // matches (it sees the IPv4 source as IPv4): "added", and no effect.
-    let rig = Rig::start(opts(
-        &["198.18.0.3", "198.18.0.4", "198.18.0.5"],
-        r#"deny = ["::ffff:198.18.0.5"]"#,
-    ))
+    let rig = Rig::start(
+        RigOptions::clients(
+            &["198.18.0.3", "198.18.0.4", "198.18.0.5"],
+            r#"deny = ["::ffff:198.18.0.5"]"#,
+        )
+        .unwrap(),
+    )
     .unwrap();
     let cli = &rig.cli;
     let port = PORT.to_string();
@@ -504,7 +488,7 @@ fn temporary_entries_stop_and_vanish_at_expiry() {
     if !privileged() {
         return;
     }
-    let rig = Rig::start(opts(&["198.18.0.6"], "")).unwrap();
+    let rig = Rig::start(RigOptions::clients(&["198.18.0.6"], "").unwrap()).unwrap();
     let cli = &rig.cli;
     let t0 = Instant::now();
     let now = unix_now();
@@ -565,7 +549,8 @@ fn bad_input_exits_3_and_changes_nothing() {
     if !privileged() {
         return;
     }
-    let rig = Rig::start(opts(&["198.18.0.7"], r#"deny = ["198.18.0.5"]"#)).unwrap();
+    let rig = Rig::start(RigOptions::clients(&["198.18.0.7"], r#"deny = ["198.18.0.5"]"#).unwrap())
+        .unwrap();
     let cli = &rig.cli;
     cli.ok(&["deny", "add", "198.18.0.9", "--comment", "kept"])
         .unwrap();
@@ -689,7 +674,7 @@ fn exit_codes_for_not_found_usage_and_a_daemon_that_is_down() {
     if !privileged() {
         return;
     }
-    let mut rig = Rig::start(opts(&[], "")).unwrap();
+    let mut rig = Rig::start(RigOptions::clients(&[], "").unwrap()).unwrap();
     let cli = rig.cli.clone();
 
     let run = cli.run(&["deny", "del", "198.18.0.77"]);
@@ -828,7 +813,7 @@ fn events_list_changes_and_follow_streams_new_ones() {
     if !privileged() {
         return;
     }
-    let rig = Rig::start(opts(&[], "")).unwrap();
+    let rig = Rig::start(RigOptions::clients(&[], "").unwrap()).unwrap();
     let cli = &rig.cli;
     let start_ms = u128::from(unix_now()) * 1000;
     cli.ok(&["deny", "add", "198.18.0.3"]).unwrap();
@@ -916,10 +901,13 @@ fn reload_replaces_config_entries_keeps_operator_entries_and_refuses_bad_files()
     if !privileged() {
         return;
     }
-    let rig = Rig::start(opts(
-        &["198.18.0.3", "198.18.0.4", "198.18.0.5", "198.18.0.6"],
-        r#"deny = ["198.18.0.3"]"#,
-    ))
+    let rig = Rig::start(
+        RigOptions::clients(
+            &["198.18.0.3", "198.18.0.4", "198.18.0.5", "198.18.0.6"],
+            r#"deny = ["198.18.0.3"]"#,
+        )
+        .unwrap(),
+    )
     .unwrap();
     let cli = rig.cli.clone();
     cli.ok(&["deny", "add", "198.18.0.4"]).unwrap();
@@ -1064,7 +1052,7 @@ fn a_second_rampartd_on_the_same_pins_changes_nothing() {
     if !privileged() {
         return;
     }
-    let rig = Rig::start(opts(&["198.18.0.7"], "")).unwrap();
+    let rig = Rig::start(RigOptions::clients(&["198.18.0.7"], "").unwrap()).unwrap();
     rig.cli.ok(&["deny", "add", "198.18.0.7"]).unwrap();
     assert!(!rig.reach("198.18.0.7"), "denied by the first daemon");
 
@@ -1082,36 +1070,9 @@ fn a_second_rampartd_on_the_same_pins_changes_nothing() {
         );
     let config = rig.dir.path.join("second.toml");
     std::fs::write(&config, text).unwrap();
-    let mut second = std::process::Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{}", rig.pair.srv))
-        .arg(rampart_tests::daemon::rampartd_bin().unwrap())
-        .arg("--config")
-        .arg(&config)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // Before, the second daemon (its own control socket) went on running.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = second.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = second.kill();
-            let _ = second.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = second.stderr.take() {
-        use std::io::Read as _;
-        let _ = pipe.read_to_string(&mut stderr);
-    }
-    assert_eq!(status.and_then(|s| s.code()), Some(75), "{stderr}");
+    let (status, stderr) = rig.start_refused(&config).unwrap();
+    assert_eq!(status, Some(75), "{stderr}");
     assert!(
         stderr.contains("another rampartd is running on the filter pinned at"),
         "{stderr}"

@@ -11,10 +11,8 @@
 
 use std::{
     collections::BTreeSet,
-    io::Read as _,
     net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -28,7 +26,7 @@ use rampart_tests::{
         Rig, RigOptions,
         system::{Ext4Image, Tmpfs},
     },
-    daemon::{TempDir, rampartd_bin},
+    daemon::TempDir,
     privileged,
 };
 
@@ -288,39 +286,6 @@ fn a_read_only_state_directory_refuses_the_change_and_the_kernel_never_sees_it()
     assert_eq!(s["filter"]["deny"], 1, "{s}");
 }
 
-/// Starts rampartd on the rig's configuration when it is expected to refuse:
-/// its exit code (`None`: still running after 15 s, then killed) and stderr.
-fn start_refused(rig: &Rig) -> (Option<i32>, String) {
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{}", rig.pair.srv))
-        .arg(rampartd_bin().unwrap())
-        .arg("--config")
-        .arg(&rig.config)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = pipe.read_to_string(&mut stderr);
-    }
-    (status, stderr)
-}
-
 /// The files in `dir` whose names start with `journal.log.damaged-`.
 fn set_aside_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -418,7 +383,7 @@ fn a_complete_but_damaged_last_journal_record_refuses_to_start() {
     let path = rig.state_dir.join("journal.log");
     std::fs::write(&path, &damaged).unwrap();
 
-    let (code, stderr) = start_refused(&rig);
+    let (code, stderr) = rig.start_refused(&rig.config).unwrap();
     assert_eq!(code, Some(74), "{stderr}");
     let expected = format!(
         "{}:2: the last journal record is complete but damaged (not a torn write, so probably an acknowledged change): restore the state directory, repair the line, or delete it to start without that change: checksum mismatch",
@@ -479,7 +444,7 @@ fn an_edited_snapshot_refuses_to_start_and_names_the_file() {
     // was enforced without a word.
     let edited = text.replace("198.18.0.4/32", "198.18.0.4/31");
     std::fs::write(&path, &edited).unwrap();
-    let (code, stderr) = start_refused(&rig);
+    let (code, stderr) = rig.start_refused(&rig.config).unwrap();
     assert_eq!(code, Some(74), "{stderr}");
     assert!(
         stderr.contains(&format!(

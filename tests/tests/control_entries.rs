@@ -9,11 +9,6 @@
 // Test code: a failed unwrap is a failed test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    net::IpAddr,
-    time::{SystemTime, UNIX_EPOCH},
-};
-
 use rampart::{
     control::{
         client::{Client, ClientError},
@@ -23,35 +18,9 @@ use rampart::{
     state::{Change, StateStore, StoredEntry},
 };
 use rampart_tests::{
-    control::{Rig, RigOptions},
+    control::{Rig, RigOptions, find, unix_now},
     privileged,
 };
-use serde_json::Value;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn opts(client: &[&str], filter: &str) -> RigOptions {
-    RigOptions {
-        client_addrs: client.iter().map(|a| ip(a)).collect(),
-        filter: filter.into(),
-        ..RigOptions::default()
-    }
-}
-
-/// The entry of `list` whose `entry` is `net`.
-fn find<'a>(list: &'a [Value], net: &str) -> Option<&'a Value> {
-    list.iter().find(|e| e["entry"] == net)
-}
-
 /// The one row of `deny list` (for people) that starts with `net`.
 fn row(rig: &Rig, net: &str) -> String {
     let text = rig.cli.ok(&["deny", "list"]).unwrap().stdout;
@@ -90,7 +59,7 @@ fn comments_are_checked_by_the_daemon_as_by_the_cli() {
     if !privileged() {
         return;
     }
-    let rig = Rig::start(opts(&["198.18.0.7"], "")).unwrap();
+    let rig = Rig::start(RigOptions::clients(&["198.18.0.7"], "").unwrap()).unwrap();
     let cli = &rig.cli;
     cli.ok(&["deny", "add", "198.18.0.9", "--comment", "kept"])
         .unwrap();
@@ -185,7 +154,7 @@ fn a_comment_stored_before_comments_were_checked_is_listed_escaped() {
     if !privileged() {
         return;
     }
-    let mut rig = Rig::prepare(opts(&[], "")).unwrap();
+    let mut rig = Rig::prepare(RigOptions::clients(&[], "").unwrap()).unwrap();
     // A state written by an older rampartd, which stored comments unchecked.
     {
         let mut store = StateStore::open(&rig.state_dir).unwrap();
@@ -235,7 +204,8 @@ fn re_adding_an_entry_never_shortens_it_and_the_reply_says_what_changed() {
     if !privileged() {
         return;
     }
-    let mut rig = Rig::start(opts(&["198.18.0.10", "198.18.0.11"], "")).unwrap();
+    let mut rig =
+        Rig::start(RigOptions::clients(&["198.18.0.10", "198.18.0.11"], "").unwrap()).unwrap();
 
     // A permanent entry re-added with a TTL stays permanent.
     assert_eq!(
@@ -343,7 +313,7 @@ fn re_adding_a_config_entry_with_a_ttl_says_nothing_of_an_expiry() {
     if !privileged() {
         return;
     }
-    let rig = Rig::start(opts(&[], r#"deny = ["198.18.1.0/24"]"#)).unwrap();
+    let rig = Rig::start(RigOptions::clients(&[], r#"deny = ["198.18.1.0/24"]"#).unwrap()).unwrap();
     assert_eq!(
         deny(&rig, &["add", "198.18.1.0/24", "--ttl", "1m"]),
         "deny: 0 entries added, 1 already there\n"

@@ -45,6 +45,20 @@ pub struct RigOptions {
     pub state_dir: Option<PathBuf>,
 }
 
+impl RigOptions {
+    /// Options with these client addresses and `[filter]` lines.
+    pub fn clients(client: &[&str], filter: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            client_addrs: client
+                .iter()
+                .map(|a| a.parse().with_context(|| format!("client address {a:?}")))
+                .collect::<anyhow::Result<_>>()?,
+            filter: filter.into(),
+            ..Self::default()
+        })
+    }
+}
+
 pub struct Rig {
     daemon: Option<Daemon>,
     pub cli: Cli,
@@ -170,6 +184,42 @@ protect = ["tcp/{PORT}"]
 
     pub fn daemon_mut(&mut self) -> anyhow::Result<&mut Daemon> {
         self.daemon.as_mut().context("rampartd is not running")
+    }
+
+    /// Runs rampartd on `config` in the server namespace when it is expected to
+    /// refuse to start: its exit code (`None`: still running after 15 s, then
+    /// killed) and its standard error.
+    pub fn start_refused(&self, config: &Path) -> anyhow::Result<(Option<i32>, String)> {
+        use std::io::Read as _;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.pair.srv))
+            .arg(rampartd_bin()?)
+            .arg("--config")
+            .arg(config)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("nsenter rampartd")?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        Ok((status, stderr))
     }
 
     /// rampartd's log so far (empty when not running).

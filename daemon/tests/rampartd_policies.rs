@@ -729,11 +729,16 @@ quota = {{ calls = 5, period_secs = 3600 }}
     assert!(status.success(), "{status}:\n{}", daemon.log());
     drop(daemon);
 
-    let quota_file = setup.state_dir.join("quota.json");
-    let text = std::fs::read_to_string(&quota_file)
-        .unwrap_or_else(|e| panic!("{}: {e}", quota_file.display()));
-    let _: serde_json::Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("quota.json is not JSON ({e}): {text}"));
+    // The counters changed since the last snapshot: one JSON line each.
+    let journal = setup.state_dir.join("quota.journal");
+    let text =
+        std::fs::read_to_string(&journal).unwrap_or_else(|e| panic!("{}: {e}", journal.display()));
+    for line in text.lines() {
+        let _: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("quota.journal has a line that is not JSON ({e}): {text}"));
+    }
+    // One key: a line per flush that saw its calls (1 or 2 in these few ms).
+    assert!((1..=3).contains(&text.lines().count()), "{text}");
 
     let mut daemon = setup.start(&config).await;
     // A fresh client: the old one's pooled connection went with the old daemon.

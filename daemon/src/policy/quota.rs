@@ -8,11 +8,20 @@
 //! documents the same slack). On start, counters are reloaded; a window that ended while
 //! the daemon was down starts fresh.
 //!
+//! On disk: `quota.json`, every counter at some moment, and `quota.journal`, one line
+//! per counter changed since, each line the counter's whole value (so replaying a line
+//! twice changes nothing). A flush appends the counters changed since the last one,
+//! so what it writes follows the traffic, not the size of the table: clients that send
+//! a new `counter = "header:..."` value each make one counter, and a table of a million
+//! counters rewritten every second would be over 100 MB a second. When the journal
+//! has grown as large as the snapshot (at least [`COMPACT_MIN_BYTES`]), the next flush
+//! writes a new snapshot and empties the journal.
+//!
 //! Memory is bounded by `max_keys`: counters of ended windows are dropped first; if the
 //! table is still full, the least-used counters are dropped (those keys start from zero:
 //! a flood of distinct keys must not grow memory, and must not lock out new keys either).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -23,8 +32,13 @@ use serde::{Deserialize, Serialize};
 
 use super::Rejection;
 
-/// Name of the counters' file in the state directory.
+/// Name of the counters' snapshot in the state directory.
 pub const QUOTA_FILE: &str = "quota.json";
+/// Name of the counters' journal (changes since the snapshot) in the state directory.
+pub const QUOTA_JOURNAL: &str = "quota.journal";
+/// The journal is folded into a new snapshot once it is this large and as large as
+/// the snapshot.
+pub const COMPACT_MIN_BYTES: u64 = 1024 * 1024;
 
 /// Default bound on the number of counters kept.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
@@ -223,7 +237,26 @@ struct Counter {
 #[derive(Debug, Default)]
 struct Table {
     counters: HashMap<String, Counter>,
-    dirty: bool,
+    /// Keys whose counter changed since the last flush. Counters dropped (ended
+    /// windows, eviction) are not journaled: ended ones are dropped again at load,
+    /// and an evicted one coming back at a restart counts more, never less.
+    changed: HashSet<String>,
+}
+
+/// One line of the journal: a counter's whole value.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JournalLine<'a> {
+    #[serde(borrow)]
+    key: std::borrow::Cow<'a, str>,
+    counter: Counter,
+}
+
+/// What the files hold, and how large they are.
+#[derive(Debug, Default)]
+struct Files {
+    snapshot_bytes: u64,
+    journal_bytes: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -238,8 +271,9 @@ struct QuotaFile {
 pub struct QuotaCounters<C: WallClock = SystemClock> {
     path: Option<PathBuf>,
     table: Mutex<Table>,
-    /// Serialises flushes so an older snapshot never overwrites a newer one.
-    flushing: Mutex<()>,
+    /// Serialises flushes so an older snapshot never overwrites a newer one; the sizes
+    /// of the files.
+    flushing: Mutex<Files>,
     max_keys: usize,
     clock: C,
 }
@@ -250,18 +284,21 @@ impl<C: WallClock> QuotaCounters<C> {
         Self {
             path: None,
             table: Mutex::new(Table::default()),
-            flushing: Mutex::new(()),
+            flushing: Mutex::new(Files::default()),
             max_keys: max_keys.max(1),
             clock,
         }
     }
 
-    /// Loads `state_dir/quota.json` (missing: no counters; corrupt: an error), dropping
-    /// windows that ended while the daemon was down.
+    /// Loads `state_dir/quota.json` and then `quota.journal` (missing: no counters;
+    /// corrupt: an error; a last journal line cut short by a crash is left out),
+    /// dropping windows that ended while the daemon was down.
     pub fn open(state_dir: &Path, max_keys: usize, clock: C) -> Result<Self, QuotaError> {
         let path = state_dir.join(QUOTA_FILE);
+        let mut snapshot_bytes = 0;
         let mut counters = match std::fs::read(&path) {
             Ok(bytes) => {
+                snapshot_bytes = bytes.len() as u64;
                 let file: QuotaFile =
                     serde_json::from_slice(&bytes).map_err(|source| QuotaError::Corrupt {
                         path: path.clone(),
@@ -281,13 +318,19 @@ impl<C: WallClock> QuotaCounters<C> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
             Err(source) => return Err(QuotaError::Read { path, source }),
         };
+        let journal_path = state_dir.join(QUOTA_JOURNAL);
+        let journal_bytes = replay_journal(&journal_path, &mut counters)?;
         let now = clock.now_unix();
         counters.retain(|_, c| c.window_end > now);
         let mut this = Self::in_memory(max_keys, clock);
         this.path = Some(path);
         this.table = Mutex::new(Table {
             counters,
-            dirty: false,
+            changed: HashSet::new(),
+        });
+        this.flushing = Mutex::new(Files {
+            snapshot_bytes,
+            journal_bytes,
         });
         Ok(this)
     }
@@ -327,7 +370,9 @@ impl<C: WallClock> QuotaCounters<C> {
             make_room(&mut table.counters, self.max_keys, now);
         }
         table.counters.insert(key.to_owned(), counter);
-        table.dirty = true;
+        if !table.changed.contains(key) {
+            table.changed.insert(key.to_owned());
+        }
         Ok(QuotaUsage {
             calls: counter.calls,
             bytes: counter.bytes,
@@ -344,42 +389,100 @@ impl<C: WallClock> QuotaCounters<C> {
             && c.window_start == start
         {
             c.bytes = c.bytes.saturating_add(bytes);
-            table.dirty = true;
+            if !table.changed.contains(key) {
+                table.changed.insert(key.to_owned());
+            }
         }
     }
 
-    /// Writes the counters if anything changed since the last flush (atomic replace).
+    /// Writes what changed since the last flush: the changed counters appended to the
+    /// journal, or, once the journal is as large as the snapshot, a new snapshot of the
+    /// whole table (atomic replace) and an empty journal.
     pub fn flush(&self) -> Result<(), QuotaError> {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let _serial = self.flushing.lock().unwrap_or_else(PoisonError::into_inner);
-        let snapshot = {
-            let mut table = self.lock();
-            if !table.dirty {
-                return Ok(());
-            }
-            table.dirty = false;
-            let now = self.clock.now_unix();
-            table.counters.retain(|_, c| c.window_end > now);
-            QuotaFile {
-                version: FORMAT_VERSION,
-                counters: table.counters.clone(),
-            }
-        };
-        let write_err = |source| QuotaError::Write {
-            path: path.clone(),
+        let mut files = self.flushing.lock().unwrap_or_else(PoisonError::into_inner);
+        let compact = files.journal_bytes >= COMPACT_MIN_BYTES.max(files.snapshot_bytes);
+        let journal_path = path.with_file_name(QUOTA_JOURNAL);
+        let write_err = |path: &Path, source| QuotaError::Write {
+            path: path.to_owned(),
             source,
         };
-        let result = serde_json::to_vec(&snapshot)
-            .map_err(|e| write_err(std::io::Error::other(e)))
-            .and_then(|bytes| {
-                super::keys::file::replace_file(path, &bytes, 0o600).map_err(write_err)
-            });
-        if result.is_err() {
-            self.lock().dirty = true;
+        if compact {
+            let snapshot = {
+                let mut table = self.lock();
+                let now = self.clock.now_unix();
+                table.counters.retain(|_, c| c.window_end > now);
+                table.changed.clear();
+                QuotaFile {
+                    version: FORMAT_VERSION,
+                    counters: table.counters.clone(),
+                }
+            };
+            let result = serde_json::to_vec(&snapshot)
+                .map_err(|e| write_err(path, std::io::Error::other(e)))
+                .and_then(|bytes| {
+                    super::keys::file::replace_file(path, &bytes, 0o600)
+                        .map_err(|e| write_err(path, e))?;
+                    Ok(bytes.len() as u64)
+                })
+                .and_then(|len| {
+                    // The snapshot holds every line of the journal now; a crash
+                    // before this truncation only replays lines already in it.
+                    truncate(&journal_path).map_err(|e| write_err(&journal_path, e))?;
+                    Ok(len)
+                });
+            return match result {
+                Ok(len) => {
+                    *files = Files {
+                        snapshot_bytes: len,
+                        journal_bytes: 0,
+                    };
+                    Ok(())
+                }
+                Err(e) => {
+                    // Everything is to be written again.
+                    let mut table = self.lock();
+                    let keys: Vec<String> = table.counters.keys().cloned().collect();
+                    table.changed.extend(keys);
+                    Err(e)
+                }
+            };
         }
-        result
+        let lines = {
+            let mut table = self.lock();
+            if table.changed.is_empty() {
+                return Ok(());
+            }
+            let changed = std::mem::take(&mut table.changed);
+            let mut lines = Vec::with_capacity(changed.len() * 96);
+            for key in &changed {
+                if let Some(counter) = table.counters.get(key) {
+                    let line = JournalLine {
+                        key: key.as_str().into(),
+                        counter: *counter,
+                    };
+                    // A map of strings and numbers always serialises.
+                    if serde_json::to_writer(&mut lines, &line).is_ok() {
+                        lines.push(b'\n');
+                    }
+                }
+            }
+            lines
+        };
+        match append(&journal_path, &lines) {
+            Ok(()) => {
+                files.journal_bytes += lines.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // The journal may now end in part of a line: nothing is appended after
+                // it, the next flush writes a snapshot of everything instead.
+                files.journal_bytes = u64::MAX;
+                Err(write_err(&journal_path, e))
+            }
+        }
     }
 
     /// Drops counters whose window has ended; returns how many.
@@ -388,11 +491,7 @@ impl<C: WallClock> QuotaCounters<C> {
         let mut table = self.lock();
         let before = table.counters.len();
         table.counters.retain(|_, c| c.window_end > now);
-        let dropped = before - table.counters.len();
-        if dropped > 0 {
-            table.dirty = true;
-        }
-        dropped
+        before - table.counters.len()
     }
 
     pub fn tracked_keys(&self) -> usize {
@@ -401,6 +500,74 @@ impl<C: WallClock> QuotaCounters<C> {
 
     fn lock(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Applies the journal's lines to `counters`; returns the journal's length. A last
+/// line without its newline (a write cut short by a crash) is cut off, so that
+/// lines appended later start on a line of their own; any other bad line is
+/// corruption.
+fn replay_journal(path: &Path, counters: &mut HashMap<String, Counter>) -> Result<u64, QuotaError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => {
+            return Err(QuotaError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    for line in bytes[..complete].split(|b| *b == b'\n') {
+        if line.is_empty() {
+            continue;
+        }
+        let line: JournalLine<'_> =
+            serde_json::from_slice(line).map_err(|source| QuotaError::Corrupt {
+                path: path.to_owned(),
+                source,
+            })?;
+        counters.insert(line.key.into_owned(), line.counter);
+    }
+    if complete < bytes.len() {
+        let cut = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|file| {
+                file.set_len(complete as u64)?;
+                file.sync_data()
+            });
+        cut.map_err(|source| QuotaError::Write {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    Ok(complete as u64)
+}
+
+/// Appends `bytes` to the file at `path` (created 0600) and makes them durable.
+fn append(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_data()
+}
+
+/// Empties the file at `path`, if there is one, durably.
+fn truncate(path: &Path) -> std::io::Result<()> {
+    match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(file) => {
+            file.set_len(0)?;
+            file.sync_data()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

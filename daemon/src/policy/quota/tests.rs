@@ -140,19 +140,120 @@ fn flush_writes_only_when_dirty() {
     let clock = Arc::new(ManualWallClock::new(T0));
     let q = QuotaCounters::open(&dir, DEFAULT_MAX_KEYS, clock).unwrap();
     q.flush().unwrap();
-    assert!(!dir.join(QUOTA_FILE).exists());
+    assert!(!dir.join(QUOTA_JOURNAL).exists());
     q.check("k", &calls(1, HOUR)).unwrap();
     q.flush().unwrap();
-    let modified = fs::metadata(dir.join(QUOTA_FILE))
+    let modified = fs::metadata(dir.join(QUOTA_JOURNAL))
         .unwrap()
         .modified()
         .unwrap();
-    fs::remove_file(dir.join(QUOTA_FILE)).unwrap();
+    fs::remove_file(dir.join(QUOTA_JOURNAL)).unwrap();
     q.flush().unwrap();
     assert!(
-        !dir.join(QUOTA_FILE).exists(),
+        !dir.join(QUOTA_JOURNAL).exists() && !dir.join(QUOTA_FILE).exists(),
         "clean flush wrote {modified:?}"
     );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The bytes of the journal and the snapshot (0 for a missing file).
+fn sizes(dir: &Path) -> (u64, u64) {
+    let len = |name| fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+    (len(QUOTA_JOURNAL), len(QUOTA_FILE))
+}
+
+#[test]
+fn a_flush_writes_the_counters_that_changed_not_the_table() {
+    let dir = temp_dir("journal");
+    let clock = Arc::new(ManualWallClock::new(T0));
+    let quota = calls(5, HOUR);
+    let q = QuotaCounters::open(&dir, DEFAULT_MAX_KEYS, clock.clone()).unwrap();
+    // A client that sends a new counter header value each time.
+    for i in 0..5_000 {
+        q.check(&format!("client-{i}"), &quota).unwrap();
+    }
+    q.flush().unwrap();
+    let (journal, snapshot) = sizes(&dir);
+    assert!(
+        journal > 5_000 * 40 && snapshot == 0,
+        "{journal} {snapshot}"
+    );
+    // Then one call a second: each flush writes one line, whatever the table holds.
+    for _ in 0..3 {
+        q.check("client-7", &quota).unwrap();
+        q.flush().unwrap();
+    }
+    let (grown, _) = sizes(&dir);
+    assert!(grown - journal < 3 * 200, "{journal} -> {grown}");
+    drop(q);
+    let q = QuotaCounters::open(&dir, DEFAULT_MAX_KEYS, clock.clone()).unwrap();
+    assert_eq!(q.tracked_keys(), 5_000);
+    assert_eq!(q.check("client-7", &quota).unwrap().calls, 5);
+    assert_eq!(q.check("client-8", &quota).unwrap().calls, 2);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_journal_as_large_as_the_snapshot_is_folded_into_a_new_one() {
+    let dir = temp_dir("compact");
+    let clock = Arc::new(ManualWallClock::new(T0));
+    let quota = calls(1_000, HOUR);
+    let q = QuotaCounters::open(&dir, DEFAULT_MAX_KEYS, clock.clone()).unwrap();
+    let mut flushes = 0;
+    // Past COMPACT_MIN_BYTES of journal, the next flush writes a snapshot.
+    while sizes(&dir).1 == 0 {
+        for i in 0..1_000 {
+            q.check(&format!("k{i}"), &quota).unwrap();
+        }
+        q.flush().unwrap();
+        flushes += 1;
+        assert!(
+            flushes < 100,
+            "no snapshot after {flushes} flushes: {:?}",
+            sizes(&dir)
+        );
+    }
+    assert_eq!(sizes(&dir).0, 0, "the journal is emptied");
+    q.check("k1", &quota).unwrap();
+    q.flush().unwrap();
+    drop(q);
+    let q = QuotaCounters::open(&dir, DEFAULT_MAX_KEYS, clock.clone()).unwrap();
+    assert_eq!(q.tracked_keys(), 1_000);
+    assert_eq!(q.check("k1", &quota).unwrap().calls, flushes + 2);
+    assert_eq!(q.check("k2", &quota).unwrap().calls, flushes + 1);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_journal_line_cut_short_is_left_out_and_later_lines_stay_readable() {
+    let dir = temp_dir("torn");
+    let clock = Arc::new(ManualWallClock::new(T0));
+    let quota = calls(5, HOUR);
+    let q = QuotaCounters::open(&dir, DEFAULT_MAX_KEYS, clock.clone()).unwrap();
+    q.check("a", &quota).unwrap();
+    q.flush().unwrap();
+    drop(q);
+    // A crash in the middle of an append.
+    let mut journal = fs::read(dir.join(QUOTA_JOURNAL)).unwrap();
+    journal.extend_from_slice(br#"{"key":"b","counter":{"wind"#);
+    fs::write(dir.join(QUOTA_JOURNAL), &journal).unwrap();
+    let q = QuotaCounters::open(&dir, DEFAULT_MAX_KEYS, clock.clone()).unwrap();
+    assert_eq!(q.tracked_keys(), 1);
+    q.check("b", &quota).unwrap();
+    q.flush().unwrap();
+    drop(q);
+    let q = QuotaCounters::open(&dir, DEFAULT_MAX_KEYS, clock.clone()).unwrap();
+    assert_eq!(q.check("a", &quota).unwrap().calls, 2);
+    assert_eq!(q.check("b", &quota).unwrap().calls, 2);
+    // A bad line before the last is corruption, not a crash.
+    drop(q);
+    let mut journal = b"not json\n".to_vec();
+    journal.extend(fs::read(dir.join(QUOTA_JOURNAL)).unwrap());
+    fs::write(dir.join(QUOTA_JOURNAL), &journal).unwrap();
+    assert!(matches!(
+        QuotaCounters::open(&dir, DEFAULT_MAX_KEYS, clock),
+        Err(QuotaError::Corrupt { .. })
+    ));
     fs::remove_dir_all(&dir).unwrap();
 }
 

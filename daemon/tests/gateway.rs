@@ -1781,3 +1781,40 @@ async fn cookie_fields_reach_an_http1_backend_as_one_cookie_line() {
         "{body}"
     );
 }
+
+/// A TLS 1.3 client resumes its session however many other clients shook hands in
+/// between (tickets, not a small server-side cache that strangers evict).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_resume_after_hundreds_of_other_handshakes() {
+    let s = setup(Limits::default()).await;
+    let port = s.gateway.tls.port();
+    let handshake = |config: Arc<rustls::ClientConfig>| async move {
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        // Read what the server sent after the handshake (its tickets).
+        use tokio::io::AsyncWriteExt as _;
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        use tokio::io::AsyncReadExt as _;
+        let _ = tls.read_to_end(&mut answer).await;
+        tls.get_ref().1.handshake_kind()
+    };
+    let ours = Arc::new(s.pki.client_config(&[]));
+    assert_eq!(
+        handshake(Arc::clone(&ours)).await,
+        Some(rustls::HandshakeKind::Full)
+    );
+    // 300 clients of their own (each its own session store).
+    for _ in 0..300 {
+        handshake(Arc::new(s.pki.client_config(&[]))).await;
+    }
+    assert_eq!(
+        handshake(ours).await,
+        Some(rustls::HandshakeKind::Resumed),
+        "the first client's session did not resume"
+    );
+}

@@ -329,5 +329,17 @@ pub fn server_config(
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // The server's order of the suites decides, not the client's.
     config.ignore_client_order = true;
+    // Resumption that strangers cannot take away: TLS 1.3 sessions go to the client
+    // in tickets (keys rotated every 6 hours, new ones with each configuration, so a
+    // changed client CA or CRL resumes nothing from before), rather than in a cache
+    // of 256 that a few hundred handshakes from anyone evict; TLS 1.2 session IDs
+    // get a larger cache (about 200 bytes a session), as nginx's
+    // `ssl_session_cache shared:SSL:10m` holds ~40,000.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|source| GatewayError::TlsConfig { source })?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
     Ok(config)
 }
+
+/// TLS 1.2 sessions kept per listener configuration for resumption by session ID.
+const SESSION_CACHE_SIZE: usize = 20_000;

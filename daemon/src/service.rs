@@ -885,6 +885,9 @@ impl GatewayControl {
                 | KeyStoreError::Write { .. } => ErrorKind::Storage,
                 KeyStoreError::Random { .. } => ErrorKind::Internal,
             };
+            if matches!(kind, ErrorKind::Storage | ErrorKind::Internal) {
+                tracing::error!(error = %chain(&e), "a subscription change could not be made");
+            }
             ErrorReply::new(kind, chain(&e))
         };
         let subscriptions = self.gateway.subscriptions();

@@ -229,6 +229,14 @@ fn a_full_state_directory_refuses_the_change_and_the_kernel_never_sees_it() {
         run.stderr.contains("no space left"),
         "names the problem: {run}"
     );
+    // Whoever watches the service learns of it too, not only the one who asked.
+    let log = rig.log();
+    assert!(
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("could not be written to the state directory")
+            && l.to_lowercase().contains("no space left")),
+        "the refusal is logged:\n{log}"
+    );
     assert_eq!(cli.list("deny").unwrap(), before, "nothing changed");
     assert!(
         rig.reach("198.18.0.3"),

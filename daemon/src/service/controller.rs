@@ -135,6 +135,8 @@ pub(crate) fn origin_name(origin: EntryOrigin) -> &'static str {
 }
 
 fn storage_error(e: &StateError) -> ErrorReply {
+    // The operator who asked sees the reply; whoever watches the service sees this.
+    tracing::error!(error = %chain(e), "a change could not be written to the state directory; it was not made");
     error(
         ErrorKind::Storage,
         format!(

@@ -864,3 +864,75 @@ fn a_single_host_entry_on_a_large_filter_applies_at_once() {
     assert_eq!(action, XDP_DROP);
     eprintln!("one deny prefix on the same filter: {prefix_took:.1?}");
 }
+
+/// An automatic ban of an IPv6 prefix (`[filter.autoban] ipv6_prefix`) is a deny
+/// prefix with its own expiry: it rebuilds the table, and each one is a class of its
+/// own. It is in force when the call returns, drops every address of the prefix, and
+/// lets a bypassed address inside the prefix through (bypass is judged first).
+/// Prints what one more costs with 1,024 of them in force (the daemon's limit,
+/// `MAX_PREFIX_BANS`), next to the test country table and a bypass address.
+#[test]
+fn ipv6_prefix_bans_apply_at_once_and_spare_a_bypass_inside() {
+    if !privileged() {
+        return;
+    }
+    let pins = PinDir::new();
+    let mut f = open(&pins, 4096);
+    f.replace_all(
+        Settings::default(),
+        lists(&["2001:db8:77:1::9/128"], &[], &[]),
+        countries(),
+        CountryPolicy::Block(BTreeSet::from([cc("xx")])),
+    )
+    .unwrap();
+    let prefix = |i: u32| {
+        let a = (0x2001_0db8_u128 << 96) | (u128::from(i) << 64);
+        IpNet::new(IpAddr::V6(Ipv6Addr::from(a)), 64).unwrap()
+    };
+    let mut times = Vec::new();
+    for i in 0..rampart::policy::ban::MAX_PREFIX_BANS as u32 {
+        // Bans made one after another expire one after another: no two alike.
+        let ttl = Duration::from_secs(600) + Duration::from_micros(u64::from(i));
+        let t = Instant::now();
+        let applied = f
+            .add(
+                ListKind::Deny,
+                &[prefix(i * 7919)],
+                Some(ttl),
+                EntryOrigin::Auto,
+            )
+            .unwrap();
+        times.push(t.elapsed());
+        assert!(applied.table_rebuilt);
+    }
+    let banned = net("2001:db8:77:1::/64");
+    let t = Instant::now();
+    f.add(
+        ListKind::Deny,
+        &[banned],
+        Some(Duration::from_secs(600)),
+        EntryOrigin::Auto,
+    )
+    .unwrap();
+    let took = t.elapsed();
+    for (src, expected) in [
+        ("2001:db8:77:1::1", XDP_DROP),
+        ("2001:db8:77:1:ffff:ffff:ffff:ffff", XDP_DROP),
+        ("2001:db8:77:1::9", XDP_PASS),
+        ("2001:db8:77:2::1", XDP_PASS),
+    ] {
+        let (action, _) = f
+            .kernel()
+            .test_run(&packet(ip(src), (TCP, 443)), 1)
+            .unwrap();
+        assert_eq!(action, expected, "{src}");
+    }
+    times.sort();
+    eprintln!(
+        "automatic /64 bans with the test country table: the first 1,024 took p50 {:.1?} \
+         p99 {:.1?} max {:.1?} each; one more with 1,024 in force: {took:.1?}",
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times[times.len() - 1],
+    );
+}

@@ -463,3 +463,180 @@ fn a_ban_leaves_entries_that_deny_the_source_for_longer() {
     gw.rig.start_daemon().unwrap();
     check(&gw);
 }
+
+/// Sources of the IPv6 tests, all in the rig's client /64 (2001:db8::/64): each
+/// fails once.
+const V6_SOURCES: [&str; THRESHOLD] = [
+    "2001:db8::10",
+    "2001:db8::11",
+    "2001:db8::12",
+    "2001:db8::13",
+    "2001:db8::14",
+];
+/// A bypassed address inside that /64.
+const V6_BYPASSED: &str = "2001:db8::9";
+/// An address of another /64 (routed to the client side by the test).
+const V6_ELSEWHERE: &str = "2001:db8:1::5";
+
+/// The rig with a listener on the server's IPv6 address too: autoban after
+/// `THRESHOLD` authentication failures for 60 s, `V6_BYPASSED` a bypass
+/// address; `sections` go after `[filter.autoban]`.
+fn start_v6(sections: &str) -> Gateway {
+    let addrs =
+        V6_SOURCES
+            .into_iter()
+            .chain([V6_BYPASSED, V6_ELSEWHERE, "2001:db8::20", "198.18.0.3"]);
+    let mut gw = Gateway::prepare(
+        RigOptions {
+            client_addrs: addrs.map(ip).collect(),
+            filter: format!(r#"bypass = ["198.18.0.8/30", "{V6_BYPASSED}"]"#),
+            ..RigOptions::default()
+        },
+        &format!("[filter.autoban]\nauth_failures = {THRESHOLD}\nban_secs = 60\n{sections}"),
+    )
+    .unwrap();
+    let listener = gw.listener_v6();
+    gw.rig.opts.sections.push_str(&listener);
+    gw.rig.write_config().unwrap();
+    let pair = &gw.rig.pair;
+    pair.ip(
+        &pair.srv,
+        &["route", "add", "2001:db8:1::/64", "dev", &pair.srv_if],
+    )
+    .unwrap();
+    gw.rig.start_daemon().unwrap();
+    // Not from the client /64: these failures would count.
+    for src in [V6_ELSEWHERE, V6_BYPASSED] {
+        assert_eq!(bad_key(&gw, src), Some(401), "{src}: the gateway answers");
+    }
+    gw
+}
+
+/// One failure from each address of `V6_SOURCES`: `THRESHOLD` failures of one
+/// client that changes address every time.
+fn fail_from_each_v6_source(gw: &Gateway) {
+    for (i, src) in V6_SOURCES.into_iter().enumerate() {
+        assert_eq!(bad_key(gw, src), Some(401), "{src}: failure {}", i + 1);
+    }
+}
+
+/// An IPv6 client holds a whole /64 and can change address at will: it is
+/// counted and banned by its /64. One failure from each of five addresses bans
+/// the /64 (before, each address stayed at one failure and nothing was banned):
+/// every address of it is dropped in the kernel, one that never failed included,
+/// but not a bypassed address inside it, nor another /64, nor IPv4 clients.
+#[test]
+fn an_ipv6_client_is_banned_by_its_prefix_whatever_address_it_fails_from() {
+    if !privileged() {
+        return;
+    }
+    let gw = start_v6("");
+    let cli = &gw.rig.cli;
+    fail_from_each_v6_source(&gw);
+    let unused = "2001:db8::2";
+    let landed = dropped_within(&gw, unused, Duration::from_secs(2));
+    assert!(
+        landed.is_some(),
+        "after {THRESHOLD} failures from {THRESHOLD} addresses of 2001:db8::/64, \
+         {unused} of the same /64 still connects; deny list: {:?}",
+        cli.list("deny").unwrap()
+    );
+    for src in V6_SOURCES {
+        assert!(!gw.tls_port_reachable(src), "{src} dropped");
+    }
+
+    let e = deny_entry(&gw, "2001:db8::/64").expect("the /64 is listed");
+    assert_eq!(e["origin"], "auto", "{e}");
+    let reason = e["reason"].as_str().unwrap();
+    assert_eq!(
+        reason,
+        format!(
+            "{THRESHOLD} authentication failures within 60 s from addresses in \
+             2001:db8::/64 (last: SubscriptionKeyInvalid, from {})",
+            V6_SOURCES[THRESHOLD - 1]
+        ),
+        "{e}"
+    );
+    let list = cli.list("deny").unwrap();
+    assert_eq!(list.len(), 1, "one entry, the /64: {list:?}");
+    let c = cli.json(&["check", "2001:db8::abcd"]).unwrap();
+    assert_eq!(c["action"], "drop", "{c}");
+    assert_eq!(c["entry"], "2001:db8::/64", "{c}");
+    assert_eq!(c["origin"], "auto", "{c}");
+    let events = cli.ok(&["--json", "events"]).unwrap().json_lines().unwrap();
+    let ban = events
+        .iter()
+        .find(|e| e["event"] == "ban_added")
+        .unwrap_or_else(|| panic!("{events:?}"));
+    let field = |name: &str| {
+        ban["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f[0] == name)
+            .map(|f| f[1].clone())
+    };
+    assert_eq!(field("NETWORK").unwrap(), "2001:db8::/64", "{ban}");
+    assert_eq!(field("SRC_IP").unwrap(), V6_SOURCES[THRESHOLD - 1], "{ban}");
+
+    // Bypass beats deny in the kernel: the bypassed address inside the /64 is
+    // served; so are another /64 and IPv4 clients.
+    assert_eq!(bad_key(&gw, V6_BYPASSED), Some(401), "bypassed");
+    assert_eq!(bad_key(&gw, V6_ELSEWHERE), Some(401), "another /64");
+    assert_eq!(bad_key(&gw, "198.18.0.3"), Some(401), "IPv4");
+
+    // Lifted by hand: the whole /64 is back, and counted again from zero.
+    cli.ok(&["deny", "del", "2001:db8::/64"]).unwrap();
+    assert!(gw.tls_port_reachable(unused), "lifted");
+    fail_from_each_v6_source(&gw);
+    assert!(
+        dropped_within(&gw, unused, Duration::from_secs(2)).is_some(),
+        "banned again at the threshold"
+    );
+}
+
+/// A trusted proxy is never banned, also when it shares the client's /64: the
+/// ban is narrowed to the largest prefix around the failing address that leaves
+/// the proxy out, and says so. With `ipv6_prefix = 128` the old per-address
+/// counting is kept.
+#[test]
+fn an_ipv6_prefix_ban_spares_a_trusted_proxy_inside_it() {
+    if !privileged() {
+        return;
+    }
+    let gw = start_v6("[gateway]\ntrusted_proxies = [\"2001:db8::20\"]\n");
+    let cli = &gw.rig.cli;
+    fail_from_each_v6_source(&gw);
+    assert!(
+        dropped_within(&gw, "2001:db8::2", Duration::from_secs(2)).is_some(),
+        "banned"
+    );
+    // ::14 failed last: ::/123 holds ::0 to ::1f, not the proxy at ::20.
+    let e = deny_entry(&gw, "2001:db8::/123")
+        .unwrap_or_else(|| panic!("the narrowed ban: {:?}", cli.list("deny").unwrap()));
+    assert!(
+        e["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("; banned as 2001:db8::/123: 2001:db8::/64 holds a trusted proxy"),
+        "{e}"
+    );
+    assert!(gw.tls_port_reachable("2001:db8::20"), "the proxy passes");
+    assert_eq!(cli.list("deny").unwrap().len(), 1);
+
+    // Per address: five addresses, one failure each, ban nothing.
+    cli.ok(&["deny", "del", "2001:db8::/123"]).unwrap();
+    let text = gw.rig.config_text(
+        &gw.rig.opts.filter,
+        &gw.rig
+            .opts
+            .sections
+            .replace("ban_secs = 60\n", "ban_secs = 60\nipv6_prefix = 128\n"),
+    );
+    std::fs::write(&gw.rig.config, text).unwrap();
+    cli.ok(&["reload"]).unwrap();
+    fail_from_each_v6_source(&gw);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(gw.tls_port_reachable("2001:db8::2"));
+    assert!(cli.list("deny").unwrap().is_empty());
+}

@@ -71,6 +71,7 @@ pub(super) struct RawAutoban {
     pub window_secs: Option<Spanned<i64>>,
     pub ban_secs: Option<Spanned<i64>>,
     pub max_tracked_sources: Option<Spanned<i64>>,
+    pub ipv6_prefix: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -120,6 +120,10 @@ max_deny_entries = {DEFAULT_MAX_DENY_ENTRIES}
 # window_secs = 60
 # ban_secs = 600
 # max_tracked_sources = 100000
+# # An IPv6 client usually holds a whole /64 and can change address at will:
+# # IPv6 sources are counted and banned by their prefix of this length
+# # (32..128; 128 = per address). IPv4 sources: per address.
+# ipv6_prefix = 64
 
 # The gateway (TLS-terminating reverse proxy): remove the leading "# " to
 # enable. Without a [[listener]], rampartd runs the kernel filter only.

@@ -205,7 +205,8 @@ impl Checker<'_> {
 
     fn autoban(&mut self, raw: Spanned<RawAutoban>) -> AutobanSettings {
         use crate::policy::ban::{
-            MAX_BAN, MAX_THRESHOLD, MAX_TRACKED_SOURCES, MAX_WINDOW, MIN_TRACKED_SOURCES,
+            MAX_BAN, MAX_IPV6_PREFIX, MAX_THRESHOLD, MAX_TRACKED_SOURCES, MAX_WINDOW,
+            MIN_IPV6_PREFIX, MIN_TRACKED_SOURCES,
         };
         let raw = raw.into_inner();
         let defaults = AutobanSettings::default();
@@ -248,6 +249,12 @@ impl Checker<'_> {
             ),
             max_tracked_sources: usize::try_from(max_tracked_sources)
                 .unwrap_or(defaults.max_tracked_sources),
+            ipv6_prefix: self.prefix_len(
+                "filter.autoban.ipv6_prefix",
+                raw.ipv6_prefix,
+                MIN_IPV6_PREFIX..=MAX_IPV6_PREFIX,
+                defaults.ipv6_prefix,
+            ),
         }
     }
 
@@ -441,6 +448,20 @@ impl Checker<'_> {
         let wide = u64::from(*range.start())..=u64::from(*range.end());
         let n = self.integer64(key, value, wide, default.into());
         u32::try_from(n).unwrap_or(default)
+    }
+
+    /// A prefix length within `range`, or `default` when absent (or invalid, after
+    /// reporting it).
+    pub(super) fn prefix_len(
+        &mut self,
+        key: &str,
+        value: Option<Spanned<i64>>,
+        range: RangeInclusive<u8>,
+        default: u8,
+    ) -> u8 {
+        let wide = u32::from(*range.start())..=u32::from(*range.end());
+        let n = self.integer(key, value, wide, default.into());
+        u8::try_from(n).unwrap_or(default)
     }
 
     /// A 64-bit integer within `range`, or `default` when absent (or invalid, after

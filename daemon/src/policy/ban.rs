@@ -12,7 +12,12 @@
 //! identity provider's keys being unavailable) says nothing about the client's intent and
 //! is ignored. The threshold-th failure within the window returns a [`BanRequest`]; the
 //! source's counters are then reset and it is not counted again until the ban ends.
-//! Sources inside exempt networks (bypass list, trusted proxies) are never banned.
+//! Sources inside exempt networks (bypass list, trusted proxies) are never counted.
+//!
+//! A source is an IPv4 address, or the IPv6 prefix of `ipv6_prefix` bits that holds
+//! the address ([`source_net`]): an IPv6 client usually holds a whole /64 and can
+//! change address at will, so counting per address would give it a fresh allowance
+//! per address and never ban it. The ban is of that prefix.
 //!
 //! The window is exact: the times of the last `threshold - 1` failures of each class are
 //! kept (4 bytes each), so memory is at most about `max_tracked_sources × (auth_failures +
@@ -55,6 +60,17 @@ pub const MAX_BAN: Duration = Duration::from_secs(365 * 86_400);
 /// Bounds of `max_tracked_sources`.
 pub const MIN_TRACKED_SOURCES: usize = 1_024;
 pub const MAX_TRACKED_SOURCES: usize = 10_000_000;
+/// The IPv6 prefix counted and banned as one source, unless configured: what an
+/// ISP or a cloud hands one customer.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+/// Bounds of `ipv6_prefix` (128: per address).
+pub const MIN_IPV6_PREFIX: u8 = 32;
+pub const MAX_IPV6_PREFIX: u8 = 128;
+/// Automatic bans of IPv6 prefixes in force at most; past it a source's address alone
+/// is banned. A prefix takes room in the kernel's prefix table (a class of its own,
+/// its expiry being its own, and up to six nodes): bans must never fill the table and
+/// so lock the operator's own prefix rules out.
+pub const MAX_PREFIX_BANS: usize = 1_024;
 
 /// Independent locks; a power of two well above the number of gateway threads.
 const SHARDS: usize = 64;
@@ -71,6 +87,8 @@ pub struct AutobanSettings {
     /// How long a ban lasts.
     pub ban: Duration,
     pub max_tracked_sources: usize,
+    /// Length of the IPv6 prefix counted and banned as one source (IPv4: per address).
+    pub ipv6_prefix: u8,
 }
 
 impl Default for AutobanSettings {
@@ -82,6 +100,7 @@ impl Default for AutobanSettings {
             window: DEFAULT_WINDOW,
             ban: DEFAULT_BAN,
             max_tracked_sources: DEFAULT_MAX_TRACKED_SOURCES,
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
         }
     }
 }
@@ -146,15 +165,89 @@ impl FailureClass {
     }
 }
 
+/// The network counted and banned for `source`: an IPv4 address alone, the IPv6
+/// prefix of `ipv6_prefix` bits holding an IPv6 address (an IPv4-mapped address is
+/// the IPv4 address the kernel sees).
+pub fn source_net(source: IpAddr, ipv6_prefix: u8) -> IpNet {
+    match source.to_canonical() {
+        IpAddr::V4(ip) => IpNet::V4(Ipv4Net::from(ip)),
+        IpAddr::V6(ip) => IpNet::V6(
+            Ipv6Net::new(ip, ipv6_prefix.min(MAX_IPV6_PREFIX))
+                .unwrap_or_else(|_| Ipv6Net::from(ip))
+                .trunc(),
+        ),
+    }
+}
+
+/// `net` narrowed to the shortest prefix around `source` that overlaps none of
+/// `spared` (`net` itself when it overlaps none); `None` when even `source` alone is
+/// in one of them.
+fn spare(net: IpNet, source: IpAddr, spared: &[IpNet]) -> Option<IpNet> {
+    let source = source.to_canonical();
+    let overlaps = |n: &IpNet| {
+        spared
+            .iter()
+            .any(|s| s.contains(&n.network()) || n.contains(&s.network()))
+    };
+    (net.prefix_len()..=net.max_prefix_len())
+        .filter_map(|len| IpNet::new(source, len).ok().map(|n| n.trunc()))
+        .find(|n| net.contains(n) && !overlaps(n))
+}
+
+/// The form a network takes in messages: an address alone without `/32` or `/128`.
+pub fn net_text(net: &IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    }
+}
+
 /// A source to ban in the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BanRequest {
+    /// The network to ban: the source's address, or its IPv6 prefix.
+    pub net: IpNet,
+    /// The address of the failure that reached the threshold.
     pub source: IpAddr,
     pub class: FailureClass,
     /// For the operator, e.g. "20 authentication failures within 60 s (last:
-    /// TokenExpired)".
+    /// TokenExpired)", or "20 authentication failures within 60 s from addresses in
+    /// 2001:db8:1:2::/64 (last: TokenExpired, from 2001:db8:1:2::7)".
     pub reason: String,
     pub ttl: Duration,
+}
+
+impl BanRequest {
+    /// The network to put in the deny list and the reason to record with it: `net`,
+    /// narrowed to leave out the networks of `spared` (trusted proxies: the kernel
+    /// does not know them, unlike bypass networks, which it lets through a deny
+    /// prefix), or the source's address alone when `prefix_bans()` (the automatic
+    /// prefix bans in force) is at [`MAX_PREFIX_BANS`]. `None`: nothing to ban (the
+    /// source is in `spared`).
+    pub fn target(
+        &self,
+        spared: &[IpNet],
+        prefix_bans: impl FnOnce() -> usize,
+    ) -> Option<(IpNet, String)> {
+        let net = spare(self.net, self.source, spared)?;
+        let mut reason = self.reason.clone();
+        if net != self.net {
+            reason = format!(
+                "{reason}; banned as {net}: {} holds a trusted proxy",
+                self.net
+            );
+        }
+        if net.prefix_len() < net.max_prefix_len() && prefix_bans() >= MAX_PREFIX_BANS {
+            let alone = IpNet::from(self.source.to_canonical());
+            reason = format!(
+                "{reason}; banned as {} alone: {MAX_PREFIX_BANS} prefix bans are in force",
+                self.source
+            );
+            return Some((alone, reason));
+        }
+        Some((net, reason))
+    }
 }
 
 /// Failure counts per source; see the module documentation.
@@ -196,10 +289,14 @@ impl BanTracker {
         self.exempt.store(Exempt::new(networks).into());
     }
 
-    /// Forgets `source` (its ban was lifted by hand): its failures count again at once.
-    pub fn forget(&self, source: IpAddr) {
-        let source = source.to_canonical();
-        self.shard(source).tracks.remove(&source);
+    /// Forgets the source that `net` belongs to (a deny entry lifted by hand: the
+    /// source's ban, or an address inside it): its failures count again at once.
+    /// A network wider than a source is not looked into.
+    pub fn forget(&self, net: IpNet) {
+        let key = source_net(net.addr(), self.settings().ipv6_prefix);
+        if key.contains(&net) {
+            self.shard(key).tracks.remove(&key);
+        }
     }
 
     /// Counts one rejection of `source` for `reason` (APIM's reason code) at `now`;
@@ -217,15 +314,16 @@ impl BanTracker {
         if self.exempt.load().contains(source) {
             return None;
         }
+        let net = source_net(source, settings.ipv6_prefix);
         let now_ms = self.millis(now);
         let window_ms = millis(settings.window);
-        let mut shard = self.shard(source);
+        let mut shard = self.shard(net);
         let capacity = (settings.max_tracked_sources / SHARDS).max(1);
-        if shard.tracks.len() >= capacity && !shard.tracks.contains_key(&source) {
+        if shard.tracks.len() >= capacity && !shard.tracks.contains_key(&net) {
             let evicted = shard.make_room(now_ms, window_ms, capacity);
             self.evictions.fetch_add(evicted, Ordering::Relaxed);
         }
-        let track = shard.tracks.entry(source).or_default();
+        let track = shard.tracks.entry(net).or_default();
         if track.banned_until > now_ms {
             return None;
         }
@@ -249,14 +347,21 @@ impl BanTracker {
         track.auth = VecDeque::new();
         track.rate = VecDeque::new();
         track.banned_until = now_ms.saturating_add(millis(settings.ban));
+        let counted = format!(
+            "{threshold} {} within {} s",
+            class.plural(),
+            settings.window.as_secs()
+        );
+        let reason = if net.prefix_len() == net.max_prefix_len() {
+            format!("{counted} (last: {reason})")
+        } else {
+            format!("{counted} from addresses in {net} (last: {reason}, from {source})")
+        };
         Some(BanRequest {
+            net,
             source,
             class,
-            reason: format!(
-                "{threshold} {} within {} s (last: {reason})",
-                class.plural(),
-                settings.window.as_secs()
-            ),
+            reason,
             ttl: settings.ban,
         })
     }
@@ -285,7 +390,7 @@ impl BanTracker {
         self.evictions.load(Ordering::Relaxed)
     }
 
-    fn shard(&self, source: IpAddr) -> MutexGuard<'_, Shard> {
+    fn shard(&self, source: IpNet) -> MutexGuard<'_, Shard> {
         // SHARDS divides 2^64: the remainder is uniform.
         let index = (self.hasher.hash_one(source) % SHARDS as u64) as usize;
         lock(&self.shards[index])
@@ -318,9 +423,10 @@ fn age(now_ms: u64, then: u32) -> u64 {
     }
 }
 
+/// Tracks by source: an address (`/32`, `/128`) or an IPv6 prefix.
 #[derive(Debug, Default)]
 struct Shard {
-    tracks: HashMap<IpAddr, Track, foldhash::fast::RandomState>,
+    tracks: HashMap<IpNet, Track, foldhash::fast::RandomState>,
 }
 
 #[derive(Debug, Default)]
@@ -355,14 +461,14 @@ impl Shard {
         let keep = capacity - (capacity / 8).max(1);
         if self.tracks.len() > keep {
             let excess = self.tracks.len() - keep;
-            let mut order: Vec<(bool, u64, IpAddr)> = self
+            let mut order: Vec<(bool, u64, IpNet)> = self
                 .tracks
                 .iter()
-                .map(|(ip, t)| (t.banned_until > now_ms, t.last_seen, *ip))
+                .map(|(net, t)| (t.banned_until > now_ms, t.last_seen, *net))
                 .collect();
             order.select_nth_unstable(excess - 1);
-            for (_, _, ip) in &order[..excess] {
-                self.tracks.remove(ip);
+            for (_, _, net) in &order[..excess] {
+                self.tracks.remove(net);
             }
             dropped += excess;
         }

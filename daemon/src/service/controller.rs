@@ -30,7 +30,7 @@ use crate::{
     },
     filter::{self, EntryOrigin, Filter, ListEntry, ListKind},
     geo,
-    policy::ban::{BanRequest, BanTracker},
+    policy::ban::{BanRequest, BanTracker, net_text},
     rules::{self, CountryPolicy},
     state::{Change, CountryPolicyState, GeoState, StateError, StateStore, StoredEntry},
 };
@@ -815,11 +815,8 @@ impl Controller {
         }
         if kind == ListKind::Deny {
             // A ban lifted by hand: the source's failures count again from now.
-            for net in remove
-                .iter()
-                .filter(|n| n.prefix_len() == n.max_prefix_len())
-            {
-                self.bans.forget(net.addr());
+            for net in &remove {
+                self.bans.forget(*net);
             }
         }
         self.events.push(
@@ -1123,8 +1120,14 @@ impl Controller {
         if self.filter.is_none() {
             return;
         }
-        // Bypass networks never get here: the tracker exempts them (refresh_exempt).
-        let net = IpNet::from(ban.source);
+        // Bypass networks and trusted proxies are never counted (refresh_exempt),
+        // but an IPv6 source is a prefix that may hold some. A bypass network inside
+        // it still passes: the kernel judges bypass before deny. A trusted proxy is
+        // not known to the kernel: the ban is narrowed to spare it.
+        let Some((net, reason)) = ban.target(&self.trusted_proxies, || self.prefix_bans()) else {
+            return;
+        };
+        let shown = net_text(&net);
         let now = unix_now();
         let ttl = ban.ttl.as_secs().max(1);
         let entry = StoredEntry {
@@ -1135,7 +1138,7 @@ impl Controller {
             comment: None,
             added_by: None,
             added_at: now,
-            reason: Some(ban.reason.clone()),
+            reason: Some(reason.clone()),
         };
         // A ban never shortens an entry: one that lasts at least as long stays
         // (an operator's comment included), and so does an entry of the
@@ -1152,7 +1155,8 @@ impl Controller {
         if in_config || old.is_some_and(|old| !outlasts(entry.expires_at, old.expires_at)) {
             tracing::info!(
                 src_ip = %ban.source,
-                reason = %ban.reason,
+                network = %net,
+                reason = %reason,
                 origin = if in_config {
                     "config"
                 } else {
@@ -1165,7 +1169,7 @@ impl Controller {
         let replaces_operator = old.is_some_and(|old| old.origin == EntryOrigin::Operator);
         let undo = self.undo_changes(ListKind::Deny, std::iter::once(&net));
         if let Err(e) = self.store.commit(&[Change::Add(vec![entry])]) {
-            tracing::error!(src_ip = %ban.source, error = %chain(&e), "automatic ban not stored; not applied");
+            tracing::error!(src_ip = %ban.source, network = %net, error = %chain(&e), "automatic ban not stored; not applied");
             return;
         }
         let expires = expiry_ns(Some(now + ttl), now, filter::monotonic_ns());
@@ -1183,25 +1187,40 @@ impl Controller {
         });
         if let Err(e) = self.apply_kernel(batch) {
             self.undo(&undo);
-            tracing::error!(src_ip = %ban.source, error = %e.message, "automatic ban refused by the kernel");
+            tracing::error!(src_ip = %ban.source, network = %net, error = %e.message, "automatic ban refused by the kernel");
             return;
         }
         self.bans_issued += 1;
         self.events.push(
             "ban_added",
-            format!("{} banned for {ttl} s: {}", ban.source, ban.reason),
+            format!("{shown} banned for {ttl} s: {reason}"),
             vec![
                 ("SRC_IP".into(), ban.source.to_string()),
-                ("REASON".into(), ban.reason.clone()),
+                ("NETWORK".into(), net.to_string()),
+                ("REASON".into(), reason.clone()),
             ],
         );
         tracing::warn!(
             rampart_event = "ban_added",
             src_ip = %ban.source,
-            reason = %ban.reason,
+            network = %net,
+            reason = %reason,
             ttl_secs = ttl,
             "source banned in the kernel"
         );
+    }
+
+    /// Automatic bans of prefixes in force (they take room in the prefix table).
+    fn prefix_bans(&self) -> usize {
+        let now = filter::monotonic_ns();
+        self.filter.as_ref().map_or(0, |filter| {
+            (filter.lists().iter(ListKind::Deny))
+                .filter(|(net, slots)| {
+                    net.prefix_len() < net.max_prefix_len()
+                        && slots.live(EntryOrigin::Auto, now).is_some()
+                })
+                .count()
+        })
     }
 
     fn expire(&mut self) {
@@ -1215,11 +1234,21 @@ impl Controller {
                 let mut other = 0usize;
                 for (kind, net, origin) in &gone {
                     if *kind == ListKind::Deny && *origin == EntryOrigin::Auto {
-                        tracing::info!(
-                            rampart_event = "ban_removed",
-                            src_ip = %net.addr(),
-                            "automatic ban expired"
-                        );
+                        if net.prefix_len() == net.max_prefix_len() {
+                            tracing::info!(
+                                rampart_event = "ban_removed",
+                                src_ip = %net.addr(),
+                                network = %net,
+                                "automatic ban expired"
+                            );
+                        } else {
+                            // An IPv6 prefix: no one source address.
+                            tracing::info!(
+                                rampart_event = "ban_removed",
+                                network = %net,
+                                "automatic ban expired"
+                            );
+                        }
                     } else {
                         other += 1;
                     }

@@ -64,9 +64,10 @@ products = ["gold"]
         })
     }
 
-    /// `GET /echo/x` from `src` with subscription key `key` (if any): the
-    /// status, or `None` when the connection failed (e.g. dropped in the
-    /// kernel).
+    /// `GET /echo/x` from `src` with subscription key `key` (if any), to the
+    /// server address of `src`'s family (an IPv6 source needs a listener on
+    /// `[2001:db8::1]:8443`, see [`Self::listener_v6`]): the status, or `None` when
+    /// the connection failed (e.g. dropped in the kernel).
     pub fn get(&self, src: &str, key: Option<&str>) -> Option<u16> {
         self.try_get(src, key).ok()
     }
@@ -79,12 +80,24 @@ products = ["gold"]
         let (status, _) = self.pki.get(
             &self.rig.pair.cli,
             src,
-            (self.rig.pair.srv_v4, GATEWAY_PORT).into(),
+            (self.rig.server_addr(src), GATEWAY_PORT).into(),
             "localhost",
             "/echo/x",
             &headers,
         )?;
         Ok(status)
+    }
+
+    /// A `[[listener]]` on the server's IPv6 address with the same certificate,
+    /// to add to the sections before rampartd starts.
+    pub fn listener_v6(&self) -> String {
+        format!(
+            "\n[[listener]]\naddress = \"[{}]:{GATEWAY_PORT}\"\n\
+             tls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            self.rig.pair.srv_v6,
+            self.pki.cert.display(),
+            self.pki.key.display(),
+        )
     }
 
     /// Whether a TCP connection from `src` to the gateway's port completes.

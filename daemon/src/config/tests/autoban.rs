@@ -18,6 +18,7 @@ fn absent_section_means_the_documented_defaults() {
         window: Duration::from_secs(60),
         ban: Duration::from_secs(600),
         max_tracked_sources: 100_000,
+        ipv6_prefix: 64,
     };
     assert_eq!(autoban(&parse_ok(&with_filter(""))), expected);
     // An empty section is the same.
@@ -37,7 +38,8 @@ fn every_key_can_be_set() {
          rate_limited = 0\n\
          window_secs = 300\n\
          ban_secs = 86400\n\
-         max_tracked_sources = 2000\n",
+         max_tracked_sources = 2000\n\
+         ipv6_prefix = 56\n",
     ));
     assert_eq!(
         autoban(&config),
@@ -48,6 +50,7 @@ fn every_key_can_be_set() {
             window: Duration::from_secs(300),
             ban: Duration::from_secs(86_400),
             max_tracked_sources: 2000,
+            ipv6_prefix: 56,
         }
     );
 }
@@ -60,7 +63,8 @@ fn the_bounds_are_accepted() {
          rate_limited = 1\n\
          window_secs = 86400\n\
          ban_secs = 31536000\n\
-         max_tracked_sources = 10000000\n",
+         max_tracked_sources = 10000000\n\
+         ipv6_prefix = 128\n",
     ));
     let settings = autoban(&config);
     assert_eq!(settings.auth_failures, 1000);
@@ -68,6 +72,9 @@ fn the_bounds_are_accepted() {
     assert_eq!(settings.window, Duration::from_secs(86_400));
     assert_eq!(settings.ban, Duration::from_secs(31_536_000));
     assert_eq!(settings.max_tracked_sources, 10_000_000);
+    assert_eq!(settings.ipv6_prefix, 128);
+    let config = parse_ok(&with_filter("[filter.autoban]\nipv6_prefix = 32\n"));
+    assert_eq!(autoban(&config).ipv6_prefix, 32);
 }
 
 #[test]
@@ -92,6 +99,14 @@ fn each_error_is_located() {
         (
             "max_tracked_sources = 10\n",
             "t.toml:4:23: `filter.autoban.max_tracked_sources` must be between 1024 and 10000000, not 10",
+        ),
+        (
+            "ipv6_prefix = 31\n",
+            "t.toml:4:15: `filter.autoban.ipv6_prefix` must be between 32 and 128, not 31",
+        ),
+        (
+            "ipv6_prefix = 129\n",
+            "t.toml:4:15: `filter.autoban.ipv6_prefix` must be between 32 and 128, not 129",
         ),
     ];
     for (line, expected) in cases {

@@ -58,6 +58,7 @@ fn the_threshold_th_failure_bans() {
     assert_eq!(
         ban,
         &BanRequest {
+            net: IpNet::from(source),
             source,
             class: FailureClass::Authentication,
             reason: "20 authentication failures within 60 s (last: SubscriptionKeyInvalid)".into(),
@@ -70,10 +71,182 @@ fn the_threshold_th_failure_bans() {
     assert_eq!(bans.len(), 1);
     assert_eq!(bans[0].0, 50);
     assert_eq!(bans[0].1.class, FailureClass::RateLimited);
+    assert_eq!(bans[0].1.net, net("2001:db8::/64"));
     assert_eq!(
         bans[0].1.reason,
-        "50 rate-limit rejections within 60 s (last: RateLimitExceeded)"
+        "50 rate-limit rejections within 60 s from addresses in 2001:db8::/64 \
+         (last: RateLimitExceeded, from 2001:db8::7)"
     );
+}
+
+fn net(text: &str) -> IpNet {
+    text.parse().unwrap()
+}
+
+/// The `i`-th address of `prefix` (a /64 here), counted from its last bits.
+fn nth(prefix: &str, i: u32) -> IpAddr {
+    let base: Ipv6Addr = prefix.parse().unwrap();
+    IpAddr::V6(Ipv6Addr::from(u128::from(base) + u128::from(i) * 0x1_0001))
+}
+
+#[test]
+fn an_ipv6_client_that_changes_address_is_counted_and_banned_by_its_prefix() {
+    let tracker = BanTracker::new(settings(20, 50));
+    let t0 = Instant::now();
+    // Twenty addresses of one /64, one failure each: the twentieth bans the /64.
+    let mut bans = Vec::new();
+    for i in 0..20 {
+        bans.extend(tracker.record(nth("2001:db8:1:2::", i), AUTH, t0 + i * SECOND));
+    }
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert_eq!(bans[0].net, net("2001:db8:1:2::/64"));
+    assert_eq!(bans[0].source, nth("2001:db8:1:2::", 19));
+    assert_eq!(
+        bans[0].reason,
+        "20 authentication failures within 60 s from addresses in 2001:db8:1:2::/64 \
+         (last: SubscriptionKeyInvalid, from 2001:db8:1:2::13:13)"
+    );
+    assert_eq!(tracker.tracked(), 1, "one source, not twenty");
+    // While the prefix is banned, none of its addresses counts.
+    assert!(
+        fail(&tracker, nth("2001:db8:1:2::", 99), AUTH, 40, t0)
+            .0
+            .is_empty()
+    );
+    // The next /64 is another client.
+    let (bans, _) = fail(&tracker, ip("2001:db8:1:3::1"), AUTH, 19, t0);
+    assert!(bans.is_empty());
+
+    // IPv4 stays per address: twenty addresses of one /24 ban nothing.
+    for i in 0..20u32 {
+        let source = IpAddr::V4(Ipv4Addr::from(0xc000_0200 + i));
+        assert!(tracker.record(source, AUTH, t0).is_none());
+    }
+}
+
+#[test]
+fn the_ipv6_prefix_is_configurable_and_128_counts_per_address() {
+    let tracker = BanTracker::new(AutobanSettings {
+        ipv6_prefix: 128,
+        ..settings(3, 3)
+    });
+    let t0 = Instant::now();
+    for i in 0..10 {
+        assert!(tracker.record(nth("2001:db8::", i), AUTH, t0).is_none());
+    }
+    let (bans, _) = fail(&tracker, ip("2001:db8::beef"), AUTH, 3, t0);
+    assert_eq!(bans[0].1.net, net("2001:db8::beef/128"));
+    assert_eq!(
+        bans[0].1.reason,
+        "3 authentication failures within 60 s (last: SubscriptionKeyInvalid)"
+    );
+
+    // A /56: one failure from each of three /64s of it bans the /56.
+    tracker.set_settings(AutobanSettings {
+        ipv6_prefix: 56,
+        ..settings(3, 3)
+    });
+    let sources = [
+        "2001:db8:7:100::1",
+        "2001:db8:7:1aa::1",
+        "2001:db8:7:1ff::9",
+    ];
+    let bans: Vec<_> = (sources.iter())
+        .filter_map(|s| tracker.record(ip(s), AUTH, t0))
+        .collect();
+    assert_eq!(bans.len(), 1);
+    assert_eq!(bans[0].net, net("2001:db8:7:100::/56"));
+}
+
+#[test]
+fn source_net_is_the_address_or_its_ipv6_prefix() {
+    assert_eq!(source_net(ip("192.0.2.7"), 64), net("192.0.2.7/32"));
+    assert_eq!(
+        source_net(ip("::ffff:192.0.2.7"), 64),
+        net("192.0.2.7/32"),
+        "an IPv4-mapped address is the IPv4 address"
+    );
+    assert_eq!(
+        source_net(ip("2001:db8:1:2:3:4:5:6"), 64),
+        net("2001:db8:1:2::/64")
+    );
+    assert_eq!(
+        source_net(ip("2001:db8:1:2:3:4:5:6"), 80),
+        net("2001:db8:1:2:3::/80")
+    );
+    assert_eq!(
+        source_net(ip("2001:db8:1:2:3:4:5:6"), 128),
+        net("2001:db8:1:2:3:4:5:6/128")
+    );
+    assert_eq!(source_net(ip("2001:db8:1:2::9"), 32), net("2001:db8::/32"));
+    assert_eq!(net_text(&net("2001:db8::9/128")), "2001:db8::9");
+    assert_eq!(net_text(&net("192.0.2.7/32")), "192.0.2.7");
+    assert_eq!(net_text(&net("2001:db8::/64")), "2001:db8::/64");
+}
+
+#[test]
+fn spare_narrows_a_prefix_around_the_networks_it_must_not_cover() {
+    let prefix = net("2001:db8:1:2::/64");
+    let source = ip("2001:db8:1:2:8000::1");
+    assert_eq!(spare(prefix, source, &[]), Some(prefix));
+    assert_eq!(
+        spare(
+            prefix,
+            source,
+            &[net("2001:db8:1:3::/64"), net("10.0.0.0/8")]
+        ),
+        Some(prefix),
+        "nothing to spare inside"
+    );
+    // A proxy in the lower half: the ban is the upper half.
+    assert_eq!(
+        spare(prefix, source, &[net("2001:db8:1:2::10/128")]),
+        Some(net("2001:db8:1:2:8000::/65"))
+    );
+    // A proxy next to the source: the ban shrinks down to the address.
+    assert_eq!(
+        spare(prefix, source, &[net("2001:db8:1:2:8000::/127")]),
+        None,
+        "the /127 holds the source itself"
+    );
+    assert_eq!(
+        spare(prefix, source, &[net("2001:db8:1:2:8000::/128")]),
+        Some(net("2001:db8:1:2:8000::1/128"))
+    );
+    // A network around the whole prefix (the source is in it): nothing to ban.
+    assert_eq!(spare(prefix, source, &[net("2001:db8::/32")]), None);
+    // IPv4: an address, spared or not.
+    assert_eq!(
+        spare(net("192.0.2.7/32"), ip("192.0.2.7"), &[net("192.0.2.8/32")]),
+        Some(net("192.0.2.7/32"))
+    );
+}
+
+#[test]
+fn a_lifted_prefix_ban_counts_its_addresses_again_at_once() {
+    let tracker = BanTracker::new(settings(3, 3));
+    let t0 = Instant::now();
+    let (bans, now) = fail(&tracker, ip("2001:db8:5::1"), AUTH, 3, t0);
+    assert_eq!(bans[0].1.net, net("2001:db8:5::/64"));
+    assert!(
+        fail(&tracker, ip("2001:db8:5::2"), AUTH, 3, now)
+            .0
+            .is_empty()
+    );
+    // Lifted by hand (the /64, or an address of it): counted again.
+    tracker.forget(net("2001:db8:5::/64"));
+    let (bans, now) = fail(&tracker, ip("2001:db8:5::3"), AUTH, 3, now);
+    assert_eq!(bans.len(), 1);
+    tracker.forget(net("2001:db8:5::3/128"));
+    assert_eq!(fail(&tracker, ip("2001:db8:5::4"), AUTH, 3, now).0.len(), 1);
+    // A wider network is not a source: nothing is forgotten.
+    tracker.forget(net("2001:db8::/32"));
+    assert!(
+        fail(&tracker, ip("2001:db8:5::5"), AUTH, 3, now)
+            .0
+            .is_empty()
+    );
+    tracker.forget(net("192.0.2.0/24"));
 }
 
 #[test]
@@ -155,6 +328,17 @@ fn exempt_sources_are_never_banned() {
     // An IPv4-mapped address is banned as the IPv4 address the kernel sees.
     let (bans, _) = fail(&tracker, ip("::ffff:192.0.2.9"), AUTH, 2, t0);
     assert_eq!(bans[0].1.source, ip("192.0.2.9"));
+    assert_eq!(bans[0].1.net, net("192.0.2.9/32"));
+    // An exempt address inside a prefix is not counted; the prefix's other
+    // addresses are (the kernel lets a bypassed address through a deny prefix).
+    tracker.set_exempt(vec![net("2001:db8:2::5/128")]);
+    assert!(
+        fail(&tracker, ip("2001:db8:2::5"), AUTH, 10, t0)
+            .0
+            .is_empty()
+    );
+    let (bans, _) = fail(&tracker, ip("2001:db8:2::6"), AUTH, 2, t0);
+    assert_eq!(bans[0].1.net, net("2001:db8:2::/64"));
 
     // Replaced on reload: 10/8 is no longer exempt.
     tracker.set_exempt(vec!["192.0.2.0/24".parse().unwrap()]);
@@ -239,8 +423,9 @@ fn eviction_prefers_the_least_recently_seen() {
     tracker.record(recent, AUTH, t0);
     tracker.record(recent, AUTH, t0);
     for i in 0..20_000u32 {
+        // One per /64: each its own source.
         let source = IpAddr::V6(Ipv6Addr::from(
-            0x2001_0db8_0000_0000_0000_0000_0000_0000 + u128::from(i),
+            0x2001_0db8_0000_0000_0000_0000_0000_0000 + (u128::from(i) << 64),
         ));
         tracker.record(source, AUTH, t0 + Duration::from_millis(u64::from(i)));
         if i % 25 == 0 {
@@ -347,4 +532,49 @@ fn age_handles_wrapping_and_a_clock_slightly_behind() {
     assert_eq!(age(now, u32::MAX - 9), 1_009);
     assert_eq!(age(1_000, 1_500), 0);
     assert_eq!(age(5_000, 1_000), 4_000);
+}
+
+#[test]
+fn the_ban_target_spares_proxies_and_prefix_bans_are_bounded() {
+    let tracker = BanTracker::new(settings(1, 1));
+    let t0 = Instant::now();
+    let ban = tracker.record(ip("2001:db8:1:2::99"), AUTH, t0).unwrap();
+    let reason = "1 authentication failures within 60 s from addresses in 2001:db8:1:2::/64 \
+                  (last: SubscriptionKeyInvalid, from 2001:db8:1:2::99)";
+    assert_eq!(ban.reason, reason);
+    assert_eq!(
+        ban.target(&[], || 0),
+        Some((net("2001:db8:1:2::/64"), reason.to_owned()))
+    );
+    // A trusted proxy in the /64: the largest prefix around the source without it.
+    assert_eq!(
+        ban.target(&[net("2001:db8:1:2::1:0/112")], || 0),
+        Some((
+            net("2001:db8:1:2::/112"),
+            format!(
+                "{reason}; banned as 2001:db8:1:2::/112: 2001:db8:1:2::/64 holds a trusted proxy"
+            )
+        ))
+    );
+    // At the limit of prefix bans: the address alone (the kernel's exact map).
+    assert_eq!(
+        ban.target(&[], || MAX_PREFIX_BANS - 1).map(|(n, _)| n),
+        Some(net("2001:db8:1:2::/64"))
+    );
+    assert_eq!(
+        ban.target(&[], || MAX_PREFIX_BANS),
+        Some((
+            net("2001:db8:1:2::99/128"),
+            format!("{reason}; banned as 2001:db8:1:2::99 alone: 1024 prefix bans are in force")
+        ))
+    );
+    // An address is not counted against the prefix bans.
+    let v4 = tracker.record(ip("192.0.2.1"), AUTH, t0).unwrap();
+    let counted = std::cell::Cell::new(false);
+    let target = v4.target(&[], || {
+        counted.set(true);
+        MAX_PREFIX_BANS
+    });
+    assert_eq!(target.map(|(n, _)| n), Some(net("192.0.2.1/32")));
+    assert!(!counted.get());
 }

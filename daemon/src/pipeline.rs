@@ -88,6 +88,8 @@ struct PolicyRules {
     limiters: Vec<(String, RateLimitConfig, Arc<Limiter>)>,
     /// Every JWT provider with its settings, for the key refresh tasks.
     providers: Vec<ProviderEntry>,
+    /// `[gateway] ipv6_client_prefix`: the IPv6 prefix a client address counts by.
+    ipv6_client_prefix: u8,
 }
 
 struct ProviderEntry {
@@ -204,21 +206,37 @@ impl ApiPolicies {
     }
 }
 
+/// The counter key of a client address: `ip:` and the address, or for IPv6, when
+/// `ipv6_prefix` is shorter than 128, the prefix that holds it (`ip:2001:db8:1:2::/64`):
+/// an IPv6 client usually holds a whole /64 and could otherwise take a fresh allowance
+/// from each of its addresses. An IPv4-mapped address counts as the IPv4 address.
+fn client_key(client: IpAddr, ipv6_prefix: u8) -> String {
+    match client.to_canonical() {
+        IpAddr::V6(v6) if ipv6_prefix < 128 => match ipnet::Ipv6Net::new(v6, ipv6_prefix) {
+            Ok(net) => format!("ip:{}", net.trunc()),
+            Err(_) => format!("ip:{v6}"),
+        },
+        ip => format!("ip:{ip}"),
+    }
+}
+
 /// The string a rate limit or quota counts under. Header values are hashed: they may
 /// be secrets, and quota keys are written to disk.
 fn counter_key(
     counter: &CounterConfig,
     subscription: Option<&str>,
     client: IpAddr,
+    ipv6_prefix: u8,
     headers: &HeaderMap,
     identity: Option<&VerifiedToken>,
 ) -> String {
+    let client = || client_key(client, ipv6_prefix);
     match counter {
         CounterConfig::Subscription => match subscription {
             Some(name) => format!("s:{name}"),
-            None => format!("ip:{client}"),
+            None => client(),
         },
-        CounterConfig::ClientIp => format!("ip:{client}"),
+        CounterConfig::ClientIp => client(),
         // An empty value is no value: counted per client address, not in one
         // bucket that every client sending the header empty would share.
         CounterConfig::Header(name) => match headers.get(name.as_str()).filter(|v| !v.is_empty()) {
@@ -226,7 +244,7 @@ fn counter_key(
                 let hash = KeyHash::of(value.as_bytes()).to_hex();
                 format!("h:{}", &hash[..32])
             }
-            None => format!("ip:{client}"),
+            None => client(),
         },
         CounterConfig::Claim(name) => match identity.and_then(|t| t.claim(name)) {
             Some(serde_json::Value::String(value)) => {
@@ -237,7 +255,7 @@ fn counter_key(
                 let hash = KeyHash::of(other.to_string().as_bytes()).to_hex();
                 format!("c:{}", &hash[..32])
             }
-            None => format!("ip:{client}"),
+            None => client(),
         },
     }
 }
@@ -273,6 +291,7 @@ impl RequestPolicy for ApiPolicies {
                 counter,
                 subscription.as_deref(),
                 request.client_ip,
+                self.rules.ipv6_client_prefix,
                 &request.parts.headers,
                 identity.as_ref(),
             )

@@ -16,6 +16,12 @@ use crate::policy::validate::ValidationSettings;
 pub const MAX_RATE_LIMIT_CALLS: u32 = 100_000_000;
 /// Longest configurable `rate_limit.period_secs`: one day (quotas cover longer periods).
 pub const MAX_RATE_LIMIT_PERIOD_SECS: u32 = 86_400;
+/// The IPv6 prefix a client is counted by, unless configured: what an ISP or a cloud
+/// hands one customer (the unit Cloudflare's rate limiting counts IPv6 by).
+pub const DEFAULT_IPV6_CLIENT_PREFIX: u8 = 64;
+/// Bounds of `[gateway] ipv6_client_prefix` (128: per address).
+pub const MIN_IPV6_CLIENT_PREFIX: u8 = 32;
+pub const MAX_IPV6_CLIENT_PREFIX: u8 = 128;
 
 /// `[[listener]]`: an address the gateway accepts connections on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,6 +309,9 @@ pub struct GatewayConfig {
     pub lingering_timeout: Duration,
     /// The longest lingering after a connection ends.
     pub lingering_time: Duration,
+    /// Length of the IPv6 prefix a client address is counted by (`counter = "ip"`,
+    /// and the client-address fallback of the other counters); 128: per address.
+    pub ipv6_client_prefix: u8,
 }
 
 /// `[gateway] access_log`.
@@ -340,6 +349,7 @@ impl Default for GatewayConfig {
             allow_encoded_slashes: false,
             lingering_timeout: Duration::from_secs(5),
             lingering_time: Duration::from_secs(30),
+            ipv6_client_prefix: DEFAULT_IPV6_CLIENT_PREFIX,
         }
     }
 }

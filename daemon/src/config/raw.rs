@@ -240,6 +240,7 @@ pub(super) struct RawGateway {
     pub allow_encoded_slashes: Option<bool>,
     pub lingering_timeout_secs: Option<Spanned<i64>>,
     pub lingering_time_secs: Option<Spanned<i64>>,
+    pub ipv6_client_prefix: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

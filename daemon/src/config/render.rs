@@ -148,6 +148,10 @@ max_deny_entries = {DEFAULT_MAX_DENY_ENTRIES}
 # drain_timeout_secs = 30
 # # Proxies whose X-Forwarded-For names the client (addresses or CIDRs).
 # trusted_proxies = []
+# # Rate limits and quotas counted by client address count an IPv6 client by
+# # its prefix of this length (32..128; 128 = per address; 80 or 96 where
+# # each customer gets a smaller piece of a shared /64).
+# ipv6_client_prefix = 64
 # # Extra CA certificates (PEM) for https:// backends.
 # backend_ca = []
 # # 0: one thread per CPU rampartd may run on.

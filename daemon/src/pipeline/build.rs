@@ -15,8 +15,8 @@ use super::{
     ProviderEntry, QuotaRule,
 };
 use crate::config::{
-    ApiConfig, Config, ProductConfig, QuotaConfig, RateLimitAlgorithm, RateLimitConfig,
-    SubscriptionConfig,
+    ApiConfig, Config, GatewayConfig, ProductConfig, QuotaConfig, RateLimitAlgorithm,
+    RateLimitConfig, SubscriptionConfig,
 };
 use crate::policy::jwt::{JwtProvider, JwtProviderSettings};
 use crate::policy::keys::{KeyStore, StaticSubscription};
@@ -43,8 +43,15 @@ impl ApiPolicies {
         keys: KeyStore,
         quotas: QuotaCounters,
     ) -> Result<Self, PipelineError> {
-        let rules = PolicyRules::build(apis, products, jwt_providers, Arc::new(quotas), None)
-            .map_err(|mut errors| errors.swap_remove(0))?;
+        let rules = PolicyRules::build(
+            apis,
+            products,
+            jwt_providers,
+            Arc::new(quotas),
+            GatewayConfig::default().ipv6_client_prefix,
+            None,
+        )
+        .map_err(|mut errors| errors.swap_remove(0))?;
         Ok(Self {
             rules: Arc::new(rules),
             keys: Arc::new(keys),
@@ -66,6 +73,7 @@ impl ApiPolicies {
             &config.products,
             &config.jwt_providers,
             quotas,
+            config.gateway.ipv6_client_prefix,
             previous.map(|p| &*p.rules),
         )?;
         Ok(Self {
@@ -122,6 +130,7 @@ impl PolicyRules {
         products: &[ProductConfig],
         jwt_providers: &[JwtProviderSettings],
         quotas: Arc<QuotaCounters>,
+        ipv6_client_prefix: u8,
         previous: Option<&PolicyRules>,
     ) -> Result<Self, Vec<PipelineError>> {
         let mut errors = Vec::new();
@@ -183,6 +192,7 @@ impl PolicyRules {
             quotas,
             limiters,
             providers,
+            ipv6_client_prefix,
         })
     }
 }

@@ -714,3 +714,93 @@ fn other_subscriptions_replace_only_the_keys() {
         swapped.api_names().next().unwrap()
     ));
 }
+
+/// Whether a request from client address `client` passes; the reason code when it
+/// is refused.
+fn from(policies: &ApiPolicies, client: &str) -> Result<(), &'static str> {
+    let (mut parts, ()) = get("/x").body(()).unwrap().into_parts();
+    let mut state = Extensions::new();
+    let client: IpAddr = client.parse().unwrap();
+    let result = policies.on_request(&mut RequestContext {
+        api: "a",
+        peer: SocketAddr::new(client, 40000),
+        client_ip: client,
+        client_cert: None,
+        has_body: false,
+        collect_body: None,
+        count_bytes: false,
+        parts: &mut parts,
+        state: &mut state,
+    });
+    match result {
+        Ok(()) => Ok(()),
+        Err(Stop::Reject(r)) => Err(r.reason),
+        Err(other) => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn ip_counters_count_an_ipv6_client_by_its_prefix() {
+    let quotas = Arc::new(QuotaCounters::in_memory(100, SystemClock));
+    let p = rebuilt(
+        "rate_limit = { calls = 2, period_secs = 60, counter = \"ip\" }\n",
+        None,
+        &quotas,
+    );
+    // Addresses of one /64 share its calls: changing address gets no more.
+    assert_eq!(from(&p, "2001:db8:1:2::1"), Ok(()));
+    assert_eq!(from(&p, "2001:db8:1:2::2"), Ok(()));
+    assert_eq!(from(&p, "2001:db8:1:2:aaaa::3"), Err("RateLimitExceeded"));
+    // Another /64 is another client.
+    assert_eq!(from(&p, "2001:db8:1:3::1"), Ok(()));
+    // IPv4 clients are counted per address; an IPv4-mapped address is the IPv4
+    // address.
+    assert_eq!(from(&p, "192.0.2.1"), Ok(()));
+    assert_eq!(from(&p, "192.0.2.2"), Ok(()));
+    assert_eq!(from(&p, "::ffff:192.0.2.1"), Ok(()));
+    assert_eq!(from(&p, "192.0.2.1"), Err("RateLimitExceeded"));
+
+    // Quotas alike (the same key function), and the fallback of the other counters.
+    let p = rebuilt(
+        "quota = { calls = 2, period_secs = 3600, counter = \"header:X-Tenant\" }\n",
+        None,
+        &quotas,
+    );
+    assert_eq!(from(&p, "2001:db8:9:9::1"), Ok(()));
+    assert_eq!(from(&p, "2001:db8:9:9::2"), Ok(()));
+    assert_eq!(from(&p, "2001:db8:9:9::3"), Err("QuotaExceeded"));
+}
+
+#[test]
+fn the_ipv6_client_prefix_is_configurable() {
+    let quotas = Arc::new(QuotaCounters::in_memory(100, SystemClock));
+    let limit = "rate_limit = { calls = 1, period_secs = 60, counter = \"ip\" }\n";
+    // 128: per address, as clouds that hand each machine one address may want.
+    let p = rebuilt(
+        &format!("{limit}[gateway]\nipv6_client_prefix = 128\n"),
+        None,
+        &quotas,
+    );
+    assert_eq!(from(&p, "2001:db8:1:2::1"), Ok(()));
+    assert_eq!(from(&p, "2001:db8:1:2::2"), Ok(()));
+    assert_eq!(from(&p, "2001:db8:1:2::1"), Err("RateLimitExceeded"));
+    // 96: a /96 each.
+    let p = rebuilt(
+        &format!("{limit}[gateway]\nipv6_client_prefix = 96\n"),
+        None,
+        &quotas,
+    );
+    assert_eq!(from(&p, "2001:db8:1:2:0:1::1"), Ok(()));
+    assert_eq!(from(&p, "2001:db8:1:2:0:1::2"), Err("RateLimitExceeded"));
+    assert_eq!(from(&p, "2001:db8:1:2:0:2::1"), Ok(()));
+}
+
+#[test]
+fn client_keys_name_the_address_or_the_ipv6_prefix() {
+    let key = |ip: &str, len| client_key(ip.parse().unwrap(), len);
+    assert_eq!(key("192.0.2.7", 64), "ip:192.0.2.7");
+    assert_eq!(key("::ffff:192.0.2.7", 64), "ip:192.0.2.7");
+    assert_eq!(key("2001:db8:1:2:3:4:5:6", 64), "ip:2001:db8:1:2::/64");
+    assert_eq!(key("2001:db8:1:2:3:4:5:6", 56), "ip:2001:db8:1::/56");
+    assert_eq!(key("2001:db8:1:2:3:4:5:6", 128), "ip:2001:db8:1:2:3:4:5:6");
+}

@@ -315,7 +315,7 @@ fn gateway_section_quotas_subscriptions_and_api_extras() {
          header_read_timeout_secs = 3\nidle_timeout_secs = 20\nrequest_timeout_secs = 40\n\
          max_concurrent_streams = 10\ndrain_timeout_secs = 5\n\
          trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\nbackend_ca = [\"/etc/ca.pem\"]\nworker_threads = 2\naccess_log = \"errors\"\nallow_encoded_slashes = true\n\
-         lingering_timeout_secs = 0\nlingering_time_secs = 7\n\
+         lingering_timeout_secs = 0\nlingering_time_secs = 7\nipv6_client_prefix = 96\n\
          [[listener]]\naddress = \"127.0.0.1:8080\"\nplain_http = true\n\
          [[product]]\nname = \"gold\"\nquota = {{ calls = 1000, kilobytes = 5000, period_secs = 86400 }}\n\
          [[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://b\"\nproducts = [\"gold\"]\n\
@@ -343,6 +343,7 @@ fn gateway_section_quotas_subscriptions_and_api_extras() {
     assert!(g.allow_encoded_slashes);
     assert_eq!(g.lingering_timeout, Duration::ZERO);
     assert_eq!(g.lingering_time, Duration::from_secs(7));
+    assert_eq!(g.ipv6_client_prefix, 96);
     assert_eq!(g.access_log, AccessLogConfig::Errors);
 
     assert_eq!(
@@ -392,6 +393,8 @@ fn defaults_of_the_new_sections() {
          rate_limit = { calls = 1, period_secs = 1 }\n",
     ));
     assert_eq!(config.gateway, GatewayConfig::default());
+    // IPv6 clients are counted per /64 unless configured.
+    assert_eq!(config.gateway.ipv6_client_prefix, 64);
     let api = &config.apis[0];
     assert_eq!(api.rate_limit, Some(RateLimitConfig::new(1, 1)));
     assert_eq!(
@@ -452,6 +455,14 @@ fn new_keys_are_checked_with_located_errors() {
         (
             with_filter("[gateway]\nlingering_time_secs = 0\n"),
             "t.toml:4:23: `gateway.lingering_time_secs` must be between 1 and 3600, not 0",
+        ),
+        (
+            with_filter("[gateway]\nipv6_client_prefix = 16\n"),
+            "t.toml:4:22: `gateway.ipv6_client_prefix` must be between 32 and 128, not 16",
+        ),
+        (
+            with_filter("[gateway]\nipv6_client_prefix = 129\n"),
+            "t.toml:4:22: `gateway.ipv6_client_prefix` must be between 32 and 128, not 129",
         ),
         (
             with_filter("[gateway]\ntrusted_proxies = [\"nope\"]\n"),

@@ -15,6 +15,7 @@ use crate::config::gateway::{
     ClientAuthConfig, CounterConfig, GatewayConfig, QuotaConfig, RateLimitAlgorithm, RoleRule,
     SubscriptionConfig,
 };
+use crate::config::gateway::{MAX_IPV6_CLIENT_PREFIX, MIN_IPV6_CLIENT_PREFIX};
 use crate::config::raw::{
     RawApi, RawApiJwt, RawBackendAuth, RawBackendTimeouts, RawClaimHeader, RawGateway, RawListener,
     RawOAuth2, RawProduct, RawQuota, RawRateLimit, RawRoleRule, RawSni, RawSubscription, RawTls,
@@ -1184,6 +1185,12 @@ impl Checker<'_> {
                 raw.lingering_time_secs,
                 1..=3_600,
                 secs(defaults.lingering_time),
+            ),
+            ipv6_client_prefix: self.prefix_len(
+                "gateway.ipv6_client_prefix",
+                raw.ipv6_client_prefix,
+                MIN_IPV6_CLIENT_PREFIX..=MAX_IPV6_CLIENT_PREFIX,
+                defaults.ipv6_client_prefix,
             ),
         }
     }

@@ -670,3 +670,44 @@ async fn a_reload_that_changes_control_group_says_it_needs_a_restart() {
     );
     daemon.terminate().await;
 }
+
+/// An API's `listeners` changed by a reload move it (its backend kept), and an API
+/// without `listeners` is served on a TLS listener the reload adds; neither counts
+/// as a changed API unless its own `listeners` changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_apis_between_listeners() {
+    let setup = Setup::new("reload-listeners").await;
+    let (a, b, c) = (free_port(), free_port(), free_port());
+    let apis = |pinned: u16| {
+        format!(
+            "[[api]]\nname = \"pinned\"\npath_prefix = \"/pinned\"\nbackend = \"http://{{backend}}/\"\n\
+             subscription = \"none\"\nlisteners = [\"127.0.0.1:{pinned}\"]\n\n\
+             [[api]]\nname = \"everywhere\"\npath_prefix = \"/all\"\nbackend = \"http://{{backend}}/\"\n\
+             subscription = \"none\"\n"
+        )
+    };
+    let before = setup.text(&[a, b], &apis(a));
+    let daemon = setup.start(&before, a).await;
+    let h1 = client::<Empty<Bytes>>(&setup.pki, false);
+    assert_eq!(status(&h1, &url(a, "/pinned/x")).await, 200);
+    assert_eq!(status(&h1, &url(b, "/pinned/x")).await, 404);
+
+    // Moved to b, and a third listener added.
+    setup
+        .reload(&daemon, &setup.text(&[a, b, c], &apis(b)))
+        .await;
+    let fresh = client::<Empty<Bytes>>(&setup.pki, false);
+    assert_eq!(status(&fresh, &url(a, "/pinned/x")).await, 404);
+    assert_eq!(status(&fresh, &url(b, "/pinned/x")).await, 200);
+    assert_eq!(status(&fresh, &url(c, "/pinned/x")).await, 404);
+    for port in [a, b, c] {
+        assert_eq!(status(&fresh, &url(port, "/all/x")).await, 200, "on {port}");
+    }
+    let log = daemon.log();
+    let line = log.lines().rfind(|l| l.contains(RELOADED)).unwrap();
+    assert!(
+        line.contains("APIs +0 -0 ~1") && line.contains("listeners +1 -0"),
+        "only the moved API changed: {line}"
+    );
+    assert!(line.contains("backends kept 2"), "{line}");
+}

@@ -77,6 +77,9 @@ pub struct ApiConfig {
     /// names, else every TLS listener (plain-HTTP listeners serve only the APIs that
     /// name them).
     pub listeners: Vec<SocketAddr>,
+    /// Whether the file names them (`listeners = [...]`); else they follow the TLS
+    /// listeners.
+    pub listeners_named: bool,
     pub backend: Url,
     /// Names of `[[product]]`s, each checked to exist.
     pub products: Vec<String>,

@@ -46,7 +46,13 @@ impl BackendEntry {
         auth: Option<&BackendAuth>,
         ca: &(Vec<PathBuf>, [u8; 32]),
     ) -> bool {
-        self.api == *api
+        // The listeners that route to the API do not make its backend.
+        self.api.name == api.name
+            && self.api.host == api.host
+            && self.api.path_prefix == api.path_prefix
+            && self.api.backend == api.backend
+            && self.api.backend_protocol == api.backend_protocol
+            && self.api.timeouts == api.timeouts
             && self.auth.as_ref() == auth
             && self.ca == *ca
             && !matches!(auth, Some(BackendAuth::ClientCert { .. }))
@@ -106,7 +112,11 @@ pub(crate) fn build(
         let auth = settings.backend_auth.get(&api.name);
         let earlier = previous.iter().find(|p| p.api.name == api.name);
         if let Some(earlier) = earlier.filter(|e| e.serves(api, auth, &ca)) {
-            entries.push(earlier.clone());
+            // The same backend, routed from the listeners the API has now.
+            entries.push(BackendEntry {
+                api: api.clone(),
+                ..earlier.clone()
+            });
             continue;
         }
         let Some((roots, plain)) = &tls else {

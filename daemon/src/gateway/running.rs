@@ -356,12 +356,24 @@ fn sync_key_refresh(
     (kept, started)
 }
 
-/// What changed between the APIs of `old` and `new`.
+/// What changed between the APIs of `old` and `new`. An API that follows the TLS
+/// listeners (no `listeners` of its own) is not changed by a listener added or
+/// removed: that is the listeners' change.
 fn api_changes(old: &Config, new: &Config, summary: &mut ReloadSummary) {
+    let changed = |before: &crate::config::ApiConfig, after: &crate::config::ApiConfig| {
+        if before.listeners_named || after.listeners_named {
+            return before != after;
+        }
+        let unlisted = |api: &crate::config::ApiConfig| crate::config::ApiConfig {
+            listeners: Vec::new(),
+            ..api.clone()
+        };
+        unlisted(before) != unlisted(after)
+    };
     for api in &new.apis {
         match old.apis.iter().find(|a| a.name == api.name) {
             None => summary.apis_added.push(api.name.clone()),
-            Some(before) if before != api => summary.apis_changed.push(api.name.clone()),
+            Some(before) if changed(before, api) => summary.apis_changed.push(api.name.clone()),
             Some(_) => {}
         }
     }

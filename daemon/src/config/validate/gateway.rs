@@ -493,6 +493,7 @@ impl Checker<'_> {
                 }
             });
             let jwt = raw.jwt.and_then(|jwt| self.api_jwt(jwt, providers));
+            let listeners_named = raw.listeners.is_some();
             let served_on = self.api_listeners(section, raw.listeners, listeners);
             let client_certificate = raw.client_certificate.and_then(|settings| {
                 let at = settings.span().start;
@@ -592,6 +593,7 @@ impl Checker<'_> {
                 host: raw.host.map(Spanned::into_inner),
                 path_prefix,
                 listeners: served_on,
+                listeners_named,
                 backend,
                 products: api_products,
                 subscription,

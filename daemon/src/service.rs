@@ -39,7 +39,7 @@ use crate::{
     },
     gateway::{
         GatewayError,
-        running::{GatewayConfigError, RunningGateway},
+        running::{GatewayConfigError, RunningGateway, StoredSubscriptions},
     },
     geo::{self, GeoError},
     pipeline::PipelineError,
@@ -142,6 +142,8 @@ pub struct Desired {
     pub config: Config,
     /// What the kernel filter is asked to do; `None` without `[filter]`.
     pub filter: Option<FilterPlan>,
+    /// What [`check`] could not look at (`--check-config` says it beside "ok").
+    pub unchecked: Vec<String>,
 }
 
 /// Everything `[filter]` asks of the kernel filter.
@@ -156,14 +158,31 @@ pub struct FilterPlan {
 /// Reads, validates and resolves a configuration file (with its country
 /// database), and builds the gateway it describes without binding anything
 /// ([`crate::gateway::running::check`]: routes, policies, certificates). Used by
-/// `--check-config`, start-up and reload, so that the check refuses what start
+/// start-up and reload (and by [`check`]), so that the check refuses what start
 /// and reload refuse, and a bad file is refused before anything reaches the
 /// kernel or a reload changes anything.
 pub fn prepare(path: &Path) -> Result<Desired, ServiceError> {
+    prepare_with(path, StoredSubscriptions::Unread)
+}
+
+/// `rampartd --check-config`: [`prepare`], and the file's subscriptions checked
+/// against those stored in its state directory, read without creating or
+/// locking anything, since start refuses a name or key hash the store has
+/// already (start and reload check against the store they open).
+pub fn check(path: &Path) -> Result<Desired, ServiceError> {
+    prepare_with(path, StoredSubscriptions::ReadOnly)
+}
+
+fn prepare_with(path: &Path, stored: StoredSubscriptions) -> Result<Desired, ServiceError> {
     let config = config::load(path)?;
     let filter = config.filter.clone().map(plan_filter).transpose()?;
-    crate::gateway::running::check(&config).map_err(ServiceError::GatewayBuild)?;
-    Ok(Desired { config, filter })
+    let unchecked =
+        crate::gateway::running::check(&config, stored).map_err(ServiceError::GatewayBuild)?;
+    Ok(Desired {
+        config,
+        filter,
+        unchecked,
+    })
 }
 
 /// What rampartd reads only at start: `[daemon]` (paths, control socket and

@@ -297,3 +297,106 @@ fn listeners_that_cannot_both_bind_are_a_positioned_error() {
         assert_eq!(code, 0, "{first} and {second}: {out}{err}");
     }
 }
+
+/// 64 hex digits of `byte` repeated: a key hash for the files below.
+fn hash(byte: char) -> String {
+    byte.to_string().repeat(64)
+}
+
+/// `<d>/state/subscriptions.json` holding one subscription, as `rampart keys
+/// create` writes it.
+fn stored_subscription(d: &Dir, name: &str, primary: &str, secondary: &str) {
+    let state = d.0.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("subscriptions.json"),
+        format!(
+            r#"{{"version":1,"subscriptions":[{{"name":"{name}","scope":{{"kind":"all_apis"}},"state":"active","primary":"{primary}","secondary":"{secondary}","created_at":1700000000}}]}}"#
+        ),
+    )
+    .unwrap();
+}
+
+/// A gateway file with one API and the `[[subscription]]` `name`.
+fn file_with_subscription(d: &Dir, address: &str, name: &str, primary: &str) -> PathBuf {
+    gateway_file(
+        d,
+        &format!("{name}-{primary}.toml"),
+        &[address],
+        &format!(
+            "[[api]]\nname = \"a\"\npath_prefix = \"/a\"\nbackend = \"http://127.0.0.1:18080/\"\n\n\
+             [[subscription]]\nname = \"{name}\"\nprimary_key_sha256 = \"{primary}\"\nsecondary_key_sha256 = \"{}\"\n",
+            hash('f')
+        ),
+    )
+}
+
+/// A `[[subscription]]` whose name or key hash the state directory's store has
+/// already: start refuses it (exit 65), and so does the check, with the same
+/// message; the store is only read (not locked, nothing written). Without a
+/// state directory, the check passes and creates none.
+#[test]
+fn a_subscription_the_store_has_already_fails_the_check_as_it_fails_start() {
+    let d = dir("subs-store");
+    let address = format!("127.0.0.1:{}", free_port());
+    let state = d.0.join("state");
+
+    // No state directory yet: nothing to clash with, and none is made.
+    let cfg = file_with_subscription(&d, &address, "filesub", &hash('1'));
+    let (code, out, err) = check(&cfg);
+    assert_eq!(code, 0, "check said: {out}{err}");
+    assert!(!state.exists(), "the check made {}", state.display());
+
+    for (cfg, expected) in [
+        (
+            file_with_subscription(&d, &address, "s-all", &hash('1')),
+            "subscriptions: a subscription named \"s-all\" already exists",
+        ),
+        (
+            file_with_subscription(&d, &address, "filesub", &hash('a')),
+            "subscriptions: subscription \"s-all\" uses a key hash already used by \"filesub\"",
+        ),
+    ] {
+        stored_subscription(&d, "s-all", &hash('a'), &hash('b'));
+        let store = std::fs::read(state.join("subscriptions.json")).unwrap();
+        let (code, out, err) = check(&cfg);
+        assert_eq!(code, 65, "check said: {out}{err}");
+        assert_eq!(err.trim_end(), expected);
+        // Only read: the store is as it was, and no journal or lock was made.
+        assert_eq!(
+            std::fs::read(state.join("subscriptions.json")).unwrap(),
+            store
+        );
+        let entries: Vec<_> = std::fs::read_dir(&state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(entries, ["subscriptions.json"], "{}", state.display());
+
+        let (start_code, start_err) = start(&cfg);
+        assert_eq!(start_code, 65, "start said: {start_err}");
+        assert!(
+            start_err.contains(&format!("rampartd: {expected}\n")),
+            "start said:\n{start_err}\ncheck said:\n{err}"
+        );
+        std::fs::remove_dir_all(&state).unwrap();
+    }
+
+    // A store start cannot read is reported by the check as start reports it.
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("subscriptions.json"), "{ not json").unwrap();
+    let cfg = file_with_subscription(&d, &address, "filesub", &hash('1'));
+    let (code, out, err) = check(&cfg);
+    assert_eq!(code, 65, "check said: {out}{err}");
+    let expected = format!(
+        "subscriptions: subscription store {} is corrupt (refusing to start with no subscriptions)",
+        state.join("subscriptions.json").display()
+    );
+    assert!(err.starts_with(&expected), "{err}");
+    let (start_code, start_err) = start(&cfg);
+    assert_eq!(start_code, 65, "start said: {start_err}");
+    assert!(
+        start_err.contains(&format!("rampartd: {}", err.trim_end())),
+        "start said:\n{start_err}\ncheck said:\n{err}"
+    );
+}

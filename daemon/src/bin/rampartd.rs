@@ -1,7 +1,8 @@
 //! `rampartd`: the rampart service.
 //!
 //! `rampartd [--config FILE]` runs until SIGTERM (the filter stays attached);
-//! `rampartd --check-config FILE` validates a file and exits 0 or 64;
+//! `rampartd --check-config FILE` validates a file and exits 0 or with the
+//! code start would exit with (64 for a bad file);
 //! `rampartd --detach [--config FILE]` removes the filter.
 
 use std::{path::PathBuf, process::ExitCode};
@@ -15,8 +16,9 @@ struct Args {
     /// Configuration file.
     #[arg(long, value_name = "FILE", default_value_os_t = PathBuf::from(paths::DEFAULT_CONFIG_FILE))]
     config: PathBuf,
-    /// Validate FILE (and the country database it names), print every error
-    /// with file:line:column, and exit: 0 valid, 64 invalid.
+    /// Validate FILE (and the country database, certificates and subscription
+    /// store it names), print every error with file:line:column where it has
+    /// one, and exit: 0 valid, 64 invalid (65 bad data, 66 unreadable file).
     #[arg(long, value_name = "FILE", conflicts_with = "detach")]
     check_config: Option<PathBuf>,
     /// Detach the filter from every interface and remove its pinned maps.
@@ -32,8 +34,11 @@ fn main() -> ExitCode {
     let inherited = rampart::lifecycle::sockets::take_from_env();
     let args = Args::parse();
     if let Some(file) = args.check_config {
-        return match service::prepare(&file) {
+        return match service::check(&file) {
             Ok(d) => {
+                for unchecked in &d.unchecked {
+                    eprintln!("note: {unchecked}");
+                }
                 let (interfaces, countries) = d.filter.as_ref().map_or((0, 0), |plan| {
                     (plan.config.interfaces.len(), plan.countries.len())
                 });

@@ -91,7 +91,10 @@ impl From<GatewayConfigError> for crate::service::ServiceError {
             Some(Problem::Config(e)) => ServiceError::Config(e),
             Some(Problem::Gateway(e)) => ServiceError::Gateway(e),
             Some(Problem::Pipeline(e)) => ServiceError::Pipeline(e),
-            Some(Problem::Subscriptions(e)) => ServiceError::Pipeline(PipelineError::KeyStore(e)),
+            // As `--check-config` says it (the problem itself, not "cannot open").
+            Some(problem @ Problem::Subscriptions(_)) => {
+                ServiceError::GatewayBuild(GatewayConfigError::new(vec![problem]))
+            }
             // Not made: an error always has a problem. Still a configuration error.
             None => ServiceError::Config(ConfigError::Invalid {
                 path: PathBuf::new(),
@@ -198,19 +201,42 @@ impl fmt::Debug for RunningGateway {
     }
 }
 
-/// Builds everything [`start`] and a reload build that needs no privileges, no
-/// state and no network, and throws it away: the subscriptions the file declares,
-/// the policies (rate limits, quotas, CORS, validation, JWT providers with their
-/// static keys), the listeners' TLS configurations, the backends and the route
-/// table. Through the same functions as [`start`] and [`RunningGateway::reload`]:
-/// `rampartd --check-config` accepts what they accept, and start and reload refuse
-/// a file before binding or changing anything. Every problem is reported.
-pub fn check(config: &Config) -> Result<(), GatewayConfigError> {
+/// The stored subscriptions [`check`] checks the file's `[[subscription]]`s against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredSubscriptions {
+    /// Not read: start and a reload check the file's against the store they hold.
+    Unread,
+    /// `<state_dir>/subscriptions.json`, read now and only read: nothing is created
+    /// or locked, and a missing file or state directory is an empty store (start
+    /// creates them). `rampartd --check-config`, so that it refuses a name or key
+    /// hash the store has already, as start does.
+    ReadOnly,
+}
+
+/// Builds everything [`start`] and a reload build that needs no privileges and no
+/// network, and throws it away: the subscriptions the file declares (with those
+/// of the store when `stored` says so), the policies (rate limits, quotas, CORS,
+/// validation, JWT providers with their static keys), the listeners' TLS
+/// configurations, the backends and the route table. Through the same functions
+/// as [`start`] and [`RunningGateway::reload`]: `rampartd --check-config` accepts
+/// what they accept, and start and reload refuse a file before binding or
+/// changing anything. Every problem is reported; the `Ok` value lists what could
+/// not be checked (a store this user may not read), for the check to say.
+pub fn check(
+    config: &Config,
+    stored: StoredSubscriptions,
+) -> Result<Vec<String>, GatewayConfigError> {
     if config.listeners.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut problems = Vec::new();
-    let mut keys = crate::policy::keys::KeyStore::in_memory();
+    let mut unchecked = Vec::new();
+    let mut keys = match stored {
+        StoredSubscriptions::Unread => crate::policy::keys::KeyStore::in_memory(),
+        StoredSubscriptions::ReadOnly => {
+            read_store(&config.daemon.state_dir, &mut problems, &mut unchecked)
+        }
+    };
     if let Err(e) = keys.set_static(pipeline::static_subscriptions(&config.subscriptions)) {
         problems.push(Problem::Subscriptions(e));
     }
@@ -223,9 +249,38 @@ pub fn check(config: &Config) -> Result<(), GatewayConfigError> {
         problems.extend(e.into_iter().map(Problem::Gateway));
     }
     if problems.is_empty() {
-        Ok(())
+        Ok(unchecked)
     } else {
         Err(GatewayConfigError::new(problems))
+    }
+}
+
+/// The subscription store of `state_dir` as start would open it, only read. A
+/// store this process may not read is left unchecked when it does not run as
+/// root (the check run by another user than the daemon's, which start does not
+/// meet); any other error is the problem start would report.
+fn read_store(
+    state_dir: &std::path::Path,
+    problems: &mut Vec<Problem>,
+    unchecked: &mut Vec<String>,
+) -> crate::policy::keys::KeyStore {
+    use crate::policy::keys::KeyStore;
+    match KeyStore::open(state_dir) {
+        Ok(store) => store,
+        Err(KeyStoreError::Read { path, source })
+            if source.kind() == std::io::ErrorKind::PermissionDenied
+                && !nix::unistd::geteuid().is_root() =>
+        {
+            unchecked.push(format!(
+                "the [[subscription]] sections were not checked against the subscription store: cannot read {}: {source} (run the check as the user rampartd runs as)",
+                path.display()
+            ));
+            KeyStore::in_memory()
+        }
+        Err(e) => {
+            problems.push(Problem::Subscriptions(e));
+            KeyStore::in_memory()
+        }
     }
 }
 

@@ -720,9 +720,10 @@ fn reload_all(c: &mut Controller) -> Result<String, ErrorReply> {
             ));
         }
     }
-    if let Some(gateway) = &mut c.gateway {
-        gateway.reload(&desired.config)?;
-    }
+    let dangling = match &mut c.gateway {
+        Some(gateway) => gateway.reload(&desired.config)?,
+        None => Vec::new(),
+    };
     if let (Some(filter), Some(plan)) = (c.filter.as_mut(), desired.filter.as_ref()) {
         let lists = merged_lists(plan, c.store.state());
         let (countries, policy) = effective_countries(plan, &c.store, c.loaded_countries.as_ref());
@@ -746,13 +747,15 @@ fn reload_all(c: &mut Controller) -> Result<String, ErrorReply> {
     }
     c.refresh_exempt();
     c.not_applied = c.start_only.not_applied(&desired.config);
-    Ok(reloaded_message(&c.config_path, &c.not_applied))
+    Ok(reloaded_message(&c.config_path, &c.not_applied, &dangling))
 }
 
 /// What a reload that was applied says (log, `rampart reload`, events): with the
-/// keys it did not apply, which keep the values rampartd started with.
-fn reloaded_message(path: &Path, not_applied: &[&str]) -> String {
-    if not_applied.is_empty() {
+/// keys it did not apply, which keep the values rampartd started with, and the
+/// subscriptions whose API or product the file no longer has (`dangling`, one
+/// sentence each).
+fn reloaded_message(path: &Path, not_applied: &[&str], dangling: &[String]) -> String {
+    let mut message = if not_applied.is_empty() {
         format!("configuration reloaded from {}", path.display())
     } else {
         format!(
@@ -760,7 +763,12 @@ fn reloaded_message(path: &Path, not_applied: &[&str]) -> String {
             path.display(),
             not_applied.join(", ")
         )
+    };
+    for sentence in dangling {
+        message.push_str("; ");
+        message.push_str(sentence);
     }
+    message
 }
 
 /// An error and its sources on one line.
@@ -943,13 +951,11 @@ impl GatewayControl {
                 Ok((reply, Some(what)))
             }
             Request::KeysList => {
+                let apis = self.gateway.apis();
                 let views = (subscriptions.list().into_iter())
                     .map(|s| SubscriptionView {
-                        scope: match &s.scope {
-                            Scope::AllApis => "all".to_owned(),
-                            Scope::Product(p) => format!("product:{p}"),
-                            Scope::Api(a) => format!("api:{a}"),
-                        },
+                        scope: s.scope.to_string(),
+                        scope_missing: s.scope.missing(&apis, &self.products).is_some(),
                         state: match s.state {
                             SubscriptionState::Active => "active",
                             SubscriptionState::Suspended => "suspended",
@@ -1009,12 +1015,17 @@ impl GatewayControl {
     }
 
     /// The whole gateway from `config` (every problem is logged by the gateway).
-    /// Every problem of the new configuration is listed in the error.
-    fn reload(&mut self, config: &Config) -> Result<(), ErrorReply> {
+    /// Every problem of the new configuration is listed in the error; once
+    /// applied, the subscriptions whose API or product `config` does not have,
+    /// one sentence each (the gateway logs each as a warning).
+    fn reload(&mut self, config: &Config) -> Result<Vec<String>, ErrorReply> {
         self.runtime
             .block_on(self.gateway.reload(config))
-            .map(|_| {
+            .map(|summary| {
                 self.products = config.products.iter().map(|p| p.name.clone()).collect();
+                (summary.dangling_scopes.iter())
+                    .map(ToString::to_string)
+                    .collect()
             })
             .map_err(|e| {
                 let mut reply = ErrorReply::new(

@@ -710,4 +710,152 @@ async fn a_reload_moves_apis_between_listeners() {
         "only the moved API changed: {line}"
     );
     assert!(line.contains("backends kept 2"), "{line}");
+
+/// `rampart --socket SOCKET ARGS...`: exit code and stdout followed by stderr.
+fn rampart_cli(socket: &Path, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Waits (at most 10 s) until the control socket exists.
+async fn control_socket(setup: &Setup, daemon: &Rampartd) -> PathBuf {
+    let socket = setup.dir.0.join("run").join("control.sock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    socket
+}
+
+/// Subscriptions scoped to an API and a product that a reload removes: the
+/// reload answer and the log (a warning each, at reload and at start) name them
+/// and what they miss, `keys list` marks their scope, and their keys grant
+/// nothing. A scope is a name: the API configured again is covered again.
+#[tokio::test(flavor = "multi_thread")]
+async fn subscriptions_whose_api_or_product_is_removed_are_reported() {
+    let setup = Setup::new("reload-dangling").await;
+    let port = free_port();
+    let keyed =
+        "[[api]]\nname = \"keyed\"\npath_prefix = \"/keyed\"\nbackend = \"http://{backend}/\"\n\n";
+    let other = |products: &str| {
+        format!(
+            "[[api]]\nname = \"other\"\npath_prefix = \"/other\"\nbackend = \"http://{{backend}}/\"\n{products}\n"
+        )
+    };
+    let text = |body: &str| {
+        setup
+            .text(&[port], body)
+            .replacen("[daemon]\n", "[daemon]\nadmin_listen = \"off\"\n", 1)
+    };
+    let full = text(&format!(
+        "[[product]]\nname = \"gold\"\n\n{keyed}{}",
+        other("products = [\"gold\"]\n")
+    ));
+    let without = text(&other(""));
+    let mut daemon = setup.start(&full, port).await;
+    let socket = control_socket(&setup, &daemon).await;
+    let create = |name: &str, scope: &[&str]| {
+        let mut args = vec!["--json", "keys", "create", name];
+        args.extend_from_slice(scope);
+        let (code, out) = rampart_cli(&socket, &args);
+        assert_eq!(code, 0, "{out}");
+        let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+        created["primary"].as_str().unwrap().to_owned()
+    };
+    let api_key = create("s-keyed", &["--api", "keyed"]);
+    let gold_key = create("s-gold", &["--product", "gold"]);
+    let h1 = client(&setup.pki, false);
+    assert_eq!(
+        keyed_status(&h1, &url(port, "/keyed/x"), &api_key).await,
+        200
+    );
+    assert_eq!(
+        keyed_status(&h1, &url(port, "/other/x"), &gold_key).await,
+        200
+    );
+
+    // The API and the product go.
+    std::fs::write(&setup.config, &without).unwrap();
+    let (code, answer) = rampart_reload(&socket);
+    assert_eq!(code, 0, "{answer}");
+    let gold = "subscription \"s-gold\" is scoped to product \"gold\", which is not configured: \
+                its keys grant nothing until a product named \"gold\" is (rampart keys revoke s-gold ends it)";
+    let api = "subscription \"s-keyed\" is scoped to API \"keyed\", which is not configured: \
+               its keys grant nothing until an API named \"keyed\" is (rampart keys revoke s-keyed ends it)";
+    assert_eq!(
+        answer.trim_end(),
+        format!(
+            "configuration reloaded from {}; {gold}; {api}",
+            setup.config.display()
+        )
+    );
+    for sentence in [gold, api] {
+        daemon.wait_for_log(sentence, 0).await;
+    }
+    let warned = |log: &str, sentence: &str| {
+        log.lines()
+            .filter(|l| l.contains("WARN") && l.contains(sentence))
+            .count()
+    };
+    let log = daemon.log();
+    assert_eq!((warned(&log, gold), warned(&log, api)), (1, 1), "{log}");
+    let (code, listed) = rampart_cli(&socket, &["keys", "list"]);
+    assert_eq!(code, 0, "{listed}");
+    let scope_of = |name: &str| {
+        let line = listed.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(scope_of("s-keyed"), "api:keyed (no such API)", "{listed}");
+    assert_eq!(
+        scope_of("s-gold"),
+        "product:gold (no such product)",
+        "{listed}"
+    );
+    let (_, json) = rampart_cli(&socket, &["--json", "keys", "list"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json[1]["scope"], "api:keyed");
+    assert_eq!(json[1]["scope_missing"], true);
+    // Their keys grant nothing.
+    assert_eq!(
+        keyed_status(&h1, &url(port, "/keyed/x"), &api_key).await,
+        404
+    );
+    for key in [&api_key, &gold_key] {
+        assert_eq!(keyed_status(&h1, &url(port, "/other/x"), key).await, 401);
+    }
+
+    // A start with that file warns too (in a new log).
+    daemon.terminate().await;
+    let daemon = setup.start(&without, port).await;
+    for sentence in [gold, api] {
+        daemon.wait_for_log(sentence, 0).await;
+    }
+    let log = daemon.log();
+    assert_eq!((warned(&log, gold), warned(&log, api)), (1, 1), "{log}");
+
+    // The API configured again under its name: the subscription covers it again,
+    // and nothing is left to say.
+    let socket = control_socket(&setup, &daemon).await;
+    std::fs::write(&setup.config, text(&format!("{keyed}{}", other("")))).unwrap();
+    let (code, answer) = rampart_reload(&socket);
+    assert_eq!(code, 0, "{answer}");
+    assert!(answer.contains(gold) && !answer.contains(api), "{answer}");
+    assert_eq!(
+        keyed_status(&h1, &url(port, "/keyed/x"), &api_key).await,
+        200
+    );
 }

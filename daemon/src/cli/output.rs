@@ -226,9 +226,15 @@ pub fn subscriptions(subs: &[SubscriptionView]) -> String {
     }
     let mut table = Table::new(&["NAME", "SCOPE", "STATE", "ORIGIN", "CREATED"], &[]);
     for s in subs {
+        let scope = match (s.scope_missing, s.scope.split_once(':')) {
+            (true, Some(("api", _))) => format!("{} (no such API)", s.scope),
+            (true, Some(("product", _))) => format!("{} (no such product)", s.scope),
+            (true, _) => format!("{} (not configured)", s.scope),
+            (false, _) => s.scope.clone(),
+        };
         table.row(vec![
             s.name.clone(),
-            s.scope.clone(),
+            scope,
             s.state.clone(),
             s.origin.clone(),
             // A subscription declared in the configuration has no creation time

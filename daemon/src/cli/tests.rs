@@ -282,6 +282,7 @@ fn listings_escape_control_and_format_characters() {
     let subs = output::subscriptions(&[SubscriptionView {
         name: "x\u{2066}y".into(),
         scope: "all".into(),
+        scope_missing: false,
         state: "active".into(),
         origin: "store".into(),
         created_at: 0,
@@ -536,6 +537,7 @@ fn listings_in_json_are_bare_arrays_and_objects() {
         subscriptions: vec![SubscriptionView {
             name: "acme".into(),
             scope: "all".into(),
+            scope_missing: false,
             state: "active".into(),
             origin: "store".into(),
             created_at: 0,
@@ -713,6 +715,7 @@ fn subscriptions_from_the_configuration_have_no_creation_date() {
     let view = |name: &str, origin: &str, created_at: u64| SubscriptionView {
         name: name.into(),
         scope: "all".into(),
+        scope_missing: false,
         state: "active".into(),
         origin: origin.into(),
         created_at,

@@ -499,6 +499,11 @@ pub struct SubscriptionView {
     pub name: String,
     /// `all`, `product:NAME` or `api:NAME`.
     pub scope: String,
+    /// The API or product `scope` names is not configured (removed from the
+    /// file): the subscription's keys grant nothing. Absent (false) from a
+    /// daemon that does not tell.
+    #[serde(default)]
+    pub scope_missing: bool,
     /// `active`, `suspended` or `cancelled`.
     pub state: String,
     /// `config` or `store`.

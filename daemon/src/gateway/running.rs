@@ -29,7 +29,7 @@ use crate::config::{Config, ConfigError};
 use crate::pipeline::{self, ApiPolicies, PipelineError};
 use crate::policy::jwt::JwtProvider;
 use crate::policy::jwt::refresh::keep_keys_fresh;
-use crate::policy::keys::{KeyStoreError, Subscriptions};
+use crate::policy::keys::{KeyStoreError, Scope, Subscription, SubscriptionState, Subscriptions};
 use crate::policy::quota::{QuotaCounters, QuotaError};
 use crate::service::chain;
 
@@ -120,6 +120,69 @@ pub struct ReloadSummary {
     pub jwt_providers_kept: Vec<String>,
     /// JWT providers whose keys are fetched anew (new or changed).
     pub jwt_providers_started: Vec<String>,
+    /// Subscriptions scoped to an API or product the new configuration does
+    /// not have (each logged as a warning).
+    pub dangling_scopes: Vec<DanglingScope>,
+}
+
+/// A subscription scoped to an API or product the configuration does not have
+/// (removed from the file while the subscription stayed in the store): its keys
+/// grant nothing until an API or product of that name is configured again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DanglingScope {
+    pub subscription: String,
+    pub scope: Scope,
+    /// `"API"` or `"product"`.
+    pub missing: &'static str,
+}
+
+impl fmt::Display for DanglingScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match &self.scope {
+            Scope::Api(name) | Scope::Product(name) => name.as_str(),
+            Scope::AllApis => "",
+        };
+        write!(
+            f,
+            "subscription {sub:?} is scoped to {what} {name:?}, which is not configured: its keys grant nothing until {article} {what} named {name:?} is (rampart keys revoke {sub} ends it)",
+            sub = self.subscription,
+            what = self.missing,
+            article = if self.missing == "API" { "an" } else { "a" },
+        )
+    }
+}
+
+/// The subscriptions of `subscriptions` (cancelled ones aside: they grant
+/// nothing anyway) whose scope names an API or product `config` does not have.
+pub fn dangling_scopes<'a>(
+    subscriptions: impl IntoIterator<Item = &'a Subscription>,
+    config: &Config,
+) -> Vec<DanglingScope> {
+    let apis: Vec<&str> = config.apis.iter().map(|a| a.name.as_str()).collect();
+    let products: Vec<&str> = config.products.iter().map(|p| p.name.as_str()).collect();
+    subscriptions
+        .into_iter()
+        .filter(|s| s.state != SubscriptionState::Cancelled)
+        .filter_map(|s| {
+            let missing = s.scope.missing(&apis, &products)?;
+            Some(DanglingScope {
+                subscription: s.name.clone(),
+                scope: s.scope.clone(),
+                missing,
+            })
+        })
+        .collect()
+}
+
+/// One warning per subscription whose scope is not configured.
+fn warn_dangling(dangling: &[DanglingScope]) {
+    for d in dangling {
+        tracing::warn!(
+            subscription = %d.subscription,
+            scope = %d.scope,
+            "{d}"
+        );
+    }
 }
 
 impl fmt::Display for ReloadSummary {
@@ -339,6 +402,7 @@ pub async fn start(
         handle: serving.handle(),
     });
     let subscriptions = Arc::new(subscriptions);
+    warn_dangling(&dangling_scopes(&subscriptions.list(), config));
     subscriptions.set_publisher(publish_subscriptions(Arc::clone(&slot)));
     let mut key_refresh = Vec::new();
     sync_key_refresh(&mut key_refresh, &policies, &shutdown);
@@ -516,6 +580,8 @@ impl RunningGateway {
         summary.jwt_providers_started = started;
         summary.listeners_added.clone_from(&applied.added);
         summary.listeners_removed.clone_from(&applied.removed);
+        summary.dangling_scopes = dangling_scopes(&self.subscriptions.list(), config);
+        warn_dangling(&summary.dangling_scopes);
         applied.closed().await;
         reloadable.config = config.clone();
         Ok(summary)

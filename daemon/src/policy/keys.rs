@@ -152,6 +152,38 @@ impl Scope {
             Self::Product(name) => api_products.iter().any(|p| p.as_ref() == name),
         }
     }
+
+    /// What this scope names that is not among the configured `apis` and
+    /// `products`: `Some("API")` or `Some("product")`, `None` when it is there
+    /// (or the scope is every API). Such a scope covers no request: none is
+    /// routed to an API that is not configured, and no configured API belongs to
+    /// a product that is not. A scope is a name, so an API or product configured
+    /// again under that name is covered again (docs/gateway.md).
+    pub fn missing<A: AsRef<str>, P: AsRef<str>>(
+        &self,
+        apis: &[A],
+        products: &[P],
+    ) -> Option<&'static str> {
+        match self {
+            Self::AllApis => None,
+            Self::Api(name) => (!apis.iter().any(|a| a.as_ref() == name)).then_some("API"),
+            Self::Product(name) => {
+                (!products.iter().any(|p| p.as_ref() == name)).then_some("product")
+            }
+        }
+    }
+}
+
+/// `all`, `product:NAME` or `api:NAME`, as `rampart keys list` and the
+/// configuration write it.
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AllApis => f.write_str("all"),
+            Self::Product(name) => write!(f, "product:{name}"),
+            Self::Api(name) => write!(f, "api:{name}"),
+        }
+    }
 }
 
 /// Subscription states; only `Active` passes. `Cancelled` is final.

@@ -98,6 +98,33 @@ fn scopes_limit_which_apis_a_key_opens() {
 }
 
 #[test]
+fn a_scope_names_what_is_missing_from_the_configuration() {
+    let (apis, products) = (["orders", "billing"], ["gold"]);
+    assert_eq!(Scope::AllApis.missing(&apis, &products), None);
+    assert_eq!(Scope::Api("orders".into()).missing(&apis, &products), None);
+    assert_eq!(
+        Scope::Api("keyed".into()).missing(&apis, &products),
+        Some("API")
+    );
+    assert_eq!(
+        Scope::Product("gold".into()).missing(&apis, &products),
+        None
+    );
+    assert_eq!(
+        Scope::Product("silver".into()).missing(&apis, &products),
+        Some("product")
+    );
+    // No API is named "gold": a product's name is not an API's.
+    assert_eq!(
+        Scope::Api("gold".into()).missing(&apis, &products),
+        Some("API")
+    );
+    assert_eq!(Scope::Api("keyed".into()).to_string(), "api:keyed");
+    assert_eq!(Scope::Product("gold".into()).to_string(), "product:gold");
+    assert_eq!(Scope::AllApis.to_string(), "all");
+}
+
+#[test]
 fn rotation_replaces_one_key_only() {
     let mut store = KeyStore::in_memory();
     let (_, keys) = store.create("alice", Scope::AllApis).unwrap();

@@ -516,3 +516,103 @@ fn configuration_errors_are_reported_with_their_position() {
         assert!(err.contains(message), "{name}: {err}");
     }
 }
+
+/// A token file holding `Bearer <token>` or a token with a space: refused by the
+/// check and by start with the position of `bearer_token_file` (exit 64), by a
+/// reload (exit 8, the running token stays), and, re-read while serving, kept
+/// out with a warning while the last good token is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_file_that_is_not_a_token68_is_refused() {
+    let dir = TempDir::new("backend-token68");
+    let token = dir.0.join("backend-token");
+    let backend = start_backend().await;
+    let port = free_port();
+    // `bearer_token_file` is on line 16, its value at column 38.
+    let text = format!(
+        "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\nadmin_listen = \"off\"\n\n\
+         [[listener]]\naddress = \"127.0.0.1:{port}\"\nplain_http = true\n\n\
+         [[api]]\nname = \"tokens\"\npath_prefix = \"/\"\nlisteners = [\"127.0.0.1:{port}\"]\n\
+         backend = \"http://{backend}/\"\nsubscription = \"none\"\n\
+         backend_auth = {{ bearer_token_file = {token:?} }}\n",
+        state = dir.0.join("state").display().to_string(),
+        runtime = dir.0.join("run").display().to_string(),
+        token = token.display().to_string(),
+    );
+    let config = dir.0.join("rampart.toml");
+    std::fs::write(&config, &text).unwrap();
+    let position = format!("{}:16:38: ", config.display());
+    let scheme = format!(
+        "{position}invalid `api.backend_auth.bearer_token_file`: {}: not a bearer token: \
+         it starts with \"Bearer \", which rampartd adds itself: remove it, the file holds the token alone",
+        token.display()
+    );
+    let space = format!(
+        "{position}invalid `api.backend_auth.bearer_token_file`: {}: not a bearer token: \
+         a space at character 4; a token is letters, digits, \"-\", \".\", \"_\", \"~\", \"+\", \"/\", \
+         then \"=\" padding only (token68, RFC 7235)",
+        token.display()
+    );
+    for (content, expected) in [("Bearer tok4\n", &scheme), ("tok 3 with spaces\n", &space)] {
+        std::fs::write(&token, content).unwrap();
+        let (code, err, _) = check(&dir.0, "token68", &text);
+        assert_eq!(code, 64, "{content:?}: {err}");
+        assert!(
+            err.contains(&expected.replace(
+                &config.display().to_string(),
+                &dir.0.join("token68.toml").display().to_string()
+            )),
+            "{content:?}: {err}"
+        );
+        let out = Command::new(RAMPARTD)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{content:?}: {err}");
+        assert!(err.contains(expected.as_str()), "{content:?}: {err}");
+    }
+
+    // A good token: served. The final newline is trimmed.
+    std::fs::write(&token, "tok4\n").unwrap();
+    let daemon = Rampartd::start(&config, &text, dir.0.join("rampartd.log"), port).await;
+    let client = plain_client();
+    let url = format!("http://127.0.0.1:{port}/echo");
+    let sent = || async {
+        let (parts, body) = get_with(&client, &url, &[]).await;
+        assert_eq!(parts.status, 200, "{body}");
+        body.lines()
+            .find_map(|l| l.strip_prefix("authorization: "))
+            .map(str::to_owned)
+    };
+    assert_eq!(sent().await.as_deref(), Some("Bearer tok4"));
+
+    // Rewritten as "Bearer tok5": warned about, the last good token stays.
+    std::fs::write(dir.0.join("next"), "Bearer tok5\n").unwrap();
+    std::fs::rename(dir.0.join("next"), &token).unwrap();
+    daemon
+        .wait_for_log("it starts with \"Bearer \", which rampartd adds itself", 0)
+        .await;
+    let log = daemon.log();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("the last good token stays")
+            && l.contains("not a bearer token")),
+        "{log}"
+    );
+    assert_eq!(sent().await.as_deref(), Some("Bearer tok4"));
+
+    // A reload reads the file as start does: refused, nothing changes.
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .arg("--socket")
+        .arg(dir.0.join("run").join("control.sock"))
+        .arg("reload")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{err}");
+    assert!(err.contains(&scheme), "{err}");
+    assert_eq!(sent().await.as_deref(), Some("Bearer tok4"));
+    assert!(!daemon.log().contains("tok5"), "the token is never logged");
+}

@@ -72,8 +72,11 @@ pub enum BackendAuthError {
     },
     #[error("{path} is empty")]
     Empty { path: PathBuf },
-    #[error("{path}: the token is not a valid header value (visible ASCII only)")]
-    BadToken { path: PathBuf },
+    #[error("{path}: not a bearer token: {problem}")]
+    BadToken {
+        path: PathBuf,
+        problem: TokenProblem,
+    },
     #[error("{path}: PEM does not parse")]
     BadPem {
         path: PathBuf,
@@ -104,6 +107,75 @@ pub enum BackendAuthError {
     },
     #[error("{url}: only https token endpoints are used")]
     NotHttps { url: String },
+}
+
+/// Why a token file's content is not a bearer token: RFC 6750's `b64token`, the
+/// `token68` of RFC 7235 (letters, digits, `-._~+/`, then `=` padding only). Never
+/// carries the token; a character is named only when it is not a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenProblem {
+    /// `Bearer <token>`: the scheme, which rampartd adds itself.
+    SchemeIncluded,
+    /// A character that is not in `token68`, at a position counted from 1.
+    Character { at: usize, what: String },
+    /// `=` before the end (padding only ends a token).
+    PaddingInside { at: usize },
+    /// Nothing but `=`.
+    OnlyPadding,
+}
+
+const TOKEN68: &str = "a token is letters, digits, \"-\", \".\", \"_\", \"~\", \"+\", \"/\", then \"=\" padding only (token68, RFC 7235)";
+
+impl std::fmt::Display for TokenProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SchemeIncluded => f.write_str(
+                "it starts with \"Bearer \", which rampartd adds itself: remove it, the file holds the token alone",
+            ),
+            Self::Character { at, what } => write!(f, "{what} at character {at}; {TOKEN68}"),
+            Self::PaddingInside { at } => write!(f, "\"=\" at character {at}, before the end; {TOKEN68}"),
+            Self::OnlyPadding => write!(f, "only \"=\"; {TOKEN68}"),
+        }
+    }
+}
+
+/// Checks that `token` (trimmed, not empty) is a `token68`.
+pub fn check_token68(token: &str) -> Result<(), TokenProblem> {
+    let bytes = token.as_bytes();
+    if bytes.len() > 6
+        && bytes[..6].eq_ignore_ascii_case(b"bearer")
+        && matches!(bytes[6], b' ' | b'\t')
+    {
+        return Err(TokenProblem::SchemeIncluded);
+    }
+    let mut padding = None;
+    for (i, c) in token.chars().enumerate() {
+        let at = i + 1;
+        if c == '=' {
+            padding.get_or_insert(at);
+            continue;
+        }
+        if let Some(at) = padding {
+            return Err(TokenProblem::PaddingInside { at });
+        }
+        if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '+' | '/') {
+            continue;
+        }
+        let what = match c {
+            ' ' => "a space".to_owned(),
+            '\t' => "a tab".to_owned(),
+            '\r' => "a carriage return (CR)".to_owned(),
+            '\n' => "a line feed (LF)".to_owned(),
+            c if c.is_control() => "a control character".to_owned(),
+            c if !c.is_ascii() => "a non-ASCII character".to_owned(),
+            c => format!("{c:?}"),
+        };
+        return Err(TokenProblem::Character { at, what });
+    }
+    if padding == Some(1) {
+        return Err(TokenProblem::OnlyPadding);
+    }
+    Ok(())
 }
 
 /// Why a token request failed. Never carries the client secret.
@@ -220,11 +292,22 @@ pub fn read_secret(path: &Path) -> Result<String, BackendAuthError> {
     Ok(text.to_owned())
 }
 
-/// A token file's content as the `Authorization` header value it gives.
+/// A token file's content (surrounding white space, a final newline included,
+/// trimmed) as the `Authorization` header value it gives: a `token68` only, so
+/// that `Bearer tok` in the file is not sent as `Bearer Bearer tok`.
 pub fn read_token_file(path: &Path) -> Result<HeaderValue, BackendAuthError> {
     let token = read_secret(path)?;
-    bearer(&token).ok_or_else(|| BackendAuthError::BadToken {
+    let bad = |problem| BackendAuthError::BadToken {
         path: path.to_owned(),
+        problem,
+    };
+    check_token68(&token).map_err(bad)?;
+    // Not reached: a token68 is visible ASCII, always a header value.
+    bearer(&token).ok_or_else(|| {
+        bad(TokenProblem::Character {
+            at: 1,
+            what: "a character a header cannot carry".to_owned(),
+        })
     })
 }
 
@@ -730,6 +813,71 @@ mod tests {
         let credential = Credential::from_file(&path).unwrap();
         assert_eq!(credential.authorization().unwrap(), "Bearer abc");
         assert!(!format!("{credential:?}").contains("abc"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_token_must_be_a_token68() {
+        for good in [
+            "abc",
+            "a-b.c_d~e+f/g",
+            "YWJj",
+            "YWI=",
+            "YQ==",
+            "eyJ0.eyJz.c2ln",
+        ] {
+            assert_eq!(check_token68(good), Ok(()), "{good}");
+        }
+        let character = |at, what: &str| TokenProblem::Character {
+            at,
+            what: what.to_owned(),
+        };
+        for (bad, problem) in [
+            ("Bearer tok4", TokenProblem::SchemeIncluded),
+            ("bearer\ttok4", TokenProblem::SchemeIncluded),
+            ("BEARER tok", TokenProblem::SchemeIncluded),
+            ("tok 3 with spaces", character(4, "a space")),
+            ("tok\r\nX: y", character(4, "a carriage return (CR)")),
+            ("a\u{7f}b", character(2, "a control character")),
+            ("tök", character(2, "a non-ASCII character")),
+            ("to@k", character(3, "'@'")),
+            ("ab=c", TokenProblem::PaddingInside { at: 3 }),
+            ("==", TokenProblem::OnlyPadding),
+        ] {
+            assert_eq!(check_token68(bad), Err(problem), "{bad:?}");
+        }
+        // "Bearer" alone, or a token that only starts with those letters, is a token.
+        assert_eq!(check_token68("Bearer"), Ok(()));
+        assert_eq!(check_token68("BearerX"), Ok(()));
+        let message = TokenProblem::SchemeIncluded.to_string();
+        assert!(message.contains("remove it"), "{message}");
+        let message = character(4, "a space").to_string();
+        assert_eq!(
+            message,
+            "a space at character 4; a token is letters, digits, \"-\", \".\", \"_\", \"~\", \"+\", \"/\", then \"=\" padding only (token68, RFC 7235)"
+        );
+    }
+
+    #[test]
+    fn a_token_file_that_is_not_a_token_keeps_the_last_good_one() {
+        let dir = temp("token68");
+        let path = dir.join("token");
+        std::fs::write(&path, "tok4\n").unwrap();
+        let mut file = TokenFile::open(&path).unwrap();
+        for bad in ["Bearer tok5\n", "tok 5\n"] {
+            std::fs::write(dir.join("next"), bad).unwrap();
+            std::fs::rename(dir.join("next"), &path).unwrap();
+            assert_eq!(file.refresh_if_changed("t"), None, "{bad:?}");
+            assert_eq!(file.token, "Bearer tok4");
+        }
+        std::fs::write(&path, "Bearer tok4").unwrap();
+        assert!(matches!(
+            Credential::from_file(&path),
+            Err(BackendAuthError::BadToken {
+                problem: TokenProblem::SchemeIncluded,
+                ..
+            })
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -859,3 +859,89 @@ async fn subscriptions_whose_api_or_product_is_removed_are_reported() {
         200
     );
 }
+
+/// A certificate several listeners share that does not load: a reload is refused
+/// with one line per problem, naming every listener it stops (before, the same
+/// line came once per listener, naming none).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_certificate_shared_by_listeners_is_reported_once_with_them() {
+    let setup = Setup::new("reload-cert-listeners").await;
+    let ports = [free_port(), free_port(), free_port()];
+    let api = "[[api]]\nname = \"one\"\npath_prefix = \"/one\"\nbackend = \"http://{backend}/\"\n\
+               subscription = \"none\"\n";
+    let text = |ports: &[u16]| {
+        setup
+            .text(ports, api)
+            .replacen("[daemon]\n", "[daemon]\nadmin_listen = \"off\"\n", 1)
+    };
+    let good = text(&ports);
+    let daemon = setup.start(&good, ports[0]).await;
+    let socket = control_socket(&setup, &daemon).await;
+    let bad_cert = setup.dir.0.join("bad-gw.pem");
+    std::fs::write(&bad_cert, "not a certificate\n").unwrap();
+    let other = setup.pki.leaf("other", &["localhost"]);
+    let cert = format!("{:?}", setup.cert.cert_chain_pem.display().to_string());
+    let listeners = |ports: &[u16]| {
+        ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let no_certificate = format!("no certificate in {}", bad_cert.display());
+    let mismatch = format!(
+        // rustls says the rest.
+        "certificate {} does not match key {}: keys may not be consistent: KeyMismatch",
+        other.cert_chain_pem.display(),
+        setup.cert.key_pem.display()
+    );
+    let mut cases = vec![
+        // Every listener's certificate does not load.
+        (
+            good.replace(&cert, &format!("{:?}", bad_cert.display().to_string())),
+            vec![format!(
+                "  gateway: listeners {}: {no_certificate}",
+                listeners(&ports)
+            )],
+        ),
+        // Every listener's certificate is another key's.
+        (
+            good.replace(
+                &cert,
+                &format!("{:?}", other.cert_chain_pem.display().to_string()),
+            ),
+            vec![format!(
+                "  gateway: listeners {}: {mismatch}",
+                listeners(&ports)
+            )],
+        ),
+    ];
+    // The first two listeners' certificate does not load, the third's is another key's.
+    let mut mixed =
+        text(&ports[..2]).replace(&cert, &format!("{:?}", bad_cert.display().to_string()));
+    mixed.push_str(&format!(
+        "\n[[listener]]\naddress = \"127.0.0.1:{}\"\ntls = {{ cert = {:?}, key = {:?} }}\n",
+        ports[2],
+        other.cert_chain_pem.display().to_string(),
+        setup.cert.key_pem.display().to_string()
+    ));
+    cases.push((
+        mixed,
+        vec![
+            format!(
+                "  gateway: listeners {}: {no_certificate}",
+                listeners(&ports[..2])
+            ),
+            format!("  gateway: listener 127.0.0.1:{}: {mismatch}", ports[2]),
+        ],
+    ));
+    for (text, expected) in cases {
+        std::fs::write(&setup.config, &text).unwrap();
+        let (code, answer) = rampart_reload(&socket);
+        assert_eq!(code, 8, "{answer}");
+        let problems: Vec<&str> = answer.lines().filter(|l| l.starts_with("  ")).collect();
+        assert_eq!(problems, expected, "{answer}");
+    }
+    let h1 = client(&setup.pki, false);
+    assert_eq!(status(&h1, &url(ports[2], "/one/x")).await, 200);
+}

@@ -92,12 +92,30 @@ pub enum GatewayError {
     },
     #[error("backend_auth given for {api:?}, which is not an API")]
     BackendAuthUnknownApi { api: String },
+    /// What the TLS settings of one or more listeners cannot load: the same
+    /// problem (one file shared by several listeners) is reported once, with
+    /// every listener it stops.
+    #[error("{}", listener_names(addrs))]
+    Listener {
+        addrs: Vec<SocketAddr>,
+        #[source]
+        source: Box<GatewayError>,
+    },
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: io::Error,
     },
+}
+
+/// `listener 127.0.0.1:443` or `listeners 127.0.0.1:443, 127.0.0.1:8443`.
+fn listener_names(addrs: &[SocketAddr]) -> String {
+    let names: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    match names.as_slice() {
+        [one] => format!("listener {one}"),
+        _ => format!("listeners {}", names.join(", ")),
+    }
 }
 
 /// The gateway's own refusals use the one rejection type of the policies.

@@ -163,12 +163,30 @@ pub(crate) fn build_unbound(
 ) -> Result<Unbound, Vec<GatewayError>> {
     let mut errors = Vec::new();
     let mut tls = Vec::with_capacity(listeners.len());
+    // Per problem, the listeners it stops: listeners sharing a bad file get one
+    // error naming them all. The same problem says the same thing (each names its
+    // file), so its text tells it apart.
+    let mut failed: Vec<(String, Vec<SocketAddr>, GatewayError)> = Vec::new();
     for listener in listeners {
         match server::listener_tls(listener) {
             Ok(loaded) => tls.push(loaded),
-            Err(e) => errors.push(e),
+            Err(e) => {
+                let text = crate::service::chain(&e);
+                match failed.iter_mut().find(|(seen, _, _)| *seen == text) {
+                    Some((_, addrs, _)) => addrs.push(listener.addr),
+                    None => failed.push((text, vec![listener.addr], e)),
+                }
+            }
         }
     }
+    errors.extend(
+        failed
+            .into_iter()
+            .map(|(_, addrs, source)| GatewayError::Listener {
+                addrs,
+                source: Box::new(source),
+            }),
+    );
     let backends = backends::build(settings, previous, metrics)
         .map_err(|e| errors.extend(e))
         .unwrap_or_default();

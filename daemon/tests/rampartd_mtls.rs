@@ -470,3 +470,114 @@ async fn apis_are_served_only_on_their_listeners() {
         Ok(404)
     );
 }
+
+/// DER: `tag`, the length of `content`, `content`.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    match content.len() {
+        n @ 0..=0x7f => out.push(n as u8),
+        n @ 0x80..=0xff => out.extend([0x81, n as u8]),
+        n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A CRL as some tools make it: no `crlExtensions` (no CRL Number, no Authority
+/// Key Identifier), version 2 or (without the version field) 1; with
+/// `crl_number`, the same with a CRL Number. Its signature is not a real one:
+/// rustls parses the list when the listener is built, and checks a signature only
+/// against a client certificate.
+fn crl_without_extensions(v2: bool, crl_number: bool) -> Vec<u8> {
+    // ecdsa-with-SHA256
+    let algorithm = der(
+        0x30,
+        &der(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]),
+    );
+    let common_name = [der(0x06, &[0x55, 0x04, 0x03]), der(0x0c, b"client-ca")].concat();
+    let issuer = der(0x30, &der(0x31, &der(0x30, &common_name)));
+    let mut tbs = Vec::new();
+    if v2 {
+        tbs.extend(der(0x02, &[0x01]));
+    }
+    tbs.extend(algorithm.clone());
+    tbs.extend(issuer);
+    tbs.extend(der(0x17, b"250101000000Z"));
+    tbs.extend(der(0x17, b"491231235959Z"));
+    if crl_number {
+        // [0] { { id-ce-cRLNumber, OCTET STRING { INTEGER 1 } } }
+        let extension = [
+            der(0x06, &[0x55, 0x1d, 0x14]),
+            der(0x04, &der(0x02, &[0x01])),
+        ]
+        .concat();
+        tbs.extend(der(0xa0, &der(0x30, &der(0x30, &extension))));
+    }
+    let signature = der(
+        0x03,
+        &[0x00, 0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01],
+    );
+    der(0x30, &[der(0x30, &tbs), algorithm, signature].concat())
+}
+
+/// A CRL without the extensions RFC 5280 requires is refused by the check and by
+/// start, with its file and what rampartd needs (before: "ParseError").
+#[test]
+fn a_crl_without_its_extensions_is_refused_saying_what_is_needed() {
+    let dir = TempDir::new("mtls-crl-extensions");
+    let server = Pki::new();
+    let cert = server.leaf("gw", &["localhost"]);
+    let clients = ClientPki::new(&dir.0, "client-ca");
+    let config = dir.0.join("crl.toml");
+    for (name, crl) in [
+        ("v2.crl", crl_without_extensions(true, false)),
+        ("v1.crl", crl_without_extensions(false, false)),
+        ("numbered.crl", crl_without_extensions(true, true)),
+    ] {
+        let path = dir.0.join(name);
+        std::fs::write(&path, &crl).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\nadmin_listen = \"off\"\n\n\
+                 [[listener]]\naddress = \"127.0.0.1:{port}\"\n\
+                 tls = {{ cert = {cert:?}, key = {key:?}, client_auth = \"required\", client_ca = {ca:?}, crl = [{crl:?}] }}\n",
+                state = dir.0.join("state").display().to_string(),
+                runtime = dir.0.join("run").display().to_string(),
+                port = free_port(),
+                cert = cert.cert_chain_pem.display().to_string(),
+                key = cert.key_pem.display().to_string(),
+                ca = clients.ca_pem.display().to_string(),
+                crl = path.display().to_string(),
+            ),
+        )
+        .unwrap();
+        let expected = format!(
+            "{}: no usable certificate revocation list: the CRL could not be parsed; rampartd needs \
+             an X.509 v2 CRL with the CRL Number and Authority Key Identifier extensions (RFC 5280)",
+            path.display()
+        );
+        if name == "numbered.crl" {
+            // The same list with a CRL Number is taken.
+            let out = Command::new(RAMPARTD)
+                .arg("--check-config")
+                .arg(&config)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(0), "{name}: {err}");
+            continue;
+        }
+        for flag in ["--check-config", "--config"] {
+            let out = Command::new(RAMPARTD)
+                .arg(flag)
+                .arg(&config)
+                .env_remove("RUST_LOG")
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{name} {flag}: {err}");
+            assert!(err.contains(&expected), "{name} {flag}: {err}");
+        }
+    }
+}

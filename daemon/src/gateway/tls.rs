@@ -254,6 +254,7 @@ pub fn client_verification(auth: &ClientAuth) -> Result<Option<ClientVerificatio
                 source,
             })?;
     }
+    let roots = Arc::new(roots);
     let mut lists = Vec::new();
     for path in crls {
         let bytes = read(path)?;
@@ -264,26 +265,87 @@ pub fn client_verification(auth: &ClientAuth) -> Result<Option<ClientVerificatio
         let pem: Vec<_> = rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(&bytes)
             .collect::<Result<_, _>>()
             .map_err(|e| bad(Box::new(e)))?;
-        if pem.is_empty() {
+        let file_lists = if pem.is_empty() {
             // Not PEM: a DER list.
-            lists.push(rustls_pki_types::CertificateRevocationListDer::from(bytes));
+            vec![rustls_pki_types::CertificateRevocationListDer::from(bytes)]
         } else {
-            lists.extend(pem);
-        }
+            pem
+        };
+        // Parsed file by file (rustls parses them when the verifier is built), so
+        // that a list it refuses is named by its own file.
+        rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::clone(&roots),
+            server_provider(),
+        )
+        .with_crls(file_lists.iter().cloned())
+        .build()
+        .map_err(|e| bad(Box::new(CrlError::from(e))))?;
+        lists.extend(file_lists);
     }
-    let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        server_provider(),
-    )
-    .with_crls(lists);
+    let mut builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots, server_provider())
+            .with_crls(lists);
     if !required {
         builder = builder.allow_unauthenticated();
     }
     let verifier = builder.build().map_err(|e| GatewayError::BadCrl {
         path: crls.first().cloned().unwrap_or_else(|| ca_pem.clone()),
-        source: Box::new(e),
+        source: Box::new(CrlError::from(e)),
     })?;
     Ok(Some(ClientVerification { verifier, cas }))
+}
+
+/// Why rustls refuses a certificate revocation list, in words: rustls's own
+/// error only names a variant (`ParseError`), and what webpki tells apart there
+/// (no extensions, a v1 list, a bad date) it no longer does.
+#[derive(Debug, thiserror::Error)]
+pub enum CrlError {
+    #[error(
+        "the CRL could not be parsed; rampartd needs an X.509 v2 CRL with the CRL Number and Authority Key Identifier extensions (RFC 5280)"
+    )]
+    Unparsable,
+    #[error(
+        "it is not a version 2 CRL; rampartd needs an X.509 v2 CRL with the CRL Number and Authority Key Identifier extensions (RFC 5280)"
+    )]
+    Version,
+    #[error("its CRL Number is not a non-negative integer of at most 20 octets (RFC 5280 §5.2.3)")]
+    CrlNumber,
+    #[error("a revoked certificate's serial number is not a valid one (RFC 5280 §4.1.2.2)")]
+    SerialNumber,
+    #[error("it is a delta CRL; rampartd needs a complete CRL")]
+    Delta,
+    #[error(
+        "it is an indirect CRL (it lists certificates of other issuers), which rampartd does not use"
+    )]
+    Indirect,
+    #[error(
+        "it has a critical extension rampartd does not know, so it cannot be used (RFC 5280 §5.2)"
+    )]
+    CriticalExtension,
+    #[error("it has a revocation reason code RFC 5280 does not define (§5.3.1)")]
+    RevocationReason,
+    #[error("rustls refuses it")]
+    Other(#[source] rustls::server::VerifierBuilderError),
+}
+
+impl From<rustls::server::VerifierBuilderError> for CrlError {
+    fn from(e: rustls::server::VerifierBuilderError) -> Self {
+        use rustls::CertRevocationListError as E;
+        match &e {
+            rustls::server::VerifierBuilderError::InvalidCrl(crl) => match crl {
+                E::ParseError => Self::Unparsable,
+                E::UnsupportedCrlVersion => Self::Version,
+                E::InvalidCrlNumber => Self::CrlNumber,
+                E::InvalidRevokedCertSerialNumber => Self::SerialNumber,
+                E::UnsupportedDeltaCrl => Self::Delta,
+                E::UnsupportedIndirectCrl => Self::Indirect,
+                E::UnsupportedCriticalExtension => Self::CriticalExtension,
+                E::UnsupportedRevocationReason => Self::RevocationReason,
+                _ => Self::Other(e),
+            },
+            _ => Self::Other(e),
+        }
+    }
 }
 
 /// What a TLS listener's handshakes use: replaced whole by a reload, so that a
@@ -343,3 +405,30 @@ pub fn server_config(
 
 /// TLS 1.2 sessions kept per listener configuration for resumption by session ID.
 const SESSION_CACHE_SIZE: usize = 20_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::CertRevocationListError as E;
+    use rustls::server::VerifierBuilderError;
+
+    #[test]
+    fn refused_crls_say_what_is_wrong() {
+        let said = |e: E| CrlError::from(VerifierBuilderError::InvalidCrl(e)).to_string();
+        assert_eq!(
+            said(E::ParseError),
+            "the CRL could not be parsed; rampartd needs an X.509 v2 CRL with the CRL Number and Authority Key Identifier extensions (RFC 5280)"
+        );
+        assert!(said(E::UnsupportedCrlVersion).starts_with("it is not a version 2 CRL;"));
+        assert!(said(E::InvalidCrlNumber).contains("CRL Number"));
+        assert!(said(E::UnsupportedDeltaCrl).contains("delta CRL"));
+        assert!(said(E::UnsupportedIndirectCrl).contains("indirect CRL"));
+        assert!(said(E::UnsupportedCriticalExtension).contains("critical extension"));
+        // What has no words of ours keeps rustls's.
+        let other = CrlError::from(VerifierBuilderError::InvalidCrl(E::BadSignature));
+        assert_eq!(
+            crate::service::chain(&other),
+            "rustls refuses it: provided CRL could not be parsed: BadSignature"
+        );
+    }
+}

@@ -292,3 +292,173 @@ async fn stopping_does_not_wait_for_lingering_connections() {
     // Open until here.
     drop((reader, writer));
 }
+
+/// A backend that answers every request with a head announcing 100 bytes, sends
+/// 3, and closes the connection.
+async fn start_short_body_backend() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\nabc",
+                    )
+                    .await;
+                // Dropped: closed 97 bytes short.
+            });
+        }
+    });
+    addr
+}
+
+/// A backend that closes in the middle of its body: the client's connection is cut
+/// (HTTP/1) or its stream reset (HTTP/2) after the 200 head, and the access event
+/// says so (status 200 as sent, reason `BackendConnectionFailure`), with a warning;
+/// a whole body is logged as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_body_cut_off_is_in_the_access_event() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("rampartd-body-cut");
+    let pki = Pki::new();
+    let cert = pki.leaf("gw", &["localhost"]);
+    let short = start_short_body_backend().await;
+    let whole = start_backend().await;
+    let (port, admin) = (free_port(), free_port());
+    let text = format!(
+        "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\nlog_target = \"stderr\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\n\
+         [gateway]\naccess_log = \"all\"\n\n\
+         [[listener]]\naddress = \"127.0.0.1:{port}\"\ntls = {{ cert = {cert:?}, key = {key:?} }}\n\n\
+         [[api]]\nname = \"cut\"\npath_prefix = \"/cut\"\nbackend = \"http://{short}/\"\nsubscription = \"none\"\n\n\
+         [[api]]\nname = \"whole\"\npath_prefix = \"/whole\"\nbackend = \"http://{whole}/\"\nsubscription = \"none\"\n",
+        state = dir.0.join("state").display().to_string(),
+        runtime = dir.0.join("run").display().to_string(),
+        cert = cert.cert_chain_pem.display().to_string(),
+        key = cert.key_pem.display().to_string(),
+    );
+    let daemon = Rampartd::start(
+        &dir.0.join("rampart.toml"),
+        &text,
+        dir.0.join("rampartd.log"),
+        port,
+    )
+    .await;
+    let access = |path: &str| {
+        daemon
+            .log()
+            .lines()
+            .filter(|l| l.contains("rampart::access") && l.contains(&format!("path={path:?} ")))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+
+    // HTTP/1.1: the head and the 3 bytes, then the connection ends, short.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let tls =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(pki.client_config(&[b"http/1.1"])));
+    let mut stream = tls
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /cut/h1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nabc"), "{answer}");
+
+    // HTTP/2: the head, then the stream is reset.
+    let h2 = client::<Empty<bytes::Bytes>>(&pki, true);
+    let response = h2
+        .request(
+            Request::get(format!("https://localhost:{port}/cut/h2"))
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = http_body_util::BodyExt::collect(response.into_body()).await;
+    assert!(body.is_err(), "a cut body arrived whole");
+
+    // A whole body, as before.
+    let (parts, _) = get(&h2, &format!("https://localhost:{port}/whole/x")).await;
+    assert_eq!(parts.status, 200);
+
+    daemon.wait_for_log("path=\"/whole/x\" ", 0).await;
+    for path in ["/cut/h1", "/cut/h2"] {
+        daemon.wait_for_log(&format!("path={path:?} "), 0).await;
+        let events = access(path);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(
+            events[0].contains("status=200")
+                && events[0].contains("reason=\"BackendConnectionFailure\""),
+            "{}",
+            events[0]
+        );
+    }
+    let events = access("/whole/x");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        events[0].contains("status=200") && events[0].contains("reason=\"-\""),
+        "{}",
+        events[0]
+    );
+    // Counted by API, status and reason (`/metrics`) and by reason (`rampart stats`).
+    let mut metrics = tokio::net::TcpStream::connect(("127.0.0.1", admin))
+        .await
+        .unwrap();
+    metrics
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut scraped = String::new();
+    metrics.read_to_string(&mut scraped).await.unwrap();
+    assert!(
+        scraped.contains(
+            "rampart_http_requests_total{api=\"cut\",status=\"200\",reason=\"BackendConnectionFailure\"} 2"
+        ),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("rampart_http_requests_total{api=\"whole\",status=\"200\",reason=\"\"} 1"),
+        "{scraped}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .arg("--socket")
+        .arg(dir.0.join("run").join("control.sock"))
+        .args(["--json", "stats"])
+        .output()
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        stats["rejections"],
+        serde_json::json!([["BackendConnectionFailure", 2]]),
+        "{stats}"
+    );
+    let log = daemon.log();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("WARN")
+                && l.contains("backend response body cut off")
+                && l.contains("api=\"cut\""))
+            .count(),
+        2,
+        "{log}"
+    );
+}

@@ -137,32 +137,156 @@ pub(crate) async fn handle(
             }
         }
     }
-    let status = outcome.response.status();
-    let api_metrics = match &outcome.backend {
-        Some(backend) => backend.metrics.as_ref(),
-        None => shared.stats.http.unrouted(),
+    let Outcome {
+        response,
+        api,
+        subscription,
+        reason,
+        backend,
+        streamed,
+    } = outcome;
+    let report = Report {
+        shared: Arc::clone(&shared),
+        backend,
+        peer: conn.peer,
+        method,
+        path,
+        status: response.status().as_u16(),
+        latency: started.elapsed(),
+        api,
+        subscription,
+        reason,
     };
-    api_metrics.record(status.as_u16(), outcome.reason, started.elapsed());
-    let logged = match shared.access_log {
-        AccessLog::All => true,
-        AccessLog::Errors => status.as_u16() >= 400,
-        AccessLog::Off => false,
-    };
-    if !logged {
-        return Ok(outcome.response);
+    if !streamed {
+        report.done(None);
+        return Ok(response);
     }
-    tracing::info!(
-        target: "rampart::access",
-        peer = %conn.peer,
-        method = method.as_ref().map_or("-", http::Method::as_str),
-        path = path.as_deref().unwrap_or("-"),
-        status = status.as_u16(),
-        latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        api = outcome.api.as_deref().unwrap_or("-"),
-        subscription = outcome.subscription.as_deref().unwrap_or("-"),
-        reason = outcome.reason.unwrap_or("-"),
-    );
-    Ok(outcome.response)
+    // A backend's body may still fail (the backend closes or resets before its
+    // end): the counters and the access event wait for the body's end to say so.
+    Ok(response.map(|body| {
+        Reported {
+            inner: body,
+            report: Some(report),
+        }
+        .boxed_unsync()
+    }))
+}
+
+/// The reason of a response whose backend body failed after its head was sent:
+/// APIM's reason for a backend that aborts.
+const BODY_CUT_OFF: &str = "BackendConnectionFailure";
+
+/// What a request's counters and access event say, once its response has ended.
+struct Report {
+    shared: Arc<Shared>,
+    /// The API's backend (its request counters); `None` before routing.
+    backend: Option<Arc<Backend>>,
+    peer: SocketAddr,
+    method: Option<http::Method>,
+    path: Option<String>,
+    /// As sent: a body cut off later does not change it.
+    status: u16,
+    /// From the request's arrival to its response head.
+    latency: std::time::Duration,
+    api: Option<String>,
+    subscription: Option<String>,
+    reason: Option<&'static str>,
+}
+
+impl Report {
+    /// Counts the response and writes its access event; `cut_off` is the error
+    /// that ended a backend's body early.
+    fn done(mut self, cut_off: Option<&(dyn std::error::Error + 'static)>) {
+        if let Some(error) = cut_off {
+            // As nginx's "upstream prematurely closed connection" and Envoy's UPE:
+            // the client got the head, then a cut connection (HTTP/1) or a reset
+            // stream (HTTP/2).
+            tracing::warn!(
+                api = self.api.as_deref().unwrap_or("-"),
+                status = self.status,
+                error = %super::proxy::Chain(error),
+                "backend response body cut off; the client's response is incomplete"
+            );
+            self.reason = Some(BODY_CUT_OFF);
+            self.shared.stats.count_rejection(BODY_CUT_OFF);
+        }
+        let api_metrics = match &self.backend {
+            Some(backend) => backend.metrics.as_ref(),
+            None => self.shared.stats.http.unrouted(),
+        };
+        api_metrics.record(self.status, self.reason, self.latency);
+        let logged = match self.shared.access_log {
+            AccessLog::All => true,
+            AccessLog::Errors => self.status >= 400 || cut_off.is_some(),
+            AccessLog::Off => false,
+        };
+        if !logged {
+            return;
+        }
+        tracing::info!(
+            target: "rampart::access",
+            peer = %self.peer,
+            method = self.method.as_ref().map_or("-", http::Method::as_str),
+            path = self.path.as_deref().unwrap_or("-"),
+            status = self.status,
+            latency_us = u64::try_from(self.latency.as_micros()).unwrap_or(u64::MAX),
+            api = self.api.as_deref().unwrap_or("-"),
+            subscription = self.subscription.as_deref().unwrap_or("-"),
+            reason = self.reason.unwrap_or("-"),
+        );
+    }
+}
+
+/// A backend's response body that reports its request when it ends: sent whole,
+/// failed (the event says so), or dropped (the client went away).
+struct Reported {
+    inner: ResponseBody,
+    report: Option<Report>,
+}
+
+impl Reported {
+    fn finish(&mut self, cut_off: Option<&(dyn std::error::Error + 'static)>) {
+        if let Some(report) = self.report.take() {
+            report.done(cut_off);
+        }
+    }
+}
+
+impl Drop for Reported {
+    fn drop(&mut self) {
+        self.finish(None);
+    }
+}
+
+impl Body for Reported {
+    type Data = Bytes;
+    type Error = super::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => {
+                if self.inner.is_end_stream() {
+                    self.finish(None);
+                }
+            }
+            Poll::Ready(Some(Err(error))) => self.finish(Some(error.as_ref())),
+            Poll::Ready(None) => self.finish(None),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Methods the gateway never forwards, whatever the API (405, as nginx answers):
@@ -194,6 +318,7 @@ fn asterisk(shared: &Shared, method: &http::Method) -> Outcome {
         subscription: None,
         reason: None,
         backend: None,
+        streamed: false,
     }
 }
 
@@ -206,6 +331,8 @@ struct Outcome {
     reason: Option<&'static str>,
     /// The API's backend (its request counters); `None` before routing.
     backend: Option<Arc<Backend>>,
+    /// The body is the backend's, still streaming (it may yet fail).
+    streamed: bool,
 }
 
 fn rejected(rejection: Rejection, api: Option<String>) -> Outcome {
@@ -216,6 +343,7 @@ fn rejected(rejection: Rejection, api: Option<String>) -> Outcome {
         subscription: None,
         reason: Some(reason),
         backend: None,
+        streamed: false,
     }
 }
 
@@ -310,7 +438,7 @@ async fn process(
 
     // Only allocated when a policy asked for byte counts (not on the usual path).
     let request_bytes = count_bytes.then(|| Arc::new(AtomicU64::new(0)));
-    let (mut response, reason) = match stopped {
+    let (mut response, reason, streamed) = match stopped {
         Some(stop) => stopped_response(stop),
         None => {
             // One deadline for the whole exchange; one timer runs at a time.
@@ -387,7 +515,7 @@ async fn process(
                     })
             };
             match exchange.await {
-                Ok(response) => (response, None),
+                Ok(response) => (response, None, true),
                 Err(stop) => stopped_response(stop),
             }
         }
@@ -441,16 +569,19 @@ async fn process(
         subscription,
         reason,
         backend: Some(backend),
+        streamed,
     }
 }
 
-fn stopped_response(stop: Stop) -> (Response<ResponseBody>, Option<&'static str>) {
+/// A policy's answer: the response, its reason, and `false` (the gateway made
+/// the body; it cannot fail).
+fn stopped_response(stop: Stop) -> (Response<ResponseBody>, Option<&'static str>, bool) {
     match stop {
         Stop::Reject(rejection) => {
             let reason = rejection.reason;
-            (full(rejection.into_response()), Some(reason))
+            (full(rejection.into_response()), Some(reason), false)
         }
-        Stop::Respond(response) => (full(*response), None),
+        Stop::Respond(response) => (full(*response), None, false),
     }
 }
 

@@ -710,6 +710,7 @@ async fn a_reload_moves_apis_between_listeners() {
         "only the moved API changed: {line}"
     );
     assert!(line.contains("backends kept 2"), "{line}");
+}
 
 /// `rampart --socket SOCKET ARGS...`: exit code and stdout followed by stderr.
 fn rampart_cli(socket: &Path, args: &[&str]) -> (i32, String) {

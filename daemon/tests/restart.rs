@@ -628,7 +628,7 @@ async fn a_sigkilled_daemon_restarted_resumes_its_subscriptions_and_quotas() {
     daemon.signal(libc::SIGKILL);
     let status = daemon.exited().await;
     assert!(!status.success(), "{status}");
-    assert!(setup.state_dir.join("quota.json").exists());
+    assert!(setup.state_dir.join("quota.journal").exists());
     drop(daemon);
 
     let mut daemon = setup.spawn(None, &[]);

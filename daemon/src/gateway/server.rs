@@ -85,6 +85,30 @@ pub(crate) async fn bind_socket(addr: SocketAddr) -> Result<TcpListener, Gateway
         .map_err(|source| GatewayError::Bind { addr, source })
 }
 
+/// Response data an HTTP/2 stream buffers towards its client beyond the chunk it
+/// has (hyper's default is 400 KiB). A client that opens large flow-control
+/// windows and then stops reading made each of its streams buffer that much: about
+/// 55 MB per connection with 100 streams. The backend's body is polled for its next
+/// chunk (at most 64 KiB, `MAX_RESPONSE_HEAD_BYTES`) only while less than this is
+/// buffered, so a stream holds at most this plus one chunk, and its backend
+/// connection is read no further meanwhile. Measured with 100 such streams per
+/// connection (daemon/tests/rampartd_limits.rs): 15 to 19 MB per connection at
+/// 16 KiB, 25 MB at 64 KiB (backend read buffers included). Throughput does not depend
+/// on it: the socket's send buffer, in the kernel, is what covers the network (4 x
+/// 100 MB through daemon/tests/gateway_stream.rs took the same time at 16 and at
+/// 400 KiB).
+pub(crate) const H2_STREAM_SEND_BUFFER: usize = 16 * 1024;
+/// The HTTP/2 flow-control windows rampartd grants a client for request bodies:
+/// hyper's defaults, set here so that they stay what the memory bound counts on.
+/// The connection window bounds the request data one connection makes rampartd
+/// hold, whatever its streams. Envoy's edge settings take 64 KiB per stream; here
+/// that made the 100 MB HTTP/2 upload of daemon/tests/gateway_stream.rs (over
+/// loopback) take more than 30 s, one window per round trip, where its four 100 MB
+/// transfers take about 8 s together with 1 MiB; and it buys no memory: a stream
+/// with a 1 MiB window can only stall its own connection's uploads.
+pub(crate) const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+pub(crate) const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+
 pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own head limit is a backstop (431 with an empty body); the handler
@@ -99,7 +123,10 @@ pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(backstop).unwrap_or(u32::MAX))
-        .max_concurrent_streams(limits.max_concurrent_streams);
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_send_buf_size(H2_STREAM_SEND_BUFFER)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW);
     builder
 }
 

@@ -541,14 +541,27 @@ impl Rampartd {
     /// Writes `text` to `config`, starts rampartd on it with stderr to `log`, and
     /// waits (at most 20 s) until `port` accepts connections.
     pub async fn start(config: &std::path::Path, text: &str, log: PathBuf, port: u16) -> Self {
+        Self::start_with(config, text, log, port, |_| {}).await
+    }
+
+    /// [`Rampartd::start`], with `configure` applied to the command first (limits
+    /// set before exec, say).
+    pub async fn start_with(
+        config: &std::path::Path,
+        text: &str,
+        log: PathBuf,
+        port: u16,
+        configure: impl FnOnce(&mut std::process::Command),
+    ) -> Self {
         std::fs::write(config, text).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_rampartd"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rampartd"));
+        command
             .arg("--config")
             .arg(config)
             .env_remove("RUST_LOG")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(std::fs::File::create(&log).unwrap());
+        configure(&mut command);
+        let child = command.spawn().unwrap();
         let mut daemon = Self { child, log, port };
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
@@ -575,6 +588,23 @@ impl Rampartd {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A line of its /proc/PID/status, such as `VmRSS` (the number, in kB).
+    pub fn status_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in\n{status}"))
+    }
+
+    /// Its open file descriptors now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
     }
 
     /// `https://localhost:PORT` + `path`.

@@ -1,6 +1,7 @@
 //! The real `rampartd` under clients that try to use up its resources: memory (an
-//! HTTP/2 client that opens huge windows and never reads). Each test checks what
-//! any other client still gets.
+//! HTTP/2 client that opens huge windows and never reads), connection slots (idle
+//! HTTP/2 connections kept open with PINGs). Each test checks what any other client
+//! still gets.
 //!
 //! The files have no `[filter]`: rampartd runs the gateway alone and the tests need
 //! no privileges. Clients bind 127.0.0.2 to be another source.
@@ -33,7 +34,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 // ---------------------------------------------------------------------------
 
 /// The backend: `/endless` streams 64 KiB chunks for ever (counting the bytes it
-/// produced), anything else "ok".
+/// produced), `/trickle` sends 10 chunks 300 ms apart, `/sleep` answers after 2 s,
+/// anything else "ok".
 struct Backend {
     addr: SocketAddr,
     produced: Arc<AtomicU64>,
@@ -81,6 +83,20 @@ async fn backend_service(
             }
             .boxed_unsync(),
         ),
+        "/trickle" => {
+            let chunks = futures_util::stream::unfold(0, |n| async move {
+                if n == 10 {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Some((Ok(Frame::data(Bytes::from_static(b"chunk\n"))), n + 1))
+            });
+            Response::new(http_body_util::StreamBody::new(chunks).boxed_unsync())
+        }
+        "/sleep" => {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            text("slept")
+        }
         _ => text("ok"),
     };
     Ok(response)
@@ -183,6 +199,10 @@ async fn connect_from(source: &str, port: u16, recv_buffer: Option<u32>) -> TcpS
 }
 
 impl Served {
+    fn tls_base(&self) -> String {
+        format!("https://localhost:{}", self.tls)
+    }
+
     fn plain_base(&self) -> String {
         format!("http://localhost:{}", self.plain)
     }
@@ -437,5 +457,80 @@ async fn an_http2_client_that_does_not_read_pins_little_memory() {
     // Everyone else is still served.
     assert_eq!(s.get_from("127.0.0.2", "/b/fast").await.0, StatusCode::OK);
     drop(attackers);
+    assert!(s.daemon.terminate().await.success());
+}
+
+// ---------------------------------------------------------------------------
+// Connection slots
+// ---------------------------------------------------------------------------
+
+/// hunt5 #3: HTTP/2 PINGs kept an idle connection open for ever (every byte counted
+/// as activity). Now an HTTP/2 connection with no request for `idle_timeout_secs`
+/// is closed whatever control frames it sends, over TLS (ALPN) and in clear text
+/// (prior knowledge).
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_pings_do_not_keep_an_idle_connection_open() {
+    let backend = Backend::start().await;
+    let mut s = serve("h2-ping", backend.addr, "idle_timeout_secs = 1").await;
+    let tls = s.tls_from("127.0.0.1", b"h2").await.unwrap();
+    idle_despite_pings(tls, &s.tls_base(), "tls").await;
+    let plain = connect_from("127.0.0.1", s.plain, None).await;
+    idle_despite_pings(plain, &s.plain_base(), "plain").await;
+    assert!(s.daemon.terminate().await.success());
+}
+
+/// Sends a request on an HTTP/2 connection over `io`, then a PING every 200 ms:
+/// the connection must end 1 to 1.25 idle timeouts (1 s) after the request.
+async fn idle_despite_pings<S>(io: S, base: &str, what: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, mut connection) = h2_client(io).await;
+    let mut pings = connection.ping_pong().unwrap();
+    let connection = tokio::spawn(connection);
+    assert_eq!(
+        h2_get(&client, base, "/b/fast").await.unwrap(),
+        (StatusCode::OK, "ok".to_owned())
+    );
+    let idle_since = Instant::now();
+    let pinging = tokio::spawn(async move {
+        let mut answered = 0;
+        while pings.ping(h2::Ping::opaque()).await.is_ok() {
+            answered += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        answered
+    });
+    let ended = tokio::time::timeout(Duration::from_secs(6), connection).await;
+    let after = idle_since.elapsed();
+    assert!(
+        ended.is_ok(),
+        "{what}: the connection sending PINGs is still open after 6 s"
+    );
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_millis(2500),
+        "{what}: closed {after:?} after its last request, for a 1 s idle timeout"
+    );
+    let answered = pinging.await.unwrap();
+    assert!(answered >= 3, "{what}: {answered} PINGs answered");
+}
+
+/// What still counts over HTTP/2: a request waiting for its response head, and a
+/// response body that moves, each for longer than the idle timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_requests_in_progress_keep_their_connection() {
+    let backend = Backend::start().await;
+    let mut s = serve("h2-busy", backend.addr, "idle_timeout_secs = 1").await;
+    let tls = s.tls_from("127.0.0.1", b"h2").await.unwrap();
+    let (client, connection) = h2_client(tls).await;
+    let connection = tokio::spawn(connection);
+    assert_eq!(
+        h2_get(&client, &s.tls_base(), "/b/sleep").await.unwrap(),
+        (StatusCode::OK, "slept".to_owned())
+    );
+    let (status, body) = h2_get(&client, &s.tls_base(), "/b/trickle").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "chunk\n".repeat(10));
+    assert!(!connection.is_finished());
     assert!(s.daemon.terminate().await.success());
 }

@@ -142,6 +142,8 @@ max_deny_entries = {DEFAULT_MAX_DENY_ENTRIES}
 # max_body_bytes = 104857600
 # max_connections = 10000
 # header_read_timeout_secs = 10
+# # HTTP/1: no request waiting and no byte moving; HTTP/2: no request waiting,
+# # none started and no response body moving (PINGs do not count).
 # idle_timeout_secs = 60
 # request_timeout_secs = 300
 # max_concurrent_streams = 100

@@ -1,44 +1,65 @@
-//! Connection activity, for the idle timeout: bytes moving, requests waiting.
+//! Connection activity, for the idle timeout: requests, response bodies, bytes.
+//!
+//! HTTP/1 counts every byte moving. HTTP/2 does not: a client's PING, SETTINGS or
+//! WINDOW_UPDATE frames move bytes (a PING makes the gateway answer), so one PING
+//! every 30 s kept a connection with nothing to do open for ever, and one source held
+//! every `max_connections` slot that way. Over HTTP/2 only the requests count, as in
+//! Envoy's `idle_timeout`: one waiting for its response head, one starting, or a
+//! response body moving (a chunk handed to hyper, which happens only while the
+//! client reads).
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
 
 use super::watched::{Watch, Watched};
 
-/// Whether bytes moved on a connection lately, and how many of its requests are
-/// waiting for their response head; for the idle timeout. Moving bytes only sets a
-/// flag (no clock read per read or write); the watcher looks at it four times per
-/// idle period, so an idle connection is closed between 1 and 1.25 idle periods
-/// after its last byte.
+/// What went on lately on a connection, for the idle timeout. Each event only sets
+/// a flag (no clock read); the watcher looks at the flags four times per idle
+/// period, so an idle connection is closed between 1 and 1.25 idle periods after
+/// the last thing that counts.
 pub(crate) struct Activity {
-    active: AtomicBool,
+    /// Bytes moved (counted over HTTP/1 only).
+    bytes: AtomicBool,
+    /// A request started, or a response body moved.
+    requests: AtomicBool,
+    /// Requests waiting for their response head.
     in_flight: AtomicUsize,
 }
 
 impl Activity {
     pub(crate) fn new() -> Self {
         Self {
-            active: AtomicBool::new(true),
+            bytes: AtomicBool::new(true),
+            requests: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
         }
     }
 
-    fn touch(&self) {
-        if !self.active.load(Ordering::Relaxed) {
-            self.active.store(true, Ordering::Relaxed);
+    fn set(flag: &AtomicBool) {
+        if !flag.load(Ordering::Relaxed) {
+            flag.store(true, Ordering::Relaxed);
         }
     }
 
-    /// Returns once no byte moved and no request waited for `idle` (to 1.25 `idle`).
-    pub(crate) async fn idle_for(&self, idle: Duration) {
+    /// Returns once nothing that counts happened for `idle` (to 1.25 `idle`);
+    /// `http2` tells whether the connection speaks HTTP/2 (asked at each look: a
+    /// plain connection is known to only once its preface has come).
+    pub(crate) async fn idle_for(&self, idle: Duration, http2: impl Fn() -> bool) {
         const LOOKS: u32 = 4;
         let step = idle / LOOKS;
         let mut quiet = 0;
         loop {
             tokio::time::sleep(step).await;
-            let busy = self.active.swap(false, Ordering::Relaxed)
-                || self.in_flight.load(Ordering::Relaxed) > 0;
+            // Both flags are cleared at each look.
+            let bytes = self.bytes.swap(false, Ordering::Relaxed) && !http2();
+            let requests = self.requests.swap(false, Ordering::Relaxed);
+            let busy = bytes || requests || self.in_flight.load(Ordering::Relaxed) > 0;
             quiet = if busy { 0 } else { quiet + 1 };
             if quiet >= LOOKS {
                 return;
@@ -47,13 +68,14 @@ impl Activity {
     }
 }
 
-/// Marks a request in progress on its connection until dropped.
+/// Marks a request in progress on its connection until dropped (its response head
+/// is ready).
 pub(crate) struct Busy(Arc<Activity>);
 
 impl Busy {
     pub(crate) fn new(activity: Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        activity.touch();
+        Activity::set(&activity.requests);
         Self(activity)
     }
 }
@@ -61,7 +83,37 @@ impl Busy {
 impl Drop for Busy {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
+        Activity::set(&self.0.requests);
+    }
+}
+
+/// A response body that marks its connection active at each chunk handed on.
+pub(crate) struct Tracked<B> {
+    pub(crate) inner: B,
+    pub(crate) activity: Arc<Activity>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            Activity::set(&self.activity.requests);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -70,11 +122,91 @@ pub(crate) type ActivityIo<S> = Watched<S, Arc<Activity>>;
 
 impl Watch for Arc<Activity> {
     fn read(&mut self, bytes: &[u8]) -> usize {
-        self.touch();
+        Activity::set(&self.bytes);
         bytes.len()
     }
 
     fn wrote(&mut self) {
-        self.touch();
+        Activity::set(&self.bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether the watcher finds `activity` idle within `within` (the test clock is
+    /// paused: sleeps end at once, in order).
+    async fn idle_within(activity: &Activity, http2: bool, within: Duration) -> bool {
+        tokio::time::timeout(within, activity.idle_for(Duration::from_secs(1), || http2))
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_keep_http1_busy_but_not_http2() {
+        for http2 in [false, true] {
+            let activity = Arc::new(Activity::new());
+            let mut watch = Arc::clone(&activity);
+            let pinging = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    watch.read(b"PING");
+                    watch.wrote();
+                }
+            };
+            let idle = tokio::select! {
+                () = pinging => unreachable!(),
+                idle = idle_within(&activity, http2, Duration::from_secs(5)) => idle,
+            };
+            assert_eq!(idle, http2, "http2 = {http2}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_request_or_a_moving_body_keeps_http2_busy() {
+        let activity = Arc::new(Activity::new());
+        let busy = Busy::new(Arc::clone(&activity));
+        assert!(!idle_within(&activity, true, Duration::from_secs(5)).await);
+        drop(busy);
+        let mut body = Tracked {
+            inner: Endless,
+            activity: Arc::clone(&activity),
+        };
+        let reading = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+                assert!(frame.is_some());
+            }
+        };
+        let idle = tokio::select! {
+            () = reading => unreachable!(),
+            idle = idle_within(&activity, true, Duration::from_secs(5)) => idle,
+        };
+        assert!(!idle);
+        // Then nothing: idle after 1 to 1.25 s.
+        let start = tokio::time::Instant::now();
+        assert!(idle_within(&activity, true, Duration::from_secs(5)).await);
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(1) && took <= Duration::from_millis(1250),
+            "{took:?}"
+        );
+    }
+
+    /// An endless body of one-byte chunks.
+    struct Endless;
+
+    impl Body for Endless {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))))
+        }
     }
 }

@@ -109,6 +109,8 @@ pub(crate) struct Framing {
     refusal: AtomicU8,
     /// The first head was whole (or refused), or the connection is not followed.
     started: AtomicBool,
+    /// The connection speaks HTTP/2 (ALPN chose it, or its preface came).
+    http2: AtomicBool,
 }
 
 impl Framing {
@@ -116,6 +118,11 @@ impl Framing {
     /// followed): until then, hyper's own header read timeout does not run.
     pub(crate) fn started(&self) -> bool {
         self.started.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection speaks HTTP/2, as far as is known yet.
+    pub(crate) fn http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
     }
 
     /// Counts one more request handed to the service and tells what it is. (The
@@ -162,6 +169,7 @@ impl Follower {
         if !http1 {
             reader.state = State::Off;
             framing.started.store(true, Ordering::Relaxed);
+            framing.http2.store(true, Ordering::Relaxed);
         }
         Self {
             framing,
@@ -186,6 +194,9 @@ impl Follower {
         if !self.started && (self.reader.heads > 0 || self.reader.state == State::Off) {
             self.started = true;
             self.framing.started.store(true, Ordering::Relaxed);
+            if self.reader.http2 {
+                self.framing.http2.store(true, Ordering::Relaxed);
+            }
         }
         if let Some(number) = fed.ambiguous {
             // Only the first counts: hyper closes the connection after it.
@@ -305,6 +316,8 @@ struct Reader {
     max_head: usize,
     /// No byte of the connection has gone by yet.
     fresh: bool,
+    /// HTTP/2's preface came (then nothing more is followed).
+    http2: bool,
 }
 
 /// What one [`Reader::feed`] found.
@@ -354,6 +367,7 @@ impl Reader {
             heads: 0,
             max_head,
             fresh: true,
+            http2: false,
         }
     }
 
@@ -374,6 +388,7 @@ impl Reader {
                 State::Head if self.fresh => {
                     // HTTP/2's preface, only at the very start (as hyper checks).
                     if bytes.starts_with(H2_PREFACE) {
+                        self.http2 = true;
                         self.stop();
                     } else if H2_PREFACE.starts_with(bytes) {
                         fed.end = End::Hold(at);
@@ -989,6 +1004,24 @@ mod tests {
         let h2 = Arc::new(Framing::default());
         let _ = Follower::new(Arc::clone(&h2), false, 1024);
         assert!(h2.started());
+    }
+
+    #[test]
+    fn http2_is_known_by_alpn_or_by_its_preface() {
+        let h1 = Arc::new(Framing::default());
+        let mut follower = Follower::new(Arc::clone(&h1), true, 1024);
+        assert_eq!(follower.read(b"GET / HTTP/1.1\r\n\r\n"), 18);
+        assert!(h1.started() && !h1.http2());
+        let by_alpn = Arc::new(Framing::default());
+        let _ = Follower::new(Arc::clone(&by_alpn), false, 1024);
+        assert!(by_alpn.http2());
+        // A plain connection: once the whole preface came, in two reads.
+        let by_preface = Arc::new(Framing::default());
+        let mut follower = Follower::new(Arc::clone(&by_preface), true, 1024);
+        assert_eq!(follower.read(&H2_PREFACE[..10]), 0);
+        assert!(!by_preface.http2());
+        follower.read(&H2_PREFACE[10..]);
+        assert!(by_preface.started() && by_preface.http2());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::GatewayStats;
-use super::activity::{Activity, ActivityIo, Busy};
+use super::activity::{Activity, ActivityIo, Busy, Tracked};
 use super::error::GatewayError;
 use super::framing::{Follower, Framing, FramingIo, Verdict};
 use super::handler::{Connection, Shared};
@@ -376,6 +376,7 @@ async fn listener_task(
             let generation = server.current();
             let stats = Arc::clone(&server.stats);
             let activity = Arc::new(Activity::new());
+            let framing = Arc::new(Framing::default());
             let (stream, mut returned) = Returning::new(stream);
             let stream = ActivityIo {
                 inner: stream,
@@ -392,7 +393,10 @@ async fn listener_task(
                     listener: configured,
                 },
                 tls,
-                Arc::clone(&activity),
+                Watchers {
+                    activity: Arc::clone(&activity),
+                    framing: Arc::clone(&framing),
+                },
                 server,
                 generation,
                 watcher,
@@ -404,7 +408,7 @@ async fn listener_task(
                     abort.abort();
                     Ended::Cut
                 }
-                () = activity.idle_for(idle) => {
+                () = activity.idle_for(idle, || framing.http2()) => {
                     tracing::debug!(%peer, ?idle, "idle connection closed");
                     abort.abort();
                     Ended::Cut
@@ -456,6 +460,13 @@ struct ListenerAddrs {
     local: SocketAddr,
 }
 
+/// What follows a connection for the idle timeout: its activity, and whether it
+/// speaks HTTP/2 (its framing).
+struct Watchers {
+    activity: Arc<Activity>,
+    framing: Arc<Framing>,
+}
+
 /// The two ends of an accepted connection.
 struct Addresses {
     peer: SocketAddr,
@@ -467,7 +478,7 @@ async fn serve_connection(
     stream: ActivityIo<Returning>,
     Addresses { peer, listener }: Addresses,
     tls: Option<Arc<ListenerTls>>,
-    activity: Arc<Activity>,
+    watchers: Watchers,
     server: Arc<Server>,
     generation: Arc<Shared>,
     watcher: Watcher,
@@ -501,7 +512,7 @@ async fn serve_connection(
                 client_cert,
             };
             let http1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
-            run_http(stream, http1, conn, activity, server, &generation, watcher).await
+            run_http(stream, http1, conn, watchers, server, &generation, watcher).await
         }
         None => {
             let conn = Connection {
@@ -511,7 +522,7 @@ async fn serve_connection(
                 client_cert: None,
             };
             // HTTP/2 with prior knowledge is told by its preface.
-            run_http(stream, true, conn, activity, server, &generation, watcher).await
+            run_http(stream, true, conn, watchers, server, &generation, watcher).await
         }
     }
 }
@@ -561,7 +572,7 @@ async fn run_http<S>(
     stream: S,
     http1: bool,
     conn: Connection,
-    activity: Arc<Activity>,
+    Watchers { activity, framing }: Watchers,
     server: Arc<Server>,
     generation: &Shared,
     watcher: Watcher,
@@ -570,7 +581,6 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
-    let framing = Arc::new(Framing::default());
     let io = TokioIo::new(FramingIo {
         inner: stream,
         watch: Follower::new(
@@ -589,6 +599,7 @@ where
         // The one generation load of the request.
         let shared = server.current();
         let conn = conn.clone();
+        let activity = Arc::clone(&activity);
         let busy = Busy::new(Arc::clone(&activity));
         let version = request.version();
         // The server, not a clone of its shutdown token: cloning a token locks
@@ -600,7 +611,8 @@ where
             if let Ok(response) = &mut response {
                 super::draining::close_when_stopping(response, version, &server.shutdown);
             }
-            response
+            // Its chunks count as activity (over HTTP/2 bytes alone do not).
+            response.map(|response| response.map(|inner| Tracked { inner, activity }))
         }
     });
     let connection = watcher.watch(generation.http.serve_connection(io, service));

@@ -132,8 +132,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// Time allowed for the TLS handshake and for each request head (slowloris).
     pub header_read_timeout: Duration,
-    /// A connection with no request in progress and no byte moving for this long
-    /// is closed.
+    /// A connection with nothing going on for this long is closed: over HTTP/1 no
+    /// request waiting for its response head and no byte moving; over HTTP/2 no
+    /// request waiting, none started and no response body moving (control frames
+    /// such as PING do not count).
     pub idle_timeout: Duration,
     /// From a request's head to its response's head (reading and checking the
     /// body, forwarding, the backend's answer): 504 past it.

@@ -27,10 +27,10 @@ use crate::paths::Paths;
 
 pub use gateway::{
     AccessLogConfig, ApiConfig, ApiJwtConfig, BackendProtocolConfig, BackendTimeoutsConfig,
-    ClaimHeader, ClientAuthConfig, CounterConfig, GatewayConfig, ListenerConfig, ListenerTransport,
-    MAX_RATE_LIMIT_CALLS, MAX_RATE_LIMIT_PERIOD_SECS, ProductConfig, QuotaConfig,
-    RateLimitAlgorithm, RateLimitConfig, RoleRule, SniCertConfig, SubscriptionConfig,
-    SubscriptionRequirement,
+    ClaimHeader, ClientAuthConfig, CounterConfig, DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+    GatewayConfig, ListenerConfig, ListenerTransport, MAX_RATE_LIMIT_CALLS,
+    MAX_RATE_LIMIT_PERIOD_SECS, ProductConfig, QuotaConfig, RateLimitAlgorithm, RateLimitConfig,
+    RoleRule, SniCertConfig, SubscriptionConfig, SubscriptionRequirement,
 };
 pub use render::render_default;
 

@@ -29,6 +29,7 @@ pub mod security_events;
 mod server;
 mod serving;
 mod settings;
+mod sources;
 mod tls;
 mod watched;
 
@@ -79,6 +80,9 @@ pub struct GatewayStats {
     pub request_panics: AtomicU64,
     /// Connections closed (accepted minus closed: connections open).
     pub connections_closed: AtomicU64,
+    /// Connections closed at accept: their source had `max_connections_per_source`
+    /// open already (not counted as accepted).
+    pub connections_over_source_limit: AtomicU64,
     /// Responses by API, status and reason, and latency histograms (`/metrics`).
     pub http: metrics::HttpMetrics,
     /// Gateway-made error responses by APIM `LastError` reason.
@@ -121,6 +125,7 @@ impl GatewayStats {
             header_timeouts: Self::get(&self.header_timeouts),
             requests: Self::get(&self.requests),
             connections_closed: Self::get(&self.connections_closed),
+            connections_over_source_limit: Self::get(&self.connections_over_source_limit),
             request_panics: Self::get(&self.request_panics),
             rejected: rejections.iter().map(|(_, n)| n).sum(),
             rejections,
@@ -139,6 +144,8 @@ pub struct StatsSnapshot {
     pub requests: u64,
     /// Connections closed (accepted minus closed: open now).
     pub connections_closed: u64,
+    /// Connections closed at accept because their source had too many open.
+    pub connections_over_source_limit: u64,
     /// Requests whose handler panicked (answered 500).
     pub request_panics: u64,
     /// Gateway-made error responses, all reasons.

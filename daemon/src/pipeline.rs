@@ -705,6 +705,7 @@ pub fn gateway_settings(config: &Config) -> (Vec<ListenerSettings>, GatewaySetti
             max_header_bytes: gateway.max_header_bytes as usize,
             max_body_bytes: gateway.max_body_bytes,
             max_connections: gateway.max_connections as usize,
+            max_connections_per_source: gateway.max_connections_per_source as usize,
             header_read_timeout: gateway.header_read_timeout,
             idle_timeout: gateway.idle_timeout,
             request_timeout: gateway.request_timeout,

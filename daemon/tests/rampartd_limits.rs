@@ -1,10 +1,10 @@
 //! The real `rampartd` under clients that try to use up its resources: memory (an
-//! HTTP/2 client that opens huge windows and never reads), connection slots (idle
-//! HTTP/2 connections kept open with PINGs). Each test checks what any other client
-//! still gets.
+//! HTTP/2 client that opens huge windows and never reads), connection slots (one
+//! source holding them all, idle HTTP/2 connections kept open with PINGs). Each
+//! test checks what any other client still gets.
 //!
 //! The files have no `[filter]`: rampartd runs the gateway alone and the tests need
-//! no privileges. Clients bind 127.0.0.2 to be another source.
+//! no privileges. Clients bind 127.0.0.2 and 127.0.0.3 to be other sources.
 
 // Test code: a failed unwrap is a failed test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -140,6 +140,7 @@ struct Served {
     pki: Pki,
     tls: u16,
     plain: u16,
+    admin: u16,
     daemon: Rampartd,
 }
 
@@ -174,6 +175,7 @@ async fn serve_with(
         pki,
         tls,
         plain,
+        admin,
         daemon,
     }
 }
@@ -227,6 +229,20 @@ impl Served {
     async fn get_from(&self, source: &str, path: &str) -> (StatusCode, String) {
         let tls = self.tls_from(source, b"http/1.1").await.unwrap();
         get_on(tls, path).await
+    }
+
+    /// `GET path` on the admin listener: status and body.
+    async fn admin(&self, path: &str) -> (StatusCode, String) {
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(3),
+            TcpStream::connect(("127.0.0.1", self.admin)),
+        )
+        .await
+        .expect("the admin listener does not accept")
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(3), get_on(tcp, path))
+            .await
+            .expect("the admin listener does not answer")
     }
 }
 
@@ -463,6 +479,76 @@ async fn an_http2_client_that_does_not_read_pins_little_memory() {
 // ---------------------------------------------------------------------------
 // Connection slots
 // ---------------------------------------------------------------------------
+
+/// hunt5 #3: one address could hold every `max_connections` slot. With
+/// `max_connections = 8` and no `max_connections_per_source`, one address gets a
+/// quarter of them (2); its third connection is closed at accept, before TLS, and
+/// counted, while another address is served, and once one of its connections
+/// ends it gets another.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_source_cannot_take_every_connection_slot() {
+    let backend = Backend::start().await;
+    let mut s = serve("per-source", backend.addr, "max_connections = 8").await;
+
+    let first = s.tls_from("127.0.0.1", b"http/1.1").await.unwrap();
+    let second = s.tls_from("127.0.0.1", b"http/1.1").await.unwrap();
+    let refused = s.tls_from("127.0.0.1", b"http/1.1").await;
+    assert!(
+        refused.is_err(),
+        "a third connection from 127.0.0.1 was accepted"
+    );
+    assert_eq!(
+        s.get_from("127.0.0.2", "/b/fast").await,
+        (StatusCode::OK, "ok".to_owned())
+    );
+    // The two held connections still serve.
+    assert_eq!(get_on(first, "/b/fast").await.0, StatusCode::OK);
+    drop(second);
+    // The slot frees once rampartd has seen the close; each try before is refused
+    // and counted.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut refusals = 1;
+    loop {
+        if let Ok(tls) = s.tls_from("127.0.0.1", b"http/1.1").await {
+            assert_eq!(get_on(tls, "/b/fast").await.0, StatusCode::OK);
+            break;
+        }
+        refusals += 1;
+        assert!(Instant::now() < deadline, "127.0.0.1 refused for good");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, metrics) = s.admin("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let counted = format!("rampart_http_connections_over_source_limit_total {refusals}");
+    assert!(
+        metrics.lines().any(|l| l == counted),
+        "{counted}:\n{metrics}"
+    );
+    assert!(s.daemon.terminate().await.success());
+}
+
+/// Behind a trusted proxy the TCP peer is the proxy, which speaks for many
+/// clients: it is not capped, other addresses are.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trusted_proxy_is_not_capped() {
+    let backend = Backend::start().await;
+    let mut s = serve(
+        "per-source-proxy",
+        backend.addr,
+        "max_connections_per_source = 1\ntrusted_proxies = [\"127.0.0.3\"]",
+    )
+    .await;
+    let mut proxied = Vec::new();
+    for _ in 0..3 {
+        proxied.push(s.tls_from("127.0.0.3", b"http/1.1").await.unwrap());
+    }
+    for tls in proxied {
+        assert_eq!(get_on(tls, "/b/fast").await.0, StatusCode::OK);
+    }
+    let _held = s.tls_from("127.0.0.1", b"http/1.1").await.unwrap();
+    assert!(s.tls_from("127.0.0.1", b"http/1.1").await.is_err());
+    assert!(s.daemon.terminate().await.success());
+}
 
 /// hunt5 #3: HTTP/2 PINGs kept an idle connection open for ever (every byte counted
 /// as activity). Now an HTTP/2 connection with no request for `idle_timeout_secs`

@@ -207,11 +207,16 @@ fn gateway_families(
     jwks: &[JwksStatus],
     now: f64,
 ) {
-    let connection_counters: [(&str, &str, u64); 5] = [
+    let connection_counters: [(&str, &str, u64); 6] = [
         (
             "rampart_http_connections_accepted_total",
             "Client connections accepted by the gateway listeners.",
             stats.connections_accepted,
+        ),
+        (
+            "rampart_http_connections_over_source_limit_total",
+            "Client connections closed at accept because their source address had max_connections_per_source open.",
+            stats.connections_over_source_limit,
         ),
         (
             "rampart_tls_handshake_failures_total",

@@ -96,6 +96,7 @@ fn every_family_renders_well_formed() {
         stats: StatsSnapshot {
             connections_accepted: 7,
             connections_closed: 5,
+            connections_over_source_limit: 3,
             ..StatsSnapshot::default()
         },
         apis: http.snapshot(),
@@ -148,6 +149,7 @@ fn every_family_renders_well_formed() {
         "rampart_active_bans 1",
         "rampart_interfaces_attached 1",
         "rampart_http_connections_open 2",
+        "rampart_http_connections_over_source_limit_total 3",
         "rampart_http_requests_total{api=\"orders\",status=\"200\",reason=\"\"} 4",
         "rampart_http_requests_total{api=\"orders\",status=\"429\",reason=\"RateLimitExceeded\"} 1",
         "rampart_http_requests_total{api=\"\",status=\"404\",reason=\"OperationNotFound\"} 1",

@@ -289,12 +289,26 @@ pub struct SubscriptionConfig {
     pub secondary: KeyHash,
 }
 
+/// `max_connections_per_source` when not given: this, or a quarter of
+/// `max_connections` when that is less ([`default_connections_per_source`]).
+pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: u32 = 256;
+
+/// The default `max_connections_per_source` for `max_connections`: 256, so that with
+/// the default 10,000 slots one address holds at most 2.5 % of them, and at most a
+/// quarter of a smaller `max_connections`, so that one address never takes every
+/// slot (at least 1).
+pub fn default_connections_per_source(max_connections: u32) -> u32 {
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE.min((max_connections / 4).max(1))
+}
+
 /// `[gateway]`: limits that protect the gateway, trusted proxies, backend CAs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayConfig {
     pub max_header_bytes: u32,
     pub max_body_bytes: u64,
     pub max_connections: u32,
+    /// Client connections from one address at once; 0: no cap.
+    pub max_connections_per_source: u32,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
@@ -340,6 +354,7 @@ impl Default for GatewayConfig {
             max_header_bytes: 32 * 1024,
             max_body_bytes: 100 * 1024 * 1024,
             max_connections: 10_000,
+            max_connections_per_source: default_connections_per_source(10_000),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(300),

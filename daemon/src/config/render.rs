@@ -2,8 +2,9 @@
 
 use super::{
     AttachMode, DEFAULT_EVENTS_BURST, DEFAULT_EVENTS_PER_SECOND, DEFAULT_GEO_DATABASE,
-    DEFAULT_MAX_DENY_ENTRIES, DEFAULT_PROTECT, LogLevel, LogTarget, MAX_DENY_ENTRIES,
-    MAX_EVENTS_PER_SECOND, MAX_FLOOD_PACKETS_PER_SECOND, MIN_DENY_ENTRIES,
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE, DEFAULT_MAX_DENY_ENTRIES, DEFAULT_PROTECT, LogLevel,
+    LogTarget, MAX_DENY_ENTRIES, MAX_EVENTS_PER_SECOND, MAX_FLOOD_PACKETS_PER_SECOND,
+    MIN_DENY_ENTRIES,
 };
 use crate::paths::{DEFAULT_CONFIG_FILE, DEFAULT_PIN_ROOT, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
 
@@ -141,6 +142,10 @@ max_deny_entries = {DEFAULT_MAX_DENY_ENTRIES}
 # max_header_bytes = 32768
 # max_body_bytes = 104857600
 # max_connections = 10000
+# # Connections from one client address at once; more are closed at accept
+# # (0 = no cap). Default: {DEFAULT_MAX_CONNECTIONS_PER_SOURCE}, or max_connections / 4 when that is less.
+# # Trusted proxies are not capped.
+# max_connections_per_source = {DEFAULT_MAX_CONNECTIONS_PER_SOURCE}
 # header_read_timeout_secs = 10
 # # HTTP/1: no request waiting and no byte moving; HTTP/2: no request waiting,
 # # none started and no response body moving (PINGs do not count).

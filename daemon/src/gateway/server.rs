@@ -29,7 +29,8 @@ use super::handler::{Connection, Shared};
 use super::lingering::{Lingering, Returning, linger};
 use super::panics::handle_catching;
 use super::proxy::Chain;
-use super::settings::{Limits, ListenerSettings, Transport};
+use super::settings::{Limits, ListenerSettings, Transport, is_trusted};
+use super::sources::Sources;
 use super::tls::ListenerTls;
 use crate::policy::client_cert::ClientCertificate;
 
@@ -161,6 +162,8 @@ pub(crate) struct Server {
     /// sized for.
     publishing: Mutex<usize>,
     slots: Arc<Semaphore>,
+    /// Connections open per source (`max_connections_per_source`).
+    sources: Arc<Sources>,
     listeners: Mutex<Vec<Listener>>,
     stats: Arc<GatewayStats>,
     shutdown: CancellationToken,
@@ -183,6 +186,7 @@ impl Server {
             current: ArcSwap::from_pointee(shared),
             publishing: Mutex::new(max_connections),
             slots: Arc::new(Semaphore::new(max_connections)),
+            sources: Arc::new(Sources::default()),
             listeners: Mutex::new(Vec::new()),
             shutdown,
             alive: Mutex::new(Some(alive)),
@@ -354,6 +358,23 @@ async fn listener_task(
                 continue;
             }
         };
+        // Counted for its source before it waits for a slot, so that one source
+        // cannot queue for every slot either. Behind a trusted proxy the peer is
+        // the proxy, which speaks for many clients: not capped.
+        let source_slot = {
+            let current = server.current.load();
+            let cap = current.limits.max_connections_per_source;
+            if cap == 0 || is_trusted(&current.trusted_proxies, peer.ip()) {
+                None
+            } else if let Some(counted) = server.sources.admit(peer.ip(), cap) {
+                Some(counted)
+            } else {
+                GatewayStats::bump(&server.stats.connections_over_source_limit);
+                tracing::debug!(%peer, cap, "connection refused: its source has max_connections_per_source open");
+                drop(stream);
+                continue;
+            }
+        };
         // The slot is taken after accept: taking it before would let an idle
         // listener hold a slot that another listener's clients need. While all
         // slots are taken, this listener holds one accepted connection unserved
@@ -425,6 +446,7 @@ async fn listener_task(
             }
             GatewayStats::bump(&stats.connections_closed);
             drop(slot);
+            drop(source_slot);
         });
     }
     drop(socket);

@@ -332,6 +332,8 @@ fn gateway_section_quotas_subscriptions_and_api_extras() {
     assert_eq!(g.max_header_bytes, 8192);
     assert_eq!(g.max_body_bytes, 1_048_576);
     assert_eq!(g.max_connections, 50);
+    // Not given: a quarter of max_connections, since that is less than 256.
+    assert_eq!(g.max_connections_per_source, 12);
     assert_eq!(g.header_read_timeout, Duration::from_secs(3));
     assert_eq!(g.idle_timeout, Duration::from_secs(20));
     assert_eq!(g.request_timeout, Duration::from_secs(40));
@@ -384,6 +386,27 @@ fn gateway_section_quotas_subscriptions_and_api_extras() {
     assert_eq!(sub.state, SubscriptionState::Suspended);
     assert_eq!(sub.primary.to_hex(), HASH_A);
     assert_eq!(sub.secondary.to_hex(), HASH_B);
+}
+
+#[test]
+fn connections_per_source() {
+    let gateway = |keys: &str| parse_ok(&with_filter(&format!("[gateway]\n{keys}"))).gateway;
+    let defaults = GatewayConfig::default();
+    assert_eq!(defaults.max_connections_per_source, 256);
+    assert_eq!(
+        gateway("max_connections = 2\n").max_connections_per_source,
+        1
+    );
+    assert_eq!(
+        gateway("max_connections = 2000\n").max_connections_per_source,
+        256
+    );
+    let given = gateway("max_connections = 50\nmax_connections_per_source = 0\n");
+    assert_eq!(given.max_connections_per_source, 0);
+    assert_eq!(
+        single_error(&with_filter("[gateway]\nmax_connections_per_source = -1\n")),
+        "t.toml:4:30: `gateway.max_connections_per_source` must be between 0 and 1000000, not -1"
+    );
 }
 
 #[test]

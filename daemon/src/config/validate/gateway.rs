@@ -13,7 +13,7 @@ use super::Checker;
 use crate::config::gateway::{
     AccessLogConfig, ApiJwtConfig, BackendProtocolConfig, BackendTimeoutsConfig, ClaimHeader,
     ClientAuthConfig, CounterConfig, GatewayConfig, QuotaConfig, RateLimitAlgorithm, RoleRule,
-    SubscriptionConfig,
+    SubscriptionConfig, default_connections_per_source,
 };
 use crate::config::gateway::{MAX_IPV6_CLIENT_PREFIX, MIN_IPV6_CLIENT_PREFIX};
 use crate::config::raw::{
@@ -1110,6 +1110,12 @@ impl Checker<'_> {
             .into_iter()
             .map(|path| self.path("gateway.backend_ca", path))
             .collect();
+        let max_connections = self.integer(
+            "gateway.max_connections",
+            raw.max_connections,
+            1..=1_000_000,
+            defaults.max_connections,
+        );
         GatewayConfig {
             max_header_bytes: self.integer(
                 "gateway.max_header_bytes",
@@ -1123,11 +1129,12 @@ impl Checker<'_> {
                 1..=1 << 40,
                 defaults.max_body_bytes,
             ),
-            max_connections: self.integer(
-                "gateway.max_connections",
-                raw.max_connections,
-                1..=1_000_000,
-                defaults.max_connections,
+            max_connections,
+            max_connections_per_source: self.integer(
+                "gateway.max_connections_per_source",
+                raw.max_connections_per_source,
+                0..=1_000_000,
+                default_connections_per_source(max_connections),
             ),
             header_read_timeout: self.seconds(
                 "gateway.header_read_timeout_secs",

@@ -12,6 +12,7 @@
 
 mod activity;
 mod backends;
+pub(crate) mod descriptors;
 mod draining;
 mod error;
 mod forwarded;

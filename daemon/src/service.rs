@@ -471,6 +471,7 @@ fn start_filter(
 
 /// Runs the daemon until SIGTERM or SIGINT. The filter stays attached.
 pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
+    let open_files = raise_open_file_limit();
     let desired = prepare(&config_path)?;
     let store = StateStore::open(&desired.config.daemon.state_dir)?;
     let loaded_countries = match store.state().geo {
@@ -515,7 +516,7 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
         let event_log = EventLog::new(EVENT_LOG_CAPACITY);
         let shutdown = CancellationToken::new();
         let (inbox, messages) = std::sync::mpsc::channel::<Message>();
-        let gateway = start_gateway(&desired.config, shutdown.clone()).await?;
+        let gateway = start_gateway(&desired.config, shutdown.clone(), open_files).await?;
         let admin = metrics::start_admin(&desired.config, gateway.as_ref(), &inbox).await?;
         crate::lifecycle::sockets::close_unclaimed();
         let config_countries = desired
@@ -678,10 +679,41 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
 /// Starts the gateway when the configuration has listeners; it serves on this
 /// runtime until `shutdown` is cancelled. Every problem is logged; the first
 /// one is the error (and chooses the exit code).
+/// Raises the soft open-file limit to the hard one (gateway::descriptors); the
+/// limit in force, if it could be read.
+fn raise_open_file_limit() -> Option<u64> {
+    match crate::gateway::descriptors::raise_open_file_limit() {
+        Ok(limit) => {
+            if limit.now != limit.was {
+                tracing::info!(
+                    was = limit.was,
+                    now = limit.now,
+                    "open-file limit raised to the hard limit"
+                );
+            }
+            Some(limit.now)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read or raise the open-file limit");
+            None
+        }
+    }
+}
+
 async fn start_gateway(
     config: &Config,
     shutdown: CancellationToken,
+    open_files: Option<u64>,
 ) -> Result<Option<Arc<RunningGateway>>, ServiceError> {
+    if !config.listeners.is_empty()
+        && let Some(limit) = open_files
+    {
+        crate::gateway::descriptors::check(
+            config.gateway.max_connections,
+            config.gateway.max_backend_requests,
+            limit,
+        );
+    }
     match crate::gateway::running::start(config, shutdown).await {
         Ok(gateway) => Ok(gateway.map(Arc::new)),
         Err(e) => {

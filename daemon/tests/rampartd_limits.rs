@@ -1,7 +1,8 @@
 //! The real `rampartd` under clients that try to use up its resources: memory (an
 //! HTTP/2 client that opens huge windows and never reads), connection slots (one
-//! source holding them all, idle HTTP/2 connections kept open with PINGs). Each
-//! test checks what any other client still gets.
+//! source holding them all, idle HTTP/2 connections kept open with PINGs), file
+//! descriptors (requests held open at a backend). Each test checks what any other
+//! client still gets.
 //!
 //! The files have no `[filter]`: rampartd runs the gateway alone and the tests need
 //! no privileges. Clients bind 127.0.0.2 and 127.0.0.3 to be other sources.
@@ -15,7 +16,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -28,22 +29,29 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
 
 // ---------------------------------------------------------------------------
 // The backend
 // ---------------------------------------------------------------------------
 
 /// The backend: `/endless` streams 64 KiB chunks for ever (counting the bytes it
-/// produced), `/trickle` sends 10 chunks 300 ms apart, `/sleep` answers after 2 s,
-/// anything else "ok".
+/// produced), `/hold` answers only once released (counting the requests it holds),
+/// `/trickle` sends 10 chunks 300 ms apart, `/sleep` answers after 2 s, anything
+/// else "ok". It counts the connections it accepted.
 struct Backend {
     addr: SocketAddr,
     produced: Arc<AtomicU64>,
+    held: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+    release: watch::Sender<bool>,
 }
 
 #[derive(Clone)]
 struct Counters {
     produced: Arc<AtomicU64>,
+    held: Arc<AtomicUsize>,
+    released: watch::Receiver<bool>,
 }
 
 type BackendBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
@@ -83,6 +91,13 @@ async fn backend_service(
             }
             .boxed_unsync(),
         ),
+        "/hold" => {
+            counters.held.fetch_add(1, Ordering::SeqCst);
+            let mut released = counters.released;
+            let _ = released.wait_for(|released| *released).await;
+            counters.held.fetch_sub(1, Ordering::SeqCst);
+            text("released")
+        }
         "/trickle" => {
             let chunks = futures_util::stream::unfold(0, |n| async move {
                 if n == 10 {
@@ -106,15 +121,23 @@ impl Backend {
     async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (release, released) = watch::channel(false);
         let counters = Counters {
             produced: Arc::new(AtomicU64::new(0)),
+            held: Arc::new(AtomicUsize::new(0)),
+            released,
         };
+        let connections = Arc::new(AtomicUsize::new(0));
         let backend = Self {
             addr,
             produced: Arc::clone(&counters.produced),
+            held: Arc::clone(&counters.held),
+            connections: Arc::clone(&connections),
+            release,
         };
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                connections.fetch_add(1, Ordering::SeqCst);
                 let counters = counters.clone();
                 tokio::spawn(async move {
                     let service =
@@ -126,6 +149,19 @@ impl Backend {
             }
         });
         backend
+    }
+
+    /// Waits (at most 20 s) until `/hold` holds `n` requests.
+    async fn wait_held(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.held.load(Ordering::SeqCst) < n {
+            assert!(
+                Instant::now() < deadline,
+                "the backend holds {} requests, not {n}",
+                self.held.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -141,7 +177,29 @@ struct Served {
     tls: u16,
     plain: u16,
     admin: u16,
+    runtime: std::path::PathBuf,
+    config: std::path::PathBuf,
+    /// The configuration's text, and the `[gateway]` keys in it.
+    text: (String, String),
     daemon: Rampartd,
+}
+
+/// Sets RLIMIT_NOFILE in the child before it runs rampartd.
+fn open_file_limit(command: &mut std::process::Command, soft: u64, hard: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 async fn serve_with(
@@ -176,6 +234,9 @@ async fn serve_with(
         tls,
         plain,
         admin,
+        runtime,
+        config,
+        text: (text, gateway.to_owned()),
         daemon,
     }
 }
@@ -201,6 +262,18 @@ async fn connect_from(source: &str, port: u16, recv_buffer: Option<u32>) -> TcpS
 }
 
 impl Served {
+    /// Writes the configuration with `gateway` as its `[gateway]` keys and reloads
+    /// it (SIGHUP), waiting until the gateway took it.
+    async fn reload(&mut self, gateway: &str) {
+        let (text, keys) = &self.text;
+        let text = text.replace(&format!("\n{keys}\n"), &format!("\n{gateway}\n"));
+        std::fs::write(&self.config, &text).unwrap();
+        self.text = (text, gateway.to_owned());
+        let seen = self.daemon.log_count("gateway reloaded");
+        self.daemon.signal(libc::SIGHUP);
+        self.daemon.wait_for_log("gateway reloaded", seen).await;
+    }
+
     fn tls_base(&self) -> String {
         format!("https://localhost:{}", self.tls)
     }
@@ -618,5 +691,237 @@ async fn http2_requests_in_progress_keep_their_connection() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "chunk\n".repeat(10));
     assert!(!connection.is_finished());
+    assert!(s.daemon.terminate().await.success());
+}
+
+// ---------------------------------------------------------------------------
+// File descriptors
+// ---------------------------------------------------------------------------
+
+/// hunt5 #2: each request in flight to a backend holds a backend connection, and
+/// nothing bounded them. With `max_backend_requests = 4` and four requests held at
+/// the backend, the fifth gets 503 at once without a connection to the backend;
+/// once the held ones finish, requests pass again.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_past_max_backend_requests_get_503_at_once() {
+    let backend = Backend::start().await;
+    let mut s = serve("backend-requests", backend.addr, "max_backend_requests = 4").await;
+    let tcp = connect_from("127.0.0.1", s.plain, None).await;
+    let (client, connection) = h2_client(tcp).await;
+    tokio::spawn(connection);
+    let base = s.plain_base();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let client = client.clone();
+        let base = base.clone();
+        held.push(tokio::spawn(async move {
+            h2_get(&client, &base, "/b/hold").await
+        }));
+    }
+    backend.wait_held(4).await;
+
+    let started = Instant::now();
+    let refused = tokio::time::timeout(Duration::from_secs(3), h2_get(&client, &base, "/b/hold"))
+        .await
+        .expect("the request past max_backend_requests waits")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        refused,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{ "statusCode": 503, "message": "Service unavailable" }"#.to_owned()
+        )
+    );
+    // The same over another connection and HTTP/1.1.
+    let (status, _) = s.get_from("127.0.0.2", "/b/fast").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(backend.held.load(Ordering::SeqCst), 4);
+    assert_eq!(
+        backend.connections.load(Ordering::SeqCst),
+        4,
+        "no connection for the refused"
+    );
+
+    backend.release.send(true).unwrap();
+    for request in held {
+        assert_eq!(
+            request.await.unwrap().unwrap(),
+            (StatusCode::OK, "released".to_owned())
+        );
+    }
+    assert_eq!(
+        h2_get(&client, &base, "/b/fast").await.unwrap(),
+        (StatusCode::OK, "ok".to_owned())
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = s.daemon.log();
+    assert_eq!(
+        log.lines()
+            .filter(
+                |l| l.contains("rampart::access") && l.contains("reason=\"BackendRequestLimit\"")
+            )
+            .count(),
+        2,
+        "{log}"
+    );
+    let (_, metrics) = s.admin("/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l
+            == "rampart_http_requests_total{api=\"b\",status=\"503\",reason=\"BackendRequestLimit\"} 2"),
+        "{metrics}"
+    );
+    assert!(s.daemon.terminate().await.success());
+}
+
+/// A reload changes `max_backend_requests` for the requests that come next; those
+/// in flight keep their place.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_backend_requests_changes_with_a_reload() {
+    let backend = Backend::start().await;
+    let mut s = serve(
+        "backend-requests-reload",
+        backend.addr,
+        "max_backend_requests = 1",
+    )
+    .await;
+    let tcp = connect_from("127.0.0.1", s.plain, None).await;
+    let (client, connection) = h2_client(tcp).await;
+    tokio::spawn(connection);
+    let base = s.plain_base();
+    let hold = |client: &h2::client::SendRequest<Bytes>| {
+        let (client, base) = (client.clone(), base.clone());
+        tokio::spawn(async move { h2_get(&client, &base, "/b/hold").await })
+    };
+    let first = hold(&client);
+    backend.wait_held(1).await;
+    let refused = h2_get(&client, &base, "/b/fast").await.unwrap();
+    assert_eq!(refused.0, StatusCode::SERVICE_UNAVAILABLE);
+
+    s.reload("max_backend_requests = 3").await;
+    let more = [hold(&client), hold(&client)];
+    backend.wait_held(3).await;
+    assert_eq!(
+        h2_get(&client, &base, "/b/fast").await.unwrap().0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Down to 2 while 3 are held: the next passes only once two have finished.
+    s.reload("max_backend_requests = 2").await;
+    assert_eq!(
+        h2_get(&client, &base, "/b/fast").await.unwrap().0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    backend.release.send(true).unwrap();
+    for held in std::iter::once(first).chain(more) {
+        assert_eq!(held.await.unwrap().unwrap().0, StatusCode::OK);
+    }
+    // Two now, held by two requests that take 2 s at the backend.
+    let sleeping: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, base) = (client.clone(), base.clone());
+            tokio::spawn(async move { h2_get(&client, &base, "/b/sleep").await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        h2_get(&client, &base, "/b/fast").await.unwrap().0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    for request in sleeping {
+        assert_eq!(request.await.unwrap().unwrap().0, StatusCode::OK);
+    }
+    assert!(s.daemon.terminate().await.success());
+}
+
+/// hunt5 #2: three HTTP/2 connections with 100 requests each held at the backend
+/// took 300 backend connections: at the open-file limit every accept failed, the
+/// admin listener's too. With a limit of 512 descriptors and 600 such requests, the
+/// caps keep rampartd below it: the admin listener and the control socket answer,
+/// and a new client gets an answer (503) instead of a hang.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_and_control_keep_working_when_the_gateway_is_at_its_limits() {
+    let backend = Backend::start().await;
+    let mut s = serve_with(
+        "descriptors",
+        backend.addr,
+        "max_connections = 64\nmax_backend_requests = 64",
+        |command| open_file_limit(command, 512, 512),
+    )
+    .await;
+    let mut attackers = Vec::new();
+    for _ in 0..6 {
+        attackers.push(no_reader(s.plain, 100, "/b/hold").await);
+    }
+    backend.wait_held(64).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fds = s.daemon.open_fds();
+    eprintln!(
+        "rampartd holds {fds} descriptors (limit 512); the backend holds {} requests",
+        backend.held.load(Ordering::SeqCst)
+    );
+
+    assert_eq!(s.admin("/healthz").await.0, StatusCode::OK);
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .arg("status")
+        .env("RAMPART_SOCKET", s.runtime.join("control.sock"))
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert_eq!(
+        s.get_from("127.0.0.2", "/b/fast").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(fds < 400, "{fds} descriptors open");
+    let log = s.daemon.log();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(!log.contains("open-file limit is lower"), "{log}");
+
+    drop(attackers);
+    backend.release.send(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.get_from("127.0.0.2", "/b/fast").await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline, "still refused after the attack");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(s.daemon.terminate().await.success());
+}
+
+/// rampartd raises its soft open-file limit to the hard one at start, and warns
+/// (naming the keys) when the gateway's limits do not fit in it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_open_file_limit_is_raised_and_checked_at_start() {
+    let backend = Backend::start().await;
+    let mut s = serve_with("nofile", backend.addr, "", |command| {
+        open_file_limit(command, 256, 4096)
+    })
+    .await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", s.daemon.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>(),
+        ["Max", "open", "files", "4096", "4096", "files"],
+        "{limits}"
+    );
+    let log = s.daemon.log();
+    assert!(
+        log.contains("open-file limit raised to the hard limit") && log.contains("was=256"),
+        "{log}"
+    );
+    assert!(
+        log.contains("max_connections + max_backend_requests + 256 reserved = 20256 descriptors, the limit is 4096"),
+        "{log}"
+    );
+    assert_eq!(s.get_from("127.0.0.1", "/b/fast").await.0, StatusCode::OK);
     assert!(s.daemon.terminate().await.success());
 }

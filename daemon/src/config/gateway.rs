@@ -309,6 +309,8 @@ pub struct GatewayConfig {
     pub max_connections: u32,
     /// Client connections from one address at once; 0: no cap.
     pub max_connections_per_source: u32,
+    /// Requests in flight to backends over all APIs; more get 503.
+    pub max_backend_requests: u32,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
@@ -355,6 +357,7 @@ impl Default for GatewayConfig {
             max_body_bytes: 100 * 1024 * 1024,
             max_connections: 10_000,
             max_connections_per_source: default_connections_per_source(10_000),
+            max_backend_requests: 10_000,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(300),

@@ -146,6 +146,9 @@ max_deny_entries = {DEFAULT_MAX_DENY_ENTRIES}
 # # (0 = no cap). Default: {DEFAULT_MAX_CONNECTIONS_PER_SOURCE}, or max_connections / 4 when that is less.
 # # Trusted proxies are not capped.
 # max_connections_per_source = {DEFAULT_MAX_CONNECTIONS_PER_SOURCE}
+# # Requests in flight to backends, all APIs together (each holds a backend
+# # connection); more get 503 at once.
+# max_backend_requests = 10000
 # header_read_timeout_secs = 10
 # # HTTP/1: no request waiting and no byte moving; HTTP/2: no request waiting,
 # # none started and no response body moving (PINGs do not count).

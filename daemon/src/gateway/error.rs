@@ -175,6 +175,16 @@ impl Rejection {
         )
     }
 
+    /// `max_backend_requests` requests are in flight to backends: refused without
+    /// opening a connection.
+    pub fn backend_requests_exhausted() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service unavailable",
+            "BackendRequestLimit",
+        )
+    }
+
     /// `backend_auth` has no token to send (none obtained yet, or expired).
     pub fn backend_auth_unavailable() -> Self {
         Self::new(

@@ -48,6 +48,9 @@ pub(crate) struct Shared {
     pub(crate) rejections: Option<Arc<dyn RejectionSink>>,
     /// HTTP/1.1 + HTTP/2 settings of the connections accepted under this generation.
     pub(crate) http: Arc<auto::Builder<TokioExecutor>>,
+    /// One permit per request in flight to a backend (`max_backend_requests`): the
+    /// same semaphore in every generation, resized by the server.
+    pub(crate) backend_requests: Arc<tokio::sync::Semaphore>,
 }
 
 /// The connection a request came on.
@@ -495,6 +498,15 @@ async fn process(
                         Either::Right(Full::new(bytes))
                     }
                 };
+                // Each request in flight to a backend holds a connection (a file
+                // descriptor) until its response body ends: past the limit, 503
+                // without one, instead of running out of descriptors for every
+                // client and the admin listener (a semaphore's try_acquire: one
+                // atomic operation, no lock).
+                let Ok(permit) = Arc::clone(&shared.backend_requests).try_acquire_owned() else {
+                    tracing::debug!(api = %backend.name, limit = limits.max_backend_requests, "max_backend_requests in flight; request refused");
+                    return Err(Stop::Reject(Rejection::backend_requests_exhausted()));
+                };
                 set_forwarding_headers(
                     &mut parts.headers,
                     ClientHop {
@@ -505,7 +517,7 @@ async fn process(
                     },
                 );
                 backend
-                    .forward(parts, upstream, &rest, deadline)
+                    .forward(parts, upstream, &rest, deadline, permit)
                     .await
                     .map_err(|rejection| {
                         if rejection.status == http::StatusCode::BAD_REQUEST {

@@ -20,6 +20,7 @@ use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use tokio::sync::OwnedSemaphorePermit;
 use url::Url;
 
 use super::error::{GatewayError, Rejection};
@@ -153,6 +154,9 @@ impl Backend {
         let connector = builder.enable_http2().wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(api.timeouts.pool_idle)
+            // As many as the HTTP/1.1 pool keeps (hyper-util keeps any number):
+            // each is a file descriptor.
+            .pool_max_idle_per_host(upstream::MAX_IDLE)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(api.backend_protocol == BackendProtocol::Http2)
@@ -200,13 +204,15 @@ impl Backend {
     /// Sends the request and returns the backend's response head with its body
     /// streaming, or the rejection the client gets instead: 504 when the head has
     /// not come within the backend's response timeout or by `deadline` (the
-    /// request's own), whichever is first (one timer).
+    /// request's own), whichever is first (one timer). `permit` (one of
+    /// `max_backend_requests`) is held until the response body ends or is dropped.
     pub(crate) async fn forward(
         &self,
         parts: request::Parts,
         body: UpstreamBody,
         rest_of_path: &str,
         deadline: tokio::time::Instant,
+        permit: OwnedSemaphorePermit,
     ) -> Result<Response<ResponseBody>, Rejection> {
         let mut parts = parts;
         if let Some(credential) = &self.credential {
@@ -252,6 +258,7 @@ impl Backend {
                 deadline <= own,
                 upstream::UpstreamError::is_connect,
                 || {},
+                permit,
             );
         }
         parts.uri = self.upstream_uri(rest_of_path, parts.uri.query())?;
@@ -270,6 +277,7 @@ impl Backend {
                     connected.poison();
                 }
             },
+            permit,
         )
     }
 
@@ -289,9 +297,10 @@ impl Backend {
         request_deadline_passed: bool,
         is_connect: fn(&E) -> bool,
         discard_connection: impl FnOnce(),
+        permit: OwnedSemaphorePermit,
     ) -> Result<Response<ResponseBody>, Rejection>
     where
-        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: StdError + Send + Sync + 'static,
         E: StdError + 'static,
     {
@@ -307,7 +316,13 @@ impl Backend {
             return Err(self.classify(&invalid, false));
         }
         super::forwarded::remove_hop_by_hop(&mut parts.headers);
-        let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
+        // In the one box the body already takes: no allocation for the permit.
+        let body = Permitted {
+            inner: body,
+            _permit: permit,
+        }
+        .map_err(|e| -> BoxError { Box::new(e) })
+        .boxed_unsync();
         Ok(Response::from_parts(parts, body))
     }
 
@@ -372,6 +387,33 @@ impl Backend {
             .path_and_query(path_and_query)
             .build();
         uri.map_err(|_| Rejection::bad_request())
+    }
+}
+
+/// A backend's response body with the `max_backend_requests` permit of its
+/// request, given back when the body is dropped (ended, or the client went away).
+struct Permitted<B> {
+    inner: B,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Permitted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -158,9 +158,8 @@ pub(crate) struct ListenerInfo {
 pub(crate) struct Server {
     current: ArcSwap<Shared>,
     /// Held while a new generation is made from the current one, so that two
-    /// changes never overwrite each other; the `max_connections` the slots are
-    /// sized for.
-    publishing: Mutex<usize>,
+    /// changes never overwrite each other; what the semaphores are sized for.
+    publishing: Mutex<SizedFor>,
     slots: Arc<Semaphore>,
     /// Connections open per source (`max_connections_per_source`).
     sources: Arc<Sources>,
@@ -173,6 +172,15 @@ pub(crate) struct Server {
     drained: Mutex<Option<mpsc::Receiver<()>>>,
 }
 
+/// The limits the semaphores were last sized for.
+struct SizedFor {
+    /// `max_connections`: [`Server::slots`].
+    connections: usize,
+    /// `max_backend_requests`: [`Shared::backend_requests`], the same semaphore in
+    /// every generation.
+    backend_requests: usize,
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -183,8 +191,11 @@ impl Server {
         let (alive, drained) = mpsc::channel(1);
         Arc::new(Self {
             stats: Arc::clone(&shared.stats),
+            publishing: Mutex::new(SizedFor {
+                connections: max_connections,
+                backend_requests: shared.limits.max_backend_requests.max(1),
+            }),
             current: ArcSwap::from_pointee(shared),
-            publishing: Mutex::new(max_connections),
             slots: Arc::new(Semaphore::new(max_connections)),
             sources: Arc::new(Sources::default()),
             listeners: Mutex::new(Vec::new()),
@@ -204,20 +215,29 @@ impl Server {
     pub(crate) fn publish(&self, next: impl FnOnce(&Shared) -> Shared) {
         let mut sized_for = lock(&self.publishing);
         let next = next(&self.current.load());
-        self.resize_slots(&mut sized_for, next.limits.max_connections.max(1));
+        self.resize(
+            &self.slots,
+            &mut sized_for.connections,
+            next.limits.max_connections.max(1),
+        );
+        self.resize(
+            &next.backend_requests,
+            &mut sized_for.backend_requests,
+            next.limits.max_backend_requests.max(1),
+        );
         self.current.store(Arc::new(next));
     }
 
-    /// `max_connections` changed: more slots at once; fewer as connections end.
-    fn resize_slots(&self, sized_for: &mut usize, wanted: usize) {
+    /// A limit changed: more permits at once; fewer as the ones in use come back.
+    fn resize(&self, semaphore: &Arc<Semaphore>, sized_for: &mut usize, wanted: usize) {
         if wanted > *sized_for {
-            self.slots.add_permits(wanted - *sized_for);
+            semaphore.add_permits(wanted - *sized_for);
         } else if wanted < *sized_for {
             let excess = *sized_for - wanted;
-            let forgotten = self.slots.forget_permits(excess);
+            let forgotten = semaphore.forget_permits(excess);
             let rest = excess - forgotten;
             if rest > 0 {
-                let slots = Arc::clone(&self.slots);
+                let slots = Arc::clone(semaphore);
                 let shutdown = self.shutdown.clone();
                 tokio::spawn(async move {
                     for _ in 0..rest {

@@ -224,6 +224,13 @@ fn generation(
         Some(current) if current.limits == settings.limits => Arc::clone(&current.http),
         _ => Arc::new(server::http_builder(&settings.limits)),
     };
+    // Requests in flight keep their permits across a reload; the server resizes it.
+    let backend_requests = match current {
+        Some(current) => Arc::clone(&current.backend_requests),
+        None => Arc::new(tokio::sync::Semaphore::new(
+            settings.limits.max_backend_requests.max(1),
+        )),
+    };
     Shared {
         routes,
         limits: settings.limits,
@@ -233,6 +240,7 @@ fn generation(
         stats,
         rejections,
         http,
+        backend_requests,
     }
 }
 

@@ -133,6 +133,9 @@ pub struct Limits {
     /// Concurrent client connections from one address (the TCP peer); one more is
     /// closed at accept. 0: no cap. Trusted proxies are not capped.
     pub max_connections_per_source: usize,
+    /// Requests in flight to backends, over all APIs (each holds a backend
+    /// connection, a file descriptor); one more gets 503 without a connection.
+    pub max_backend_requests: usize,
     /// Time allowed for the TLS handshake and for each request head (slowloris).
     pub header_read_timeout: Duration,
     /// A connection with nothing going on for this long is closed: over HTTP/1 no
@@ -165,6 +168,7 @@ impl Default for Limits {
             max_body_bytes: 100 * 1024 * 1024,
             max_connections: 10_000,
             max_connections_per_source: 256,
+            max_backend_requests: 10_000,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(300),

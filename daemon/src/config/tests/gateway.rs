@@ -334,6 +334,7 @@ fn gateway_section_quotas_subscriptions_and_api_extras() {
     assert_eq!(g.max_connections, 50);
     // Not given: a quarter of max_connections, since that is less than 256.
     assert_eq!(g.max_connections_per_source, 12);
+    assert_eq!(g.max_backend_requests, 10_000);
     assert_eq!(g.header_read_timeout, Duration::from_secs(3));
     assert_eq!(g.idle_timeout, Duration::from_secs(20));
     assert_eq!(g.request_timeout, Duration::from_secs(40));
@@ -389,10 +390,11 @@ fn gateway_section_quotas_subscriptions_and_api_extras() {
 }
 
 #[test]
-fn connections_per_source() {
+fn connection_and_backend_request_limits() {
     let gateway = |keys: &str| parse_ok(&with_filter(&format!("[gateway]\n{keys}"))).gateway;
     let defaults = GatewayConfig::default();
     assert_eq!(defaults.max_connections_per_source, 256);
+    assert_eq!(defaults.max_backend_requests, 10_000);
     assert_eq!(
         gateway("max_connections = 2\n").max_connections_per_source,
         1
@@ -401,8 +403,17 @@ fn connections_per_source() {
         gateway("max_connections = 2000\n").max_connections_per_source,
         256
     );
-    let given = gateway("max_connections = 50\nmax_connections_per_source = 0\n");
-    assert_eq!(given.max_connections_per_source, 0);
+    let given = gateway(
+        "max_connections = 50\nmax_connections_per_source = 0\nmax_backend_requests = 64\n",
+    );
+    assert_eq!(
+        (given.max_connections_per_source, given.max_backend_requests),
+        (0, 64)
+    );
+    assert_eq!(
+        single_error(&with_filter("[gateway]\nmax_backend_requests = 0\n")),
+        "t.toml:4:24: `gateway.max_backend_requests` must be between 1 and 1000000, not 0"
+    );
     assert_eq!(
         single_error(&with_filter("[gateway]\nmax_connections_per_source = -1\n")),
         "t.toml:4:30: `gateway.max_connections_per_source` must be between 0 and 1000000, not -1"

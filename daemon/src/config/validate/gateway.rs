@@ -1136,6 +1136,12 @@ impl Checker<'_> {
                 0..=1_000_000,
                 default_connections_per_source(max_connections),
             ),
+            max_backend_requests: self.integer(
+                "gateway.max_backend_requests",
+                raw.max_backend_requests,
+                1..=1_000_000,
+                defaults.max_backend_requests,
+            ),
             header_read_timeout: self.seconds(
                 "gateway.header_read_timeout_secs",
                 raw.header_read_timeout_secs,

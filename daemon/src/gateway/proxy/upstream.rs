@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use super::UpstreamBody;
 
 /// Idle connections kept per backend; more are closed when they come back.
-const MAX_IDLE: usize = 1024;
+pub(super) const MAX_IDLE: usize = 1024;
 
 /// Why a request to the backend failed.
 #[derive(Debug, thiserror::Error)]

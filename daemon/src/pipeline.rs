@@ -706,6 +706,7 @@ pub fn gateway_settings(config: &Config) -> (Vec<ListenerSettings>, GatewaySetti
             max_body_bytes: gateway.max_body_bytes,
             max_connections: gateway.max_connections as usize,
             max_connections_per_source: gateway.max_connections_per_source as usize,
+            ipv6_client_prefix: gateway.ipv6_client_prefix,
             max_backend_requests: gateway.max_backend_requests as usize,
             header_read_timeout: gateway.header_read_timeout,
             idle_timeout: gateway.idle_timeout,

@@ -386,7 +386,11 @@ async fn listener_task(
             let cap = current.limits.max_connections_per_source;
             if cap == 0 || is_trusted(&current.trusted_proxies, peer.ip()) {
                 None
-            } else if let Some(counted) = server.sources.admit(peer.ip(), cap) {
+            } else if let Some(counted) =
+                server
+                    .sources
+                    .admit(peer.ip(), cap, current.limits.ipv6_client_prefix)
+            {
                 Some(counted)
             } else {
                 GatewayStats::bump(&server.stats.connections_over_source_limit);

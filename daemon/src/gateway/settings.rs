@@ -133,6 +133,9 @@ pub struct Limits {
     /// Concurrent client connections from one address (the TCP peer); one more is
     /// closed at accept. 0: no cap. Trusted proxies are not capped.
     pub max_connections_per_source: usize,
+    /// The prefix an IPv6 source is counted by for `max_connections_per_source`
+    /// (`[gateway] ipv6_client_prefix`; 128: per address).
+    pub ipv6_client_prefix: u8,
     /// Requests in flight to backends, over all APIs (each holds a backend
     /// connection, a file descriptor); one more gets 503 without a connection.
     pub max_backend_requests: usize,
@@ -168,6 +171,7 @@ impl Default for Limits {
             max_body_bytes: 100 * 1024 * 1024,
             max_connections: 10_000,
             max_connections_per_source: 256,
+            ipv6_client_prefix: 64,
             max_backend_requests: 10_000,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),

@@ -12,18 +12,28 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// Connections open per address. An IPv6 source is one address (not its prefix); an
-/// IPv4-mapped IPv6 peer (a dual-stack listener) counts as the IPv4 address.
+use ipnet::IpNet;
+
+/// Connections open per source: an IPv4 address, or the IPv6 prefix of
+/// `ipv6_client_prefix` bits holding an IPv6 address (as rate limits count, since an
+/// IPv6 client holds a whole /64); an IPv4-mapped IPv6 peer (a dual-stack listener)
+/// counts as the IPv4 address.
 #[derive(Debug, Default)]
 pub(crate) struct Sources {
-    open: Mutex<HashMap<IpAddr, usize>>,
+    open: Mutex<HashMap<IpNet, usize>>,
 }
 
 impl Sources {
-    /// Counts a connection from `source` unless `cap` of its connections are open
-    /// already (`None`: refused). Uncounted when the returned guard is dropped.
-    pub(crate) fn admit(self: &Arc<Self>, source: IpAddr, cap: usize) -> Option<SourceSlot> {
-        let source = source.to_canonical();
+    /// Counts a connection from `source` unless `cap` of its source's connections
+    /// are open already (`None`: refused). Uncounted when the returned guard is
+    /// dropped.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        source: IpAddr,
+        cap: usize,
+        ipv6_prefix: u8,
+    ) -> Option<SourceSlot> {
+        let source = crate::policy::ban::source_net(source, ipv6_prefix);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let count = open.entry(source).or_insert(0);
         if *count >= cap {
@@ -42,7 +52,9 @@ impl Sources {
     #[cfg(test)]
     fn open(&self, source: IpAddr) -> usize {
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        open.get(&source.to_canonical()).copied().unwrap_or(0)
+        open.get(&IpNet::from(source.to_canonical()))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -50,7 +62,7 @@ impl Sources {
 #[derive(Debug)]
 pub(crate) struct SourceSlot {
     sources: Arc<Sources>,
-    source: IpAddr,
+    source: IpNet,
 }
 
 impl Drop for SourceSlot {
@@ -81,30 +93,34 @@ mod tests {
     fn a_source_gets_at_most_cap_connections_and_others_are_not_affected() {
         let sources = Arc::new(Sources::default());
         let a = ip("192.0.2.1");
-        let held: Vec<_> = (0..3).map(|_| sources.admit(a, 3)).collect();
+        let held: Vec<_> = (0..3).map(|_| sources.admit(a, 3, 64)).collect();
         assert!(held.iter().all(Option::is_some));
-        assert!(sources.admit(a, 3).is_none());
-        assert!(sources.admit(ip("192.0.2.2"), 3).is_some());
+        assert!(sources.admit(a, 3, 64).is_none());
+        assert!(sources.admit(ip("192.0.2.2"), 3, 64).is_some());
         drop(held);
         assert_eq!(sources.open(a), 0);
         assert!(sources.open.lock().unwrap().is_empty(), "no entry left");
-        assert!(sources.admit(a, 3).is_some());
+        assert!(sources.admit(a, 3, 64).is_some());
     }
 
     #[test]
-    fn an_ipv4_mapped_peer_counts_as_its_ipv4_address_and_ipv6_per_address() {
+    fn an_ipv4_mapped_peer_counts_as_its_ipv4_address_and_ipv6_by_its_prefix() {
         let sources = Arc::new(Sources::default());
-        let _v4 = sources.admit(ip("192.0.2.1"), 1);
-        assert!(sources.admit(ip("::ffff:192.0.2.1"), 1).is_none());
-        let _one = sources.admit(ip("2001:db8::1"), 1);
-        assert!(sources.admit(ip("2001:db8::1"), 1).is_none());
-        assert!(sources.admit(ip("2001:db8::2"), 1).is_some());
+        let _v4 = sources.admit(ip("192.0.2.1"), 1, 64);
+        assert!(sources.admit(ip("::ffff:192.0.2.1"), 1, 64).is_none());
+        // Another address of the same /64 is the same source.
+        let _one = sources.admit(ip("2001:db8::1"), 1, 64);
+        assert!(sources.admit(ip("2001:db8::2"), 1, 64).is_none());
+        assert!(sources.admit(ip("2001:db8:0:1::2"), 1, 64).is_some());
+        // 128: per address.
+        let _own = sources.admit(ip("2001:db8:9::1"), 1, 128);
+        assert!(sources.admit(ip("2001:db8:9::2"), 1, 128).is_some());
     }
 
     #[test]
     fn a_refusal_leaves_no_entry() {
         let sources = Arc::new(Sources::default());
-        assert!(sources.admit(ip("192.0.2.1"), 0).is_none());
+        assert!(sources.admit(ip("192.0.2.1"), 0, 64).is_none());
         assert!(sources.open.lock().unwrap().is_empty());
     }
 }

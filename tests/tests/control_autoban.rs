@@ -495,16 +495,7 @@ fn start_v6(sections: &str) -> Gateway {
         &format!("[filter.autoban]\nauth_failures = {THRESHOLD}\nban_secs = 60\n{sections}"),
     )
     .unwrap();
-    let listener = gw.listener_v6();
-    gw.rig.opts.sections.push_str(&listener);
-    gw.rig.write_config().unwrap();
-    let pair = &gw.rig.pair;
-    pair.ip(
-        &pair.srv,
-        &["route", "add", "2001:db8:1::/64", "dev", &pair.srv_if],
-    )
-    .unwrap();
-    gw.rig.start_daemon().unwrap();
+    gw.start_with_ipv6("").unwrap();
     // Not from the client /64: these failures would count.
     for src in [V6_ELSEWHERE, V6_BYPASSED] {
         assert_eq!(bad_key(&gw, src), Some(401), "{src}: the gateway answers");

@@ -44,20 +44,12 @@ fn start(calls: u32, gateway: &str) -> Gateway {
         .find(|l| l.starts_with("backend = "))
         .unwrap()
         .to_owned();
-    let listener = gw.listener_v6();
-    gw.rig.opts.sections.push_str(&format!(
-        "{listener}\n[[api]]\nname = \"open\"\npath_prefix = \"/open\"\n{backend}\n\
+    gw.start_with_ipv6(&format!(
+        "\n[[api]]\nname = \"open\"\npath_prefix = \"/open\"\n{backend}\n\
          subscription = \"none\"\n\
          rate_limit = {{ calls = {calls}, period_secs = 60, counter = \"ip\" }}\n"
-    ));
-    gw.rig.write_config().unwrap();
-    let pair = &gw.rig.pair;
-    pair.ip(
-        &pair.srv,
-        &["route", "add", "2001:db8:1::/64", "dev", &pair.srv_if],
-    )
+    ))
     .unwrap();
-    gw.rig.start_daemon().unwrap();
     gw
 }
 

@@ -88,6 +88,22 @@ products = ["gold"]
         Ok(status)
     }
 
+    /// Starts rampartd (prepared, not running) with a `[[listener]]` on the
+    /// server's IPv6 address and `sections` added to the configuration, the
+    /// client side's second /64 (2001:db8:1::/64) routed back through the veth.
+    pub fn start_with_ipv6(&mut self, sections: &str) -> anyhow::Result<()> {
+        let listener = self.listener_v6();
+        self.rig.opts.sections.push_str(&listener);
+        self.rig.opts.sections.push_str(sections);
+        self.rig.write_config()?;
+        let pair = &self.rig.pair;
+        pair.ip(
+            &pair.srv,
+            &["route", "add", "2001:db8:1::/64", "dev", &pair.srv_if],
+        )?;
+        self.rig.start_daemon()
+    }
+
     /// A `[[listener]]` on the server's IPv6 address with the same certificate,
     /// to add to the sections before rampartd starts.
     pub fn listener_v6(&self) -> String {

@@ -157,11 +157,13 @@ impl FailureClass {
         }
     }
 
-    fn plural(self) -> &'static str {
-        match self {
-            Self::Authentication => "authentication failures",
-            Self::RateLimited => "rate-limit rejections",
-        }
+    /// "N authentication failures", "1 authentication failure".
+    fn counted(self, n: u32) -> String {
+        let what = match self {
+            Self::Authentication => "authentication failure",
+            Self::RateLimited => "rate-limit rejection",
+        };
+        format!("{n} {what}{}", if n == 1 { "" } else { "s" })
     }
 }
 
@@ -348,8 +350,8 @@ impl BanTracker {
         track.rate = VecDeque::new();
         track.banned_until = now_ms.saturating_add(millis(settings.ban));
         let counted = format!(
-            "{threshold} {} within {} s",
-            class.plural(),
+            "{} within {} s",
+            class.counted(threshold),
             settings.window.as_secs()
         );
         let reason = if net.prefix_len() == net.max_prefix_len() {

@@ -539,7 +539,7 @@ fn the_ban_target_spares_proxies_and_prefix_bans_are_bounded() {
     let tracker = BanTracker::new(settings(1, 1));
     let t0 = Instant::now();
     let ban = tracker.record(ip("2001:db8:1:2::99"), AUTH, t0).unwrap();
-    let reason = "1 authentication failures within 60 s from addresses in 2001:db8:1:2::/64 \
+    let reason = "1 authentication failure within 60 s from addresses in 2001:db8:1:2::/64 \
                   (last: SubscriptionKeyInvalid, from 2001:db8:1:2::99)";
     assert_eq!(ban.reason, reason);
     assert_eq!(

@@ -512,7 +512,16 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
             .transpose()?;
         let mut summary = tokio::time::interval(EVENT_INTERVAL);
         let mut upkeep = tokio::time::interval(Duration::from_secs(1));
-        let mut drops = DropSummary::default();
+        let monitor = Arc::new(std::sync::atomic::AtomicBool::new(
+            desired
+                .filter
+                .as_ref()
+                .is_some_and(|plan| plan.settings.monitor),
+        ));
+        let mut drops = DropSummary {
+            monitor: Arc::clone(&monitor),
+            ..DropSummary::default()
+        };
         let event_log = EventLog::new(EVENT_LOG_CAPACITY);
         let shutdown = CancellationToken::new();
         let (inbox, messages) = std::sync::mpsc::channel::<Message>();
@@ -579,6 +588,7 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
             bans,
             trusted_proxies: desired.config.gateway.trusted_proxies.clone(),
             notify: Arc::clone(&notifier),
+            monitor,
         };
         controller.refresh_exempt();
         let ready_summary = controller.summary();
@@ -772,6 +782,8 @@ fn reload_all(c: &mut Controller) -> Result<String, ErrorReply> {
         }
         c.interfaces = plan.config.interfaces.clone();
         c.config_countries = ConfigCountries::of(plan);
+        c.monitor
+            .store(plan.settings.monitor, std::sync::atomic::Ordering::Relaxed);
     }
     c.trusted_proxies = desired.config.gateway.trusted_proxies.clone();
     if let Some(plan) = &desired.filter {
@@ -820,10 +832,17 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 /// kernel sends only a sample (`events_per_second` per CPU, after a burst), so
 /// it is a lower bound; the kernel's counters (`rampart stats`) count every drop,
 /// per reason.
-fn drop_message(count: u64, src: IpAddr, reason: &str) -> String {
+/// In monitor mode the packets passed: the message says they would have been
+/// dropped.
+fn drop_message(count: u64, src: IpAddr, reason: &str, monitor: bool) -> String {
     let packets = if count == 1 { "packet" } else { "packets" };
+    let dropped = if monitor {
+        "would have been dropped (monitor mode: passed; "
+    } else {
+        "dropped ("
+    };
     format!(
-        "at least {count} {packets} from {src} dropped ({reason}; counted from sampled events, rampart stats has the exact totals per reason)"
+        "at least {count} {packets} from {src} {dropped}{reason}; counted from sampled events, rampart stats has the exact totals per reason)"
     )
 }
 
@@ -832,6 +851,8 @@ fn drop_message(count: u64, src: IpAddr, reason: &str) -> String {
 #[derive(Default)]
 struct DropSummary {
     counts: HashMap<(IpAddr, &'static str), (u64, Option<String>)>,
+    /// `[filter] monitor` in force (set by the control thread at a reload).
+    monitor: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl DropSummary {
@@ -851,7 +872,8 @@ impl DropSummary {
         all.sort_by_key(|e| std::cmp::Reverse(e.1.0));
         let rest = all.len().saturating_sub(EVENT_SOURCES_PER_SUMMARY);
         for ((src, reason), (count, country)) in all.into_iter().take(EVENT_SOURCES_PER_SUMMARY) {
-            let message = drop_message(count, src, reason);
+            let monitor = self.monitor.load(std::sync::atomic::Ordering::Relaxed);
+            let message = drop_message(count, src, reason, monitor);
             log.push(
                 "xdp_drop",
                 message.clone(),
@@ -1119,6 +1141,14 @@ mod tests {
         ] {
             assert!(messages.contains(&expected), "{messages:#?}");
         }
+        // In monitor mode the packets passed.
+        s.monitor.store(true, std::sync::atomic::Ordering::Relaxed);
+        s.add(rec("198.18.0.3", "denied"));
+        s.flush(&log);
+        assert_eq!(
+            log.last(1)[0].message,
+            "at least 1 packet from 198.18.0.3 would have been dropped (monitor mode: passed; denied; counted from sampled events, rampart stats has the exact totals per reason)"
+        );
     }
 
     #[test]

@@ -1086,3 +1086,39 @@ fn a_second_rampartd_on_the_same_pins_changes_nothing() {
         .run(&["check", "198.18.0.7", "--port", &PORT.to_string()]);
     assert!(check.stdout.contains("drop"), "{check}");
 }
+
+/// In monitor mode, turned on by a reload, a denied source passes and its drop
+/// summary says the packets would have been dropped, not that they were.
+#[test]
+fn monitor_mode_drop_summaries_say_the_packets_passed() {
+    if !privileged() {
+        return;
+    }
+    let rig = Rig::start(RigOptions::clients(&["198.18.0.6"], r#"deny = ["198.18.0.6"]"#).unwrap())
+        .unwrap();
+    assert!(!rig.reach("198.18.0.6"), "denied");
+    rig.write_filter_config("deny = [\"198.18.0.6\"]\nmonitor = true")
+        .unwrap();
+    rig.cli.ok(&["reload"]).unwrap();
+    assert!(rig.reach("198.18.0.6"), "monitor mode lets it through");
+    // The summary is written every 10 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let line = loop {
+        let text = rig.cli.ok(&["events"]).unwrap().stdout;
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains("  xdp_drop  ") && l.contains("SRC_IP=198.18.0.6 "))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no xdp_drop event within 15 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        line.contains("from 198.18.0.6 would have been dropped (monitor mode: passed; denied;"),
+        "{line}"
+    );
+}

@@ -98,6 +98,8 @@ pub(crate) struct Controller {
     pub trusted_proxies: Vec<IpNet>,
     /// systemd notifications: reloads, the watchdog's proof of life, STATUS=.
     pub notify: Arc<super::notify::Notifier>,
+    /// `[filter] monitor` in force, for the drop summaries' wording.
+    pub monitor: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub(crate) fn unix_now() -> u64 {

@@ -382,19 +382,28 @@ async fn a_backend_body_cut_off_is_in_the_access_event() {
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     assert!(answer.ends_with("\r\n\r\nabc"), "{answer}");
 
-    // HTTP/2: the head, then the stream is reset.
+    // HTTP/2: the head, then the stream is reset. When the reset comes before
+    // the head has left (h2 drops a stream's frames not yet sent when it is
+    // reset), the client sees only the reset.
     let h2 = client::<Empty<bytes::Bytes>>(&pki, true);
-    let response = h2
+    let sent = h2
         .request(
             Request::get(format!("https://localhost:{port}/cut/h2"))
                 .body(Empty::new())
                 .unwrap(),
         )
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body = http_body_util::BodyExt::collect(response.into_body()).await;
-    assert!(body.is_err(), "a cut body arrived whole");
+        .await;
+    match sent {
+        Ok(response) => {
+            assert_eq!(response.status(), 200);
+            let body = http_body_util::BodyExt::collect(response.into_body()).await;
+            assert!(body.is_err(), "a cut body arrived whole");
+        }
+        Err(error) => assert!(
+            format!("{error:?}").contains("INTERNAL_ERROR"),
+            "not the stream's reset: {error:?}"
+        ),
+    }
 
     // A whole body, as before.
     let (parts, _) = get(&h2, &format!("https://localhost:{port}/whole/x")).await;

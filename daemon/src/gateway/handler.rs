@@ -147,6 +147,7 @@ pub(crate) async fn handle(
         reason,
         backend,
         streamed,
+        on_end,
     } = outcome;
     let report = Report {
         shared: Arc::clone(&shared),
@@ -160,16 +161,24 @@ pub(crate) async fn handle(
         subscription,
         reason,
     };
-    if !streamed {
-        report.done(None);
-        return Ok(response);
-    }
     // A backend's body may still fail (the backend closes or resets before its
     // end): the counters and the access event wait for the body's end to say so.
+    // A body the gateway made cannot: reported now.
+    let report = if streamed {
+        Some(report)
+    } else {
+        report.done(None);
+        None
+    };
+    if report.is_none() && on_end.is_none() {
+        return Ok(response);
+    }
     Ok(response.map(|body| {
         Reported {
             inner: body,
-            report: Some(report),
+            bytes: 0,
+            on_end,
+            report,
         }
         .boxed_unsync()
     }))
@@ -240,15 +249,22 @@ impl Report {
     }
 }
 
-/// A backend's response body that reports its request when it ends: sent whole,
-/// failed (the event says so), or dropped (the client went away).
+/// A response body that, when it ends (sent whole, failed, or dropped because the
+/// client went away), hands its byte count to `on_end` and reports its request
+/// (a backend's body: a failure is in the event).
 struct Reported {
     inner: ResponseBody,
+    /// Data bytes so far.
+    bytes: u64,
+    on_end: Option<OnEnd>,
     report: Option<Report>,
 }
 
 impl Reported {
     fn finish(&mut self, cut_off: Option<&(dyn std::error::Error + 'static)>) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(self.bytes);
+        }
         if let Some(report) = self.report.take() {
             report.done(cut_off);
         }
@@ -271,7 +287,10 @@ impl Body for Reported {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(Some(Ok(_))) => {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
                 if self.inner.is_end_stream() {
                     self.finish(None);
                 }
@@ -322,6 +341,7 @@ fn asterisk(shared: &Shared, method: &http::Method) -> Outcome {
         reason: None,
         backend: None,
         streamed: false,
+        on_end: None,
     }
 }
 
@@ -336,7 +356,13 @@ struct Outcome {
     backend: Option<Arc<Backend>>,
     /// The body is the backend's, still streaming (it may yet fail).
     streamed: bool,
+    /// Called once with the response body's bytes when it has ended (the
+    /// policies' `on_complete`: bandwidth quotas).
+    on_end: Option<OnEnd>,
 }
+
+/// What a response body's end hands its byte count to.
+type OnEnd = Box<dyn FnOnce(u64) + Send>;
 
 fn rejected(rejection: Rejection, api: Option<String>) -> Outcome {
     let reason = rejection.reason;
@@ -347,6 +373,7 @@ fn rejected(rejection: Rejection, api: Option<String>) -> Outcome {
         reason: Some(reason),
         backend: None,
         streamed: false,
+        on_end: None,
     }
 }
 
@@ -546,6 +573,7 @@ async fn process(
         response = Response::from_parts(head, body);
     }
     let subscription = state.get::<Subscriber>().map(|s| s.0.clone());
+    let mut on_end: Option<OnEnd> = None;
     if count_bytes {
         let shared = Arc::clone(shared);
         let name = backend.name.clone();
@@ -566,14 +594,7 @@ async fn process(
                 policy.on_complete(&ctx, transferred);
             }
         };
-        response = response.map(|body| {
-            Completion {
-                inner: body,
-                bytes: 0,
-                done: Some(Box::new(done)),
-            }
-            .boxed_unsync()
-        });
+        on_end = Some(Box::new(done));
     }
     Outcome {
         response,
@@ -582,6 +603,7 @@ async fn process(
         reason,
         backend: Some(backend),
         streamed,
+        on_end,
     }
 }
 
@@ -631,61 +653,6 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
             && let Some(data) = frame.data_ref()
         {
             bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The response body, counting its bytes; reports them once, when it ends or is
-/// dropped (the client went away).
-struct Completion {
-    inner: ResponseBody,
-    bytes: u64,
-    done: Option<Box<dyn FnOnce(u64) + Send>>,
-}
-
-impl Completion {
-    fn finish(&mut self) {
-        if let Some(done) = self.done.take() {
-            done(self.bytes);
-        }
-    }
-}
-
-impl Drop for Completion {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
-
-impl Body for Completion {
-    type Data = Bytes;
-    type Error = super::BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.bytes += data.len() as u64;
-                }
-                if self.inner.is_end_stream() {
-                    self.finish();
-                }
-            }
-            Poll::Ready(None | Some(Err(_))) => self.finish(),
-            Poll::Pending => {}
         }
         polled
     }

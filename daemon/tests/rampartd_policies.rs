@@ -1622,3 +1622,40 @@ async fn forwarded_for_is_ignored_without_trusted_proxies() {
     let status = daemon.terminate().await;
     assert!(status.success(), "{status}:\n{}", daemon.log());
 }
+
+/// A bandwidth quota counts the response bytes the client was sent (counted as the
+/// body ends), and refuses once they pass it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bandwidth_quota_counts_the_bytes_sent() {
+    let setup = Setup::new("bandwidth").await;
+    let (_, keys) = setup
+        .key_store()
+        .create("metered-sub", Scope::AllApis)
+        .unwrap();
+    let backend = start_backend().await;
+    let config = format!(
+        r#"
+[[api]]
+name = "metered"
+path_prefix = "/metered"
+backend = "http://{backend}/"
+quota = {{ kilobytes = 1, period_secs = 0 }}
+"#
+    );
+    let daemon = setup.start(&config).await;
+    let client = client(&setup.pki, false);
+    let url = setup.url("/metered/x");
+    let key = keys.primary.expose();
+    let mut served = 0;
+    let refused = loop {
+        let (parts, body) = get_keyed(&client, &url, key).await;
+        if parts.status == 200 {
+            served += 1;
+            assert!(served < 20, "1 KiB never ran out:\n{}", daemon.log());
+            continue;
+        }
+        break error_message(&parts, &body, 403);
+    };
+    assert!(served >= 1, "the first call was refused");
+    assert!(refused.starts_with("Out of bandwidth quota."), "{refused}");
+}

@@ -129,7 +129,8 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: ClientHop<'_>) {
 
     // The peer's text once, for both headers (IPv4 is the same in each).
     let peer_text = peer.to_string();
-    let xff = match joined(headers, &X_FORWARDED_FOR) {
+    let prior_xff = joined(headers, &X_FORWARDED_FOR);
+    let xff = match &prior_xff {
         Some(prior) => format!("{prior}, {peer_text}"),
         None => peer_text.clone(),
     };
@@ -160,11 +161,39 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: ClientHop<'_>) {
     }
     element.push_str(";proto=");
     element.push_str(hop.proto);
-    let forwarded = match joined(headers, &FORWARDED) {
+    // A trusted proxy that sent only `X-Forwarded-For` (most do: nginx, HAProxy and
+    // the cloud load balancers by default) named the client there; carried over, so
+    // that `Forwarded` names the client too and not only the proxy.
+    let prior =
+        joined(headers, &FORWARDED).or_else(|| prior_xff.as_deref().map(forwarded_from_xff));
+    let forwarded = match prior {
         Some(prior) => format!("{prior}, {element}"),
         None => element,
     };
     insert(headers, FORWARDED, &forwarded);
+}
+
+/// `Forwarded` elements for an `X-Forwarded-For` chain: `for=` each address (IPv6
+/// quoted and bracketed, RFC 7239 §6), `for=unknown` for an entry that is no address
+/// (§6.2), so the number of hops stays what the chain said.
+fn forwarded_from_xff(chain: &str) -> String {
+    let mut out = String::with_capacity(chain.len() + 16);
+    for entry in chain.split(',') {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str("for=");
+        match parse_forwarded_for(entry.trim()).map(canonical) {
+            Some(IpAddr::V4(ip)) => out.push_str(&ip.to_string()),
+            Some(IpAddr::V6(ip)) => {
+                out.push_str("\"[");
+                out.push_str(&ip.to_string());
+                out.push_str("]\"");
+            }
+            None => out.push_str("unknown"),
+        }
+    }
+    out
 }
 
 /// `X-Forwarded-Proto`: the two values the gateway speaks need no copy.
@@ -444,6 +473,28 @@ mod tests {
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "api.example.com");
         assert!(!headers.contains_key("x-forwarded-client-cert"));
+        assert_eq!(
+            headers["forwarded"],
+            "for=192.0.2.7;host=api.example.com;proto=https"
+        );
+    }
+
+    #[test]
+    fn a_trusted_proxys_x_forwarded_for_is_carried_into_forwarded() {
+        let mut headers = map(&[
+            ("x-forwarded-for", "203.0.113.1, [2001:db8::7]:4711"),
+            ("x-forwarded-for", "not-an-address"),
+        ]);
+        set_forwarding_headers(&mut headers, hop("10.0.0.1", true));
+        assert_eq!(
+            headers["forwarded"],
+            "for=203.0.113.1, for=\"[2001:db8::7]\", for=unknown, \
+             for=10.0.0.1;host=api.example.com;proto=https"
+        );
+
+        // From a peer nobody vouches for, its chain is dropped, not carried over.
+        let mut headers = map(&[("x-forwarded-for", "203.0.113.1")]);
+        set_forwarding_headers(&mut headers, hop("192.0.2.7", false));
         assert_eq!(
             headers["forwarded"],
             "for=192.0.2.7;host=api.example.com;proto=https"

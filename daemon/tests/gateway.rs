@@ -1818,3 +1818,48 @@ async fn sessions_resume_after_hundreds_of_other_handshakes() {
         "the first client's session did not resume"
     );
 }
+
+/// Over HTTP/2 a field value with leading or trailing whitespace makes the request
+/// malformed (RFC 9113 §8.2.1; HTTP/1 parsing trims it): 400, and the backend never
+/// sees a value that others would read trimmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_header_value_with_edge_whitespace_is_refused() {
+    let pki = Pki::new();
+    let backend = start_backend().await;
+    let apis = vec![api("echo", None, "/echo", &format!("http://{backend}/"))];
+    let gw = start_gateway_with(
+        tls_settings(pki.leaf("localhost", &["localhost"]), Vec::new()),
+        settings(apis, Limits::default()),
+        None,
+    )
+    .await;
+    let base = format!("https://localhost:{}", gw.tls.port());
+    for value in [" admin", "admin\t", "admin "] {
+        let request = Request::get(format!("{base}/echo/w"))
+            .header("x-role", HeaderValue::from_str(value).unwrap())
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let (parts, body) = send(&client(&pki, true), request).await;
+        assert_eq!(parts.status, StatusCode::BAD_REQUEST, "{value:?}: {body}");
+        assert_eq!(parts.headers["content-type"], "application/json");
+        assert_eq!(
+            body,
+            r#"{ "statusCode": 400, "message": "Bad request: a header value starts or ends with whitespace" }"#
+        );
+    }
+    // A value with inner whitespace passes, and so does the same padded value over
+    // HTTP/1.1, where it is optional whitespace the parser trims.
+    for (h2, value) in [(true, "a b"), (false, " admin ")] {
+        let request = Request::get(format!("{base}/echo/w"))
+            .header("x-role", HeaderValue::from_str(value).unwrap())
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let (parts, body) = send(&client(&pki, h2), request).await;
+        assert_eq!(parts.status, StatusCode::OK, "{value:?}: {body}");
+        assert!(
+            body.lines()
+                .any(|line| line == format!("x-role: {}", value.trim())),
+            "{body}"
+        );
+    }
+}

@@ -235,6 +235,15 @@ impl Rejection {
         )
     }
 
+    /// An HTTP/2 field value with leading or trailing whitespace (RFC 9113 §8.2.1).
+    pub(crate) fn padded_header_value() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "Bad request: a header value starts or ends with whitespace",
+            "BadRequest",
+        )
+    }
+
     /// A request path the gateway does not route (see `gateway::path`).
     pub(crate) fn bad_path(problem: super::path::PathProblem) -> Self {
         Self::new(StatusCode::BAD_REQUEST, problem.message(), "BadRequest")

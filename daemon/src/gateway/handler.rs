@@ -407,6 +407,9 @@ async fn process(
     if refused_method(request.method()) {
         return rejected(Rejection::method_not_allowed(), None);
     }
+    if request.version() == Version::HTTP_2 && has_padded_value(request.headers()) {
+        return refused_malformed(shared, Rejection::padded_header_value(), None);
+    }
     if let Err(rejection) = normal_host_and_path(&mut request, limits.allow_encoded_slashes) {
         return refused_malformed(shared, rejection, None);
     }
@@ -720,6 +723,17 @@ fn normal_host_and_path<B>(
         }
         Err(problem) => Err(Rejection::bad_path(problem)),
     }
+}
+
+/// A field value that starts or ends with a space or tab. HTTP/1 parsing trims them
+/// (they are optional whitespace there), but over HTTP/2 such a request is malformed
+/// (RFC 9113 §8.2.1), and h2 does not check it: a backend reading the value as is
+/// would see another value than a gateway or a cache that trims.
+fn has_padded_value(headers: &http::HeaderMap) -> bool {
+    headers.values().any(|value| {
+        let bytes = value.as_bytes();
+        matches!(bytes.first(), Some(b' ' | b'\t')) || matches!(bytes.last(), Some(b' ' | b'\t'))
+    })
 }
 
 /// `uri` with `path` in place of its own, its query kept.

@@ -318,7 +318,10 @@ impl Body for Reported {
 /// offer (hyper serves no upgrades here). APIM answers both with 404, as methods of
 /// no operation.
 fn refused_method(method: &http::Method) -> bool {
-    *method == http::Method::TRACE || *method == http::Method::CONNECT
+    // Methods are case-sensitive (RFC 9110 §9.1), but not every backend compares
+    // them so (one may take `trace` for `TRACE`): any case is refused.
+    let method = method.as_str();
+    method.eq_ignore_ascii_case("TRACE") || method.eq_ignore_ascii_case("CONNECT")
 }
 
 /// A request for `*` (asterisk form) names the server, no API's resource: `OPTIONS *`

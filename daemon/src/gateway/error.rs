@@ -214,6 +214,15 @@ impl Rejection {
         )
     }
 
+    /// A request line longer than the head may be (`max_header_bytes`).
+    pub fn uri_too_long() -> Self {
+        Self::new(
+            StatusCode::URI_TOO_LONG,
+            "Request URI too long",
+            "RequestUriTooLong",
+        )
+    }
+
     pub fn request_timeout() -> Self {
         Self::new(
             StatusCode::REQUEST_TIMEOUT,
@@ -284,11 +293,7 @@ impl Rejection {
         use super::framing::Refusal;
         match refusal {
             Refusal::BadRequest => Self::bad_request(),
-            Refusal::UriTooLong => Self::new(
-                StatusCode::URI_TOO_LONG,
-                "Request URI too long",
-                "RequestUriTooLong",
-            ),
+            Refusal::UriTooLong => Self::uri_too_long(),
             Refusal::HeadTooLarge => Self::header_too_large(),
             Refusal::NotChunkedOnly => Self::new(
                 StatusCode::NOT_IMPLEMENTED,

@@ -523,9 +523,14 @@ impl Reader {
             head(input, self.max_head)
         };
         match parsed {
-            // hyper refuses a head its buffer fills without an end.
+            // hyper refuses a head its buffer fills without an end: the URL is too
+            // long when the request line has not ended either.
             Parsed::Partial if input.len() >= self.max_head => {
-                Parsed::Refused(Refusal::HeadTooLarge)
+                Parsed::Refused(if input.contains(&b'\n') {
+                    Refusal::HeadTooLarge
+                } else {
+                    Refusal::UriTooLong
+                })
             }
             parsed => parsed,
         }

@@ -404,8 +404,18 @@ async fn process(
     if let Some(rejection) = malformed {
         return refused_malformed(shared, rejection, None);
     }
-    if head_size(&request) > limits.max_header_bytes {
-        return rejected(Rejection::header_too_large(), None);
+    let (line, head) = head_size(&request);
+    if head > limits.max_header_bytes {
+        // The request line alone over the limit: the URL is what is too long (414,
+        // as nginx answers); else the header fields are (431).
+        return rejected(
+            if line > limits.max_header_bytes {
+                Rejection::uri_too_long()
+            } else {
+                Rejection::header_too_large()
+            },
+            None,
+        );
     }
     if refused_method(request.method()) {
         return rejected(Rejection::method_not_allowed(), None);
@@ -753,12 +763,14 @@ fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
 
 /// Bytes of the request head as sent in HTTP/1.1 (request line + header lines);
 /// the same measure is applied to HTTP/2 so both versions share one limit.
-fn head_size<B>(request: &Request<B>) -> usize {
+/// Returns the request line's bytes and the whole head's.
+fn head_size<B>(request: &Request<B>) -> (usize, usize) {
     let uri = request.uri();
     let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len());
     let line = request.method().as_str().len() + target + 11;
-    request.headers().iter().fold(line, |sum, (name, value)| {
+    let head = request.headers().iter().fold(line, |sum, (name, value)| {
         sum + name.as_str().len() + value.len() + 4
-    })
+    });
+    (line, head)
 }

@@ -762,10 +762,21 @@ fn reload_all(c: &mut Controller) -> Result<String, ErrorReply> {
             ));
         }
     }
-    let dangling = match &mut c.gateway {
+    let mut dangling = match &mut c.gateway {
         Some(gateway) => gateway.reload(&desired.config)?,
         None => Vec::new(),
     };
+    // The limits may have been raised past the open-file limit (checked at start too).
+    if c.gateway.is_some()
+        && let Some(limit) = crate::gateway::descriptors::current_limit()
+        && let Some(warning) = crate::gateway::descriptors::shortfall(
+            desired.config.gateway.max_connections,
+            desired.config.gateway.max_backend_requests,
+            limit,
+        )
+    {
+        dangling.push(warning);
+    }
     if let (Some(filter), Some(plan)) = (c.filter.as_mut(), desired.filter.as_ref()) {
         let lists = merged_lists(plan, c.store.state());
         let (countries, policy) = effective_countries(plan, &c.store, c.loaded_countries.as_ref());
@@ -795,9 +806,9 @@ fn reload_all(c: &mut Controller) -> Result<String, ErrorReply> {
 }
 
 /// What a reload that was applied says (log, `rampart reload`, events): with the
-/// keys it did not apply, which keep the values rampartd started with, and the
-/// subscriptions whose API or product the file no longer has (`dangling`, one
-/// sentence each).
+/// keys it did not apply, which keep the values rampartd started with, and warnings
+/// (`dangling`, one sentence each): the subscriptions whose API or product the file
+/// no longer has, gateway limits past the open-file limit.
 fn reloaded_message(path: &Path, not_applied: &[&str], dangling: &[String]) -> String {
     let mut message = if not_applied.is_empty() {
         format!("configuration reloaded from {}", path.display())

@@ -897,11 +897,14 @@ async fn admin_and_control_keep_working_when_the_gateway_is_at_its_limits() {
 /// rampartd raises its soft open-file limit to the hard one at start, and warns
 /// (naming the keys) when the gateway's limits do not fit in it.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_open_file_limit_is_raised_and_checked_at_start() {
+async fn the_open_file_limit_is_raised_and_checked_at_start_and_reload() {
     let backend = Backend::start().await;
-    let mut s = serve_with("nofile", backend.addr, "", |command| {
-        open_file_limit(command, 256, 4096)
-    })
+    let mut s = serve_with(
+        "nofile",
+        backend.addr,
+        "max_connections = 10000",
+        |command| open_file_limit(command, 256, 4096),
+    )
     .await;
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", s.daemon.child.id())).unwrap();
     let line = limits
@@ -920,6 +923,33 @@ async fn the_open_file_limit_is_raised_and_checked_at_start() {
     );
     assert!(
         log.contains("max_connections + max_backend_requests + 256 reserved = 20256 descriptors, the limit is 4096"),
+        "{log}"
+    );
+    assert_eq!(s.get_from("127.0.0.1", "/b/fast").await.0, StatusCode::OK);
+
+    // A reload checks again: limits that fit say nothing, limits raised past the
+    // open-file limit are warned about in the reload's own message.
+    let warning = "the open-file limit is lower than the gateway may need";
+    let before = s.daemon.log_count(warning);
+    s.reload("max_connections = 1000\nmax_backend_requests = 1000")
+        .await;
+    s.daemon.wait_for_log("configuration reloaded", 0).await;
+    assert_eq!(s.daemon.log_count(warning), before, "{}", s.daemon.log());
+    let reloads = s.daemon.log_count("configuration reloaded");
+    s.reload("max_connections = 3000\nmax_backend_requests = 1000")
+        .await;
+    s.daemon
+        .wait_for_log("configuration reloaded", reloads)
+        .await;
+    let log = s.daemon.log();
+    let reloaded = log
+        .lines()
+        .rfind(|line| line.contains("configuration reloaded"))
+        .unwrap();
+    assert!(
+        reloaded.contains(&format!(
+            "{warning}: max_connections + max_backend_requests + 256 reserved = 4256 descriptors, the limit is 4096"
+        )),
         "{log}"
     );
     assert_eq!(s.get_from("127.0.0.1", "/b/fast").await.0, StatusCode::OK);

@@ -47,19 +47,35 @@ pub fn needed(max_connections: u32, max_backend_requests: u32) -> u64 {
 /// Logs a warning when the gateway's limits do not fit in the open-file limit
 /// `limit`; returns whether they fit.
 pub fn check(max_connections: u32, max_backend_requests: u32, limit: u64) -> bool {
+    shortfall(max_connections, max_backend_requests, limit).is_none()
+}
+
+/// The soft open-file limit now, if it can be read.
+pub fn current_limit() -> Option<u64> {
+    getrlimit(Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
+}
+
+/// When the gateway's limits do not fit in `limit`: the warning, logged and
+/// returned (a reload's answer carries it).
+pub fn shortfall(max_connections: u32, max_backend_requests: u32, limit: u64) -> Option<String> {
     let needed = needed(max_connections, max_backend_requests);
     if needed <= limit {
-        return true;
+        return None;
     }
+    let message = format!(
+        "the open-file limit is lower than the gateway may need: max_connections + max_backend_requests + {RESERVED} reserved = {needed} descriptors, the limit is {limit}; lower [gateway] max_connections or max_backend_requests, or raise the limit (LimitNOFILE= in the systemd unit, ulimit -n); at the limit, accepts (the admin listener's too) and backend connections fail"
+    );
     tracing::warn!(
         max_connections,
         max_backend_requests,
         reserved = RESERVED,
         needed,
         limit,
-        "the open-file limit is lower than the gateway may need: max_connections + max_backend_requests + {RESERVED} reserved = {needed} descriptors, the limit is {limit}; lower [gateway] max_connections or max_backend_requests, or raise the limit (LimitNOFILE= in the systemd unit, ulimit -n); at the limit, accepts (the admin listener's too) and backend connections fail"
+        "{message}"
     );
-    false
+    Some(message)
 }
 
 #[cfg(test)]

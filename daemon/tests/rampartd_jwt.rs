@@ -475,6 +475,20 @@ async fn static_rs256_key_roles_claim_headers_and_refusals() {
         );
     }
 
+    // Nor by writing the method in lower case: `post` is another method to the role
+    // rules, but a backend that upper-cases methods (Werkzeug, Django) would act on it
+    // as POST. The gateway refuses such a method before any policy.
+    for method in ["post", "Post", "delete"] {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let (parts, body) = call(&client, method.clone(), &url, Some(&reader), &[]).await;
+        assert_exact_error(
+            &parts,
+            &body,
+            400,
+            "Bad request: the method is not in upper case",
+        );
+    }
+
     // A writer may POST. The second rule (all methods) wants API.Read, so a writer
     // without it is refused a GET: rules apply in order, the first for the method.
     let writer = rs256(&claims("carol", json!(["API.Write"])));

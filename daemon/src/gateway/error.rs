@@ -244,6 +244,18 @@ impl Rejection {
         )
     }
 
+    /// A method with a lower-case letter (`post`). Methods are case-sensitive (RFC
+    /// 9110 §9.1), so `post` is another method than `POST` to the gateway's rules
+    /// (roles, CORS), while backends that upper-case it (Werkzeug, Django) act on it
+    /// as `POST`: refused, as nginx refuses it.
+    pub(crate) fn method_case() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "Bad request: the method is not in upper case",
+            "BadRequest",
+        )
+    }
+
     /// An HTTP/2 field value with leading or trailing whitespace (RFC 9113 §8.2.1).
     pub(crate) fn padded_header_value() -> Self {
         Self::new(

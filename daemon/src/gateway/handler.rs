@@ -420,6 +420,14 @@ async fn process(
     if refused_method(request.method()) {
         return rejected(Rejection::method_not_allowed(), None);
     }
+    if request
+        .method()
+        .as_str()
+        .bytes()
+        .any(|b| b.is_ascii_lowercase())
+    {
+        return refused_malformed(shared, Rejection::method_case(), None);
+    }
     if request.version() == Version::HTTP_2 && has_padded_value(request.headers()) {
         return refused_malformed(shared, Rejection::padded_header_value(), None);
     }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use gateway_support::*;
 use http::header::{HeaderValue, WWW_AUTHENTICATE};
 use http::{Request, StatusCode};
-use http_body_util::Empty;
+use http_body_util::{BodyExt as _, Empty};
 use rampart::gateway::{
     BackendProtocol, BackendTimeouts, Limits, Rejection, RequestContext, RequestPolicy,
     ResponseContext, SniCert, Stop,
@@ -1876,4 +1876,39 @@ async fn an_http2_header_value_with_edge_whitespace_is_refused() {
             "{body}"
         );
     }
+}
+
+/// The gateway's own answers to a HEAD carry no content (RFC 9110 §9.3.2), over
+/// HTTP/2 too, where hyper would send the JSON body as DATA and the client would see
+/// a protocol error instead of the status; the `Content-Length` stays what a GET's
+/// answer has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_refused_by_the_gateway_gets_its_status_without_content() {
+    let s = setup(Limits::default()).await;
+    let base = format!("https://localhost:{}", s.gateway.tls.port());
+    for h2 in [true, false] {
+        let client = client::<Empty<Bytes>>(&s.pki, h2);
+        let request = Request::head(format!("{base}/nope"))
+            .body(Empty::new())
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        assert_eq!(parts.status, StatusCode::NOT_FOUND, "h2={h2}");
+        assert_eq!(parts.headers["content-type"], "application/json");
+        assert_eq!(
+            parts.headers["content-length"],
+            r#"{ "statusCode": 404, "message": "Resource not found" }"#
+                .len()
+                .to_string()
+        );
+        assert!(body.is_empty(), "h2={h2}: {body:?}");
+    }
+    // A HEAD the backend answers is forwarded as before.
+    let client = client::<Empty<Bytes>>(&s.pki, true);
+    let request = Request::head(format!("{base}/echo/x"))
+        .body(Empty::new())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }

@@ -120,6 +120,14 @@ pub(crate) async fn handle(
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
+    if outcome.reason.is_some() && method.as_ref() == Some(&http::Method::HEAD) {
+        // The gateway's own answer to a HEAD has no content (RFC 9110 §9.3.2), and
+        // keeps the `Content-Length` a GET would have had. hyper leaves the body out
+        // over HTTP/1 only; over HTTP/2 it would send it, which clients take for a
+        // protocol error and never see the status.
+        let (parts, _) = std::mem::take(&mut outcome.response).into_parts();
+        outcome.response = full(Response::from_parts(parts, Bytes::new()));
+    }
     if let Some(reason) = outcome.reason {
         shared.stats.count_rejection(reason);
         super::security_events::SECURITY_EVENTS.record(

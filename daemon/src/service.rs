@@ -458,13 +458,19 @@ fn start_filter(
             "pins of an older map layout still hold links to interfaces not configured here; `rampartd --detach` removes them"
         );
     }
+    let (bypass, deny, allow) = (
+        lists.live(ListKind::Bypass, 0).len(),
+        lists.live(ListKind::Deny, 0).len(),
+        lists.live(ListKind::Allow, 0).len(),
+    );
     tracing::info!(
         pins = %pin_dir.display(),
         countries = countries.len(),
-        bypass = lists.live(ListKind::Bypass, 0).len(),
-        deny = lists.live(ListKind::Deny, 0).len(),
-        allow = lists.live(ListKind::Allow, 0).len(),
-        "rules applied"
+        bypass,
+        deny,
+        allow,
+        "rules applied: {deny} deny, {allow} allow and {bypass} bypass entries, {} country prefixes",
+        countries.len()
     );
     Ok(Some(filter))
 }

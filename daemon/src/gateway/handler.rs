@@ -253,6 +253,11 @@ impl Report {
             api = self.api.as_deref().unwrap_or("-"),
             subscription = self.subscription.as_deref().unwrap_or("-"),
             reason = self.reason.unwrap_or("-"),
+            // The journal shows only MESSAGE by default (`journalctl -u rampartd`).
+            "{} {} {}",
+            self.method.as_ref().map_or("-", http::Method::as_str),
+            self.path.as_deref().unwrap_or("-"),
+            self.status,
         );
     }
 }

@@ -414,7 +414,8 @@ pub async fn start(
     tracing::info!(
         addresses = %addresses.join(","),
         apis = config.apis.len(),
-        "gateway listening"
+        "gateway listening on {}",
+        addresses.join(", ")
     );
     Ok(Some(RunningGateway {
         reloadable: tokio::sync::Mutex::new(Reloadable {

@@ -223,8 +223,14 @@ fn emit(event: SecurityEvent, rejected: &Rejected<'_>, count: u64) {
         reason = rejected.reason,
         status = rejected.status,
         count,
-        "{}",
-        event.message()
+        "{} ({}, {count} from {}{}{})",
+        event.message(),
+        rejected.reason,
+        rejected.src_ip,
+        rejected.api.map_or(String::new(), |api| format!(", api {api}")),
+        rejected
+            .subscription
+            .map_or(String::new(), |name| format!(", subscription {name}")),
     );
 }
 

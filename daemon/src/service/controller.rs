@@ -675,37 +675,36 @@ impl Controller {
         }
         let changed = fresh.len() + removed.len();
         let added = fresh.len() - updated;
-        self.events.push(
-            "list_changed",
-            format!(
-                "{} list: {added} added{}{}{}",
-                kind.name(),
-                if updated == 0 {
-                    String::new()
-                } else {
-                    format!(", {updated} extended")
-                },
-                if removed.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {} removed", removed.len())
-                },
-                ttl_secs.map_or(String::new(), |t| format!(" (ttl {t} s)"))
-            ),
-            list_fields(kind, peer),
+        let summary = format!(
+            "{} list: {added} added{}{}{}",
+            kind.name(),
+            if updated == 0 {
+                String::new()
+            } else {
+                format!(", {updated} extended")
+            },
+            if removed.is_empty() {
+                String::new()
+            } else {
+                format!(", {} removed", removed.len())
+            },
+            ttl_secs.map_or(String::new(), |t| format!(" (ttl {t} s)"))
         );
+        let entries = entries_field(fresh.iter().map(|e| &e.net));
         tracing::info!(
             rampart_event = "list_changed",
             list = kind.name(),
             added,
             extended = updated,
             removed = removed.len(),
-            entries = %entries_field(fresh.iter().map(|e| &e.net)),
+            entries = %entries,
             ttl_secs = ttl_secs.unwrap_or(0),
             peer_uid = peer.uid,
             peer_pid = peer.pid.unwrap_or(0),
-            "list changed by the control socket"
+            "list changed by the control socket: {summary}: {entries}"
         );
+        self.events
+            .push("list_changed", summary, list_fields(kind, peer));
         Ok(ChangeReply {
             changed,
             updated,
@@ -821,20 +820,19 @@ impl Controller {
                 self.bans.forget(*net);
             }
         }
-        self.events.push(
-            "list_changed",
-            format!("{} list: {} removed", kind.name(), remove.len()),
-            list_fields(kind, peer),
-        );
+        let summary = format!("{} list: {} removed", kind.name(), remove.len());
+        let entries = entries_field(remove.iter());
         tracing::info!(
             rampart_event = "list_changed",
             list = kind.name(),
             removed = remove.len(),
-            entries = %entries_field(remove.iter()),
+            entries = %entries,
             peer_uid = peer.uid,
             peer_pid = peer.pid.unwrap_or(0),
-            "list changed by the control socket"
+            "list changed by the control socket: {summary}: {entries}"
         );
+        self.events
+            .push("list_changed", summary, list_fields(kind, peer));
         Ok(ChangeReply {
             changed: remove.len(),
             updated: 0,

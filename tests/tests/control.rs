@@ -806,6 +806,31 @@ fn the_socket_is_refused_to_others_and_open_to_the_control_group() {
     let run = cli.run_as(&primary, &["deny", "add", "198.18.0.4"]);
     assert_eq!(run.code, 0, "{run}");
     assert!(!rig.reach("198.18.0.4"));
+
+    // `geo load` reads the file with rampartd's rights (root's) and quotes a line it
+    // cannot read: a member may not name a file, or it could read the first line of
+    // any file root can. Root may; the member's attempt is logged.
+    let dir = rampart_tests::daemon::TempDir::new().unwrap();
+    let secret = dir.path.join("secret");
+    std::fs::write(&secret, "root:SECRETHASH:19000:0:99999:7:::\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let table = dir.path.join("table.csv");
+    std::fs::write(&table, "198.18.0.0/24,xx\n").unwrap();
+    std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for file in [&secret, &table] {
+        let run = cli.run_as(&supplementary, &["geo", "load", file.to_str().unwrap()]);
+        assert_eq!(run.code, i32::from(exit::PERMISSION_DENIED), "{run}");
+        assert!(!run.stderr.contains("SECRETHASH"), "{run}");
+        assert!(run.stderr.contains("only root may ask for it"), "{run}");
+    }
+    assert!(
+        rig.log().contains("country table load refused"),
+        "{}",
+        rig.log()
+    );
+    let run = cli.run(&["geo", "load", secret.to_str().unwrap()]);
+    assert_eq!(run.code, i32::from(exit::INVALID_INPUT), "{run}");
+    cli.ok(&["geo", "load", table.to_str().unwrap()]).unwrap();
 }
 
 #[test]

@@ -1024,6 +1024,22 @@ impl Controller {
             ));
         }
         let path = PathBuf::from(path);
+        // rampartd reads the file with its own rights (root's), and an error quotes
+        // the line it could not read: a control_group member could read the first
+        // line of any file root can (/etc/shadow). Only root, or rampartd's own user,
+        // may name a file.
+        if peer.uid != 0 && peer.uid != nix::unistd::geteuid().as_raw() {
+            tracing::warn!(
+                peer_uid = peer.uid,
+                peer_pid = peer.pid.unwrap_or(0),
+                path = %path.display(),
+                "country table load refused: geo load reads the file as rampartd, so only root may ask for it"
+            );
+            return Err(error(
+                ErrorKind::PermissionDenied,
+                "permission denied: geo load reads the file with rampartd's rights, so only root may ask for it (the control group may not)",
+            ));
+        }
         if !path.is_absolute() {
             return Err(error(
                 ErrorKind::InvalidInput,
@@ -1036,6 +1052,12 @@ impl Controller {
             } else {
                 ErrorKind::InvalidInput
             };
+            tracing::warn!(
+                peer_uid = peer.uid,
+                peer_pid = peer.pid.unwrap_or(0),
+                error = %chain(&e),
+                "country table load failed; the current table stays"
+            );
             error(
                 kind,
                 format!("{}; the current country table stays", chain(&e)),

@@ -204,7 +204,12 @@ pub struct Config {
     pub epoch: u64,
     /// `config_flags::*`.
     pub flags: u32,
-    pub _pad: u32,
+    /// Flood limit: the length of the IPv6 prefix counted as one source
+    /// (32..=128; `[filter.flood] ipv6_prefix`). 0, the value of a
+    /// configuration written before this field existed (it was padding),
+    /// counts per address like 128, so that maps pinned by an older daemon
+    /// keep their meaning and the layout is unchanged.
+    pub flood_v6_prefix: u32,
     /// Flood limit: nanoseconds of credit one packet costs (1e9 / pps).
     pub flood_interval_ns: u64,
     /// Flood limit: burst tolerance in nanoseconds ((burst - 1) * interval).
@@ -216,6 +221,7 @@ pub struct Config {
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 48);
 const _: () = assert!(core::mem::offset_of!(Config, epoch) == 0);
+const _: () = assert!(core::mem::offset_of!(Config, flood_v6_prefix) == 12);
 
 impl Config {
     /// Active buffer of the prefix table: 0 or 1.
@@ -251,15 +257,44 @@ pub const fn port_slot(udp: bool, port: u16) -> (u32, u64) {
 // Flood limiter state (LRU hash keyed by source).
 // ---------------------------------------------------------------------------
 
-/// Flood map key: an IPv6 address, or an IPv4 address mapped
-/// (::ffff:a.b.c.d); the 16 address bytes in packet order, held as four
-/// words so the kernel copies them with four loads.
+/// Flood map key: an IPv6 source masked to [`Config::flood_v6_prefix`] bits
+/// (the rest zero), or an IPv4 address mapped (::ffff:a.b.c.d); the 16
+/// address bytes in packet order, held as four words so the kernel copies
+/// them with four loads.
 #[repr(C)]
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub struct SourceKey {
     pub addr: [u32; 4],
 }
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 16);
+
+/// The flood-map key of an IPv6 source (`addr`: words in packet order): the
+/// first `prefix` bits kept, the rest zero. 0 (see
+/// [`Config::flood_v6_prefix`]) and 128 keep the whole address.
+#[inline(always)]
+pub const fn flood_v6_key(addr: [u32; 4], prefix: u32) -> SourceKey {
+    let p = if prefix == 0 { 128 } else { prefix };
+    SourceKey {
+        addr: [
+            keep_bits(addr[0], p),
+            keep_bits(addr[1], p.saturating_sub(32)),
+            keep_bits(addr[2], p.saturating_sub(64)),
+            keep_bits(addr[3], p.saturating_sub(96)),
+        ],
+    }
+}
+
+/// The first `bits` bits (in network order) of a word in packet order.
+#[inline(always)]
+const fn keep_bits(word: u32, bits: u32) -> u32 {
+    if bits >= 32 {
+        word
+    } else if bits == 0 {
+        0
+    } else {
+        word & (u32::MAX << (32 - bits)).to_be()
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
@@ -468,6 +503,29 @@ mod tests {
             until_gen: GEN_FOREVER,
         };
         assert!(forever.applies(GEN_FOREVER - 1, u64::MAX));
+    }
+
+    #[test]
+    fn flood_keys_mask_ipv6_sources_to_the_prefix() {
+        let a = [
+            0x0db8_0120u32.to_be(),
+            0x0001_0002u32.to_be(),
+            0x1122_3344u32.to_be(),
+            0x5566_7788u32.to_be(),
+        ];
+        let words = |p: u32| flood_v6_key(a, p).addr.map(u32::from_be);
+        assert_eq!(words(64), [0x0db8_0120, 0x0001_0002, 0, 0]);
+        assert_eq!(words(60), [0x0db8_0120, 0x0001_0000, 0, 0]);
+        assert_eq!(words(32), [0x0db8_0120, 0, 0, 0]);
+        assert_eq!(
+            words(127),
+            [0x0db8_0120, 0x0001_0002, 0x1122_3344, 0x5566_7788 & !1]
+        );
+        assert_eq!(
+            words(128),
+            [0x0db8_0120, 0x0001_0002, 0x1122_3344, 0x5566_7788]
+        );
+        assert_eq!(words(0), words(128), "0: per address");
     }
 
     #[test]

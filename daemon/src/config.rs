@@ -52,6 +52,12 @@ pub const MAX_DENY_ENTRIES: u32 = 16_777_216;
 pub const MAX_FLOOD_PACKETS_PER_SECOND: u32 = 10_000_000;
 /// Highest configurable flood burst.
 pub const MAX_FLOOD_BURST: u32 = 100_000_000;
+/// The IPv6 prefix the flood limit counts a source by, unless configured (as
+/// autoban and the gateway count IPv6 clients).
+pub const DEFAULT_FLOOD_IPV6_PREFIX: u8 = 64;
+/// Bounds of `[filter.flood] ipv6_prefix` (128: per address).
+pub const MIN_FLOOD_IPV6_PREFIX: u8 = 32;
+pub const MAX_FLOOD_IPV6_PREFIX: u8 = 128;
 /// The protected scope unless configured.
 pub const DEFAULT_PROTECT: &str = "tcp/443";
 
@@ -343,6 +349,8 @@ impl fmt::Display for CountryCode {
 pub struct FloodConfig {
     pub packets_per_second: u32,
     pub burst: u32,
+    /// The length of the IPv6 prefix counted as one source (128: per address).
+    pub ipv6_prefix: u8,
 }
 
 /// One problem in a configuration file, with its position (1-based line,

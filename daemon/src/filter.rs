@@ -129,6 +129,9 @@ pub struct Settings {
     pub monitor: bool,
     /// (packets per second, burst)
     pub flood: Option<(u64, u64)>,
+    /// The length of the IPv6 prefix the flood limit counts as one source
+    /// (32..=128; 128: per address).
+    pub flood_ipv6_prefix: u8,
     /// (events per second per CPU, burst); None = no events.
     pub events: Option<(u64, u64)>,
 }
@@ -143,6 +146,7 @@ impl Default for Settings {
             drop_malformed: true,
             monitor: false,
             flood: None,
+            flood_ipv6_prefix: crate::config::DEFAULT_FLOOD_IPV6_PREFIX,
             events: Some((100, 50)),
         }
     }
@@ -204,7 +208,7 @@ impl Settings {
         KernelConfig {
             epoch: 0,
             flags,
-            _pad: 0,
+            flood_v6_prefix: u32::from(self.flood_ipv6_prefix),
             flood_interval_ns,
             flood_tolerance_ns,
             event_interval_ns,

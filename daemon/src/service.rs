@@ -27,7 +27,8 @@ use controller::{ConfigCountries, Controller, Message};
 
 use crate::{
     config::{
-        self, Config, ConfigError, CountryPolicy as ConfigCountryPolicy, FilterConfig, ProtectScope,
+        self, Config, ConfigError, CountryPolicy as ConfigCountryPolicy, DEFAULT_FLOOD_IPV6_PREFIX,
+        FilterConfig, ProtectScope,
     },
     control::{
         protocol::{ErrorKind, ErrorReply, GatewayStatus, Reply, Request},
@@ -246,6 +247,9 @@ fn plan_filter(f: FilterConfig) -> Result<FilterPlan, ServiceError> {
         flood: f
             .flood
             .map(|fl| (u64::from(fl.packets_per_second), u64::from(fl.burst))),
+        flood_ipv6_prefix: f
+            .flood
+            .map_or(DEFAULT_FLOOD_IPV6_PREFIX, |fl| fl.ipv6_prefix),
         events: (f.events_per_second > 0)
             .then(|| (u64::from(f.events_per_second), u64::from(f.events_burst))),
     };

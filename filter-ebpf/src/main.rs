@@ -11,7 +11,8 @@
 //!    deny CIDRs, allowlist and country folded together by the daemon).
 //! 3. Bypass passes. Exact deny entries and deny CIDRs drop (unless expired).
 //! 4. Traffic outside the protected scope passes.
-//! 5. Protected traffic: allowlist, country, then the per-source flood limit.
+//! 5. Protected traffic: allowlist, country, then the per-source flood limit
+//!    (an IPv6 source counted by its prefix of `Config::flood_v6_prefix` bits).
 //!
 //! Non-first fragments and packets whose L4 header cannot be reached carry
 //! no port: they are judged by the source alone (treated as protected when
@@ -44,7 +45,7 @@ use rampart_common::{
     ANY_PORT, CHILD_BASE, CONFIG_MAP_FLAGS, Class, Config, DenyEntry, DropEvent, EVENT_RING_BYTES,
     FloodState, IFACE_SLOTS, IfaceStats, MAX_CLASSES, MAX_EXACT_DENY, MAX_FLOOD_SOURCES,
     NODES_PER_BUFFER, Node, PORT_WORDS, SourceKey, Stats, V4_ROOT, V6_ROOT, class_flags,
-    config_flags, iface_slot, port_slot, reason,
+    config_flags, flood_v6_key, iface_slot, port_slot, reason,
 };
 
 /// Memory-mapped by the daemon, which flips `Config::epoch` with one store.
@@ -137,8 +138,10 @@ trait Source {
     fn walk(&self, base: u32) -> u16;
     /// Whether an exact deny entry covers the source.
     fn exact(&self, cfg: &Config) -> bool;
-    /// The address as flood-map key (IPv4 mapped into IPv6).
+    /// The address as 16 bytes (IPv4 mapped into IPv6).
     fn key(&self) -> SourceKey;
+    /// The flood-map key: the address, IPv6 masked to the configured prefix.
+    fn flood_key(&self, cfg: &Config) -> SourceKey;
 }
 
 struct V4(u32);
@@ -164,6 +167,11 @@ impl Source for V4 {
             addr: [0, 0, V4_MAPPED_WORD, self.0],
         }
     }
+
+    #[inline(always)]
+    fn flood_key(&self, _cfg: &Config) -> SourceKey {
+        self.key()
+    }
 }
 
 impl Source for V6 {
@@ -183,6 +191,12 @@ impl Source for V6 {
     #[inline(always)]
     fn key(&self) -> SourceKey {
         SourceKey { addr: self.0 }
+    }
+
+    #[inline(always)]
+    fn flood_key(&self, cfg: &Config) -> SourceKey {
+        // A client rotating addresses inside its prefix shares one allowance.
+        flood_v6_key(self.0, cfg.flood_v6_prefix)
     }
 }
 
@@ -477,7 +491,7 @@ fn judge<S: Source>(ctx: &XdpContext, cfg: &Config, src: &S, l4: L4) -> (u32, u3
         reason::NOT_ALLOWLISTED
     } else if flags & class_flags::COUNTRY_BLOCKED != 0 {
         reason::COUNTRY
-    } else if cfg.flags & config_flags::FLOOD != 0 && flooding(cfg, src.key()) {
+    } else if cfg.flags & config_flags::FLOOD != 0 && flooding(cfg, src.flood_key(cfg)) {
         reason::FLOOD
     } else {
         return (reason::PASS, xdp_action::XDP_PASS);

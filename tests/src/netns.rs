@@ -4,10 +4,11 @@
 //! the pair.
 
 use std::{
+    ffi::CString,
     fs::File,
     io,
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     process::Command,
     sync::{
         Arc,
@@ -188,6 +189,50 @@ impl Pair {
             connect_from(src, SocketAddr::new(dst, port), timeout)
         })
         .unwrap_or(false)
+    }
+
+    /// Sends whole Ethernet frames (e.g. from [`crate::packet`]) out of the
+    /// client interface through a raw socket: the server side's XDP program
+    /// sees them as any packet on the wire, whatever source address they
+    /// carry (no address needs to be configured, no handshake to complete).
+    pub fn inject(&self, frames: Vec<Vec<u8>>) -> anyhow::Result<()> {
+        let (cli, dev) = (self.cli.clone(), CString::new(self.cli_if.clone())?);
+        Self::in_ns(&cli, move || -> anyhow::Result<()> {
+            // SAFETY: a valid NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(dev.as_ptr()) };
+            if ifindex == 0 {
+                bail!("if_nametoindex {dev:?}: {}", io::Error::last_os_error());
+            }
+            // SAFETY: socket(2) with constant arguments; the result is checked.
+            let fd =
+                unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                bail!("AF_PACKET socket: {}", io::Error::last_os_error());
+            }
+            // SAFETY: a fresh descriptor owned by nothing else.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: sockaddr_ll is plain data; all zeroes is valid.
+            let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            to.sll_family = libc::AF_PACKET as u16;
+            to.sll_ifindex = i32::try_from(ifindex)?;
+            for frame in &frames {
+                // SAFETY: the frame and the address are valid for their lengths.
+                let sent = unsafe {
+                    libc::sendto(
+                        fd.as_raw_fd(),
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&raw const to).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                    )
+                };
+                if sent < 0 {
+                    bail!("sending a frame: {}", io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })?
     }
 
     /// Runs `ip` inside a namespace (for tests that change addresses).

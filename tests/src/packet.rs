@@ -1,4 +1,5 @@
-//! Crafted frames for BPF_PROG_TEST_RUN. Checksums are left zero: the XDP
+//! Crafted frames for BPF_PROG_TEST_RUN and for injection on a veth
+//! (`Pair::inject`). Checksums are left zero: the XDP
 //! program never reads them. (A byte builder of a few dozen lines is clearer
 //! here than a packet crate: the tests need malformed and truncated frames
 //! that such crates refuse to build.)

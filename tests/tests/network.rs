@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, Ipv6Addr},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -17,8 +17,10 @@ use std::{
 use rampart::filter::{AttachMode, EntryOrigin, Filter, ListEntry, ListKind, Lists, Settings};
 use rampart_tests::{
     PinDir,
+    control::{Rig, RigOptions},
     daemon::{Daemon, TempDir},
     netns::Pair,
+    packet::{Frame, Ipv6},
     privileged,
 };
 
@@ -433,4 +435,63 @@ fn live_changes_and_temporary_bans_on_a_real_interface() {
         c.get("denied") > 0 && c.get("not_allowlisted") > 0 && c.get("passed") > 0,
         "{c:?}"
     );
+}
+
+/// The `flood` counter of `rampart --json stats`.
+fn flood_drops(rig: &Rig) -> u64 {
+    let stats = rig.cli.json(&["stats"]).unwrap();
+    stats["kernel"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|pair| pair[0] == "flood")
+        .and_then(|pair| pair[1].as_u64())
+        .unwrap_or(0)
+}
+
+/// SYNs to the protected port from 40 addresses of 2001:db8:0:`net`::/64, one each.
+fn rotating_v6_sources(net: u16) -> Vec<Vec<u8>> {
+    (1..=40)
+        .map(|i| {
+            let src = Ipv6Addr::new(0x2001, 0xdb8, 0, net, 0, 0, 0, i);
+            Frame::new().ipv6(&Ipv6::tcp(src, PORT))
+        })
+        .collect()
+}
+
+#[test]
+fn the_flood_limit_counts_an_ipv6_client_by_its_prefix() {
+    if !privileged() {
+        return;
+    }
+    let flood = |extra: &str| format!("[filter.flood]\npackets_per_second = 1\nburst = 5\n{extra}");
+    let mut rig = Rig::start(RigOptions {
+        sections: flood(""),
+        ..RigOptions::default()
+    })
+    .unwrap();
+
+    // By default a /64 is one source: a client rotating addresses inside it
+    // gets one burst of 5 (6 if a second passed meanwhile), then `flood`.
+    rig.pair.inject(rotating_v6_sources(7)).unwrap();
+    let dropped = flood_drops(&rig);
+    assert!(dropped >= 30, "{dropped} of 40 dropped as flood");
+
+    // ipv6_prefix = 128, applied by a reload: every address has its own burst...
+    rig.opts.sections = flood("ipv6_prefix = 128\n");
+    rig.write_config().unwrap();
+    rig.cli.ok(&["reload"]).unwrap();
+    rig.pair.inject(rotating_v6_sources(8)).unwrap();
+    assert_eq!(
+        flood_drops(&rig),
+        dropped,
+        "no drop: one packet per address"
+    );
+    // ...and one address is still limited.
+    let one = Frame::new().ipv6(&Ipv6::tcp(
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 8, 0, 0, 0, 1),
+        PORT,
+    ));
+    rig.pair.inject(vec![one; 10]).unwrap();
+    assert!(flood_drops(&rig) - dropped >= 4, "{}", flood_drops(&rig));
 }

@@ -88,6 +88,7 @@ pub(super) struct RawGeo {
 pub(super) struct RawFlood {
     pub packets_per_second: Option<Spanned<i64>>,
     pub burst: Option<Spanned<i64>>,
+    pub ipv6_prefix: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

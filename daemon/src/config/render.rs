@@ -108,6 +108,9 @@ max_deny_entries = {DEFAULT_MAX_DENY_ENTRIES}
 # packets_per_second = 1000
 # # Default: packets_per_second.
 # burst = 1000
+# # IPv6 sources are limited by their prefix of this length, as a client can
+# # change address at will inside its /64 (32..128; 128 = per address).
+# ipv6_prefix = 64
 
 # Automatic bans: sources that keep failing at the gateway get a temporary
 # deny entry in the kernel. On by default with these values; bypass networks

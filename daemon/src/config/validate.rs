@@ -12,10 +12,11 @@ use super::raw::{RawAutoban, RawConfig, RawDaemon, RawFilter, RawFlood, RawGeo, 
 use super::source::Source;
 use super::{
     AttachMode, Config, CountryCode, CountryPolicy, DEFAULT_EVENTS_BURST,
-    DEFAULT_EVENTS_PER_SECOND, DEFAULT_GEO_DATABASE, DEFAULT_MAX_DENY_ENTRIES, DaemonConfig,
-    Diagnostic, FilterConfig, FloodConfig, GeoConfig, LogLevel, LogTarget, MAX_DENY_ENTRIES,
-    MAX_EVENTS_BURST, MAX_EVENTS_PER_SECOND, MAX_FLOOD_BURST, MAX_FLOOD_PACKETS_PER_SECOND,
-    MIN_DENY_ENTRIES, ProtectScope,
+    DEFAULT_EVENTS_PER_SECOND, DEFAULT_FLOOD_IPV6_PREFIX, DEFAULT_GEO_DATABASE,
+    DEFAULT_MAX_DENY_ENTRIES, DaemonConfig, Diagnostic, FilterConfig, FloodConfig, GeoConfig,
+    LogLevel, LogTarget, MAX_DENY_ENTRIES, MAX_EVENTS_BURST, MAX_EVENTS_PER_SECOND,
+    MAX_FLOOD_BURST, MAX_FLOOD_IPV6_PREFIX, MAX_FLOOD_PACKETS_PER_SECOND, MIN_DENY_ENTRIES,
+    MIN_FLOOD_IPV6_PREFIX, ProtectScope,
 };
 mod gateway;
 
@@ -430,9 +431,16 @@ impl Checker<'_> {
             1..=MAX_FLOOD_BURST,
             packets_per_second,
         );
+        let ipv6_prefix = self.prefix_len(
+            "filter.flood.ipv6_prefix",
+            raw.ipv6_prefix,
+            MIN_FLOOD_IPV6_PREFIX..=MAX_FLOOD_IPV6_PREFIX,
+            DEFAULT_FLOOD_IPV6_PREFIX,
+        );
         Some(FloodConfig {
             packets_per_second,
             burst,
+            ipv6_prefix,
         })
     }
 

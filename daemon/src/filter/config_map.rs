@@ -83,7 +83,7 @@ impl ConfigMap {
         // SAFETY: in-bounds, aligned fields of the mapped value.
         unsafe {
             ptr::addr_of_mut!((*p).flags).write_volatile(cfg.flags);
-            ptr::addr_of_mut!((*p)._pad).write_volatile(0);
+            ptr::addr_of_mut!((*p).flood_v6_prefix).write_volatile(cfg.flood_v6_prefix);
             ptr::addr_of_mut!((*p).flood_interval_ns).write_volatile(cfg.flood_interval_ns);
             ptr::addr_of_mut!((*p).flood_tolerance_ns).write_volatile(cfg.flood_tolerance_ns);
             ptr::addr_of_mut!((*p).event_interval_ns).write_volatile(cfg.event_interval_ns);

@@ -155,6 +155,14 @@ fn each_validation_error_is_located() {
             with_filter("[filter.flood]\npackets_per_second = 10\nburst = 0\n"),
             "t.toml:5:9: `filter.flood.burst` must be between 1 and 100000000, not 0",
         ),
+        (
+            with_filter("[filter.flood]\npackets_per_second = 10\nipv6_prefix = 31\n"),
+            "t.toml:5:15: `filter.flood.ipv6_prefix` must be between 32 and 128, not 31",
+        ),
+        (
+            with_filter("[filter.flood]\npackets_per_second = 10\nipv6_prefix = 129\n"),
+            "t.toml:5:15: `filter.flood.ipv6_prefix` must be between 32 and 128, not 129",
+        ),
     ];
     for (text, expected) in cases {
         assert_eq!(single_error(&text), expected, "for:\n{text}");

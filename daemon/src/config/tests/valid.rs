@@ -140,6 +140,7 @@ packets_per_second = 5000
         Some(FloodConfig {
             packets_per_second: 5000,
             burst: 5000,
+            ipv6_prefix: 64,
         })
     );
 }
@@ -224,8 +225,18 @@ fn flood_burst_given() {
         Some(FloodConfig {
             packets_per_second: 10_000_000,
             burst: 1,
+            ipv6_prefix: 64,
         })
     );
+}
+
+#[test]
+fn flood_ipv6_prefix_given() {
+    let flood = |text: &str| parse_ok(&with_filter(text)).filter.unwrap().flood.unwrap();
+    let text = "[filter.flood]\npackets_per_second = 10\nipv6_prefix = 56\n";
+    assert_eq!(flood(text).ipv6_prefix, 56);
+    let text = "[filter.flood]\npackets_per_second = 10\nipv6_prefix = 128\n";
+    assert_eq!(flood(text).ipv6_prefix, 128);
 }
 
 #[test]
@@ -270,7 +281,8 @@ fn rendered_default_is_the_default_configuration() {
         config.filter.as_ref().unwrap().flood,
         Some(FloodConfig {
             packets_per_second: 1000,
-            burst: 1000
+            burst: 1000,
+            ipv6_prefix: 64,
         })
     );
     // ... and so do the gateway sections.
@@ -346,6 +358,7 @@ fn edge_example_means_what_its_comments_say() {
         Some(FloodConfig {
             packets_per_second: 2000,
             burst: 4000,
+            ipv6_prefix: 64,
         })
     );
 }

@@ -83,6 +83,10 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
+/// Pre-standard QinQ tag types, still sent by some switches (Cisco, Juniper).
+const ETH_P_QINQ1: u16 = 0x9100;
+const ETH_P_QINQ2: u16 = 0x9200;
+const ETH_P_QINQ3: u16 = 0x9300;
 const VLAN_HLEN: usize = 4;
 const MAX_VLAN_DEPTH: usize = 2;
 const IPV4_HLEN: usize = 20;
@@ -286,7 +290,7 @@ fn decide(ctx: &XdpContext, cfg: &Config) -> (u32, u32) {
         // Still a tag after the ones parsed: more than MAX_VLAN_DEPTH tags. The
         // frame is not judged, so it must not pass as "not IP" (it would skip
         // every rule); checked after the IP arms, so untagged IP pays nothing.
-        Ok((ETH_P_8021Q | ETH_P_8021AD, _)) => Err(Stop::Malformed),
+        Ok((proto, _)) if is_vlan(proto) => Err(Stop::Malformed),
         Ok(_) => Err(Stop::NotIp),
         Err(e) => Err(e),
     };
@@ -307,9 +311,20 @@ fn decide(ctx: &XdpContext, cfg: &Config) -> (u32, u32) {
     }
 }
 
+/// Whether an ethertype is a VLAN tag: 802.1Q, 802.1ad, or the old QinQ
+/// types. A tag type taken for "not IP" would pass a tagged IP frame
+/// unjudged.
+#[inline(always)]
+fn is_vlan(proto: u16) -> bool {
+    matches!(
+        proto,
+        ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ1 | ETH_P_QINQ2 | ETH_P_QINQ3
+    )
+}
+
 /// The ethertype after up to two VLAN tags, and the network header offset.
-/// With more tags, the ethertype returned is the third tag's (802.1Q or
-/// 802.1ad), which `decide` treats as malformed.
+/// With more tags, the ethertype returned is the third tag's, which `decide`
+/// treats as malformed.
 #[inline(always)]
 fn ethertype(ctx: &XdpContext) -> Result<(u16, usize), Stop> {
     let eth = ptr_at(ctx, 0, ETH_HLEN)?;
@@ -318,7 +333,7 @@ fn ethertype(ctx: &XdpContext) -> Result<(u16, usize), Stop> {
     let mut off = ETH_HLEN;
     let mut i = 0;
     while i < MAX_VLAN_DEPTH {
-        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+        if !is_vlan(proto) {
             break;
         }
         let tag = ptr_at(ctx, off, VLAN_HLEN)?;

@@ -34,6 +34,12 @@ impl Frame {
         self
     }
 
+    /// Adds a tag of any type (`tpid`), e.g. the pre-standard QinQ 0x9100.
+    pub fn tag(mut self, tpid: u16, id: u16) -> Self {
+        self.vlans.push((tpid, id));
+        self
+    }
+
     fn eth(&self, ethertype: u16) -> Vec<u8> {
         let mut b = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
         for (tpid, id) in &self.vlans {

@@ -328,6 +328,60 @@ fn ipv4_options_fragments_and_malformed_headers() {
 }
 
 #[test]
+fn old_qinq_tag_types_are_parsed_as_vlan_tags() {
+    if !privileged() {
+        return;
+    }
+    // 0x9100, 0x9200 and 0x9300 (QinQ before 802.1ad): before, such a frame
+    // counted as not_ip and passed whatever its source.
+    let h = Harness::standard();
+    for tpid in [0x9100, 0x9200, 0x9300] {
+        let frames = [
+            ("alone", Frame::new().tag(tpid, 100)),
+            ("outer", Frame::new().tag(tpid, 100).vlan(10)),
+        ];
+        for (enc, f) in &frames {
+            let c = |s: &str| format!("{tpid:#x} {enc}: {s}");
+            h.expect(
+                &c("exact deny"),
+                &f.ipv4(&Ipv4::tcp(v4("198.18.1.1"), 443)),
+                XDP_DROP,
+                "denied",
+            );
+            h.expect(
+                &c("allowed"),
+                &f.ipv4(&Ipv4::tcp(v4("198.18.0.5"), 443)),
+                XDP_PASS,
+                "passed",
+            );
+            h.expect(
+                &c("IPv6 deny CIDR"),
+                &f.ipv6(&Ipv6::tcp(v6("2001:db8:dead::1"), 443)),
+                XDP_DROP,
+                "denied",
+            );
+            h.expect(
+                &c("ARP"),
+                &f.arp(v4("198.18.0.5"), v4("198.18.0.1")),
+                XDP_PASS,
+                "not_ip",
+            );
+        }
+        // A third tag of these types is one more than parsed, as for 802.1Q.
+        h.expect(
+            &format!("{tpid:#x} third tag"),
+            &Frame::new()
+                .qinq(1)
+                .vlan(2)
+                .tag(tpid, 3)
+                .ipv4(&Ipv4::tcp(v4("198.18.1.1"), 443)),
+            XDP_DROP,
+            "malformed",
+        );
+    }
+}
+
+#[test]
 fn more_vlan_tags_than_parsed_are_malformed() {
     if !privileged() {
         return;

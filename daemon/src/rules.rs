@@ -136,14 +136,7 @@ pub fn parse_entry(s: &str) -> Result<Vec<IpNet>, RuleError> {
                 input: s.to_string(),
             });
         }
-        let (start, end) = (parse_addr(start)?, parse_addr(end)?);
-        let (start4, end4) = (start.to_canonical(), end.to_canonical());
-        if start4.is_ipv4() != end4.is_ipv4() && start.is_ipv6() && end.is_ipv6() {
-            return Err(RuleError::MappedRange {
-                input: s.to_string(),
-            });
-        }
-        return range_to_cidrs(start4, end4);
+        return range_entry(parse_addr(start)?, parse_addr(end)?, s);
     }
     if let Some((addr, len)) = s.split_once('/') {
         let addr = addr.trim();
@@ -185,6 +178,20 @@ pub fn parse_entry(s: &str) -> Result<Vec<IpNet>, RuleError> {
     }
     let ip = parse_addr(s)?.to_canonical();
     Ok(vec![IpNet::from(ip)])
+}
+
+/// The CIDRs of the inclusive range `start..=end` given as `input`, with
+/// IPv4-mapped ends taken as the IPv4 addresses they map (see
+/// [`parse_entry`]); a range from a mapped address to another IPv6 address
+/// is an error.
+pub fn range_entry(start: IpAddr, end: IpAddr, input: &str) -> Result<Vec<IpNet>, RuleError> {
+    let (start4, end4) = (start.to_canonical(), end.to_canonical());
+    if start4.is_ipv4() != end4.is_ipv4() && start.is_ipv6() && end.is_ipv6() {
+        return Err(RuleError::MappedRange {
+            input: input.to_string(),
+        });
+    }
+    range_to_cidrs(start4, end4)
 }
 
 fn parse_addr(s: &str) -> Result<IpAddr, RuleError> {

@@ -1,12 +1,13 @@
 //! DB-IP's CSV layout (dbip-country-lite.csv): `start,end,country` lines,
 //! inclusive address ranges of either family, no header. `ZZ` marks a range
-//! of no known country.
+//! of no known country. IPv4-mapped ranges (`::ffff:a.b.c.d`) are the IPv4
+//! ranges they map.
 
 use std::net::IpAddr;
 use std::path::Path;
 
 use super::{DatabaseFormat, DownloadCode, Entry, GeoError, LineCounter, Read};
-use crate::rules::{RuleError, range_to_cidrs};
+use crate::rules::{RuleError, range_entry};
 
 pub(super) fn load(path: &Path, text: &str) -> Result<Read, GeoError> {
     let mut reader = ::csv::ReaderBuilder::new()
@@ -60,7 +61,9 @@ pub(super) fn load(path: &Path, text: &str) -> Result<Read, GeoError> {
                 });
             }
         };
-        let nets = range_to_cidrs(first, last).map_err(&bad_range)?;
+        // DB-IP lists some IPv4 space again as IPv4-mapped IPv6 ranges: the
+        // kernel sees those sources as IPv4, so they are IPv4 ranges here.
+        let nets = range_entry(first, last, &format!("{start}-{end}")).map_err(&bad_range)?;
         entries.extend(nets.into_iter().map(|net| Entry {
             net,
             country,

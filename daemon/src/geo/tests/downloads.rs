@@ -302,6 +302,42 @@ fn dbip_ranges_become_minimal_cidrs() {
 }
 
 #[test]
+fn dbip_ipv4_mapped_ranges_are_ipv4_ranges() {
+    let dir = TempDir::new();
+    let text = dbip_csv([
+        (addr("::ffff:5.1.0.0"), addr("::ffff:5.1.255.255"), "DE"),
+        (addr("::ffff:7.0.0.1"), addr("::ffff:7.0.0.2"), "FR"),
+        (addr("2a00::"), addr("2a00::ffff"), "NL"),
+    ]);
+    let path = dir.write("dbip-country-lite-2026-11.csv", &text);
+    let data = load(&path).unwrap();
+    assert_eq!(
+        data.prefixes(),
+        &[
+            (net("5.1.0.0/16"), cc("de")),
+            (net("7.0.0.1/32"), cc("fr")),
+            (net("7.0.0.2/32"), cc("fr")),
+            (net("2a00::/112"), cc("nl")),
+        ]
+    );
+    assert_eq!((data.v4_prefixes(), data.v6_prefixes()), (3, 1));
+    // A range leaving the mapped space names its line, as a deny entry would.
+    let path = dir.write("mixed.csv", "::ffff:5.1.0.0,2a00::,DE\n");
+    let err = load(&path).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            GeoError::BadEntry {
+                line: 1,
+                source: RuleError::MappedRange { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn dbip_errors_name_file_and_line() {
     let dir = TempDir::new();
     let cases = [

@@ -22,7 +22,7 @@ use std::{
 
 use rampart::control::{
     client::{Client, ClientError},
-    protocol::{ErrorKind, ListName, Request, exit},
+    protocol::{ErrorKind, ListName, Reply, Request, exit},
 };
 use rampart_tests::{
     control::{
@@ -447,6 +447,24 @@ fn ipv4_mapped_entries_are_the_ipv4_entries_they_map() {
         assert_eq!(c["action"], "drop", "{source}: {c}");
         assert_eq!(c["list"], "deny", "{source}: {c}");
     }
+    // A raw `check` request (another client than the CLI, which converts
+    // first) is answered for the IPv4 source too; before, for the IPv6 one.
+    let reply = Client::connect(cli.socket())
+        .unwrap()
+        .call(Request::Check {
+            addr: ip("::ffff:198.18.0.3"),
+            port: Some(PORT),
+            udp: false,
+        })
+        .unwrap();
+    let Reply::Check(c) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(
+        (c.addr, c.action.as_str(), c.list),
+        (ip("198.18.0.3"), "drop", Some(ListName::Deny)),
+        "{c:?}"
+    );
     let text = cli.ok(&["deny", "list"]).unwrap().stdout;
     assert!(!text.contains("::ffff"), "{text}");
 

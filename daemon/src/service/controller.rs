@@ -484,6 +484,10 @@ impl Controller {
     }
 
     fn check(&self, addr: IpAddr, port: Option<u16>, udp: bool) -> Result<CheckReply, ErrorReply> {
+        // The kernel judges an IPv4 packet by its IPv4 source (an IPv6 packet
+        // with a mapped source never gets that far): answer for that one,
+        // whichever client sent the request.
+        let addr = addr.to_canonical();
         let filter = self.filter.as_ref().ok_or_else(|| {
             error(
                 ErrorKind::Unavailable,

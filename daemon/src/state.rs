@@ -381,7 +381,14 @@ impl<C: WallClock> StateStore<C> {
         let damaged = |d: journal::Damage| {
             let path = journal_path.clone();
             let (line, source) = (d.line, d.defect);
-            if d.last {
+            if let RecordError::Sequence { expected, found } = source {
+                StateError::JournalSequence {
+                    path,
+                    line,
+                    expected,
+                    found,
+                }
+            } else if d.last {
                 StateError::DamagedLastRecord { path, line, source }
             } else {
                 StateError::CorruptJournal { path, line, source }

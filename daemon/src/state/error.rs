@@ -68,6 +68,18 @@ pub enum StateError {
         #[source]
         source: RecordError,
     },
+    /// A record whose checksum is right but whose sequence number is not the next
+    /// one (wherever it is: not damage, so "damaged record" would mislead).
+    #[error(
+        "{}:{line}: journal record {found} where record {expected} was expected (a record is missing, repeated or out of order): restore the state directory or repair the journal",
+        path.display()
+    )]
+    JournalSequence {
+        path: PathBuf,
+        line: usize,
+        expected: u64,
+        found: u64,
+    },
     #[error(
         "{}:{line}: the last journal record is complete but damaged (not a torn write, so probably an acknowledged change): restore the state directory, repair the line, or delete it to start without that change",
         path.display()

@@ -373,17 +373,26 @@ fn a_bad_record_before_the_last_is_an_error_naming_its_line() {
     let lines: Vec<&str> = text.lines().collect();
     fs::write(&path, format!("{}\n{}\n{}\n", lines[0], lines[2], lines[3])).unwrap();
     match open_err(&tmp.state()) {
-        StateError::CorruptJournal {
+        StateError::JournalSequence {
             line: 2,
-            source:
-                RecordError::Sequence {
-                    expected: 2,
-                    found: 3,
-                },
+            expected: 2,
+            found: 3,
             ..
         } => {}
         other => panic!("expected a sequence error, got {other:?}"),
     }
+    // The same as the last line (record 4 again where 5 was expected): the
+    // message says what is wrong, not "damaged record before the end".
+    fs::write(&path, format!("{text}{}\n", lines[3])).unwrap();
+    let err = open_err(&tmp.state());
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}:5: journal record 4 where record 5 was expected (a record is missing, \
+             repeated or out of order): restore the state directory or repair the journal",
+            path.display()
+        )
+    );
 
     // A checksum-valid last record that does not parse is an error too: it was
     // written whole, so it is not a torn write.
@@ -607,12 +616,10 @@ fn a_journal_that_starts_after_the_snapshot_is_an_error() {
     fs::remove_file(tmp.state().join(SNAPSHOT_FILE)).unwrap();
     assert!(matches!(
         open_err(&tmp.state()),
-        StateError::CorruptJournal {
+        StateError::JournalSequence {
             line: 1,
-            source: RecordError::Sequence {
-                expected: 1,
-                found: 3
-            },
+            expected: 1,
+            found: 3,
             ..
         }
     ));

@@ -482,6 +482,11 @@ const V6_ELSEWHERE: &str = "2001:db8:1::5";
 /// `THRESHOLD` authentication failures for 60 s, `V6_BYPASSED` a bypass
 /// address; `sections` go after `[filter.autoban]`.
 fn start_v6(sections: &str) -> Gateway {
+    start_v6_with("", sections)
+}
+
+/// [`start_v6`] with more `[filter]` lines.
+fn start_v6_with(filter: &str, sections: &str) -> Gateway {
     let addrs =
         V6_SOURCES
             .into_iter()
@@ -489,7 +494,7 @@ fn start_v6(sections: &str) -> Gateway {
     let mut gw = Gateway::prepare(
         RigOptions {
             client_addrs: addrs.map(ip).collect(),
-            filter: format!(r#"bypass = ["198.18.0.8/30", "{V6_BYPASSED}"]"#),
+            filter: format!(r#"bypass = ["198.18.0.8/30", "{V6_BYPASSED}"]"#) + "\n" + filter,
             ..RigOptions::default()
         },
         &format!("[filter.autoban]\nauth_failures = {THRESHOLD}\nban_secs = 60\n{sections}"),
@@ -630,4 +635,76 @@ fn an_ipv6_prefix_ban_spares_a_trusted_proxy_inside_it() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(gw.tls_port_reachable("2001:db8::2"));
     assert!(cli.list("deny").unwrap().is_empty());
+}
+
+/// Waits (at most 2 s) for a log line holding every one of `words`; the line.
+fn log_line(gw: &Gateway, words: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let log = gw.rig.log();
+        if let Some(l) = log.lines().find(|l| words.iter().all(|w| l.contains(w))) {
+            return l.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {words:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A wider deny entry that covers the client's /64 for at least as long (an
+/// operator's 2001:db8::/32) leaves nothing for a /64 ban to add: none is made,
+/// and the log says so, as for an entry of the same network. (Monitor mode: the
+/// filter lets the denied client reach the gateway, as another interface or local
+/// traffic would.) Before, the /64 ban was added under the /32.
+#[test]
+fn a_prefix_ban_is_not_added_under_a_wider_deny_entry() {
+    if !privileged() {
+        return;
+    }
+    let gw = start_v6_with("monitor = true", "");
+    let cli = &gw.rig.cli;
+    cli.ok(&["deny", "add", "2001:db8::/32"]).unwrap();
+    fail_from_each_v6_source(&gw);
+    let line = log_line(&gw, &["no automatic ban", "network=2001:db8::/64"]);
+    assert!(line.contains("covered_by=2001:db8::/32"), "{line}");
+    assert!(line.contains(r#"origin="operator""#), "{line}");
+    assert_eq!(cli.list_entries("deny").unwrap(), ["2001:db8::/32"]);
+    let s = cli.json(&["status"]).unwrap();
+    assert_eq!(s["filter"]["auto_bans"], 0, "{s}");
+}
+
+/// Per-address bans made before a reload to `ipv6_prefix = 64` are inside the
+/// /64 ban that follows and end before it: they are removed with its addition
+/// (before, they stayed listed, and in the kernel, beside the /64).
+#[test]
+fn a_prefix_ban_replaces_the_shorter_address_bans_inside_it() {
+    if !privileged() {
+        return;
+    }
+    let gw = start_v6("ipv6_prefix = 128\n");
+    let cli = &gw.rig.cli;
+    ban(&gw, V6_SOURCES[0]);
+    assert_eq!(cli.list_entries("deny").unwrap(), ["2001:db8::10/128"]);
+
+    let text = gw.rig.config_text(
+        &gw.rig.opts.filter,
+        &gw.rig.opts.sections.replace("ipv6_prefix = 128\n", ""),
+    );
+    std::fs::write(&gw.rig.config, text).unwrap();
+    cli.ok(&["reload"]).unwrap();
+    // Five failures in the /64 from addresses not banned yet.
+    for src in V6_SOURCES[1..].iter().chain(["2001:db8::2"].iter()) {
+        assert_eq!(bad_key(&gw, src), Some(401), "{src}");
+    }
+    let line = log_line(&gw, &["source banned", "network=2001:db8::/64"]);
+    assert_eq!(cli.list_entries("deny").unwrap(), ["2001:db8::/64"]);
+    assert!(line.contains("replaced_bans=1"), "{line}");
+    let s = cli.json(&["status"]).unwrap();
+    assert_eq!(s["filter"]["auto_bans"], 1, "{s}");
+    assert!(
+        !gw.tls_port_reachable(V6_SOURCES[0]),
+        "still dropped, by the /64"
+    );
 }

@@ -1178,28 +1178,57 @@ impl Controller {
                 .get(EntryOrigin::Config)
                 .is_some()
         });
-        if in_config || old.is_some_and(|old| !outlasts(entry.expires_at, old.expires_at)) {
+        // A wider entry (an operator's /32 around a /64 ban) that lasts at least
+        // as long leaves nothing for the ban to add.
+        let covering = if in_config {
+            None
+        } else {
+            self.covering_deny(&net, entry.expires_at, now)
+        };
+        if in_config
+            || covering.is_some()
+            || old.is_some_and(|old| !outlasts(entry.expires_at, old.expires_at))
+        {
+            let (covered_by, origin) = match covering {
+                Some((wider, origin)) => (wider, origin),
+                None if in_config => (net, "config"),
+                None => (net, old.map_or("-", |old| origin_name(old.origin))),
+            };
             tracing::info!(
                 src_ip = %ban.source,
                 network = %net,
                 reason = %reason,
-                origin = if in_config {
-                    "config"
-                } else {
-                    old.map_or("-", |old| origin_name(old.origin))
-                },
+                origin,
+                covered_by = %covered_by,
                 "no automatic ban: the source is denied already, for at least as long"
             );
             return;
         }
         let replaces_operator = old.is_some_and(|old| old.origin == EntryOrigin::Operator);
-        let undo = self.undo_changes(ListKind::Deny, std::iter::once(&net));
-        if let Err(e) = self.store.commit(&[Change::Add(vec![entry])]) {
+        // Automatic bans inside a prefix ban that end no later than it are
+        // redundant: they go with the same change.
+        let inner = self.inner_auto_bans(&net, entry.expires_at);
+        let undo = self.undo_changes(ListKind::Deny, std::iter::once(&net).chain(&inner));
+        let mut changes = Vec::new();
+        if !inner.is_empty() {
+            changes.push(Change::Remove(
+                inner.iter().map(|n| (ListKind::Deny, *n)).collect(),
+            ));
+        }
+        changes.push(Change::Add(vec![entry]));
+        if let Err(e) = self.store.commit(&changes) {
             tracing::error!(src_ip = %ban.source, network = %net, error = %chain(&e), "automatic ban not stored; not applied");
             return;
         }
         let expires = expiry_ns(Some(now + ttl), now, filter::monotonic_ns());
         let mut batch = Vec::new();
+        if !inner.is_empty() {
+            batch.push(filter::Change::RemoveOrigin {
+                kind: ListKind::Deny,
+                origin: EntryOrigin::Auto,
+                nets: inner.clone(),
+            });
+        }
         if replaces_operator {
             batch.push(filter::Change::RemoveOrigin {
                 kind: ListKind::Deny,
@@ -1232,8 +1261,58 @@ impl Controller {
             network = %net,
             reason = %reason,
             ttl_secs = ttl,
+            replaced_bans = inner.len(),
             "source banned in the kernel"
         );
+    }
+
+    /// The nearest live deny entry wider than `net` that covers it for at least
+    /// as long as a ban ending at `expires_at` (unix seconds): (its network, its
+    /// origin's name). At most one lookup per prefix length.
+    fn covering_deny(
+        &self,
+        net: &IpNet,
+        expires_at: Option<u64>,
+        now: u64,
+    ) -> Option<(IpNet, &'static str)> {
+        let filter = self.filter.as_ref()?;
+        (0..net.prefix_len()).rev().find_map(|len| {
+            let wider = IpNet::new(net.addr(), len).ok()?.trunc();
+            let in_config = (filter.lists().slots(ListKind::Deny, &wider))
+                .get(EntryOrigin::Config)
+                .is_some();
+            if in_config {
+                return Some((wider, "config"));
+            }
+            let e = (self.store.state().get(ListKind::Deny, &wider)).filter(|e| e.is_live(now))?;
+            (!outlasts(expires_at, e.expires_at)).then(|| (wider, origin_name(e.origin)))
+        })
+    }
+
+    /// Automatic deny entries strictly inside `net` that end no later than a ban
+    /// of `net` ending at `expires_at`.
+    fn inner_auto_bans(&self, net: &IpNet, expires_at: Option<u64>) -> Vec<IpNet> {
+        if net.prefix_len() == net.max_prefix_len() {
+            return Vec::new();
+        }
+        let Ok(last) = IpNet::new(net.broadcast(), net.max_prefix_len()) else {
+            return Vec::new();
+        };
+        // Entries are ordered by list, then address: those inside `net` lie
+        // between `net` itself and its last address.
+        (self
+            .store
+            .state()
+            .entries
+            .range((ListKind::Deny, *net)..=(ListKind::Deny, last)))
+        .filter(|((_, inner), e)| {
+            inner != net
+                && net.contains(inner)
+                && e.origin == EntryOrigin::Auto
+                && !outlasts(e.expires_at, expires_at)
+        })
+        .map(|((_, inner), _)| *inner)
+        .collect()
     }
 
     /// Automatic bans of prefixes in force (they take room in the prefix table).

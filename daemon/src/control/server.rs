@@ -166,11 +166,25 @@ impl ControlServer {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        prepare_directory(&dir, group).map_err(|source| ControlError::Directory {
-            path: dir.clone(),
-            source,
+        prepare_directory(&dir, path.file_name(), group).map_err(|source| {
+            ControlError::Directory {
+                path: dir.clone(),
+                source,
+            }
         })?;
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            // Only a socket (one a stopped rampartd left) is replaced: a file of
+            // another kind at that path is someone's, and a typo must not delete it.
+            use std::os::unix::fs::FileTypeExt as _;
+            if !meta.file_type().is_socket() {
+                return Err(ControlError::Bind {
+                    path,
+                    source: io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        "exists and is not a socket; rampartd replaces only a socket it left",
+                    ),
+                });
+            }
             if UnixStream::connect(&path).await.is_ok() {
                 return Err(ControlError::InUse { path });
             }
@@ -245,8 +259,14 @@ impl ControlServer {
 }
 
 /// Creates `dir` with the right owner and mode, or fixes an existing one,
-/// before anything is bound in it.
-fn prepare_directory(dir: &Path, group: Option<u32>) -> io::Result<()> {
+/// before anything is bound in it. The directory must be the socket's own: one
+/// that holds other files (`/run`, `/tmp`, a shared directory) is refused rather
+/// than made private, which would lock every other user of it out.
+fn prepare_directory(
+    dir: &Path,
+    socket: Option<&std::ffi::OsStr>,
+    group: Option<u32>,
+) -> io::Result<()> {
     let mode = if group.is_some() { 0o750 } else { 0o700 };
     if !dir.exists() {
         std::fs::DirBuilder::new()
@@ -260,6 +280,18 @@ fn prepare_directory(dir: &Path, group: Option<u32>) -> io::Result<()> {
             io::ErrorKind::AlreadyExists,
             "exists and is not a directory",
         ));
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if Some(name.as_os_str()) != socket {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "holds other files ({}): rampartd sets the mode and owner of the control socket's directory, so the socket needs a directory of its own (such as /run/rampart/control.sock)",
+                    name.to_string_lossy()
+                ),
+            ));
+        }
     }
     let uid = nix::unistd::geteuid();
     let gid = group.map_or_else(nix::unistd::getegid, nix::unistd::Gid::from_raw);

@@ -5,6 +5,7 @@
 //! daemon down.
 
 pub mod panics;
+pub mod signals;
 pub mod sockets;
 
 /// Exit status when a part of the daemon that cannot be restarted on its own (the

@@ -30,6 +30,7 @@ struct Args {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    rampart::lifecycle::signals::ignore_stray();
     // First, while the process has one thread: this unsets LISTEN_FDS & co.
     let inherited = rampart::lifecycle::sockets::take_from_env();
     let args = Args::parse();

@@ -1,6 +1,7 @@
-//! Where the control socket may go: rampartd makes the socket's directory its own
-//! (mode and owner), so it refuses a directory shared with other files, and it
-//! replaces only a socket, never another file at the socket's path.
+//! Edges of rampartd's life that an operator meets: where the control socket may go
+//! (rampartd makes the socket's directory its own, so it refuses a directory shared
+//! with other files, and replaces only a socket, never another file at its path),
+//! and signals it has no use for.
 
 // Test code: a failed unwrap is a failed test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -32,8 +33,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts rampartd with its control socket at `socket`; it must refuse to start.
-fn refused_start(d: &Path, socket: &Path) -> (i32, String) {
+/// A gateway-only configuration in `d` with its control socket at `socket`; its
+/// path and the plain listener's port.
+fn config(d: &Path, socket: &Path) -> (PathBuf, u16) {
     let port = free_port();
     let config = d.join("rampart.toml");
     std::fs::write(
@@ -50,6 +52,12 @@ fn refused_start(d: &Path, socket: &Path) -> (i32, String) {
         ),
     )
     .unwrap();
+    (config, port)
+}
+
+/// Starts rampartd with its control socket at `socket`; it must refuse to start.
+fn refused_start(d: &Path, socket: &Path) -> (i32, String) {
+    let (config, _) = config(d, socket);
     let mut child = Command::new(env!("CARGO_BIN_EXE_rampartd"))
         .arg("--config")
         .arg(&config)
@@ -115,4 +123,48 @@ fn a_file_at_the_socket_path_is_not_deleted() {
     assert_ne!(code, 0, "{stderr}");
     assert!(stderr.contains("exists and is not a socket"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+}
+
+/// SIGUSR1 or SIGUSR2 (a log-rotation script that signals every daemon, as it would
+/// nginx) used to end rampartd by the default action, and so did a SIGHUP before the
+/// reload handler exists (not tested: that window is a few milliseconds here).
+#[test]
+fn stray_signals_do_not_end_rampartd() {
+    let d = dir("signals");
+    let (config, port) = config(&d.0, &d.0.join("run").join("control.sock"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rampartd"))
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
+    let signal = |signal| {
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("rampartd ended before it listened: {status}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rampartd never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for stray in [libc::SIGUSR1, libc::SIGUSR2, libc::SIGHUP] {
+        signal(stray);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "rampartd ended on signal {stray}"
+        );
+    }
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    signal(libc::SIGTERM);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
 }

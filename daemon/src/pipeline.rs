@@ -708,6 +708,7 @@ pub fn gateway_settings(config: &Config) -> (Vec<ListenerSettings>, GatewaySetti
             max_connections_per_source: gateway.max_connections_per_source as usize,
             ipv6_client_prefix: gateway.ipv6_client_prefix,
             max_backend_requests: gateway.max_backend_requests as usize,
+            max_backend_requests_per_source: gateway.max_backend_requests_per_source as usize,
             header_read_timeout: gateway.header_read_timeout,
             idle_timeout: gateway.idle_timeout,
             request_timeout: gateway.request_timeout,

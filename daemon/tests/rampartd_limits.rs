@@ -701,11 +701,17 @@ async fn http2_requests_in_progress_keep_their_connection() {
 /// hunt5 #2: each request in flight to a backend holds a backend connection, and
 /// nothing bounded them. With `max_backend_requests = 4` and four requests held at
 /// the backend, the fifth gets 503 at once without a connection to the backend;
-/// once the held ones finish, requests pass again.
+/// once the held ones finish, requests pass again. (The held requests come from one
+/// source: `max_backend_requests_per_source = 0` leaves it uncapped.)
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_past_max_backend_requests_get_503_at_once() {
     let backend = Backend::start().await;
-    let mut s = serve("backend-requests", backend.addr, "max_backend_requests = 4").await;
+    let mut s = serve(
+        "backend-requests",
+        backend.addr,
+        "max_backend_requests = 4\nmax_backend_requests_per_source = 0",
+    )
+    .await;
     let tcp = connect_from("127.0.0.1", s.plain, None).await;
     let (client, connection) = h2_client(tcp).await;
     tokio::spawn(connection);
@@ -779,14 +785,14 @@ async fn requests_past_max_backend_requests_get_503_at_once() {
 }
 
 /// A reload changes `max_backend_requests` for the requests that come next; those
-/// in flight keep their place.
+/// in flight keep their place (one source, not capped on its own).
 #[tokio::test(flavor = "multi_thread")]
 async fn max_backend_requests_changes_with_a_reload() {
     let backend = Backend::start().await;
     let mut s = serve(
         "backend-requests-reload",
         backend.addr,
-        "max_backend_requests = 1",
+        "max_backend_requests = 1\nmax_backend_requests_per_source = 0",
     )
     .await;
     let tcp = connect_from("127.0.0.1", s.plain, None).await;
@@ -802,7 +808,8 @@ async fn max_backend_requests_changes_with_a_reload() {
     let refused = h2_get(&client, &base, "/b/fast").await.unwrap();
     assert_eq!(refused.0, StatusCode::SERVICE_UNAVAILABLE);
 
-    s.reload("max_backend_requests = 3").await;
+    s.reload("max_backend_requests = 3\nmax_backend_requests_per_source = 0")
+        .await;
     let more = [hold(&client), hold(&client)];
     backend.wait_held(3).await;
     assert_eq!(
@@ -810,7 +817,8 @@ async fn max_backend_requests_changes_with_a_reload() {
         StatusCode::SERVICE_UNAVAILABLE
     );
     // Down to 2 while 3 are held: the next passes only once two have finished.
-    s.reload("max_backend_requests = 2").await;
+    s.reload("max_backend_requests = 2\nmax_backend_requests_per_source = 0")
+        .await;
     assert_eq!(
         h2_get(&client, &base, "/b/fast").await.unwrap().0,
         StatusCode::SERVICE_UNAVAILABLE
@@ -837,18 +845,121 @@ async fn max_backend_requests_changes_with_a_reload() {
     assert!(s.daemon.terminate().await.success());
 }
 
+/// One source (256 connections x 100 HTTP/2 streams) could hold every
+/// `max_backend_requests` permit, and every other client got 503. With
+/// `max_backend_requests_per_source = 3`, 127.0.0.1 holds three requests over two
+/// connections; its fourth gets the same 503 at once with its own reason, while
+/// 127.0.0.2 is served and a trusted proxy (127.0.0.3) is not capped. A reload
+/// raises the limit for the next requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_source_cannot_take_every_backend_request() {
+    let backend = Backend::start().await;
+    let mut s = serve(
+        "backend-requests-per-source",
+        backend.addr,
+        "max_backend_requests = 20\nmax_backend_requests_per_source = 3\ntrusted_proxies = [\"127.0.0.3\"]",
+    )
+    .await;
+    let base = s.plain_base();
+    let h2_from = |source: &'static str| {
+        let plain = s.plain;
+        async move {
+            let (client, connection) = h2_client(connect_from(source, plain, None).await).await;
+            tokio::spawn(connection);
+            client
+        }
+    };
+    let hold = |client: &h2::client::SendRequest<Bytes>| {
+        let (client, base) = (client.clone(), base.clone());
+        tokio::spawn(async move { h2_get(&client, &base, "/b/hold").await })
+    };
+    let first = h2_from("127.0.0.1").await;
+    let second = h2_from("127.0.0.1").await;
+    let mut held = vec![hold(&first), hold(&first), hold(&second)];
+    backend.wait_held(3).await;
+
+    let started = Instant::now();
+    let refused = tokio::time::timeout(Duration::from_secs(3), h2_get(&second, &base, "/b/fast"))
+        .await
+        .expect("the request past max_backend_requests_per_source waits")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        refused,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{ "statusCode": 503, "message": "Service unavailable" }"#.to_owned()
+        )
+    );
+    // Another source is served, over HTTP/2 and HTTP/1.1.
+    let other = h2_from("127.0.0.2").await;
+    assert_eq!(
+        h2_get(&other, &base, "/b/fast").await.unwrap(),
+        (StatusCode::OK, "ok".to_owned())
+    );
+    assert_eq!(
+        s.get_from("127.0.0.2", "/b/fast").await,
+        (StatusCode::OK, "ok".to_owned())
+    );
+    // A trusted proxy speaks for many clients: four held, and a fifth passes.
+    let proxy = h2_from("127.0.0.3").await;
+    held.extend((0..4).map(|_| hold(&proxy)));
+    backend.wait_held(7).await;
+    assert_eq!(
+        h2_get(&proxy, &base, "/b/fast").await.unwrap().0,
+        StatusCode::OK
+    );
+
+    // A reload raises the limit: 127.0.0.1 gets a fourth while three are held.
+    s.reload("max_backend_requests = 20\nmax_backend_requests_per_source = 4\ntrusted_proxies = [\"127.0.0.3\"]")
+        .await;
+    assert_eq!(
+        h2_get(&first, &base, "/b/fast").await.unwrap(),
+        (StatusCode::OK, "ok".to_owned())
+    );
+
+    backend.release.send(true).unwrap();
+    for request in held {
+        assert_eq!(request.await.unwrap().unwrap().0, StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = s.daemon.log();
+    let events: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("rampart::access") && l.contains("status=503"))
+        .collect();
+    assert_eq!(events.len(), 1, "{log}");
+    assert!(
+        events[0].contains("reason=\"BackendRequestLimitPerSource\"")
+            && events[0].contains("peer=127.0.0.1:"),
+        "{log}"
+    );
+    let (_, metrics) = s.admin("/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l
+            == "rampart_http_requests_total{api=\"b\",status=\"503\",reason=\"BackendRequestLimitPerSource\"} 1"),
+        "{metrics}"
+    );
+    assert!(s.daemon.terminate().await.success());
+}
+
 /// hunt5 #2: three HTTP/2 connections with 100 requests each held at the backend
 /// took 300 backend connections: at the open-file limit every accept failed, the
 /// admin listener's too. With a limit of 512 descriptors and 600 such requests, the
 /// caps keep rampartd below it: the admin listener and the control socket answer,
-/// and a new client gets an answer (503) instead of a hang.
+/// and a new client gets an answer (503) instead of a hang. (All from one source,
+/// not capped on its own, so that the global limit is what is reached.)
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_and_control_keep_working_when_the_gateway_is_at_its_limits() {
     let backend = Backend::start().await;
     let mut s = serve_with(
         "descriptors",
         backend.addr,
-        "max_connections = 64\nmax_backend_requests = 64",
+        "max_connections = 64\nmax_backend_requests = 64\nmax_backend_requests_per_source = 0",
         |command| open_file_limit(command, 512, 512),
     )
     .await;

@@ -301,6 +301,13 @@ pub fn default_connections_per_source(max_connections: u32) -> u32 {
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE.min((max_connections / 4).max(1))
 }
 
+/// The default `max_backend_requests_per_source` for `max_backend_requests`: a
+/// quarter of it (at least 1), so that one source never takes every request in
+/// flight (2,500 of the default 10,000).
+pub fn default_backend_requests_per_source(max_backend_requests: u32) -> u32 {
+    (max_backend_requests / 4).max(1)
+}
+
 /// `[gateway]`: limits that protect the gateway, trusted proxies, backend CAs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayConfig {
@@ -311,6 +318,8 @@ pub struct GatewayConfig {
     pub max_connections_per_source: u32,
     /// Requests in flight to backends over all APIs; more get 503.
     pub max_backend_requests: u32,
+    /// Requests in flight to backends from one source; 0: no cap.
+    pub max_backend_requests_per_source: u32,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
@@ -358,6 +367,7 @@ impl Default for GatewayConfig {
             max_connections: 10_000,
             max_connections_per_source: default_connections_per_source(10_000),
             max_backend_requests: 10_000,
+            max_backend_requests_per_source: default_backend_requests_per_source(10_000),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(300),

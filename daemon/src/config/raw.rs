@@ -231,6 +231,7 @@ pub(super) struct RawGateway {
     pub max_connections: Option<Spanned<i64>>,
     pub max_connections_per_source: Option<Spanned<i64>>,
     pub max_backend_requests: Option<Spanned<i64>>,
+    pub max_backend_requests_per_source: Option<Spanned<i64>>,
     pub header_read_timeout_secs: Option<Spanned<i64>>,
     pub idle_timeout_secs: Option<Spanned<i64>>,
     pub request_timeout_secs: Option<Spanned<i64>>,

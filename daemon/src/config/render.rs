@@ -152,6 +152,10 @@ max_deny_entries = {DEFAULT_MAX_DENY_ENTRIES}
 # # Requests in flight to backends, all APIs together (each holds a backend
 # # connection); more get 503 at once.
 # max_backend_requests = 10000
+# # Requests in flight to backends from one client address (counted as
+# # max_connections_per_source counts); more get 503 at once (0 = no cap).
+# # Default: max_backend_requests / 4. Trusted proxies are not capped.
+# max_backend_requests_per_source = 2500
 # header_read_timeout_secs = 10
 # # HTTP/1: no request waiting and no byte moving; HTTP/2: no request waiting,
 # # none started and no response body moving (PINGs do not count).

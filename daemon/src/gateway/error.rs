@@ -185,6 +185,16 @@ impl Rejection {
         )
     }
 
+    /// `max_backend_requests_per_source` requests of the client's source are in
+    /// flight to backends: the same answer, its own reason.
+    pub fn backend_requests_per_source_exhausted() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service unavailable",
+            "BackendRequestLimitPerSource",
+        )
+    }
+
     /// `backend_auth` has no token to send (none obtained yet, or expired).
     pub fn backend_auth_unavailable() -> Self {
         Self::new(

@@ -30,6 +30,7 @@ use super::policy::{
 use super::proxy::{Backend, ClientBody, UpstreamBody, declared_length};
 use super::routing::{RouteTable, request_host, valid_authority};
 use super::settings::{AccessLog, Limits, is_trusted};
+use super::sources::{InFlight, SourceRequests};
 use super::{GatewayStats, RejectionSink, ResponseBody};
 use crate::policy::client_cert::ClientCertificate;
 
@@ -64,6 +65,9 @@ pub(crate) struct Connection {
     pub(crate) proto: &'static str,
     /// The client certificate the TLS layer verified, if any.
     pub(crate) client_cert: Option<Arc<ClientCertificate>>,
+    /// Its source's requests in flight to backends
+    /// (`max_backend_requests_per_source`); `None` for a trusted proxy.
+    pub(crate) source_requests: Option<SourceRequests>,
 }
 
 pub(crate) async fn handle(
@@ -566,7 +570,24 @@ async fn process(
                 // descriptor) until its response body ends: past the limit, 503
                 // without one, instead of running out of descriptors for every
                 // client and the admin listener (a semaphore's try_acquire: one
-                // atomic operation, no lock).
+                // atomic operation, no lock). One source gets at most its share
+                // first (one atomic operation on its own counter), so that it
+                // cannot take every permit; a trusted proxy speaks for many
+                // clients and is not capped.
+                let trusted = is_trusted(&shared.trusted_proxies, conn.peer.ip());
+                let per_source = limits.max_backend_requests_per_source;
+                let source = match &conn.source_requests {
+                    Some(requests) if per_source > 0 && !trusted => {
+                        let Some(taken) = requests.take(per_source) else {
+                            tracing::debug!(api = %backend.name, peer = %conn.peer, limit = per_source, "max_backend_requests_per_source in flight from this source; request refused");
+                            return Err(Stop::Reject(
+                                Rejection::backend_requests_per_source_exhausted(),
+                            ));
+                        };
+                        Some(taken)
+                    }
+                    _ => None,
+                };
                 let Ok(permit) = Arc::clone(&shared.backend_requests).try_acquire_owned() else {
                     tracing::debug!(api = %backend.name, limit = limits.max_backend_requests, "max_backend_requests in flight; request refused");
                     return Err(Stop::Reject(Rejection::backend_requests_exhausted()));
@@ -577,11 +598,15 @@ async fn process(
                         peer: conn.peer.ip(),
                         proto: conn.proto,
                         host: host.as_deref(),
-                        trusted: is_trusted(&shared.trusted_proxies, conn.peer.ip()),
+                        trusted,
                     },
                 );
+                let in_flight = InFlight {
+                    _permit: permit,
+                    _source: source,
+                };
                 backend
-                    .forward(parts, upstream, &rest, deadline, permit)
+                    .forward(parts, upstream, &rest, deadline, in_flight)
                     .await
                     .map_err(|rejection| {
                         if rejection.status == http::StatusCode::BAD_REQUEST {

@@ -20,12 +20,12 @@ use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use tokio::sync::OwnedSemaphorePermit;
 use url::Url;
 
 use super::error::{GatewayError, Rejection};
 use super::lingering::Lingering;
 use super::settings::{ApiSettings, BackendProtocol, BackendTimeouts};
+use super::sources::InFlight;
 use super::{BoxError, ResponseBody};
 use crate::policy::backend_auth::{ClientCertificate, Credential};
 
@@ -204,15 +204,16 @@ impl Backend {
     /// Sends the request and returns the backend's response head with its body
     /// streaming, or the rejection the client gets instead: 504 when the head has
     /// not come within the backend's response timeout or by `deadline` (the
-    /// request's own), whichever is first (one timer). `permit` (one of
-    /// `max_backend_requests`) is held until the response body ends or is dropped.
+    /// request's own), whichever is first (one timer). `permit` (its places in
+    /// `max_backend_requests` and `max_backend_requests_per_source`) is held until
+    /// the response body ends or is dropped.
     pub(crate) async fn forward(
         &self,
         parts: request::Parts,
         body: UpstreamBody,
         rest_of_path: &str,
         deadline: tokio::time::Instant,
-        permit: OwnedSemaphorePermit,
+        permit: InFlight,
     ) -> Result<Response<ResponseBody>, Rejection> {
         let mut parts = parts;
         if let Some(credential) = &self.credential {
@@ -297,7 +298,7 @@ impl Backend {
         request_deadline_passed: bool,
         is_connect: fn(&E) -> bool,
         discard_connection: impl FnOnce(),
-        permit: OwnedSemaphorePermit,
+        permit: InFlight,
     ) -> Result<Response<ResponseBody>, Rejection>
     where
         B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -390,11 +391,12 @@ impl Backend {
     }
 }
 
-/// A backend's response body with the `max_backend_requests` permit of its
-/// request, given back when the body is dropped (ended, or the client went away).
+/// A backend's response body with the `max_backend_requests` (and per-source)
+/// places of its request, given back when the body is dropped (ended, or the
+/// client went away).
 struct Permitted<B> {
     inner: B,
-    _permit: OwnedSemaphorePermit,
+    _permit: InFlight,
 }
 
 impl<B: hyper::body::Body + Unpin> hyper::body::Body for Permitted<B> {

@@ -30,7 +30,7 @@ use super::lingering::{Lingering, Returning, linger};
 use super::panics::handle_catching;
 use super::proxy::Chain;
 use super::settings::{Limits, ListenerSettings, Transport, is_trusted};
-use super::sources::Sources;
+use super::sources::{SourceRequests, SourceSlot, Sources};
 use super::tls::ListenerTls;
 use crate::policy::client_cert::ClientCertificate;
 
@@ -380,11 +380,16 @@ async fn listener_task(
         };
         // Counted for its source before it waits for a slot, so that one source
         // cannot queue for every slot either. Behind a trusted proxy the peer is
-        // the proxy, which speaks for many clients: not capped.
+        // the proxy, which speaks for many clients: not capped. Counted also
+        // without a connection cap: the count holds the source's requests in
+        // flight (`max_backend_requests_per_source`, which a reload may turn on).
         let source_slot = {
             let current = server.current.load();
-            let cap = current.limits.max_connections_per_source;
-            if cap == 0 || is_trusted(&current.trusted_proxies, peer.ip()) {
+            let cap = match current.limits.max_connections_per_source {
+                0 => usize::MAX,
+                cap => cap,
+            };
+            if is_trusted(&current.trusted_proxies, peer.ip()) {
                 None
             } else if let Some(counted) =
                 server
@@ -436,6 +441,7 @@ async fn listener_task(
                 Addresses {
                     peer,
                     listener: configured,
+                    requests: source_slot.as_ref().map(SourceSlot::requests),
                 },
                 tls,
                 Watchers {
@@ -518,11 +524,17 @@ struct Addresses {
     peer: SocketAddr,
     /// The configured address of the listener that accepted it.
     listener: SocketAddr,
+    /// Its source's requests in flight (`None`: a trusted proxy, not capped).
+    requests: Option<SourceRequests>,
 }
 
 async fn serve_connection(
     stream: ActivityIo<Returning>,
-    Addresses { peer, listener }: Addresses,
+    Addresses {
+        peer,
+        listener,
+        requests,
+    }: Addresses,
     tls: Option<Arc<ListenerTls>>,
     watchers: Watchers,
     server: Arc<Server>,
@@ -556,6 +568,7 @@ async fn serve_connection(
                 listener,
                 proto: "https",
                 client_cert,
+                source_requests: requests,
             };
             let http1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
             run_http(stream, http1, conn, watchers, server, &generation, watcher).await
@@ -566,6 +579,7 @@ async fn serve_connection(
                 listener,
                 proto: "http",
                 client_cert: None,
+                source_requests: requests,
             };
             // HTTP/2 with prior knowledge is told by its preface.
             run_http(stream, true, conn, watchers, server, &generation, watcher).await

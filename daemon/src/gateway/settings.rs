@@ -139,6 +139,10 @@ pub struct Limits {
     /// Requests in flight to backends, over all APIs (each holds a backend
     /// connection, a file descriptor); one more gets 503 without a connection.
     pub max_backend_requests: usize,
+    /// Requests in flight to backends from one source (counted as
+    /// `max_connections_per_source` counts); one more gets 503. 0: no cap.
+    /// Trusted proxies are not capped.
+    pub max_backend_requests_per_source: usize,
     /// Time allowed for the TLS handshake and for each request head (slowloris).
     pub header_read_timeout: Duration,
     /// A connection with nothing going on for this long is closed: over HTTP/1 no
@@ -173,6 +177,7 @@ impl Default for Limits {
             max_connections_per_source: 256,
             ipv6_client_prefix: 64,
             max_backend_requests: 10_000,
+            max_backend_requests_per_source: 2_500,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(300),

@@ -7,12 +7,21 @@
 //! Counted at accept and uncounted when the connection ends: one lock per
 //! connection, never per request. The table holds only sources with connections
 //! open (at most `max_connections` of them).
+//!
+//! Each source also has a count of its requests in flight to backends, for
+//! `max_backend_requests_per_source`: without it, one address (256 connections x
+//! 100 HTTP/2 streams) could hold every `max_backend_requests` permit and every
+//! other client got 503. Each of its connections holds the source's counter, so a
+//! request costs one atomic add and one subtract on it, no lock (nginx's
+//! `limit_conn` counts HTTP/2 streams the same way).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use ipnet::IpNet;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Connections open per source: an IPv4 address, or the IPv6 prefix of
 /// `ipv6_client_prefix` bits holding an IPv6 address (as rate limits count, since an
@@ -20,13 +29,21 @@ use ipnet::IpNet;
 /// counts as the IPv4 address.
 #[derive(Debug, Default)]
 pub(crate) struct Sources {
-    open: Mutex<HashMap<IpNet, usize>>,
+    open: Mutex<HashMap<IpNet, Source>>,
+}
+
+/// One source with connections open.
+#[derive(Debug, Default)]
+struct Source {
+    connections: usize,
+    /// Its requests in flight to backends, over all its connections.
+    requests: Arc<AtomicUsize>,
 }
 
 impl Sources {
     /// Counts a connection from `source` unless `cap` of its source's connections
-    /// are open already (`None`: refused). Uncounted when the returned guard is
-    /// dropped.
+    /// are open already (`None`: refused; `usize::MAX`: no cap). Uncounted when
+    /// the returned guard is dropped.
     pub(crate) fn admit(
         self: &Arc<Self>,
         source: IpAddr,
@@ -35,17 +52,18 @@ impl Sources {
     ) -> Option<SourceSlot> {
         let source = crate::policy::ban::source_net(source, ipv6_prefix);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = open.entry(source).or_insert(0);
-        if *count >= cap {
-            if *count == 0 {
+        let entry = open.entry(source).or_default();
+        if entry.connections >= cap {
+            if entry.connections == 0 {
                 open.remove(&source);
             }
             return None;
         }
-        *count += 1;
+        entry.connections += 1;
         Some(SourceSlot {
             sources: Arc::clone(self),
             source,
+            requests: Arc::clone(&entry.requests),
         })
     }
 
@@ -53,8 +71,7 @@ impl Sources {
     fn open(&self, source: IpAddr) -> usize {
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         open.get(&IpNet::from(source.to_canonical()))
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |s| s.connections)
     }
 }
 
@@ -63,6 +80,51 @@ impl Sources {
 pub(crate) struct SourceSlot {
     sources: Arc<Sources>,
     source: IpNet,
+    requests: Arc<AtomicUsize>,
+}
+
+impl SourceSlot {
+    /// The source's count of requests in flight, shared by its connections.
+    pub(crate) fn requests(&self) -> SourceRequests {
+        SourceRequests(Arc::clone(&self.requests))
+    }
+}
+
+/// The requests in flight to backends of one source (all its connections).
+#[derive(Debug, Clone)]
+pub(crate) struct SourceRequests(Arc<AtomicUsize>);
+
+impl SourceRequests {
+    /// Counts one more request unless `cap` are in flight already (`None`:
+    /// refused). Uncounted when the returned guard is dropped.
+    pub(crate) fn take(&self, cap: usize) -> Option<SourceRequest> {
+        // Add first, then look: two connections of one source racing for the last
+        // place cannot both get it (one may be refused needlessly, never let past).
+        if self.0.fetch_add(1, Ordering::AcqRel) >= cap {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(SourceRequest(Arc::clone(&self.0)))
+    }
+}
+
+/// One request counted for its source.
+#[derive(Debug)]
+pub(crate) struct SourceRequest(Arc<AtomicUsize>);
+
+impl Drop for SourceRequest {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a request in flight to a backend holds until its response body ends or
+/// is dropped: its `max_backend_requests` permit and, unless its source is not
+/// capped, its place in `max_backend_requests_per_source`.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    pub(crate) _permit: OwnedSemaphorePermit,
+    pub(crate) _source: Option<SourceRequest>,
 }
 
 impl Drop for SourceSlot {
@@ -72,9 +134,9 @@ impl Drop for SourceSlot {
             .open
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.source) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(entry) = open.get_mut(&self.source) {
+            entry.connections -= 1;
+            if entry.connections == 0 {
                 open.remove(&self.source);
             }
         }
@@ -115,6 +177,21 @@ mod tests {
         // 128: per address.
         let _own = sources.admit(ip("2001:db8:9::1"), 1, 128);
         assert!(sources.admit(ip("2001:db8:9::2"), 1, 128).is_some());
+    }
+
+    #[test]
+    fn a_sources_connections_share_one_count_of_requests() {
+        let sources = Arc::new(Sources::default());
+        let one = sources.admit(ip("192.0.2.1"), usize::MAX, 64).unwrap();
+        let two = sources.admit(ip("192.0.2.1"), usize::MAX, 64).unwrap();
+        let other = sources.admit(ip("192.0.2.2"), usize::MAX, 64).unwrap();
+        let first = one.requests().take(2).unwrap();
+        let _second = two.requests().take(2).unwrap();
+        assert!(one.requests().take(2).is_none());
+        assert!(two.requests().take(2).is_none());
+        assert!(other.requests().take(2).is_some());
+        drop(first);
+        assert!(two.requests().take(2).is_some());
     }
 
     #[test]

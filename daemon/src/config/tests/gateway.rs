@@ -418,6 +418,23 @@ fn connection_and_backend_request_limits() {
         single_error(&with_filter("[gateway]\nmax_connections_per_source = -1\n")),
         "t.toml:4:30: `gateway.max_connections_per_source` must be between 0 and 1000000, not -1"
     );
+    // A quarter of max_backend_requests unless given; 0: no cap.
+    assert_eq!(defaults.max_backend_requests_per_source, 2_500);
+    assert_eq!(given.max_backend_requests_per_source, 16);
+    assert_eq!(
+        gateway("max_backend_requests = 3\n").max_backend_requests_per_source,
+        1
+    );
+    assert_eq!(
+        gateway("max_backend_requests_per_source = 0\n").max_backend_requests_per_source,
+        0
+    );
+    assert_eq!(
+        single_error(&with_filter(
+            "[gateway]\nmax_backend_requests_per_source = -1\n"
+        )),
+        "t.toml:4:35: `gateway.max_backend_requests_per_source` must be between 0 and 1000000, not -1"
+    );
 }
 
 #[test]

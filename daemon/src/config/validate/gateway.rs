@@ -13,7 +13,7 @@ use super::Checker;
 use crate::config::gateway::{
     AccessLogConfig, ApiJwtConfig, BackendProtocolConfig, BackendTimeoutsConfig, ClaimHeader,
     ClientAuthConfig, CounterConfig, GatewayConfig, QuotaConfig, RateLimitAlgorithm, RoleRule,
-    SubscriptionConfig, default_connections_per_source,
+    SubscriptionConfig, default_backend_requests_per_source, default_connections_per_source,
 };
 use crate::config::gateway::{MAX_IPV6_CLIENT_PREFIX, MIN_IPV6_CLIENT_PREFIX};
 use crate::config::raw::{
@@ -1116,6 +1116,12 @@ impl Checker<'_> {
             1..=1_000_000,
             defaults.max_connections,
         );
+        let max_backend_requests = self.integer(
+            "gateway.max_backend_requests",
+            raw.max_backend_requests,
+            1..=1_000_000,
+            defaults.max_backend_requests,
+        );
         GatewayConfig {
             max_header_bytes: self.integer(
                 "gateway.max_header_bytes",
@@ -1136,11 +1142,12 @@ impl Checker<'_> {
                 0..=1_000_000,
                 default_connections_per_source(max_connections),
             ),
-            max_backend_requests: self.integer(
-                "gateway.max_backend_requests",
-                raw.max_backend_requests,
-                1..=1_000_000,
-                defaults.max_backend_requests,
+            max_backend_requests,
+            max_backend_requests_per_source: self.integer(
+                "gateway.max_backend_requests_per_source",
+                raw.max_backend_requests_per_source,
+                0..=1_000_000,
+                default_backend_requests_per_source(max_backend_requests),
             ),
             header_read_timeout: self.seconds(
                 "gateway.header_read_timeout_secs",

@@ -600,6 +600,60 @@ async fn one_source_cannot_take_every_connection_slot() {
     assert!(s.daemon.terminate().await.success());
 }
 
+/// A connection refused by `max_connections_per_source` was logged at debug only,
+/// so the journal did not show a client (or a NAT gateway) being turned away. Now
+/// a warning names the source and the limit, once per source every 10 s however
+/// often it retries: five refusals of 127.0.0.1 and one of 127.0.0.2 give two lines.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_source_is_named_in_one_warning_not_one_per_connection() {
+    let backend = Backend::start().await;
+    let mut s = serve(
+        "per-source-warning",
+        backend.addr,
+        "max_connections_per_source = 1",
+    )
+    .await;
+    // The start-up probe's connection (from 127.0.0.1) may still be counted for a
+    // moment: a refusal then is one more.
+    let mut refusals = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let _held = loop {
+        match s.tls_from("127.0.0.1", b"http/1.1").await {
+            Ok(tls) => break tls,
+            Err(_) => refusals += 1,
+        }
+        assert!(Instant::now() < deadline, "127.0.0.1 refused for good");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for _ in 0..5 {
+        assert!(s.tls_from("127.0.0.1", b"http/1.1").await.is_err());
+    }
+    let _other = s.tls_from("127.0.0.2", b"http/1.1").await.unwrap();
+    assert!(s.tls_from("127.0.0.2", b"http/1.1").await.is_err());
+    let (_, metrics) = s.admin("/metrics").await;
+    let counted = format!(
+        "rampart_http_connections_over_source_limit_total {}",
+        refusals + 6
+    );
+    assert!(
+        metrics.lines().any(|l| l == counted),
+        "{counted}\n{metrics}"
+    );
+    let log = s.daemon.log();
+    let warnings: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("max_connections_per_source"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{log}");
+    for (line, source) in warnings.iter().zip(["127.0.0.1", "127.0.0.2"]) {
+        assert!(
+            line.contains(&format!("source={source} ")) && line.contains("limit=1"),
+            "{line}"
+        );
+    }
+    assert!(s.daemon.terminate().await.success());
+}
+
 /// Behind a trusted proxy the TCP peer is the proxy, which speaks for many
 /// clients: it is not capped, other addresses are.
 #[tokio::test(flavor = "multi_thread")]

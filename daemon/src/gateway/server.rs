@@ -391,17 +391,32 @@ async fn listener_task(
             };
             if is_trusted(&current.trusted_proxies, peer.ip()) {
                 None
-            } else if let Some(counted) =
-                server
+            } else {
+                match server
                     .sources
                     .admit(peer.ip(), cap, current.limits.ipv6_client_prefix)
-            {
-                Some(counted)
-            } else {
-                GatewayStats::bump(&server.stats.connections_over_source_limit);
-                tracing::debug!(%peer, cap, "connection refused: its source has max_connections_per_source open");
-                drop(stream);
-                continue;
+                {
+                    Ok(counted) => Some(counted),
+                    Err(source) => {
+                        GatewayStats::bump(&server.stats.connections_over_source_limit);
+                        // Named in the journal so that an operator sees a client
+                        // (or a NAT gateway) being refused, but at most once per
+                        // source every 10 s: a source that retries in a loop would
+                        // otherwise write a line per connection.
+                        if let Some(refused) =
+                            server.sources.refused(source, std::time::Instant::now())
+                        {
+                            tracing::warn!(
+                                source = %super::sources::display(source),
+                                limit = cap,
+                                refused,
+                                "connections refused: the source has max_connections_per_source open (logged at most once per source every 10 s; refused counts the refusals since its last line)"
+                            );
+                        }
+                        drop(stream);
+                        continue;
+                    }
+                }
             }
         };
         // The slot is taken after accept: taking it before would let an idle

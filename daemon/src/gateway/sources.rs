@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use tokio::sync::OwnedSemaphorePermit;
@@ -30,6 +31,23 @@ use tokio::sync::OwnedSemaphorePermit;
 #[derive(Debug, Default)]
 pub(crate) struct Sources {
     open: Mutex<HashMap<IpNet, Source>>,
+    /// Sources refused lately (`max_connections_per_source`): when each was last
+    /// named in the log, and its refusals since. Touched only on a refusal.
+    refused: Mutex<HashMap<IpNet, Refusals>>,
+}
+
+/// How often a refused source is named in the log at most: one line per source
+/// per period, with the count since the last, as the filter's drop summaries.
+pub(crate) const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(10);
+
+/// Sources remembered for the refusal log before those whose period is over are
+/// forgotten.
+const REFUSALS_KEPT: usize = 4096;
+
+#[derive(Debug, Clone, Copy)]
+struct Refusals {
+    logged_at: Instant,
+    since: u64,
 }
 
 /// One source with connections open.
@@ -42,14 +60,14 @@ struct Source {
 
 impl Sources {
     /// Counts a connection from `source` unless `cap` of its source's connections
-    /// are open already (`None`: refused; `usize::MAX`: no cap). Uncounted when
-    /// the returned guard is dropped.
+    /// are open already (`Err`: refused, with the source as counted; `usize::MAX`:
+    /// no cap). Uncounted when the returned guard is dropped.
     pub(crate) fn admit(
         self: &Arc<Self>,
         source: IpAddr,
         cap: usize,
         ipv6_prefix: u8,
-    ) -> Option<SourceSlot> {
+    ) -> Result<SourceSlot, IpNet> {
         let source = crate::policy::ban::source_net(source, ipv6_prefix);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = open.entry(source).or_default();
@@ -57,14 +75,48 @@ impl Sources {
             if entry.connections == 0 {
                 open.remove(&source);
             }
-            return None;
+            return Err(source);
         }
         entry.connections += 1;
-        Some(SourceSlot {
+        Ok(SourceSlot {
             sources: Arc::clone(self),
             source,
             requests: Arc::clone(&entry.requests),
         })
+    }
+
+    /// Notes a refusal of `source` at `now`: the number of its refusals to log
+    /// (this one and those not logged since its last line) when a line is due,
+    /// `None` while its last line is less than [`REFUSAL_LOG_PERIOD`] old.
+    pub(crate) fn refused(&self, source: IpNet, now: Instant) -> Option<u64> {
+        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(seen) = refused.get_mut(&source) {
+            seen.since += 1;
+            if now.duration_since(seen.logged_at) < REFUSAL_LOG_PERIOD {
+                return None;
+            }
+            let count = seen.since;
+            *seen = Refusals {
+                logged_at: now,
+                since: 0,
+            };
+            return Some(count);
+        }
+        if refused.len() >= REFUSALS_KEPT {
+            refused.retain(|_, seen| now.duration_since(seen.logged_at) < REFUSAL_LOG_PERIOD);
+        }
+        // Still full: sources refused within the period are many; this one is
+        // logged without being remembered (at most one line per refusal).
+        if refused.len() < REFUSALS_KEPT {
+            refused.insert(
+                source,
+                Refusals {
+                    logged_at: now,
+                    since: 0,
+                },
+            );
+        }
+        Some(1)
     }
 
     #[cfg(test)]
@@ -72,6 +124,15 @@ impl Sources {
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         open.get(&IpNet::from(source.to_canonical()))
             .map_or(0, |s| s.connections)
+    }
+}
+
+/// A source as an operator knows it: an address alone, or an IPv6 prefix.
+pub(crate) fn display(source: IpNet) -> String {
+    if source.prefix_len() == source.max_prefix_len() {
+        source.addr().to_string()
+    } else {
+        source.to_string()
     }
 }
 
@@ -156,27 +217,27 @@ mod tests {
         let sources = Arc::new(Sources::default());
         let a = ip("192.0.2.1");
         let held: Vec<_> = (0..3).map(|_| sources.admit(a, 3, 64)).collect();
-        assert!(held.iter().all(Option::is_some));
-        assert!(sources.admit(a, 3, 64).is_none());
-        assert!(sources.admit(ip("192.0.2.2"), 3, 64).is_some());
+        assert!(held.iter().all(Result::is_ok));
+        assert!(sources.admit(a, 3, 64).is_err());
+        assert!(sources.admit(ip("192.0.2.2"), 3, 64).is_ok());
         drop(held);
         assert_eq!(sources.open(a), 0);
         assert!(sources.open.lock().unwrap().is_empty(), "no entry left");
-        assert!(sources.admit(a, 3, 64).is_some());
+        assert!(sources.admit(a, 3, 64).is_ok());
     }
 
     #[test]
     fn an_ipv4_mapped_peer_counts_as_its_ipv4_address_and_ipv6_by_its_prefix() {
         let sources = Arc::new(Sources::default());
         let _v4 = sources.admit(ip("192.0.2.1"), 1, 64);
-        assert!(sources.admit(ip("::ffff:192.0.2.1"), 1, 64).is_none());
+        assert!(sources.admit(ip("::ffff:192.0.2.1"), 1, 64).is_err());
         // Another address of the same /64 is the same source.
         let _one = sources.admit(ip("2001:db8::1"), 1, 64);
-        assert!(sources.admit(ip("2001:db8::2"), 1, 64).is_none());
-        assert!(sources.admit(ip("2001:db8:0:1::2"), 1, 64).is_some());
+        assert!(sources.admit(ip("2001:db8::2"), 1, 64).is_err());
+        assert!(sources.admit(ip("2001:db8:0:1::2"), 1, 64).is_ok());
         // 128: per address.
         let _own = sources.admit(ip("2001:db8:9::1"), 1, 128);
-        assert!(sources.admit(ip("2001:db8:9::2"), 1, 128).is_some());
+        assert!(sources.admit(ip("2001:db8:9::2"), 1, 128).is_ok());
     }
 
     #[test]
@@ -197,7 +258,26 @@ mod tests {
     #[test]
     fn a_refusal_leaves_no_entry() {
         let sources = Arc::new(Sources::default());
-        assert!(sources.admit(ip("192.0.2.1"), 0, 64).is_none());
+        assert!(sources.admit(ip("192.0.2.1"), 0, 64).is_err());
         assert!(sources.open.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_refused_source_is_logged_once_per_period_with_the_count_since() {
+        let sources = Sources::default();
+        let a = IpNet::from(ip("192.0.2.1"));
+        let b = IpNet::from(ip("192.0.2.2"));
+        let start = Instant::now();
+        assert_eq!(sources.refused(a, start), Some(1));
+        for n in 1..5 {
+            assert_eq!(sources.refused(a, start + Duration::from_secs(n)), None);
+        }
+        assert_eq!(sources.refused(b, start + Duration::from_secs(5)), Some(1));
+        assert_eq!(
+            sources.refused(a, start + REFUSAL_LOG_PERIOD),
+            Some(5),
+            "the four not logged and this one"
+        );
+        assert_eq!(sources.refused(a, start + REFUSAL_LOG_PERIOD), None);
     }
 }

@@ -444,6 +444,78 @@ async fn oauth2_tokens_are_fetched_once_and_missing_ones_give_503() {
     assert!(!log.contains("at-1"), "the token is never logged:\n{log}");
 }
 
+/// A token endpoint's `access_token` that is not a token68 ("tok en-secret") was
+/// sent as `Authorization: Bearer tok en-secret`. It is now refused as a token file
+/// holding one is: an error in the log says why (without the token), nothing is
+/// forwarded, and the API answers 503 as while no token has come.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oauth2_token_that_is_not_a_token68_is_not_sent() {
+    let dir = TempDir::new("backend-oauth2-token68");
+    let server = Pki::new();
+    let secret = dir.0.join("gw.secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let endpoint = serve(
+        Some(server_config(&server.leaf("idp", &["localhost"]), None)),
+        Arc::new(|_: Request<Bytes>, _| {
+            respond(
+                StatusCode::OK,
+                r#"{"access_token":"tok en-secret","token_type":"Bearer","expires_in":3600}"#,
+            )
+        }),
+    )
+    .await;
+    let reached = Arc::new(AtomicUsize::new(0));
+    let counted = {
+        let reached = Arc::clone(&reached);
+        serve(
+            None,
+            Arc::new(move |_: Request<Bytes>, _| {
+                reached.fetch_add(1, Ordering::SeqCst);
+                respond(StatusCode::OK, "reached")
+            }),
+        )
+        .await
+    };
+    let rest = api(
+        "managed",
+        "/managed",
+        &format!("http://{counted}/"),
+        &format!(
+            "backend_auth = {{ oauth2 = {{ token_url = \"https://localhost:{}/token\", client_id = \"gw\", \
+             client_secret_file = {:?}, ca_file = {:?} }} }}",
+            endpoint.port(),
+            secret.display().to_string(),
+            server.ca_pem.display().to_string(),
+        ),
+    );
+    let port = free_port();
+    let daemon = start(&dir.0, port, &rest).await;
+    daemon
+        .wait_for_log("the token endpoint's answer is not used", 0)
+        .await;
+    let client = plain_client();
+    for _ in 0..3 {
+        let (parts, body) =
+            get_with(&client, &format!("http://127.0.0.1:{port}/managed/x"), &[]).await;
+        assert_apim_error(&parts, &body, 503, "Backend credentials are not available.");
+    }
+    assert_eq!(reached.load(Ordering::SeqCst), 0, "nothing is forwarded");
+    let log = daemon.log();
+    assert!(
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("api=\"managed\"")
+            && l.contains(
+                "token response: `access_token` is not a bearer token: a space at character 4; \
+                 a token is letters, digits"
+            )),
+        "{log}"
+    );
+    assert!(
+        !log.contains("en-secret"),
+        "the token is never logged:\n{log}"
+    );
+}
+
 /// `--check-config` on `text`: exit code and stderr.
 fn check(dir: &Path, name: &str, text: &str) -> (i32, String, PathBuf) {
     let path = dir.join(format!("{name}.toml"));

@@ -211,8 +211,10 @@ pub enum TokenResponseError {
     NotJson,
     #[error("no `access_token` string")]
     NoAccessToken,
-    #[error("`access_token` is not a valid header value")]
-    BadAccessToken,
+    /// Not a `token68`: it would be sent as `Bearer <token>` otherwise (a space
+    /// or a comma in it makes another header value than the backend expects).
+    #[error("`access_token` is not a bearer token: {}", access_token_problem(.0))]
+    BadAccessToken(TokenProblem),
     #[error("`token_type` is {0:?}, not \"Bearer\"")]
     NotBearer(String),
     #[error("`expires_in` is not a positive number of seconds")]
@@ -445,13 +447,26 @@ impl Credential {
                     let wait = retry;
                     retry = (retry * 2).min(RETRY_MAX);
                     let valid = expires_at.is_some_and(|at| at > now);
-                    tracing::warn!(
-                        api,
-                        error = %crate::service::chain(&e),
-                        retry_in = ?wait,
-                        has_valid_token = valid,
-                        "backend token request failed"
-                    );
+                    if matches!(e, TokenError::Response(_)) {
+                        // The endpoint answered 200 with what is no usable token
+                        // (none, not a bearer token, not a token68): not sent,
+                        // and no retry mends it until the endpoint is fixed.
+                        tracing::error!(
+                            api,
+                            error = %crate::service::chain(&e),
+                            retry_in = ?wait,
+                            has_valid_token = valid,
+                            "backend token request failed; the token endpoint's answer is not used"
+                        );
+                    } else {
+                        tracing::warn!(
+                            api,
+                            error = %crate::service::chain(&e),
+                            retry_in = ?wait,
+                            has_valid_token = valid,
+                            "backend token request failed"
+                        );
+                    }
                     now + wait
                 }
             };
@@ -625,8 +640,27 @@ pub fn parse_token_response(body: &[u8]) -> Result<Token, TokenResponseError> {
             .ok_or(TokenResponseError::BadExpiresIn)?,
         Some(_) => return Err(TokenResponseError::BadExpiresIn),
     };
-    let value = bearer(access).ok_or(TokenResponseError::BadAccessToken)?;
+    // As a token file's content: a token68 only, never sent otherwise.
+    check_token68(access).map_err(TokenResponseError::BadAccessToken)?;
+    // Not reached: a token68 is visible ASCII, always a header value.
+    let value = bearer(access).ok_or_else(|| {
+        TokenResponseError::BadAccessToken(TokenProblem::Character {
+            at: 1,
+            what: "a character a header cannot carry".to_owned(),
+        })
+    })?;
     Ok(Token { value, expires_in })
+}
+
+/// What is wrong with a token endpoint's `access_token` (the scheme's advice is
+/// for token files).
+fn access_token_problem(problem: &TokenProblem) -> String {
+    match problem {
+        TokenProblem::SchemeIncluded => {
+            "it starts with \"Bearer \", which rampartd adds itself".to_owned()
+        }
+        problem => problem.to_string(),
+    }
 }
 
 /// The form body of a client credentials request.
@@ -922,7 +956,7 @@ mod tests {
     #[test]
     fn bad_token_responses_are_refused() {
         use TokenResponseError as E;
-        let cases: [(&[u8], E); 8] = [
+        let cases: [(&[u8], E); 11] = [
             (b"not json", E::NotJson),
             (b"[1]", E::NotJson),
             (br#"{"token_type":"Bearer"}"#, E::NoAccessToken),
@@ -941,7 +975,28 @@ mod tests {
             ),
             (
                 br#"{"access_token":"a\nb","token_type":"Bearer","expires_in":5}"#,
-                E::BadAccessToken,
+                E::BadAccessToken(TokenProblem::Character {
+                    at: 2,
+                    what: "a line feed (LF)".to_owned(),
+                }),
+            ),
+            (
+                br#"{"access_token":"a b","token_type":"Bearer","expires_in":5}"#,
+                E::BadAccessToken(TokenProblem::Character {
+                    at: 2,
+                    what: "a space".to_owned(),
+                }),
+            ),
+            (
+                br#"{"access_token":"Bearer ab","token_type":"Bearer"}"#,
+                E::BadAccessToken(TokenProblem::SchemeIncluded),
+            ),
+            (
+                br#"{"access_token":"a,b=\"c\"","token_type":"Bearer"}"#,
+                E::BadAccessToken(TokenProblem::Character {
+                    at: 2,
+                    what: "','".to_owned(),
+                }),
             ),
         ];
         for (body, expected) in cases {

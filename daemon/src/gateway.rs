@@ -262,7 +262,12 @@ impl Gateway {
             return Err(errors);
         }
         let certificates = CertReloader {
-            listeners: Arc::new(bound.iter().filter_map(|l| l.tls.clone()).collect()),
+            listeners: Arc::new(
+                bound
+                    .iter()
+                    .filter_map(|l| Some((l.settings.addr, l.tls.clone()?)))
+                    .collect(),
+            ),
         };
         Ok(Self {
             listeners: bound,
@@ -348,7 +353,8 @@ impl Gateway {
 /// Reloads the certificates of the TLS listeners a [`Gateway`] was bound with.
 #[derive(Clone)]
 pub struct CertReloader {
-    listeners: Arc<Vec<Arc<tls::ListenerTls>>>,
+    /// Each TLS listener's configured address and TLS configuration.
+    listeners: Arc<Vec<(SocketAddr, Arc<tls::ListenerTls>)>>,
 }
 
 impl std::fmt::Debug for CertReloader {
@@ -362,13 +368,21 @@ impl std::fmt::Debug for CertReloader {
 impl CertReloader {
     /// Re-reads every certificate file. All of them must load, or nothing changes.
     /// New connections get the new certificates; established ones keep theirs.
-    pub fn reload(&self) -> Result<(), GatewayError> {
-        let prepared = self
-            .listeners
-            .iter()
-            .map(|listener| tls::PreparedCerts::load(&listener.settings))
-            .collect::<Result<Vec<_>, _>>()?;
-        for (listener, certs) in self.listeners.iter().zip(prepared) {
+    /// Every problem is reported (never an empty list), one per problem naming
+    /// the listeners it stops, as start reports them.
+    pub fn reload(&self) -> Result<(), Vec<GatewayError>> {
+        let mut prepared = Vec::with_capacity(self.listeners.len());
+        let mut failed = Vec::new();
+        for (addr, listener) in self.listeners.iter() {
+            match tls::PreparedCerts::load(&listener.settings) {
+                Ok(certs) => prepared.push(certs),
+                Err(e) => failed.push((*addr, e)),
+            }
+        }
+        if !failed.is_empty() {
+            return Err(serving::listener_errors(failed));
+        }
+        for ((_, listener), certs) in self.listeners.iter().zip(prepared) {
             listener.resolver.install(certs);
         }
         Ok(())

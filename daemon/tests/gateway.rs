@@ -272,9 +272,80 @@ async fn certificate_is_chosen_by_sni_and_reloaded() {
 
     // A broken file is refused and the certificates in use stay.
     std::fs::write(&b.key_pem, "not a key").unwrap();
-    assert!(gw.certificates.reload().is_err());
+    assert_eq!(gw.certificates.reload().unwrap_err().len(), 1);
     assert_eq!(peer_cert_der(&pki, port, "b.test").await, b_der);
     assert_eq!(peer_cert_der(&pki, port, "a.test").await, renewed_der);
+}
+
+/// `CertReloader::reload` reported only the first listener whose certificate
+/// failed. Now every problem is reported as start reports it: one per problem,
+/// naming every listener it stops (two listeners sharing a broken file, a third
+/// with its own), and the certificates in use stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_reload_reports_every_listener_that_fails() {
+    use rampart::gateway::{Gateway, ListenerSettings, Transport};
+    let pki = Pki::new();
+    let backend = start_backend().await;
+    let shared = pki.leaf("shared", &["localhost"]);
+    let own = pki.leaf("own", &["localhost"]);
+    let addrs: Vec<std::net::SocketAddr> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
+        .collect();
+    let files = [&shared, &shared, &own];
+    let listeners: Vec<_> = addrs
+        .iter()
+        .zip(files)
+        .map(|(addr, files)| ListenerSettings {
+            addr: *addr,
+            transport: Transport::Tls(tls_settings(files.clone(), Vec::new())),
+        })
+        .collect();
+    let gateway = Gateway::bind(
+        &listeners,
+        settings(
+            vec![api("echo", None, "/", &format!("http://{backend}/"))],
+            Limits::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    let certificates = gateway.certificates();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(gateway.serve(shutdown.clone()));
+    let served = peer_cert_der(&pki, addrs[2].port(), "localhost").await;
+
+    std::fs::write(&shared.key_pem, "not a key").unwrap();
+    std::fs::write(&own.key_pem, "not a key either").unwrap();
+    let errors: Vec<String> = certificates
+        .reload()
+        .unwrap_err()
+        .iter()
+        .map(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        })
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(
+        errors[0].starts_with(&format!("listeners {}, {}: ", addrs[0], addrs[1]))
+            && errors[0].contains(&shared.key_pem.display().to_string()),
+        "{errors:#?}"
+    );
+    assert!(
+        errors[1].starts_with(&format!("listener {}: ", addrs[2]))
+            && errors[1].contains(&own.key_pem.display().to_string()),
+        "{errors:#?}"
+    );
+    assert_eq!(
+        peer_cert_der(&pki, addrs[2].port(), "localhost").await,
+        served
+    );
+    shutdown.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -163,30 +163,14 @@ pub(crate) fn build_unbound(
 ) -> Result<Unbound, Vec<GatewayError>> {
     let mut errors = Vec::new();
     let mut tls = Vec::with_capacity(listeners.len());
-    // Per problem, the listeners it stops: listeners sharing a bad file get one
-    // error naming them all. The same problem says the same thing (each names its
-    // file), so its text tells it apart.
-    let mut failed: Vec<(String, Vec<SocketAddr>, GatewayError)> = Vec::new();
+    let mut failed = Vec::new();
     for listener in listeners {
         match server::listener_tls(listener) {
             Ok(loaded) => tls.push(loaded),
-            Err(e) => {
-                let text = crate::service::chain(&e);
-                match failed.iter_mut().find(|(seen, _, _)| *seen == text) {
-                    Some((_, addrs, _)) => addrs.push(listener.addr),
-                    None => failed.push((text, vec![listener.addr], e)),
-                }
-            }
+            Err(e) => failed.push((listener.addr, e)),
         }
     }
-    errors.extend(
-        failed
-            .into_iter()
-            .map(|(_, addrs, source)| GatewayError::Listener {
-                addrs,
-                source: Box::new(source),
-            }),
-    );
+    errors.extend(listener_errors(failed));
     let backends = backends::build(settings, previous, metrics)
         .map_err(|e| errors.extend(e))
         .unwrap_or_default();
@@ -199,6 +183,29 @@ pub(crate) fn build_unbound(
         }),
         _ => Err(errors),
     }
+}
+
+/// One error per problem, naming the listeners it stops: listeners sharing a bad
+/// file get one error naming them all. The same problem says the same thing (each
+/// names its file), so its text tells it apart.
+pub(crate) fn listener_errors(
+    failed: impl IntoIterator<Item = (SocketAddr, GatewayError)>,
+) -> Vec<GatewayError> {
+    let mut grouped: Vec<(String, Vec<SocketAddr>, GatewayError)> = Vec::new();
+    for (addr, e) in failed {
+        let text = crate::service::chain(&e);
+        match grouped.iter_mut().find(|(seen, _, _)| *seen == text) {
+            Some((_, addrs, _)) => addrs.push(addr),
+            None => grouped.push((text, vec![addr], e)),
+        }
+    }
+    grouped
+        .into_iter()
+        .map(|(_, addrs, source)| GatewayError::Listener {
+            addrs,
+            source: Box::new(source),
+        })
+        .collect()
 }
 
 pub(crate) fn route_table(backends: &[BackendEntry]) -> Result<RouteTable<Backend>, GatewayError> {

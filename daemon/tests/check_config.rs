@@ -400,3 +400,61 @@ fn a_subscription_the_store_has_already_fails_the_check_as_it_fails_start() {
         "start said:\n{start_err}\ncheck said:\n{err}"
     );
 }
+
+/// Start refuses corrupt quota counters (`quota.json`, or a `quota.journal` line
+/// that does not parse before its last); the check did not read them and said
+/// "ok". It now reports what start reports, with start's exit code, and only
+/// reads them (nothing is created or changed).
+#[test]
+fn corrupt_quota_counters_fail_the_check_as_they_fail_start() {
+    let d = dir("quota-store");
+    let address = format!("127.0.0.1:{}", free_port());
+    let state = d.0.join("state");
+    let cfg = file_with_subscription(&d, &address, "filesub", &hash('1'));
+    let (code, out, err) = check(&cfg);
+    assert_eq!(code, 0, "check said: {out}{err}");
+
+    let good_line = r#"{"key":"k","counter":{"window_start":0,"window_end":18446744073709551615,"calls":1,"bytes":0}}"#;
+    for (file, content) in [
+        ("quota.json", "{ not json".to_owned()),
+        ("quota.journal", format!("not json\n{good_line}\n")),
+    ] {
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join(file), &content).unwrap();
+        let (code, out, err) = check(&cfg);
+        assert_ne!(code, 0, "{file}: check said: {out}{err}");
+        let expected = format!(
+            "gateway policies: cannot open the quota counters: quota counters {} are corrupt (move the file away to start from zero)",
+            state.join(file).display()
+        );
+        assert!(err.starts_with(&expected), "{file}: {err}");
+        assert_eq!(err.lines().count(), 1, "{file}: {err}");
+        // Only read.
+        assert_eq!(std::fs::read_to_string(state.join(file)).unwrap(), content);
+        let entries: Vec<_> = std::fs::read_dir(&state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(entries, [file], "{}", state.display());
+
+        let (start_code, start_err) = start(&cfg);
+        assert_eq!(start_code, code, "{file}: start said: {start_err}");
+        assert!(
+            start_err.contains(&format!("rampartd: {}", err.trim_end())),
+            "{file}: start said:\n{start_err}\ncheck said:\n{err}"
+        );
+        std::fs::remove_dir_all(&state).unwrap();
+    }
+
+    // A last journal line cut short by a crash: start drops it (and cuts the file),
+    // the check passes and leaves the file as it is.
+    std::fs::create_dir_all(&state).unwrap();
+    let cut_short = format!("{good_line}\n{{\"key\":\"k\",\"cou");
+    std::fs::write(state.join("quota.journal"), &cut_short).unwrap();
+    let (code, out, err) = check(&cfg);
+    assert_eq!(code, 0, "check said: {out}{err}");
+    assert_eq!(
+        std::fs::read_to_string(state.join("quota.journal")).unwrap(),
+        cut_short
+    );
+}

@@ -303,6 +303,9 @@ pub fn check(
     if let Err(e) = keys.set_static(pipeline::static_subscriptions(&config.subscriptions)) {
         problems.push(Problem::Subscriptions(e));
     }
+    if stored == StoredSubscriptions::ReadOnly {
+        read_quotas(&config.daemon.state_dir, &mut problems, &mut unchecked);
+    }
     let quotas = QuotaCounters::in_memory(1, crate::policy::quota::SystemClock);
     if let Err(e) = ApiPolicies::build(config, Arc::new(keys), Arc::new(quotas), None) {
         problems.extend(e.into_iter().map(Problem::Pipeline));
@@ -344,6 +347,31 @@ fn read_store(
             problems.push(Problem::Subscriptions(e));
             KeyStore::in_memory()
         }
+    }
+}
+
+/// The quota counters of `state_dir` as start opens them (`quota.json`, then
+/// `quota.journal`), only read: what start would refuse (a corrupt file) is a
+/// problem; a file this process may not read is left unchecked when it does not
+/// run as root, as [`read_store`] does.
+fn read_quotas(
+    state_dir: &std::path::Path,
+    problems: &mut Vec<Problem>,
+    unchecked: &mut Vec<String>,
+) {
+    match QuotaCounters::<crate::policy::quota::SystemClock>::verify(state_dir) {
+        Ok(()) => {}
+        Err(QuotaError::Read { path, source })
+            if source.kind() == std::io::ErrorKind::PermissionDenied
+                && !nix::unistd::geteuid().is_root() =>
+        {
+            unchecked.push(format!(
+                "the quota counters were not checked: cannot read {}: {source} (run the check as the user rampartd runs as)",
+                path.display()
+            ));
+        }
+        // As start says it (`pipeline::open_quotas`).
+        Err(e) => problems.push(Problem::Pipeline(PipelineError::Quota(e))),
     }
 }
 

@@ -295,31 +295,9 @@ impl<C: WallClock> QuotaCounters<C> {
     /// dropping windows that ended while the daemon was down.
     pub fn open(state_dir: &Path, max_keys: usize, clock: C) -> Result<Self, QuotaError> {
         let path = state_dir.join(QUOTA_FILE);
-        let mut snapshot_bytes = 0;
-        let mut counters = match std::fs::read(&path) {
-            Ok(bytes) => {
-                snapshot_bytes = bytes.len() as u64;
-                let file: QuotaFile =
-                    serde_json::from_slice(&bytes).map_err(|source| QuotaError::Corrupt {
-                        path: path.clone(),
-                        source,
-                    })?;
-                if file.version != FORMAT_VERSION {
-                    return Err(QuotaError::Corrupt {
-                        path,
-                        source: serde::de::Error::custom(format!(
-                            "unsupported format version {}",
-                            file.version
-                        )),
-                    });
-                }
-                file.counters
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
-            Err(source) => return Err(QuotaError::Read { path, source }),
-        };
+        let (mut counters, snapshot_bytes) = read_snapshot(&path)?;
         let journal_path = state_dir.join(QUOTA_JOURNAL);
-        let journal_bytes = replay_journal(&journal_path, &mut counters)?;
+        let journal_bytes = replay_journal(&journal_path, &mut counters, Repair::CutShortLine)?;
         let now = clock.now_unix();
         counters.retain(|_, c| c.window_end > now);
         let mut this = Self::in_memory(max_keys, clock);
@@ -333,6 +311,19 @@ impl<C: WallClock> QuotaCounters<C> {
             journal_bytes,
         });
         Ok(this)
+    }
+
+    /// Reads `state_dir/quota.json` and `quota.journal` as [`QuotaCounters::open`]
+    /// does and fails as it would, changing nothing (a last journal line cut short
+    /// stays): `rampartd --check-config`.
+    pub fn verify(state_dir: &Path) -> Result<(), QuotaError> {
+        let (mut counters, _) = read_snapshot(&state_dir.join(QUOTA_FILE))?;
+        replay_journal(
+            &state_dir.join(QUOTA_JOURNAL),
+            &mut counters,
+            Repair::Nothing,
+        )?;
+        Ok(())
     }
 
     /// Counts one call for `key` if its quota allows it. Refused calls are not counted.
@@ -503,11 +494,55 @@ impl<C: WallClock> QuotaCounters<C> {
     }
 }
 
+/// `quota.json`'s counters and length (missing: none).
+fn read_snapshot(path: &Path) -> Result<(HashMap<String, Counter>, u64), QuotaError> {
+    let mut snapshot_bytes = 0;
+    let counters = match std::fs::read(path) {
+        Ok(bytes) => {
+            snapshot_bytes = bytes.len() as u64;
+            let file: QuotaFile =
+                serde_json::from_slice(&bytes).map_err(|source| QuotaError::Corrupt {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            if file.version != FORMAT_VERSION {
+                return Err(QuotaError::Corrupt {
+                    path: path.to_owned(),
+                    source: serde::de::Error::custom(format!(
+                        "unsupported format version {}",
+                        file.version
+                    )),
+                });
+            }
+            file.counters
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+        Err(source) => {
+            return Err(QuotaError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    Ok((counters, snapshot_bytes))
+}
+
+/// Whether [`replay_journal`] cuts off a last line without its newline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repair {
+    CutShortLine,
+    Nothing,
+}
+
 /// Applies the journal's lines to `counters`; returns the journal's length. A last
 /// line without its newline (a write cut short by a crash) is cut off, so that
 /// lines appended later start on a line of their own; any other bad line is
 /// corruption.
-fn replay_journal(path: &Path, counters: &mut HashMap<String, Counter>) -> Result<u64, QuotaError> {
+fn replay_journal(
+    path: &Path,
+    counters: &mut HashMap<String, Counter>,
+    repair: Repair,
+) -> Result<u64, QuotaError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -530,7 +565,7 @@ fn replay_journal(path: &Path, counters: &mut HashMap<String, Counter>) -> Resul
             })?;
         counters.insert(line.key.into_owned(), line.counter);
     }
-    if complete < bytes.len() {
+    if complete < bytes.len() && repair == Repair::CutShortLine {
         let cut = std::fs::OpenOptions::new()
             .write(true)
             .open(path)

@@ -112,6 +112,13 @@ async fn backend_service(
             tokio::time::sleep(Duration::from_secs(2)).await;
             text("slept")
         }
+        "/upload" => match request.into_body().collect().await {
+            Ok(body) => Response::new(
+                http_body_util::Full::new(Bytes::from(format!("{} bytes", body.to_bytes().len())))
+                    .boxed_unsync(),
+            ),
+            Err(_) => text("cut"),
+        },
         _ => text("ok"),
     };
     Ok(response)
@@ -745,6 +752,66 @@ async fn http2_requests_in_progress_keep_their_connection() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "chunk\n".repeat(10));
     assert!(!connection.is_finished());
+    assert!(s.daemon.terminate().await.success());
+}
+
+/// A client that goes away in the middle of its request body (it declares 100
+/// bytes, sends 50 and closes, or resets the connection) was not told apart from
+/// one that sends a body that cannot be read; its access event and counter now
+/// say APIM's `ClientConnectionFailure`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_gone_mid_body_is_a_client_connection_failure() {
+    use tokio::io::AsyncWriteExt;
+    let backend = Backend::start().await;
+    let mut s = serve("client-gone", backend.addr, "").await;
+    let mut tcp = connect_from("127.0.0.1", s.plain, None).await;
+    tcp.write_all(b"POST /b/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    tcp.write_all(&[b'x'; 50]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(tcp);
+
+    // The same cut by a reset (SO_LINGER 0) over TLS.
+    let mut tls = s.tls_from("127.0.0.1", b"http/1.1").await.unwrap();
+    tls.write_all(b"POST /b/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    tls.write_all(&[b'x'; 50]).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tls.get_ref().0.set_zero_linger().unwrap();
+    drop(tls);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let events = loop {
+        let log = s.daemon.log();
+        let events: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("rampart::access") && l.contains("path=\"/b/upload\""))
+            .map(str::to_owned)
+            .collect();
+        if events.len() >= 2 || Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(events.len(), 2, "{}", s.daemon.log());
+    for event in &events {
+        assert!(
+            event.contains("reason=\"ClientConnectionFailure\""),
+            "{event}\n{}",
+            s.daemon.log()
+        );
+    }
+    let (_, metrics) = s.admin("/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("rampart_http_requests_total{api=\"b\",")
+                && l.contains("reason=\"ClientConnectionFailure\"} 2")),
+        "{metrics}"
+    );
     assert!(s.daemon.terminate().await.success());
 }
 

@@ -241,6 +241,16 @@ impl Rejection {
         )
     }
 
+    /// The client went away in the middle of its request body: nobody reads the
+    /// answer, which is for the access event and the counters (APIM's reason).
+    pub fn client_gone() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "ClientConnectionFailure",
+        )
+    }
+
     pub fn bad_request() -> Self {
         Self::new(StatusCode::BAD_REQUEST, "Bad request", "BadRequest")
     }

@@ -691,7 +691,10 @@ async fn collect_body(body: ClientBody, limit: u64) -> Result<Option<Bytes>, Rej
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Ok(None),
         Err(error) => {
             tracing::debug!(%error, "request body unreadable");
-            Err(Rejection::bad_request())
+            match super::proxy::find_client_body_error(error.as_ref()) {
+                Some(body_error) if body_error.client_gone() => Err(Rejection::client_gone()),
+                _ => Err(Rejection::bad_request()),
+            }
         }
     }
 }

@@ -70,6 +70,47 @@ impl Drop for ClientBody {
 #[error("reading the client's request body")]
 pub(crate) struct ClientBodyError(#[source] hyper::Error);
 
+impl ClientBodyError {
+    /// The client went away before the end of its body (its connection closed
+    /// or reset mid-body), rather than sending one that cannot be read (bad
+    /// chunking).
+    pub(crate) fn client_gone(&self) -> bool {
+        if self.0.is_incomplete_message() || self.0.is_canceled() {
+            return true;
+        }
+        // Bad chunking is an io::Error too (InvalidInput): only a connection
+        // that ended counts.
+        let mut current: Option<&(dyn StdError + 'static)> = Some(&self.0);
+        while let Some(e) = current {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::UnexpectedEof
+                );
+            }
+            current = e.source();
+        }
+        false
+    }
+}
+
+/// The [`ClientBodyError`] in `error`'s chain, if any.
+pub(crate) fn find_client_body_error<'a>(
+    error: &'a (dyn StdError + 'static),
+) -> Option<&'a ClientBodyError> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<ClientBodyError>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
 impl hyper::body::Body for ClientBody {
     type Data = Bytes;
     type Error = ClientBodyError;
@@ -343,7 +384,11 @@ impl Backend {
             tracing::info!(api = %self.name, "request body over the limit while streaming");
             return Rejection::payload_too_large();
         }
-        if find_in_chain::<ClientBodyError>(error) {
+        if let Some(body_error) = find_client_body_error(error) {
+            if body_error.client_gone() {
+                tracing::info!(api = %self.name, error = %Chain(error), "client went away in the middle of its request body");
+                return Rejection::client_gone();
+            }
             tracing::info!(api = %self.name, error = %Chain(error), "client request body unreadable");
             return Rejection::bad_request();
         }

@@ -765,6 +765,7 @@ fn flood_limit_per_source() {
     let a = f.ipv4(&Ipv4::tcp(v4("198.18.0.5"), 443));
     let b = f.ipv6(&Ipv6::tcp(v6("2001:db8::5"), 443));
     let mut passed = 0;
+    let started = std::time::Instant::now();
     for _ in 0..20 {
         match h.run(&a) {
             (XDP_PASS, "passed") => passed += 1,
@@ -772,8 +773,14 @@ fn flood_limit_per_source() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    // burst 5 at 10/s: 5 pass at once (6 if a 100 ms tick passed meanwhile).
-    assert!((5..=6).contains(&passed), "{passed} passed");
+    // burst 5 at 10/s: 5 pass at once, and one more for each 100 ms the 20 runs
+    // took (on a busy machine they can take several ticks).
+    let refills = usize::try_from(started.elapsed().as_millis() / 100).unwrap_or(usize::MAX);
+    assert!(
+        (5..=6 + refills).contains(&passed) && passed < 20,
+        "{passed} passed in {:?}",
+        started.elapsed()
+    );
     // Another source has its own bucket; unprotected traffic is not limited.
     h.expect("other source", &b, XDP_PASS, "passed");
     h.expect(

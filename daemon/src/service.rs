@@ -772,21 +772,10 @@ fn reload_all(c: &mut Controller) -> Result<String, ErrorReply> {
             ));
         }
     }
-    let mut dangling = match &mut c.gateway {
+    let dangling = match &mut c.gateway {
         Some(gateway) => gateway.reload(&desired.config)?,
         None => Vec::new(),
     };
-    // The limits may have been raised past the open-file limit (checked at start too).
-    if c.gateway.is_some()
-        && let Some(limit) = crate::gateway::descriptors::current_limit()
-        && let Some(warning) = crate::gateway::descriptors::shortfall(
-            desired.config.gateway.max_connections,
-            desired.config.gateway.max_backend_requests,
-            limit,
-        )
-    {
-        dangling.push(warning);
-    }
     if let (Some(filter), Some(plan)) = (c.filter.as_mut(), desired.filter.as_ref()) {
         let lists = merged_lists(plan, c.store.state());
         let (countries, policy) = effective_countries(plan, &c.store, c.loaded_countries.as_ref());
@@ -936,6 +925,16 @@ pub(crate) struct GatewayControl {
     runtime: tokio::runtime::Handle,
     /// The configuration's products, for checking `keys create --product`.
     products: Vec<String>,
+    /// The descriptors its limits may need (`descriptors::needed`), checked against
+    /// the open-file limit at start and again when a reload raises them.
+    descriptors_needed: u64,
+}
+
+fn descriptors_needed(config: &Config) -> u64 {
+    crate::gateway::descriptors::needed(
+        config.gateway.max_connections,
+        config.gateway.max_backend_requests,
+    )
 }
 
 impl GatewayControl {
@@ -948,6 +947,7 @@ impl GatewayControl {
             gateway: Arc::clone(gateway),
             runtime,
             products: config.products.iter().map(|p| p.name.clone()).collect(),
+            descriptors_needed: descriptors_needed(config),
         }
     }
 
@@ -1098,9 +1098,24 @@ impl GatewayControl {
             .block_on(self.gateway.reload(config))
             .map(|summary| {
                 self.products = config.products.iter().map(|p| p.name.clone()).collect();
-                (summary.dangling_scopes.iter())
+                let mut warnings: Vec<String> = (summary.dangling_scopes.iter())
                     .map(ToString::to_string)
-                    .collect()
+                    .collect();
+                // Limits raised past the open-file limit are warned about (in the
+                // answer too); limits that stay or shrink repeat nothing of start's.
+                let needed = descriptors_needed(config);
+                if needed > self.descriptors_needed
+                    && let Some(limit) = crate::gateway::descriptors::current_limit()
+                    && let Some(warning) = crate::gateway::descriptors::shortfall(
+                        config.gateway.max_connections,
+                        config.gateway.max_backend_requests,
+                        limit,
+                    )
+                {
+                    warnings.push(warning);
+                }
+                self.descriptors_needed = needed;
+                warnings
             })
             .map_err(|e| {
                 let mut reply = ErrorReply::new(

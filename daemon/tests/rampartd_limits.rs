@@ -109,7 +109,10 @@ async fn backend_service(
             Response::new(http_body_util::StreamBody::new(chunks).boxed_unsync())
         }
         "/sleep" => {
+            // Counted as held while it sleeps, so that a test can wait for it.
+            counters.held.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_secs(2)).await;
+            counters.held.fetch_sub(1, Ordering::SeqCst);
             text("slept")
         }
         "/upload" => match request.into_body().collect().await {
@@ -955,7 +958,7 @@ async fn max_backend_requests_changes_with_a_reload() {
             tokio::spawn(async move { h2_get(&client, &base, "/b/sleep").await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    backend.wait_held(2).await;
     assert_eq!(
         h2_get(&client, &base, "/b/fast").await.unwrap().0,
         StatusCode::SERVICE_UNAVAILABLE

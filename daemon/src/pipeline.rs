@@ -22,7 +22,7 @@ use crate::policy::client_cert::ClientCertPolicy;
 use crate::policy::cors::{self, CorsPolicy};
 use crate::policy::headers::HeaderRules;
 use crate::policy::jwt::{JwtProvider, JwtProviderSettings, JwtRejection, VerifiedToken};
-use crate::policy::keys::{self, KeyHash, KeyRejection, KeyStore, KeyStoreError};
+use crate::policy::keys::{self, KeyHash, KeyRejection, KeyStore, KeyStoreError, Scope};
 use crate::policy::quota::{Quota, QuotaCounters, QuotaError};
 use crate::policy::throttle::{RateLimitHeaders, RateLimiter, ThrottleError};
 use crate::policy::validate::{BodyPlan, RequestValidator};
@@ -112,16 +112,26 @@ struct ApiPipeline {
     key_query: String,
     forward_key: bool,
     products: Vec<String>,
-    /// The API's own limit first, then each product's (shared by its APIs).
-    limiters: Vec<Arc<Limiter>>,
-    /// The API's own quota first, then each product's.
-    quotas: Vec<Arc<QuotaRule>>,
+    /// The API's own rate limit and quota, for every request.
+    own: ScopeLimits,
+    /// Each product's (shared by its APIs), in the order of `products`: only for
+    /// requests whose subscription is scoped to that product (APIM applies no
+    /// product policy to all-access and API-scoped subscriptions, nor to calls
+    /// without one).
+    product_limits: Vec<ScopeLimits>,
     validator: Option<RequestValidator>,
     jwt: Option<ApiJwt>,
     client_cert: Option<ClientCertPolicy>,
     /// Certificate field name and the header it goes to.
     certificate_headers: Vec<(String, HeaderName)>,
     headers: HeaderRules,
+}
+
+/// The rate limit and quota of an API or of a product.
+#[derive(Default)]
+struct ScopeLimits {
+    limiter: Option<Arc<Limiter>>,
+    quota: Option<Arc<QuotaRule>>,
 }
 
 /// An API's JWT requirement: the provider, role rules, claims sent as headers.
@@ -276,7 +286,8 @@ impl RequestPolicy for ApiPolicies {
         }
 
         check_client_certificate(api, request)?;
-        let subscription = self.subscription(api, request)?;
+        let (subscription, product) = self.subscription(api, request)?;
+        let product = product.and_then(|i| api.product_limits.get(i));
         if let Some(name) = &subscription {
             // Known from here on, so that a later refusal (token, rate limit,
             // quota) names the subscription in its log event.
@@ -298,7 +309,11 @@ impl RequestPolicy for ApiPolicies {
         };
 
         let mut announced = HeaderMap::new();
-        for limiter in &api.limiters {
+        let limiters = [
+            api.own.limiter.as_ref(),
+            product.and_then(|p| p.limiter.as_ref()),
+        ];
+        for limiter in limiters.into_iter().flatten() {
             let admitted = limiter
                 .limiter
                 .check(&key(&limiter.counter))
@@ -308,7 +323,11 @@ impl RequestPolicy for ApiPolicies {
             }
         }
         let mut bandwidth = Vec::new();
-        for rule in &api.quotas {
+        let quotas = [
+            api.own.quota.as_ref(),
+            product.and_then(|p| p.quota.as_ref()),
+        ];
+        for rule in quotas.into_iter().flatten() {
             let counter = format!("{}|{}", rule.owner, key(&rule.counter));
             self.rules
                 .quotas
@@ -394,7 +413,8 @@ impl RequestPolicy for ApiPolicies {
 
 impl ApiPolicies {
     /// Checks the key the API asks for and removes it before forwarding; the name of
-    /// the subscription it belongs to, if any.
+    /// the subscription it belongs to, if any, and when that subscription is scoped
+    /// to a product of the API, the product's index in `api.products`.
     #[expect(
         clippy::result_large_err,
         reason = "a Rejection (with its HeaderMap) is built only when a request is refused; boxing it would cost an allocation there and buy nothing on the pass path"
@@ -403,7 +423,7 @@ impl ApiPolicies {
         &self,
         api: &ApiPipeline,
         request: &mut RequestContext<'_>,
-    ) -> Result<Option<String>, Stop> {
+    ) -> Result<(Option<String>, Option<usize>), Stop> {
         let parts = &mut *request.parts;
         if api.subscription == SubscriptionRequirement::None {
             // No key is checked, but one sent (clients often send theirs on every
@@ -418,7 +438,7 @@ impl ApiPolicies {
             {
                 remove_key(api, parts);
             }
-            return Ok(None);
+            return Ok((None, None));
         }
         let presented = keys::extract_key(
             &parts.headers,
@@ -427,12 +447,18 @@ impl ApiPolicies {
             &api.key_query,
         );
         let result = match (&presented, api.subscription) {
-            (None, SubscriptionRequirement::Optional) => Ok(None),
+            (None, SubscriptionRequirement::Optional) => Ok((None, None)),
             (None, _) => Err(KeyRejection::Missing),
             (Some(key), _) => match self.keys.owner(&key.value) {
                 None => Err(KeyRejection::Unknown),
                 Some(sub) => match sub.admits(request.api, &api.products) {
-                    Ok(()) => Ok(Some(sub.name.clone())),
+                    Ok(()) => {
+                        let product = match &sub.scope {
+                            Scope::Product(name) => api.products.iter().position(|p| p == name),
+                            Scope::AllApis | Scope::Api(_) => None,
+                        };
+                        Ok((Some(sub.name.clone()), product))
+                    }
                     Err(refused) => {
                         // A genuine key of a suspended, cancelled or out-of-scope
                         // subscription: the refusal's log event names it.
@@ -442,7 +468,7 @@ impl ApiPolicies {
                 },
             },
         };
-        let name = result.map_err(|rejected: KeyRejection| {
+        let admitted = result.map_err(|rejected: KeyRejection| {
             // The host the request was routed by.
             let host = crate::gateway::request_host(&parts.uri, &parts.headers).unwrap_or_default();
             rejected.rejection(host, &api.key_header)
@@ -450,7 +476,7 @@ impl ApiPolicies {
         if presented.is_some() && !api.forward_key {
             remove_key(api, parts);
         }
-        Ok(name)
+        Ok(admitted)
     }
 }
 

@@ -190,7 +190,9 @@ max_deny_entries = {DEFAULT_MAX_DENY_ENTRIES}
 # [[product]]
 # # Required, unique.
 # name = "starter"
-# # Optional: calls per period, counted per subscription.
+# # Optional: calls per period, counted per subscription. A product's limit and
+# # quota apply only to subscriptions scoped to it (not to "all" or API-scoped
+# # ones, nor to calls without a key).
 # rate_limit = {{ calls = 100, period_secs = 60 }}
 # # Optional: calls and/or kilobytes per fixed period (0 = never renews).
 # quota = {{ calls = 100000, period_secs = 86400 }}

@@ -12,7 +12,7 @@ use http::HeaderName;
 
 use super::{
     ApiJwt, ApiPipeline, ApiPolicies, Limiter, MAX_QUOTA_KEYS, PipelineError, PolicyRules,
-    ProviderEntry, QuotaRule,
+    ProviderEntry, QuotaRule, ScopeLimits,
 };
 use crate::config::{
     ApiConfig, Config, GatewayConfig, ProductConfig, QuotaConfig, RateLimitAlgorithm,
@@ -233,34 +233,31 @@ fn api_pipeline(
     all_limiters: &mut Vec<(String, RateLimitConfig, Arc<Limiter>)>,
 ) -> Result<ApiPipeline, Vec<PipelineError>> {
     let mut errors = Vec::new();
-    let mut limiters = Vec::new();
+    let mut own = ScopeLimits::default();
     if let Some(limit) = &api.rate_limit {
         let owner = format!("api:{}", api.name);
         match limiter(&api.name, &owner, limit, previous) {
             Ok(limiter) => {
                 all_limiters.push((owner, limit.clone(), Arc::clone(&limiter)));
-                limiters.push(limiter);
+                own.limiter = Some(limiter);
             }
             Err(e) => errors.push(e),
         }
     }
-    limiters.extend(
-        api.products
-            .iter()
-            .filter_map(|p| product_limiters.get(p).cloned()),
-    );
-    let mut quotas = Vec::new();
     if let Some(quota) = &api.quota {
         match quota_rule(&format!("api:{}", api.name), quota) {
-            Ok(rule) => quotas.push(rule),
+            Ok(rule) => own.quota = Some(rule),
             Err(e) => errors.push(e),
         }
     }
-    quotas.extend(
-        api.products
-            .iter()
-            .filter_map(|p| product_quotas.get(p).cloned()),
-    );
+    let product_limits = api
+        .products
+        .iter()
+        .map(|p| ScopeLimits {
+            limiter: product_limiters.get(p).cloned(),
+            quota: product_quotas.get(p).cloned(),
+        })
+        .collect();
     let name = || api.name.clone();
     let cors = api
         .cors
@@ -337,8 +334,8 @@ fn api_pipeline(
             key_query: api.subscription_key_query.clone(),
             forward_key: api.forward_subscription_key,
             products: api.products.clone(),
-            limiters,
-            quotas,
+            own,
+            product_limits,
             validator,
             jwt,
             client_cert,

@@ -804,3 +804,78 @@ fn client_keys_name_the_address_or_the_ipv6_prefix() {
     assert_eq!(key("2001:db8:1:2:3:4:5:6", 56), "ip:2001:db8:1::/56");
     assert_eq!(key("2001:db8:1:2:3:4:5:6", 128), "ip:2001:db8:1:2:3:4:5:6");
 }
+
+/// API "a" in products "free" (1 call a minute, 1 call an hour) and "premium" (3
+/// calls a minute), with keys scoped to each product, to the API, to all APIs.
+fn tiered(extra: &str) -> (ApiPolicies, [String; 4]) {
+    let text = format!(
+        "[filter]\ninterfaces = [\"eth0\"]\n\
+         [[product]]\nname = \"free\"\nrate_limit = {{ calls = 1, period_secs = 60 }}\n\
+         quota = {{ calls = 1, period_secs = 3600 }}\n\
+         [[product]]\nname = \"premium\"\nrate_limit = {{ calls = 3, period_secs = 60 }}\n\
+         [[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://b\"\n\
+         products = [\"free\", \"premium\"]\n{extra}"
+    );
+    let config = parse(&text, std::path::Path::new("t.toml")).unwrap();
+    let mut keys = KeyStore::in_memory();
+    let mut key = |name: &str, scope| {
+        let (_, issued) = keys.create(name, scope).unwrap();
+        issued.primary.expose().to_owned()
+    };
+    let issued = [
+        key("free-sub", keys::Scope::Product("free".into())),
+        key("premium-sub", keys::Scope::Product("premium".into())),
+        key("api-sub", keys::Scope::Api("a".into())),
+        key("all-sub", keys::Scope::AllApis),
+    ];
+    let quotas = QuotaCounters::in_memory(1000, SystemClock);
+    let policies = ApiPolicies::new(&config.apis, &config.products, &[], keys, quotas).unwrap();
+    (policies, issued)
+}
+
+/// The statuses of `n` calls with `key` (200 for a call the policies pass).
+fn statuses(p: &ApiPolicies, key: Option<&str>, n: usize) -> Vec<u16> {
+    (0..n)
+        .map(|_| {
+            let mut request = get("/x");
+            if let Some(key) = key {
+                request = request.header("Ocp-Apim-Subscription-Key", key);
+            }
+            match run(p, request.body(()).unwrap()).result {
+                Ok(()) => 200,
+                Err(Stop::Reject(r)) => r.status.as_u16(),
+                Err(other) => panic!("{other:?}"),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_products_limits_apply_only_to_subscriptions_scoped_to_it() {
+    let (p, [free, premium, api, all]) = tiered("");
+    // Premium subscribers get premium's 3 a minute, not free's 1.
+    assert_eq!(statuses(&p, Some(&premium), 4), [200, 200, 200, 429]);
+    // Free subscribers get free's limit and quota (the quota answers after the
+    // minute's call: it is checked after the rate limit).
+    assert_eq!(statuses(&p, Some(&free), 2), [200, 429]);
+    // API-scoped and all-access subscriptions get no product policy (APIM).
+    assert_eq!(statuses(&p, Some(&api), 5), [200; 5]);
+    assert_eq!(statuses(&p, Some(&all), 5), [200; 5]);
+
+    // Calls without a subscription get none either.
+    let (p, _) = tiered("subscription = \"optional\"\n");
+    assert_eq!(statuses(&p, None, 5), [200; 5]);
+    let (p, _) = tiered("subscription = \"none\"\n");
+    assert_eq!(statuses(&p, None, 5), [200; 5]);
+}
+
+#[test]
+fn an_apis_own_limit_applies_to_every_subscription() {
+    let (p, [free, premium, api, all]) = tiered("rate_limit = { calls = 2, period_secs = 60 }\n");
+    for key in [&free, &premium, &api, &all] {
+        let got = statuses(&p, Some(key), 3);
+        assert_eq!(got[2], 429, "{got:?}");
+    }
+    let (p, _) = tiered("subscription = \"none\"\nquota = { calls = 2, period_secs = 3600 }\n");
+    assert_eq!(statuses(&p, None, 3), [200, 200, 403]);
+}

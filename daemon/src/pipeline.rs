@@ -23,8 +23,8 @@ use crate::policy::cors::{self, CorsPolicy};
 use crate::policy::headers::HeaderRules;
 use crate::policy::jwt::{JwtProvider, JwtProviderSettings, JwtRejection, VerifiedToken};
 use crate::policy::keys::{self, KeyHash, KeyRejection, KeyStore, KeyStoreError, Scope};
-use crate::policy::quota::{Quota, QuotaCounters, QuotaError};
-use crate::policy::throttle::{RateLimitHeaders, RateLimiter, ThrottleError};
+use crate::policy::quota::{Quota, QuotaCounters, QuotaError, QuotaUsage};
+use crate::policy::throttle::{Admitted, RateLimitHeaders, RateLimiter, ThrottleError};
 use crate::policy::validate::{BodyPlan, RequestValidator};
 
 mod build;
@@ -313,26 +313,45 @@ impl RequestPolicy for ApiPolicies {
             api.own.limiter.as_ref(),
             product.and_then(|p| p.limiter.as_ref()),
         ];
-        for limiter in limiters.into_iter().flatten() {
-            let admitted = limiter
-                .limiter
-                .check(&key(&limiter.counter))
-                .map_err(|throttled| throttled.rejection(&limiter.headers))?;
-            if limiter.announces {
-                announced.extend(admitted.headers(&limiter.headers));
+        // Only admitted requests count: a request one limit or quota refuses takes
+        // back what the ones before it counted.
+        let mut counted: [Option<(&Limiter, Admitted)>; 2] = [None, None];
+        for (slot, limiter) in counted.iter_mut().zip(limiters) {
+            let Some(limiter) = limiter else { continue };
+            match limiter.limiter.check(&key(&limiter.counter)) {
+                Ok(admitted) => {
+                    if limiter.announces {
+                        announced.extend(admitted.headers(&limiter.headers));
+                    }
+                    *slot = Some((limiter, admitted));
+                }
+                Err(throttled) => {
+                    refund_limits(&counted);
+                    return Err(throttled.rejection(&limiter.headers).into());
+                }
             }
         }
-        let mut bandwidth = Vec::new();
         let quotas = [
             api.own.quota.as_ref(),
             product.and_then(|p| p.quota.as_ref()),
         ];
-        for rule in quotas.into_iter().flatten() {
+        let mut used: [Option<(&Arc<QuotaRule>, String, QuotaUsage)>; 2] = [None, None];
+        for (slot, rule) in used.iter_mut().zip(quotas) {
+            let Some(rule) = rule else { continue };
             let counter = format!("{}|{}", rule.owner, key(&rule.counter));
-            self.rules
-                .quotas
-                .check(&counter, &rule.quota)
-                .map_err(|exceeded| exceeded.rejection())?;
+            match self.rules.quotas.check(&counter, &rule.quota) {
+                Ok(usage) => *slot = Some((rule, counter, usage)),
+                Err(exceeded) => {
+                    refund_limits(&counted);
+                    for (_, counter, usage) in used.iter().flatten() {
+                        self.rules.quotas.refund(counter, usage);
+                    }
+                    return Err(exceeded.rejection().into());
+                }
+            }
+        }
+        let mut bandwidth = Vec::new();
+        for (rule, counter, _) in used.into_iter().flatten() {
             if rule.counts_bytes {
                 bandwidth.push((Arc::clone(rule), counter));
             }
@@ -477,6 +496,13 @@ impl ApiPolicies {
             remove_key(api, parts);
         }
         Ok(admitted)
+    }
+}
+
+/// Takes back the calls the limits admitted for a request refused after them.
+fn refund_limits(counted: &[Option<(&Limiter, Admitted)>]) {
+    for (limiter, admitted) in counted.iter().flatten() {
+        limiter.limiter.refund(admitted);
     }
 }
 

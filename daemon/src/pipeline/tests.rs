@@ -805,16 +805,18 @@ fn client_keys_name_the_address_or_the_ipv6_prefix() {
     assert_eq!(key("2001:db8:1:2:3:4:5:6", 128), "ip:2001:db8:1:2:3:4:5:6");
 }
 
-/// API "a" in products "free" (1 call a minute, 1 call an hour) and "premium" (3
-/// calls a minute), with keys scoped to each product, to the API, to all APIs.
-fn tiered(extra: &str) -> (ApiPolicies, [String; 4]) {
+/// API "a" in products "free" (1 call a minute, 1 call an hour), "premium" (3
+/// calls a minute) and "metered" (1 call an hour), with keys scoped to the first
+/// two products, to the API, to all APIs and to the third product.
+fn tiered(extra: &str) -> (ApiPolicies, [String; 5]) {
     let text = format!(
         "[filter]\ninterfaces = [\"eth0\"]\n\
          [[product]]\nname = \"free\"\nrate_limit = {{ calls = 1, period_secs = 60 }}\n\
          quota = {{ calls = 1, period_secs = 3600 }}\n\
          [[product]]\nname = \"premium\"\nrate_limit = {{ calls = 3, period_secs = 60 }}\n\
+         [[product]]\nname = \"metered\"\nquota = {{ calls = 1, period_secs = 3600 }}\n\
          [[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://b\"\n\
-         products = [\"free\", \"premium\"]\n{extra}"
+         products = [\"free\", \"premium\", \"metered\"]\n{extra}"
     );
     let config = parse(&text, std::path::Path::new("t.toml")).unwrap();
     let mut keys = KeyStore::in_memory();
@@ -827,6 +829,7 @@ fn tiered(extra: &str) -> (ApiPolicies, [String; 4]) {
         key("premium-sub", keys::Scope::Product("premium".into())),
         key("api-sub", keys::Scope::Api("a".into())),
         key("all-sub", keys::Scope::AllApis),
+        key("metered-sub", keys::Scope::Product("metered".into())),
     ];
     let quotas = QuotaCounters::in_memory(1000, SystemClock);
     let policies = ApiPolicies::new(&config.apis, &config.products, &[], keys, quotas).unwrap();
@@ -852,7 +855,7 @@ fn statuses(p: &ApiPolicies, key: Option<&str>, n: usize) -> Vec<u16> {
 
 #[test]
 fn a_products_limits_apply_only_to_subscriptions_scoped_to_it() {
-    let (p, [free, premium, api, all]) = tiered("");
+    let (p, [free, premium, api, all, _]) = tiered("");
     // Premium subscribers get premium's 3 a minute, not free's 1.
     assert_eq!(statuses(&p, Some(&premium), 4), [200, 200, 200, 429]);
     // Free subscribers get free's limit and quota (the quota answers after the
@@ -871,11 +874,47 @@ fn a_products_limits_apply_only_to_subscriptions_scoped_to_it() {
 
 #[test]
 fn an_apis_own_limit_applies_to_every_subscription() {
-    let (p, [free, premium, api, all]) = tiered("rate_limit = { calls = 2, period_secs = 60 }\n");
+    let (p, [free, premium, api, all, _]) =
+        tiered("rate_limit = { calls = 2, period_secs = 60 }\n");
     for key in [&free, &premium, &api, &all] {
         let got = statuses(&p, Some(key), 3);
         assert_eq!(got[2], 429, "{got:?}");
     }
     let (p, _) = tiered("subscription = \"none\"\nquota = { calls = 2, period_secs = 3600 }\n");
     assert_eq!(statuses(&p, None, 3), [200, 200, 403]);
+}
+
+#[test]
+fn a_request_refused_by_a_later_limit_or_quota_counts_in_none() {
+    // The API allows 5 calls a minute per client address and announces what is
+    // left; the free product 1 a minute per subscription.
+    let (p, [free, premium, ..]) = tiered(
+        "rate_limit = { calls = 5, period_secs = 60, counter = \"ip\", remaining_header = \"X-A\" }\n",
+    );
+    let remaining = |key: &str| {
+        let out = run(
+            &p,
+            get("/x")
+                .header("Ocp-Apim-Subscription-Key", key)
+                .body(())
+                .unwrap(),
+        );
+        let LimitHeaders(headers) = out.state.get::<LimitHeaders>().unwrap().clone();
+        headers["x-a"].to_str().unwrap().to_owned()
+    };
+    assert_eq!(remaining(&free), "4");
+    assert_eq!(statuses(&p, Some(&free), 3), [429; 3]);
+    // The three calls the product refused took nothing from the API's limit.
+    assert_eq!(remaining(&premium), "3");
+
+    // Quotas likewise: the API's 2 calls a minute and its 3 calls an hour are not
+    // used up by the calls the metered product's quota (1 an hour) refuses.
+    let (p, [_, premium, _, _, metered]) =
+        tiered("rate_limit = { calls = 2, period_secs = 60, counter = \"ip\" }\n");
+    assert_eq!(statuses(&p, Some(&metered), 4), [200, 403, 403, 403]);
+    assert_eq!(statuses(&p, Some(&premium), 2), [200, 429]);
+    let (p, [_, premium, _, _, metered]) =
+        tiered("quota = { calls = 3, period_secs = 3600, counter = \"ip\" }\n");
+    assert_eq!(statuses(&p, Some(&metered), 4), [200, 403, 403, 403]);
+    assert_eq!(statuses(&p, Some(&premium), 3), [200, 200, 403]);
 }

@@ -176,6 +176,8 @@ pub struct QuotaUsage {
     pub bytes: u64,
     /// When the window renews (`None`: never).
     pub renews_in: Option<Duration>,
+    /// The start of the window the call was counted in, for [`QuotaCounters::refund`].
+    window_start: u64,
 }
 
 /// A refused call: the key's quota for this window is used up.
@@ -368,7 +370,24 @@ impl<C: WallClock> QuotaCounters<C> {
             calls: counter.calls,
             bytes: counter.bytes,
             renews_in,
+            window_start: start,
         })
+    }
+
+    /// Takes back a call [`Self::check`] counted for `key`, when a later policy
+    /// refused the request: only admitted calls count. A window that has ended since
+    /// is left alone.
+    pub fn refund(&self, key: &str, usage: &QuotaUsage) {
+        let mut table = self.lock();
+        if let Some(c) = table.counters.get_mut(key)
+            && c.window_start == usage.window_start
+            && c.calls > 0
+        {
+            c.calls -= 1;
+            if !table.changed.contains(key) {
+                table.changed.insert(key.to_owned());
+            }
+        }
     }
 
     /// Adds transferred bytes to `key`'s bandwidth use (after the response). Bytes of a

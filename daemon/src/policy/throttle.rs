@@ -218,6 +218,16 @@ pub struct Admitted {
     /// calls counted in the window, this one included).
     pub remaining: u32,
     pub limit: u32,
+    /// Where the call was counted, for [`RateLimiter::refund`].
+    counted: Counted,
+}
+
+/// The key's hash and the sliding-window slot (or token-bucket interval) a call
+/// was counted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counted {
+    hash: u64,
+    slot: u64,
 }
 
 impl Admitted {
@@ -593,6 +603,10 @@ impl<C: Clock> RateLimiter<C> {
                 Ok(Admitted {
                     remaining: calls - window.total,
                     limit: calls,
+                    counted: Counted {
+                        hash,
+                        slot: window.newest,
+                    },
                 })
             }
             Engine::TokenBucket {
@@ -623,7 +637,41 @@ impl<C: Clock> RateLimiter<C> {
                 Ok(Admitted {
                     remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
                     limit: calls,
+                    counted: Counted {
+                        hash,
+                        slot: interval,
+                    },
                 })
+            }
+        }
+    }
+
+    /// Takes back a call [`Self::check`] admitted, when a later policy refused the
+    /// request: only admitted requests count. The call is forgotten only while the
+    /// window still holds it (a call that left it counts nothing any more), and a
+    /// token bucket gets its interval back, which is exact whatever was admitted
+    /// since (GCRA's timestamp is a sum of intervals). Calls refused meanwhile stay
+    /// refused: the bound is never exceeded.
+    pub fn refund(&self, admitted: &Admitted) {
+        let Counted { hash, slot } = admitted.counted;
+        match &self.engine {
+            Engine::SlidingWindow { table, .. } => {
+                let mut shard = table.lock(hash);
+                if let Some(window) = shard.get_mut(&hash)
+                    && slot + SLOTS >= window.newest
+                {
+                    let count = &mut window.counts[Window::index(slot)];
+                    if *count > 0 {
+                        *count -= 1;
+                        window.total -= 1;
+                    }
+                }
+            }
+            Engine::TokenBucket { table, .. } => {
+                let mut shard = table.lock(hash);
+                if let Some(tat) = shard.get_mut(&hash) {
+                    *tat = tat.saturating_sub(slot);
+                }
             }
         }
     }

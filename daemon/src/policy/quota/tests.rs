@@ -322,3 +322,21 @@ fn distinct_keys_do_not_grow_memory_without_limit() {
     assert_eq!(q.sweep(), tracked);
     assert_eq!(q.tracked_keys(), 0);
 }
+
+#[test]
+fn a_refunded_call_is_no_longer_counted_in_its_window_only() {
+    let clock = Arc::new(ManualWallClock::new(T0));
+    let q = QuotaCounters::in_memory(DEFAULT_MAX_KEYS, clock.clone());
+    let quota = calls(2, HOUR);
+    q.check("alice", &quota).unwrap();
+    let second = q.check("alice", &quota).unwrap();
+    q.refund("alice", &second);
+    assert_eq!(q.check("alice", &quota).unwrap().calls, 2);
+    assert!(q.check("alice", &quota).is_err());
+    // A call of a window that has ended since takes nothing from the new one.
+    let last = q.check("bob", &quota).unwrap();
+    clock.advance(HOUR);
+    q.check("bob", &quota).unwrap();
+    q.refund("bob", &last);
+    assert_eq!(q.check("bob", &quota).unwrap().calls, 2);
+}

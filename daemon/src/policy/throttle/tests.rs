@@ -664,3 +664,33 @@ fn sliding_window_full_shard_evicts_the_oldest_admissions() {
     assert!(rl.check("busy").is_err(), "busy key was evicted");
     assert!(rl.check("old").is_ok(), "old key was kept");
 }
+
+#[test]
+fn a_refunded_call_frees_its_place() {
+    for (rl, clock) in [
+        window(2, Duration::from_secs(10)),
+        limiter(2, Duration::from_secs(10)),
+    ] {
+        rl.check("k").unwrap();
+        let second = rl.check("k").unwrap();
+        assert!(rl.check("k").is_err());
+        rl.refund(&second);
+        let again = rl.check("k").unwrap();
+        assert_eq!(again.remaining, 0);
+        assert!(rl.check("k").is_err());
+        // Other keys are untouched.
+        rl.refund(&rl.check("other").unwrap());
+        assert_eq!(rl.check("other").unwrap().remaining, 1);
+        drop(clock);
+    }
+}
+
+#[test]
+fn a_call_refunded_after_it_left_the_window_frees_nothing() {
+    let (rl, clock) = window(1, Duration::from_secs(16));
+    let old = rl.check("k").unwrap();
+    clock.advance(Duration::from_secs(18));
+    rl.check("k").unwrap();
+    rl.refund(&old);
+    assert!(rl.check("k").is_err());
+}

@@ -322,3 +322,96 @@ fn provider_errors_are_located_at_their_table() {
     assert!(errors[0].starts_with("t.toml:"), "{errors:#?}");
     assert!(errors[0].contains("jwks_uri"), "{errors:#?}");
 }
+
+#[test]
+fn headers_the_gateway_sets_may_not_be_framing_connection_or_forwarding_headers() {
+    let provider = hs_provider("corp");
+    let framing = "message framing is set by the gateway";
+    // (the API's last line, the text the error points at, the message after the position)
+    let cases: Vec<(&str, &str, String)> = vec![
+        (
+            "rate_limit = { calls = 5, period_secs = 60, remaining_header = \"Content-Length\" }",
+            "\"Content-Length\"",
+            format!(
+                "invalid `api.rate_limit.remaining_header` \"Content-Length\": content-length cannot be used: {framing}"
+            ),
+        ),
+        (
+            "rate_limit = { calls = 5, period_secs = 60, total_header = \"Transfer-Encoding\" }",
+            "\"Transfer-Encoding\"",
+            format!(
+                "invalid `api.rate_limit.total_header` \"Transfer-Encoding\": transfer-encoding cannot be used: {framing}"
+            ),
+        ),
+        (
+            "rate_limit = { calls = 5, period_secs = 60, total_header = \"Connection\" }",
+            "\"Connection\"",
+            "invalid `api.rate_limit.total_header` \"Connection\": connection cannot be used: hop-by-hop headers apply to one connection only".to_owned(),
+        ),
+        (
+            "rate_limit = { calls = 5, period_secs = 60, remaining_header = \"Retry-After\" }",
+            "\"Retry-After\"",
+            "invalid `api.rate_limit.remaining_header` \"Retry-After\": Retry-After is the limit's own header".to_owned(),
+        ),
+        (
+            "rate_limit = { calls = 5, period_secs = 60, remaining_header = \"X-Left\", total_header = \"x-left\" }",
+            "\"x-left\"",
+            "invalid `api.rate_limit.total_header` \"x-left\": the same header as `remaining_header`".to_owned(),
+        ),
+        (
+            "jwt = { provider = \"corp\", claims_to_headers = [{ claim = \"nick\", header = \"Content-Length\" }] }",
+            "\"Content-Length\"",
+            format!(
+                "invalid `api.jwt.claims_to_headers.header` \"Content-Length\": content-length cannot be used: {framing}"
+            ),
+        ),
+        (
+            "jwt = { provider = \"corp\", claims_to_headers = [{ claim = \"nick\", header = \"Transfer-Encoding\" }] }",
+            "\"Transfer-Encoding\"",
+            format!(
+                "invalid `api.jwt.claims_to_headers.header` \"Transfer-Encoding\": transfer-encoding cannot be used: {framing}"
+            ),
+        ),
+        (
+            "jwt = { provider = \"corp\", claims_to_headers = [{ claim = \"host\", header = \"Host\" }] }",
+            "\"Host\"",
+            "invalid `api.jwt.claims_to_headers.header` \"Host\": host cannot be used: routing is decided on the client's Host".to_owned(),
+        ),
+        (
+            "jwt = { provider = \"corp\", claims_to_headers = [{ claim = \"ip\", header = \"X-Forwarded-For\" }] }",
+            "\"X-Forwarded-For\"",
+            "invalid `api.jwt.claims_to_headers.header` \"X-Forwarded-For\": x-forwarded-for cannot be used: client identity headers are set by the gateway".to_owned(),
+        ),
+        (
+            "certificate_headers = [{ field = \"subject\", header = \"Content-Length\" }]",
+            "\"Content-Length\"",
+            format!(
+                "invalid `api.certificate_headers.header` \"Content-Length\": content-length cannot be used: {framing}"
+            ),
+        ),
+        (
+            "certificate_headers = [{ field = \"subject\", header = \"Keep-Alive\" }]",
+            "\"Keep-Alive\"",
+            "invalid `api.certificate_headers.header` \"Keep-Alive\": keep-alive cannot be used: hop-by-hop headers apply to one connection only".to_owned(),
+        ),
+    ];
+    for (line, points_at, message) in cases {
+        let text = with_filter(&format!("{provider}{}", api_with(line)));
+        assert_eq!(
+            single_error(&text),
+            format!("{}: {message}", at(&text, points_at)),
+            "for:\n{text}"
+        );
+    }
+    // A product's limit likewise.
+    let text = with_filter(
+        "[[product]]\nname = \"p\"\nrate_limit = { calls = 5, period_secs = 60, remaining_header = \"Content-Length\" }\n",
+    );
+    assert_eq!(
+        single_error(&text),
+        format!(
+            "{}: invalid `product.rate_limit.remaining_header` \"Content-Length\": content-length cannot be used: {framing}",
+            at(&text, "\"Content-Length\"")
+        )
+    );
+}

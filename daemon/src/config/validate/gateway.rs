@@ -26,6 +26,7 @@ use crate::config::{
     ProductConfig, RateLimitConfig, SniCertConfig, SubscriptionRequirement,
 };
 use crate::policy::backend_auth::{self, BackendAuth, OAuth2Settings};
+use crate::policy::headers::{Side, forbidden_reason};
 use crate::policy::jwt::JwtProviderSettings;
 use crate::policy::keys::{DEFAULT_HEADER, DEFAULT_QUERY_PARAM, KeyHash, Scope, SubscriptionState};
 
@@ -345,14 +346,11 @@ impl Checker<'_> {
         let raw = raw.into_inner();
         let claim = self.required(section, "api.jwt.claims_to_headers", "claim", raw.claim);
         let header = self.required(section, "api.jwt.claims_to_headers", "header", raw.header)?;
-        if http::HeaderName::from_bytes(header.get_ref().as_bytes()).is_err() {
-            self.error(
-                header.span().start,
-                format!(
-                    "invalid `api.jwt.claims_to_headers.header` {:?}: not a header name",
-                    header.get_ref()
-                ),
-            );
+        if !self.settable_header(
+            "api.jwt.claims_to_headers.header",
+            &header,
+            &[Side::Request],
+        ) {
             return None;
         }
         let default = match raw.default {
@@ -537,14 +535,11 @@ impl Checker<'_> {
                     );
                     continue;
                 }
-                if http::HeaderName::from_bytes(header.get_ref().as_bytes()).is_err() {
-                    self.error(
-                        header.span().start,
-                        format!(
-                            "invalid `api.certificate_headers.header` {:?}: not a header name",
-                            header.get_ref()
-                        ),
-                    );
+                if !self.settable_header(
+                    "api.certificate_headers.header",
+                    &header,
+                    &[Side::Request],
+                ) {
                     continue;
                 }
                 certificate_headers
@@ -1275,6 +1270,33 @@ impl Checker<'_> {
         }
     }
 
+    /// Whether the gateway may set a header named `value` itself (a claim, a
+    /// certificate field, a rate-limit count): a header name that no header rule
+    /// on any of `sides` would be refused (framing, hop-by-hop, `Host`, forwarding
+    /// headers, see [`forbidden_reason`]); else an error at its position.
+    fn settable_header(&mut self, key: &str, value: &Text, sides: &[Side]) -> bool {
+        let Ok(name) = http::HeaderName::from_bytes(value.get_ref().as_bytes()) else {
+            self.error(
+                value.span().start,
+                format!("invalid `{key}` {:?}: not a header name", value.get_ref()),
+            );
+            return false;
+        };
+        match sides.iter().find_map(|side| forbidden_reason(*side, &name)) {
+            Some(why) => {
+                self.error(
+                    value.span().start,
+                    format!(
+                        "invalid `{key}` {:?}: {name} cannot be used: {why}",
+                        value.get_ref()
+                    ),
+                );
+                false
+            }
+            None => true,
+        }
+    }
+
     fn header_name(&mut self, key: &str, value: Option<Text>, default: &str) -> String {
         let Some(value) = value else {
             return default.to_owned();
@@ -1318,21 +1340,41 @@ impl Checker<'_> {
             &RateLimitAlgorithm::ALL,
             RateLimitAlgorithm::default(),
         );
+        // Sent on admitted responses and on the 429 (whose `Retry-After` they must
+        // not replace); on either side of the gateway a count is no framing,
+        // connection or forwarding header.
+        let sides = [Side::Request, Side::Response];
         let mut header = |key: &str, value: Option<Text>| {
             let value = value?;
-            if http::HeaderName::from_bytes(value.get_ref().as_bytes()).is_err() {
+            let key = format!("{table}.rate_limit.{key}");
+            if self.settable_header(&key, &value, &sides)
+                && value.get_ref().eq_ignore_ascii_case("retry-after")
+            {
                 self.error(
                     value.span().start,
                     format!(
-                        "invalid `{table}.rate_limit.{key}` {:?}: not a header name",
+                        "invalid `{key}` {:?}: Retry-After is the limit's own header",
                         value.get_ref()
                     ),
                 );
             }
-            Some(value.into_inner())
+            Some(value)
         };
         let remaining_header = header("remaining_header", raw.remaining_header);
         let total_header = header("total_header", raw.total_header);
+        if let (Some(remaining), Some(total)) = (&remaining_header, &total_header)
+            && remaining.get_ref().eq_ignore_ascii_case(total.get_ref())
+        {
+            self.error(
+                total.span().start,
+                format!(
+                    "invalid `{table}.rate_limit.total_header` {:?}: the same header as `remaining_header`",
+                    total.get_ref()
+                ),
+            );
+        }
+        let remaining_header = remaining_header.map(Spanned::into_inner);
+        let total_header = total_header.map(Spanned::into_inner);
         (self.errors.len() == errors).then_some(RateLimitConfig {
             calls,
             period_secs,

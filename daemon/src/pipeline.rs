@@ -408,9 +408,8 @@ impl RequestPolicy for ApiPolicies {
         if let (Some(cors), Some(RequestOrigin(origin))) =
             (&api.cors, response.state.get::<RequestOrigin>())
         {
-            let added = cors::actual_response_headers(cors, origin.as_ref());
             remove_access_control(&mut parts.headers);
-            parts.headers.extend(added);
+            cors::add_actual_response_headers(cors, origin.as_ref(), &mut parts.headers);
         }
         if let Some(LimitHeaders(headers)) = response.state.get::<LimitHeaders>() {
             parts.headers.extend(headers.clone());

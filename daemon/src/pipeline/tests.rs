@@ -918,3 +918,58 @@ fn a_request_refused_by_a_later_limit_or_quota_counts_in_none() {
     assert_eq!(statuses(&p, Some(&metered), 4), [200, 403, 403, 403]);
     assert_eq!(statuses(&p, Some(&premium), 3), [200, 200, 403]);
 }
+
+#[test]
+fn cors_adds_origin_to_the_backends_vary_and_keeps_the_rest() {
+    let (p, _) = policies(
+        "subscription = \"none\"\ncors = { allowed_origins = [\"https://app.example\"] }\n",
+    );
+    // The Vary the client gets for a backend's Vary, with and without an Origin.
+    let vary = |backend: &[&str], origin: Option<&str>| {
+        let mut request = get("/x");
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        let out = run(&p, request.body(()).unwrap());
+        assert!(out.result.is_ok());
+        let mut response = http::Response::builder();
+        for value in backend {
+            response = response.header("vary", *value);
+        }
+        let (mut response, ()) = response.body(()).unwrap().into_parts();
+        p.on_response(
+            &ResponseContext {
+                api: "a",
+                peer: PEER.parse().unwrap(),
+                state: &out.state,
+            },
+            &mut response,
+        );
+        response
+            .headers
+            .get_all("vary")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let app = Some("https://app.example");
+    assert_eq!(
+        vary(&["Accept-Encoding, Cookie"], app),
+        ["Accept-Encoding, Cookie", "Origin"]
+    );
+    assert_eq!(
+        vary(&["Accept-Encoding", "Cookie"], None),
+        ["Accept-Encoding", "Cookie", "Origin"]
+    );
+    assert_eq!(
+        vary(
+            &["Accept-Encoding", "Cookie"],
+            Some("https://other.example")
+        ),
+        ["Accept-Encoding", "Cookie", "Origin"]
+    );
+    // Named already: not twice.
+    assert_eq!(vary(&["Cookie, origin"], app), ["Cookie, origin"]);
+    assert_eq!(vary(&["*"], app), ["*"]);
+    assert_eq!(vary(&[], app), ["Origin"]);
+}

@@ -305,9 +305,22 @@ impl CorsPolicy {
     }
 
     /// Adds `Vary: Origin` when the answer depends on the origin, so that a shared cache
-    /// never serves one origin's answer (with or without CORS headers) to another.
+    /// never serves one origin's answer (with or without CORS headers) to another. The
+    /// `Vary` already there (the backend's: `Accept-Encoding`, `Cookie`...) is kept:
+    /// `Origin` joins it (a field line more is the same list, RFC 9110 §5.3), unless it
+    /// names `Origin` or `*` already.
     fn add_vary(&self, headers: &mut HeaderMap) {
-        if self.origins != Allowed::Any {
+        if self.origins == Allowed::Any {
+            return;
+        }
+        let named = headers
+            .get_all(VARY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .any(|name| name == "*" || name.eq_ignore_ascii_case("origin"));
+        if !named {
             headers.append(VARY, HeaderValue::from_static("Origin"));
         }
     }
@@ -460,9 +473,20 @@ fn check_preflight(
 /// should drop any `Access-Control-*` headers the backend sent before adding these.
 pub fn actual_response_headers(policy: &CorsPolicy, origin: Option<&HeaderValue>) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    policy.add_vary(&mut headers);
+    add_actual_response_headers(policy, origin, &mut headers);
+    headers
+}
+
+/// Adds [`actual_response_headers`] to a response's `headers` (from which the
+/// backend's `Access-Control-*` have gone), merging `Origin` into its `Vary`.
+pub fn add_actual_response_headers(
+    policy: &CorsPolicy,
+    origin: Option<&HeaderValue>,
+    headers: &mut HeaderMap,
+) {
+    policy.add_vary(headers);
     let Some(origin) = origin.filter(|o| policy.origin_allowed(o)) else {
-        return headers;
+        return;
     };
     headers.insert(
         ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -477,5 +501,4 @@ pub fn actual_response_headers(policy: &CorsPolicy, origin: Option<&HeaderValue>
     if let Some(expose) = &policy.expose_value {
         headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
     }
-    headers
 }

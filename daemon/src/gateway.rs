@@ -46,7 +46,9 @@ pub use error::{GatewayError, Rejection};
 pub use forwarded::{
     ClientHop, client_ip, remove_client_copies, remove_hop_by_hop, set_forwarding_headers,
 };
-pub use policy::{RequestContext, RequestPolicy, ResponseContext, Stop, Subscriber, Transferred};
+pub use policy::{
+    RequestContext, RequestPolicy, ResponseContext, Stop, StreamLimit, Subscriber, Transferred,
+};
 pub use routing::RouteTable;
 pub(crate) use routing::request_host;
 pub use serving::{AppliedGateway, GatewayHandle, PreparedGateway, ServingGateway};

@@ -16,7 +16,7 @@ use crate::config::{
 use crate::gateway::{
     AccessLog, ApiSettings, BackendProtocol, BackendTimeouts, CertFiles, ClientAuth, ClientCa,
     GatewaySettings, Limits, ListenerSettings, RequestContext, RequestPolicy, ResponseContext,
-    SniCert, Stop, TlsSettings, Transferred, Transport, remove_client_copies,
+    SniCert, Stop, StreamLimit, TlsSettings, Transferred, Transport, remove_client_copies,
 };
 use crate::policy::client_cert::ClientCertPolicy;
 use crate::policy::cors::{self, CorsPolicy};
@@ -362,6 +362,12 @@ impl RequestPolicy for ApiPolicies {
                 .check_head(&request.parts.headers, request.has_body)
                 .map_err(|invalid| invalid.to_rejection())?
             {
+                BodyPlan::Stream if request.has_body => {
+                    request.stream_limit = Some(StreamLimit {
+                        bytes: validator.max_body_bytes(),
+                        rejection: validator.too_large(None).to_rejection(),
+                    });
+                }
                 BodyPlan::Stream => {}
                 BodyPlan::Buffer { limit } => {
                     request.collect_body =

@@ -1659,3 +1659,69 @@ quota = {{ kilobytes = 1, period_secs = 0 }}
     assert!(served >= 1, "the first call was refused");
     assert!(refused.starts_with("Out of bandwidth quota."), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_body_bytes_limits_every_body_of_a_validated_api() {
+    let setup = Setup::new("validation-max-size").await;
+    let (backend, recorder) = start_recording_backend().await;
+    let mut daemon = setup
+        .start(&format!(
+            r#"
+[[api]]
+name = "valct"
+path_prefix = "/valct"
+backend = "http://{backend}/"
+subscription = "none"
+validation = {{ content_types = ["application/xml", "application/json"], max_body_bytes = 100 }}
+"#
+        ))
+        .await;
+    let xml = |n: usize| format!("<a>{}</a>", "x".repeat(n - 7));
+    let chunked = |text: String| {
+        let pieces: VecDeque<Bytes> = text
+            .into_bytes()
+            .chunks(40)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        Chunked(pieces).boxed_unsync()
+    };
+    let xml_type = [("content-type", "application/xml")];
+    for h2 in [false, true] {
+        // By Content-Length, before anything is forwarded, with APIM's message.
+        let body = Full::new(Bytes::from(xml(5007))).boxed_unsync();
+        let (parts, body) = post_raw(&setup, h2, "/valct/x", &xml_type, body).await;
+        assert_exact_error(
+            &parts,
+            &body,
+            413,
+            "Request's body is 5007 bytes long and it exceeds the limit of 100 bytes.",
+        );
+        // Without a length: refused once the limit is passed.
+        let (parts, body) = post_raw(&setup, h2, "/valct/x", &xml_type, chunked(xml(5000))).await;
+        assert_exact_error(
+            &parts,
+            &body,
+            413,
+            "Request's body exceeds the limit of 100 bytes.",
+        );
+        // Within the limit: forwarded as it came, streamed.
+        let small = xml(100);
+        let (parts, body) =
+            post_raw(&setup, h2, "/valct/x", &xml_type, chunked(small.clone())).await;
+        assert_eq!(parts.status, 200, "{body}");
+        let (_, received, _) = recorder.last_body();
+        assert_eq!(received, small.as_bytes());
+    }
+    assert!(
+        recorder
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|seen| seen.body.len() <= 100),
+        "a body over the limit reached the backend whole"
+    );
+
+    let status = daemon.terminate().await;
+    assert!(status.success(), "{status}:\n{}", daemon.log());
+}

@@ -491,6 +491,7 @@ async fn process(
         client_cert: conn.client_cert.as_deref(),
         has_body: !body.is_end_stream(),
         collect_body: None,
+        stream_limit: None,
         count_bytes: false,
         parts: &mut parts,
         state: &mut state,
@@ -503,6 +504,11 @@ async fn process(
         }
     }
     let collect = ctx.collect_body;
+    // A policy's limit on a streamed body, when it is below the gateway's own.
+    let stream_limit = ctx
+        .stream_limit
+        .take()
+        .filter(|l| l.bytes < limits.max_body_bytes);
     let count_bytes = ctx.count_bytes && stopped.is_none();
     let client_ip = ctx.client_ip;
     let has_body = ctx.has_body;
@@ -518,6 +524,7 @@ async fn process(
                 let max_body = limits.max_body_bytes;
                 let upstream: UpstreamBody = match collect {
                     None => {
+                        let max_body = stream_limit.as_ref().map_or(max_body, |l| l.bytes);
                         let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
                         let counted = Counted {
                             inner: body,
@@ -553,6 +560,7 @@ async fn process(
                             client_cert: conn.client_cert.as_deref(),
                             has_body,
                             collect_body: collect,
+                            stream_limit: None,
                             count_bytes,
                             parts: &mut parts,
                             state: &mut state,
@@ -609,6 +617,14 @@ async fn process(
                     .forward(parts, upstream, &rest, deadline, in_flight)
                     .await
                     .map_err(|rejection| {
+                        // Past a policy's limit: its answer (APIM's validate-content
+                        // message), not the gateway's.
+                        let rejection = match stream_limit {
+                            Some(limit) if rejection.reason == "RequestEntityTooLarge" => {
+                                limit.rejection
+                            }
+                            _ => rejection,
+                        };
                         if rejection.status == http::StatusCode::BAD_REQUEST {
                             GatewayStats::bump(&shared.stats.malformed_requests);
                         }

@@ -26,6 +26,10 @@ pub struct RequestContext<'a> {
     /// gateway collects at most this many bytes and calls [`RequestPolicy::on_body`].
     /// With several policies asking, the smallest limit applies.
     pub collect_body: Option<u64>,
+    /// Set by a policy that limits a body forwarded as it comes: past `bytes` (when
+    /// fewer than `[gateway] max_body_bytes`) the request is refused with `rejection`
+    /// instead of the gateway's own 413.
+    pub stream_limit: Option<StreamLimit>,
     /// Set by a policy that wants [`RequestPolicy::on_complete`] with the body
     /// bytes of the exchange.
     pub count_bytes: bool,
@@ -35,6 +39,13 @@ pub struct RequestContext<'a> {
     /// Carried to [`RequestPolicy::on_response`] of every policy of this request
     /// (e.g. the CORS origin that was allowed, the subscription name).
     pub state: &'a mut Extensions,
+}
+
+/// A policy's limit on a streamed request body, and its answer past it.
+#[derive(Debug, Clone)]
+pub struct StreamLimit {
+    pub bytes: u64,
+    pub rejection: Rejection,
 }
 
 /// What a policy sees of the response, gateway-made or from the backend.

@@ -304,7 +304,8 @@ pub fn compile_schema(
 /// What the gateway does with the body after [`RequestValidator::check_head`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyPlan {
-    /// Forward the body as it comes (no body, or nothing to validate in it).
+    /// Forward the body as it comes (no body, or nothing to validate in it), at
+    /// most [`RequestValidator::max_body_bytes`] of it.
     Stream,
     /// Collect the body, reading at most `limit + 1` bytes, then call
     /// [`RequestValidator::check_body`] (or [`RequestValidator::too_large`] when the
@@ -347,6 +348,13 @@ impl RequestValidator {
                 Some(_) => {}
             }
         }
+        // Every body is held to `max_body_bytes` (APIM's `max-size`), by its
+        // Content-Length here, and while it streams (`BodyPlan::Stream`).
+        if let Some(length) = declared_length(headers)
+            && length > self.max_body_bytes
+        {
+            return Err(self.too_large(Some(length)));
+        }
         let is_json = media.as_ref().is_some_and(MediaType::is_json);
         if !(is_json && self.require_valid_json) {
             return Ok(BodyPlan::Stream);
@@ -357,11 +365,6 @@ impl RequestValidator {
             && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
         {
             return Err(RequestInvalid::ContentEncodingNotSupported);
-        }
-        if let Some(length) = declared_length(headers)
-            && length > self.max_body_bytes
-        {
-            return Err(self.too_large(Some(length)));
         }
         Ok(BodyPlan::Buffer {
             limit: self.max_body_bytes,
@@ -399,6 +402,11 @@ impl RequestValidator {
 
     /// The 413 for a body over the limit; `size` when known (Content-Length or the
     /// collected length), `None` when reading stopped at `limit + 1` bytes.
+    /// The most body bytes a request may send (`max_body_bytes`).
+    pub fn max_body_bytes(&self) -> u64 {
+        self.max_body_bytes
+    }
+
     pub fn too_large(&self, size: Option<u64>) -> RequestInvalid {
         RequestInvalid::BodyTooLarge {
             size,

@@ -96,6 +96,21 @@ pub enum ServiceError {
         path.display()
     )]
     PinsInUse { path: PathBuf },
+    /// `rampartd --detach` while a rampartd runs on the same pins or state
+    /// directory: detaching would leave it reporting (and writing) rules the
+    /// kernel no longer enforces.
+    #[error(
+        "{} is running on the filter pinned at {}: stop it first (systemctl stop rampartd); nothing was detached",
+        pid.map_or_else(|| "a rampartd".to_string(), |pid| format!("rampartd (pid {pid})")),
+        pins.display()
+    )]
+    Running { pid: Option<u32>, pins: PathBuf },
+    #[error("cannot lock {}", path.display())]
+    DetachLock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot lock the filter pins at {}", path.display())]
     PinLock {
         path: PathBuf,
@@ -126,6 +141,8 @@ impl ServiceError {
             ServiceError::GatewayBuild(e) => e.exit_code(),
             ServiceError::State(StateError::Locked { .. }) => 75,
             ServiceError::PinsInUse { .. } => 75,
+            ServiceError::Running { .. } => 75,
+            ServiceError::DetachLock { .. } => 71,
             ServiceError::PinLock { .. } => 71,
             ServiceError::State(_) => 74,
             ServiceError::Control(ControlError::UnknownGroup { .. }) => 64,
@@ -308,12 +325,70 @@ fn attach_mode(m: config::AttachMode) -> AttachMode {
 
 /// `rampartd --detach`: removes the filter (links and pinned maps), those
 /// of older map layouts (a daemon upgraded but not started since) included.
+/// Refused while a rampartd runs on the same pins or state directory (the
+/// locks start takes, [`lock_pins`] and the journal's): it would go on
+/// reporting rules the kernel no longer enforces. The locks are held until
+/// the pins are gone, so that no start slips in between.
 pub fn detach(config_path: &Path) -> Result<Vec<String>, ServiceError> {
     let config = config::load(config_path)?;
     let pin_dir = config.daemon.paths().pin_dir();
+    let _pins = lock_for_detach(&pin_dir, &pin_dir)?;
+    let _state = lock_for_detach(
+        &config.daemon.state_dir.join(crate::state::JOURNAL_FILE),
+        &pin_dir,
+    )?;
     let mut detached = crate::filter::detach(&pin_dir)?;
     detached.extend(crate::filter::detach_old_layouts(&pin_dir)?);
     Ok(detached)
+}
+
+/// Takes the lock a running rampartd holds on `path` (its pin directory or
+/// its journal), if `path` exists; refuses, naming that rampartd, when it is
+/// held.
+fn lock_for_detach(path: &Path, pins: &Path) -> Result<Option<std::fs::File>, ServiceError> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(ServiceError::DetachLock {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServiceError::Running {
+            pid: lock_holder(&file),
+            pins: pins.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(ServiceError::DetachLock {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The process holding a `flock` on `file`, from /proc/locks (lines such as
+/// `1: FLOCK  ADVISORY  WRITE 1234 00:1f:5678 0 EOF`: pid, then device
+/// major:minor in hex and inode); `None` when it cannot be told.
+fn lock_holder(file: &std::fs::File) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = file.metadata().ok()?;
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(meta.dev()),
+        libc::minor(meta.dev()),
+        meta.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let at = fields.iter().position(|f| *f == id)?;
+        (fields.get(1) == Some(&"FLOCK"))
+            .then(|| fields.get(at.checked_sub(1)?)?.parse().ok())
+            .flatten()
+    })
 }
 
 /// Checked before anything reaches the kernel: a missing interface changes

@@ -1130,6 +1130,66 @@ fn a_second_rampartd_on_the_same_pins_changes_nothing() {
     assert!(check.stdout.contains("drop"), "{check}");
 }
 
+/// `rampartd --detach` while rampartd runs on the same pins (or the same state
+/// directory) refuses, naming the running process, and detaches nothing. Before,
+/// it removed the filter and exited 0, and the running daemon went on saying it
+/// filtered (status, check, `deny add`) while the kernel dropped nothing.
+#[test]
+fn detach_while_rampartd_runs_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let rig = Rig::start(RigOptions::clients(&["198.18.0.7"], "").unwrap()).unwrap();
+    rig.cli.ok(&["deny", "add", "198.18.0.7"]).unwrap();
+    assert!(!rig.reach("198.18.0.7"), "denied");
+    let pid = rig.daemon().unwrap().pid();
+    let detach = |config: &std::path::Path| {
+        std::process::Command::new(rampart_tests::daemon::rampartd_bin().unwrap())
+            .arg("--detach")
+            .arg("--config")
+            .arg(config)
+            .output()
+            .unwrap()
+    };
+    let out = detach(&rig.config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "rampartd (pid {pid}) is running on the filter pinned at {}: stop it first",
+            rig.pin_dir.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "nothing detached"
+    );
+    assert!(!rig.reach("198.18.0.7"), "the filter is still attached");
+    assert!(
+        rig.pin_dir
+            .join(format!("link_{}_native", rig.pair.srv_if))
+            .exists()
+    );
+
+    // Other pins, the same state directory: refused as well.
+    let other_pins = rig.path("other-pins");
+    let text = rig
+        .config_text(&rig.opts.filter, &rig.opts.sections)
+        .replace(
+            &rig.pin_root().display().to_string(),
+            &other_pins.display().to_string(),
+        );
+    let out = detach(&rig.file("other-pins.toml", &text).unwrap());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(
+        stderr.contains(&format!("rampartd (pid {pid}) is running")),
+        "{stderr}"
+    );
+    assert!(!rig.reach("198.18.0.7"), "the filter is still attached");
+}
+
 /// In monitor mode, turned on by a reload, a denied source passes and its drop
 /// summary says the packets would have been dropped, not that they were.
 #[test]

@@ -21,7 +21,8 @@ struct Args {
     /// one, and exit: 0 valid, 64 invalid (65 bad data, 66 unreadable file).
     #[arg(long, value_name = "FILE", conflicts_with = "detach")]
     check_config: Option<PathBuf>,
-    /// Detach the filter from every interface and remove its pinned maps.
+    /// Detach the filter from every interface and remove its pinned maps
+    /// (refused, exit 75, while a rampartd runs on the same pins or state).
     #[arg(long)]
     detach: bool,
 }

@@ -338,6 +338,23 @@ impl Filter {
         self.kernel.attach(interface, mode)
     }
 
+    /// Detaches the program from `interface` (its pinned links); whether it
+    /// was attached.
+    pub fn detach_interface(&mut self, interface: &str) -> Result<bool, FilterError> {
+        self.kernel.detach_interface(interface)
+    }
+
+    /// What [`Filter::replace_all`] takes, as it is in force: to put it back
+    /// when a later step of a reload fails.
+    pub fn rules(&self) -> (Settings, Lists, Vec<(IpNet, u16)>, CountryPolicy) {
+        (
+            self.settings.clone(),
+            self.lists.clone(),
+            self.countries.clone(),
+            self.policy.clone(),
+        )
+    }
+
     /// After attaching: frees the pins of older map layouts whose links were
     /// all taken over; returns (removed, kept because links remain).
     pub fn retire_old_layouts(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {

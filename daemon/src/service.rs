@@ -513,20 +513,7 @@ fn start_filter(
         policy,
     )?;
     let mode = attach_mode(plan.config.attach_mode);
-    for iface in &plan.config.interfaces {
-        let info = filter.attach(iface, mode)?;
-        tracing::info!(
-            interface = %info.interface,
-            mode = %info.mode,
-            reused = info.reused,
-            "{}",
-            if info.reused {
-                "filter attached: pinned link reused, program replaced in place (no gap)"
-            } else {
-                "filter attached"
-            }
-        );
-    }
+    attach_interfaces(&mut filter, &plan.config.interfaces, mode, &[])?;
     let (retired, kept) = filter.retire_old_layouts();
     for dir in retired {
         tracing::info!(pins = %dir.display(), "pins of an older map layout removed");
@@ -552,6 +539,67 @@ fn start_filter(
         countries.len()
     );
     Ok(Some(filter))
+}
+
+/// What attaching did to the interfaces, undone when a later step of the
+/// reload fails.
+#[derive(Default)]
+struct Attachments {
+    /// Interfaces attached afresh (no link was pinned for them).
+    fresh: Vec<String>,
+}
+
+impl Attachments {
+    fn undo(self, filter: &mut Filter) {
+        for iface in &self.fresh {
+            match filter.detach_interface(iface) {
+                Ok(_) => tracing::info!(interface = %iface, "filter detached again from {iface}"),
+                Err(e) => {
+                    tracing::error!(interface = %iface, error = %chain(&e), "detaching the filter from {iface} again failed")
+                }
+            }
+        }
+    }
+}
+
+/// Attaches the filter to `interfaces` in `mode` (a pinned link is reused,
+/// its program replaced in place). `running`: the interfaces a reload finds
+/// attached, left as they are. On an error, what this call attached is
+/// detached again.
+fn attach_interfaces(
+    filter: &mut Filter,
+    interfaces: &[String],
+    mode: AttachMode,
+    running: &[String],
+) -> Result<Attachments, FilterError> {
+    let mut done = Attachments::default();
+    for iface in interfaces {
+        if running.contains(iface) && filter.kernel().attached_mode(iface) == Some(mode) {
+            continue;
+        }
+        let info = match filter.attach(iface, mode) {
+            Ok(info) => info,
+            Err(e) => {
+                done.undo(filter);
+                return Err(e);
+            }
+        };
+        tracing::info!(
+            interface = %info.interface,
+            mode = %info.mode,
+            reused = info.reused,
+            "{}",
+            if info.reused {
+                "filter attached: pinned link reused, program replaced in place (no gap)"
+            } else {
+                "filter attached"
+            }
+        );
+        if !info.reused {
+            done.fresh.push(iface.clone());
+        }
+    }
+    Ok(done)
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. The filter stays attached.
@@ -847,24 +895,41 @@ fn reload_all(c: &mut Controller) -> Result<String, ErrorReply> {
             ));
         }
     }
-    let dangling = match &mut c.gateway {
-        Some(gateway) => gateway.reload(&desired.config)?,
-        None => Vec::new(),
-    };
+    // All or nothing: the filter first (new interfaces attached, then the
+    // rules), undone when a later step fails; the gateway last.
+    let mut undo = None;
     if let (Some(filter), Some(plan)) = (c.filter.as_mut(), desired.filter.as_ref()) {
+        let previous = filter.rules();
+        let mode = attach_mode(plan.config.attach_mode);
+        let attached = attach_interfaces(filter, &plan.config.interfaces, mode, &c.interfaces)
+            .map_err(|e| controller::reload_error(&e.into()))?;
         let lists = merged_lists(plan, c.store.state());
         let (countries, policy) = effective_countries(plan, &c.store, c.loaded_countries.as_ref());
-        filter
-            .replace_all(plan.settings.clone(), lists, countries, policy)
-            .map_err(|e| controller::reload_error(&e.into()))?;
-        let mode = attach_mode(plan.config.attach_mode);
-        for iface in &plan.config.interfaces {
-            if !c.interfaces.contains(iface) {
-                filter
-                    .attach(iface, mode)
-                    .map_err(|e| controller::reload_error(&e.into()))?;
-            }
+        if let Err(e) = filter.replace_all(plan.settings.clone(), lists, countries, policy) {
+            attached.undo(filter);
+            return Err(controller::reload_error(&e.into()));
         }
+        undo = Some((previous, attached));
+    }
+    let gateway_reloaded = match &mut c.gateway {
+        Some(gateway) => gateway.reload(&desired.config),
+        None => Ok(Vec::new()),
+    };
+    let dangling = match gateway_reloaded {
+        Ok(dangling) => dangling,
+        Err(reply) => {
+            if let (Some(filter), Some(((settings, lists, countries, policy), attached))) =
+                (c.filter.as_mut(), undo)
+            {
+                if let Err(e) = filter.replace_all(settings, lists, countries, policy) {
+                    tracing::error!(error = %chain(&e), "putting the running rules back in the kernel failed");
+                }
+                attached.undo(filter);
+            }
+            return Err(reply);
+        }
+    };
+    if let Some(plan) = desired.filter.as_ref() {
         c.interfaces = plan.config.interfaces.clone();
         c.config_countries = ConfigCountries::of(plan);
         c.monitor

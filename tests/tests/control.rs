@@ -1075,6 +1075,52 @@ allow = ["198.18.0.999"]"#,
     );
 }
 
+/// A reload refused because a new interface cannot be attached (lo has no
+/// native XDP) changes nothing: the new deny entry is not in force, lo has no
+/// program. Before, the rules (and the gateway's routes) had been swapped before
+/// the attach failed, while the reply said the running configuration stayed.
+#[test]
+fn a_reload_that_cannot_attach_a_new_interface_changes_nothing() {
+    if !privileged() {
+        return;
+    }
+    let rig = Rig::start(RigOptions::clients(&["198.18.0.6"], "").unwrap()).unwrap();
+    assert!(rig.reach("198.18.0.6"));
+    let srv_if = rig.pair.srv_if.clone();
+    std::fs::write(
+        &rig.config,
+        rig.config_with_interfaces(r#"deny = ["198.18.0.6"]"#, &[&srv_if, "lo"]),
+    )
+    .unwrap();
+    let run = rig.cli.run(&["reload"]);
+    assert_eq!(run.code, i32::from(exit::BAD_CONFIG), "{run}");
+    assert!(
+        run.stderr.contains("attaching to lo in native mode failed"),
+        "{run}"
+    );
+    assert!(
+        rig.reach("198.18.0.6"),
+        "the new deny entry is not in force"
+    );
+    assert!(rig.cli.list_entries("deny").unwrap().is_empty());
+    assert!(
+        !rig.xdp_attached("lo").unwrap(),
+        "lo stays without a program"
+    );
+    assert!(rig.xdp_attached(&srv_if).unwrap());
+    let status = rig.cli.json(&["status"]).unwrap();
+    assert_eq!(
+        status["filter"]["interfaces"],
+        serde_json::json!([srv_if]),
+        "{status}"
+    );
+
+    // The same file without lo: applied.
+    rig.write_filter_config(r#"deny = ["198.18.0.6"]"#).unwrap();
+    rig.cli.ok(&["reload"]).unwrap();
+    assert!(!rig.reach("198.18.0.6"), "applied");
+}
+
 fn count_reloads(cli: &rampart_tests::control::Cli) -> usize {
     cli.ok(&["--json", "events", "--last", "1000"])
         .unwrap()

@@ -285,6 +285,32 @@ protect = ["tcp/{PORT}"]
         self.dir.path.join(name)
     }
 
+    /// Whether an XDP program is attached to `iface` in the server namespace
+    /// (`ip -d link show`).
+    pub fn xdp_attached(&self, iface: &str) -> anyhow::Result<bool> {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &self.pair.srv, "-d", "link", "show", "dev", iface])
+            .output()
+            .context("ip link show")?;
+        if !out.status.success() {
+            bail!(
+                "ip link show {iface}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).contains("prog/xdp"))
+    }
+
+    /// The configuration text with these `[filter]` lines and `interfaces`
+    /// instead of the rig's one.
+    pub fn config_with_interfaces(&self, filter: &str, interfaces: &[&str]) -> String {
+        let list: Vec<String> = interfaces.iter().map(|i| format!("{i:?}")).collect();
+        self.config_text(filter, &self.opts.sections).replace(
+            &format!("interfaces = [\"{}\"]", self.pair.srv_if),
+            &format!("interfaces = [{}]", list.join(", ")),
+        )
+    }
+
     /// The pin root (for messages).
     pub fn pin_root(&self) -> &Path {
         self.pins.path()

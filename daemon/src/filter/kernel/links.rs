@@ -176,6 +176,50 @@ impl Kernel {
         Ok(())
     }
 
+    /// The link pins of `interface` in `mode`, in this layout's directory and
+    /// older ones.
+    fn link_pins(&self, interface: &str, mode: AttachMode) -> Vec<PathBuf> {
+        std::iter::once(self.link_pin(interface, mode))
+            .chain(
+                old_layouts(&self.pin_dir)
+                    .into_iter()
+                    .map(|dir| link_pin_in(&dir, interface, mode)),
+            )
+            .collect()
+    }
+
+    /// The mode `interface` is attached in: a link pinned for it in this
+    /// layout's directory or an older one.
+    pub fn attached_mode(&self, interface: &str) -> Option<AttachMode> {
+        [AttachMode::Native, AttachMode::Skb]
+            .into_iter()
+            .find(|mode| self.link_pins(interface, *mode).iter().any(|p| p.exists()))
+    }
+
+    /// Detaches the program from `interface`: unpins its links (both modes,
+    /// this layout and older ones; the kernel detaches with the last
+    /// reference). Returns whether one was pinned.
+    pub fn detach_interface(&self, interface: &str) -> Result<bool, FilterError> {
+        let mut found = false;
+        for mode in [AttachMode::Native, AttachMode::Skb] {
+            for pin in self.link_pins(interface, mode) {
+                if !pin.exists() {
+                    continue;
+                }
+                found = true;
+                if let Ok(pinned) = PinnedLink::from_pin(&pin) {
+                    let _ = pinned.unpin();
+                }
+                match std::fs::remove_file(&pin) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err(&pin)(e)),
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Interfaces with a link pinned in this layout's directory: those the
     /// program is attached to (whatever the configuration says since),
     /// sorted by name.

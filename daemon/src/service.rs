@@ -514,6 +514,8 @@ fn start_filter(
     )?;
     let mode = attach_mode(plan.config.attach_mode);
     attach_interfaces(&mut filter, &plan.config.interfaces, mode, &[])?;
+    let pinned = filter.kernel().attached_interfaces();
+    detach_unconfigured(&mut filter, &plan.config.interfaces, pinned);
     let (retired, kept) = filter.retire_old_layouts();
     for dir in retired {
         tracing::info!(pins = %dir.display(), "pins of an older map layout removed");
@@ -600,6 +602,29 @@ fn attach_interfaces(
         }
     }
     Ok(done)
+}
+
+/// Detaches the filter from the interfaces of `attached` that `configured`
+/// does not name (removed from `[filter] interfaces` since they were
+/// attached), logging each: an interface taken out of the file is not
+/// filtered any more.
+fn detach_unconfigured(filter: &mut Filter, configured: &[String], mut attached: Vec<String>) {
+    attached.sort();
+    attached.dedup();
+    for iface in attached.iter().filter(|i| !configured.contains(i)) {
+        match filter.detach_interface(iface) {
+            Ok(true) => tracing::info!(
+                interface = %iface,
+                "filter detached from {iface}: it is not in [filter] interfaces"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::error!(
+                interface = %iface,
+                error = %chain(&e),
+                "detaching the filter from {iface}, which is not in [filter] interfaces, failed"
+            ),
+        }
+    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. The filter stays attached.
@@ -929,6 +954,11 @@ fn reload_all(c: &mut Controller) -> Result<String, ErrorReply> {
             return Err(reply);
         }
     };
+    if let (Some(filter), Some(plan)) = (c.filter.as_mut(), desired.filter.as_ref()) {
+        let mut dropped = filter.kernel().attached_interfaces();
+        dropped.extend(c.interfaces.iter().cloned());
+        detach_unconfigured(filter, &plan.config.interfaces, dropped);
+    }
     if let Some(plan) = desired.filter.as_ref() {
         c.interfaces = plan.config.interfaces.clone();
         c.config_countries = ConfigCountries::of(plan);

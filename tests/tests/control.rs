@@ -1121,6 +1121,67 @@ fn a_reload_that_cannot_attach_a_new_interface_changes_nothing() {
     assert!(!rig.reach("198.18.0.6"), "applied");
 }
 
+/// An interface taken out of `interfaces` is detached by the reload, and by
+/// the next start when its link is still pinned. Before, it stayed attached and
+/// filtering, unseen by status and metrics, until `rampartd --detach`.
+#[test]
+fn an_interface_removed_from_the_file_is_detached() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::start(RigOptions::clients(&["198.18.0.6"], "").unwrap()).unwrap();
+    let ns = rig.pair.srv.clone();
+    rig.pair
+        .ip(
+            &ns,
+            &[
+                "link", "add", "rmv-c", "type", "veth", "peer", "name", "rmv-d",
+            ],
+        )
+        .unwrap();
+    for dev in ["rmv-c", "rmv-d"] {
+        rig.pair.ip(&ns, &["link", "set", dev, "up"]).unwrap();
+    }
+    let srv_if = rig.pair.srv_if.clone();
+    let link = rig.pin_dir.join("link_rmv-c_native");
+    let both = rig.config_with_interfaces("", &[&srv_if, "rmv-c"]);
+    std::fs::write(&rig.config, &both).unwrap();
+    rig.cli.ok(&["reload"]).unwrap();
+    assert!(rig.xdp_attached("rmv-c").unwrap() && link.exists());
+
+    rig.write_config().unwrap();
+    rig.cli.ok(&["reload"]).unwrap();
+    assert!(
+        !rig.xdp_attached("rmv-c").unwrap(),
+        "detached by the reload"
+    );
+    assert!(!link.exists());
+    assert!(rig.xdp_attached(&srv_if).unwrap());
+    assert!(
+        rig.log()
+            .contains("filter detached from rmv-c: it is not in [filter] interfaces"),
+        "{}",
+        rig.log()
+    );
+
+    // Attached again, then the file changes while no rampartd runs.
+    std::fs::write(&rig.config, &both).unwrap();
+    rig.cli.ok(&["reload"]).unwrap();
+    assert!(rig.xdp_attached("rmv-c").unwrap());
+    rig.kill_daemon().unwrap();
+    rig.write_config().unwrap();
+    rig.start_daemon().unwrap();
+    assert!(!rig.xdp_attached("rmv-c").unwrap(), "detached at start");
+    assert!(!link.exists());
+    assert!(rig.xdp_attached(&srv_if).unwrap());
+    assert!(
+        rig.log()
+            .contains("filter detached from rmv-c: it is not in [filter] interfaces"),
+        "{}",
+        rig.log()
+    );
+}
+
 fn count_reloads(cli: &rampart_tests::control::Cli) -> usize {
     cli.ok(&["--json", "events", "--last", "1000"])
         .unwrap()

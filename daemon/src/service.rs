@@ -549,6 +549,8 @@ fn start_filter(
 struct Attachments {
     /// Interfaces attached afresh (no link was pinned for them).
     fresh: Vec<String>,
+    /// Interfaces re-attached in another mode, with the mode they had.
+    remoded: Vec<(String, AttachMode)>,
 }
 
 impl Attachments {
@@ -561,6 +563,27 @@ impl Attachments {
                 }
             }
         }
+        for (iface, mode) in &self.remoded {
+            reattach_in(filter, iface, *mode);
+        }
+    }
+}
+
+/// Puts `iface` back in `mode` after a change of mode was undone.
+fn reattach_in(filter: &mut Filter, iface: &str, mode: AttachMode) {
+    let back = filter
+        .detach_interface(iface)
+        .and_then(|_| filter.attach(iface, mode));
+    match back {
+        Ok(_) => {
+            tracing::info!(interface = %iface, %mode, "filter attached to {iface} in {mode} mode again")
+        }
+        Err(e) => tracing::error!(
+            interface = %iface,
+            %mode,
+            error = %chain(&e),
+            "attaching the filter to {iface} in {mode} mode again failed: {iface} is not filtered"
+        ),
     }
 }
 
@@ -576,7 +599,30 @@ fn attach_interfaces(
 ) -> Result<Attachments, FilterError> {
     let mut done = Attachments::default();
     for iface in interfaces {
-        if running.contains(iface) && filter.kernel().attached_mode(iface) == Some(mode) {
+        let before = filter.kernel().attached_mode(iface);
+        if running.contains(iface) && before == Some(mode) {
+            continue;
+        }
+        // A change of attach_mode: the kernel has no atomic swap between modes
+        // (one XDP program per interface), so the link is replaced, leaving the
+        // interface unfiltered for the moment in between.
+        if let Some(old) = before.filter(|m| *m != mode) {
+            tracing::warn!(
+                interface = %iface,
+                from = %old,
+                to = %mode,
+                "attach_mode changed: re-attaching {iface} in {mode} mode (was {old}); it is not filtered for a moment"
+            );
+            let swapped = filter
+                .detach_interface(iface)
+                .and_then(|_| filter.attach(iface, mode));
+            if let Err(e) = swapped {
+                reattach_in(filter, iface, old);
+                done.undo(filter);
+                return Err(e);
+            }
+            tracing::info!(interface = %iface, %mode, "filter attached to {iface} in {mode} mode");
+            done.remoded.push((iface.clone(), old));
             continue;
         }
         let info = match filter.attach(iface, mode) {

@@ -1182,6 +1182,64 @@ fn an_interface_removed_from_the_file_is_detached() {
     );
 }
 
+/// A change of attach_mode is applied by the reload (each interface re-attached
+/// in the new mode) and by a start; when the new mode cannot be attached (lo
+/// has no native XDP), the reload is rejected and every interface is back in
+/// its old mode. Before, the reload said "reloaded" and changed nothing, and the
+/// next start exited 69 (a restart loop under systemd).
+#[test]
+fn a_change_of_attach_mode_is_applied_or_refused_whole() {
+    if !privileged() {
+        return;
+    }
+    let mut rig =
+        Rig::start(RigOptions::clients(&["198.18.0.6"], r#"deny = ["198.18.0.6"]"#).unwrap())
+            .unwrap();
+    let srv_if = rig.pair.srv_if.clone();
+    let generic = |rig: &Rig, iface: &str| rig.link_details(iface).unwrap().contains("xdpgeneric");
+    assert!(!generic(&rig, &srv_if));
+    let skb = |ifaces: &[&str]| {
+        rig.config_with_interfaces(r#"deny = ["198.18.0.6"]"#, ifaces)
+            .replace(r#"attach_mode = "native""#, r#"attach_mode = "skb""#)
+    };
+    let skb_one = skb(&[&srv_if]);
+    let skb_two = skb(&[&srv_if, "lo"]);
+    std::fs::write(&rig.config, &skb_two).unwrap();
+    let run = rig.cli.run(&["reload"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(generic(&rig, &srv_if), "re-attached in skb mode");
+    assert!(generic(&rig, "lo"));
+    assert!(!rig.reach("198.18.0.6"), "still filtered");
+    assert!(
+        rig.log()
+            .contains(&format!("re-attaching {srv_if} in skb mode (was native)")),
+        "{}",
+        rig.log()
+    );
+
+    // Back to native: lo cannot, so nothing changes.
+    std::fs::write(
+        &rig.config,
+        rig.config_with_interfaces(r#"deny = ["198.18.0.6"]"#, &[&srv_if, "lo"]),
+    )
+    .unwrap();
+    let run = rig.cli.run(&["reload"]);
+    assert_eq!(run.code, i32::from(exit::BAD_CONFIG), "{run}");
+    assert!(generic(&rig, &srv_if), "back in skb mode");
+    assert!(generic(&rig, "lo"), "back in skb mode");
+    assert!(!rig.reach("198.18.0.6"), "still filtered");
+
+    // A start applies a change made while no rampartd ran.
+    std::fs::write(&rig.config, &skb_one).unwrap();
+    rig.cli.ok(&["reload"]).unwrap();
+    rig.kill_daemon().unwrap();
+    rig.write_config().unwrap();
+    rig.start_daemon().unwrap();
+    assert!(!generic(&rig, &srv_if), "native again");
+    assert!(rig.xdp_attached(&srv_if).unwrap());
+    assert!(!rig.reach("198.18.0.6"), "filtered");
+}
+
 fn count_reloads(cli: &rampart_tests::control::Cli) -> usize {
     cli.ok(&["--json", "events", "--last", "1000"])
         .unwrap()

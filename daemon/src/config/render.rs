@@ -60,7 +60,8 @@ admin_listen = "127.0.0.1:9180"
 # checked when attaching.
 interfaces = [{interfaces}]
 # "native" (in the driver) or "skb" (generic XDP, slower). There is no
-# fallback: if the driver cannot run XDP natively, attaching fails.
+# fallback: if the driver cannot run XDP natively, attaching fails. A change
+# re-attaches each interface (unfiltered for a moment).
 attach_mode = {attach_mode}
 # Destinations the allowlist, country and flood rules apply to: "tcp/PORT",
 # "udp/PORT", "tcp/FIRST-LAST", "udp/FIRST-LAST", or "all" alone.

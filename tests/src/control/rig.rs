@@ -288,6 +288,12 @@ protect = ["tcp/{PORT}"]
     /// Whether an XDP program is attached to `iface` in the server namespace
     /// (`ip -d link show`).
     pub fn xdp_attached(&self, iface: &str) -> anyhow::Result<bool> {
+        Ok(self.link_details(iface)?.contains("prog/xdp"))
+    }
+
+    /// `ip -d link show dev IFACE` in the server namespace (`xdpgeneric`: a
+    /// program attached in skb mode).
+    pub fn link_details(&self, iface: &str) -> anyhow::Result<String> {
         let out = std::process::Command::new("ip")
             .args(["-n", &self.pair.srv, "-d", "link", "show", "dev", iface])
             .output()
@@ -298,7 +304,7 @@ protect = ["tcp/{PORT}"]
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Ok(String::from_utf8_lossy(&out.stdout).contains("prog/xdp"))
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// The configuration text with these `[filter]` lines and `interfaces`

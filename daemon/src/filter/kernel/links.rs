@@ -89,7 +89,7 @@ impl Kernel {
             return Err(FilterError::PinnedLink {
                 path: other_pin,
                 source: format!(
-                    "{interface} is attached in {other} mode; detach first (rampartd --detach) to change the mode"
+                    "{interface} is attached in {other} mode; detach it first to change the mode"
                 )
                 .into(),
             });

@@ -171,6 +171,26 @@ pub struct FilterPlan {
     pub lists: Lists,
     pub countries: Vec<(ipnet::IpNet, u16)>,
     pub policy: CountryPolicy,
+    /// Why `[filter.geo] database` could not be loaded (`countries` is then
+    /// empty): fatal unless a table from `rampart geo load` is in force, which
+    /// replaces the file's ([`FilterPlan::geo_unused`]).
+    pub geo_error: Option<GeoError>,
+}
+
+impl FilterPlan {
+    /// A database that could not be loaded is not needed while a table from
+    /// `rampart geo load` (`loaded`) is in force: the warning to give; without
+    /// one, the error (start exits 66 or 65, a reload is rejected).
+    fn geo_unused(&mut self, loaded: bool) -> Result<Option<String>, ServiceError> {
+        match self.geo_error.take() {
+            None => Ok(None),
+            Some(e) if loaded => Ok(Some(format!(
+                "[filter.geo] database is not used while the table from `rampart geo load` is in force, and it cannot be loaded ({})",
+                chain(&e)
+            ))),
+            Some(e) => Err(e.into()),
+        }
+    }
 }
 
 /// Reads, validates and resolves a configuration file (with its country
@@ -181,6 +201,21 @@ pub struct FilterPlan {
 /// kernel or a reload changes anything.
 pub fn prepare(path: &Path) -> Result<Desired, ServiceError> {
     prepare_with(path, StoredSubscriptions::Unread)
+}
+
+/// [`prepare`] for start and reload: a country database that cannot be loaded
+/// is left in [`FilterPlan::geo_error`], since a table from `rampart geo
+/// load` makes it unneeded.
+fn prepare_running(path: &Path) -> Result<Desired, ServiceError> {
+    let config = config::load(path)?;
+    let filter = config.filter.clone().map(plan_filter_lenient).transpose()?;
+    let unchecked = crate::gateway::running::check(&config, StoredSubscriptions::Unread)
+        .map_err(ServiceError::GatewayBuild)?;
+    Ok(Desired {
+        config,
+        filter,
+        unchecked,
+    })
 }
 
 /// `rampartd --check-config`: [`prepare`], and the file's subscriptions checked
@@ -251,6 +286,14 @@ impl StartOnly {
 }
 
 fn plan_filter(f: FilterConfig) -> Result<FilterPlan, ServiceError> {
+    let mut plan = plan_filter_lenient(f)?;
+    match plan.geo_error.take() {
+        Some(e) => Err(e.into()),
+        None => Ok(plan),
+    }
+}
+
+fn plan_filter_lenient(f: FilterConfig) -> Result<FilterPlan, ServiceError> {
     let settings = Settings {
         protect: match &f.protect {
             ProtectScope::All => Protect::All,
@@ -287,10 +330,13 @@ fn plan_filter(f: FilterConfig) -> Result<FilterPlan, ServiceError> {
             );
         }
     }
-    let (countries, policy) = match &f.geo {
-        None => (Vec::new(), CountryPolicy::Off),
+    let (countries, policy, geo_error) = match &f.geo {
+        None => (Vec::new(), CountryPolicy::Off, None),
         Some(g) => {
-            let data = geo::load(&g.database)?;
+            let (countries, geo_error) = match geo::load(&g.database) {
+                Ok(data) => (data.into_prefixes(), None),
+                Err(e) => (Vec::new(), Some(e)),
+            };
             let policy = match &g.policy {
                 ConfigCountryPolicy::LabelOnly => CountryPolicy::Off,
                 ConfigCountryPolicy::Block(cs) => {
@@ -304,7 +350,7 @@ fn plan_filter(f: FilterConfig) -> Result<FilterPlan, ServiceError> {
                     allow_unknown: *allow_unknown,
                 },
             };
-            (data.into_prefixes(), policy)
+            (countries, policy, geo_error)
         }
     };
     Ok(FilterPlan {
@@ -313,6 +359,7 @@ fn plan_filter(f: FilterConfig) -> Result<FilterPlan, ServiceError> {
         lists,
         countries,
         policy,
+        geo_error,
     })
 }
 
@@ -676,12 +723,17 @@ fn detach_unconfigured(filter: &mut Filter, configured: &[String], mut attached:
 /// Runs the daemon until SIGTERM or SIGINT. The filter stays attached.
 pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
     let open_files = raise_open_file_limit();
-    let desired = prepare(&config_path)?;
+    let mut desired = prepare_running(&config_path)?;
     let store = StateStore::open(&desired.config.daemon.state_dir)?;
     let loaded_countries = match store.state().geo {
         Some(_) => store.load_countries()?,
         None => None,
     };
+    if let Some(plan) = desired.filter.as_mut()
+        && let Some(warning) = plan.geo_unused(loaded_countries.is_some())?
+    {
+        tracing::warn!("{warning}");
+    }
     let mut filter = start_filter(&desired, &store, loaded_countries.as_ref())?;
     let events = filter.as_mut().map(Filter::take_events).transpose()?;
     let workers = match desired.config.gateway.worker_threads {
@@ -954,7 +1006,13 @@ async fn readable<T: std::os::fd::AsRawFd>(
 /// gateway and the filter take it; the operator's and automatic entries and
 /// the CLI's country settings stay.
 fn reload_all(c: &mut Controller) -> Result<String, ErrorReply> {
-    let desired = prepare(&c.config_path).map_err(|e| controller::reload_error(&e))?;
+    let mut desired = prepare_running(&c.config_path).map_err(|e| controller::reload_error(&e))?;
+    let geo_unused = match desired.filter.as_mut() {
+        Some(plan) => plan
+            .geo_unused(c.loaded_countries.is_some())
+            .map_err(|e| controller::reload_error(&e))?,
+        None => None,
+    };
     match (&c.filter, &desired.filter) {
         (Some(_), Some(plan)) => {
             interfaces_exist(plan).map_err(|e| controller::reload_error(&e))?
@@ -986,7 +1044,7 @@ fn reload_all(c: &mut Controller) -> Result<String, ErrorReply> {
         Some(gateway) => gateway.reload(&desired.config),
         None => Ok(Vec::new()),
     };
-    let dangling = match gateway_reloaded {
+    let mut dangling = match gateway_reloaded {
         Ok(dangling) => dangling,
         Err(reply) => {
             if let (Some(filter), Some(((settings, lists, countries, policy), attached))) =
@@ -1000,6 +1058,10 @@ fn reload_all(c: &mut Controller) -> Result<String, ErrorReply> {
             return Err(reply);
         }
     };
+    if let Some(warning) = geo_unused {
+        tracing::warn!("{warning}");
+        dangling.push(warning);
+    }
     if let (Some(filter), Some(plan)) = (c.filter.as_mut(), desired.filter.as_ref()) {
         let mut dropped = filter.kernel().attached_interfaces();
         dropped.extend(c.interfaces.iter().cloned());

@@ -346,3 +346,61 @@ fn a_bad_database_is_refused_and_the_table_in_force_stays() {
         assert!(!rig.reach("198.18.0.4"), "still blocked as ES");
     }
 }
+
+/// With a table from `geo load` in force, the configuration's `[filter.geo]
+/// database` is not used: when it goes missing, a reload and a start warn and go
+/// on with the loaded table. Before, the reload was rejected and the start
+/// exited 66 (a restart loop under systemd) for a file nothing read.
+#[test]
+fn a_missing_config_database_is_a_warning_while_a_loaded_table_is_in_force() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = Rig::prepare(RigOptions {
+        client_addrs: vec![ip("198.18.0.4"), ip("198.18.0.5")],
+        ..RigOptions::default()
+    })
+    .unwrap();
+    let configured = rig
+        .file(
+            "configured.csv",
+            &network_country_csv([(net("198.18.0.4/32"), "xx")]),
+        )
+        .unwrap();
+    rig.opts.sections = format!(
+        "[filter.geo]\ndatabase = \"{}\"\nblock = [\"xx\"]\n",
+        configured.display()
+    );
+    rig.write_config().unwrap();
+    rig.start_daemon().unwrap();
+    assert!(!rig.reach("198.18.0.4") && rig.reach("198.18.0.5"));
+
+    let loaded = rig
+        .file(
+            "loaded.csv",
+            &network_country_csv([(net("198.18.0.5/32"), "xx")]),
+        )
+        .unwrap();
+    load(&rig.cli, &loaded, "network,country");
+    assert!(rig.reach("198.18.0.4") && !rig.reach("198.18.0.5"));
+
+    std::fs::remove_file(&configured).unwrap();
+    let run = rig.cli.run(&["reload"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        run.stdout
+            .contains("[filter.geo] database is not used while the table from `rampart geo load` is in force, and it cannot be loaded (cannot read"),
+        "{run}"
+    );
+    assert!(rig.reach("198.18.0.4") && !rig.reach("198.18.0.5"));
+
+    rig.kill_daemon().unwrap();
+    rig.start_daemon().unwrap();
+    assert!(
+        rig.log()
+            .contains("[filter.geo] database is not used while the table"),
+        "{}",
+        rig.log()
+    );
+    assert!(rig.reach("198.18.0.4") && !rig.reach("198.18.0.5"));
+}

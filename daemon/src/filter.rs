@@ -78,6 +78,10 @@ pub enum FilterError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error(
+        "attaching to {interface} in {mode} mode failed: another XDP program is attached to {interface} (a rampartd with another pin_root, or another tool; `ip link show {interface}` names it)"
+    )]
+    AttachBusy { interface: String, mode: AttachMode },
     #[error("pinned link {path} is not usable")]
     PinnedLink {
         path: PathBuf,

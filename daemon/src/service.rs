@@ -548,21 +548,25 @@ fn start_filter(
         return Ok(None);
     };
     interfaces_exist(plan)?;
-    let pin_dir = desired.config.daemon.paths().pin_dir();
+    let paths = desired.config.daemon.paths();
+    let pin_dir = paths.pin_dir();
+    let root_existed = paths.pin_root().exists();
+    // No pins yet: a start that fails removes those it made (maps hold
+    // kernel memory until removed).
+    let fresh = std::fs::read_dir(&pin_dir).map_or(true, |mut d| d.next().is_none());
     lock_pins(&pin_dir)?;
-    let mut filter = Filter::open_sized(&pin_dir, plan.config.max_deny_entries)?;
-    let lists = merged_lists(plan, store.state());
-    let (countries, policy) = effective_countries(plan, store, loaded);
-    filter.replace_all(
-        plan.settings.clone(),
-        lists.clone(),
-        countries.clone(),
-        policy,
-    )?;
-    let mode = attach_mode(plan.config.attach_mode);
-    attach_interfaces(&mut filter, &plan.config.interfaces, mode, &[])?;
-    let pinned = filter.kernel().attached_interfaces();
-    detach_unconfigured(&mut filter, &plan.config.interfaces, pinned);
+    let opened = Filter::open_sized(&pin_dir, plan.config.max_deny_entries)
+        .map_err(ServiceError::from)
+        .and_then(|filter| load_and_attach(filter, plan, store, loaded));
+    let (filter, lists, countries) = match opened {
+        Ok(done) => done,
+        Err(e) => {
+            if fresh {
+                remove_fresh_pins(&pin_dir, paths.pin_root(), root_existed);
+            }
+            return Err(e);
+        }
+    };
     let (retired, kept) = filter.retire_old_layouts();
     for dir in retired {
         tracing::info!(pins = %dir.display(), "pins of an older map layout removed");
@@ -717,6 +721,47 @@ fn detach_unconfigured(filter: &mut Filter, configured: &[String], mut attached:
                 "detaching the filter from {iface}, which is not in [filter] interfaces, failed"
             ),
         }
+    }
+}
+
+type Started = (Filter, Lists, Vec<(ipnet::IpNet, u16)>);
+
+/// Start: the rules into the kernel, then the interfaces attached (and those
+/// no longer configured detached).
+fn load_and_attach(
+    mut filter: Filter,
+    plan: &FilterPlan,
+    store: &StateStore,
+    loaded: Option<&Vec<(ipnet::IpNet, u16)>>,
+) -> Result<Started, ServiceError> {
+    let lists = merged_lists(plan, store.state());
+    let (countries, policy) = effective_countries(plan, store, loaded);
+    filter.replace_all(
+        plan.settings.clone(),
+        lists.clone(),
+        countries.clone(),
+        policy,
+    )?;
+    let mode = attach_mode(plan.config.attach_mode);
+    attach_interfaces(&mut filter, &plan.config.interfaces, mode, &[])?;
+    let pinned = filter.kernel().attached_interfaces();
+    detach_unconfigured(&mut filter, &plan.config.interfaces, pinned);
+    Ok((filter, lists, countries))
+}
+
+/// After a failed start that found no pins: removes the pins it made (and
+/// the pin root, when it made that too).
+fn remove_fresh_pins(pin_dir: &Path, pin_root: &Path, root_existed: bool) {
+    match crate::filter::detach(pin_dir) {
+        Ok(_) => tracing::info!(pins = %pin_dir.display(), "the pins this start made are removed"),
+        Err(e) => tracing::warn!(
+            pins = %pin_dir.display(),
+            error = %chain(&e),
+            "removing the pins this start made failed; `rampartd --detach` removes them"
+        ),
+    }
+    if !root_existed {
+        let _ = std::fs::remove_dir(pin_root);
     }
 }
 

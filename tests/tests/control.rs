@@ -1355,6 +1355,51 @@ fn detach_while_rampartd_runs_is_refused() {
     assert!(!rig.reach("198.18.0.7"), "the filter is still attached");
 }
 
+/// A second rampartd with its own pins and state on an interface the first one
+/// filters cannot attach (EBUSY): it exits 69 saying another XDP program is
+/// attached, and removes the pins it made. Before, the message gave only
+/// "Device or resource busy" and the maps stayed pinned (kernel memory) until
+/// `rampartd --detach` with that configuration.
+#[test]
+fn a_start_that_cannot_attach_removes_its_pins() {
+    if !privileged() {
+        return;
+    }
+    let rig = Rig::start(RigOptions::clients(&["198.18.0.7"], "").unwrap()).unwrap();
+    let second_root = rampart_tests::PinDir::new();
+    let second_pins = second_root
+        .path()
+        .join(format!("v{}", rampart_common::LAYOUT_VERSION));
+    let text = rig
+        .config_text(&rig.opts.filter, &rig.opts.sections)
+        .replace(
+            &rig.state_dir.display().to_string(),
+            &rig.path("second-state").display().to_string(),
+        )
+        .replace(
+            &rig.runtime_dir.display().to_string(),
+            &rig.path("second-run").display().to_string(),
+        )
+        .replace(
+            &rig.pin_root().display().to_string(),
+            &second_root.path().display().to_string(),
+        );
+    let config = rig.file("second.toml", &text).unwrap();
+    let (status, stderr) = rig.start_refused(&config).unwrap();
+    let left = second_pins.exists() || second_root.path().exists();
+    let _ = rampart::filter::detach(&second_pins);
+    assert_eq!(status, Some(69), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "attaching to {0} in native mode failed: another XDP program is attached to {0}",
+            rig.pair.srv_if
+        )),
+        "{stderr}"
+    );
+    assert!(!left, "the second start's pins were removed");
+    assert!(rig.xdp_attached(&rig.pair.srv_if).unwrap());
+}
+
 /// In monitor mode, turned on by a reload, a denied source passes and its drop
 /// summary says the packets would have been dropped, not that they were.
 #[test]

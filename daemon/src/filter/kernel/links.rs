@@ -141,10 +141,20 @@ impl Kernel {
         let prog = xdp(&mut self.ebpf)?;
         let id = prog
             .attach(interface, mode.xdp_mode())
-            .map_err(|source| FilterError::Attach {
-                interface: interface.to_string(),
-                mode,
-                source: Box::new(source),
+            .map_err(|source| match &source {
+                aya::programs::ProgramError::SyscallError(e)
+                    if e.io_error.raw_os_error() == Some(libc::EBUSY) =>
+                {
+                    FilterError::AttachBusy {
+                        interface: interface.to_string(),
+                        mode,
+                    }
+                }
+                _ => FilterError::Attach {
+                    interface: interface.to_string(),
+                    mode,
+                    source: Box::new(source),
+                },
             })?;
         let link = prog.take_link(id).map_err(prog_err("take link"))?;
         let fd_link: FdLink = link.try_into().map_err(link_err(&pin))?;

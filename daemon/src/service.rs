@@ -140,6 +140,11 @@ impl ServiceError {
             ServiceError::Pipeline(_) => 64,
             ServiceError::GatewayBuild(e) => e.exit_code(),
             ServiceError::State(StateError::Locked { .. }) => 75,
+            // Written by a newer rampartd: bad data for this one, as a newer
+            // subscription store is (65, through the key store).
+            ServiceError::State(
+                StateError::NewerFormat { .. } | StateError::NewerJournal { .. },
+            ) => 65,
             ServiceError::PinsInUse { .. } => 75,
             ServiceError::Running { .. } => 75,
             ServiceError::DetachLock { .. } => 71,
@@ -1307,6 +1312,7 @@ impl GatewayControl {
                 | KeyStoreError::DuplicateKey { .. } => ErrorKind::InvalidInput,
                 KeyStoreError::Read { .. }
                 | KeyStoreError::Corrupt { .. }
+                | KeyStoreError::NewerFormat { .. }
                 | KeyStoreError::Write { .. } => ErrorKind::Storage,
                 KeyStoreError::Random { .. } => ErrorKind::Internal,
             };

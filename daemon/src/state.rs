@@ -381,7 +381,9 @@ impl<C: WallClock> StateStore<C> {
         let damaged = |d: journal::Damage| {
             let path = journal_path.clone();
             let (line, source) = (d.line, d.defect);
-            if let RecordError::Sequence { expected, found } = source {
+            if let RecordError::NewerKind { kind } = source {
+                StateError::NewerJournal { path, line, kind }
+            } else if let RecordError::Sequence { expected, found } = source {
                 StateError::JournalSequence {
                     path,
                     line,

@@ -324,6 +324,15 @@ pub enum KeyStoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A store of a format a newer rampartd writes (after a downgrade).
+    #[error(
+        "subscription store {path} was written by a newer rampartd (format {version}; this one reads format {known}): upgrade rampartd, or restore a backup of the state directory"
+    )]
+    NewerFormat {
+        path: PathBuf,
+        version: u32,
+        known: u32,
+    },
     #[error("subscription store {path} is corrupt (refusing to start with no subscriptions)")]
     Corrupt {
         path: PathBuf,

@@ -56,6 +56,26 @@ pub enum StateError {
         #[source]
         source: Box<StateError>,
     },
+    /// State of a format a newer rampartd writes (after a downgrade).
+    #[error(
+        "{} was written by a newer rampartd (format {version}; this one reads format {known}): upgrade rampartd, or restore a backup of the state directory",
+        path.display()
+    )]
+    NewerFormat {
+        path: PathBuf,
+        version: u32,
+        known: u32,
+    },
+    /// A journal record holding a change a newer rampartd writes.
+    #[error(
+        "{}:{line}: written by a newer rampartd (a change of kind {kind:?}, which this version does not know): upgrade rampartd, or restore a backup of the state directory",
+        path.display()
+    )]
+    NewerJournal {
+        path: PathBuf,
+        line: usize,
+        kind: String,
+    },
     #[error("{}: unsupported format version {version}", path.display())]
     UnsupportedVersion { path: PathBuf, version: u32 },
     #[error(

@@ -77,6 +77,10 @@ pub enum RecordError {
         #[source]
         source: serde_json::Error,
     },
+    /// A change this version does not know, in a record whose checksum is
+    /// right: what a newer rampartd writes, not damage.
+    #[error("a change of kind {kind:?}, which this version does not know")]
+    NewerKind { kind: String },
     #[error("record {found} where record {expected} was expected")]
     Sequence { expected: u64, found: u64 },
     #[error("the record holds a change that is not valid")]
@@ -162,7 +166,30 @@ fn decode(line: &[u8]) -> Result<(u64, Vec<Change>), RecordError> {
     if stored != actual {
         return Err(RecordError::Checksum { stored, actual });
     }
-    let record: RecordIn =
-        serde_json::from_slice(json).map_err(|source| RecordError::Syntax { source })?;
+    let record: RecordIn = serde_json::from_slice(json).map_err(|source| {
+        newer_kind(json).map_or(RecordError::Syntax { source }, |kind| {
+            RecordError::NewerKind { kind }
+        })
+    })?;
     Ok((record.seq, record.changes))
+}
+
+/// The kinds of [`Change`] this version writes (their serde names).
+pub(super) const CHANGE_KINDS: [&str; 5] = ["add", "remove", "replace", "set_countries", "set_geo"];
+
+/// The first change of a record that does not parse whose kind this version
+/// does not know (a change is an object with its kind as only key).
+fn newer_kind(json: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Loose {
+        changes: Vec<serde_json::Map<String, serde_json::Value>>,
+    }
+    let loose: Loose = serde_json::from_slice(json).ok()?;
+    loose.changes.into_iter().find_map(|change| {
+        let mut keys = change.keys();
+        match (keys.next(), keys.next()) {
+            (Some(kind), None) if !CHANGE_KINDS.contains(&kind.as_str()) => Some(kind.clone()),
+            _ => None,
+        }
+    })
 }

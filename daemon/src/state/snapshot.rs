@@ -115,6 +115,13 @@ pub(super) fn read(path: &Path) -> Result<Snapshot, StateError> {
         version: u32,
     }
     let Version { version } = serde_json::from_slice(json).map_err(syntax)?;
+    if version > FORMAT_VERSION {
+        return Err(StateError::NewerFormat {
+            path: path.to_owned(),
+            version,
+            known: FORMAT_VERSION,
+        });
+    }
     if version != FORMAT_VERSION {
         return Err(StateError::UnsupportedVersion {
             path: path.to_owned(),

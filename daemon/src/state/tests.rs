@@ -395,8 +395,9 @@ fn a_bad_record_before_the_last_is_an_error_naming_its_line() {
     );
 
     // A checksum-valid last record that does not parse is an error too: it was
-    // written whole, so it is not a torn write.
-    let json = r#"{"seq":5,"changes":[{"expire":{}}]}"#;
+    // written whole, so it is not a torn write. (A change of a kind this version
+    // does not know is a newer rampartd's: state_written_by_a_newer_rampartd_says_so.)
+    let json = r#"{"seq":5,"changes":[{"add":{}}]}"#;
     let bad = format!("{}{:08x} {json}\n", text, crc32fast::hash(json.as_bytes()));
     fs::write(&path, bad).unwrap();
     assert!(matches!(
@@ -856,4 +857,77 @@ fn a_thousand_commits() {
     assert_eq!(expected.entries.len(), 1000);
     drop(store);
     assert_eq!(open(&tmp.state()).state(), &expected);
+}
+
+/// A line as the journal and the snapshot write it: checksum, space, JSON, newline.
+fn checksummed(json: &str) -> Vec<u8> {
+    format!("{:08x} {json}\n", crc32fast::hash(json.as_bytes())).into_bytes()
+}
+
+/// State a newer rampartd wrote (seen after a downgrade) says so and how to go
+/// on, with the exit code of a newer subscription store (65). Before, a journal
+/// record of an unknown kind was "complete but damaged" with the advice to
+/// delete it (losing the change), and a newer snapshot an "unsupported format
+/// version" (exit 74).
+#[test]
+fn state_written_by_a_newer_rampartd_says_so() {
+    let tmp = TempDir::new("newer");
+    let mut store = open(&tmp.state());
+    commit_all(&mut store, &sample_batches()[..2]);
+    drop(store);
+    let path = tmp.state().join(JOURNAL_FILE);
+    let good = journal_bytes(&tmp.state());
+    let newer = [
+        good.clone(),
+        checksummed(r#"{"seq":3,"changes":[{"future_kind":{"x":1}}]}"#),
+    ]
+    .concat();
+    fs::write(&path, &newer).unwrap();
+    let err = open_err(&tmp.state());
+    let text = err.to_string();
+    assert!(
+        text.contains(
+            r#"journal.log:3: written by a newer rampartd (a change of kind "future_kind", which this version does not know): upgrade rampartd, or restore a backup of the state directory"#
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("delete"), "{text}");
+    assert_eq!(crate::service::ServiceError::from(err).exit_code(), 65);
+    // A known kind that does not parse is still damage.
+    let damaged = [
+        good.clone(),
+        checksummed(r#"{"seq":3,"changes":[{"add":"not a list"}]}"#),
+    ]
+    .concat();
+    fs::write(&path, &damaged).unwrap();
+    assert!(matches!(
+        open_err(&tmp.state()),
+        StateError::DamagedLastRecord { .. }
+    ));
+    fs::write(&path, &good).unwrap();
+
+    let snapshot = tmp.state().join(SNAPSHOT_FILE);
+    fs::write(
+        &snapshot,
+        checksummed(r#"{"version":2,"seq":0,"entries":[],"future":true}"#),
+    )
+    .unwrap();
+    let err = open_err(&tmp.state());
+    let text = err.to_string();
+    assert!(
+        text.contains(
+            "state.json was written by a newer rampartd (format 2; this one reads format 1): upgrade rampartd, or restore a backup of the state directory"
+        ),
+        "{text}"
+    );
+    assert_eq!(crate::service::ServiceError::from(err).exit_code(), 65);
+}
+
+#[test]
+fn every_change_kind_written_is_known_to_the_newer_kind_check() {
+    for change in sample_batches().iter().flatten() {
+        let value = serde_json::to_value(change).unwrap();
+        let kind = value.as_object().unwrap().keys().next().unwrap().clone();
+        assert!(journal::CHANGE_KINDS.contains(&kind.as_str()), "{kind}");
+    }
 }

@@ -34,11 +34,24 @@ pub(super) fn load_subscriptions(path: &Path) -> Result<Vec<Subscription>, KeySt
             });
         }
     };
-    let parsed: StoreFileIn =
-        serde_json::from_slice(&bytes).map_err(|source| KeyStoreError::Corrupt {
+    let corrupt = |source| KeyStoreError::Corrupt {
+        path: path.to_owned(),
+        source,
+    };
+    // The version first: a newer format is reported as such, not as corrupt.
+    #[derive(Deserialize)]
+    struct Version {
+        version: u32,
+    }
+    let Version { version } = serde_json::from_slice(&bytes).map_err(corrupt)?;
+    if version > FORMAT_VERSION {
+        return Err(KeyStoreError::NewerFormat {
             path: path.to_owned(),
-            source,
-        })?;
+            version,
+            known: FORMAT_VERSION,
+        });
+    }
+    let parsed: StoreFileIn = serde_json::from_slice(&bytes).map_err(corrupt)?;
     if parsed.version != FORMAT_VERSION {
         return Err(KeyStoreError::Corrupt {
             path: path.to_owned(),

@@ -220,13 +220,34 @@ fn corrupt_store_is_an_error_not_an_empty_store() {
     ));
     fs::write(
         dir.join(STORE_FILE),
-        b"{ \"version\": 9, \"subscriptions\": [] }",
+        b"{ \"version\": 0, \"subscriptions\": [] }",
     )
     .unwrap();
     assert!(matches!(
         KeyStore::open(&dir),
         Err(KeyStoreError::Corrupt { .. })
     ));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A store a newer rampartd wrote (after a downgrade) says so, even when its
+/// subscriptions have fields this version does not know; before, it was
+/// "corrupt: unsupported format version 2".
+#[test]
+fn a_store_of_a_newer_format_says_so() {
+    let dir = temp_dir("newer");
+    fs::write(
+        dir.join(STORE_FILE),
+        b"{ \"version\": 2, \"subscriptions\": [{\"future\": 1}] }",
+    )
+    .unwrap();
+    let err = KeyStore::open(&dir).unwrap_err();
+    assert!(matches!(err, KeyStoreError::NewerFormat { version: 2, .. }));
+    let text = err.to_string();
+    assert!(
+        text.contains("was written by a newer rampartd (format 2; this one reads format 1): upgrade rampartd, or restore a backup of the state directory"),
+        "{text}"
+    );
     fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -31,6 +31,10 @@ pub enum RuleError {
          IPv4 addresses; give the IPv4 network (::ffff:a.b.c.d/96+n is a.b.c.d/n)"
     )]
     MappedPrefixTooShort { input: String },
+    /// `fe80::1%eth0`: a zone names a link of this host, meaningless for a
+    /// source address the filter matches.
+    #[error("`{input}`: zone indexes (%...) are not supported")]
+    ZoneIndex { input: String },
     #[error("range `{input}` needs an address on each side of '-'")]
     IncompleteRange { input: String },
     #[error(
@@ -125,6 +129,12 @@ pub fn parse_entry(s: &str) -> Result<Vec<IpNet>, RuleError> {
     let s = s.trim();
     if s.is_empty() {
         return Err(RuleError::Empty);
+    }
+    // Before the range split: an interface name may hold a '-'.
+    if s.contains('%') {
+        return Err(RuleError::ZoneIndex {
+            input: s.to_string(),
+        });
     }
     if let Some((start, end)) = s.split_once('-')
         // `10.0.0.1/-1` is a CIDR with a negative length, not a range.

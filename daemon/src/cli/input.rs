@@ -12,6 +12,9 @@ use crate::rules::{self, RuleError};
 
 /// Longest `--ttl`: longer bans are permanent entries in disguise.
 pub const MAX_TTL: Duration = Duration::from_secs(crate::control::protocol::MAX_TTL_SECS);
+/// Largest `--from-file` read (`/dev/zero` would otherwise be read until memory
+/// runs out): 256 MiB, about 10 million entries.
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
 /// Longest subscription, product or API name (the key store's limit).
 const MAX_NAME_BYTES: usize = 256;
 
@@ -38,6 +41,8 @@ pub enum InputError {
         #[source]
         source: io::Error,
     },
+    #[error("{file} is larger than {} MiB: split it, or check that it is the list meant", MAX_FILE_BYTES >> 20)]
+    FileTooLarge { file: String },
     #[error("no entries given{}", if *from_file { " (the file has none)" } else { "" })]
     NoEntries { from_file: bool },
     #[error("`{code}` is not a two-letter country code")]
@@ -69,7 +74,8 @@ fn entry_problem(entry: &str, error: &RuleError) -> String {
         | RuleError::HostBitsSet { input, .. }
         | RuleError::MappedPrefixTooShort { input }
         | RuleError::IncompleteRange { input }
-        | RuleError::MappedRange { input } => input == entry,
+        | RuleError::MappedRange { input }
+        | RuleError::ZoneIndex { input } => input == entry,
         RuleError::MixedFamilies { .. } | RuleError::ReversedRange { .. } => true,
         _ => false,
     };
@@ -109,8 +115,10 @@ pub fn entries(
 }
 
 /// The entries of a file's text: one a line; blank lines and `#` comments
-/// (whole-line or trailing) skipped.
+/// (whole-line or trailing) skipped, and a UTF-8 byte order mark at the start
+/// (Windows Notepad writes one).
 pub fn entries_in_text(file: &str, text: &str) -> Result<Vec<String>, InputError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let entry = line
@@ -133,20 +141,36 @@ pub fn entries_in_text(file: &str, text: &str) -> Result<Vec<String>, InputError
 
 fn read_source(path: &Path) -> Result<(String, String), InputError> {
     if path == Path::new("-") {
-        let mut text = String::new();
-        io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|source| InputError::ReadFile {
-                file: "standard input".into(),
-                source,
-            })?;
+        let text = read_capped(io::stdin().lock(), "standard input")?;
         return Ok(("<stdin>".into(), text));
     }
     let name = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok((name, text)),
-        Err(source) => Err(InputError::ReadFile { file: name, source }),
+    let file = std::fs::File::open(path).map_err(|source| InputError::ReadFile {
+        file: name.clone(),
+        source,
+    })?;
+    let text = read_capped(file, &name)?;
+    Ok((name, text))
+}
+
+/// The text of `reader`, refused past [`MAX_FILE_BYTES`].
+pub(crate) fn read_capped(reader: impl io::Read, name: &str) -> Result<String, InputError> {
+    let read_err = |source| InputError::ReadFile {
+        file: name.to_string(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(InputError::FileTooLarge {
+            file: name.to_string(),
+        });
     }
+    String::from_utf8(bytes)
+        .map_err(|e| read_err(io::Error::new(io::ErrorKind::InvalidData, e.utf8_error())))
 }
 
 /// Two-letter country codes (any case; registry codes like `eu` included),

@@ -730,3 +730,38 @@ fn subscriptions_from_the_configuration_have_no_creation_date() {
     let made = table.lines().find(|l| l.starts_with("made")).unwrap();
     assert!(made.contains("2026-11-30T"), "{table}");
 }
+
+/// `--from-file` odd inputs: a UTF-8 byte order mark at the start (Windows
+/// Notepad) is skipped; an IPv6 zone index is named as such; a file without end
+/// (`/dev/zero`) is refused at 256 MiB. Before, the BOM failed line 1 (printed
+/// invisibly in the error), the zone error quoted half the entry (`fe80::1%hunt7`,
+/// split at the interface name's '-'), and /dev/zero was read until memory ran out.
+#[test]
+fn entry_files_skip_a_bom_name_zones_and_are_capped() {
+    let path = std::env::temp_dir().join(format!("rampart-cli-bom-{}", std::process::id()));
+    std::fs::write(&path, "\u{feff}198.18.80.5\r\n198.18.80.6\r\n").unwrap();
+    let got = input::entries(&[], Some(&path), false);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(got.unwrap(), ["198.18.80.5", "198.18.80.6"]);
+
+    let err = CliError::from(input::entries(&["fe80::1%hunt7-a".into()], None, false).unwrap_err());
+    assert_eq!(
+        err.report(),
+        "rampart: invalid entry: `fe80::1%hunt7-a`: zone indexes (%...) are not supported\n"
+    );
+    assert_eq!(err.exit_code(), exit::INVALID_INPUT);
+    let err = input::entries_in_text("list.txt", "fe80::1%eth0/64\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "list.txt:1: invalid entry: `fe80::1%eth0/64`: zone indexes (%...) are not supported"
+    );
+
+    let err = CliError::from(
+        input::entries(&[], Some(std::path::Path::new("/dev/zero")), false).unwrap_err(),
+    );
+    assert_eq!(
+        err.report(),
+        "rampart: /dev/zero is larger than 256 MiB: split it, or check that it is the list meant\n"
+    );
+    assert_eq!(err.exit_code(), exit::INVALID_INPUT);
+}

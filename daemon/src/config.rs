@@ -9,6 +9,7 @@
 //! configuration.
 
 mod gateway;
+pub mod permissions;
 mod raw;
 mod render;
 mod source;

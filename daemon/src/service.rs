@@ -167,6 +167,9 @@ pub struct Desired {
     pub filter: Option<FilterPlan>,
     /// What [`check`] could not look at (`--check-config` says it beside "ok").
     pub unchecked: Vec<String>,
+    /// Files holding secrets that others can read or change
+    /// ([`config::permissions`]): warned about, not refused.
+    pub exposed: Vec<String>,
 }
 
 /// Everything `[filter]` asks of the kernel filter.
@@ -216,10 +219,12 @@ fn prepare_running(path: &Path) -> Result<Desired, ServiceError> {
     let filter = config.filter.clone().map(plan_filter_lenient).transpose()?;
     let unchecked = crate::gateway::running::check(&config, StoredSubscriptions::Unread)
         .map_err(ServiceError::GatewayBuild)?;
+    let exposed = config::permissions::exposed_secrets(path, &config);
     Ok(Desired {
         config,
         filter,
         unchecked,
+        exposed,
     })
 }
 
@@ -236,10 +241,12 @@ fn prepare_with(path: &Path, stored: StoredSubscriptions) -> Result<Desired, Ser
     let filter = config.filter.clone().map(plan_filter).transpose()?;
     let unchecked =
         crate::gateway::running::check(&config, stored).map_err(ServiceError::GatewayBuild)?;
+    let exposed = config::permissions::exposed_secrets(path, &config);
     Ok(Desired {
         config,
         filter,
         unchecked,
+        exposed,
     })
 }
 
@@ -770,10 +777,18 @@ fn remove_fresh_pins(pin_dir: &Path, pin_root: &Path, root_existed: bool) {
     }
 }
 
+/// One warning per file holding a secret that others can read or change.
+fn warn_exposed(desired: &Desired) {
+    for warning in &desired.exposed {
+        tracing::warn!("{warning}");
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT. The filter stays attached.
 pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
     let open_files = raise_open_file_limit();
     let mut desired = prepare_running(&config_path)?;
+    warn_exposed(&desired);
     let store = StateStore::open(&desired.config.daemon.state_dir)?;
     let loaded_countries = match store.state().geo {
         Some(_) => store.load_countries()?,
@@ -1063,6 +1078,7 @@ fn reload_all(c: &mut Controller) -> Result<String, ErrorReply> {
             .map_err(|e| controller::reload_error(&e))?,
         None => None,
     };
+    warn_exposed(&desired);
     match (&c.filter, &desired.filter) {
         (Some(_), Some(plan)) => {
             interfaces_exist(plan).map_err(|e| controller::reload_error(&e))?

@@ -458,3 +458,108 @@ fn corrupt_quota_counters_fail_the_check_as_they_fail_start() {
         cut_short
     );
 }
+
+/// A TLS listener with a self-signed certificate whose key file is `key_mode`,
+/// a JWT provider whose HMAC secret file is `secret_mode`, in a file of
+/// `config_mode`; `[daemon]` in `d`.
+fn file_with_secrets(d: &Dir, config_mode: u32, key_mode: u32, secret_mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let set = |path: &std::path::Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (d.0.join("cert.pem"), d.0.join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    set(&key_file, key_mode);
+    let secret = d.0.join("hs.b64");
+    // 32 bytes, base64.
+    std::fs::write(&secret, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n").unwrap();
+    set(&secret, secret_mode);
+    let cfg = d.0.join("secrets.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[daemon]\nstate_dir = {state:?}\nruntime_dir = {run:?}\nlog_target = \"stderr\"\nadmin_listen = \"off\"\n\n\
+             [[listener]]\naddress = \"127.0.0.1:{port}\"\ntls = {{ cert = {c:?}, key = {k:?} }}\n\n\
+             [[jwt_provider]]\nname = \"corp\"\nalgorithms = [\"HS256\"]\nkeys = [{{ hmac_secret_file = {s:?} }}]\n\n\
+             [[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://127.0.0.1:9000\"\nsubscription = \"none\"\n\
+             jwt = {{ provider = \"corp\" }}\n",
+            state = d.0.join("state").display().to_string(),
+            run = d.0.join("run").display().to_string(),
+            port = free_port(),
+            c = cert_file.display().to_string(),
+            k = key_file.display().to_string(),
+            s = secret.display().to_string(),
+        ),
+    )
+    .unwrap();
+    set(&cfg, config_mode);
+    cfg
+}
+
+#[test]
+fn secrets_other_users_can_read_or_change_are_warned_about() {
+    let d = dir("secrets");
+    let cfg = file_with_secrets(&d, 0o666, 0o644, 0o604);
+    let (code, out, err) = check(&cfg);
+    assert_eq!(code, 0, "a warning, not an error: {err}");
+    assert!(out.contains("ok"), "{out}");
+    let name = |file: &str| d.0.join(file).display().to_string();
+    for (file, what, mode, who) in [
+        (
+            "secrets.toml",
+            "the configuration",
+            "0666",
+            "every user can read and change it",
+        ),
+        (
+            "key.pem",
+            "TLS private key of listener 127.0.0.1:",
+            "0644",
+            "every user can read it",
+        ),
+        (
+            "hs.b64",
+            "HMAC secret of jwt_provider \"corp\"",
+            "0604",
+            "every user can read it",
+        ),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.starts_with(&format!("warning: {} ({what}", name(file))))
+            .unwrap_or_else(|| panic!("no warning for {file} in:\n{err}"));
+        assert!(line.contains(&format!("(mode {mode})")), "{line}");
+        assert!(line.contains(who), "{line}");
+        assert!(line.contains("`chmod 06"), "{line}");
+        assert!(line.ends_with(&format!(" {}`", name(file))), "{line}");
+    }
+
+    // Start says the same (then stops here: its state directory is a file).
+    std::fs::write(d.0.join("state"), "not a directory").unwrap();
+    let (code, err) = start(&cfg);
+    assert_eq!(code, 74, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{} (the configuration) is not private",
+            name("secrets.toml")
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{} (TLS private key", name("key.pem"))),
+        "{err}"
+    );
+
+    // Private files: no warning.
+    let quiet = dir("secrets-private");
+    let cfg = file_with_secrets(&quiet, 0o600, 0o600, 0o400);
+    let (code, _, err) = check(&cfg);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+}

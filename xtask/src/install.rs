@@ -44,6 +44,10 @@ use crate::{
 const CONFIG_DIR: &str = "/etc/rampart";
 /// The configuration file rampartd reads by default.
 const CONFIG_FILE: &str = "/etc/rampart/rampart.toml";
+/// The configuration directory's mode and the configuration file's (the unit's
+/// `ConfigurationDirectoryMode=` and `UMask=0027`).
+const CONFIG_DIR_MODE: u32 = 0o750;
+const CONFIG_MODE: u32 = 0o640;
 /// rampartd's durable state (`StateDirectory=`), removed by `--purge` only.
 const STATE_DIR: &str = "/var/lib/rampart";
 /// Where the unit files are kept in the repository.
@@ -431,11 +435,56 @@ impl Drop for TempDir {
     }
 }
 
+/// A new directory only this user can enter (0700), under a name nobody could
+/// have prepared: mkdir(2) fails on any existing entry (a directory, a
+/// symlink), so one that is there already is skipped, never reused or
+/// removed; what `mkdtemp(3)` does. The install runs as root and copies every
+/// file it finds here into man1, so a predictable, reusable name (as
+/// `/tmp/rampart-man-<pid>` was) let a local user add or replace man pages.
 fn tempdir(name: &str) -> Result<TempDir> {
-    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(TempDir(dir))
+    use std::hash::{BuildHasher as _, Hasher as _};
+    use std::os::unix::fs::DirBuilderExt as _;
+    let base = std::env::temp_dir();
+    for _ in 0..64 {
+        // RandomState's keys come from the OS's random source.
+        let nonce = std::hash::RandomState::new().build_hasher().finish();
+        let dir = base.join(format!("{name}-{}-{nonce:016x}", std::process::id()));
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(TempDir(dir)),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).context(format!("cannot create {}", dir.display())),
+        }
+    }
+    bail!(
+        "cannot create a private directory in {}: every name tried exists",
+        base.display()
+    )
+}
+
+/// Group write and all of others' permissions taken away: what a mode that may
+/// hold secrets (the configuration and its directory) keeps.
+const NOT_PRIVATE: u32 = 0o027;
+
+/// Takes group write and others' permissions away from `staged` (an existing
+/// configuration file or directory), saying so; anything tighter stays.
+fn tighten(staged: &Path, shown: &Path) -> Result<()> {
+    let mode = fs::metadata(staged)
+        .with_context(|| format!("cannot read {}", staged.display()))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & NOT_PRIVATE == 0 {
+        return Ok(());
+    }
+    let tight = mode & !NOT_PRIVATE;
+    fs::set_permissions(staged, fs::Permissions::from_mode(tight))
+        .with_context(|| format!("cannot chmod {}", staged.display()))?;
+    println!(
+        "{}: mode {mode:04o} tightened to {tight:04o} (the configuration can hold secrets, \
+         hmac_secret_base64 for one)",
+        shown.display()
+    );
+    Ok(())
 }
 
 /// Writes files and records them, and the directories it had to make.
@@ -508,7 +557,15 @@ impl Installer<'_> {
     /// The configuration: written when there is none; an existing one is
     /// never touched, and a new default that differs from it goes beside it
     /// as `.new`.
+    ///
+    /// Its directory is 0750 and the file 0640 (root's group, which systemd's
+    /// `ConfigurationDirectoryMode=` does not change for a directory that
+    /// exists): a configuration can hold secrets. Existing ones that others
+    /// can read or the group can write are tightened, and the install says so.
     fn config(&mut self, path: &Path, default: &[u8]) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            self.private_dir(dir)?;
+        }
         let staged = self.layout.staged(path);
         let current = match fs::read(&staged) {
             Ok(bytes) => Some(bytes),
@@ -518,6 +575,7 @@ impl Installer<'_> {
         let target = match current {
             None => path.to_path_buf(),
             Some(bytes) if bytes == default => {
+                tighten(&staged, path)?;
                 println!("{}: already the default, unchanged", path.display());
                 self.manifest.add(Kind::Config, path.to_path_buf());
                 return Ok(());
@@ -525,6 +583,7 @@ impl Installer<'_> {
             Some(_) => {
                 // The operator's file is the configuration all the same:
                 // `--purge` removes it, as Debian's purge does.
+                tighten(&staged, path)?;
                 self.manifest.add(Kind::Config, path.to_path_buf());
                 let new = PathBuf::from(format!("{}.new", path.display()));
                 println!(
@@ -536,7 +595,27 @@ impl Installer<'_> {
             }
         };
         // Recorded as configuration: uninstall keeps it unless --purge.
-        self.write_as(Kind::Config, &target, default, 0o644)
+        self.write_as(Kind::Config, &target, default, CONFIG_MODE)
+    }
+
+    /// `dir` (a final path) made 0750 if missing (and recorded), else
+    /// tightened to at most that.
+    fn private_dir(&mut self, dir: &Path) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let staged = self.layout.staged(dir);
+        if staged.exists() {
+            return tighten(&staged, dir);
+        }
+        self.parents(dir)?;
+        fs::DirBuilder::new()
+            .mode(CONFIG_DIR_MODE)
+            .create(&staged)
+            .with_context(|| format!("cannot create {}", staged.display()))?;
+        // The umask may have taken more away; this is the mode meant.
+        fs::set_permissions(&staged, fs::Permissions::from_mode(CONFIG_DIR_MODE))
+            .with_context(|| format!("cannot chmod {}", staged.display()))?;
+        self.manifest.add(Kind::Dir, dir.to_path_buf());
+        Ok(())
     }
 
     fn save_manifest(&mut self) -> Result<()> {

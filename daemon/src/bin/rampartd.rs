@@ -41,6 +41,9 @@ fn main() -> ExitCode {
                 for unchecked in &d.unchecked {
                     eprintln!("note: {unchecked}");
                 }
+                for exposed in &d.exposed {
+                    eprintln!("warning: {exposed}");
+                }
                 let (interfaces, countries) = d.filter.as_ref().map_or((0, 0), |plan| {
                     (plan.config.interfaces.len(), plan.countries.len())
                 });

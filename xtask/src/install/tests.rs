@@ -64,6 +64,33 @@ fn manifests_read_back_what_they_wrote() {
     assert!(Manifest::parse("socket /run/x\n").is_err());
 }
 
+fn mode_of(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// The man pages are generated (as root) in a directory nobody else can
+/// enter or have prepared: a new one each time, 0700, and a directory already
+/// at the name the install used to take (`rampart-man-<pid>`) is neither
+/// used nor removed.
+#[test]
+fn temporary_directories_are_private_and_new() {
+    let planted = std::env::temp_dir().join(format!("rampart-man-{}", std::process::id()));
+    fs::create_dir_all(&planted).unwrap();
+    fs::write(planted.join("rampart-evil.1"), ".TH EVIL 1\n").unwrap();
+    let first = tempdir("rampart-man").unwrap();
+    let second = tempdir("rampart-man").unwrap();
+    assert_ne!(first.0, second.0);
+    assert_ne!(first.0, planted);
+    for dir in [&first.0, &second.0] {
+        assert_eq!(mode_of(dir), 0o700, "{}", dir.display());
+        assert_eq!(fs::read_dir(dir).unwrap().count(), 0, "{}", dir.display());
+    }
+    assert!(planted.join("rampart-evil.1").exists());
+    drop(first);
+    assert!(second.0.is_dir());
+    fs::remove_dir_all(&planted).unwrap();
+}
+
 /// Every file under `dir`, relative to it.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -124,6 +151,10 @@ fn install_and_uninstall_a_staged_tree() {
     let default = fs::read(process::workspace_root().join("examples/rampart.toml")).unwrap();
     let config = staged(Path::new(CONFIG_FILE));
     assert_eq!(fs::read(&config).unwrap(), default);
+    // The configuration can hold secrets: not for other users to read.
+    let config_dir = staged(Path::new(CONFIG_DIR));
+    assert_eq!(mode_of(&config_dir), 0o750);
+    assert_eq!(mode_of(&config), 0o640);
     // The installed rampartd accepts the installed configuration.
     let checked = Command::new(staged(&layout.rampartd()))
         .arg("--check-config")
@@ -136,13 +167,23 @@ fn install_and_uninstall_a_staged_tree() {
         String::from_utf8_lossy(&checked.stderr)
     );
 
-    // A changed configuration survives a second install.
+    // A changed configuration survives a second install; modes that let
+    // others read it, or the group write it, are tightened.
     let mine = b"# edited by the operator\n";
     fs::write(&config, mine).unwrap();
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o666)).unwrap();
+    fs::set_permissions(&config_dir, fs::Permissions::from_mode(0o755)).unwrap();
     install(&options).unwrap();
     assert_eq!(fs::read(&config).unwrap(), mine);
+    assert_eq!(mode_of(&config), 0o640);
+    assert_eq!(mode_of(&config_dir), 0o750);
     let new = PathBuf::from(format!("{}.new", config.display()));
     assert_eq!(fs::read(&new).unwrap(), default);
+    assert_eq!(mode_of(&new), 0o640);
+    // Tighter modes stay as they are.
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
+    install(&options).unwrap();
+    assert_eq!(mode_of(&config), 0o600);
 
     // Uninstall removes everything but the configuration and the state.
     let state = staged(Path::new(STATE_DIR)).join("lists.json");

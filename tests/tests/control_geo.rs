@@ -404,3 +404,54 @@ fn a_missing_config_database_is_a_warning_while_a_loaded_table_is_in_force() {
     );
     assert!(rig.reach("198.18.0.4") && !rig.reach("198.18.0.5"));
 }
+
+/// A change the daemon made is answered before it stops: SIGTERM while a
+/// large `geo load` is being carried out leaves the client with the load's
+/// success (exit 0), and the table is in force after a restart. Before, the
+/// control socket's connections were dropped at once: the CLI said "the
+/// connection closed before an answer" (exit 1) for a change in the journal.
+#[test]
+fn a_change_in_progress_at_sigterm_is_answered() {
+    if !privileged() {
+        return;
+    }
+    let mut rig = rig();
+    // 250,000 IPv6 /64s of alternating countries (nothing merges): about two
+    // seconds of work for a debug rampartd.
+    let mut text = String::from("network,country\n");
+    for i in 0u32..250_000 {
+        let code = if i % 2 == 0 { "de" } else { "fr" };
+        text.push_str(&format!(
+            "2001:db8:{:x}:{:x}::/64,{code}\n",
+            i >> 16,
+            i & 0xffff
+        ));
+    }
+    let big = rig.file("big.csv", &text).unwrap();
+    let mut load = rig
+        .cli
+        .command(&["geo", "load", big.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert!(
+        load.try_wait().unwrap().is_none(),
+        "the load ended before SIGTERM: make the table bigger"
+    );
+    let (code, log) = rig.stop_daemon().unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    let out = load.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}\n{log}");
+    assert!(stdout.contains("big.csv"), "{stdout}");
+
+    rig.start_daemon().unwrap();
+    let c = rig.cli.json(&["country", "list"]).unwrap();
+    assert!(c["database"].as_str().unwrap().contains("big.csv"), "{c}");
+    assert_eq!(c["prefixes_v6"], 250_000, "{c}");
+}

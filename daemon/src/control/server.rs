@@ -233,19 +233,16 @@ impl ControlServer {
             events: self.events,
             own_uid: nix::unistd::geteuid().as_raw(),
         });
+        let mut connections = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         let this = Arc::clone(&this);
                         let shutdown = shutdown.clone();
-                        tokio::spawn(async move {
-                            tokio::select! {
-                                () = shutdown.cancelled() => {}
-                                () = this.connection(stream) => {}
-                            }
-                        });
+                        connections.spawn(async move { this.connection(stream, &shutdown).await });
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "control socket accept failed");
@@ -254,9 +251,19 @@ impl ControlServer {
                 },
             }
         }
+        // No new connection; the requests being carried out get their answers
+        // (each connection stops reading at shutdown, and an answer is sent for
+        // at most ANSWER_DRAIN after it), so that a change that was made is not
+        // reported to its client as a failure.
+        drop(self.listener);
+        while connections.join_next().await.is_some() {}
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// How long, after shutdown began, an answer to a request carried out may take
+/// to be sent (a client that does not read it is left).
+const ANSWER_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Creates `dir` with the right owner and mode, or fixes an existing one,
 /// before anything is bound in it. The directory must be the socket's own: one
@@ -328,7 +335,12 @@ impl ServerState {
                 .is_some_and(|pid| in_supplementary_groups(pid, group))
     }
 
-    async fn connection(&self, stream: UnixStream) {
+    /// One client. At `shutdown` it stops reading requests and following
+    /// events; a request already handed to the control thread waits for its
+    /// answer (the control thread finishes the change it is making before it
+    /// stops, or drops the requests it did not start, answered "shutting
+    /// down"), which is then sent for at most [`ANSWER_DRAIN`].
+    async fn connection(&self, stream: UnixStream, shutdown: &CancellationToken) {
         let peer = match stream.peer_cred() {
             Ok(c) => Peer {
                 uid: c.uid(),
@@ -363,7 +375,11 @@ impl ServerState {
         loop {
             line.clear();
             let mut limited = (&mut lines).take(MAX_REQUEST_BYTES as u64 + 1);
-            match limited.read_until(b'\n', &mut line).await {
+            let read = tokio::select! {
+                () = shutdown.cancelled() => return,
+                read = limited.read_until(b'\n', &mut line) => read,
+            };
+            match read {
                 Ok(0) => return,
                 Ok(_) if line.len() > MAX_REQUEST_BYTES => {
                     let _ = send(
@@ -406,7 +422,10 @@ impl ServerState {
                 continue;
             }
             if let Request::Events { follow, last } = envelope.request {
-                self.events(&mut write, follow, last).await;
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = self.events(&mut write, follow, last) => {}
+                }
                 return;
             }
             let (tx, rx) = oneshot::channel();
@@ -422,7 +441,15 @@ impl ServerState {
                     "rampartd is shutting down",
                 )),
             };
-            if send(&mut write, &response).await.is_err() {
+            let drained = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(ANSWER_DRAIN).await;
+            };
+            let sent = tokio::select! {
+                sent = send(&mut write, &response) => sent.is_ok(),
+                () = drained => false,
+            };
+            if !sent {
                 return;
             }
         }

@@ -227,6 +227,14 @@ protect = ["tcp/{PORT}"]
         self.daemon.as_ref().map(Daemon::log).unwrap_or_default()
     }
 
+    /// SIGTERMs rampartd and reaps it: its exit code and its log.
+    pub fn stop_daemon(&mut self) -> anyhow::Result<(Option<i32>, String)> {
+        let mut d = self.daemon.take().context("rampartd is not running")?;
+        d.signal(libc::SIGTERM);
+        let code = d.wait(Duration::from_secs(60))?;
+        Ok((code, d.log()))
+    }
+
     /// SIGKILLs rampartd and reaps it; the pinned filter stays.
     pub fn kill_daemon(&mut self) -> anyhow::Result<()> {
         if let Some(mut d) = self.daemon.take() {

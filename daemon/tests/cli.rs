@@ -599,6 +599,7 @@ fn events_print_one_line_per_event() {
         vec![
             event(1_700_000_000_000, "ban_added"),
             event(1_700_000_001_500, "ban_expired"),
+            json!({ "ok": { "type": "done" } }),
         ],
     );
     let run = rampart(&daemon.socket.clone(), &["events", "--last", "2"]);
@@ -613,6 +614,8 @@ fn events_print_one_line_per_event() {
          2023-11-14T22:13:21.500Z  ban_expired  something happened source=192.0.2.1\n"
     );
 
+    // A follower whose rampartd stops (the connection closes) is told so and
+    // exits 6, unlike one the operator interrupts.
     let daemon = FakeDaemon::answering("events-json", vec![event(1, "geo_loaded")]);
     let run = rampart(&daemon.socket.clone(), &["events", "--follow", "--json"]);
     assert_eq!(daemon.request()["follow"], true);
@@ -623,6 +626,86 @@ fn events_print_one_line_per_event() {
         .collect();
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["event"], "geo_loaded");
+    assert_eq!(run.code, 6, "{}", run.stderr);
+    assert_eq!(
+        run.stderr,
+        "rampart: rampartd closed the event stream (it stopped or restarted)\n"
+    );
+}
+
+/// Keys the output could not take are lost (rampartd keeps hashes only): the
+/// error says the subscription exists and how to get keys.
+#[test]
+fn keys_that_cannot_be_written_are_named_with_the_way_to_new_ones() {
+    let daemon = FakeDaemon::ok(
+        "keys-full",
+        json!({ "type": "keys_created", "name": "acme", "primary": "p", "secondary": "s" }),
+    );
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["keys", "create", "acme"])
+        .env_remove("RAMPART_SOCKET")
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    daemon.request();
+    let run = finish(out);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with(
+            "rampart: subscription acme was created, but the output could not be written ("
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.ends_with(
+            "run `rampart keys rotate acme` and `rampart keys rotate acme --secondary` to get new ones\n"
+        ),
+        "{}",
+        run.stderr
+    );
+}
+
+/// `status` says which countries the policy blocks, and a refused reload's
+/// first problem (what rampartd records for it).
+#[test]
+fn status_names_the_countries_and_the_reload_problem() {
+    let daemon = FakeDaemon::ok(
+        "status-countries",
+        json!({ "type": "status", "version": "0.1.0", "pid": 7, "uptime_secs": 61,
+                "config": "/etc/rampart/rampart.toml",
+                "last_reload": { "at": 1_700_000_000, "ok": false,
+                                 "message": "/etc/rampart/rampart.toml:3:9: bad port" },
+                "filter": { "interfaces": ["eth0 (skb)"], "pins": "/sys/fs/bpf/rampart/v3",
+                            "deny": 1, "allow": 0, "bypass": 0, "auto_bans": 0,
+                            "country_policy": "block",
+                            "countries": ["CN", "KP", "RU", "XA", "XB", "XC", "XD", "XE", "XF", "XG"],
+                            "country_prefixes": 4 },
+                "gateway": null }),
+    );
+    let run = rampart(&daemon.socket.clone(), &["status"]);
+    daemon.request();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains(
+            "countries:   block 10 countries: CN KP RU XA XB XC XD XE and 2 more; table of 4 prefixes\n"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("refused: /etc/rampart/rampart.toml:3:9: bad port\n"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]

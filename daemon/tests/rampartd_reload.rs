@@ -946,3 +946,63 @@ async fn a_bad_certificate_shared_by_listeners_is_reported_once_with_them() {
     let h1 = client(&setup.pki, false);
     assert_eq!(status(&h1, &url(ports[2], "/one/x")).await, 200);
 }
+
+/// A refused reload as an operator reads it: the missing file with the OS's
+/// reason, and `rampart status` with the first problem rather than only "not
+/// reloaded".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_reload_says_why_in_the_answer_and_in_status() {
+    let setup = Setup::new("reload-why").await;
+    let port = free_port();
+    let text = setup.text(
+        &[port],
+        "[[api]]\nname = \"one\"\npath_prefix = \"/one\"\nbackend = \"http://{backend}/\"\nsubscription = \"none\"\n",
+    );
+    let mut daemon = setup.start(&text, port).await;
+    let socket = control_socket(&setup, &daemon).await;
+
+    std::fs::remove_file(&setup.config).unwrap();
+    let (code, answer) = rampart_reload(&socket);
+    assert_eq!(code, 8, "{answer}");
+    assert!(
+        answer.contains(&format!(
+            "cannot read configuration file {}: No such file or directory",
+            setup.config.display()
+        )),
+        "{answer}"
+    );
+    let (code, status) = rampart_cli(&socket, &["status"]);
+    assert_eq!(code, 0, "{status}");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("last reload:"))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(
+        line.contains(&format!(
+            " refused: cannot read configuration file {}: No such file or directory",
+            setup.config.display()
+        )),
+        "{line}"
+    );
+
+    // Two problems: the first, and how many more.
+    std::fs::write(
+        &setup.config,
+        text.replace(
+            "path_prefix = \"/one\"",
+            "path_prefix = \"one\"\nnonsense = 1",
+        ),
+    )
+    .unwrap();
+    let (code, answer) = rampart_reload(&socket);
+    assert_eq!(code, 8, "{answer}");
+    let (_, status) = rampart_cli(&socket, &["status"]);
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("last reload:"))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(line.contains(" refused: "), "{line}");
+    assert!(!line.contains("the running one stays"), "{line}");
+    assert!(line.contains(&setup.config.display().to_string()), "{line}");
+    daemon.terminate().await;
+}

@@ -9,8 +9,8 @@ use std::{
 };
 
 use crate::control::protocol::{
-    CheckReply, CountriesReply, EntryView, EventView, GeoReply, KeySlotName, ListName, Reply,
-    ScopeSpec, StatsReply, StatusReply, SubscriptionView, is_control_or_format,
+    CheckReply, CountriesReply, EntryView, EventView, FilterStatus, GeoReply, KeySlotName,
+    ListName, Reply, ScopeSpec, StatsReply, StatusReply, SubscriptionView, is_control_or_format,
 };
 
 /// What `--json` prints: listings as their array (entries, subscriptions)
@@ -368,10 +368,7 @@ pub fn status(s: &StatusReply) -> String {
                     ),
                     ("allow", count(f.allow, "entry", "entries")),
                     ("bypass", count(f.bypass, "entry", "entries")),
-                    (
-                        "countries",
-                        format!("{} ({} prefixes)", f.country_policy, f.country_prefixes),
-                    ),
+                    ("countries", country_status(f)),
                 ],
                 2,
             ));
@@ -392,6 +389,40 @@ pub fn status(s: &StatusReply) -> String {
         }
     }
     out
+}
+
+/// How many countries are blocked (or let through) and which, the first few;
+/// then the table's size, which is not a number of countries.
+fn country_status(f: &FilterStatus) -> String {
+    const SHOWN: usize = 8;
+    let mut text = match f.country_policy.as_str() {
+        "off" => "off".to_string(),
+        policy => {
+            let verb = if policy == "allow_only" {
+                "allow only"
+            } else {
+                "block"
+            };
+            let mut text = format!(
+                "{verb} {}",
+                count(f.countries.len(), "country", "countries")
+            );
+            if !f.countries.is_empty() {
+                let shown: Vec<_> = f.countries.iter().take(SHOWN).map(|c| shown(c)).collect();
+                let _ = write!(text, ": {}", shown.join(" "));
+                if f.countries.len() > SHOWN {
+                    let _ = write!(text, " and {} more", f.countries.len() - SHOWN);
+                }
+            }
+            text
+        }
+    };
+    let _ = write!(
+        text,
+        "; table of {}",
+        count(f.country_prefixes, "prefix", "prefixes")
+    );
+    text
 }
 
 fn counters(out: &mut String, title: &str, rows: &[(String, u64)]) {

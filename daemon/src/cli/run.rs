@@ -28,6 +28,21 @@ pub enum CliError {
     Client(#[from] ClientError),
     #[error("cannot write the output: {0}")]
     Output(#[source] io::Error),
+    /// The daemon made the keys, but they could not be shown; rampartd keeps
+    /// only their hashes, so new ones are the way to get keys.
+    #[error(
+        "{what}, but the output could not be written ({source}); rampartd keeps no copy of a key: \
+         run {commands} to get new ones"
+    )]
+    KeysNotShown {
+        what: String,
+        commands: String,
+        #[source]
+        source: io::Error,
+    },
+    /// `events --follow` ended without the reader leaving: rampartd hung up.
+    #[error("rampartd closed the event stream (it stopped or restarted)")]
+    EventsEnded,
     #[error("cannot write man pages to {}: {source}", dir.display())]
     ManPages {
         dir: PathBuf,
@@ -49,7 +64,8 @@ impl CliError {
             }
             Self::Input(_) => exit::INVALID_INPUT,
             Self::Client(e) => e.exit_code(),
-            Self::Output(_) | Self::ManPages { .. } => exit::FAILED,
+            Self::Output(_) | Self::ManPages { .. } | Self::KeysNotShown { .. } => exit::FAILED,
+            Self::EventsEnded => exit::DAEMON_DOWN,
         }
     }
 
@@ -102,13 +118,44 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, CliError> {
     } else {
         text(&request, &reply, output::unix_now())
     };
-    out.write_all(text.as_bytes()).map_err(CliError::Output)?;
-    out.flush().map_err(CliError::Output)?;
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| not_shown(&reply, e))?;
     match (&cli.verb, &reply) {
         (Verb::Check(args), Reply::Check(check)) if args.exit_code && check.action == "drop" => {
             Ok(exit::CHECK_DROPPED)
         }
         _ => Ok(exit::OK),
+    }
+}
+
+/// The error for output that could not be written: for new keys, what was done
+/// and how to get keys again.
+fn not_shown(reply: &Reply, source: io::Error) -> CliError {
+    match reply {
+        Reply::KeysCreated { name, .. } => {
+            let name = output::shown(name);
+            CliError::KeysNotShown {
+                what: format!("subscription {name} was created"),
+                commands: format!(
+                    "`rampart keys rotate {name}` and `rampart keys rotate {name} --secondary`"
+                ),
+                source,
+            }
+        }
+        Reply::KeyRotated { name, slot, .. } => {
+            let name = output::shown(name);
+            let (which, flag) = match slot {
+                KeySlotName::Primary => ("primary", ""),
+                KeySlotName::Secondary => ("secondary", " --secondary"),
+            };
+            CliError::KeysNotShown {
+                what: format!("the {which} key of subscription {name} was replaced"),
+                commands: format!("`rampart keys rotate {name}{flag}` again"),
+                source,
+            }
+        }
+        _ => CliError::Output(source),
     }
 }
 
@@ -375,9 +422,13 @@ fn events(
     }
     let request = Request::Events { follow, last };
     let mut printed = 0usize;
+    let mut done = false;
     for item in client.stream(request.clone())? {
         let line = match item? {
-            Reply::Done => break,
+            Reply::Done => {
+                done = true;
+                break;
+            }
             // One JSON document per line, so that a follower can be piped.
             reply if json => {
                 let mut line = serde_json::to_string(&output::json(&reply)).map_err(json_error)?;
@@ -389,6 +440,9 @@ fn events(
         out.write_all(line.as_bytes()).map_err(CliError::Output)?;
         out.flush().map_err(CliError::Output)?;
         printed += 1;
+    }
+    if !done {
+        return Err(CliError::EventsEnded);
     }
     if printed == 0 && !json && !follow {
         out.write_all(b"no recent events\n")

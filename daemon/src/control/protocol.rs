@@ -331,7 +331,7 @@ impl ErrorKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply {
-    Status(StatusReply),
+    Status(Box<StatusReply>),
     Stats(StatsReply),
     Check(CheckReply),
     Changed(ChangeReply),
@@ -389,6 +389,10 @@ pub struct FilterStatus {
     /// Entries from automatic bans (part of `deny`).
     pub auto_bans: usize,
     pub country_policy: String,
+    /// The countries the policy blocks (or, `allow_only`, lets through),
+    /// upper case.
+    #[serde(default)]
+    pub countries: Vec<String>,
     pub country_prefixes: usize,
 }
 

@@ -12,7 +12,7 @@
 use std::{
     collections::BTreeSet,
     net::IpAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, mpsc},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -269,6 +269,23 @@ pub(crate) fn kernel_policy(state: &CountryPolicyState) -> CountryPolicy {
     }
 }
 
+/// How a loaded table is named: its path and what was read there, e.g.
+/// `/var/lib/GeoIP/c.mmdb (MMDB, GeoLite2-Country, built 2026-11-01)` or
+/// `/tmp/g.csv (network,country CSV)`: one level of parentheses, and the file
+/// name not said twice.
+fn source_text(path: &Path, describe: &str) -> String {
+    let file = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let what = match describe.strip_suffix(')').and_then(|d| d.split_once(" (")) {
+        Some((format, detail)) if detail == file => format.to_owned(),
+        Some((format, detail)) => format!("{format}, {detail}"),
+        None => describe.to_owned(),
+    };
+    format!("{} ({what})", path.display())
+}
+
 fn policy_view(policy: &CountryPolicy) -> (String, Vec<String>, bool) {
     let codes = |set: &BTreeSet<u16>| -> Vec<String> {
         set.iter()
@@ -332,7 +349,7 @@ impl Controller {
 
     fn handle(&mut self, request: Request, peer: Peer) -> Result<Reply, ErrorReply> {
         match request {
-            Request::Status => Ok(Reply::Status(self.status())),
+            Request::Status => Ok(Reply::Status(Box::new(self.status()))),
             Request::Stats => self.stats().map(Reply::Stats),
             Request::Check { addr, port, udp } => self.check(addr, port, udp).map(Reply::Check),
             Request::ListAdd {
@@ -412,7 +429,7 @@ impl Controller {
         let filter = self.filter.as_ref().map(|f| {
             let live = |kind| f.list(kind);
             let deny = live(ListKind::Deny);
-            let (policy, _, _) = policy_view(&self.country_policy());
+            let (policy, countries, _) = policy_view(&self.country_policy());
             FilterStatus {
                 interfaces: self.interfaces.clone(),
                 pins: self.pins.clone(),
@@ -424,6 +441,7 @@ impl Controller {
                 allow: live(ListKind::Allow).len(),
                 bypass: live(ListKind::Bypass).len(),
                 country_policy: policy,
+                countries,
                 country_prefixes: self.countries().len(),
             }
         });
@@ -1012,7 +1030,7 @@ impl Controller {
             }
             .into(),
             database: match (&self.store.state().geo, &self.loaded_countries) {
-                (Some(geo), Some(_)) => Some(format!("{} (geo load)", geo.source)),
+                (Some(geo), Some(_)) => Some(format!("{}, from geo load", geo.source)),
                 _ => self.config_countries.database.clone(),
             },
             prefixes_v4: v4,
@@ -1067,7 +1085,7 @@ impl Controller {
                 format!("{}; the current country table stays", chain(&e)),
             )
         })?;
-        let source = format!("{} ({})", path.display(), data.describe());
+        let source = source_text(&path, data.describe());
         let (v4, v6, countries) = (
             data.v4_prefixes(),
             data.v6_prefixes(),
@@ -1420,10 +1438,20 @@ impl Controller {
                     format!("{} {}", e.message, e.details.join("; ")),
                     Vec::new(),
                 );
+                // The first problem, as STATUS= says it: "not reloaded" is
+                // what `refused` already says.
+                let message = match e.details.as_slice() {
+                    [] => e.message.clone(),
+                    [only] => only.clone(),
+                    [first, rest @ ..] => format!(
+                        "{first} (and {} more; `rampart reload` lists them)",
+                        rest.len()
+                    ),
+                };
                 self.last_reload = Some(ReloadStatus {
                     at,
                     ok: false,
-                    message: e.message.clone(),
+                    message,
                 });
             }
         }
@@ -1438,9 +1466,8 @@ pub(crate) fn reload_error(e: &ServiceError) -> ErrorReply {
         "the configuration was not reloaded; the running one stays",
     );
     match e {
-        ServiceError::Config(c) => {
-            reply.details = c.to_string().lines().map(str::to_owned).collect()
-        }
+        // With the OS's reason for a file that cannot be read.
+        ServiceError::Config(c) => reply.details = chain(c).lines().map(str::to_owned).collect(),
         ServiceError::GatewayBuild(g) => {
             reply.details = g.problems.iter().map(|p| chain(p)).collect()
         }

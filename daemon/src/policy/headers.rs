@@ -11,6 +11,8 @@ use std::fmt;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 
+use crate::gateway::remove_client_copies;
+
 #[cfg(test)]
 mod tests;
 
@@ -306,13 +308,16 @@ fn compile_rule(
 
 impl HeaderRules {
     /// Applies the request rules, in order, to the headers about to be forwarded.
+    /// `set` and `remove` also drop the client's look-alikes of the header (`X_Env`
+    /// for `X-Env`): CGI-style servers read both as one variable, so a look-alike
+    /// would stand in for the header a rule scrubbed or set.
     pub fn apply_request(&self, headers: &mut HeaderMap) {
-        apply(&self.request, headers);
+        apply(&self.request, headers, Side::Request);
     }
 
     /// Applies the response rules, in order, to the backend's response headers.
     pub fn apply_response(&self, headers: &mut HeaderMap) {
-        apply(&self.response, headers);
+        apply(&self.response, headers, Side::Response);
     }
 
     /// Whether there is nothing to do (lets the gateway skip the call).
@@ -321,11 +326,25 @@ impl HeaderRules {
     }
 }
 
-fn apply(rules: &[Rule], headers: &mut HeaderMap) {
+fn apply(rules: &[Rule], headers: &mut HeaderMap, side: Side) {
+    // The header and, on the request, its look-alikes with `_` for `-`.
+    let remove = |headers: &mut HeaderMap, name: &HeaderName| match side {
+        // `copy` is read with `-` for `_`; so is the rule's name (`X_Env` too).
+        Side::Request => remove_client_copies(headers, |copy| {
+            let dashed = name
+                .as_str()
+                .bytes()
+                .map(|b| if b == b'_' { b'-' } else { b });
+            copy.bytes().eq(dashed)
+        }),
+        Side::Response => {
+            headers.remove(name);
+        }
+    };
     for rule in rules {
         match &rule.operation {
             Operation::Set(values) => {
-                headers.remove(&rule.name);
+                remove(headers, &rule.name);
                 for value in values {
                     headers.append(rule.name.clone(), value.clone());
                 }
@@ -335,9 +354,7 @@ fn apply(rules: &[Rule], headers: &mut HeaderMap) {
                     headers.append(rule.name.clone(), value.clone());
                 }
             }
-            Operation::Remove => {
-                headers.remove(&rule.name);
-            }
+            Operation::Remove => remove(headers, &rule.name),
         }
     }
 }

@@ -88,6 +88,51 @@ fn request_set_append_remove() {
 }
 
 #[test]
+fn request_set_and_remove_drop_the_look_alikes_with_underscores() {
+    let settings = HeaderRulesSettings {
+        request: vec![
+            rule("X-Added", HeaderAction::Set, &["a", "b"]),
+            rule("X-Remove", HeaderAction::Remove, &[]),
+            rule("X_Legacy_User", HeaderAction::Remove, &[]),
+            rule("X-Tags", HeaderAction::Append, &["edge"]),
+        ],
+        response: vec![rule("X-Remove", HeaderAction::Remove, &[])],
+    };
+    let r = rules(&settings);
+    let mut headers = HeaderMap::new();
+    // CGI-style servers (PHP, Rack) read each of these as the rule's header.
+    headers.append("x_added", HeaderValue::from_static("forged"));
+    headers.append("x_remove", HeaderValue::from_static("look"));
+    headers.append("x-remove", HeaderValue::from_static("real"));
+    headers.append("x-legacy_user", HeaderValue::from_static("admin"));
+    headers.append("x-legacy-user", HeaderValue::from_static("admin"));
+    headers.append("x_tags", HeaderValue::from_static("client"));
+    headers.append("x_other", HeaderValue::from_static("kept"));
+
+    r.apply_request(&mut headers);
+    assert_eq!(values(&headers, "x-added"), ["a", "b"]);
+    for gone in [
+        "x_added",
+        "x_remove",
+        "x-remove",
+        "x-legacy_user",
+        "x-legacy-user",
+    ] {
+        assert!(headers.get(gone).is_none(), "{gone} should be gone");
+    }
+    // `append` keeps what the client sent, look-alikes included; others pass.
+    assert_eq!(values(&headers, "x_tags"), ["client"]);
+    assert_eq!(values(&headers, "x-tags"), ["edge"]);
+    assert_eq!(values(&headers, "x_other"), ["kept"]);
+
+    // Responses go to clients, which read names as they are.
+    let mut response = HeaderMap::new();
+    response.insert("x_remove", HeaderValue::from_static("kept"));
+    r.apply_response(&mut response);
+    assert_eq!(values(&response, "x_remove"), ["kept"]);
+}
+
+#[test]
 fn response_scrubbing_of_server_and_powered_by() {
     let settings = HeaderRulesSettings {
         request: Vec::new(),

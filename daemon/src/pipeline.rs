@@ -111,6 +111,9 @@ struct ApiPipeline {
     key_header: String,
     key_query: String,
     forward_key: bool,
+    /// The key is read under other names than APIM's defaults; a key sent under
+    /// the defaults is removed too (unless `forward_key`).
+    custom_key_names: bool,
     products: Vec<String>,
     /// The API's own rate limit and quota, for every request.
     own: ScopeLimits,
@@ -287,6 +290,10 @@ impl RequestPolicy for ApiPolicies {
 
         check_client_certificate(api, request)?;
         let (subscription, product) = self.subscription(api, request)?;
+        if api.custom_key_names && !api.forward_key {
+            // After the API's own key was read: its header or query name may be a default.
+            remove_default_key(request.parts);
+        }
         let product = product.and_then(|i| api.product_limits.get(i));
         if let Some(name) = &subscription {
             // Known from here on, so that a later refusal (token, rate limit,
@@ -520,6 +527,17 @@ fn remove_key(api: &ApiPipeline, parts: &mut http::request::Parts) {
         &api.key_query,
     );
     parts.uri = with_query(&parts.uri, query.as_deref());
+}
+
+/// Removes a key sent under APIM's default header and query names, for an API that
+/// reads its key under other names: clients often send one key on every call to the
+/// host, and it is not handed to a backend that has no use for it.
+fn remove_default_key(parts: &mut http::request::Parts) {
+    let (header, query) = (keys::DEFAULT_HEADER, keys::DEFAULT_QUERY_PARAM);
+    if keys::carries_key(&parts.headers, parts.uri.query(), header, query) {
+        let kept = keys::strip_key(&mut parts.headers, parts.uri.query(), header, query);
+        parts.uri = with_query(&parts.uri, kept.as_deref());
+    }
 }
 
 /// The API's client-certificate identities (403 without a matching certificate),

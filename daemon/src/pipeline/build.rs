@@ -333,6 +333,10 @@ fn api_pipeline(
             key_header: api.subscription_key_header.clone(),
             key_query: api.subscription_key_query.clone(),
             forward_key: api.forward_subscription_key,
+            custom_key_names: !api
+                .subscription_key_header
+                .eq_ignore_ascii_case(crate::policy::keys::DEFAULT_HEADER)
+                || api.subscription_key_query != crate::policy::keys::DEFAULT_QUERY_PARAM,
             products: api.products.clone(),
             own,
             product_limits,

@@ -233,8 +233,8 @@ fn an_api_that_checks_no_key_still_removes_one_before_forwarding() {
             .unwrap(),
     );
     assert!(!out.parts.headers.contains_key("x-api-key"));
-    assert!(out.parts.headers.contains_key("ocp-apim-subscription-key"));
-    assert_eq!(out.parts.uri, "/x?subscription-key=other");
+    assert!(!out.parts.headers.contains_key("ocp-apim-subscription-key"));
+    assert_eq!(out.parts.uri, "/x");
     // An optional API removes the key it checked.
     let (p, key) = policies("subscription = \"optional\"\n");
     let out = run(
@@ -247,6 +247,55 @@ fn an_api_that_checks_no_key_still_removes_one_before_forwarding() {
     assert!(out.result.is_ok());
     assert!(!out.parts.headers.contains_key("ocp-apim-subscription-key"));
     assert_eq!(out.parts.uri, "/x?a=1");
+}
+
+#[test]
+fn an_api_with_its_own_key_names_removes_a_key_sent_under_the_defaults_too() {
+    // A client that sends its all-scope key on every call to the host, under APIM's
+    // names, to an API that reads its key under other names.
+    let (p, key) =
+        policies("subscription_key_header = \"X-Api-Key\"\nsubscription_key_query = \"apikey\"\n");
+    let out = run(
+        &p,
+        get(&format!("/x?a=1&subscription-key={key}&b=2"))
+            .header("x-api-key", &key)
+            .header("Ocp-Apim-Subscription-Key", &key)
+            .body(())
+            .unwrap(),
+    );
+    assert!(out.result.is_ok());
+    assert!(!out.parts.headers.contains_key("x-api-key"));
+    assert!(!out.parts.headers.contains_key("ocp-apim-subscription-key"));
+    assert_eq!(out.parts.uri, "/x?a=1&b=2");
+
+    // Only the header renamed: the default query name is the API's own, still read.
+    let (p, key) = policies("subscription_key_header = \"X-Api-Key\"\n");
+    let out = run(
+        &p,
+        get(&format!("/x?subscription-key={key}"))
+            .header("Ocp-Apim-Subscription-Key", "other")
+            .body(())
+            .unwrap(),
+    );
+    assert!(out.result.is_ok(), "the key in the query is read");
+    assert!(!out.parts.headers.contains_key("ocp-apim-subscription-key"));
+    assert_eq!(out.parts.uri, "/x");
+
+    // forward_subscription_key = true forwards keys under every name.
+    let (p, key) =
+        policies("subscription_key_header = \"X-Api-Key\"\nforward_subscription_key = true\n");
+    let out = run(
+        &p,
+        get("/x?subscription-key=other")
+            .header("x-api-key", &key)
+            .header("Ocp-Apim-Subscription-Key", "other")
+            .body(())
+            .unwrap(),
+    );
+    assert!(out.result.is_ok());
+    assert!(out.parts.headers.contains_key("x-api-key"));
+    assert!(out.parts.headers.contains_key("ocp-apim-subscription-key"));
+    assert_eq!(out.parts.uri, "/x?subscription-key=other");
 }
 
 #[test]

@@ -44,7 +44,7 @@ pub(super) fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, Ve
         );
     }
     let listeners = checker.listeners(raw.listener.unwrap_or_default());
-    let products = checker.products(raw.product.unwrap_or_default());
+    let (products, claim_counters) = checker.products(raw.product.unwrap_or_default());
     let jwt_providers = checker.jwt_providers(raw.jwt_provider.unwrap_or_default());
     let apis = checker.apis(
         raw.api.unwrap_or_default(),
@@ -52,6 +52,7 @@ pub(super) fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, Ve
         &jwt_providers,
         &listeners,
     );
+    checker.claim_counters_have_tokens(&claim_counters, &apis);
     let subscriptions =
         checker.subscriptions(raw.subscription.unwrap_or_default(), &apis, &products);
     let gateway = checker.gateway(raw.gateway);

@@ -170,9 +170,14 @@ fn claim_counters_parse_and_an_empty_claim_name_is_refused() {
         ("ip", CounterConfig::ClientIp),
         ("subscription", CounterConfig::Subscription),
     ] {
-        let config = parse_ok(&with_filter(&api_with(&format!(
-            "rate_limit = {{ calls = 2, period_secs = 60, counter = \"{counter}\" }}"
-        ))));
+        let config = parse_ok(&with_filter(&format!(
+            "{}{}",
+            hs_provider("corp"),
+            api_with(&format!(
+                "jwt = {{ provider = \"corp\" }}\n\
+                 rate_limit = {{ calls = 2, period_secs = 60, counter = \"{counter}\" }}"
+            ))
+        )));
         assert_eq!(
             config.apis[0].rate_limit.as_ref().unwrap().counter,
             expected,
@@ -200,6 +205,53 @@ fn claim_counters_parse_and_an_empty_claim_name_is_refused() {
             at(&text, "\"claim:\"")
         )
     );
+}
+
+#[test]
+fn a_claim_counter_without_a_token_to_count_by_is_refused_where_written() {
+    // On the API itself.
+    for policy in ["rate_limit", "quota"] {
+        let text = with_filter(&api_with(&format!(
+            "{policy} = {{ calls = 2, period_secs = 60, counter = \"claim:sub\" }}"
+        )));
+        assert_eq!(
+            single_error(&text),
+            format!(
+                "{}: invalid `api.{policy}.counter` \"claim:sub\": the API has no `jwt` to take the claim from, so every call would be counted by client address",
+                at(&text, "\"claim:sub\"")
+            )
+        );
+    }
+
+    // On a product, one of whose APIs has no `jwt`.
+    let product = |policy: &str, open_api_jwt: &str| {
+        with_filter(&format!(
+            "{}[[product]]\nname = \"gold\"\n\
+             {policy} = {{ calls = 2, period_secs = 60, counter = \"claim:oid\" }}\n\
+             [[api]]\nname = \"signed\"\npath_prefix = \"/s\"\nbackend = \"http://b\"\n\
+             products = [\"gold\"]\njwt = {{ provider = \"corp\" }}\n\
+             [[api]]\nname = \"open\"\npath_prefix = \"/o\"\nbackend = \"http://b\"\n\
+             products = [\"gold\"]\n{open_api_jwt}",
+            hs_provider("corp")
+        ))
+    };
+    for policy in ["rate_limit", "quota"] {
+        let text = product(policy, "");
+        assert_eq!(
+            single_error(&text),
+            format!(
+                "{}: invalid `product.{policy}.counter` \"claim:oid\": product \"gold\" counts by a token claim, but its API \"open\" has no `jwt`, so its calls would be counted by client address",
+                at(&text, "\"claim:oid\"")
+            )
+        );
+        // With a token on every API of the product, it counts by the claim.
+        let config = parse_ok(&product(policy, "jwt = { provider = \"corp\" }\n"));
+        let counter = match policy {
+            "rate_limit" => &config.products[0].rate_limit.as_ref().unwrap().counter,
+            _ => &config.products[0].quota.as_ref().unwrap().counter,
+        };
+        assert_eq!(counter, &CounterConfig::Claim("oid".into()));
+    }
 }
 
 #[test]

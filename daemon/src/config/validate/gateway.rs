@@ -217,15 +217,38 @@ impl Checker<'_> {
         })
     }
 
-    pub(super) fn products(&mut self, raw: Vec<Spanned<RawProduct>>) -> Vec<ProductConfig> {
+    /// The products, and where each of their `claim:` counters is written (checked
+    /// against their APIs by [`Self::claim_counters_have_tokens`]).
+    pub(super) fn products(
+        &mut self,
+        raw: Vec<Spanned<RawProduct>>,
+    ) -> (Vec<ProductConfig>, Vec<ClaimCounterAt>) {
         let mut seen = HashSet::new();
         let mut products = Vec::with_capacity(raw.len());
+        let mut claim_counters = Vec::new();
         for raw in raw {
             let section = raw.span().start;
             let raw = raw.into_inner();
             let Some(name) = self.name(section, "product", raw.name, &mut seen) else {
                 continue;
             };
+            let counters = [
+                (
+                    "rate_limit",
+                    raw.rate_limit.as_ref().map(|r| &r.get_ref().counter),
+                ),
+                ("quota", raw.quota.as_ref().map(|q| &q.get_ref().counter)),
+            ];
+            for (policy, counter) in counters {
+                if let Some(counter) = counter.and_then(claim_counter) {
+                    claim_counters.push(ClaimCounterAt {
+                        product: name.clone(),
+                        key: format!("product.{policy}.counter"),
+                        counter: counter.get_ref().clone(),
+                        at: counter.span().start,
+                    });
+                }
+            }
             let rate_limit = raw.rate_limit.and_then(|r| self.rate_limit("product", r));
             let quota = raw.quota.and_then(|q| self.quota("product", q));
             products.push(ProductConfig {
@@ -234,7 +257,35 @@ impl Checker<'_> {
                 quota,
             });
         }
-        products
+        (products, claim_counters)
+    }
+
+    /// A product's `claim:` counter needs a token on every API of the product: on
+    /// an API without `jwt` every call would silently be counted by client address.
+    pub(super) fn claim_counters_have_tokens(
+        &mut self,
+        counters: &[ClaimCounterAt],
+        apis: &[ApiConfig],
+    ) {
+        for counter in counters {
+            let without: Vec<String> = apis
+                .iter()
+                .filter(|api| api.jwt.is_none() && api.products.contains(&counter.product))
+                .map(|api| format!("{:?}", api.name))
+                .collect();
+            if !without.is_empty() {
+                self.error(
+                    counter.at,
+                    format!(
+                        "invalid `{}` {:?}: product {:?} counts by a token claim, but its API {} has no `jwt`, so its calls would be counted by client address",
+                        counter.key,
+                        counter.counter,
+                        counter.product,
+                        without.join(", ")
+                    ),
+                );
+            }
+        }
     }
 
     pub(super) fn jwt_providers(
@@ -475,6 +526,28 @@ impl Checker<'_> {
                 Some(query) => query.into_inner(),
                 None => DEFAULT_QUERY_PARAM.to_owned(),
             };
+            // A `claim:` counter counts by the API's token: without `jwt`, every call
+            // would silently be counted by client address.
+            if raw.jwt.is_none() {
+                let counters = [
+                    (
+                        "rate_limit",
+                        raw.rate_limit.as_ref().map(|r| &r.get_ref().counter),
+                    ),
+                    ("quota", raw.quota.as_ref().map(|q| &q.get_ref().counter)),
+                ];
+                for (policy, counter) in counters {
+                    if let Some(counter) = counter.and_then(claim_counter) {
+                        self.error(
+                            counter.span().start,
+                            format!(
+                                "invalid `api.{policy}.counter` {:?}: the API has no `jwt` to take the claim from, so every call would be counted by client address",
+                                counter.get_ref()
+                            ),
+                        );
+                    }
+                }
+            }
             let rate_limit = raw.rate_limit.and_then(|r| self.rate_limit("api", r));
             let quota = raw.quota.and_then(|q| self.quota("api", q));
             let validation = raw.validation.and_then(|validation| {
@@ -1384,6 +1457,22 @@ impl Checker<'_> {
             total_header,
         })
     }
+}
+
+/// Where a product's `claim:` counter is written.
+pub(super) struct ClaimCounterAt {
+    product: String,
+    /// `product.rate_limit.counter` or `product.quota.counter`.
+    key: String,
+    counter: String,
+    at: usize,
+}
+
+/// The counter, if it is a `claim:NAME` one (as [`Checker::counter`] reads it).
+fn claim_counter(counter: &Option<Text>) -> Option<&Text> {
+    counter
+        .as_ref()
+        .filter(|c| c.get_ref().starts_with("claim:") && c.get_ref().len() > "claim:".len())
 }
 
 /// An error and its sources on one line.

@@ -111,6 +111,12 @@ impl OriginKey {
         if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err("an origin contains no blanks or control characters");
         }
+        // `Url` takes `*` as a host character, so `https://*.example` would be a
+        // literal no browser sends, not the pattern of subdomains it looks like.
+        if text.contains('*') {
+            return Err("origins are matched exactly, without wildcards: list each \
+                        origin, or \"*\" alone for any");
+        }
         let url = Url::parse(text).map_err(|_| "expected scheme://host[:port]")?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err("the scheme must be http or https");

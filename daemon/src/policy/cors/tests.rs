@@ -120,6 +120,22 @@ fn invalid_origins_are_reported_each() {
 }
 
 #[test]
+fn an_origin_with_a_wildcard_is_refused_not_taken_literally() {
+    for origin in ["https://*.example", "https://app.*", "*.example"] {
+        let Err(errors) = settings(&[origin]).validate() else {
+            panic!("{origin} accepted");
+        };
+        assert_eq!(
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            [format!(
+                "allowed_origins: {origin:?} is not an origin: origins are matched exactly, \
+                 without wildcards: list each origin, or \"*\" alone for any"
+            )]
+        );
+    }
+}
+
+#[test]
 fn wildcard_rules() {
     let mut s = settings(&["*"]);
     s.allow_credentials = true;

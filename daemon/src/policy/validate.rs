@@ -181,6 +181,17 @@ impl Default for ValidationSettings {
 pub enum ValidationConfigError {
     #[error("content_types: {media_type:?} is not a media type (expected type/subtype)")]
     InvalidContentType { media_type: String },
+    #[error(
+        "content_types: {media_type:?} is a pattern, but types are matched exactly: list \
+         each type (such as application/json), or leave content_types out for any"
+    )]
+    WildcardContentType { media_type: String },
+    #[error(
+        "a json schema is set but content_types lists no JSON type (application/json or a \
+         +json type), so the schema would never be applied: list one, or leave \
+         content_types out for the JSON types only"
+    )]
+    SchemaWithoutJsonType,
     #[error("max_body_bytes must be greater than 0")]
     ZeroMaxBody,
     #[error("json_schema and json_schema_file are exclusive: keep one")]
@@ -224,7 +235,14 @@ impl ValidationSettings {
         let mut content_types = Vec::with_capacity(self.content_types.len());
         for text in &self.content_types {
             match MediaType::parse(text) {
-                Some(media) if media.params_absent => content_types.push(media.essence),
+                // `*` is a token character: `application/*` would parse, and then
+                // be compared literally with what clients send, refusing them all.
+                Some(media) if media.essence.contains('*') => {
+                    errors.push(ValidationConfigError::WildcardContentType {
+                        media_type: text.clone(),
+                    });
+                }
+                Some(media) if media.params_absent => content_types.push(media),
                 _ => errors.push(ValidationConfigError::InvalidContentType {
                     media_type: text.clone(),
                 }),
@@ -254,6 +272,10 @@ impl ValidationSettings {
                 if !self.require_valid_json {
                     errors.push(ValidationConfigError::SchemaWithoutJson);
                 }
+                // Only bodies declared as JSON are checked against the schema.
+                if !content_types.is_empty() && !content_types.iter().any(MediaType::is_json) {
+                    errors.push(ValidationConfigError::SchemaWithoutJsonType);
+                }
                 match compile_schema(&value) {
                     Ok(validator) => Some(validator),
                     Err(err) => {
@@ -270,7 +292,7 @@ impl ValidationSettings {
         }
         Ok(RequestValidator {
             json_types_only: content_types.is_empty() && schema.is_some(),
-            content_types,
+            content_types: content_types.into_iter().map(|m| m.essence).collect(),
             require_valid_json: self.require_valid_json,
             schema,
             max_body_bytes: self.max_body_bytes,

@@ -330,6 +330,48 @@ fn configuration_errors_are_all_reported() {
 }
 
 #[test]
+fn content_type_patterns_and_a_schema_no_listed_type_reaches_are_refused() {
+    // Compared literally, these would refuse every body, JSON included.
+    for pattern in ["application/*", "*/*", "Application/*+json"] {
+        let settings = ValidationSettings {
+            content_types: vec!["application/json".to_owned(), pattern.to_owned()],
+            ..ValidationSettings::default()
+        };
+        let errors = settings.validate().err().unwrap_or_default();
+        assert_eq!(
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            [format!(
+                "content_types: {pattern:?} is a pattern, but types are matched exactly: list \
+                 each type (such as application/json), or leave content_types out for any"
+            )]
+        );
+    }
+
+    // A schema applies to bodies declared as JSON: with none listed, it never would,
+    // and a JSON body the backend parses anyway could be sent as text/plain unchecked.
+    let settings = ValidationSettings {
+        content_types: vec!["text/plain".to_owned(), "application/xml".to_owned()],
+        ..schema_only()
+    };
+    let errors = settings.validate().err().unwrap_or_default();
+    assert_eq!(
+        errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "a json schema is set but content_types lists no JSON type (application/json or a \
+          +json type), so the schema would never be applied: list one, or leave \
+          content_types out for the JSON types only"
+        ]
+    );
+    for json in ["application/json", "application/vnd.api+json"] {
+        let settings = ValidationSettings {
+            content_types: vec!["text/plain".to_owned(), json.to_owned()],
+            ..schema_only()
+        };
+        validator(&settings);
+    }
+}
+
+#[test]
 fn schema_file_is_read_and_remote_refs_are_not_followed() {
     let dir = std::env::temp_dir().join(format!("rampart-validate-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);

@@ -151,7 +151,8 @@ pub struct Identity(pub VerifiedToken);
 
 /// One configured rate limit.
 struct Limiter {
-    limiter: RateLimiter,
+    /// Shared with the limiter it replaced at a reload that renamed only its headers.
+    limiter: Arc<RateLimiter>,
     counter: CounterConfig,
     headers: RateLimitHeaders,
     /// Whether admitted responses carry the remaining/total headers.

@@ -223,6 +223,24 @@ impl RateLimitConfig {
             total_header: None,
         }
     }
+
+    /// Whether `other` counts the same way (the same calls, period, counter and
+    /// algorithm), whatever headers announce the counts: a reload keeps the counters
+    /// of such a limit.
+    pub fn counts_like(&self, other: &Self) -> bool {
+        let Self {
+            calls,
+            period_secs,
+            counter,
+            algorithm,
+            remaining_header: _,
+            total_header: _,
+        } = self;
+        *calls == other.calls
+            && *period_secs == other.period_secs
+            && *counter == other.counter
+            && *algorithm == other.algorithm
+    }
 }
 
 /// `rate_limit.algorithm`.

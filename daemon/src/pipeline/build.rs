@@ -351,7 +351,8 @@ fn api_pipeline(
 }
 
 /// The limiter of `owner` (`api:NAME` or `product:NAME`): the running one, with
-/// its counters, when its settings did not change.
+/// its counters, when its settings did not change; a new one that keeps the running
+/// one's counters when only its header names did.
 fn limiter(
     name: &str,
     owner: &str,
@@ -361,8 +362,10 @@ fn limiter(
     let running = previous
         .into_iter()
         .flat_map(|p| &p.limiters)
-        .find(|(o, c, _)| o == owner && c == config);
-    if let Some((_, _, limiter)) = running {
+        .find(|(o, c, _)| o == owner && c.counts_like(config));
+    if let Some((_, running_config, limiter)) = running
+        && running_config == config
+    {
         return Ok(Arc::clone(limiter));
     }
     let error = |source| PipelineError::RateLimit {
@@ -381,8 +384,12 @@ fn limiter(
         config.total_header.as_deref(),
     )
     .map_err(error)?;
+    let counts = match running {
+        Some((_, _, running)) => Arc::clone(&running.limiter),
+        None => Arc::new(RateLimiter::with_algorithm(limit, algorithm)),
+    };
     Ok(Arc::new(Limiter {
-        limiter: RateLimiter::with_algorithm(limit, algorithm),
+        limiter: counts,
         counter: config.counter.clone(),
         announces: headers.remaining.is_some() || headers.total.is_some(),
         headers,

@@ -690,6 +690,50 @@ fn a_rebuild_keeps_the_counters_of_unchanged_limits_and_quotas() {
 }
 
 #[test]
+fn a_rebuild_that_renames_only_the_count_headers_keeps_the_counts() {
+    let quotas = Arc::new(QuotaCounters::in_memory(100, SystemClock));
+    let limit = |remaining: &str, total: &str| {
+        format!(
+            "rate_limit = {{ calls = 2, period_secs = 60, counter = \"ip\", \
+             remaining_header = \"{remaining}\", total_header = \"{total}\" }}\n"
+        )
+    };
+    // The headers the client gets on an admitted call.
+    let announced = |policies: &ApiPolicies| {
+        let out = run(policies, get("/x").body(()).unwrap());
+        assert!(out.result.is_ok());
+        let (mut response, ()) = http::Response::new(()).into_parts();
+        policies.on_response(
+            &ResponseContext {
+                api: "a",
+                peer: PEER.parse().unwrap(),
+                state: &out.state,
+            },
+            &mut response,
+        );
+        response.headers
+    };
+    let first = rebuilt(&limit("X-Remaining", "X-Limit"), None, &quotas);
+    assert_eq!(announced(&first)["x-remaining"], "1");
+
+    let renamed = rebuilt(&limit("X-Left", "X-Calls"), Some(&first), &quotas);
+    let headers = announced(&renamed);
+    assert_eq!(headers["x-left"], "0", "the call before the reload counts");
+    assert_eq!(headers["x-calls"], "2");
+    assert!(!headers.contains_key("x-remaining"));
+    let refused = rejection(run(&renamed, get("/x").body(()).unwrap()));
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+
+    // Headers dropped altogether: still the same counts.
+    let quiet = rebuilt(
+        "rate_limit = { calls = 2, period_secs = 60, counter = \"ip\" }\n",
+        Some(&renamed),
+        &quotas,
+    );
+    assert!(!passes(&quiet));
+}
+
+#[test]
 fn a_rebuild_keeps_fetching_jwt_providers_whose_settings_did_not_change() {
     let quotas = Arc::new(QuotaCounters::in_memory(100, SystemClock));
     let provider = |audience: &str| {

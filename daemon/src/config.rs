@@ -442,6 +442,28 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Parses and validates configuration text; `origin` names it in diagnostics.
+/// A `[filter.autoban]`, `[filter.geo]` or `[filter.flood]` in a file without
+/// `[filter]` makes toml's implicit `filter` table, which fails to deserialize with a
+/// message about types ("expected a borrowed string") at the subsection's name: said
+/// plainly instead, when the error is there and `filter` holds only subsections.
+fn filter_section_missing(text: &str, offset: usize) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        filter: Option<toml::Table>,
+    }
+    let line_start = text.get(..offset)?.rfind('\n').map_or(0, |nl| nl + 1);
+    let header = text.get(line_start..)?.lines().next()?.trim();
+    let name = header.strip_prefix("[filter.")?.split(']').next()?.trim();
+    let filter = toml::from_str::<Probe>(text).ok()?.filter?;
+    if !filter.values().all(toml::Value::is_table) {
+        return None;
+    }
+    Some(format!(
+        "[filter.{name}] needs [filter] (with `interfaces`): it sets up the kernel filter, \
+         which this file does not configure; add [filter] or remove [filter.{name}]"
+    ))
+}
+
 pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
     let source = source::Source::new(text, origin);
     let invalid = |errors| ConfigError::Invalid {
@@ -450,6 +472,9 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
     };
     let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
         let offset = e.span().map_or(0, |span| span.start);
+        if let Some(message) = filter_section_missing(text, offset) {
+            return invalid(vec![source.diagnostic(offset, message)]);
+        }
         // toml's messages may span lines ("invalid string\nexpected ...");
         // a diagnostic is one line.
         let message = e

@@ -46,6 +46,7 @@ pub use error::{GatewayError, Rejection};
 pub use forwarded::{
     ClientHop, client_ip, remove_client_copies, remove_hop_by_hop, set_forwarding_headers,
 };
+pub(crate) use handler::refused_method;
 pub use policy::{
     RequestContext, RequestPolicy, ResponseContext, Stop, StreamLimit, Subscriber, Transferred,
 };

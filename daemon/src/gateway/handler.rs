@@ -334,7 +334,7 @@ impl Body for Reported {
 /// the client; CONNECT asks the backend for a tunnel, which an API gateway does not
 /// offer (hyper serves no upgrades here). APIM answers both with 404, as methods of
 /// no operation.
-fn refused_method(method: &http::Method) -> bool {
+pub(crate) fn refused_method(method: &http::Method) -> bool {
     // Methods are case-sensitive (RFC 9110 §9.1), but not every backend compares
     // them so (one may take `trace` for `TRACE`): any case is refused.
     let method = method.as_str();

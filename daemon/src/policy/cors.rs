@@ -407,12 +407,12 @@ pub fn preflight(policy: &CorsPolicy, request: &http::request::Parts) -> Option<
         if let Some(allowed) = &grant.headers {
             headers.insert(ACCESS_CONTROL_ALLOW_HEADERS, allowed.clone());
         }
-        if policy.max_age_secs > 0 {
-            headers.insert(
-                ACCESS_CONTROL_MAX_AGE,
-                HeaderValue::from(policy.max_age_secs),
-            );
-        }
+        // Sent as 0 too (APIM's default): without it, browsers cache a preflight
+        // for their own default (5 s), not for the 0 configured.
+        headers.insert(
+            ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from(policy.max_age_secs),
+        );
     }
 
     let (mut response, ()) = Response::new(()).into_parts();
@@ -441,7 +441,8 @@ fn check_preflight(
     // Methods are case-sensitive (browsers send standard ones uppercased).
     let method = Method::from_bytes(requested_method.as_bytes())
         .map_err(|_| PreflightVerdict::MethodNotAllowed)?;
-    if !policy.methods.permits(&method) {
+    // The gateway refuses TRACE and CONNECT (405), even under `allowed_methods = ["*"]`.
+    if !policy.methods.permits(&method) || crate::gateway::refused_method(&method) {
         return Err(PreflightVerdict::MethodNotAllowed);
     }
 

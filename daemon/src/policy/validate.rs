@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
+use jsonschema::error::ValidationErrorKind;
 use serde::Deserialize;
 
 use super::Rejection;
@@ -502,7 +503,21 @@ fn cut(text: &str, max: usize) -> String {
 fn schema_violation(error: &jsonschema::ValidationError<'_>) -> RequestInvalid {
     let location = error.instance_path().as_str();
     let location = if location.is_empty() { "/" } else { location }.to_owned();
-    let detail = cut(&error.masked().to_string(), MAX_DETAIL_CHARS);
+    // The crate's masked text still names the client's own property names for
+    // these ("Additional properties are not allowed ('x' was unexpected)"): said
+    // like the other rules instead, without them.
+    let detail = match error.kind() {
+        ValidationErrorKind::AdditionalProperties { unexpected }
+        | ValidationErrorKind::UnevaluatedProperties { unexpected } => match unexpected.len() {
+            1 => "value has a property the schema does not allow".to_owned(),
+            n => format!("value has {n} properties the schema does not allow"),
+        },
+        ValidationErrorKind::PropertyNames { error } => {
+            format!("a property name is not allowed: {}", error.masked())
+        }
+        _ => error.masked().to_string(),
+    };
+    let detail = cut(&detail, MAX_DETAIL_CHARS);
     RequestInvalid::SchemaViolation { location, detail }
 }
 

@@ -451,3 +451,28 @@ fn admin_listen_is_an_address_or_off() {
         Some(crate::config::DEFAULT_ADMIN_LISTEN)
     );
 }
+
+#[test]
+fn a_filter_subsection_without_filter_says_it_needs_filter() {
+    let listener = "[[listener]]\naddress = \"127.0.0.1:8443\"\ntls = { cert = \"/c.pem\", key = \"/k.pem\" }\n";
+    for (section, key) in [
+        ("autoban", "enabled = false"),
+        ("geo", "block = [\"xx\"]"),
+        ("flood", "packets_per_second = 100"),
+    ] {
+        let text = format!("{listener}[filter.{section}]\n{key}\n");
+        assert_eq!(
+            parse_err(&text),
+            [format!(
+                "t.toml:4:9: [filter.{section}] needs [filter] (with `interfaces`): it sets up \
+                 the kernel filter, which this file does not configure; add [filter] or remove \
+                 [filter.{section}]"
+            )],
+            "{text}"
+        );
+    }
+    // After [filter.autoban], [filter] itself is no error.
+    parse_ok(&format!(
+        "{listener}[filter.autoban]\nenabled = false\n[filter]\ninterfaces = [\"eth0\"]\n"
+    ));
+}

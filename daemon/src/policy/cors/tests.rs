@@ -298,8 +298,30 @@ fn preflight_with_any_method_and_header_echoes_the_request() {
         h.get(ACCESS_CONTROL_ALLOW_HEADERS),
         Some(&value("x-a, x-b"))
     );
-    assert!(h.get(ACCESS_CONTROL_MAX_AGE).is_none());
+    // max_age_secs = 0 (the default) is said, as APIM does: browsers would
+    // otherwise cache the preflight for their own default.
+    assert_eq!(h.get(ACCESS_CONTROL_MAX_AGE), Some(&value("0")));
     assert!(!vary(h).contains(&"Origin"));
+
+    // Not the methods the gateway refuses (405) whatever the API allows, in any case.
+    for refused in ["TRACE", "CONNECT", "trace"] {
+        let req = request(
+            Method::OPTIONS,
+            &[
+                ("origin", "https://anything.example"),
+                ("access-control-request-method", refused),
+            ],
+        );
+        let Some(answer) = preflight(&p, &req) else {
+            panic!("not answered");
+        };
+        assert_eq!(
+            answer.verdict,
+            PreflightVerdict::MethodNotAllowed,
+            "{refused}"
+        );
+        assert!(!has_cors_headers(&answer.response.headers), "{refused}");
+    }
 }
 
 #[test]

@@ -455,6 +455,50 @@ fn unexpected_properties_are_reported_and_the_body_is_apim_json() {
     );
 }
 
+#[test]
+fn formats_are_asserted_in_every_draft() {
+    for draft in [
+        None,
+        Some("https://json-schema.org/draft/2020-12/schema"),
+        Some("https://json-schema.org/draft/2019-09/schema"),
+        Some("http://json-schema.org/draft-07/schema#"),
+    ] {
+        let mut schema = json!({
+            "type": "object",
+            "properties": {
+                "e": {"type": "string", "format": "email"},
+                "d": {"type": "string", "format": "date"},
+                "x": {"type": "string", "format": "no-such-format"}
+            }
+        });
+        if let Some(draft) = draft {
+            schema["$schema"] = json!(draft);
+        }
+        let v = validator(&ValidationSettings {
+            json_schema: Some(schema),
+            ..json_only()
+        });
+        let h = headers(&[("content-type", "application/json")]);
+        assert!(
+            run(
+                &v,
+                &h,
+                br#"{"e": "a@b.example", "d": "2024-02-29", "x": "any"}"#
+            )
+            .is_ok(),
+            "{draft:?}"
+        );
+        let r = rejected(run(&v, &h, br#"{"e": "notanemail"}"#));
+        assert_eq!(
+            r.message,
+            "Request's body does not conform to the schema at /e: value is not a \"email\".",
+            "{draft:?}"
+        );
+        let r = rejected(run(&v, &h, br#"{"d": "2023-02-29"}"#));
+        assert_eq!(r.reason, reason::SCHEMA_VIOLATION, "{draft:?}");
+    }
+}
+
 /// A schema and no `content_types`, as the tester's `schemaonly` API.
 fn schema_only() -> ValidationSettings {
     ValidationSettings {

@@ -208,24 +208,14 @@ impl FilterPlan {
 /// and reload refuse, and a bad file is refused before anything reaches the
 /// kernel or a reload changes anything.
 pub fn prepare(path: &Path) -> Result<Desired, ServiceError> {
-    prepare_with(path, StoredSubscriptions::Unread)
+    prepare_with(path, StoredSubscriptions::Unread, plan_filter)
 }
 
 /// [`prepare`] for start and reload: a country database that cannot be loaded
 /// is left in [`FilterPlan::geo_error`], since a table from `rampart geo
 /// load` makes it unneeded.
 fn prepare_running(path: &Path) -> Result<Desired, ServiceError> {
-    let config = config::load(path)?;
-    let filter = config.filter.clone().map(plan_filter_lenient).transpose()?;
-    let unchecked = crate::gateway::running::check(&config, StoredSubscriptions::Unread)
-        .map_err(ServiceError::GatewayBuild)?;
-    let exposed = config::permissions::exposed_secrets(path, &config);
-    Ok(Desired {
-        config,
-        filter,
-        unchecked,
-        exposed,
-    })
+    prepare_with(path, StoredSubscriptions::Unread, plan_filter_lenient)
 }
 
 /// `rampartd --check-config`: [`prepare`], and the file's subscriptions checked
@@ -233,12 +223,16 @@ fn prepare_running(path: &Path) -> Result<Desired, ServiceError> {
 /// locking anything, since start refuses a name or key hash the store has
 /// already (start and reload check against the store they open).
 pub fn check(path: &Path) -> Result<Desired, ServiceError> {
-    prepare_with(path, StoredSubscriptions::ReadOnly)
+    prepare_with(path, StoredSubscriptions::ReadOnly, plan_filter)
 }
 
-fn prepare_with(path: &Path, stored: StoredSubscriptions) -> Result<Desired, ServiceError> {
+fn prepare_with(
+    path: &Path,
+    stored: StoredSubscriptions,
+    plan: fn(FilterConfig) -> Result<FilterPlan, ServiceError>,
+) -> Result<Desired, ServiceError> {
     let config = config::load(path)?;
-    let filter = config.filter.clone().map(plan_filter).transpose()?;
+    let filter = config.filter.clone().map(plan).transpose()?;
     let unchecked =
         crate::gateway::running::check(&config, stored).map_err(ServiceError::GatewayBuild)?;
     let exposed = config::permissions::exposed_secrets(path, &config);

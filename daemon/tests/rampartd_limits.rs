@@ -427,6 +427,33 @@ async fn no_reader(port: u16, streams: usize, path: &str) -> NoReader {
     }
 }
 
+/// A request past `limit` gets 503 "Service unavailable" at once (within 1 s), not
+/// after a wait for a place.
+async fn refused_at_once(
+    client: &h2::client::SendRequest<Bytes>,
+    base: &str,
+    path: &str,
+    limit: &str,
+) {
+    let started = Instant::now();
+    let refused = tokio::time::timeout(Duration::from_secs(3), h2_get(client, base, path))
+        .await
+        .unwrap_or_else(|_| panic!("the request past {limit} waits"))
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        refused,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{ "statusCode": 503, "message": "Service unavailable" }"#.to_owned()
+        )
+    );
+}
+
 /// An HTTP/2 client connection over `io`; the task ends when the connection does.
 async fn h2_client<S>(
     io: S,
@@ -850,23 +877,7 @@ async fn requests_past_max_backend_requests_get_503_at_once() {
     }
     backend.wait_held(4).await;
 
-    let started = Instant::now();
-    let refused = tokio::time::timeout(Duration::from_secs(3), h2_get(&client, &base, "/b/hold"))
-        .await
-        .expect("the request past max_backend_requests waits")
-        .unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
-    assert_eq!(
-        refused,
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            r#"{ "statusCode": 503, "message": "Service unavailable" }"#.to_owned()
-        )
-    );
+    refused_at_once(&client, &base, "/b/hold", "max_backend_requests").await;
     // The same over another connection and HTTP/1.1.
     let (status, _) = s.get_from("127.0.0.2", "/b/fast").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -1002,23 +1013,7 @@ async fn one_source_cannot_take_every_backend_request() {
     let mut held = vec![hold(&first), hold(&first), hold(&second)];
     backend.wait_held(3).await;
 
-    let started = Instant::now();
-    let refused = tokio::time::timeout(Duration::from_secs(3), h2_get(&second, &base, "/b/fast"))
-        .await
-        .expect("the request past max_backend_requests_per_source waits")
-        .unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
-    assert_eq!(
-        refused,
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            r#"{ "statusCode": 503, "message": "Service unavailable" }"#.to_owned()
-        )
-    );
+    refused_at_once(&second, &base, "/b/fast", "max_backend_requests_per_source").await;
     // Another source is served, over HTTP/2 and HTTP/1.1.
     let other = h2_from("127.0.0.2").await;
     assert_eq!(

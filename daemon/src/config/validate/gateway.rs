@@ -232,15 +232,9 @@ impl Checker<'_> {
             let Some(name) = self.name(section, "product", raw.name, &mut seen) else {
                 continue;
             };
-            let counters = [
-                (
-                    "rate_limit",
-                    raw.rate_limit.as_ref().map(|r| &r.get_ref().counter),
-                ),
-                ("quota", raw.quota.as_ref().map(|q| &q.get_ref().counter)),
-            ];
-            for (policy, counter) in counters {
-                if let Some(counter) = counter.and_then(claim_counter) {
+            for (policy, counter) in claim_counters_of(raw.rate_limit.as_ref(), raw.quota.as_ref())
+            {
+                {
                     claim_counters.push(ClaimCounterAt {
                         product: name.clone(),
                         key: format!("product.{policy}.counter"),
@@ -529,15 +523,10 @@ impl Checker<'_> {
             // A `claim:` counter counts by the API's token: without `jwt`, every call
             // would silently be counted by client address.
             if raw.jwt.is_none() {
-                let counters = [
-                    (
-                        "rate_limit",
-                        raw.rate_limit.as_ref().map(|r| &r.get_ref().counter),
-                    ),
-                    ("quota", raw.quota.as_ref().map(|q| &q.get_ref().counter)),
-                ];
-                for (policy, counter) in counters {
-                    if let Some(counter) = counter.and_then(claim_counter) {
+                for (policy, counter) in
+                    claim_counters_of(raw.rate_limit.as_ref(), raw.quota.as_ref())
+                {
+                    {
                         self.error(
                             counter.span().start,
                             format!(
@@ -1473,6 +1462,19 @@ fn claim_counter(counter: &Option<Text>) -> Option<&Text> {
     counter
         .as_ref()
         .filter(|c| c.get_ref().starts_with("claim:") && c.get_ref().len() > "claim:".len())
+}
+
+/// The `claim:` counters of a rate limit and a quota, each with its policy's key.
+fn claim_counters_of<'a>(
+    rate_limit: Option<&'a Spanned<RawRateLimit>>,
+    quota: Option<&'a Spanned<RawQuota>>,
+) -> impl Iterator<Item = (&'static str, &'a Text)> {
+    [
+        ("rate_limit", rate_limit.map(|r| &r.get_ref().counter)),
+        ("quota", quota.map(|q| &q.get_ref().counter)),
+    ]
+    .into_iter()
+    .filter_map(|(policy, counter)| counter.and_then(claim_counter).map(|c| (policy, c)))
 }
 
 /// An error and its sources on one line.

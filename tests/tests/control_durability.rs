@@ -230,20 +230,18 @@ fn a_full_state_directory_refuses_the_change_and_the_kernel_never_sees_it() {
         "names the problem: {run}"
     );
     // Whoever watches the service learns of it too, not only the one who asked.
-    // The log is written by its own thread: the line may come just after the reply.
-    let logged = |log: &str| {
-        log.lines().any(|l| {
-            l.contains("ERROR")
-                && l.contains("could not be written to the state directory")
-                && l.to_lowercase().contains("no space left")
-        })
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !logged(&rig.log()) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    rig.wait_for_log(
+        "could not be written to the state directory",
+        Duration::from_secs(5),
+    )
+    .unwrap();
     let log = rig.log();
-    assert!(logged(&log), "the refusal is logged:\n{log}");
+    assert!(
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("could not be written to the state directory")
+            && l.to_lowercase().contains("no space left")),
+        "the refusal is logged:\n{log}"
+    );
     assert_eq!(cli.list("deny").unwrap(), before, "nothing changed");
     assert!(
         rig.reach("198.18.0.3"),

@@ -227,6 +227,15 @@ protect = ["tcp/{PORT}"]
         self.daemon.as_ref().map(Daemon::log).unwrap_or_default()
     }
 
+    /// Waits until rampartd's log contains `needle` ([`Daemon::wait_for_log`]): its
+    /// log is written by its own thread, so a line may come just after a reply.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        self.daemon
+            .as_ref()
+            .context("rampartd is not running")?
+            .wait_for_log(needle, timeout)
+    }
+
     /// SIGTERMs rampartd and reaps it: its exit code and its log.
     pub fn stop_daemon(&mut self) -> anyhow::Result<(Option<i32>, String)> {
         let mut d = self.daemon.take().context("rampartd is not running")?;

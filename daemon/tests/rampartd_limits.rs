@@ -845,6 +845,95 @@ async fn a_client_gone_mid_body_is_a_client_connection_failure() {
     assert!(s.daemon.terminate().await.success());
 }
 
+/// The same over HTTP/2: a client that closed its connection in the middle of
+/// its request body, or reset its stream while the backend had not answered,
+/// made hyper drop the request's handler before it knew its outcome, and the
+/// request had no access event and was not counted; a stream reset in the middle
+/// of the body was a malformed body (`BadRequest`). Each now has an event with
+/// `ClientConnectionFailure`, and the counter.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_client_gone_mid_body_is_a_client_connection_failure() {
+    let backend = Backend::start().await;
+    let mut s = serve("h2-client-gone", backend.addr, "").await;
+    let upload = |client: h2::client::SendRequest<Bytes>, base: String| async move {
+        let mut client = client.ready().await.unwrap();
+        let request = Request::post(format!("{base}/b/upload"))
+            .header("content-length", "100")
+            .body(())
+            .unwrap();
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        body.send_data(Bytes::from_static(&[b'x'; 50]), false)
+            .unwrap();
+        (response, body)
+    };
+
+    // The whole connection closed (TLS, ALPN h2).
+    let tls = s.tls_from("127.0.0.1", b"h2").await.unwrap();
+    let (client, connection) = h2_client(tls).await;
+    let connection = tokio::spawn(connection);
+    let sent = upload(client, s.tls_base()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    connection.abort();
+    let _ = connection.await;
+    drop(sent);
+
+    // The stream reset (plain listener, prior knowledge), the connection kept.
+    let tcp = connect_from("127.0.0.1", s.plain, None).await;
+    let (client, connection) = h2_client(tcp).await;
+    let connection = tokio::spawn(connection);
+    let (_response, mut body) = upload(client.clone(), s.plain_base()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    body.send_reset(h2::Reason::CANCEL);
+
+    // And a request without a body whose client resets its stream while the
+    // backend has not answered.
+    let mut client = client.ready().await.unwrap();
+    let request = Request::get(format!("{}/b/sleep", s.plain_base()))
+        .body(())
+        .unwrap();
+    let (_response, mut stream) = client.send_request(request, true).unwrap();
+    backend.wait_held(1).await;
+    stream.send_reset(h2::Reason::CANCEL);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let events = loop {
+        let log = s.daemon.log();
+        let events: Vec<String> = log
+            .lines()
+            .filter(|l| {
+                l.contains("rampart::access")
+                    && (l.contains("path=\"/b/upload\"") || l.contains("path=\"/b/sleep\""))
+            })
+            .map(str::to_owned)
+            .collect();
+        if events.len() >= 3 || Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(events.len(), 3, "{}", s.daemon.log());
+    for event in &events {
+        assert!(
+            event.contains("status=400")
+                && event.contains("api=\"b\"")
+                && event.contains("reason=\"ClientConnectionFailure\""),
+            "{event}\n{}",
+            s.daemon.log()
+        );
+    }
+    let (_, metrics) = s.admin("/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("rampart_http_requests_total{api=\"b\",")
+                && l.contains("reason=\"ClientConnectionFailure\"} 3")),
+        "{metrics}"
+    );
+    assert!(!connection.is_finished());
+    connection.abort();
+    assert!(s.daemon.terminate().await.success());
+}
+
 // ---------------------------------------------------------------------------
 // File descriptors
 // ---------------------------------------------------------------------------

@@ -100,7 +100,33 @@ pub(crate) async fn handle(
     // was cut off at its limit) is read and dropped when it is dropped (`ClientBody`).
     let lingering = Lingering::of(&shared.limits);
     let request = request.map(|body| ClientBody::new(body, version, lingering));
-    let mut outcome = process(&shared, &conn, request, verdict).await;
+    // Reported as a client that went away if hyper drops this future before the
+    // outcome is known (`Unfinished`); completed below once it is.
+    let mut unfinished = Unfinished {
+        report: Some(Report {
+            shared,
+            backend: None,
+            peer: conn.peer,
+            method,
+            path,
+            status: 0,
+            latency: std::time::Duration::ZERO,
+            api: None,
+            subscription: None,
+            reason: None,
+        }),
+        started,
+    };
+    let mut outcome = {
+        let Some(report) = unfinished.report.as_mut() else {
+            unreachable!("set just above")
+        };
+        process(&report.shared, &conn, request, verdict, &mut report.backend).await
+    };
+    let Some(mut report) = unfinished.report.take() else {
+        unreachable!("taken only here")
+    };
+    let shared = &report.shared;
     if body_pending
         && outcome.reason.is_some()
         && (expects_continue
@@ -124,7 +150,7 @@ pub(crate) async fn handle(
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    if outcome.reason.is_some() && method.as_ref() == Some(&http::Method::HEAD) {
+    if outcome.reason.is_some() && report.method.as_ref() == Some(&http::Method::HEAD) {
         // The gateway's own answer to a HEAD has no content (RFC 9110 §9.3.2), and
         // keeps the `Content-Length` a GET would have had. hyper leaves the body out
         // over HTTP/1 only; over HTTP/2 it would send it, which clients take for a
@@ -157,22 +183,14 @@ pub(crate) async fn handle(
         api,
         subscription,
         reason,
-        backend,
         streamed,
         on_end,
     } = outcome;
-    let report = Report {
-        shared: Arc::clone(&shared),
-        backend,
-        peer: conn.peer,
-        method,
-        path,
-        status: response.status().as_u16(),
-        latency: started.elapsed(),
-        api,
-        subscription,
-        reason,
-    };
+    report.status = response.status().as_u16();
+    report.latency = started.elapsed();
+    report.api = api;
+    report.subscription = subscription;
+    report.reason = reason;
     // A backend's body may still fail (the backend closes or resets before its
     // end): the counters and the access event wait for the body's end to say so.
     // A body the gateway made cannot: reported now.
@@ -263,6 +281,58 @@ impl Report {
             self.path.as_deref().unwrap_or("-"),
             self.status,
         );
+    }
+}
+
+/// A request whose outcome is not known yet. hyper drops the handler's future
+/// when the client goes away first: over HTTP/2, a client that resets its stream
+/// or closes its connection (in the middle of its request body, or while the
+/// backend has not answered). The request is then reported as APIM reports a client
+/// that went away (`ClientConnectionFailure`; its access event and counters).
+/// What passes costs a take of `report`.
+struct Unfinished {
+    /// The request as far as it is known (its API's backend once routed);
+    /// `None` once its outcome is.
+    report: Option<Report>,
+    started: Instant,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let Some(mut report) = self.report.take() else {
+            return;
+        };
+        if std::thread::panicking() {
+            // A handler that panicked is answered and counted by panics.rs.
+            return;
+        }
+        let rejection = Rejection::client_gone();
+        report.status = rejection.status.as_u16();
+        report.reason = Some(rejection.reason);
+        report.latency = self.started.elapsed();
+        report.api = report.backend.as_ref().map(|backend| backend.name.clone());
+        tracing::debug!(
+            api = report.api.as_deref().unwrap_or("-"),
+            peer = %report.peer,
+            "client went away before the answer to its request"
+        );
+        let shared = &report.shared;
+        shared.stats.count_rejection(rejection.reason);
+        super::security_events::SECURITY_EVENTS.record(
+            super::security_events::Rejected {
+                src_ip: report.peer.ip(),
+                reason: rejection.reason,
+                status: report.status,
+                api: report.api.as_deref(),
+                subscription: None,
+            },
+            Instant::now(),
+        );
+        if let Some(sink) = &shared.rejections {
+            // Nobody waits for an answer: nothing waits for the sink either.
+            let _ = sink.rejected(report.peer.ip(), rejection.reason);
+        }
+        report.done(None);
     }
 }
 
@@ -359,7 +429,6 @@ fn asterisk(shared: &Shared, method: &http::Method) -> Outcome {
         api: None,
         subscription: None,
         reason: None,
-        backend: None,
         streamed: false,
         on_end: None,
     }
@@ -372,8 +441,6 @@ struct Outcome {
     subscription: Option<String>,
     /// APIM's `LastError` reason of a gateway-made error.
     reason: Option<&'static str>,
-    /// The API's backend (its request counters); `None` before routing.
-    backend: Option<Arc<Backend>>,
     /// The body is the backend's, still streaming (it may yet fail).
     streamed: bool,
     /// Called once with the response body's bytes when it has ended (the
@@ -391,7 +458,6 @@ fn rejected(rejection: Rejection, api: Option<String>) -> Outcome {
         api,
         subscription: None,
         reason: Some(reason),
-        backend: None,
         streamed: false,
         on_end: None,
     }
@@ -410,6 +476,9 @@ async fn process(
     conn: &Connection,
     mut request: Request<ClientBody>,
     verdict: Verdict,
+    // The API's backend, set once the request is routed (the caller's, so that a
+    // request dropped before its outcome is counted with its API).
+    routed: &mut Option<Arc<Backend>>,
 ) -> Outcome {
     let limits = &shared.limits;
     // What the framing follower found; hyper closes the connection after either answer.
@@ -461,25 +530,19 @@ async fn process(
     else {
         return rejected(Rejection::not_found(), None);
     };
+    let backend: &Arc<Backend> = routed.insert(Arc::clone(backend));
     let rest = match path::rest_after_prefix(path, &key, key_rest) {
         Ok(rest) => rest.to_owned(),
         Err(problem) => {
             let api = Some(backend.name.clone());
-            return Outcome {
-                backend: Some(Arc::clone(backend)),
-                ..refused_malformed(shared, Rejection::bad_path(problem), api)
-            };
+            return refused_malformed(shared, Rejection::bad_path(problem), api);
         }
     };
-    let backend = Arc::clone(backend);
     let api = Some(backend.name.clone());
 
     let (mut parts, body) = request.into_parts();
     if declared_length(&parts).is_some_and(|len| len > limits.max_body_bytes) {
-        return Outcome {
-            backend: Some(backend),
-            ..rejected(Rejection::payload_too_large(), api)
-        };
+        return rejected(Rejection::payload_too_large(), api);
     }
     remove_hop_by_hop(&mut parts.headers);
 
@@ -679,7 +742,6 @@ async fn process(
         api,
         subscription,
         reason,
-        backend: Some(backend),
         streamed,
         on_end,
     }

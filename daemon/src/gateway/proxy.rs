@@ -79,9 +79,14 @@ impl ClientBodyError {
             return true;
         }
         // Bad chunking is an io::Error too (InvalidInput): only a connection
-        // that ended counts.
+        // that ended counts. Over HTTP/2, a stream the client reset or a
+        // connection it ended (GOAWAY, or its socket) counts too, but not an
+        // error h2 found in what the client sent (a body longer than declared).
         let mut current: Option<&(dyn StdError + 'static)> = Some(&self.0);
         while let Some(e) = current {
+            if let Some(h2) = e.downcast_ref::<h2::Error>() {
+                return h2.is_remote() || h2.is_io();
+            }
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
                 return matches!(
                     io.kind(),

@@ -25,7 +25,7 @@ use crate::policy::jwt::{JwtProvider, JwtProviderSettings, JwtRejection, Verifie
 use crate::policy::keys::{self, KeyHash, KeyRejection, KeyStore, KeyStoreError, Scope};
 use crate::policy::quota::{Quota, QuotaCounters, QuotaError, QuotaUsage};
 use crate::policy::throttle::{Admitted, RateLimitHeaders, RateLimiter, ThrottleError};
-use crate::policy::validate::{BodyPlan, RequestValidator};
+use crate::policy::validate::{BodyPlan, RequestInvalid, RequestValidator};
 
 mod build;
 #[cfg(test)]
@@ -371,9 +371,13 @@ impl RequestPolicy for ApiPolicies {
                 .map_err(|invalid| invalid.to_rejection())?
             {
                 BodyPlan::Stream if request.has_body => {
+                    // The 413 is built only for a body past the limit, not for
+                    // every body.
                     request.stream_limit = Some(StreamLimit {
                         bytes: validator.max_body_bytes(),
-                        rejection: validator.too_large(None).to_rejection(),
+                        rejection: |limit| {
+                            RequestInvalid::BodyTooLarge { size: None, limit }.to_rejection()
+                        },
                     });
                 }
                 BodyPlan::Stream => {}

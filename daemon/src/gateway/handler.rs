@@ -684,7 +684,7 @@ async fn process(
                         // message), not the gateway's.
                         let rejection = match stream_limit {
                             Some(limit) if rejection.reason == "RequestEntityTooLarge" => {
-                                limit.rejection
+                                (limit.rejection)(limit.bytes)
                             }
                             _ => rejection,
                         };

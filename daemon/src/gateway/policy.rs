@@ -45,7 +45,9 @@ pub struct RequestContext<'a> {
 #[derive(Debug, Clone)]
 pub struct StreamLimit {
     pub bytes: u64,
-    pub rejection: Rejection,
+    /// Makes the answer, called with `bytes` only when a body passes them: most
+    /// bodies stay under, and pay nothing for an answer they never get.
+    pub rejection: fn(u64) -> Rejection,
 }
 
 /// What a policy sees of the response, gateway-made or from the backend.

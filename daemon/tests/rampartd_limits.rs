@@ -934,6 +934,44 @@ async fn an_http2_client_gone_mid_body_is_a_client_connection_failure() {
     assert!(s.daemon.terminate().await.success());
 }
 
+/// A request the gateway itself cuts off, at the end of its drain time, is not a
+/// client that went away: no `ClientConnectionFailure` event for it, over HTTP/2
+/// (its stream reset when the connection is dropped) or HTTP/1 (its handler dropped
+/// with the connection's task).
+#[tokio::test]
+async fn a_request_cut_at_the_end_of_the_drain_time_is_not_a_client_failure() {
+    use tokio::io::AsyncWriteExt;
+    let backend = Backend::start().await;
+    let mut s = serve("drain-cut", backend.addr, "drain_timeout_secs = 1").await;
+
+    let tcp = connect_from("127.0.0.1", s.plain, None).await;
+    let (client, connection) = h2_client(tcp).await;
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = Request::get(format!("{}/b/hold", s.plain_base()))
+        .body(())
+        .unwrap();
+    let (_response, _stream) = client.send_request(request, true).unwrap();
+    let mut http1 = connect_from("127.0.0.1", s.plain, None).await;
+    http1
+        .write_all(b"GET /b/hold HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    backend.wait_held(2).await;
+
+    assert!(s.daemon.terminate().await.success());
+    let log = s.daemon.log();
+    assert!(log.contains("drain time over"), "{log}");
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("rampart::access") && l.contains("/b/hold")),
+        "{log}"
+    );
+    assert!(!log.contains("ClientConnectionFailure"), "{log}");
+    connection.abort();
+    drop(http1);
+}
+
 // ---------------------------------------------------------------------------
 // File descriptors
 // ---------------------------------------------------------------------------

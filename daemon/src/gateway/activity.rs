@@ -30,6 +30,9 @@ pub(crate) struct Activity {
     requests: AtomicBool,
     /// Requests waiting for their response head.
     in_flight: AtomicUsize,
+    /// The gateway cut the connection (the end of the drain time): its requests
+    /// left unanswered are not the client's doing.
+    cut_off: AtomicBool,
 }
 
 impl Activity {
@@ -38,7 +41,18 @@ impl Activity {
             bytes: AtomicBool::new(true),
             requests: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
+            cut_off: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the connection as cut by the gateway (before its task is aborted).
+    pub(crate) fn cut_off(&self) {
+        self.cut_off.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the gateway cut the connection.
+    pub(crate) fn was_cut_off(&self) -> bool {
+        self.cut_off.load(Ordering::Relaxed)
     }
 
     fn set(flag: &AtomicBool) {
@@ -77,6 +91,11 @@ impl Busy {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         Activity::set(&activity.requests);
         Self(activity)
+    }
+
+    /// Its connection's activity.
+    pub(crate) fn activity(&self) -> &Activity {
+        &self.0
     }
 }
 

@@ -19,6 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use ipnet::IpNet;
 
+use super::activity::Activity;
 use super::error::{ALLOWED_METHODS, Rejection};
 use super::forwarded::{ClientHop, client_ip, remove_hop_by_hop, set_forwarding_headers};
 use super::framing::Verdict;
@@ -74,6 +75,7 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     conn: Connection,
     request: Request<Incoming>,
+    activity: &Activity,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     GatewayStats::bump(&shared.stats.requests);
@@ -116,6 +118,7 @@ pub(crate) async fn handle(
             reason: None,
         }),
         started,
+        activity,
     };
     let mut outcome = {
         let Some(report) = unfinished.report.as_mut() else {
@@ -290,20 +293,29 @@ impl Report {
 /// backend has not answered). The request is then reported as APIM reports a client
 /// that went away (`ClientConnectionFailure`; its access event and counters).
 /// What passes costs a take of `report`.
-struct Unfinished {
+struct Unfinished<'a> {
     /// The request as far as it is known (its API's backend once routed);
     /// `None` once its outcome is.
     report: Option<Report>,
     started: Instant,
+    /// Its connection's: whether the gateway cut it.
+    activity: &'a Activity,
 }
 
-impl Drop for Unfinished {
+impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
         let Some(mut report) = self.report.take() else {
             return;
         };
         if std::thread::panicking() {
             // A handler that panicked is answered and counted by panics.rs.
+            return;
+        }
+        if self.activity.was_cut_off() {
+            // The gateway cut the connection at the end of its drain time (a stop,
+            // or a listener a reload removed): not the client's doing, and the
+            // drain's warning says so.
+            tracing::debug!(peer = %report.peer, "request cut off at the end of the drain time");
             return;
         }
         let rejection = Rejection::client_gone();

@@ -18,6 +18,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 
+use super::activity::Activity;
 use super::error::Rejection;
 use super::handler::{Connection, Shared, handle};
 use super::{GatewayStats, ResponseBody};
@@ -28,6 +29,7 @@ pub(crate) async fn handle_catching(
     shared: Arc<Shared>,
     conn: Connection,
     request: Request<Incoming>,
+    activity: &Activity,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let stats = Arc::clone(&shared.stats);
     let peer = conn.peer;
@@ -37,7 +39,7 @@ pub(crate) async fn handle_catching(
     let handled = AssertUnwindSafe(async move {
         #[cfg(debug_assertions)]
         crate::lifecycle::panics::inject_request_fault(request.headers());
-        handle(shared, conn, request).await
+        handle(shared, conn, request, activity).await
     })
     .catch_unwind()
     .await;

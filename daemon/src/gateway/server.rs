@@ -471,6 +471,9 @@ async fn listener_task(
             let served = tokio::select! {
                 served = serving => served.unwrap_or(Ended::Cut),
                 () = hard_stop.cancelled() => {
+                    // Its requests still in progress are cut by the gateway, not
+                    // abandoned by the client (the handler's `Unfinished`).
+                    activity.cut_off();
                     abort.abort();
                     Ended::Cut
                 }
@@ -681,7 +684,7 @@ where
         // its tree, twice per request.
         let server = Arc::clone(&server);
         async move {
-            let mut response = handle_catching(shared, conn, request).await;
+            let mut response = handle_catching(shared, conn, request, busy.activity()).await;
             drop(busy);
             if let Ok(response) = &mut response {
                 super::draining::close_when_stopping(response, version, &server.shutdown);

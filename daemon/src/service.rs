@@ -377,14 +377,16 @@ fn attach_mode(m: config::AttachMode) -> AttachMode {
 }
 
 /// `rampartd --detach`: removes the filter (links and pinned maps), those
-/// of older map layouts (a daemon upgraded but not started since) included.
-/// Refused while a rampartd runs on the same pins or state directory (the
-/// locks start takes, [`lock_pins`] and the journal's): it would go on
-/// reporting rules the kernel no longer enforces. The locks are held until
-/// the pins are gone, so that no start slips in between.
+/// of older map layouts (a daemon upgraded but not started since) included,
+/// then the pin root when that leaves it empty. Refused while a rampartd
+/// runs on the same pins or state directory (the locks start takes,
+/// [`lock_pins`] and the journal's): it would go on reporting rules the
+/// kernel no longer enforces. The locks are held until the pins are gone,
+/// so that no start slips in between.
 pub fn detach(config_path: &Path) -> Result<Vec<String>, ServiceError> {
     let config = config::load(config_path)?;
-    let pin_dir = config.daemon.paths().pin_dir();
+    let paths = config.daemon.paths();
+    let pin_dir = paths.pin_dir();
     let _pins = lock_for_detach(&pin_dir, &pin_dir)?;
     let _state = lock_for_detach(
         &config.daemon.state_dir.join(crate::state::JOURNAL_FILE),
@@ -392,7 +394,41 @@ pub fn detach(config_path: &Path) -> Result<Vec<String>, ServiceError> {
     )?;
     let mut detached = crate::filter::detach(&pin_dir)?;
     detached.extend(crate::filter::detach_old_layouts(&pin_dir)?);
+    remove_empty_pin_root(paths.pin_root());
     Ok(detached)
+}
+
+/// The pin root, once `--detach` has removed every pin under it, if it is an
+/// empty directory: never one that still holds anything (another tool's pins),
+/// nor a mount point (a `pin_root` of `/sys/fs/bpf` is bpffs itself). Not
+/// removing it is only logged: the filter is gone either way.
+fn remove_empty_pin_root(pin_root: &Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(parent) = pin_root.parent() else {
+        return;
+    };
+    let (Ok(root), Ok(above)) = (
+        std::fs::symlink_metadata(pin_root),
+        std::fs::metadata(parent),
+    ) else {
+        return;
+    };
+    if !root.is_dir() || root.dev() != above.dev() {
+        return;
+    }
+    match std::fs::remove_dir(pin_root) {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
+            ) => {}
+        Err(e) => tracing::warn!(
+            pins = %pin_root.display(),
+            error = %e,
+            "the pin root is empty but could not be removed"
+        ),
+    }
 }
 
 /// Takes the lock a running rampartd holds on `path` (its pin directory or

@@ -195,22 +195,35 @@ fn rampartd_enforces_reloads_and_survives_restarts() {
     assert_eq!(d.wait(Duration::from_secs(10)).unwrap(), Some(0));
     assert!(!reach("198.18.0.3", srv4), "filter stays after SIGTERM");
 
-    // --detach removes it.
-    let out = std::process::Command::new(rampart_tests::daemon::rampartd_bin().unwrap())
-        .args(["--detach", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // --detach removes it. The pin root stays while it holds something else
+    // (another tool's directory)...
+    let detach = || {
+        let out = std::process::Command::new(rampart_tests::daemon::rampartd_bin().unwrap())
+            .args(["--detach", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let other = pins.path().join("other-tool");
+    std::fs::create_dir(&other).unwrap();
+    let detached = detach();
+    assert!(detached.contains(&pair.srv_if), "{detached}");
     assert!(
         reach("198.18.0.3", srv4),
         "detached: the denied source connects again"
     );
     assert!(!pin_dir.exists(), "pins removed");
+    assert!(other.exists(), "what rampart did not pin stays");
+    // ...and is removed with the last pins, empty: nothing of rampart's is left.
+    std::fs::remove_dir(&other).unwrap();
+    assert_eq!(detach(), "detached: nothing was attached\n");
+    assert!(!pins.path().exists(), "the empty pin root is removed");
 }
 
 #[test]

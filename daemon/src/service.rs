@@ -136,7 +136,12 @@ impl ServiceError {
             ServiceError::Gateway(GatewayError::Bind { .. }) => 71,
             // Certificates, keys and backend URLs named by the configuration.
             ServiceError::Gateway(_) => 64,
-            ServiceError::Pipeline(PipelineError::KeyStore(_)) => 65,
+            // Quota counters a newer rampartd wrote: bad data, as a newer
+            // state.json is (below).
+            ServiceError::Pipeline(
+                PipelineError::KeyStore(_)
+                | PipelineError::Quota(crate::policy::quota::QuotaError::NewerFormat { .. }),
+            ) => 65,
             ServiceError::Pipeline(_) => 64,
             ServiceError::GatewayBuild(e) => e.exit_code(),
             ServiceError::State(StateError::Locked { .. }) => 75,

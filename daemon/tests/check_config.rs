@@ -459,6 +459,50 @@ fn corrupt_quota_counters_fail_the_check_as_they_fail_start() {
     );
 }
 
+/// Quota counters a newer rampartd wrote (seen after a downgrade) are reported
+/// as such, as state.json and subscriptions.json of a newer rampartd are, with
+/// their exit code (65), by start and by the check; before, they were "corrupt"
+/// (exit 64) with the advice to move the file away, losing every counter. A
+/// version this one never wrote is still corrupt.
+#[test]
+fn quota_counters_of_a_newer_rampartd_say_so() {
+    let d = dir("quota-newer");
+    let address = format!("127.0.0.1:{}", free_port());
+    let state = d.0.join("state");
+    let cfg = file_with_subscription(&d, &address, "filesub", &hash('1'));
+    std::fs::create_dir_all(&state).unwrap();
+    let quota = state.join("quota.json");
+    // Fields this version does not know, as a newer format may have.
+    let newer = r#"{"version":2,"counters":{},"future":true}"#;
+    std::fs::write(&quota, newer).unwrap();
+    let expected = format!(
+        "gateway policies: cannot open the quota counters: quota counters {} were written by a newer rampartd (format 2; this one reads format 1): upgrade rampartd, or restore a backup of the state directory",
+        quota.display()
+    );
+    let (code, out, err) = check(&cfg);
+    assert_eq!(code, 65, "check said: {out}{err}");
+    assert_eq!(err.trim_end(), expected);
+    let (start_code, start_err) = start(&cfg);
+    assert_eq!(start_code, 65, "start said: {start_err}");
+    assert!(
+        start_err.contains(&format!("rampartd: {expected}\n")),
+        "start said:\n{start_err}"
+    );
+    assert!(!start_err.contains("corrupt"), "{start_err}");
+    assert_eq!(std::fs::read_to_string(&quota).unwrap(), newer, "untouched");
+
+    std::fs::write(&quota, r#"{"version":0,"counters":{}}"#).unwrap();
+    let (start_code, start_err) = start(&cfg);
+    assert_ne!(start_code, 0, "start said: {start_err}");
+    assert!(
+        start_err.contains(&format!(
+            "quota counters {} are corrupt (move the file away to start from zero): unsupported format version 0",
+            quota.display()
+        )),
+        "start said:\n{start_err}"
+    );
+}
+
 /// A TLS listener with a self-signed certificate whose key file is `key_mode`,
 /// a JWT provider whose HMAC secret file is `secret_mode`, in a file of
 /// `config_mode`; `[daemon]` in `d`.

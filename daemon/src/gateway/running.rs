@@ -71,12 +71,19 @@ impl GatewayConfigError {
     }
 
     /// sysexits.h, from the first problem: 71 for an address that cannot be bound,
-    /// 65 for an unreadable subscription store, 64 for the rest (configuration).
+    /// 65 for an unreadable subscription store or quota counters of a newer
+    /// rampartd, 64 for the rest (configuration).
     pub fn exit_code(&self) -> u8 {
         match self.problems.first() {
             Some(Problem::Config(e)) => e.exit_code(),
             Some(Problem::Gateway(GatewayError::Bind { .. })) => 71,
-            Some(Problem::Subscriptions(_) | Problem::Pipeline(PipelineError::KeyStore(_))) => 65,
+            Some(
+                Problem::Subscriptions(_)
+                | Problem::Pipeline(
+                    PipelineError::KeyStore(_)
+                    | PipelineError::Quota(QuotaError::NewerFormat { .. }),
+                ),
+            ) => 65,
             _ => 64,
         }
     }

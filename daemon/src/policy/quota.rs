@@ -148,6 +148,15 @@ pub enum QuotaError {
         #[source]
         source: std::io::Error,
     },
+    /// Counters of a format a newer rampartd writes (after a downgrade).
+    #[error(
+        "quota counters {path} were written by a newer rampartd (format {version}; this one reads format {known}): upgrade rampartd, or restore a backup of the state directory"
+    )]
+    NewerFormat {
+        path: PathBuf,
+        version: u32,
+        known: u32,
+    },
     #[error("quota counters {path} are corrupt (move the file away to start from zero)")]
     Corrupt {
         path: PathBuf,
@@ -519,11 +528,25 @@ fn read_snapshot(path: &Path) -> Result<(HashMap<String, Counter>, u64), QuotaEr
     let counters = match std::fs::read(path) {
         Ok(bytes) => {
             snapshot_bytes = bytes.len() as u64;
-            let file: QuotaFile =
-                serde_json::from_slice(&bytes).map_err(|source| QuotaError::Corrupt {
+            let corrupt = |source| QuotaError::Corrupt {
+                path: path.to_owned(),
+                source,
+            };
+            // The version first: a newer format (with fields this one does not
+            // know) is reported as such, not as corrupt.
+            #[derive(Deserialize)]
+            struct Version {
+                version: u32,
+            }
+            let Version { version } = serde_json::from_slice(&bytes).map_err(corrupt)?;
+            if version > FORMAT_VERSION {
+                return Err(QuotaError::NewerFormat {
                     path: path.to_owned(),
-                    source,
-                })?;
+                    version,
+                    known: FORMAT_VERSION,
+                });
+            }
+            let file: QuotaFile = serde_json::from_slice(&bytes).map_err(corrupt)?;
             if file.version != FORMAT_VERSION {
                 return Err(QuotaError::Corrupt {
                     path: path.to_owned(),

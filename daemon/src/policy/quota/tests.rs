@@ -282,6 +282,41 @@ fn corrupt_file_is_an_error() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A file of a newer format says so (with fields this version does not know),
+/// not "corrupt"; a version never written is still corrupt.
+#[test]
+fn a_file_of_a_newer_format_says_so() {
+    let dir = temp_dir("newer");
+    fs::write(
+        dir.join(QUOTA_FILE),
+        b"{\"version\":2,\"counters\":{},\"future\":1}",
+    )
+    .unwrap();
+    let clock = Arc::new(ManualWallClock::new(T0));
+    let err = QuotaCounters::open(&dir, DEFAULT_MAX_KEYS, Arc::clone(&clock)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            QuotaError::NewerFormat {
+                version: 2,
+                known: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(matches!(
+        QuotaCounters::<SystemClock>::verify(&dir),
+        Err(QuotaError::NewerFormat { .. })
+    ));
+    fs::write(dir.join(QUOTA_FILE), b"{\"version\":0,\"counters\":{}}").unwrap();
+    assert!(matches!(
+        QuotaCounters::open(&dir, DEFAULT_MAX_KEYS, clock),
+        Err(QuotaError::Corrupt { .. })
+    ));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn exact_under_concurrency() {
     let clock = Arc::new(ManualWallClock::new(T0));

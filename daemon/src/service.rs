@@ -1439,7 +1439,7 @@ impl GatewayControl {
                     KeySlotName::Secondary => KeySlot::Secondary,
                 };
                 let key = subscriptions.rotate(&name, which).map_err(refused)?;
-                let what = format!("subscription {name:?}: {slot:?} key rotated");
+                let what = format!("subscription {name:?}: {slot} key rotated");
                 let reply = Reply::KeyRotated {
                     name,
                     slot,

@@ -158,6 +158,23 @@ fn subscription_keys_are_managed_at_run_time() {
         events.iter().any(|e| e["event"] == "keys_changed"),
         "{events:?}"
     );
+    // The slot in lower case, as every other message has it (it was "Primary").
+    let messages: Vec<&str> = (events.iter())
+        .filter(|e| e["event"] == "keys_changed")
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    for rotated in [
+        "subscription \"alpha\": primary key rotated",
+        "subscription \"alpha\": secondary key rotated",
+    ] {
+        assert!(messages.contains(&rotated), "{rotated}: {messages:?}");
+    }
+    let log = gw.rig.log();
+    assert!(log.contains("primary key rotated"), "{log}");
+    assert!(
+        !log.contains("Primary") && !log.contains("Secondary"),
+        "{log}"
+    );
 
     // Kept across a restart: the store is in the state directory.
     let listed = cli.json(&["keys", "list"]).unwrap();

@@ -274,10 +274,6 @@ pub fn keys_created(name: &str, primary: &str, secondary: &str, scope_text: &str
 
 /// `keys rotate`.
 pub fn key_rotated(name: &str, slot: KeySlotName, key: &str) -> String {
-    let slot = match slot {
-        KeySlotName::Primary => "primary",
-        KeySlotName::Secondary => "secondary",
-    };
     format!(
         "subscription {name:?}: new {slot} key\n{slot} key: {key}\n\
          This key is shown once: rampartd keeps only its hash. Store it now.\n"

@@ -126,6 +126,22 @@ pub enum KeySlotName {
     Secondary,
 }
 
+impl KeySlotName {
+    /// As messages say it: `primary` or `secondary`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySlotName::Primary => "primary",
+            KeySlotName::Secondary => "secondary",
+        }
+    }
+}
+
+impl std::fmt::Display for KeySlotName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A subscription's scope as the CLI gives it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "name", rename_all = "snake_case")]

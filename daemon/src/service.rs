@@ -1024,16 +1024,20 @@ pub fn run(config_path: PathBuf) -> Result<(), ServiceError> {
             admin.set_draining();
         }
         drops.flush(&event_log);
+        // Before the cancel: the gateway drains from there on, and says
+        // "gateway stopped" once every listener has drained.
+        if gateway.is_some() {
+            tracing::info!("gateway draining");
+        }
         shutdown.cancel();
         let _ = inbox.send(Message::Stop);
         let _ = control_serving.await;
         // The control thread finishes the change it is making, if any.
         let _ = tokio::task::spawn_blocking(move || control_thread.join()).await;
-        if let Some(gateway) = gateway {
-            tracing::info!("gateway draining");
-            if let Err(e) = gateway.drained().await {
-                tracing::error!(error = %chain(&e), "writing the quota counters failed");
-            }
+        if let Some(gateway) = gateway
+            && let Err(e) = gateway.drained().await
+        {
+            tracing::error!(error = %chain(&e), "writing the quota counters failed");
         }
         tracing::info!(
             "rampartd stopping; the filter stays attached (rampartd --detach removes it)"

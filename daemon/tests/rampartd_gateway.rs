@@ -153,8 +153,23 @@ async fn rampartd_serves_an_api_with_subscription_keys() {
     assert!(!log.contains(s.keys.primary.expose()), "{log}");
     assert!(!log.contains(s.keys.secondary.expose()), "{log}");
 
+    // No connection left open: the gateway stops as soon as it drains.
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let status = s.daemon.terminate().await;
-    assert!(status.success(), "{status}:\n{}", s.daemon.log());
+    let log = s.daemon.log();
+    assert!(status.success(), "{status}:\n{log}");
+    // The stop in the order it happens: draining, then stopped (with no
+    // connection open, "stopped" came first), then the daemon's last line.
+    let at = |line: &str| {
+        log.find(line)
+            .unwrap_or_else(|| panic!("no {line:?} in the log:\n{log}"))
+    };
+    assert!(
+        at("gateway draining") < at("gateway stopped")
+            && at("gateway stopped") < at("rampartd stopping"),
+        "{log}"
+    );
 }
 
 /// Two APIs of one backend application, a public one without keys and an admin one

@@ -459,12 +459,11 @@ fn listening_ports(pid: u32) -> Vec<u16> {
 fn a_bad_admin_address_is_a_configuration_error() {
     let dir = TempDir::new("admin-bad");
     let config = dir.0.join("rampart.toml");
-    std::fs::write(
+    write_private(
         &config,
         "[daemon]\nadmin_listen = \"localhost:9180\"\n\
          [[listener]]\naddress = \"127.0.0.1:8080\"\nplain_http = true\n",
-    )
-    .unwrap();
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rampartd"))
         .arg("--check-config")
         .arg(&config)
@@ -488,7 +487,7 @@ async fn an_admin_port_taken_is_a_start_error() {
     let admin = taken.local_addr().unwrap();
     let port = free_port();
     let config = dir.0.join("rampart.toml");
-    std::fs::write(
+    write_private(
         &config,
         format!(
             "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\nadmin_listen = \"{admin}\"\n\
@@ -496,8 +495,7 @@ async fn an_admin_port_taken_is_a_start_error() {
             state = dir.0.join("state").display().to_string(),
             runtime = dir.0.join("run").display().to_string(),
         ),
-    )
-    .unwrap();
+    );
     let log = dir.0.join("rampartd.log");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_rampartd"))
         .arg("--config")

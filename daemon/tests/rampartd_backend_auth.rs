@@ -190,7 +190,7 @@ fn client_pki(dir: &Path) -> (PathBuf, CertFiles) {
         key_pem: dir.join("gw-client.key"),
     };
     std::fs::write(&files.cert_chain_pem, cert.pem()).unwrap();
-    std::fs::write(&files.key_pem, key.serialize_pem()).unwrap();
+    gateway_support::write_private(&files.key_pem, key.serialize_pem());
     (ca_pem, files)
 }
 
@@ -519,7 +519,7 @@ async fn an_oauth2_token_that_is_not_a_token68_is_not_sent() {
 /// `--check-config` on `text`: exit code and stderr.
 fn check(dir: &Path, name: &str, text: &str) -> (i32, String, PathBuf) {
     let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
+    gateway_support::write_private(&path, text);
     let out = Command::new(RAMPARTD)
         .arg("--check-config")
         .arg(&path)
@@ -611,7 +611,7 @@ async fn a_token_file_that_is_not_a_token68_is_refused() {
         token = token.display().to_string(),
     );
     let config = dir.0.join("rampart.toml");
-    std::fs::write(&config, &text).unwrap();
+    gateway_support::write_private(&config, &text);
     let position = format!("{}:16:38: ", config.display());
     let scheme = format!(
         "{position}invalid `api.backend_auth.bearer_token_file`: {}: not a bearer token: \

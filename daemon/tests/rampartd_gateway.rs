@@ -135,6 +135,9 @@ async fn rampartd_serves_an_api_with_subscription_keys() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = s.daemon.log();
     assert!(log.contains("gateway listening"), "{log}");
+    // The configuration and the TLS key are written 0600, as an operator keeps
+    // them: no warning that others can read them (every test's log had two).
+    assert!(!log.contains("is not private"), "{log}");
     let access: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("rampart::access"))

@@ -70,7 +70,7 @@ impl Setup {
 
     fn write(&self, name: &str, contents: &[u8]) -> PathBuf {
         let path = self.dir.0.join(name);
-        std::fs::write(&path, contents).unwrap();
+        gateway_support::write_private(&path, contents);
         path
     }
 

@@ -68,7 +68,7 @@ impl Setup {
             "[[api]]\n",
             &format!("[[api]]\nlisteners = [\"127.0.0.1:{port}\"]\n"),
         );
-        std::fs::write(&config, text).unwrap();
+        gateway_support::write_private(&config, text);
         Self {
             dir,
             state_dir,

@@ -260,7 +260,7 @@ async fn rampartd_notifies_systemd() {
         run = runtime.display().to_string(),
     );
     let config = dir.0.join("rampart.toml");
-    std::fs::write(&config, &good).unwrap();
+    gateway_support::write_private(&config, &good);
     let mut notify = NotifySocket::bind(&dir.0);
     let mut daemon = spawn(&config, &notify, dir.0.join("rampartd.log"), port, &[]);
 
@@ -416,7 +416,7 @@ async fn ready_after_attach_with_the_units_capabilities() {
         pins = pins.0.display().to_string(),
     );
     let config = dir.0.join("rampart.toml");
-    std::fs::write(&config, &text).unwrap();
+    gateway_support::write_private(&config, &text);
     let mut notify = NotifySocket::bind(&dir.0);
     // The unit's environment, as far as it matters to the filter: its own
     // mount namespace with /proc showing processes only (ProcSubset=pid) and

@@ -27,6 +27,22 @@ pub fn privileged() -> bool {
     root
 }
 
+/// Writes `contents` to `path` as an operator's configuration or key file
+/// is kept: a new file is created 0600 (a file that exists keeps its mode).
+/// A file others can read makes every rampartd started on it warn that it is
+/// "not private" (`config::permissions`), a warning a test then cannot tell
+/// from one its own change caused.
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(contents.as_ref())
+}
+
 /// A name unique to this process and call, for pins and namespaces.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

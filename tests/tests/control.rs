@@ -1276,8 +1276,7 @@ fn a_second_rampartd_on_the_same_pins_changes_nothing() {
             &rig.runtime_dir.display().to_string(),
             &second_run.display().to_string(),
         );
-    let config = rig.dir.path.join("second.toml");
-    std::fs::write(&config, text).unwrap();
+    let config = rig.file("second.toml", &text).unwrap();
     // Before, the second daemon (its own control socket) went on running.
     let (status, stderr) = rig.start_refused(&config).unwrap();
     assert_eq!(status, Some(75), "{stderr}");
@@ -1305,6 +1304,10 @@ fn detach_while_rampartd_runs_is_refused() {
         return;
     }
     let rig = Rig::start(RigOptions::clients(&["198.18.0.7"], "").unwrap()).unwrap();
+    // The rig writes its configuration 0600, as an operator keeps it: no
+    // warning that others can read it (every test's log had one).
+    let log = rig.log();
+    assert!(!log.contains("is not private"), "{log}");
     rig.cli.ok(&["deny", "add", "198.18.0.7"]).unwrap();
     assert!(!rig.reach("198.18.0.7"), "denied");
     let pid = rig.daemon().unwrap().pid();

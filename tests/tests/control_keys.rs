@@ -171,6 +171,8 @@ fn subscription_keys_are_managed_at_run_time() {
     }
     let log = gw.rig.log();
     assert!(log.contains("primary key rotated"), "{log}");
+    // The configuration and the TLS key are written 0600: no warning.
+    assert!(!log.contains("is not private"), "{log}");
     assert!(
         !log.contains("Primary") && !log.contains("Secondary"),
         "{log}"

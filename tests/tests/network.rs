@@ -80,7 +80,7 @@ fn rampartd_enforces_reloads_and_survives_restarts() {
     )
     .unwrap();
     let cfg = dir.path.join("rampart.toml");
-    std::fs::write(&cfg, config(&pair, &pins, &dir, &[])).unwrap();
+    rampart_tests::write_private(&cfg, config(&pair, &pins, &dir, &[])).unwrap();
 
     let srv4 = pair.srv_v4;
     let srv6 = pair.srv_v6;
@@ -91,6 +91,7 @@ fn rampartd_enforces_reloads_and_survives_restarts() {
 
     let mut d = Daemon::start(&pair.srv, &cfg).unwrap();
     assert!(d.log().contains("filter attached"), "{}", d.log());
+    assert!(!d.log().contains("is not private"), "{}", d.log());
     assert!(reach("198.18.0.2", srv4), "allowed source connects");
     assert!(!reach("198.18.0.3", srv4), "denied source is dropped");
     assert!(
@@ -123,7 +124,7 @@ fn rampartd_enforces_reloads_and_survives_restarts() {
         reach("198.18.0.2", srv4),
         "rules unchanged after a rejected reload"
     );
-    std::fs::write(&cfg, config(&pair, &pins, &dir, &[])).unwrap();
+    rampart_tests::write_private(&cfg, config(&pair, &pins, &dir, &[])).unwrap();
 
     // SIGKILL: the pinned filter keeps enforcing with no daemon at all.
     d.signal(libc::SIGKILL);
@@ -249,7 +250,7 @@ fn an_older_layouts_pinned_link_is_taken_over_without_a_gap() {
     )
     .unwrap();
     let cfg = dir.path.join("rampart.toml");
-    std::fs::write(&cfg, config(&pair, &pins, &dir, &[])).unwrap();
+    rampart_tests::write_private(&cfg, config(&pair, &pins, &dir, &[])).unwrap();
 
     // "The previous release": a filter pinned under the older layout's
     // directory, denying 198.18.0.3, left running with no daemon.

@@ -25,6 +25,22 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// A temporary directory removed on drop.
+/// Writes `contents` to `path` as an operator's configuration or key file is
+/// kept: a new file is created 0600 (a file that exists keeps its mode). A
+/// file others can read makes every rampartd started on it warn that it is
+/// "not private", a warning a test then cannot tell from one it caused.
+pub fn write_private(path: &std::path::Path, contents: impl AsRef<[u8]>) {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(contents.as_ref()))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
@@ -81,7 +97,7 @@ impl Pki {
         let cert_chain_pem = self.dir.0.join(format!("{file}.pem"));
         let key_pem = self.dir.0.join(format!("{file}.key"));
         std::fs::write(&cert_chain_pem, cert.pem()).unwrap();
-        std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+        write_private(&key_pem, key.serialize_pem());
         CertFiles {
             cert_chain_pem,
             key_pem,
@@ -553,7 +569,7 @@ impl Rampartd {
         port: u16,
         configure: impl FnOnce(&mut std::process::Command),
     ) -> Self {
-        std::fs::write(config, text).unwrap();
+        write_private(config, text);
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rampartd"));
         command
             .arg("--config")

@@ -113,8 +113,8 @@ impl Rig {
             pair,
             dir,
         };
-        std::fs::write(&rig.cleanup_config, rig.config_text("", ""))?;
-        std::fs::write(
+        crate::write_private(&rig.cleanup_config, rig.config_text("", ""))?;
+        crate::write_private(
             &rig.config,
             rig.config_text(&rig.opts.filter, &rig.opts.sections),
         )?;
@@ -155,14 +155,14 @@ protect = ["tcp/{PORT}"]
     /// Rewrites the configuration file with other `[filter]` lines (the
     /// sections stay).
     pub fn write_filter_config(&self, filter: &str) -> anyhow::Result<()> {
-        std::fs::write(&self.config, self.config_text(filter, &self.opts.sections))?;
+        crate::write_private(&self.config, self.config_text(filter, &self.opts.sections))?;
         Ok(())
     }
 
     /// Rewrites the configuration file from [`Self::opts`] (after a test
     /// changed them, e.g. to name a backend it started).
     pub fn write_config(&self) -> anyhow::Result<()> {
-        std::fs::write(
+        crate::write_private(
             &self.config,
             self.config_text(&self.opts.filter, &self.opts.sections),
         )?;
@@ -294,7 +294,7 @@ protect = ["tcp/{PORT}"]
     /// A file in the rig's directory, written with `text`.
     pub fn file(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
         let path = self.dir.path.join(name);
-        std::fs::write(&path, text)?;
+        crate::write_private(&path, text)?;
         Ok(path)
     }
 

@@ -45,7 +45,7 @@ impl Pki {
         let cert_path = dir.join("server.pem");
         let key_path = dir.join("server.key");
         std::fs::write(&cert_path, cert.pem())?;
-        std::fs::write(&key_path, key.serialize_pem())?;
+        crate::write_private(&key_path, key.serialize_pem())?;
         Ok(Self {
             cert: cert_path,
             key: key_path,

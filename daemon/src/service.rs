@@ -136,11 +136,14 @@ impl ServiceError {
             ServiceError::Gateway(GatewayError::Bind { .. }) => 71,
             // Certificates, keys and backend URLs named by the configuration.
             ServiceError::Gateway(_) => 64,
-            // Quota counters a newer rampartd wrote: bad data, as a newer
-            // state.json is (below).
+            // Quota counters a newer rampartd wrote, or damaged ones: bad data, as
+            // a newer state.json and a corrupt subscription store are.
             ServiceError::Pipeline(
                 PipelineError::KeyStore(_)
-                | PipelineError::Quota(crate::policy::quota::QuotaError::NewerFormat { .. }),
+                | PipelineError::Quota(
+                    crate::policy::quota::QuotaError::NewerFormat { .. }
+                    | crate::policy::quota::QuotaError::Corrupt { .. },
+                ),
             ) => 65,
             ServiceError::Pipeline(_) => 64,
             ServiceError::GatewayBuild(e) => e.exit_code(),

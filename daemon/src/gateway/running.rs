@@ -71,8 +71,8 @@ impl GatewayConfigError {
     }
 
     /// sysexits.h, from the first problem: 71 for an address that cannot be bound,
-    /// 65 for an unreadable subscription store or quota counters of a newer
-    /// rampartd, 64 for the rest (configuration).
+    /// 65 for an unreadable subscription store or quota counters that are corrupt
+    /// or of a newer rampartd, 64 for the rest (configuration).
     pub fn exit_code(&self) -> u8 {
         match self.problems.first() {
             Some(Problem::Config(e)) => e.exit_code(),
@@ -81,7 +81,9 @@ impl GatewayConfigError {
                 Problem::Subscriptions(_)
                 | Problem::Pipeline(
                     PipelineError::KeyStore(_)
-                    | PipelineError::Quota(QuotaError::NewerFormat { .. }),
+                    | PipelineError::Quota(
+                        QuotaError::NewerFormat { .. } | QuotaError::Corrupt { .. },
+                    ),
                 ),
             ) => 65,
             _ => 64,

@@ -40,8 +40,11 @@ pub use render::render_metrics;
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 /// A client has this long to send its request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Admin connections served at once; more wait in the kernel's backlog, so a
-/// misbehaving scraper cannot take the daemon's memory.
+/// Admin connections served at once, so a misbehaving scraper cannot take the
+/// daemon's memory. At the limit, a new connection takes the place of the oldest
+/// one still waiting for its request head (`Waiting`): any local user can reach
+/// the listener, and connections that never send a head must not keep a health
+/// probe out.
 const MAX_CONNECTIONS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
@@ -207,16 +210,26 @@ struct State {
     draining: Arc<AtomicBool>,
 }
 
+/// The connections that have not sent their request head yet, oldest first: the
+/// ones a new connection may take the place of when every slot is taken.
+#[derive(Default)]
+struct Waiting {
+    next: u64,
+    connections: std::collections::BTreeMap<u64, CancellationToken>,
+}
+
+impl Waiting {
+    fn lock(waiting: &std::sync::Mutex<Self>) -> std::sync::MutexGuard<'_, Self> {
+        waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let waiting = Arc::new(std::sync::Mutex::new(Waiting::default()));
     loop {
-        let slot = tokio::select! {
-            () = stop.cancelled() => break,
-            slot = Arc::clone(&slots).acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_closed) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -228,20 +241,65 @@ async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken
                 }
             },
         };
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                // Every slot taken: the oldest connection still without a request
+                // head is closed to make room (one being answered keeps its slot;
+                // an answer takes at most the control timeout).
+                let oldest = Waiting::lock(&waiting).connections.pop_first();
+                if let Some((_, evict)) = oldest {
+                    tracing::debug!(
+                        "admin listener full; closed the oldest connection without a request"
+                    );
+                    evict.cancel();
+                }
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    slot = Arc::clone(&slots).acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_closed) => break,
+                    },
+                }
+            }
+        };
         let state = Arc::clone(&state);
+        let evicted = CancellationToken::new();
+        let id = {
+            let mut waiting = Waiting::lock(&waiting);
+            let id = waiting.next;
+            waiting.next += 1;
+            waiting.connections.insert(id, evicted.clone());
+            id
+        };
+        let waiting = Arc::clone(&waiting);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(respond(&state, &request).await) }
-            });
+            let service = {
+                let waiting = Arc::clone(&waiting);
+                hyper::service::service_fn(move |request| {
+                    // Its head has come: no longer one to make room with.
+                    Waiting::lock(&waiting).connections.remove(&id);
+                    let state = Arc::clone(&state);
+                    async move { Ok::<_, Infallible>(respond(&state, &request).await) }
+                })
+            };
+            // One request per connection: a connection is either waiting for its
+            // head (and may be closed to make room) or being answered, never idle
+            // between requests holding a slot.
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(true)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "admin connection ended with an error");
+            tokio::select! {
+                ended = connection => {
+                    if let Err(error) = ended {
+                        tracing::debug!(%peer, %error, "admin connection ended with an error");
+                    }
+                }
+                () = evicted.cancelled() => {}
             }
+            Waiting::lock(&waiting).connections.remove(&id);
             drop(slot);
         });
     }

@@ -400,6 +400,54 @@ async fn metrics_move_with_traffic_and_health_endpoints_answer() {
     assert!(status.success(), "{status}:\n{}", rig.daemon.log());
 }
 
+/// hunt9 M4: any local user can reach the admin listener. Connections that send
+/// part of a request head and nothing more took all 64 slots (for the 5 s head
+/// timeout each, reopened as they were closed), and `/healthz` and `/readyz` did
+/// not answer. A new connection now takes the place of the oldest one still
+/// without a head: the probes answer at once while 300 such connections are held.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_that_never_send_a_head_do_not_keep_the_probes_out() {
+    use tokio::io::AsyncWriteExt;
+    let mut rig = start_rig("admin-slow-heads").await;
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        let mut stream = tokio::net::TcpStream::connect(rig.admin).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        held.push(stream);
+    }
+    let client = plain_client();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(3),
+            request(
+                &client,
+                Method::GET,
+                &format!("http://{}{path}", rig.admin),
+                None,
+            ),
+        )
+        .await;
+        let Ok((status, _)) = answer else {
+            panic!(
+                "{path}: no answer in 3 s with 300 connections held\n{}",
+                rig.daemon.log()
+            );
+        };
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{path}: {:?}",
+            started.elapsed()
+        );
+    }
+    drop(held);
+    assert!(rig.daemon.terminate().await.success());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_listen_off_has_no_listener() {
     let dir = TempDir::new("admin-off");

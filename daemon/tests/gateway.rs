@@ -1690,6 +1690,15 @@ fn switching_protocols_on_bad(request_line: &str) -> &'static [u8] {
     }
 }
 
+/// As above, with a status outside 100-599 (hunt9 L9: relayed, and counted as 5xx).
+fn status_out_of_range_on_bad(request_line: &str) -> &'static [u8] {
+    if request_line.starts_with("GET /bad ") {
+        b"HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\nok"
+    } else {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    }
+}
+
 /// A backend that answers `/bad` with something no client may be given, over
 /// plain HTTP/1.1 (the gateway's own pool) and over TLS (hyper-util's client):
 /// HTTP/1.1 and HTTP/2 clients get the gateway's 502, a following request on a
@@ -1760,6 +1769,11 @@ async fn backend_answer_with_content_length_and_transfer_encoding_gets_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_101_switching_protocols_gets_502() {
     assert_invalid_backend_answer_gets_502(switching_protocols_on_bad).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_status_out_of_range_gets_502() {
+    assert_invalid_backend_answer_gets_502(status_out_of_range_on_bad).await;
 }
 
 /// A response head of `fields` header fields of 8 KiB each, with a body of `ok`.

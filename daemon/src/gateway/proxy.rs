@@ -484,12 +484,19 @@ enum InvalidAnswer {
     /// for; HTTP/2 has no 101 at all (RFC 9113 §8.6).
     #[error("invalid backend response: {0} as the final status")]
     Informational(http::StatusCode),
+    /// A status past 599: hyper's parser takes any three digits, but HTTP's
+    /// status codes are 100-599 (RFC 9110 §15); clients differ on the rest.
+    #[error("invalid backend response: status {0} is not in 100-599")]
+    OutOfRange(u16),
 }
 
 impl InvalidAnswer {
     fn of(parts: &http::response::Parts) -> Option<Self> {
         if parts.status.is_informational() {
             return Some(Self::Informational(parts.status));
+        }
+        if parts.status.as_u16() > 599 {
+            return Some(Self::OutOfRange(parts.status.as_u16()));
         }
         if parts.headers.contains_key(TRANSFER_ENCODING)
             && parts.headers.contains_key(CONTENT_LENGTH)

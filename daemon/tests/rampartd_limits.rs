@@ -934,6 +934,87 @@ async fn an_http2_client_gone_mid_body_is_a_client_connection_failure() {
     assert!(s.daemon.terminate().await.success());
 }
 
+/// hunt9 M3: over HTTP/2 a response body that does not move (its client does not
+/// read that stream) held its backend connection, and its place in
+/// `max_backend_requests`, for as long as the client kept the connection busy with
+/// other streams: the idle timeout is the connection's. Now a stream's body that
+/// does not move for the idle timeout is cut (the stream reset), and its backend
+/// connection and place are given back: with one place, the other requests on the
+/// connection get 503 while the unread stream holds it, then 200.
+#[tokio::test]
+async fn an_http2_stream_whose_body_stops_moving_gives_its_backend_connection_back() {
+    let backend = Backend::start().await;
+    let mut s = serve(
+        "h2-stalled",
+        backend.addr,
+        "idle_timeout_secs = 1\nmax_backend_requests = 1\nmax_backend_requests_per_source = 0",
+    )
+    .await;
+    let tcp = connect_from("127.0.0.1", s.plain, None).await;
+    // A large connection window: the unread stream takes only its own 64 KiB.
+    let (client, connection) = h2::client::Builder::new()
+        .initial_connection_window_size(64 << 20)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut sender = client.clone().ready().await.unwrap();
+    let request = Request::get(format!("{}/b/endless", s.plain_base()))
+        .body(())
+        .unwrap();
+    let (response, _stream) = sender.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut unread = response.into_body();
+
+    // Other requests on the connection every 200 ms keep it busy.
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    while started.elapsed() < Duration::from_secs(4) {
+        let (status, _) = h2_get(&client, &s.plain_base(), "/b/x").await.unwrap();
+        statuses.push((started.elapsed(), status));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        statuses[0].1,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{statuses:?}"
+    );
+    let freed = statuses
+        .iter()
+        .find(|(_, status)| *status == StatusCode::OK)
+        .map(|(at, _)| *at);
+    let Some(freed) = freed else {
+        panic!("the unread stream held the backend place for 4 s: {statuses:?}");
+    };
+    // The idle timeout is looked at four times per period: cut after 1 to 1.25 s
+    // without moving (it stopped moving once its 64 KiB window was full).
+    assert!(freed < Duration::from_millis(2500), "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .filter(|(at, _)| *at > freed)
+            .all(|(_, status)| *status == StatusCode::OK),
+        "{statuses:?}"
+    );
+    // The unread stream was reset: what was buffered, then an error.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match unread.data().await {
+                Some(Ok(_)) => {}
+                Some(Err(error)) => break Some(error),
+                None => break None,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(ended.is_some(), "the stalled stream ended without an error");
+    // (The connection itself carried the 200s after the cut.)
+    connection.abort();
+    assert!(s.daemon.terminate().await.success());
+}
+
 /// A request the gateway itself cuts off, at the end of its drain time, is not a
 /// client that went away: no `ClientConnectionFailure` event for it, over HTTP/2
 /// (its stream reset when the connection is dropped) or HTTP/1 (its handler dropped

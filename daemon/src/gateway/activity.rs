@@ -9,9 +9,9 @@
 //! client reads).
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,6 +33,11 @@ pub(crate) struct Activity {
     /// The gateway cut the connection (the end of the drain time): its requests
     /// left unanswered are not the client's doing.
     cut_off: AtomicBool,
+    /// Over HTTP/2, the response bodies being sent, each with the looks it has
+    /// not moved for: one whose body stops moving for the idle timeout is cut
+    /// (`Tracked::stream`), since the connection's own idle rule sees the other
+    /// streams and would keep its backend connection held for ever.
+    streams: Mutex<Vec<(Weak<dyn Stall>, u32)>>,
 }
 
 impl Activity {
@@ -42,6 +47,7 @@ impl Activity {
             requests: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
             cut_off: AtomicBool::new(false),
+            streams: Mutex::new(Vec::new()),
         }
     }
 
@@ -74,10 +80,77 @@ impl Activity {
             let bytes = self.bytes.swap(false, Ordering::Relaxed) && !http2();
             let requests = self.requests.swap(false, Ordering::Relaxed);
             let busy = bytes || requests || self.in_flight.load(Ordering::Relaxed) > 0;
+            self.sweep_streams(LOOKS);
             quiet = if busy { 0 } else { quiet + 1 };
             if quiet >= LOOKS {
                 return;
             }
+        }
+    }
+}
+
+impl Activity {
+    /// One look at the HTTP/2 response bodies: one that has not moved for `looks`
+    /// looks in a row (the idle timeout) is cut; ended ones are forgotten.
+    fn sweep_streams(&self, looks: u32) {
+        let mut stalled = Vec::new();
+        {
+            let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+            streams.retain_mut(|(stream, quiet)| {
+                let Some(stream) = stream.upgrade() else {
+                    return false;
+                };
+                *quiet = if stream.moved() { 0 } else { *quiet + 1 };
+                if *quiet >= looks {
+                    stalled.push(stream);
+                    return false;
+                }
+                true
+            });
+        }
+        // Outside the lock: cutting drops a body (its backend connection).
+        for stream in stalled {
+            tracing::debug!("HTTP/2 response body did not move for the idle timeout; stream cut");
+            stream.cut();
+        }
+    }
+}
+
+/// A response body the connection's watcher can cut (HTTP/2).
+trait Stall: Send + Sync {
+    /// Whether it moved since the last call.
+    fn moved(&self) -> bool;
+    /// Drops the body (its backend connection and its place in
+    /// `max_backend_requests` with it) and wakes the stream, which ends with an
+    /// error (hyper resets it).
+    fn cut(&self);
+}
+
+/// An HTTP/2 response body, shared with its connection's watcher.
+struct Stream<B> {
+    moved: AtomicBool,
+    state: Mutex<StreamState<B>>,
+}
+
+struct StreamState<B> {
+    /// `None` once cut.
+    body: Option<B>,
+    waker: Option<Waker>,
+}
+
+impl<B: Send> Stall for Stream<B> {
+    fn moved(&self) -> bool {
+        self.moved.swap(false, Ordering::Relaxed)
+    }
+
+    fn cut(&self) {
+        let (body, waker) = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            (state.body.take(), state.waker.take())
+        };
+        drop(body);
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 }
@@ -107,12 +180,63 @@ impl Drop for Busy {
 }
 
 /// A response body that marks its connection active at each chunk handed on.
+/// Over HTTP/2 ([`Tracked::stream`]) it is also cut when it does not move for the
+/// idle timeout: a client that does not read one stream (or a backend that stalls
+/// in the middle of a body) while other streams keep the connection busy would
+/// otherwise hold its backend connection for ever.
 pub(crate) struct Tracked<B> {
-    pub(crate) inner: B,
-    pub(crate) activity: Arc<Activity>,
+    inner: Inner<B>,
+    activity: Arc<Activity>,
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+enum Inner<B> {
+    Direct(B),
+    Stream(Arc<Stream<B>>),
+}
+
+impl<B> Tracked<B> {
+    /// An HTTP/1 body: the connection's idle timeout covers it.
+    pub(crate) fn new(inner: B, activity: Arc<Activity>) -> Self {
+        Self {
+            inner: Inner::Direct(inner),
+            activity,
+        }
+    }
+}
+
+impl<B: Send + 'static> Tracked<B> {
+    /// An HTTP/2 stream's body, watched by its connection's watcher.
+    pub(crate) fn stream(inner: B, activity: Arc<Activity>) -> Self {
+        let stream = Arc::new(Stream {
+            moved: AtomicBool::new(true),
+            state: Mutex::new(StreamState {
+                body: Some(inner),
+                waker: None,
+            }),
+        });
+        let stall: Arc<dyn Stall> = stream.clone();
+        activity
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((Arc::downgrade(&stall), 0));
+        Self {
+            inner: Inner::Stream(stream),
+            activity,
+        }
+    }
+}
+
+/// The error a cut stream ends with (hyper resets the stream).
+#[derive(Debug, thiserror::Error)]
+#[error("the response body did not move for the idle timeout")]
+pub(crate) struct StreamStalled;
+
+impl<B> Body for Tracked<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: From<StreamStalled>,
+{
     type Data = Bytes;
     type Error = B::Error;
 
@@ -120,7 +244,25 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let polled = match &mut self.inner {
+            Inner::Direct(body) => Pin::new(body).poll_frame(cx),
+            Inner::Stream(stream) => {
+                let mut state = stream.state.lock().unwrap_or_else(PoisonError::into_inner);
+                let Some(body) = state.body.as_mut() else {
+                    return Poll::Ready(Some(Err(StreamStalled.into())));
+                };
+                let polled = Pin::new(body).poll_frame(cx);
+                if polled.is_pending() {
+                    match &mut state.waker {
+                        Some(waker) if waker.will_wake(cx.waker()) => {}
+                        waker => *waker = Some(cx.waker().clone()),
+                    }
+                } else if let Poll::Ready(Some(Ok(_))) = &polled {
+                    stream.moved.store(true, Ordering::Relaxed);
+                }
+                polled
+            }
+        };
         if let Poll::Ready(Some(Ok(_))) = &polled {
             Activity::set(&self.activity.requests);
         }
@@ -128,11 +270,29 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Direct(body) => body.is_end_stream(),
+            Inner::Stream(stream) => stream
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .body
+                .as_ref()
+                .is_some_and(Body::is_end_stream),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Direct(body) => body.size_hint(),
+            Inner::Stream(stream) => stream
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .body
+                .as_ref()
+                .map_or_else(SizeHint::default, Body::size_hint),
+        }
     }
 }
 
@@ -188,10 +348,7 @@ mod tests {
         let busy = Busy::new(Arc::clone(&activity));
         assert!(!idle_within(&activity, true, Duration::from_secs(5)).await);
         drop(busy);
-        let mut body = Tracked {
-            inner: Endless,
-            activity: Arc::clone(&activity),
-        };
+        let mut body = Tracked::new(Endless, Arc::clone(&activity));
         let reading = async {
             loop {
                 tokio::time::sleep(Duration::from_millis(400)).await;
@@ -219,7 +376,7 @@ mod tests {
 
     impl Body for Endless {
         type Data = Bytes;
-        type Error = std::convert::Infallible;
+        type Error = crate::gateway::BoxError;
 
         fn poll_frame(
             self: Pin<&mut Self>,

@@ -689,8 +689,17 @@ where
             if let Ok(response) = &mut response {
                 super::draining::close_when_stopping(response, version, &server.shutdown);
             }
-            // Its chunks count as activity (over HTTP/2 bytes alone do not).
-            response.map(|response| response.map(|inner| Tracked { inner, activity }))
+            // Its chunks count as activity (over HTTP/2 bytes alone do not); over
+            // HTTP/2 it is cut if it does not move for the idle timeout.
+            response.map(|response| {
+                response.map(|inner| {
+                    if version == http::Version::HTTP_2 {
+                        Tracked::stream(inner, activity)
+                    } else {
+                        Tracked::new(inner, activity)
+                    }
+                })
+            })
         }
     });
     let connection = watcher.watch(generation.http.serve_connection(io, service));

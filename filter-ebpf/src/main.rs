@@ -8,7 +8,9 @@
 //!    frames with more VLAN tags than are parsed, get `MALFORMED` and are
 //!    dropped, or passed when `DROP_MALFORMED` is off.
 //! 2. The source's class comes from one walk of the prefix table (bypass,
-//!    deny CIDRs, allowlist and country folded together by the daemon).
+//!    deny CIDRs, allowlist and country folded together by the daemon). An
+//!    IPv4-mapped IPv6 source (::ffff:a.b.c.d) is judged as its IPv4 source
+//!    here and below.
 //! 3. Bypass passes. Exact deny entries and deny CIDRs drop (unless expired).
 //! 4. Traffic outside the protected scope passes.
 //! 5. Protected traffic: allowlist, country, then the per-source flood limit
@@ -414,7 +416,7 @@ fn v6(ctx: &XdpContext, cfg: &Config, off: usize) -> Result<(u32, u32), Stop> {
     if ip_end > ctx.data_end() {
         return Err(Stop::Malformed);
     }
-    let src = V6(unsafe { [field(h, 8), field(h, 12), field(h, 16), field(h, 20)] });
+    let src: [u32; 4] = unsafe { [field(h, 8), field(h, 12), field(h, 16), field(h, 20)] };
     let mut next: u8 = unsafe { field(h, 6) };
     let mut at = off + IPV6_HLEN;
     let mut walk = WALK_TOO_LONG;
@@ -479,7 +481,15 @@ fn v6(ctx: &XdpContext, cfg: &Config, off: usize) -> Result<(u32, u32), Stop> {
         // traffic (the stack behind us may still find a port).
         unknown: walk == WALK_TOO_LONG,
     };
-    Ok(judge(ctx, cfg, &src, l4))
+    // An IPv4-mapped source (::ffff:a.b.c.d) is judged as the IPv4 source it
+    // maps, everywhere (lists, countries, flood key): the daemon stores mapped
+    // entries as IPv4, and Linux since 5.12 delivers such packets to UDP and
+    // raw sockets (only TCP refuses them). The first word decides for every
+    // ordinary source: one compare.
+    if src[0] == 0 && src[1] == 0 && src[2] == V4_MAPPED_WORD {
+        return Ok(judge(ctx, cfg, &V4(src[3]), l4));
+    }
+    Ok(judge(ctx, cfg, &V6(src), l4))
 }
 
 /// The verdict for a parsed packet: (reason, action).

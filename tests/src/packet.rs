@@ -208,3 +208,45 @@ pub fn ext_fragment(offset: u16, more: bool) -> (u8, Vec<u8>) {
     let b = v.to_be_bytes();
     (44, vec![0, 0, b[0], b[1], 0, 0, 0, 7])
 }
+
+/// A UDP datagram over IPv6 that the receiving stack accepts (IPv6 requires
+/// the UDP checksum): `payload` from `src` port 4444 to `dst` port `dport`.
+/// Frames built by [`Frame`] go to 02:00:00:00:00:01; give the receiving
+/// interface that address for the stack to take them.
+pub fn udp6_datagram(src: Ipv6Addr, dst: Ipv6Addr, dport: u16, payload: &[u8]) -> Ipv6 {
+    let len = u16::try_from(8 + payload.len()).unwrap_or(u16::MAX);
+    let mut l4 = vec![0x11, 0x5c];
+    l4.extend_from_slice(&dport.to_be_bytes());
+    l4.extend_from_slice(&len.to_be_bytes());
+    l4.extend_from_slice(&[0, 0]);
+    l4.extend_from_slice(payload);
+    // RFC 8200 8.1: the pseudo-header (addresses, length, next header) and
+    // the datagram, in 16-bit one's complement.
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            let hi = u32::from(pair[0]) << 8;
+            sum += hi | pair.get(1).map_or(0, |b| u32::from(*b));
+        }
+    };
+    add(&src.octets());
+    add(&dst.octets());
+    add(&u32::from(len).to_be_bytes());
+    add(&[0, 0, 0, UDP]);
+    add(&l4);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let check = match !(sum as u16) {
+        0 => 0xffff,
+        c => c,
+    };
+    l4[6..8].copy_from_slice(&check.to_be_bytes());
+    Ipv6 {
+        src,
+        dst,
+        protocol: UDP,
+        ext: vec![],
+        l4,
+    }
+}

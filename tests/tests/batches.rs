@@ -231,6 +231,12 @@ fn explain_agrees_with_the_kernel() {
         "2001:db8:5::1", // deny prefix, temporary
         "2001:db8:c000:1::1",
         "2001:db8:c000:aa00::1",
+        // IPv4-mapped IPv6 sources: judged as the IPv4 source they map.
+        "::ffff:198.18.1.1",
+        "::ffff:198.18.2.7",
+        "::ffff:198.19.200.1",
+        "::ffff:198.19.100.1",
+        "::ffff:198.18.0.5",
     ]
     .iter()
     .map(|s| ip(s))
@@ -286,6 +292,8 @@ fn explain_agrees_with_the_kernel() {
         "198.19.100.1",
         "2001:db8:1::7",
         "2001:db8:2::7",
+        "::ffff:198.18.0.5",
+        "::ffff:198.18.9.9",
     ]
     .iter()
     .map(|s| ip(s))

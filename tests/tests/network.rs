@@ -20,7 +20,7 @@ use rampart_tests::{
     control::{Rig, RigOptions},
     daemon::{Daemon, TempDir},
     netns::Pair,
-    packet::{Frame, Ipv6},
+    packet::{Frame, Ipv6, udp6_datagram},
     privileged,
 };
 
@@ -453,12 +453,17 @@ fn live_changes_and_temporary_bans_on_a_real_interface() {
 
 /// The `flood` counter of `rampart --json stats`.
 fn flood_drops(rig: &Rig) -> u64 {
+    counter(rig, "flood")
+}
+
+/// A kernel counter of `rampart --json stats`.
+fn counter(rig: &Rig, name: &str) -> u64 {
     let stats = rig.cli.json(&["stats"]).unwrap();
     stats["kernel"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|pair| pair[0] == "flood")
+        .find(|pair| pair[0] == name)
         .and_then(|pair| pair[1].as_u64())
         .unwrap_or(0)
 }
@@ -508,4 +513,90 @@ fn the_flood_limit_counts_an_ipv6_client_by_its_prefix() {
     ));
     rig.pair.inject(vec![one; 10]).unwrap();
     assert!(flood_drops(&rig) - dropped >= 4, "{}", flood_drops(&rig));
+}
+
+/// A UDP datagram over IPv6 from an IPv4-mapped source (`::ffff:a.b.c.d`)
+/// reaches a UDP service on Linux 5.12 and later (only TCP refuses such a
+/// source), and the service sees the IPv4 address. The filter judges it as
+/// that IPv4 source, as `rampart check` does: an operator who denies the
+/// mapped form a dual-stack service logged stops the datagrams.
+#[test]
+fn a_denied_ipv4_source_is_dropped_when_it_comes_as_ipv4_mapped_ipv6() {
+    if !privileged() {
+        return;
+    }
+    const UDP_PORT: u16 = 9090;
+    let rig = Rig::start(RigOptions::default()).unwrap();
+    rig.cli.ok(&["deny", "add", "::ffff:198.18.0.77"]).unwrap();
+    let c = rig
+        .cli
+        .json(&[
+            "check",
+            "::ffff:198.18.0.77",
+            "--port",
+            &UDP_PORT.to_string(),
+            "--udp",
+        ])
+        .unwrap();
+    assert_eq!(c["action"], "drop", "{c}");
+    assert_eq!(c["entry"], "198.18.0.77/32", "{c}");
+
+    // A V6ONLY UDP service on the server; the server interface takes the
+    // injected frames' destination MAC so that the stack accepts them.
+    let srv_if = rig.pair.srv_if.clone();
+    rig.pair
+        .ip(
+            &rig.pair.srv,
+            &[
+                "link",
+                "set",
+                "dev",
+                &srv_if,
+                "address",
+                "02:00:00:00:00:01",
+            ],
+        )
+        .unwrap();
+    let socket = Pair::in_ns(
+        &rig.pair.srv,
+        move || -> std::io::Result<std::net::UdpSocket> {
+            let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None)?;
+            s.set_only_v6(true)?;
+            s.bind(&std::net::SocketAddr::from((Ipv6Addr::UNSPECIFIED, UDP_PORT)).into())?;
+            s.set_read_timeout(Some(Duration::from_millis(500)))?;
+            Ok(s.into())
+        },
+    )
+    .unwrap()
+    .unwrap();
+    let dst: Ipv6Addr = "2001:db8::1".parse().unwrap();
+    let from = |v4: &str| v4.parse::<std::net::Ipv4Addr>().unwrap().to_ipv6_mapped();
+    let denied_before = counter(&rig, "denied");
+    rig.pair
+        .inject(vec![
+            Frame::new().ipv6(&udp6_datagram(
+                from("198.18.0.77"),
+                dst,
+                UDP_PORT,
+                b"denied",
+            )),
+            Frame::new().ipv6(&udp6_datagram(
+                from("198.18.0.78"),
+                dst,
+                UDP_PORT,
+                b"allowed",
+            )),
+        ])
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while let Ok((n, from)) = socket.recv_from(&mut buf) {
+        got.push((String::from_utf8_lossy(&buf[..n]).into_owned(), from.ip()));
+    }
+    assert_eq!(
+        got,
+        vec![("allowed".to_string(), IpAddr::V6(from("198.18.0.78")))],
+        "only the datagram from the source not denied reaches the service"
+    );
+    assert_eq!(counter(&rig, "denied") - denied_before, 1);
 }

@@ -135,8 +135,10 @@ impl Filter {
     /// The same order of decisions as the program: bypass, exact deny,
     /// deny prefix, scope, allowlist, country, flood (not predicted),
     /// monitor mode. Neighbour discovery (ICMPv6 133-137) always passes
-    /// whatever this says; malformed packets are not considered.
+    /// whatever this says; malformed packets are not considered. An
+    /// IPv4-mapped IPv6 address is the IPv4 source it maps, as in the kernel.
     pub fn explain(&self, addr: IpAddr, dst: Option<(u8, u16)>) -> Explanation {
+        let addr = addr.to_canonical();
         let now = monotonic_ns();
         let (_, class) = rules::lookup(&self.table, addr);
         let mut e = Explanation {

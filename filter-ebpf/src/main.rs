@@ -93,6 +93,9 @@ const VLAN_HLEN: usize = 4;
 const MAX_VLAN_DEPTH: usize = 2;
 const IPV4_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
+/// The most an IP length field can say (IPv4 total length, IPv6 payload
+/// length); a longer packet (BIG TCP after GRO) carries 0 there.
+const IP_MAXLEN: usize = 0xffff;
 /// Extension headers walked before giving up on finding the L4 header.
 const MAX_IPV6_EXT: usize = 6;
 
@@ -232,6 +235,13 @@ fn ptr_at(ctx: &XdpContext, offset: usize, len: usize) -> Result<*const u8, Stop
     Ok((start + offset) as *const u8)
 }
 
+/// Whether the frame from `off` on is longer than an IP length field can
+/// say: an IP length of 0 there is a BIG TCP packet, not an empty one.
+#[inline(always)]
+fn past_ip_maxlen(ctx: &XdpContext, off: usize) -> bool {
+    ctx.data_end() - ctx.data() > off + IP_MAXLEN
+}
+
 /// Reads a `T` at byte `at` of a header whose bounds `ptr_at` checked.
 ///
 /// # Safety
@@ -357,13 +367,20 @@ fn v4(ctx: &XdpContext, cfg: &Config, off: usize) -> Result<(u32, u32), Stop> {
     }
     let ihl = ((ver_ihl & 0x0f) as usize) * 4;
     let total = be16(unsafe { field::<u16>(h, 2) }) as usize;
-    if ihl < IPV4_HLEN || total < ihl {
+    if ihl < IPV4_HLEN {
         return Err(Stop::Malformed);
     }
-    let ip_end = ctx.data() + off + total;
-    if ip_end > ctx.data_end() {
-        return Err(Stop::Malformed);
-    }
+    let ip_end = if total == 0 && past_ip_maxlen(ctx, off) {
+        // BIG TCP: in skb mode XDP runs after GRO, and a packet longer than
+        // the field can say carries 0 there; the frame's end is its end.
+        ctx.data_end()
+    } else {
+        let ip_end = ctx.data() + off + total;
+        if total < ihl || ip_end > ctx.data_end() {
+            return Err(Stop::Malformed);
+        }
+        ip_end
+    };
     let frag = be16(unsafe { field::<u16>(h, 6) });
     let protocol: u8 = unsafe { field(h, 9) };
     let src = V4(unsafe { field(h, 12) });
@@ -412,10 +429,18 @@ fn v6(ctx: &XdpContext, cfg: &Config, off: usize) -> Result<(u32, u32), Stop> {
         return Err(Stop::Malformed);
     }
     let payload = be16(unsafe { field::<u16>(h, 4) }) as usize;
-    let ip_end = ctx.data() + off + IPV6_HLEN + payload;
-    if ip_end > ctx.data_end() {
-        return Err(Stop::Malformed);
-    }
+    let ip_end = if payload == 0 && past_ip_maxlen(ctx, off + IPV6_HLEN) {
+        // BIG TCP after GRO (skb mode), as for IPv4 (where GRO also inserts
+        // a hop-by-hop jumbo option, RFC 2675, the walk steps over it). On a
+        // shorter frame 0 stays an empty payload.
+        ctx.data_end()
+    } else {
+        let ip_end = ctx.data() + off + IPV6_HLEN + payload;
+        if ip_end > ctx.data_end() {
+            return Err(Stop::Malformed);
+        }
+        ip_end
+    };
     let src: [u32; 4] = unsafe { [field(h, 8), field(h, 12), field(h, 16), field(h, 20)] };
     let mut next: u8 = unsafe { field(h, 6) };
     let mut at = off + IPV6_HLEN;

@@ -235,6 +235,66 @@ impl Pair {
         })?
     }
 
+    /// Sets a 32-bit attribute of link `dev` in namespace `ns` by rtnetlink
+    /// (RTM_NEWLINK), for attributes the installed iproute2 may not know
+    /// (`IFLA_GSO_IPV4_MAX_SIZE`, `IFLA_GRO_IPV4_MAX_SIZE`: iproute2 6.3).
+    pub fn set_link_u32(&self, ns: &str, dev: &str, attr: u16, value: u32) -> anyhow::Result<()> {
+        let dev = CString::new(dev)?;
+        Self::in_ns(ns, move || -> anyhow::Result<()> {
+            // SAFETY: a valid NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(dev.as_ptr()) };
+            if ifindex == 0 {
+                bail!("if_nametoindex {dev:?}: {}", io::Error::last_os_error());
+            }
+            // SAFETY: socket(2) with constant arguments; the result is checked.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_NETLINK,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    libc::NETLINK_ROUTE,
+                )
+            };
+            if fd < 0 {
+                bail!("netlink socket: {}", io::Error::last_os_error());
+            }
+            // SAFETY: a fresh descriptor owned by nothing else.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // nlmsghdr (16), ifinfomsg (16), one attribute (4 + 4).
+            let mut msg = Vec::with_capacity(40);
+            msg.extend_from_slice(&40u32.to_ne_bytes());
+            msg.extend_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
+            let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+            msg.extend_from_slice(&flags.to_ne_bytes());
+            msg.extend_from_slice(&1u32.to_ne_bytes());
+            msg.extend_from_slice(&0u32.to_ne_bytes());
+            msg.extend_from_slice(&[0, 0, 0, 0]);
+            msg.extend_from_slice(&i32::try_from(ifindex)?.to_ne_bytes());
+            msg.extend_from_slice(&[0; 8]);
+            msg.extend_from_slice(&8u16.to_ne_bytes());
+            msg.extend_from_slice(&attr.to_ne_bytes());
+            msg.extend_from_slice(&value.to_ne_bytes());
+            // SAFETY: the message is valid for its length.
+            if unsafe { libc::send(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) } < 0 {
+                bail!("netlink send: {}", io::Error::last_os_error());
+            }
+            let mut ack = [0u8; 256];
+            // SAFETY: the buffer is valid for its length.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), ack.as_mut_ptr().cast(), ack.len(), 0) };
+            if n < 20 {
+                bail!("netlink ack: {}", io::Error::last_os_error());
+            }
+            // NLMSG_ERROR: the error code follows the header (0 = done).
+            let err = i32::from_ne_bytes([ack[16], ack[17], ack[18], ack[19]]);
+            if err != 0 {
+                bail!(
+                    "setting attribute {attr} of {dev:?}: {}",
+                    io::Error::from_raw_os_error(-err)
+                );
+            }
+            Ok(())
+        })?
+    }
+
     /// Runs `ip` inside a namespace (for tests that change addresses).
     pub fn ip(&self, ns: &str, args: &[&str]) -> anyhow::Result<()> {
         let mut all = vec!["-n", ns];

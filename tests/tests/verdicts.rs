@@ -310,6 +310,9 @@ fn ipv4_options_fragments_and_malformed_headers() {
     let mut bad = good.clone();
     bad[16..18].copy_from_slice(&10u16.to_be_bytes()); // total length < IHL
     h.expect("total length < header", &bad, XDP_DROP, "malformed");
+    // 0 means "longer than 65,535" (BIG TCP after GRO) only on such a frame.
+    bad[16..18].copy_from_slice(&0u16.to_be_bytes());
+    h.expect("total length 0, short frame", &bad, XDP_DROP, "malformed");
     let mut padded = good.clone();
     padded.extend_from_slice(&[0; 12]); // Ethernet padding after the packet
     h.expect("trailing padding", &padded, XDP_PASS, "passed");
@@ -590,6 +593,14 @@ fn ipv6_rules_extension_headers_and_neighbour_discovery() {
         );
     }
     h.expect("IPv6 whole", &good, XDP_PASS, "passed");
+    let mut empty = good.clone();
+    empty[18..20].copy_from_slice(&0u16.to_be_bytes());
+    h.expect(
+        "payload length 0, short frame",
+        &empty,
+        XDP_DROP,
+        "malformed",
+    );
     let mut with_ext = Ipv6::tcp(v6("2001:db8::5"), 443);
     with_ext.ext = vec![ext_generic(0, 1)];
     let good = f.ipv6(&with_ext);

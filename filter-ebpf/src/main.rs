@@ -415,6 +415,21 @@ fn l4_port(ctx: &XdpContext, off: usize, ip_end: usize, protocol: u8) -> Result<
     Ok(be16(unsafe { field::<u16>(l4, 2) }) as u32)
 }
 
+/// Whether an IPv6 next-header value is one of the extension headers the
+/// walk steps over.
+#[inline(always)]
+fn is_ext_header(next: u8) -> bool {
+    matches!(
+        next,
+        IPPROTO_HOPOPTS
+            | IPPROTO_ROUTING
+            | IPPROTO_DSTOPTS
+            | IPPROTO_MH
+            | IPPROTO_AH
+            | IPPROTO_FRAGMENT
+    )
+}
+
 /// Where the IPv6 extension-header walk ended.
 const WALK_L4: u8 = 0;
 const WALK_NO_PORT: u8 = 1;
@@ -483,6 +498,11 @@ fn v6(ctx: &XdpContext, cfg: &Config, off: usize) -> Result<(u32, u32), Stop> {
             return Err(Stop::Malformed);
         }
         i += 1;
+    }
+    if walk == WALK_TOO_LONG && !is_ext_header(next) {
+        // The walk consumed exactly MAX_IPV6_EXT headers: what follows the
+        // last one is the L4 header.
+        walk = WALK_L4;
     }
     let mut port = NO_PORT;
     if walk == WALK_L4 {

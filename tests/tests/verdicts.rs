@@ -549,7 +549,32 @@ fn ipv6_rules_extension_headers_and_neighbour_discovery() {
         XDP_PASS,
         "passed_unprotected",
     );
+    // The walk takes up to 6 headers: the L4 header after the 6th is read.
+    p.ext = std::iter::once(ext_generic(0, 0))
+        .chain((0..5).map(|_| ext_generic(60, 0)))
+        .collect();
+    h.expect(
+        "6 ext headers, blocked, ssh",
+        &f.ipv6(&p),
+        XDP_PASS,
+        "passed_unprotected",
+    );
+    p.l4 = rampart_tests::packet::tcp(443);
+    h.expect(
+        "6 ext headers, blocked, API",
+        &f.ipv6(&p),
+        XDP_DROP,
+        "country",
+    );
+    p.l4 = rampart_tests::packet::tcp(22);
     // A chain longer than the walk: judged by source as protected traffic.
+    p.ext.push(ext_generic(60, 0));
+    h.expect(
+        "7 ext headers, blocked, ssh",
+        &f.ipv6(&p),
+        XDP_DROP,
+        "country",
+    );
     p.ext = (0..8).map(|_| ext_generic(60, 0)).collect();
     h.expect("8 ext headers, blocked", &f.ipv6(&p), XDP_DROP, "country");
     p.src = v6("2001:db8::5");

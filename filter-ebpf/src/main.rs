@@ -510,6 +510,11 @@ fn v6(ctx: &XdpContext, cfg: &Config, off: usize) -> Result<(u32, u32), Stop> {
             // The whole 4-byte ICMPv6 header: a 1-byte read at a variable
             // offset gets a bounds check the verifier cannot follow.
             let icmp = ptr_at(ctx, at, 4)?;
+            // Inside the IP packet, not in the padding after it (a 0x87 byte
+            // there would pass a denied source as neighbour discovery).
+            if ctx.data() + at + 4 > ip_end {
+                return Err(Stop::Malformed);
+            }
             // SAFETY: 4 bytes checked.
             let kind: u8 = unsafe { field(icmp, 0) };
             if (133..=137).contains(&kind) {

@@ -618,6 +618,25 @@ fn ipv6_rules_extension_headers_and_neighbour_discovery() {
         );
     }
     h.expect("IPv6 whole", &good, XDP_PASS, "passed");
+    // An ICMPv6 header must be inside the IP payload: a type byte of 135 in
+    // the padding after an empty payload is no neighbour solicitation.
+    for (kind, src) in [(135, "2001:db8::bad"), (128, "2001:db8::5")] {
+        let mut padded = f.ipv6(&Ipv6::icmp(v6(src), kind));
+        padded[18..20].copy_from_slice(&0u16.to_be_bytes());
+        h.expect(
+            &format!("ICMPv6 {kind} in the padding"),
+            &padded,
+            XDP_DROP,
+            "malformed",
+        );
+        padded[18..20].copy_from_slice(&3u16.to_be_bytes());
+        h.expect(
+            &format!("ICMPv6 {kind} header cut by the payload length"),
+            &padded,
+            XDP_DROP,
+            "malformed",
+        );
+    }
     let mut empty = good.clone();
     empty[18..20].copy_from_slice(&0u16.to_be_bytes());
     h.expect(

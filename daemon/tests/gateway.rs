@@ -470,6 +470,53 @@ async fn slow_backend_gives_504() {
     assert_apim_error(&parts, &body, 504, "Gateway timeout");
 }
 
+/// hunt9 L1: `connect_secs` covers the TLS handshake to an https backend, as nginx's
+/// `proxy_connect_timeout` does. A backend that accepts TCP and never answers the
+/// TLS handshake held the request until `response_secs` and got 504 (a late
+/// backend); it is now a connection failure, 502, after `connect_secs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_never_finishes_tls_gives_502_after_the_connect_timeout() {
+    let pki = Pki::new();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    // Accepts and holds every connection, never writing a byte.
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let mut api = api(
+        "tlshang",
+        None,
+        "/",
+        &format!("https://localhost:{}/", silent_addr.port()),
+    );
+    api.timeouts = BackendTimeouts {
+        connect: Duration::from_millis(500),
+        response_header: Duration::from_secs(20),
+        ..BackendTimeouts::default()
+    };
+    let gw = start_gateway_with(
+        tls_settings(pki.leaf("localhost", &["localhost"]), Vec::new()),
+        settings(vec![api], Limits::default()),
+        None,
+    )
+    .await;
+    let client = client(&pki, false);
+    let started = Instant::now();
+    let (parts, body) = tokio::time::timeout(
+        Duration::from_secs(10),
+        get(&client, &format!("https://localhost:{}/x", gw.tls.port())),
+    )
+    .await
+    .expect("no answer in 10 s");
+    let took = started.elapsed();
+    assert_apim_error(&parts, &body, 502, "Bad gateway");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    held.abort();
+}
+
 /// Sends raw bytes on a plain connection and returns what came back until close.
 async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();

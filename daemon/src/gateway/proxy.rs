@@ -2,6 +2,7 @@
 //! goes through a small pool of hyper connections of its own ([`upstream`]);
 //! TLS and HTTP/2 backends through hyper-util's pooled client.
 
+mod timed;
 mod upstream;
 
 use std::error::Error as StdError;
@@ -152,7 +153,7 @@ pub(crate) struct Backend {
     pub(crate) name: String,
     base: Url,
     timeouts: BackendTimeouts,
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    client: Client<timed::TimedConnect<HttpsConnector<HttpConnector>>, UpstreamBody>,
     /// HTTP/1.1 to an `http://` backend: connections of our own, not `client`'s.
     http1: Option<Arc<upstream::Http1Pool>>,
     /// `backend_protocol = "http2"`: requests never go out over HTTP/1.1.
@@ -197,7 +198,11 @@ impl Backend {
             .enable_http1();
         // Over TLS, ALPN offers h2 then http/1.1; plain http speaks HTTP/1.1
         // unless h2 prior knowledge is asked for.
-        let connector = builder.enable_http2().wrap_connector(http);
+        // `connect_secs` bounds the TLS handshake too (timed.rs).
+        let connector = timed::TimedConnect {
+            inner: builder.enable_http2().wrap_connector(http),
+            timeout: api.timeouts.connect,
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(api.timeouts.pool_idle)
             // As many as the HTTP/1.1 pool keeps (hyper-util keeps any number):

@@ -102,7 +102,8 @@ pub enum BackendProtocol {
 /// Timeouts towards one backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendTimeouts {
-    /// TCP connect (a refused or timed-out connect gives 502).
+    /// Connect, the TLS handshake to an https backend included (a refused or
+    /// timed-out connect gives 502).
     pub connect: Duration,
     /// From sending the request to receiving the response head (504 when exceeded).
     pub response_header: Duration,

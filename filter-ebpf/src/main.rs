@@ -6,11 +6,10 @@
 //! 1. Non-IP frames (ARP, LLDP, ...) pass; IPv6 neighbour/router discovery
 //!    (ICMPv6 133-137) passes. Truncated or malformed IP headers, and
 //!    frames with more VLAN tags than are parsed, get `MALFORMED` and are
-//!    dropped, or passed when `DROP_MALFORMED` is off.
+//!    dropped, or passed when `DROP_MALFORMED` is off. So does an IPv6 packet
+//!    from an IPv4-mapped source (::ffff:a.b.c.d), which only a forger sends.
 //! 2. The source's class comes from one walk of the prefix table (bypass,
-//!    deny CIDRs, allowlist and country folded together by the daemon). An
-//!    IPv4-mapped IPv6 source (::ffff:a.b.c.d) is judged as its IPv4 source
-//!    here and below.
+//!    deny CIDRs, allowlist and country folded together by the daemon).
 //! 3. Bypass passes. Exact deny entries and deny CIDRs drop (unless expired).
 //! 4. Traffic outside the protected scope passes.
 //! 5. Protected traffic: allowlist, country, then the per-source flood limit
@@ -531,13 +530,15 @@ fn v6(ctx: &XdpContext, cfg: &Config, off: usize) -> Result<(u32, u32), Stop> {
         // traffic (the stack behind us may still find a port).
         unknown: walk == WALK_TOO_LONG,
     };
-    // An IPv4-mapped source (::ffff:a.b.c.d) is judged as the IPv4 source it
-    // maps, everywhere (lists, countries, flood key): the daemon stores mapped
-    // entries as IPv4, and Linux since 5.12 delivers such packets to UDP and
-    // raw sockets (only TCP refuses them). The first word decides for every
-    // ordinary source: one compare.
+    // An IPv4-mapped source (::ffff:a.b.c.d) never appears on the wire (RFC
+    // 4291 §2.5.5.2, RFC 6890): such a packet is forged. Linux since 5.12
+    // delivers it to UDP and raw sockets (only TCP refuses it), so it is
+    // malformed here: judged as IPv6 it escaped the IPv4 deny entries, judged
+    // as IPv4 it would take IPv4's bypass, allowlist and flood allowances,
+    // which edge filters that drop forged IPv4 sources do not guard. The first
+    // word decides for every ordinary source: one compare.
     if src[0] == 0 && src[1] == 0 && src[2] == V4_MAPPED_WORD {
-        return Ok(judge(ctx, cfg, &V4(src[3]), l4));
+        return Err(Stop::Malformed);
     }
     Ok(judge(ctx, cfg, &V6(src), l4))
 }

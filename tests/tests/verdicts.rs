@@ -1127,117 +1127,78 @@ fn a_full_exact_map_refuses_the_whole_change() {
 }
 
 /// An IPv6 packet from an IPv4-mapped source (`::ffff:a.b.c.d`), which Linux
-/// delivers to UDP sockets since 5.12, is judged as its IPv4 source: the
-/// daemon keeps mapped entries as IPv4, and `rampart check` answers for it.
+/// delivers to UDP sockets since 5.12, never comes from a real host (RFC 4291
+/// §2.5.5.2): it is malformed, whatever the IPv4 address's rules. Judged as
+/// IPv6 (before 7a33b1c) it escaped the IPv4 deny entries; judged as IPv4 (after
+/// it) a forged packet took IPv4's bypass, allowlist and flood allowances.
 #[test]
-fn ipv4_mapped_sources_are_judged_as_their_ipv4_address() {
+fn ipv4_mapped_sources_are_malformed() {
     if !privileged() {
         return;
     }
     let mapped = |s: &str| v4(s).to_ipv6_mapped();
     let h = Harness::standard();
     let f = Frame::new();
-    // UDP to 53 is outside the protected scope: only bypass and deny apply.
-    for (what, src, tcp, udp) in [
-        (
-            "exact deny",
-            "198.18.1.1",
-            (XDP_DROP, "denied"),
-            (XDP_DROP, "denied"),
-        ),
-        (
-            "deny CIDR",
-            "198.18.2.200",
-            (XDP_DROP, "denied"),
-            (XDP_DROP, "denied"),
-        ),
-        (
-            "bypass",
-            "198.18.3.9",
-            (XDP_PASS, "bypassed"),
-            (XDP_PASS, "bypassed"),
-        ),
-        (
-            "blocked country",
-            "198.19.200.1",
-            (XDP_DROP, "country"),
-            (XDP_PASS, "passed_unprotected"),
-        ),
-        (
-            "allowed",
-            "198.18.0.5",
-            (XDP_PASS, "passed"),
-            (XDP_PASS, "passed_unprotected"),
-        ),
+    // Denied, bypassed, of a blocked country, allowed: all the same.
+    for (what, src) in [
+        ("exact deny", "198.18.1.1"),
+        ("deny CIDR", "198.18.2.200"),
+        ("bypass", "198.18.3.9"),
+        ("blocked country", "198.19.200.1"),
+        ("allowed", "198.18.0.5"),
     ] {
         h.expect(
             &format!("mapped TCP, {what}"),
             &f.ipv6(&Ipv6::tcp(mapped(src), 443)),
-            tcp.0,
-            tcp.1,
+            XDP_DROP,
+            "malformed",
         );
         h.expect(
             &format!("mapped UDP, {what}"),
             &f.ipv6(&Ipv6::udp(mapped(src), 53)),
-            udp.0,
-            udp.1,
+            XDP_DROP,
+            "malformed",
         );
     }
-    // Neighbour discovery still passes first; an echo request is judged.
+    // Neighbour discovery still passes first (documented); an echo request is
+    // malformed.
     h.expect(
-        "mapped ND from a denied source",
+        "mapped ND",
         &f.ipv6(&Ipv6::icmp(mapped("198.18.1.1"), 135)),
         XDP_PASS,
         "neighbor_discovery",
     );
     h.expect(
-        "mapped echo from a denied source",
-        &f.ipv6(&Ipv6::icmp(mapped("198.18.1.1"), 128)),
+        "mapped echo",
+        &f.ipv6(&Ipv6::icmp(mapped("198.18.3.9"), 128)),
         XDP_DROP,
-        "denied",
+        "malformed",
     );
-    // A wider IPv6 rule does not cover a mapped source any more.
+    // An allowlisted IPv4 address does not let its mapped form in.
     let h = Harness::new(
         Settings::default(),
-        lists(&[], &["::/1"], &["198.18.0.0/24"]),
+        lists(&[], &[], &["198.18.0.0/24"]),
         CountryPolicy::Off,
     );
     h.expect(
         "mapped, allowlisted IPv4",
         &f.ipv6(&Ipv6::tcp(mapped("198.18.0.9"), 443)),
-        XDP_PASS,
-        "passed",
-    );
-    h.expect(
-        "mapped, not allowlisted",
-        &f.ipv6(&Ipv6::tcp(mapped("198.18.9.9"), 443)),
         XDP_DROP,
-        "not_allowlisted",
+        "malformed",
     );
-
-    // The flood limit counts a mapped source with its IPv4 address, whatever
-    // the IPv6 prefix (at 96 every mapped source used to be one source).
-    let settings = Settings {
-        flood: Some((1, 3)),
-        flood_ipv6_prefix: 96,
-        ..Settings::default()
-    };
-    let h = Harness::new(settings, lists(&[], &[], &[]), CountryPolicy::Off);
-    let as_v6 = f.ipv6(&Ipv6::tcp(mapped("198.18.0.5"), 443));
-    let as_v4 = f.ipv4(&Ipv4::tcp(v4("198.18.0.5"), 443));
-    for i in 0..3 {
-        h.expect(&format!("burst {i}"), &as_v6, XDP_PASS, "passed");
-    }
-    h.expect(
-        "the IPv4 address's allowance is spent",
-        &as_v4,
-        XDP_DROP,
-        "flood",
+    // With drop_malformed = false it passes, counted as malformed.
+    let h = Harness::new(
+        Settings {
+            drop_malformed: false,
+            ..Settings::default()
+        },
+        lists(&[], &[], &[]),
+        CountryPolicy::Off,
     );
     h.expect(
-        "another mapped source has its own",
-        &f.ipv6(&Ipv6::tcp(mapped("198.18.0.6"), 443)),
+        "mapped, drop_malformed off",
+        &f.ipv6(&Ipv6::udp(mapped("198.18.0.9"), 53)),
         XDP_PASS,
-        "passed",
+        "malformed",
     );
 }

@@ -97,6 +97,11 @@ impl fmt::Display for Explanation {
             ("bypassed" | "denied", Some(m)) => entry(f, m)?,
             ("bypassed", None) => write!(f, "{} is on the bypass list", self.source)?,
             ("denied", None) => write!(f, "{} is on the deny list", self.source)?,
+            ("malformed", _) => write!(
+                f,
+                "{} is an IPv4-mapped source, which no host sends: the packet is malformed",
+                self.source
+            )?,
             ("passed_unprotected", _) => {
                 f.write_str("the destination is outside the protected scope")?
             }
@@ -135,10 +140,25 @@ impl Filter {
     /// The same order of decisions as the program: bypass, exact deny,
     /// deny prefix, scope, allowlist, country, flood (not predicted),
     /// monitor mode. Neighbour discovery (ICMPv6 133-137) always passes
-    /// whatever this says; malformed packets are not considered. An
-    /// IPv4-mapped IPv6 address is the IPv4 source it maps, as in the kernel.
+    /// whatever this says; malformed packets are not considered, but for an
+    /// IPv4-mapped IPv6 source, which the kernel takes as malformed (only a
+    /// forger sends one).
     pub fn explain(&self, addr: IpAddr, dst: Option<(u8, u16)>) -> Explanation {
-        let addr = addr.to_canonical();
+        if let IpAddr::V6(v6) = addr
+            && v6.to_ipv4_mapped().is_some()
+        {
+            let drop = self.settings.drop_malformed && !self.settings.monitor;
+            return Explanation {
+                action: if drop { Action::Drop } else { Action::Pass },
+                reason: reason_name(reason::MALFORMED),
+                matched: None,
+                country: None,
+                source: addr,
+                in_scope: dst.is_none_or(|(protocol, port)| self.settings.protects(protocol, port)),
+                monitor: self.settings.monitor,
+                flood_limited: false,
+            };
+        }
         let now = monotonic_ns();
         let (_, class) = rules::lookup(&self.table, addr);
         let mut e = Explanation {

@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -96,7 +96,24 @@ impl Setup {
     /// starts rampartd on it and waits until it listens.
     async fn start(&self, body: &str) -> Daemon {
         let config = self.dir.0.join("rampart.toml");
-        let text = format!(
+        let text = self.config_text(body);
+        let n = self.starts.fetch_add(1, Ordering::Relaxed);
+        let log = self.dir.0.join(format!("rampartd-{n}.log"));
+        Rampartd::start(&config, &text, log, self.port).await
+    }
+
+    /// Rewrites the configuration as [`Setup::start`] writes it, with `body`, and
+    /// reloads `daemon` from it (SIGHUP), waiting until the gateway took it.
+    async fn reload(&self, daemon: &Daemon, body: &str) {
+        let config = self.dir.0.join("rampart.toml");
+        gateway_support::write_private(&config, self.config_text(body));
+        let seen = daemon.log_count("gateway reloaded");
+        daemon.signal(libc::SIGHUP);
+        daemon.wait_for_log("gateway reloaded", seen).await;
+    }
+
+    fn config_text(&self, body: &str) -> String {
+        format!(
             "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\n\n\
              [[listener]]\naddress = \"127.0.0.1:{port}\"\ntls = {{ cert = {cert:?}, key = {key:?} }}\n\n\
              {body}\n",
@@ -105,10 +122,7 @@ impl Setup {
             port = self.port,
             cert = self.cert.cert_chain_pem.display().to_string(),
             key = self.cert.key_pem.display().to_string(),
-        );
-        let n = self.starts.fetch_add(1, Ordering::Relaxed);
-        let log = self.dir.0.join(format!("rampartd-{n}.log"));
-        Rampartd::start(&config, &text, log, self.port).await
+        )
     }
 }
 
@@ -304,6 +318,15 @@ fn echoed(body: &str, name: &str) -> Vec<String> {
 /// An https server for `localhost` (certificate from `pki`, a CA of its own) answering
 /// `GET /keys` with `body`; counts the requests for `/keys`.
 async fn start_jwks_server(pki: &Pki, body: String) -> (SocketAddr, Arc<AtomicUsize>) {
+    start_failing_jwks_server(pki, body, Arc::new(AtomicBool::new(false))).await
+}
+
+/// [`start_jwks_server`], answering 500 to `/keys` while `down` is set.
+async fn start_failing_jwks_server(
+    pki: &Pki,
+    body: String,
+    down: Arc<AtomicBool>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
     let files = pki.leaf("jwks", &["localhost"]);
     use rustls::pki_types::pem::PemObject;
     let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(&files.cert_chain_pem)
@@ -334,6 +357,7 @@ async fn start_jwks_server(pki: &Pki, body: String) -> (SocketAddr, Arc<AtomicUs
             let acceptor = acceptor.clone();
             let counter = Arc::clone(&counter);
             let body = body.clone();
+            let down = Arc::clone(&down);
             tokio::spawn(async move {
                 let Ok(stream) = acceptor.accept(stream).await else {
                     return;
@@ -344,8 +368,13 @@ async fn start_jwks_server(pki: &Pki, body: String) -> (SocketAddr, Arc<AtomicUs
                         counter.fetch_add(1, Ordering::Relaxed);
                     }
                     let body = body.clone();
+                    let failing = down.load(Ordering::Relaxed);
                     async move {
-                        let response = if found {
+                        let response = if found && failing {
+                            Response::builder()
+                                .status(500)
+                                .body(Full::new(Bytes::new()))
+                        } else if found {
                             Response::builder()
                                 .header("content-type", "application/json")
                                 .body(Full::new(body))
@@ -730,6 +759,75 @@ async fn keys_are_fetched_from_a_jwks_over_https_with_a_private_ca() {
     assert_invalid(&parts, &body);
     let (parts, body) = call(&client, Method::GET, &url, None, &[]).await;
     assert_401(&parts, &body, NOT_PRESENT, "Bearer");
+}
+
+/// hunt9 M2: a reload that changes only how tokens are judged (here `audiences`)
+/// keeps the fetched keys, so a JWKS endpoint that is down meanwhile costs nothing;
+/// before, the provider was built anew without keys and its APIs answered 503 until
+/// the endpoint came back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_changing_only_audiences_keeps_the_fetched_keys() {
+    let setup = Setup::new("jwks-reload");
+    let idp_pki = Pki::new();
+    let down = Arc::new(AtomicBool::new(false));
+    let (jwks_addr, fetches) =
+        start_failing_jwks_server(&idp_pki, jwks("k1"), Arc::clone(&down)).await;
+    let backend = start_backend().await;
+    let provider = remote_provider(jwks_addr.port(), &idp_pki.ca_pem);
+    let daemon = setup
+        .start(&format!("{provider}{}", orders_api(backend)))
+        .await;
+    let client = client(&setup.pki, false);
+    let url = setup.url("/orders/items");
+    let reader = rs256(&claims("alice", json!(["API.Read"])));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (parts, _) = call(&client, Method::GET, &url, Some(&reader), &[]).await;
+        if parts.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no keys:\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The IdP fails from now on; only the audiences change.
+    down.store(true, Ordering::Relaxed);
+    let other = "api://other";
+    let changed = provider.replace(
+        &format!("audiences = [\"{AUD}\"]"),
+        &format!("audiences = [\"{AUD}\", \"{other}\"]"),
+    );
+    assert_ne!(changed, provider);
+    setup
+        .reload(&daemon, &format!("{changed}{}", orders_api(backend)))
+        .await;
+
+    // Tokens are judged by the new settings with the kept keys: the known token, a
+    // new one, one for the added audience; one for no listed audience is refused.
+    let fresh = rs256(&claims("bob", json!(["API.Read"])));
+    let for_other = rs256(&with(
+        claims("carol", json!(["API.Read"])),
+        "aud",
+        json!(other),
+    ));
+    for _ in 0..3 {
+        for token in [&reader, &fresh, &for_other] {
+            let (parts, body) = call(&client, Method::GET, &url, Some(token), &[]).await;
+            assert_eq!(parts.status, 200, "{body}\n{}", daemon.log());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let elsewhere = rs256(&with(
+        claims("dave", json!(["API.Read"])),
+        "aud",
+        json!("api://elsewhere"),
+    ));
+    let (parts, body) = call(&client, Method::GET, &url, Some(&elsewhere), &[]).await;
+    assert_invalid(&parts, &body);
+    let log = daemon.log();
+    assert!(log.contains("JWT providers kept 1 started 0"), "{log}");
+    // Nothing was fetched for the reload.
+    assert_eq!(fetches.load(Ordering::Relaxed), 1, "{}", daemon.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]

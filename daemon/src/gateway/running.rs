@@ -27,7 +27,7 @@ use super::{
 };
 use crate::config::{Config, ConfigError};
 use crate::pipeline::{self, ApiPolicies, PipelineError};
-use crate::policy::jwt::JwtProvider;
+use crate::policy::jwt::ProviderKeys;
 use crate::policy::jwt::refresh::keep_keys_fresh;
 use crate::policy::keys::{KeyStoreError, Scope, Subscription, SubscriptionState, Subscriptions};
 use crate::policy::quota::{QuotaCounters, QuotaError};
@@ -125,9 +125,10 @@ pub struct ReloadSummary {
     pub listeners_removed: Vec<SocketAddr>,
     /// APIs whose backend (connection pool, backend token) was kept.
     pub backends_kept: usize,
-    /// JWT providers whose keys and refresh task were kept.
+    /// JWT providers whose keys and refresh task were kept (their key source did
+    /// not change, whatever else did).
     pub jwt_providers_kept: Vec<String>,
-    /// JWT providers whose keys are fetched anew (new or changed).
+    /// JWT providers whose keys are fetched anew (new, or a changed key source).
     pub jwt_providers_started: Vec<String>,
     /// Subscriptions scoped to an API or product the new configuration does
     /// not have (each logged as a warning).
@@ -250,7 +251,7 @@ struct Reloadable {
     /// The configuration in force.
     config: Config,
     /// Key refresh tasks of the JWT providers that fetch their keys.
-    key_refresh: Vec<(Arc<JwtProvider>, CancellationToken)>,
+    key_refresh: Vec<(Arc<ProviderKeys>, CancellationToken)>,
 }
 
 /// The gateway of a running daemon. Shared (`Arc`) between the service loop
@@ -481,28 +482,34 @@ fn publish_subscriptions(
     }
 }
 
-/// Starts a key refresh task for each provider of `policies` that fetches its keys
-/// and has none yet, stops those of providers no longer used. Returns the names of
-/// the providers kept and started.
+/// Starts a key refresh task for the keys of each provider of `policies` that
+/// fetches its keys and has none yet (keys taken over from the running
+/// configuration keep their task), stops those of keys no longer used. Returns the
+/// names of the providers kept and started.
 fn sync_key_refresh(
-    tasks: &mut Vec<(Arc<JwtProvider>, CancellationToken)>,
+    tasks: &mut Vec<(Arc<ProviderKeys>, CancellationToken)>,
     policies: &ApiPolicies,
     shutdown: &CancellationToken,
 ) -> (Vec<String>, Vec<String>) {
     let mut kept = Vec::new();
     let mut started = Vec::new();
-    let mut next = Vec::new();
+    let mut next: Vec<(Arc<ProviderKeys>, CancellationToken)> = Vec::new();
     for provider in policies.jwt_providers().filter(|p| p.client().is_some()) {
-        match tasks.iter().position(|(p, _)| Arc::ptr_eq(p, provider)) {
+        provider.take_over_fetches();
+        let keys = provider.keys();
+        if next.iter().any(|(k, _)| Arc::ptr_eq(k, keys)) {
+            continue;
+        }
+        match tasks.iter().position(|(k, _)| Arc::ptr_eq(k, keys)) {
             Some(index) => {
                 kept.push(provider.name().to_owned());
                 next.push(tasks.swap_remove(index));
             }
             None => {
                 let stop = shutdown.child_token();
-                tokio::spawn(keep_keys_fresh(Arc::clone(provider), stop.clone()));
+                tokio::spawn(keep_keys_fresh(Arc::clone(keys), stop.clone()));
                 started.push(provider.name().to_owned());
-                next.push((Arc::clone(provider), stop));
+                next.push((Arc::clone(keys), stop));
             }
         }
     }

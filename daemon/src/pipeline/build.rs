@@ -198,21 +198,29 @@ impl PolicyRules {
 }
 
 /// The provider for `settings`: the running one when its settings did not change
-/// and it fetches its keys (no refetch, no 503 meanwhile); else built anew (static
+/// and it fetches its keys (no refetch, no 503 meanwhile); else built anew, keeping
+/// the running one's fetched keys when only how tokens are judged changed (static
 /// keys are re-read, like certificates).
 fn provider(
     settings: &JwtProviderSettings,
     previous: Option<&PolicyRules>,
 ) -> Result<Arc<JwtProvider>, PipelineError> {
-    let running = previous
-        .into_iter()
-        .flat_map(|p| &p.providers)
-        .find(|p| p.settings == *settings && p.provider.client().is_some());
-    if let Some(running) = running {
+    let running = || {
+        previous
+            .into_iter()
+            .flat_map(|p| &p.providers)
+            .filter(|p| p.provider.client().is_some())
+    };
+    if let Some(running) = running().find(|p| p.settings == *settings) {
         return Ok(Arc::clone(&running.provider));
     }
+    let same_name = running().find(|p| p.settings.name == settings.name);
     settings
         .validate()
+        .map(|built| match same_name {
+            Some(running) => built.keeping_keys_of(&running.provider),
+            None => built,
+        })
         .map(Arc::new)
         .map_err(|errors| PipelineError::JwtProvider {
             name: settings.name.clone(),

@@ -736,21 +736,34 @@ fn a_rebuild_that_renames_only_the_count_headers_keeps_the_counts() {
 #[test]
 fn a_rebuild_keeps_fetching_jwt_providers_whose_settings_did_not_change() {
     let quotas = Arc::new(QuotaCounters::in_memory(100, SystemClock));
-    let provider = |audience: &str| {
+    let provider = |url: &str, audience: &str| {
         format!(
             "jwt = {{ provider = \"idp\" }}\n\
              [[jwt_provider]]\nname = \"idp\"\nalgorithms = [\"RS256\"]\n\
-             jwks_url = \"https://idp.example/keys\"\naudiences = [\"{audience}\"]\n"
+             jwks_url = \"https://{url}\"\naudiences = [\"{audience}\"]\n"
         )
     };
-    let first = rebuilt(&provider("one"), None, &quotas);
-    let same = rebuilt(&provider("one"), Some(&first), &quotas);
-    let changed = rebuilt(&provider("two"), Some(&same), &quotas);
+    let first = rebuilt(&provider("idp.example/keys", "one"), None, &quotas);
+    let same = rebuilt(&provider("idp.example/keys", "one"), Some(&first), &quotas);
+    let judged = rebuilt(&provider("idp.example/keys", "two"), Some(&same), &quotas);
+    let moved = rebuilt(
+        &provider("idp.example/v2/keys", "two"),
+        Some(&judged),
+        &quotas,
+    );
     let only = |p: &ApiPolicies| Arc::clone(p.jwt_providers().next().unwrap());
     assert!(Arc::ptr_eq(&only(&first), &only(&same)), "kept: no refetch");
     assert!(
-        !Arc::ptr_eq(&only(&same), &only(&changed)),
-        "changed: built anew"
+        !Arc::ptr_eq(&only(&same), &only(&judged)),
+        "judged otherwise: built anew"
+    );
+    assert!(
+        Arc::ptr_eq(only(&same).keys(), only(&judged).keys()),
+        "the same key source: its keys and their refresh are kept"
+    );
+    assert!(
+        !Arc::ptr_eq(only(&judged).keys(), only(&moved).keys()),
+        "another key source: fetched anew"
     );
 }
 

@@ -58,10 +58,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
+use rustls_pki_types::TrustAnchor;
 use serde_json::{Map, Value};
 use url::Url;
 
@@ -148,24 +149,114 @@ pub(crate) struct ProviderConfig {
     pub(crate) cache_capacity: usize,
 }
 
-/// A key set with the jsonwebtoken validation that goes with it (its issuers may come
-/// from the discovery document).
+/// A key set as loaded, with the issuer of the discovery document it came through.
 #[derive(Debug)]
 struct LoadedKeys {
     set: KeySet,
+    discovered_issuer: Option<String>,
+}
+
+/// The loaded key set with the jsonwebtoken validation one provider's settings make of
+/// it (its issuers may come from the discovery document).
+#[derive(Debug)]
+struct JudgedKeys {
+    loaded: Arc<LoadedKeys>,
     validation: Validation,
 }
 
-/// One identity provider: settings, the current key set (swapped atomically), the
-/// refresh schedule and the verified-token cache.
+/// A provider's keys and what decides them: where they come from, the algorithms
+/// taken, the CAs trusted for fetches; with the refresh schedule. Shared by the
+/// providers of successive configurations while these do not change, so a reload that
+/// changes only how tokens are judged (audiences, messages...) neither drops nor
+/// refetches the keys, and the fetching task goes on.
 #[derive(Debug)]
-pub struct JwtProvider {
-    config: ProviderConfig,
-    keys: ArcSwapOption<LoadedKeys>,
+pub struct ProviderKeys {
+    name: String,
+    origin: KeyOrigin,
+    algorithms: Vec<Algorithm>,
+    /// The CAs `client` trusts, compared at a reload.
+    roots: Vec<TrustAnchor<'static>>,
+    client: Option<JwksClient>,
+    /// The issuers a discovery document must name: those of the configuration in
+    /// force (see [`JwtProvider::take_over_fetches`]).
+    discovery_issuers: ArcSwap<Vec<String>>,
+    loaded: ArcSwapOption<LoadedKeys>,
     planner: RefreshPlanner,
     /// Wakes the fetching task when an unknown `kid` asks for a refresh.
     refresh_wanted: tokio::sync::Notify,
-    client: Option<JwksClient>,
+}
+
+impl ProviderKeys {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The refresh schedule (fetched keys only; static keys never need one).
+    pub fn planner(&self) -> &RefreshPlanner {
+        &self.planner
+    }
+
+    /// Resolves when an unknown `kid` asked for a refresh.
+    pub async fn refresh_requested(&self) {
+        self.refresh_wanted.notified().await;
+    }
+
+    pub fn has_keys(&self) -> bool {
+        self.loaded.load().is_some()
+    }
+
+    /// Both fetch the same keys: same origin, algorithms and trusted CAs.
+    fn same_source(&self, other: &Self) -> bool {
+        self.client.is_some()
+            && other.client.is_some()
+            && self.origin == other.origin
+            && self.algorithms == other.algorithms
+            && self.roots == other.roots
+    }
+
+    /// Replaces the key set; requests in flight finish with the old one, and each
+    /// provider empties its verified-token cache when it sees the new set, so a key
+    /// withdrawn by the IdP stops accepting its tokens now.
+    fn install(&self, set: KeySet, discovered_issuer: Option<&str>) {
+        self.loaded.store(Some(Arc::new(LoadedKeys {
+            set,
+            discovered_issuer: discovered_issuer.map(str::to_owned),
+        })));
+    }
+
+    /// Fetches the key set (through discovery when configured) and installs it. On
+    /// failure the current set stays. The caller holds the planner's ticket.
+    pub async fn refresh(&self, limits: &FetchLimits) -> Result<usize, FetchError> {
+        let Some(client) = &self.client else {
+            return Ok(self.loaded.load().as_ref().map_or(0, |k| k.set.len()));
+        };
+        match &self.origin {
+            KeyOrigin::Static => Ok(0),
+            KeyOrigin::Jwks(url) => {
+                let set = fetch_jwks(client, url, &self.algorithms, limits).await?;
+                let count = set.len();
+                self.install(set, None);
+                Ok(count)
+            }
+            KeyOrigin::OpenIdConfig(url) => {
+                let issuers = self.discovery_issuers.load_full();
+                let discovery = fetch_discovery(client, url, &issuers, limits).await?;
+                let set = fetch_jwks(client, &discovery.jwks_uri, &self.algorithms, limits).await?;
+                let count = set.len();
+                self.install(set, Some(&discovery.issuer));
+                Ok(count)
+            }
+        }
+    }
+}
+
+/// One identity provider: settings, its keys (see [`ProviderKeys`]) and the
+/// verified-token cache.
+#[derive(Debug)]
+pub struct JwtProvider {
+    config: ProviderConfig,
+    keys: Arc<ProviderKeys>,
+    judged: ArcSwapOption<JudgedKeys>,
     cache: VerifiedTokenCache,
     signature_checks: AtomicU64,
 }
@@ -179,28 +270,62 @@ impl JwtProvider {
         keys: Option<KeySet>,
         fetch_roots: Option<rustls::RootCertStore>,
     ) -> Result<Self, JwtConfigError> {
-        let client = match fetch_roots {
-            Some(roots) => Some(
-                JwksClient::new(roots).map_err(|source| JwtConfigError::TlsClient { source })?,
-            ),
-            None => None,
+        let (client, roots) = match fetch_roots {
+            Some(roots) => {
+                let anchors = roots.roots.clone();
+                let client = JwksClient::new(roots)
+                    .map_err(|source| JwtConfigError::TlsClient { source })?;
+                (Some(client), anchors)
+            }
+            None => (None, Vec::new()),
         };
-        let provider = Self {
-            cache: VerifiedTokenCache::new(config.cache_capacity),
-            config,
-            keys: ArcSwapOption::empty(),
+        let provider_keys = ProviderKeys {
+            name: config.name.clone(),
+            origin: config.origin.clone(),
+            algorithms: config.algorithms.clone(),
+            roots,
+            client,
+            discovery_issuers: ArcSwap::from_pointee(config.issuers.clone()),
+            loaded: ArcSwapOption::empty(),
             planner: RefreshPlanner::default(),
             refresh_wanted: tokio::sync::Notify::new(),
-            client,
-            signature_checks: AtomicU64::new(0),
         };
         if let Some(set) = keys {
-            provider.install_keys(set);
-            provider
+            provider_keys.install(set, None);
+            provider_keys
                 .planner
                 .loaded_at(jsonwebtoken::get_current_timestamp());
         }
-        Ok(provider)
+        Ok(Self {
+            cache: VerifiedTokenCache::new(config.cache_capacity),
+            config,
+            keys: Arc::new(provider_keys),
+            judged: ArcSwapOption::empty(),
+            signature_checks: AtomicU64::new(0),
+        })
+    }
+
+    /// This provider with `running`'s keys, refresh schedule and fetching task when
+    /// both fetch the same keys (same origin, algorithms and trusted CAs): settings that
+    /// only decide how tokens are judged do not drop the keys. Static keys are never
+    /// taken over (they are read again, like certificates).
+    #[must_use]
+    pub fn keeping_keys_of(mut self, running: &JwtProvider) -> Self {
+        if self.config.name == running.config.name && self.keys.same_source(&running.keys) {
+            self.keys = Arc::clone(&running.keys);
+        }
+        self
+    }
+
+    /// Makes this provider's settings the ones its key fetches use (the issuers a
+    /// discovery document must name), once its configuration is in force: a reload
+    /// that is rejected changes nothing.
+    pub fn take_over_fetches(&self) {
+        if **self.keys.discovery_issuers.load() != self.config.issuers {
+            self.keys
+                .discovery_issuers
+                .store(Arc::new(self.config.issuers.clone()));
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -219,19 +344,20 @@ impl JwtProvider {
         self.config.family
     }
 
-    /// The refresh schedule (fetched keys only; static keys never need one).
-    pub fn planner(&self) -> &RefreshPlanner {
-        &self.planner
+    /// The keys, shared with the providers of earlier configurations that fetched
+    /// the same ones.
+    pub fn keys(&self) -> &Arc<ProviderKeys> {
+        &self.keys
     }
 
-    /// Resolves when an unknown `kid` asked for a refresh.
-    pub async fn refresh_requested(&self) {
-        self.refresh_wanted.notified().await;
+    /// The refresh schedule (fetched keys only; static keys never need one).
+    pub fn planner(&self) -> &RefreshPlanner {
+        &self.keys.planner
     }
 
     /// The https client for this provider's fetches (`None` for static keys).
     pub fn client(&self) -> Option<&JwksClient> {
-        self.client.as_ref()
+        self.keys.client.as_ref()
     }
 
     /// Signature verifications done so far (cache hits do none).
@@ -240,22 +366,42 @@ impl JwtProvider {
     }
 
     pub fn has_keys(&self) -> bool {
-        self.keys.load().is_some()
+        self.keys.has_keys()
     }
 
-    /// Replaces the key set; requests in flight finish with the old one. The cache is
-    /// emptied so a key withdrawn by the IdP stops accepting its tokens now.
+    /// Replaces the key set; requests in flight finish with the old one.
     pub fn install_keys(&self, set: KeySet) {
-        self.install(set, None);
+        self.keys.install(set, None);
     }
 
     /// Replaces the key set fetched through `discovery`; without configured issuers,
     /// the discovery document's issuer becomes the accepted one.
     pub fn install_discovered_keys(&self, discovery: &OidcDiscovery, set: KeySet) {
-        self.install(set, Some(&discovery.issuer));
+        self.keys.install(set, Some(&discovery.issuer));
     }
 
-    fn install(&self, set: KeySet, discovered_issuer: Option<&str>) {
+    /// Fetches the key set and installs it (see [`ProviderKeys::refresh`]).
+    pub async fn refresh(&self, limits: &FetchLimits) -> Result<usize, FetchError> {
+        self.keys.refresh(limits).await
+    }
+
+    /// The current key set with this provider's validation; a new set empties the
+    /// verified-token cache first (a key the IdP withdrew stops accepting its tokens).
+    fn judged(&self) -> Option<Arc<JudgedKeys>> {
+        let loaded = self.keys.loaded.load_full()?;
+        if let Some(judged) = self.judged.load().as_ref()
+            && Arc::ptr_eq(&judged.loaded, &loaded)
+        {
+            return Some(Arc::clone(judged));
+        }
+        let validation = self.validation(loaded.discovered_issuer.as_deref());
+        let judged = Arc::new(JudgedKeys { loaded, validation });
+        self.judged.store(Some(Arc::clone(&judged)));
+        self.cache.clear();
+        Some(judged)
+    }
+
+    fn validation(&self, discovered_issuer: Option<&str>) -> Validation {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = self.config.algorithms.clone();
         // Checked here with the caller's clock (module docs); exp stays required.
@@ -278,34 +424,7 @@ impl JwtProvider {
             required.push("aud");
         }
         validation.set_required_spec_claims(&required);
-        self.keys
-            .store(Some(Arc::new(LoadedKeys { set, validation })));
-        self.cache.clear();
-    }
-
-    /// Fetches the key set (through discovery when configured) and installs it. On
-    /// failure the current set stays. The caller holds the planner's ticket.
-    pub async fn refresh(&self, limits: &FetchLimits) -> Result<usize, FetchError> {
-        let Some(client) = &self.client else {
-            return Ok(self.keys.load().as_ref().map_or(0, |k| k.set.len()));
-        };
-        match &self.config.origin {
-            KeyOrigin::Static => Ok(0),
-            KeyOrigin::Jwks(url) => {
-                let set = fetch_jwks(client, url, &self.config.algorithms, limits).await?;
-                let count = set.len();
-                self.install_keys(set);
-                Ok(count)
-            }
-            KeyOrigin::OpenIdConfig(url) => {
-                let discovery = fetch_discovery(client, url, &self.config.issuers, limits).await?;
-                let set = fetch_jwks(client, &discovery.jwks_uri, &self.config.algorithms, limits)
-                    .await?;
-                let count = set.len();
-                self.install_discovered_keys(&discovery, set);
-                Ok(count)
-            }
-        }
+        validation
     }
 
     /// The response for a refused token.
@@ -365,6 +484,10 @@ impl JwtProvider {
             });
         }
         let skew = self.config.clock_skew_secs;
+        // Before the cache: a new key set empties it.
+        let Some(judged) = self.judged() else {
+            return Err(JwtRejection::KeysUnavailable);
+        };
         let hash = TokenHash::of(token);
         if let Some(hit) = self.cache.get(&hash, now) {
             return Ok(VerifiedToken {
@@ -372,9 +495,6 @@ impl JwtProvider {
                 exp: hit.exp,
             });
         }
-        let Some(loaded) = self.keys.load_full() else {
-            return Err(JwtRejection::KeysUnavailable);
-        };
         check_shape(token)?;
         let header = jsonwebtoken::decode_header(token).map_err(|e| JwtRejection::Malformed {
             detail: format!("header: {e}"),
@@ -388,8 +508,8 @@ impl JwtProvider {
                 alg: format!("{alg:?}"),
             });
         }
-        let candidates = self.candidates(&loaded.set, header.kid.as_deref(), alg, now)?;
-        let claims = self.verify_signature(token, &candidates, &loaded.validation)?;
+        let candidates = self.candidates(&judged.loaded.set, header.kid.as_deref(), alg, now)?;
+        let claims = self.verify_signature(token, &candidates, &judged.validation)?;
         // `iss` is one StringOrURI (RFC 7519 §4.1.1); jsonwebtoken also takes an
         // array and passes it when any element is allowed.
         if claims.get("iss").is_some_and(|iss| !iss.is_string()) {
@@ -453,8 +573,8 @@ impl JwtProvider {
         if self.config.origin == KeyOrigin::Static {
             return Ok(set.keys.iter().filter(usable).collect());
         }
-        if self.planner.on_unknown_kid(now) {
-            self.refresh_wanted.notify_one();
+        if self.keys.planner.on_unknown_kid(now) {
+            self.keys.refresh_wanted.notify_one();
         }
         Err(JwtRejection::KeyNotFound {
             kid: kid.chars().take(64).collect(),

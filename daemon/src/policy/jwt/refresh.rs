@@ -141,11 +141,11 @@ impl RefreshPlanner {
     }
 }
 
-/// Fetches `provider`'s keys when its schedule says so (at start, hourly, on an
+/// Fetches a provider's keys when their schedule says so (at start, hourly, on an
 /// unknown `kid` at most every 5 minutes, retries after failures), until `stop`.
 /// Only for providers that fetch their keys (`provider.client()` is `Some`).
 pub async fn keep_keys_fresh(
-    provider: std::sync::Arc<super::JwtProvider>,
+    provider: std::sync::Arc<super::ProviderKeys>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let limits = super::FetchLimits::default();

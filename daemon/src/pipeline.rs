@@ -642,20 +642,32 @@ fn check_jwt(jwt: &ApiJwt, request: &mut RequestContext<'_>) -> Result<VerifiedT
             Some(other) => Some(other.to_string()),
         };
         let Some(value) = value else { continue };
-        match HeaderValue::from_str(&value) {
+        match claim_header_value(&value) {
             Ok(value) => {
                 request.parts.headers.insert(name.clone(), value);
             }
-            Err(_) => {
+            Err(problem) => {
                 let rejected = JwtRejection::ClaimNotHeaderSafe {
                     claim: config.claim.clone(),
                     header: name.to_string(),
+                    problem,
                 };
                 return Err(jwt_refused(jwt, request, &rejected));
             }
         }
     }
     Ok(token)
+}
+
+/// A claim's value as a header value, or what keeps it from being one: a control
+/// character, or a space or tab at either end (HTTP/1 parsing would trim it, but
+/// over HTTP/2 the field is malformed, RFC 9113 §8.2.1, and a backend may answer
+/// with a connection error that fails every request on that connection).
+fn claim_header_value(value: &str) -> Result<HeaderValue, &'static str> {
+    if value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) {
+        return Err("it starts or ends with a space or tab");
+    }
+    HeaderValue::from_str(value).map_err(|_| "it holds a control character")
 }
 
 /// A refused token: its reason and detail to the log, the provider's answer to the

@@ -1008,3 +1008,47 @@ async fn client_bytes_never_start_a_log_line_and_unsafe_claims_are_refused() {
     assert_eq!(parts.status, 200, "{body}");
     assert_eq!(echoed(&body, "x-user-id"), ["alice"], "{body}");
 }
+
+/// hunt9 M1: a claim sent as a header that starts or ends with a space or tab is a
+/// malformed field over HTTP/2 (RFC 9113 §8.2.1); an h2 backend may drop the whole
+/// connection for it, other clients' requests included. Such a token is refused as
+/// invalid, as one whose claim holds a control character, and nothing is forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_with_edge_whitespace_are_refused_and_never_forwarded() {
+    let setup = Setup::new("padded-claim");
+    fn ok(_: &str) -> &'static [u8] {
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    }
+    let backend = RawBackend::start(None, ok).await;
+    let daemon = setup
+        .start(&format!(
+            "{}{}",
+            static_provider(&setup),
+            orders_api(backend.addr)
+        ))
+        .await;
+    let client = client(&setup.pki, false);
+    let url = setup.url("/orders/items");
+    for padded in ["x ", " padded ", "tab\tx\t", "\tx"] {
+        let token = rs256(&with(
+            claims("alice", json!(["API.Read"])),
+            "oid",
+            json!(padded),
+        ));
+        let (parts, body) = call(&client, Method::GET, &url, Some(&token), &[]).await;
+        assert_invalid(&parts, &body);
+    }
+    let refused = "cannot be sent as header x-user-id: it starts or ends with a space or tab";
+    daemon.wait_for_log(refused, 3).await;
+    assert_eq!(daemon.log_count(refused), 4, "{}", daemon.log());
+    assert!(backend.requests().is_empty(), "{:?}", backend.requests());
+    // Inner spaces are fine.
+    let inner = rs256(&with(
+        claims("alice", json!(["API.Read"])),
+        "oid",
+        json!("Alice Smith"),
+    ));
+    let (parts, body) = call(&client, Method::GET, &url, Some(&inner), &[]).await;
+    assert_eq!(parts.status, 200, "{body}");
+    assert_eq!(backend.requests().len(), 1);
+}

@@ -258,7 +258,7 @@ fn a_claim_counter_without_a_token_to_count_by_is_refused_where_written() {
 fn each_api_jwt_error_is_located() {
     let provider = hs_provider("corp");
     // (the `jwt = ...` line, the text the error points at, the message after the position)
-    let cases: [(&str, &str, &str); 9] = [
+    let cases: [(&str, &str, &str); 10] = [
         (
             "jwt = { provider = \"other\" }",
             "\"other\"",
@@ -303,6 +303,11 @@ fn each_api_jwt_error_is_located() {
             "jwt = { provider = \"corp\", claims_to_headers = [{ claim = \"oid\", header = \"X-User\", default = \"a\\nb\" }] }",
             "\"a\\nb\"",
             "`api.jwt.claims_to_headers.default` is not a valid header value",
+        ),
+        (
+            "jwt = { provider = \"corp\", claims_to_headers = [{ claim = \"oid\", header = \"X-User\", default = \"none \" }] }",
+            "\"none \"",
+            "`api.jwt.claims_to_headers.default` starts or ends with a space or tab",
         ),
     ];
     for (line, points_at, message) in cases {

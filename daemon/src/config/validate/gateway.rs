@@ -406,6 +406,17 @@ impl Checker<'_> {
                 );
                 None
             }
+            // A malformed field over HTTP/2 (RFC 9113 §8.2.1), as a claim's own value.
+            Some(value)
+                if value.get_ref().starts_with([' ', '\t'])
+                    || value.get_ref().ends_with([' ', '\t']) =>
+            {
+                self.error(
+                    value.span().start,
+                    "`api.jwt.claims_to_headers.default` starts or ends with a space or tab",
+                );
+                None
+            }
             other => other.map(Spanned::into_inner),
         };
         Some(ClaimHeader {

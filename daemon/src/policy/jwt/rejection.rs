@@ -55,11 +55,17 @@ pub enum JwtRejection {
     #[error("the provider's key set was never loaded")]
     KeysUnavailable,
     /// A claim sent to the backend as a header holds what no header value may
-    /// (a control character: CR, LF, NUL, ...). Refused rather than sent without
-    /// it (or with its `default`): the backend would take the request for one
-    /// without that claim.
-    #[error("claim {claim} cannot be sent as header {header}: it holds a control character")]
-    ClaimNotHeaderSafe { claim: String, header: String },
+    /// (a control character: CR, LF, NUL, ...), or starts or ends with a space or
+    /// tab (a malformed field over HTTP/2, RFC 9113 §8.2.1, for which a backend may
+    /// drop the whole connection, other clients' requests included). Refused rather
+    /// than sent without it (or with its `default`): the backend would take the
+    /// request for one without that claim.
+    #[error("claim {claim} cannot be sent as header {header}: {problem}")]
+    ClaimNotHeaderSafe {
+        claim: String,
+        header: String,
+        problem: &'static str,
+    },
 }
 
 impl JwtRejection {

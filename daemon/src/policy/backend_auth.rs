@@ -32,6 +32,10 @@ pub const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
 /// Lifetime assumed when the token endpoint sends no `expires_in`.
 pub const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(300);
+/// Longest lifetime taken from `expires_in`: a longer one (up to `u64::MAX`
+/// seconds, past what an `Instant` can add) counts as this, so such a token is
+/// refreshed at least daily.
+pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(24 * 3_600);
 /// How often a token file's metadata is checked.
 pub const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// First and longest wait between failed token requests.
@@ -433,14 +437,15 @@ impl Credential {
                     let now = Instant::now();
                     let schedule = Schedule::new(token.expires_in);
                     self.current.store(Some(Arc::new(token.value)));
-                    expires_at = Some(now + schedule.expires);
+                    expires_at = now.checked_add(schedule.expires);
                     retry = RETRY_FIRST;
                     tracing::info!(
                         api,
                         expires_in = token.expires_in.as_secs(),
                         "backend token obtained"
                     );
-                    now + schedule.refresh
+                    now.checked_add(schedule.refresh)
+                        .unwrap_or(now + MAX_EXPIRES_IN)
                 }
                 Err(e) => {
                     let now = Instant::now();
@@ -626,8 +631,11 @@ pub fn parse_token_response(body: &[u8]) -> Result<Token, TokenResponseError> {
     }
     let expires_in = match object.get("expires_in") {
         None | Some(serde_json::Value::Null) => DEFAULT_EXPIRES_IN,
+        // A float (`3600.0`, `1e9`) counts its whole seconds; `as` saturates one
+        // beyond u64::MAX, and the lifetime is capped below.
         Some(serde_json::Value::Number(n)) => n
             .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 1.0).map(|f| f as u64))
             .filter(|s| *s > 0)
             .map(Duration::from_secs)
             .ok_or(TokenResponseError::BadExpiresIn)?,
@@ -640,6 +648,7 @@ pub fn parse_token_response(body: &[u8]) -> Result<Token, TokenResponseError> {
             .ok_or(TokenResponseError::BadExpiresIn)?,
         Some(_) => return Err(TokenResponseError::BadExpiresIn),
     };
+    let expires_in = expires_in.min(MAX_EXPIRES_IN);
     // As a token file's content: a token68 only, never sent otherwise.
     check_token68(access).map_err(TokenResponseError::BadAccessToken)?;
     // Not reached: a token68 is visible ASCII, always a header value.
@@ -951,12 +960,42 @@ mod tests {
         assert_eq!(token.expires_in, Duration::from_secs(99));
         let token = parse_token_response(br#"{"access_token":"x","token_type":"Bearer"}"#).unwrap();
         assert_eq!(token.expires_in, DEFAULT_EXPIRES_IN);
+        // Floats count their whole seconds.
+        for (expires_in, secs) in [("3600.0", 3_600), ("1.5", 1), ("1e3", 1_000)] {
+            let body = format!(
+                r#"{{"access_token":"x","token_type":"Bearer","expires_in":{expires_in}}}"#
+            );
+            let token = parse_token_response(body.as_bytes()).unwrap();
+            assert_eq!(token.expires_in, Duration::from_secs(secs), "{expires_in}");
+        }
+    }
+
+    /// hunt9 L2: a lifetime near u64::MAX seconds panicked the refresh task when
+    /// added to an `Instant` (the token was then never refreshed again).
+    #[test]
+    fn huge_lifetimes_are_capped_and_their_schedule_adds_to_now() {
+        for expires_in in [
+            "18446744073709551615",
+            "9223372036854775808",
+            "\"18446744073709551615\"",
+            "1e300",
+            "86401",
+        ] {
+            let body = format!(
+                r#"{{"access_token":"x","token_type":"Bearer","expires_in":{expires_in}}}"#
+            );
+            let token = parse_token_response(body.as_bytes()).unwrap();
+            assert_eq!(token.expires_in, MAX_EXPIRES_IN, "{expires_in}");
+            let schedule = Schedule::new(token.expires_in);
+            let now = tokio::time::Instant::now();
+            assert!(now + schedule.refresh < now + schedule.expires);
+        }
     }
 
     #[test]
     fn bad_token_responses_are_refused() {
         use TokenResponseError as E;
-        let cases: [(&[u8], E); 11] = [
+        let cases: [(&[u8], E); 13] = [
             (b"not json", E::NotJson),
             (b"[1]", E::NotJson),
             (br#"{"token_type":"Bearer"}"#, E::NoAccessToken),
@@ -971,6 +1010,14 @@ mod tests {
             (br#"{"access_token":"x"}"#, E::NotBearer(String::new())),
             (
                 br#"{"access_token":"x","token_type":"Bearer","expires_in":0}"#,
+                E::BadExpiresIn,
+            ),
+            (
+                br#"{"access_token":"x","token_type":"Bearer","expires_in":0.5}"#,
+                E::BadExpiresIn,
+            ),
+            (
+                br#"{"access_token":"x","token_type":"Bearer","expires_in":-1.0}"#,
                 E::BadExpiresIn,
             ),
             (

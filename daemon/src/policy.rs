@@ -42,3 +42,57 @@ impl Rejection {
         )
     }
 }
+
+/// `url` as logged: its query left out (`?...`), as it may carry a key or a
+/// signature, and any user name or password (refused in the configuration, but a
+/// discovery document's `jwks_uri` is the identity provider's).
+pub(crate) fn url_for_log(url: &url::Url) -> String {
+    if url.query().is_none() && !has_user_info(url) {
+        return url.as_str().to_owned();
+    }
+    let mut shown = url.clone();
+    // Fails only for URLs that cannot have a user (no host): none here.
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_fragment(None);
+    match url.query() {
+        None => shown.to_string(),
+        Some(_) => {
+            shown.set_query(None);
+            format!("{shown}?...")
+        }
+    }
+}
+
+/// True when `url` names a user or a password (`https://user:pass@host/`).
+pub(crate) fn has_user_info(url: &url::Url) -> bool {
+    !url.username().is_empty() || url.password().is_some()
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn logged_urls_show_no_query_and_no_user() {
+        let shown = |text: &str| url_for_log(&url::Url::parse(text).unwrap());
+        assert_eq!(shown("https://idp.test/keys"), "https://idp.test/keys");
+        assert_eq!(
+            shown("https://idp.test/keys?appid=1&sig=secret#x"),
+            "https://idp.test/keys?..."
+        );
+        assert_eq!(
+            shown("https://u:pw@idp.test:8443/t"),
+            "https://idp.test:8443/t"
+        );
+        assert!(has_user_info(
+            &url::Url::parse("https://u@idp.test/").unwrap()
+        ));
+        assert!(has_user_info(
+            &url::Url::parse("https://:pw@idp.test/").unwrap()
+        ));
+        assert!(!has_user_info(
+            &url::Url::parse("https://idp.test/").unwrap()
+        ));
+    }
+}

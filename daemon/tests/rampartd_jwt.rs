@@ -946,6 +946,57 @@ fn check_config_reports_jwt_errors_with_exit_64() {
     // The secret itself is never echoed.
     let secret_text = std::fs::read_to_string(&short_secret).unwrap();
     assert!(!err.contains(&secret_text), "{err}");
+
+    // hunt9 L3: a user name and password in a key URL would never be sent, and were
+    // logged at every failed fetch: refused, at the provider, without echoing them.
+    for (field, url) in [
+        ("jwks_url", "https://ju:JwksPw@idp.test/keys"),
+        (
+            "openid_config_url",
+            "https://ju:JwksPw@idp.test/.well-known/openid-configuration",
+        ),
+    ] {
+        let userinfo = config_file(
+            &setup,
+            "userinfo.toml",
+            &format!(
+                "[[jwt_provider]]\nname = \"corp\"\nalgorithms = [\"RS256\"]\n\
+                 {field} = \"{url}\"\n\n{api}jwt = {{ provider = \"corp\" }}\n"
+            ),
+        );
+        let (code, err) = check_config(&userinfo);
+        assert_eq!(code, 64, "{err}");
+        let expected = format!(
+            "{}:8:1: invalid [[jwt_provider]] \"corp\": {field}: a user name or password in \
+             the URL is never sent",
+            userinfo.display()
+        );
+        assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
+        assert!(!err.contains("JwksPw"), "{err}");
+    }
+}
+
+/// hunt9 L3: a failed key fetch is logged without the URL's query (an IdP may
+/// want a key or signature there).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_key_fetch_logs_no_query_string() {
+    let setup = Setup::new("jwks-query");
+    let idp_pki = Pki::new();
+    let jwks_port = free_port();
+    let backend = start_backend().await;
+    let provider = remote_provider(jwks_port, &idp_pki.ca_pem)
+        .replace("/keys\"", "/keys?appid=7&sig=QuerySecret\"");
+    assert!(provider.contains("QuerySecret"));
+    let daemon = setup
+        .start(&format!("{provider}{}", orders_api(backend)))
+        .await;
+    daemon.wait_for_log("JWT key fetch failed", 0).await;
+    let log = daemon.log();
+    assert!(!log.contains("QuerySecret"), "{log}");
+    assert!(
+        log.contains(&format!("https://localhost:{jwks_port}/keys?...")),
+        "{log}"
+    );
 }
 
 /// What a client writes into a token never starts a line of rampartd's log: a

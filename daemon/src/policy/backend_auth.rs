@@ -694,7 +694,7 @@ struct OAuth2Client {
 impl OAuth2Client {
     fn new(settings: &OAuth2Settings) -> Result<Self, BackendAuthError> {
         let not_https = || BackendAuthError::NotHttps {
-            url: settings.token_url.to_string(),
+            url: crate::policy::url_for_log(&settings.token_url),
         };
         if settings.token_url.scheme() != "https" {
             return Err(not_https());
@@ -716,7 +716,7 @@ impl OAuth2Client {
 
     /// One client credentials exchange (no redirects followed, 200 only).
     async fn fetch(&self) -> Result<Token, TokenError> {
-        let url = self.settings.token_url.to_string();
+        let url = crate::policy::url_for_log(&self.settings.token_url);
         let secret = read_secret(&self.settings.client_secret_file).map_err(TokenError::Secret)?;
         let body = token_request_body(
             &self.settings.client_id,

@@ -190,6 +190,24 @@ fn oauth2_settings_parse_and_are_checked() {
     );
     assert!(error.contains("expected an https:// URL"), "{error}");
 
+    // hunt9 L3: credentials in the URL are never sent; refused, and not echoed.
+    let text = api(
+        "http://b/",
+        &format!(
+            "{{ oauth2 = {{ token_url = \"https://gw:SuperSecretPw@idp.test/token\", client_id = \"gw\", client_secret_file = {secret:?} }} }}"
+        ),
+    );
+    let error = single_error(&text);
+    assert!(
+        error.starts_with(&format!("{}: ", at(&text, "\"https://gw:"))),
+        "{error}"
+    );
+    assert!(
+        error.contains("a user name or password in the URL"),
+        "{error}"
+    );
+    assert!(!error.contains("SuperSecretPw"), "{error}");
+
     // Missing keys, an empty secret file (never its content in the message).
     let errors = parse_err(&api(
         "http://b/",

@@ -885,6 +885,17 @@ impl Checker<'_> {
         let secret = self.required(section, table, "client_secret_file", raw.client_secret_file);
         let errors = self.errors.len();
         let token_url = token_url.and_then(|url| match Url::parse(url.get_ref()) {
+            Ok(parsed) if crate::policy::has_user_info(&parsed) => {
+                self.error(
+                    url.span().start,
+                    format!(
+                        "invalid `{table}.token_url`: a user name or password in the URL is \
+                         never sent (and would be logged); the gateway authenticates with \
+                         `client_id` and `client_secret_file`"
+                    ),
+                );
+                None
+            }
             Ok(parsed) if parsed.scheme() == "https" && parsed.host().is_some() => Some(parsed),
             _ => {
                 self.error(

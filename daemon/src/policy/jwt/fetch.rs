@@ -94,9 +94,9 @@ impl JwksClient {
 
     /// GETs `url` and returns its body: 200 only, within `limits`.
     pub async fn get(&self, url: &Url, limits: &FetchLimits) -> Result<Bytes, FetchError> {
-        let text = url.as_str().to_owned();
+        let text = crate::policy::url_for_log(url);
         let uri = (url.scheme() == "https")
-            .then(|| text.parse::<Uri>().ok())
+            .then(|| url.as_str().parse::<Uri>().ok())
             .flatten()
             .ok_or_else(|| FetchError::NotHttps { url: text.clone() })?;
         let request = Request::get(uri)
@@ -146,7 +146,7 @@ pub async fn fetch_jwks(
 ) -> Result<KeySet, FetchError> {
     let body = client.get(url, limits).await?;
     KeySet::from_jwks(&body, algorithms).map_err(|source| FetchError::Jwks {
-        url: url.to_string(),
+        url: crate::policy::url_for_log(url),
         source,
     })
 }
@@ -160,7 +160,7 @@ pub async fn fetch_discovery(
 ) -> Result<OidcDiscovery, FetchError> {
     let body = client.get(url, limits).await?;
     OidcDiscovery::parse(&body, issuers).map_err(|source| FetchError::Discovery {
-        url: url.to_string(),
+        url: crate::policy::url_for_log(url),
         source,
     })
 }

@@ -159,6 +159,11 @@ pub enum JwtConfigError {
     KeySourceCount { found: usize },
     #[error("{field}: {url:?} is not an https URL")]
     NotHttps { field: &'static str, url: String },
+    #[error(
+        "{field}: a user name or password in the URL is never sent (and would be logged); \
+         remove it"
+    )]
+    UrlCredentials { field: &'static str },
     #[error("HMAC secrets come from static keys only, never from a fetched key set")]
     HmacFromNetwork,
     #[error("ca_file is for fetched keys; this provider has static keys")]
@@ -327,9 +332,12 @@ impl JwtProviderSettings {
             return None;
         }
         let mut https = |field: &'static str, url: &str| {
-            let parsed = Url::parse(url)
-                .ok()
-                .filter(|u| u.scheme() == "https" && u.host_str().is_some());
+            let parsed = Url::parse(url).ok();
+            if parsed.as_ref().is_some_and(crate::policy::has_user_info) {
+                errors.push(JwtConfigError::UrlCredentials { field });
+                return None;
+            }
+            let parsed = parsed.filter(|u| u.scheme() == "https" && u.host_str().is_some());
             if parsed.is_none() {
                 errors.push(JwtConfigError::NotHttps {
                     field,

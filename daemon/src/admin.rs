@@ -40,6 +40,9 @@ pub use render::render_metrics;
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 /// A client has this long to send its request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection's whole life (its one request: head, answer, and the client
+/// reading it): one that does not read its answer cannot hold a slot for ever.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
 /// Admin connections served at once, so a misbehaving scraper cannot take the
 /// daemon's memory. At the limit, a new connection takes the place of the oldest
 /// one still waiting for its request head (`Waiting`): any local user can reach
@@ -292,11 +295,15 @@ async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
-                ended = connection => {
-                    if let Err(error) = ended {
+                ended = tokio::time::timeout(CONNECTION_TIMEOUT, connection) => match ended {
+                    Ok(Err(error)) => {
                         tracing::debug!(%peer, %error, "admin connection ended with an error");
                     }
-                }
+                    Err(_elapsed) => {
+                        tracing::debug!(%peer, "admin connection over its time; closed");
+                    }
+                    Ok(Ok(())) => {}
+                },
                 () = evicted.cancelled() => {}
             }
             Waiting::lock(&waiting).connections.remove(&id);

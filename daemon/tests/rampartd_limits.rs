@@ -1015,6 +1015,40 @@ async fn an_http2_stream_whose_body_stops_moving_gives_its_backend_connection_ba
     assert!(s.daemon.terminate().await.success());
 }
 
+/// An HTTP/1 client that closes its connection while the backend has not answered
+/// is reported too: hyper drops the request's handler when it sees the close.
+#[tokio::test]
+async fn an_http1_client_gone_before_the_answer_is_a_client_connection_failure() {
+    use tokio::io::AsyncWriteExt;
+    let backend = Backend::start().await;
+    let mut s = serve("h1-client-gone", backend.addr, "").await;
+    let mut http1 = connect_from("127.0.0.1", s.plain, None).await;
+    http1
+        .write_all(b"GET /b/hold HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    backend.wait_held(1).await;
+    drop(http1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let event = loop {
+        let log = s.daemon.log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("rampart::access") && l.contains("path=\"/b/hold\""))
+        {
+            break line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no access event:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        event.contains("status=400") && event.contains("reason=\"ClientConnectionFailure\""),
+        "{event}"
+    );
+    let _ = backend.release.send(true);
+    assert!(s.daemon.terminate().await.success());
+}
+
 /// A request the gateway itself cuts off, at the end of its drain time, is not a
 /// client that went away: no `ClientConnectionFailure` event for it, over HTTP/2
 /// (its stream reset when the connection is dropped) or HTTP/1 (its handler dropped

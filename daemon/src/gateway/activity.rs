@@ -110,7 +110,11 @@ impl Activity {
         }
         // Outside the lock: cutting drops a body (its backend connection).
         for stream in stalled {
-            tracing::debug!("HTTP/2 response body did not move for the idle timeout; stream cut");
+            // Its access event has already the status sent (as a body cut by the
+            // HTTP/1 idle timeout has): this line says what happened.
+            tracing::info!(
+                "HTTP/2 response body did not move for the idle timeout; stream cut and its backend connection closed"
+            );
             stream.cut();
         }
     }
@@ -215,11 +219,18 @@ impl<B: Send + 'static> Tracked<B> {
             }),
         });
         let stall: Arc<dyn Stall> = stream.clone();
-        activity
+        let mut streams = activity
             .streams
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((Arc::downgrade(&stall), 0));
+            .unwrap_or_else(PoisonError::into_inner);
+        if streams.len() == streams.capacity() {
+            // Ended streams are forgotten here too, not only at the watcher's
+            // looks (every quarter of the idle timeout): the list stays within
+            // about twice the streams open, whatever the request rate.
+            streams.retain(|(stream, _)| stream.strong_count() > 0);
+        }
+        streams.push((Arc::downgrade(&stall), 0));
+        drop(streams);
         Self {
             inner: Inner::Stream(stream),
             activity,

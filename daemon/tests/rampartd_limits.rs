@@ -255,6 +255,41 @@ async fn serve(tag: &str, backend: SocketAddr, gateway: &str) -> Served {
     serve_with(tag, backend, gateway, |_| {}).await
 }
 
+/// The access events of requests to `paths`, once there are `n` (waits at most 5 s;
+/// fails with the log if there are not).
+async fn access_events(s: &Served, paths: &[&str], n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = s.daemon.log();
+        let events: Vec<String> = log
+            .lines()
+            .filter(|l| {
+                l.contains("rampart::access")
+                    && paths.iter().any(|p| l.contains(&format!("path=\"{p}\"")))
+            })
+            .map(str::to_owned)
+            .collect();
+        if events.len() >= n || Instant::now() > deadline {
+            assert_eq!(events.len(), n, "{log}");
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `/metrics` counts `n` requests to API `b` as `ClientConnectionFailure`.
+async fn assert_clients_gone_counted(s: &Served, n: usize) {
+    let (_, metrics) = s.admin("/metrics").await;
+    let counted = format!("reason=\"ClientConnectionFailure\"}} {n}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("rampart_http_requests_total{api=\"b\",")
+                && l.ends_with(&counted)),
+        "{metrics}"
+    );
+}
+
 /// A TCP connection to `port` on 127.0.0.1 from `source` (another loopback address
 /// is another client), with a receive buffer of `recv_buffer` bytes if given.
 async fn connect_from(source: &str, port: u16, recv_buffer: Option<u32>) -> TcpStream {
@@ -813,20 +848,7 @@ async fn a_client_gone_mid_body_is_a_client_connection_failure() {
     tls.get_ref().0.set_zero_linger().unwrap();
     drop(tls);
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let events = loop {
-        let log = s.daemon.log();
-        let events: Vec<String> = log
-            .lines()
-            .filter(|l| l.contains("rampart::access") && l.contains("path=\"/b/upload\""))
-            .map(str::to_owned)
-            .collect();
-        if events.len() >= 2 || Instant::now() > deadline {
-            break events;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(events.len(), 2, "{}", s.daemon.log());
+    let events = access_events(&s, &["/b/upload"], 2).await;
     for event in &events {
         assert!(
             event.contains("reason=\"ClientConnectionFailure\""),
@@ -834,14 +856,7 @@ async fn a_client_gone_mid_body_is_a_client_connection_failure() {
             s.daemon.log()
         );
     }
-    let (_, metrics) = s.admin("/metrics").await;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("rampart_http_requests_total{api=\"b\",")
-                && l.contains("reason=\"ClientConnectionFailure\"} 2")),
-        "{metrics}"
-    );
+    assert_clients_gone_counted(&s, 2).await;
     assert!(s.daemon.terminate().await.success());
 }
 
@@ -895,23 +910,7 @@ async fn an_http2_client_gone_mid_body_is_a_client_connection_failure() {
     backend.wait_held(1).await;
     stream.send_reset(h2::Reason::CANCEL);
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let events = loop {
-        let log = s.daemon.log();
-        let events: Vec<String> = log
-            .lines()
-            .filter(|l| {
-                l.contains("rampart::access")
-                    && (l.contains("path=\"/b/upload\"") || l.contains("path=\"/b/sleep\""))
-            })
-            .map(str::to_owned)
-            .collect();
-        if events.len() >= 3 || Instant::now() > deadline {
-            break events;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(events.len(), 3, "{}", s.daemon.log());
+    let events = access_events(&s, &["/b/upload", "/b/sleep"], 3).await;
     for event in &events {
         assert!(
             event.contains("status=400")
@@ -921,14 +920,7 @@ async fn an_http2_client_gone_mid_body_is_a_client_connection_failure() {
             s.daemon.log()
         );
     }
-    let (_, metrics) = s.admin("/metrics").await;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("rampart_http_requests_total{api=\"b\",")
-                && l.contains("reason=\"ClientConnectionFailure\"} 3")),
-        "{metrics}"
-    );
+    assert_clients_gone_counted(&s, 3).await;
     assert!(!connection.is_finished());
     connection.abort();
     assert!(s.daemon.terminate().await.success());
@@ -1029,18 +1021,7 @@ async fn an_http1_client_gone_before_the_answer_is_a_client_connection_failure()
         .unwrap();
     backend.wait_held(1).await;
     drop(http1);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let event = loop {
-        let log = s.daemon.log();
-        if let Some(line) = log
-            .lines()
-            .find(|l| l.contains("rampart::access") && l.contains("path=\"/b/hold\""))
-        {
-            break line.to_owned();
-        }
-        assert!(Instant::now() < deadline, "no access event:\n{log}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let event = access_events(&s, &["/b/hold"], 1).await.remove(0);
     assert!(
         event.contains("status=400") && event.contains("reason=\"ClientConnectionFailure\""),
         "{event}"

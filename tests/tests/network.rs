@@ -373,30 +373,7 @@ fn live_changes_and_temporary_bans_on_a_real_interface() {
     let pair = Pair::new(&[ip("198.18.0.3")]).unwrap();
     let _server = pair.serve(PORT).unwrap();
     let pins = PinDir::new();
-    let pin_path = pins.path().to_path_buf();
-    let iface = pair.srv_if.clone();
-    // Attaching looks the interface up in the calling thread's namespace.
-    let mut filter = Pair::in_ns(&pair.srv, move || -> anyhow::Result<Filter> {
-        let mut f = Filter::open(&pin_path)?;
-        let settings = Settings {
-            protect: rampart::filter::Protect::Ports {
-                tcp: vec![PORT..=PORT],
-                udp: vec![],
-            },
-            ..Settings::default()
-        };
-        f.replace_all(
-            settings,
-            Lists::default(),
-            vec![],
-            rampart::rules::CountryPolicy::Off,
-        )?;
-        let info = f.attach(&iface, AttachMode::Native)?;
-        assert!(!info.reused);
-        Ok(f)
-    })
-    .unwrap()
-    .unwrap();
+    let mut filter = tcp_port_filter(&pair, &pins, AttachMode::Native);
     let srv4 = pair.srv_v4;
     let reach = |src: &str| pair.connects(ip(src), srv4, PORT, QUICK);
     assert!(reach("198.18.0.3"));
@@ -605,6 +582,35 @@ fn ipv4_mapped_ipv6_datagrams_are_dropped_as_malformed() {
     assert_eq!(counter(&rig, "malformed") - malformed_before, 2);
 }
 
+/// A filter pinned in `pins` that protects TCP `PORT` and nothing else, with
+/// empty lists, attached in `mode` to the server side of `pair` (a fresh attach).
+fn tcp_port_filter(pair: &Pair, pins: &PinDir, mode: AttachMode) -> Filter {
+    let pin_path = pins.path().to_path_buf();
+    let iface = pair.srv_if.clone();
+    // Attaching looks the interface up in the calling thread's namespace.
+    Pair::in_ns(&pair.srv, move || -> anyhow::Result<Filter> {
+        let mut f = Filter::open(&pin_path)?;
+        let settings = Settings {
+            protect: rampart::filter::Protect::Ports {
+                tcp: vec![PORT..=PORT],
+                udp: vec![],
+            },
+            ..Settings::default()
+        };
+        f.replace_all(
+            settings,
+            Lists::default(),
+            vec![],
+            rampart::rules::CountryPolicy::Off,
+        )?;
+        let info = f.attach(&iface, mode)?;
+        assert!(!info.reused);
+        Ok(f)
+    })
+    .unwrap()
+    .unwrap()
+}
+
 /// rtnetlink attributes iproute2 6.1 cannot set (linux/if_link.h).
 const IFLA_GSO_IPV4_MAX_SIZE: u16 = 63;
 const IFLA_GRO_IPV4_MAX_SIZE: u16 = 64;
@@ -676,28 +682,7 @@ fn skb_mode_judges_big_tcp_packets_longer_than_64_kib() {
     const BYTES: usize = 64 << 20;
     let pair = Pair::new(&[]).unwrap();
     let pins = PinDir::new();
-    let pin_path = pins.path().to_path_buf();
-    let iface = pair.srv_if.clone();
-    let filter = Pair::in_ns(&pair.srv, move || -> anyhow::Result<Filter> {
-        let mut f = Filter::open(&pin_path)?;
-        let settings = Settings {
-            protect: rampart::filter::Protect::Ports {
-                tcp: vec![PORT..=PORT],
-                udp: vec![],
-            },
-            ..Settings::default()
-        };
-        f.replace_all(
-            settings,
-            Lists::default(),
-            vec![],
-            rampart::rules::CountryPolicy::Off,
-        )?;
-        f.attach(&iface, AttachMode::Skb)?;
-        Ok(f)
-    })
-    .unwrap()
-    .unwrap();
+    let filter = tcp_port_filter(&pair, &pins, AttachMode::Skb);
     let big = BIG.to_string();
     pair.ip(
         &pair.srv,

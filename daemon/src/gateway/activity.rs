@@ -283,27 +283,29 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Direct(body) => body.is_end_stream(),
-            Inner::Stream(stream) => stream
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .body
-                .as_ref()
-                .is_some_and(Body::is_end_stream),
+            Inner::Stream(stream) => stream.with_body(|body| body.is_some_and(Body::is_end_stream)),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Direct(body) => body.size_hint(),
-            Inner::Stream(stream) => stream
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .body
-                .as_ref()
-                .map_or_else(SizeHint::default, Body::size_hint),
+            Inner::Stream(stream) => {
+                stream.with_body(|body| body.map_or_else(SizeHint::default, Body::size_hint))
+            }
         }
+    }
+}
+
+impl<B> Stream<B> {
+    /// `f` of its body (`None` once cut), under its lock.
+    fn with_body<R>(&self, f: impl FnOnce(Option<&B>) -> R) -> R {
+        f(self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .body
+            .as_ref())
     }
 }
 

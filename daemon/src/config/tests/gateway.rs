@@ -217,6 +217,12 @@ fn each_gateway_error_is_located() {
             "t.toml:6:11: invalid `api.backend` \"ftp://b\": expected an http:// or https:// URL with a host",
         ),
         (
+            with_filter(
+                "[[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"http://u:pw@b/\"\n",
+            ),
+            "t.toml:6:11: invalid `api.backend`: a user name or password in the URL is never sent to the backend (and would show wherever the URL does); authenticate with `backend_auth` (a bearer token file, a client certificate or OAuth2)",
+        ),
+        (
             with_filter("[[api]]\nname = \"a\"\npath_prefix = \"/\"\nbackend = \"not a url\"\n"),
             "t.toml:6:11: invalid `api.backend` \"not a url\": expected an http:// or https:// URL with a host",
         ),

@@ -1338,6 +1338,17 @@ impl Checker<'_> {
 
     fn backend(&mut self, value: Text) -> Option<Url> {
         match Url::parse(value.get_ref()) {
+            Ok(url) if crate::policy::has_user_info(&url) => {
+                // Not echoed: the value holds a password.
+                self.error(
+                    value.span().start,
+                    "invalid `api.backend`: a user name or password in the URL is never sent \
+                     to the backend (and would show wherever the URL does); authenticate with \
+                     `backend_auth` (a bearer token file, a client certificate or OAuth2)"
+                        .to_owned(),
+                );
+                None
+            }
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
                 Some(url)
             }

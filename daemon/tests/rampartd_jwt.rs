@@ -976,6 +976,40 @@ fn check_config_reports_jwt_errors_with_exit_64() {
     }
 }
 
+/// hunt9 L7: keys of a JWKS that are skipped (here a symmetric `oct` key, never
+/// taken from a JWKS) were never logged, so an IdP key refused here showed only as
+/// 401s. The fetch now warns, naming the skipped key and why; the usable key works.
+#[tokio::test(flavor = "multi_thread")]
+async fn skipped_jwks_keys_are_logged() {
+    let setup = Setup::new("jwks-skipped");
+    let idp_pki = Pki::new();
+    let mut doc: serde_json::Value = serde_json::from_str(&jwks("k1")).unwrap();
+    doc["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"kty": "oct", "kid": "hs-secret", "k": "AAAA"}));
+    let (jwks_addr, _) = start_jwks_server(&idp_pki, doc.to_string()).await;
+    let backend = start_backend().await;
+    let daemon = setup
+        .start(&format!(
+            "{}{}",
+            remote_provider(jwks_addr.port(), &idp_pki.ca_pem),
+            orders_api(backend)
+        ))
+        .await;
+    daemon.wait_for_log("JWKS keys skipped", 0).await;
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("JWKS keys skipped"))
+        .unwrap();
+    assert!(
+        line.contains("WARN") && line.contains("kept=1") && line.contains("skipped=1"),
+        "{line}"
+    );
+    assert!(line.contains("hs-secret"), "{line}");
+}
+
 /// hunt9 L3: a failed key fetch is logged without the URL's query (an IdP may
 /// want a key or signature there).
 #[tokio::test(flavor = "multi_thread")]

@@ -145,10 +145,22 @@ pub async fn fetch_jwks(
     limits: &FetchLimits,
 ) -> Result<KeySet, FetchError> {
     let body = client.get(url, limits).await?;
-    KeySet::from_jwks(&body, algorithms).map_err(|source| FetchError::Jwks {
+    let set = KeySet::from_jwks(&body, algorithms).map_err(|source| FetchError::Jwks {
         url: crate::policy::url_for_log(url),
         source,
-    })
+    })?;
+    if !set.skipped().is_empty() {
+        // A key the IdP signs with but that is refused here (a 1024-bit RSA key,
+        // `use: enc`, past the cap) would otherwise show only as 401s.
+        tracing::warn!(
+            url = %crate::policy::url_for_log(url),
+            kept = set.len(),
+            skipped = set.skipped().len(),
+            reasons = %set.skipped_summary(),
+            "JWKS keys skipped"
+        );
+    }
+    Ok(set)
 }
 
 /// Fetches and checks an OIDC discovery document (see [`OidcDiscovery::parse`]).

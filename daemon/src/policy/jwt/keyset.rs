@@ -117,8 +117,8 @@ pub enum KeySetError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("JWKS has no usable key ({skipped} skipped)")]
-    NoUsableKey { skipped: usize },
+    #[error("JWKS has no usable key ({skipped} skipped: {reasons})")]
+    NoUsableKey { skipped: usize, reasons: String },
 }
 
 #[derive(Deserialize)]
@@ -139,6 +139,23 @@ impl KeySet {
     /// Why some keys of the document were left out, one line each.
     pub fn skipped(&self) -> &[String] {
         &self.skipped
+    }
+
+    /// The first few reasons keys were skipped, for a log line ("; "-separated,
+    /// with how many more).
+    pub fn skipped_summary(&self) -> String {
+        const SHOWN: usize = 5;
+        let mut summary = self
+            .skipped
+            .iter()
+            .take(SHOWN)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("; ");
+        if self.skipped.len() > SHOWN {
+            summary.push_str(&format!("; and {} more", self.skipped.len() - SHOWN));
+        }
+        summary
     }
 
     /// The `kid`s of the set, in order (keys without one are left out).
@@ -194,6 +211,7 @@ impl KeySet {
         if set.keys.is_empty() {
             return Err(KeySetError::NoUsableKey {
                 skipped: set.skipped.len(),
+                reasons: set.skipped_summary(),
             });
         }
         Ok(set)

@@ -270,7 +270,7 @@ fn jwks_without_usable_keys_or_not_json_is_an_error() {
     let doc = json!({"keys": [{"kty": "oct", "k": "AAAA"}]});
     assert!(matches!(
         KeySet::from_jwks(doc.to_string().as_bytes(), &[Algorithm::RS256]),
-        Err(KeySetError::NoUsableKey { skipped: 1 })
+        Err(KeySetError::NoUsableKey { skipped: 1, .. })
     ));
     assert!(matches!(
         KeySet::from_jwks(b"<html>", &[Algorithm::RS256]),

@@ -611,3 +611,14 @@ fn replay(
     }
     Ok((seq, stale))
 }
+
+/// The `version` field of a state file's JSON (`state.json`, `subscriptions.json`,
+/// `quota.json`), read on its own before the rest, so that a file of a newer format
+/// (with fields this rampartd does not know) is reported as newer, not as corrupt.
+pub(crate) fn format_version(json: &[u8]) -> serde_json::Result<u32> {
+    #[derive(serde::Deserialize)]
+    struct Version {
+        version: u32,
+    }
+    serde_json::from_slice::<Version>(json).map(|v| v.version)
+}

@@ -1087,12 +1087,9 @@ fn a_reload_that_cannot_attach_a_new_interface_changes_nothing() {
     let rig = Rig::start(RigOptions::clients(&["198.18.0.6"], "").unwrap()).unwrap();
     assert!(rig.reach("198.18.0.6"));
     let srv_if = rig.pair.srv_if.clone();
-    std::fs::write(
-        &rig.config,
-        rig.config_with_interfaces(r#"deny = ["198.18.0.6"]"#, &[&srv_if, "lo"]),
-    )
-    .unwrap();
-    let run = rig.cli.run(&["reload"]);
+    let run = rig
+        .reload_with(&rig.config_with_interfaces(r#"deny = ["198.18.0.6"]"#, &[&srv_if, "lo"]))
+        .unwrap();
     assert_eq!(run.code, i32::from(exit::BAD_CONFIG), "{run}");
     assert!(
         run.stderr.contains("attaching to lo in native mode failed"),
@@ -1204,8 +1201,7 @@ fn a_change_of_attach_mode_is_applied_or_refused_whole() {
     };
     let skb_one = skb(&[&srv_if]);
     let skb_two = skb(&[&srv_if, "lo"]);
-    std::fs::write(&rig.config, &skb_two).unwrap();
-    let run = rig.cli.run(&["reload"]);
+    let run = rig.reload_with(&skb_two).unwrap();
     assert_eq!(run.code, 0, "{run}");
     assert!(generic(&rig, &srv_if), "re-attached in skb mode");
     assert!(generic(&rig, "lo"));
@@ -1218,12 +1214,9 @@ fn a_change_of_attach_mode_is_applied_or_refused_whole() {
     );
 
     // Back to native: lo cannot, so nothing changes.
-    std::fs::write(
-        &rig.config,
-        rig.config_with_interfaces(r#"deny = ["198.18.0.6"]"#, &[&srv_if, "lo"]),
-    )
-    .unwrap();
-    let run = rig.cli.run(&["reload"]);
+    let run = rig
+        .reload_with(&rig.config_with_interfaces(r#"deny = ["198.18.0.6"]"#, &[&srv_if, "lo"]))
+        .unwrap();
     assert_eq!(run.code, i32::from(exit::BAD_CONFIG), "{run}");
     assert!(generic(&rig, &srv_if), "back in skb mode");
     assert!(generic(&rig, "lo"), "back in skb mode");

@@ -144,21 +144,6 @@ impl Filter {
     /// IPv4-mapped IPv6 source, which the kernel takes as malformed (only a
     /// forger sends one).
     pub fn explain(&self, addr: IpAddr, dst: Option<(u8, u16)>) -> Explanation {
-        if let IpAddr::V6(v6) = addr
-            && v6.to_ipv4_mapped().is_some()
-        {
-            let drop = self.settings.drop_malformed && !self.settings.monitor;
-            return Explanation {
-                action: if drop { Action::Drop } else { Action::Pass },
-                reason: reason_name(reason::MALFORMED),
-                matched: None,
-                country: None,
-                source: addr,
-                in_scope: dst.is_none_or(|(protocol, port)| self.settings.protects(protocol, port)),
-                monitor: self.settings.monitor,
-                flood_limited: false,
-            };
-        }
         let now = monotonic_ns();
         let (_, class) = rules::lookup(&self.table, addr);
         let mut e = Explanation {
@@ -179,6 +164,13 @@ impl Filter {
                 Action::Pass
             };
         };
+        if let IpAddr::V6(v6) = addr
+            && v6.to_ipv4_mapped().is_some()
+        {
+            verdict(&mut e, reason::MALFORMED, self.settings.drop_malformed);
+            e.country = None;
+            return e;
+        }
         if class.flags & class_flags::BYPASS != 0 {
             verdict(&mut e, reason::BYPASS, false);
             e.matched = self.prefix_match(ListKind::Bypass, addr, now, None);

@@ -162,23 +162,17 @@ pub(crate) async fn handle(
         outcome.response = full(Response::from_parts(parts, Bytes::new()));
     }
     if let Some(reason) = outcome.reason {
-        shared.stats.count_rejection(reason);
-        super::security_events::SECURITY_EVENTS.record(
-            super::security_events::Rejected {
-                src_ip: conn.peer.ip(),
-                reason,
-                status: outcome.response.status().as_u16(),
-                api: outcome.api.as_deref(),
-                subscription: outcome.subscription.as_deref(),
-            },
-            Instant::now(),
-        );
-        if let Some(sink) = &shared.rejections {
-            // The TCP peer, never a forwarded address: a ban applies to what the
-            // kernel sees.
-            if let Some(done) = sink.rejected(conn.peer.ip(), reason) {
-                let _ = tokio::time::timeout(super::REJECTION_WAIT, done).await;
-            }
+        let status = outcome.response.status().as_u16();
+        let subscription = outcome.subscription.as_deref();
+        if let Some(done) = refused(
+            shared,
+            conn.peer,
+            reason,
+            status,
+            outcome.api.as_deref(),
+            subscription,
+        ) {
+            let _ = tokio::time::timeout(super::REJECTION_WAIT, done).await;
         }
     }
     let Outcome {
@@ -328,24 +322,45 @@ impl Drop for Unfinished<'_> {
             peer = %report.peer,
             "client went away before the answer to its request"
         );
-        let shared = &report.shared;
-        shared.stats.count_rejection(rejection.reason);
-        super::security_events::SECURITY_EVENTS.record(
-            super::security_events::Rejected {
-                src_ip: report.peer.ip(),
-                reason: rejection.reason,
-                status: report.status,
-                api: report.api.as_deref(),
-                subscription: None,
-            },
-            Instant::now(),
+        // Nobody waits for an answer: nothing waits for the sink either.
+        let _ = refused(
+            &report.shared,
+            report.peer,
+            rejection.reason,
+            report.status,
+            report.api.as_deref(),
+            None,
         );
-        if let Some(sink) = &shared.rejections {
-            // Nobody waits for an answer: nothing waits for the sink either.
-            let _ = sink.rejected(report.peer.ip(), rejection.reason);
-        }
         report.done(None);
     }
+}
+
+/// Counts a refused request by its reason, records its security event and tells
+/// the rejection sink about its TCP peer (never a forwarded address: a ban applies
+/// to what the kernel sees); returns what the sink asks the answer to wait for.
+fn refused(
+    shared: &Shared,
+    peer: SocketAddr,
+    reason: &'static str,
+    status: u16,
+    api: Option<&str>,
+    subscription: Option<&str>,
+) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    shared.stats.count_rejection(reason);
+    super::security_events::SECURITY_EVENTS.record(
+        super::security_events::Rejected {
+            src_ip: peer.ip(),
+            reason,
+            status,
+            api,
+            subscription,
+        },
+        Instant::now(),
+    );
+    shared
+        .rejections
+        .as_ref()
+        .and_then(|sink| sink.rejected(peer.ip(), reason))
 }
 
 /// A response body that, when it ends (sent whole, failed, or dropped because the

@@ -532,13 +532,7 @@ fn read_snapshot(path: &Path) -> Result<(HashMap<String, Counter>, u64), QuotaEr
                 path: path.to_owned(),
                 source,
             };
-            // The version first: a newer format (with fields this one does not
-            // know) is reported as such, not as corrupt.
-            #[derive(Deserialize)]
-            struct Version {
-                version: u32,
-            }
-            let Version { version } = serde_json::from_slice(&bytes).map_err(corrupt)?;
+            let version = crate::state::format_version(&bytes).map_err(corrupt)?;
             if version > FORMAT_VERSION {
                 return Err(QuotaError::NewerFormat {
                     path: path.to_owned(),

@@ -109,12 +109,7 @@ pub(super) fn read(path: &Path) -> Result<Snapshot, StateError> {
         json
     };
     let syntax = |e| corrupt(SnapshotDefect::Syntax(e));
-    // The version first, so that a newer format is reported as such, not as corrupt.
-    #[derive(Deserialize)]
-    struct Version {
-        version: u32,
-    }
-    let Version { version } = serde_json::from_slice(json).map_err(syntax)?;
+    let version = super::format_version(json).map_err(syntax)?;
     if version > FORMAT_VERSION {
         return Err(StateError::NewerFormat {
             path: path.to_owned(),

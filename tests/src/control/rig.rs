@@ -159,6 +159,12 @@ protect = ["tcp/{PORT}"]
         Ok(())
     }
 
+    /// Writes `config` as the configuration file and asks rampartd to reload it.
+    pub fn reload_with(&self, config: &str) -> anyhow::Result<super::Run> {
+        crate::write_private(&self.config, config)?;
+        Ok(self.cli.run(&["reload"]))
+    }
+
     /// Rewrites the configuration file from [`Self::opts`] (after a test
     /// changed them, e.g. to name a backend it started).
     pub fn write_config(&self) -> anyhow::Result<()> {

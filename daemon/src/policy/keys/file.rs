@@ -38,12 +38,7 @@ pub(super) fn load_subscriptions(path: &Path) -> Result<Vec<Subscription>, KeySt
         path: path.to_owned(),
         source,
     };
-    // The version first: a newer format is reported as such, not as corrupt.
-    #[derive(Deserialize)]
-    struct Version {
-        version: u32,
-    }
-    let Version { version } = serde_json::from_slice(&bytes).map_err(corrupt)?;
+    let version = crate::state::format_version(&bytes).map_err(corrupt)?;
     if version > FORMAT_VERSION {
         return Err(KeyStoreError::NewerFormat {
             path: path.to_owned(),

@@ -1002,6 +1002,12 @@ async fn an_http2_stream_whose_body_stops_moving_gives_its_backend_connection_ba
     .await
     .unwrap();
     assert!(ended.is_some(), "the stalled stream ended without an error");
+    // Its access event says the gateway cut it, with the status sent.
+    let event = access_events(&s, &["/b/endless"], 1).await.remove(0);
+    assert!(
+        event.contains("status=200") && event.contains("reason=\"IdleTimeout\""),
+        "{event}"
+    );
     // (The connection itself carried the 200s after the cut.)
     connection.abort();
     assert!(s.daemon.terminate().await.success());
@@ -1033,10 +1039,13 @@ async fn an_http1_client_gone_before_the_answer_is_a_client_connection_failure()
 /// A request the gateway itself cuts off, at the end of its drain time, is not a
 /// client that went away: no `ClientConnectionFailure` event for it, over HTTP/2
 /// (its stream reset when the connection is dropped) or HTTP/1 (its handler dropped
-/// with the connection's task).
+/// with the connection's task). It had no event at all, and a response whose body
+/// was cut had the event of a whole one (or none with `access_log = "errors"`):
+/// each now has its event, reason `DrainTimeout` (503 for a request not answered
+/// yet, the status sent for a body cut).
 #[tokio::test]
-async fn a_request_cut_at_the_end_of_the_drain_time_is_not_a_client_failure() {
-    use tokio::io::AsyncWriteExt;
+async fn a_request_cut_at_the_end_of_the_drain_time_says_so() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backend = Backend::start().await;
     let mut s = serve("drain-cut", backend.addr, "drain_timeout_secs = 1").await;
 
@@ -1047,25 +1056,101 @@ async fn a_request_cut_at_the_end_of_the_drain_time_is_not_a_client_failure() {
     let request = Request::get(format!("{}/b/hold", s.plain_base()))
         .body(())
         .unwrap();
-    let (_response, _stream) = client.send_request(request, true).unwrap();
+    let (_held, _stream) = client.send_request(request, true).unwrap();
+    let mut client = client.ready().await.unwrap();
+    let request = Request::get(format!("{}/b/trickle", s.plain_base()))
+        .body(())
+        .unwrap();
+    let (trickling, _stream) = client.send_request(request, true).unwrap();
+    let trickling = trickling.await.unwrap();
+    assert_eq!(trickling.status(), StatusCode::OK);
     let mut http1 = connect_from("127.0.0.1", s.plain, None).await;
     http1
         .write_all(b"GET /b/hold HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
+    let mut http1_body = connect_from("127.0.0.1", s.plain, None).await;
+    http1_body
+        .write_all(b"GET /b/trickle HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0; 1024];
+    let read = http1_body.read(&mut head).await.unwrap();
+    assert!(head[..read].starts_with(b"HTTP/1.1 200"), "{head:?}");
     backend.wait_held(2).await;
 
     assert!(s.daemon.terminate().await.success());
     let log = s.daemon.log();
     assert!(log.contains("drain time over"), "{log}");
-    assert!(
-        !log.lines()
-            .any(|l| l.contains("rampart::access") && l.contains("/b/hold")),
-        "{log}"
-    );
+    let events = access_events(&s, &["/b/hold"], 2).await;
+    for event in &events {
+        assert!(
+            event.contains("status=503") && event.contains("reason=\"DrainTimeout\""),
+            "{event}\n{log}"
+        );
+    }
+    let events = access_events(&s, &["/b/trickle"], 2).await;
+    for event in &events {
+        assert!(
+            event.contains("status=200") && event.contains("reason=\"DrainTimeout\""),
+            "{event}\n{log}"
+        );
+    }
     assert!(!log.contains("ClientConnectionFailure"), "{log}");
     connection.abort();
+    drop((http1, http1_body, trickling));
+}
+
+/// A client that goes away in the middle of a response body (HTTP/1: it closes
+/// its connection; HTTP/2: it resets its stream) had the access event of a whole
+/// response, status 200 and no reason (so none with `access_log = "errors"`):
+/// the event now has APIM's `ClientConnectionFailure`, with the status sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_response_body_the_client_leaves_is_a_client_connection_failure() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start().await;
+    let mut s = serve("client-leaves-body", backend.addr, "").await;
+
+    let mut http1 = connect_from("127.0.0.1", s.plain, None).await;
+    http1
+        .write_all(b"GET /b/endless HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0; 16 * 1024];
+    while received.len() < 100_000 {
+        let read = http1.read(&mut buffer).await.unwrap();
+        assert!(read > 0, "the gateway closed the connection");
+        received.extend_from_slice(&buffer[..read]);
+    }
+    assert!(received.starts_with(b"HTTP/1.1 200"));
     drop(http1);
+
+    let tcp = connect_from("127.0.0.1", s.plain, None).await;
+    let (client, connection) = h2_client(tcp).await;
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = Request::get(format!("{}/b/endless", s.plain_base()))
+        .body(())
+        .unwrap();
+    let (response, mut stream) = client.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    assert!(body.data().await.unwrap().is_ok());
+    stream.send_reset(h2::Reason::CANCEL);
+
+    let events = access_events(&s, &["/b/endless"], 2).await;
+    for event in &events {
+        assert!(
+            event.contains("status=200") && event.contains("reason=\"ClientConnectionFailure\""),
+            "{event}\n{}",
+            s.daemon.log()
+        );
+    }
+    assert!(!connection.is_finished());
+    connection.abort();
+    assert!(s.daemon.terminate().await.success());
 }
 
 // ---------------------------------------------------------------------------

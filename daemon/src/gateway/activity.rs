@@ -33,6 +33,9 @@ pub(crate) struct Activity {
     /// The gateway cut the connection (the end of the drain time): its requests
     /// left unanswered are not the client's doing.
     cut_off: AtomicBool,
+    /// The gateway closed the connection for its idle timeout: a response body
+    /// left unsent is not known to be the client's doing.
+    idle_cut: AtomicBool,
     /// Over HTTP/2, the response bodies being sent, each with the looks it has
     /// not moved for: one whose body stops moving for the idle timeout is cut
     /// (`Tracked::stream`), since the connection's own idle rule sees the other
@@ -47,6 +50,7 @@ impl Activity {
             requests: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
             cut_off: AtomicBool::new(false),
+            idle_cut: AtomicBool::new(false),
             streams: Mutex::new(Vec::new()),
         }
     }
@@ -59,6 +63,19 @@ impl Activity {
     /// Whether the gateway cut the connection.
     pub(crate) fn was_cut_off(&self) -> bool {
         self.cut_off.load(Ordering::Relaxed)
+    }
+
+    /// Marks the connection as closed for its idle timeout (before its task is
+    /// aborted).
+    pub(crate) fn idle_cut(&self) {
+        self.idle_cut.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the gateway closed the connection for its idle timeout, or is
+    /// cutting an HTTP/2 stream whose body did not move for it (`Stall::cut`,
+    /// which drops the body on this thread).
+    pub(crate) fn was_idle_cut(&self) -> bool {
+        self.idle_cut.load(Ordering::Relaxed) || CUTTING_STALLED.get()
     }
 
     fn set(flag: &AtomicBool) {
@@ -120,6 +137,11 @@ impl Activity {
     }
 }
 
+thread_local! {
+    /// Set while this thread drops the body of a stalled HTTP/2 stream.
+    static CUTTING_STALLED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// A response body the connection's watcher can cut (HTTP/2).
 trait Stall: Send + Sync {
     /// Whether it moved since the last call.
@@ -152,7 +174,11 @@ impl<B: Send> Stall for Stream<B> {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             (state.body.take(), state.waker.take())
         };
+        // The body's drop reports its request (handler.rs's `Reported`), on this
+        // thread: it asks `was_idle_cut` why it was dropped.
+        CUTTING_STALLED.set(true);
         drop(body);
+        CUTTING_STALLED.set(false);
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -171,7 +197,7 @@ impl Busy {
     }
 
     /// Its connection's activity.
-    pub(crate) fn activity(&self) -> &Activity {
+    pub(crate) fn activity(&self) -> &Arc<Activity> {
         &self.0
     }
 }

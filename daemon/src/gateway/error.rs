@@ -118,6 +118,16 @@ fn listener_names(addrs: &[SocketAddr]) -> String {
     }
 }
 
+/// APIM's reason of a client that went away before the end of its exchange.
+pub(crate) const CLIENT_CONNECTION_FAILURE: &str = "ClientConnectionFailure";
+
+/// The reason of a request or response cut at the end of the drain time.
+pub(crate) const DRAIN_TIMEOUT: &str = "DrainTimeout";
+
+/// The reason of a response body the gateway cut because it did not move for the
+/// idle timeout (its client did not read, or its backend stalled).
+pub(crate) const IDLE_TIMEOUT: &str = "IdleTimeout";
+
 /// The gateway's own refusals use the one rejection type of the policies.
 pub use crate::policy::Rejection;
 
@@ -237,7 +247,7 @@ impl Rejection {
         Self::new(
             StatusCode::REQUEST_TIMEOUT,
             "Request timeout",
-            "ClientConnectionFailure",
+            CLIENT_CONNECTION_FAILURE,
         )
     }
 
@@ -247,7 +257,18 @@ impl Rejection {
         Self::new(
             StatusCode::BAD_REQUEST,
             "Bad request",
-            "ClientConnectionFailure",
+            CLIENT_CONNECTION_FAILURE,
+        )
+    }
+
+    /// A request or response the gateway itself cut at the end of its drain time (a
+    /// stop, or a listener a reload removed): not the client's doing. Nobody reads the
+    /// answer; APIM has no reason for it.
+    pub fn drain_cut() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service unavailable",
+            DRAIN_TIMEOUT,
         )
     }
 

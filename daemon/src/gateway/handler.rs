@@ -20,7 +20,7 @@ use hyper_util::server::conn::auto;
 use ipnet::IpNet;
 
 use super::activity::Activity;
-use super::error::{ALLOWED_METHODS, Rejection};
+use super::error::{self, ALLOWED_METHODS, Rejection};
 use super::forwarded::{ClientHop, client_ip, remove_hop_by_hop, set_forwarding_headers};
 use super::framing::Verdict;
 use super::lingering::Lingering;
@@ -75,7 +75,7 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     conn: Connection,
     request: Request<Incoming>,
-    activity: &Activity,
+    activity: &Arc<Activity>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     GatewayStats::bump(&shared.stats.requests);
@@ -189,23 +189,27 @@ pub(crate) async fn handle(
     report.subscription = subscription;
     report.reason = reason;
     // A backend's body may still fail (the backend closes or resets before its
-    // end): the counters and the access event wait for the body's end to say so.
-    // A body the gateway made cannot: reported now.
+    // end, the client goes away, the drain time ends): the counters and the
+    // access event wait for the body's end to say so. A body the gateway made is
+    // reported now.
     let report = if streamed {
         Some(report)
     } else {
-        report.done(None);
+        report.done(BodyEnd::Whole);
         None
     };
     if report.is_none() && on_end.is_none() {
         return Ok(response);
     }
+    let activity = Arc::clone(activity);
     Ok(response.map(|body| {
         Reported {
             inner: body,
             bytes: 0,
+            ended: false,
             on_end,
             report,
+            activity,
         }
         .boxed_unsync()
     }))
@@ -214,6 +218,22 @@ pub(crate) async fn handle(
 /// The reason of a response whose backend body failed after its head was sent:
 /// APIM's reason for a backend that aborts.
 const BODY_CUT_OFF: &str = "BackendConnectionFailure";
+
+/// How a response body ended.
+enum BodyEnd<'a> {
+    /// Sent whole (or it had none to send).
+    Whole,
+    /// The backend's body failed before its end.
+    BackendFailed(&'a (dyn std::error::Error + 'static)),
+    /// hyper dropped it before its end: the client went away (its connection
+    /// closed, or its HTTP/2 stream reset).
+    ClientGone,
+    /// The gateway cut its connection at the end of the drain time.
+    Drained,
+    /// The gateway cut it (its connection over HTTP/1, its stream over HTTP/2)
+    /// when it did not move for the idle timeout.
+    Idle,
+}
 
 /// What a request's counters and access event say, once its response has ended.
 struct Report {
@@ -233,21 +253,39 @@ struct Report {
 }
 
 impl Report {
-    /// Counts the response and writes its access event; `cut_off` is the error
-    /// that ended a backend's body early.
-    fn done(mut self, cut_off: Option<&(dyn std::error::Error + 'static)>) {
-        if let Some(error) = cut_off {
-            // As nginx's "upstream prematurely closed connection" and Envoy's UPE:
-            // the client got the head, then a cut connection (HTTP/1) or a reset
-            // stream (HTTP/2).
-            tracing::warn!(
-                api = self.api.as_deref().unwrap_or("-"),
-                status = self.status,
-                error = %super::proxy::Chain(error),
-                "backend response body cut off; the client's response is incomplete"
-            );
-            self.reason = Some(BODY_CUT_OFF);
-            self.shared.stats.count_rejection(BODY_CUT_OFF);
+    /// Counts the response and writes its access event; `end` says how its body
+    /// ended (a body cut before its end has the reason of the cut, its status
+    /// stays the one sent).
+    fn done(mut self, end: BodyEnd<'_>) {
+        let cut = match end {
+            BodyEnd::Whole => None,
+            BodyEnd::BackendFailed(error) => {
+                // As nginx's "upstream prematurely closed connection" and Envoy's
+                // UPE: the client got the head, then a cut connection (HTTP/1) or
+                // a reset stream (HTTP/2).
+                tracing::warn!(
+                    api = self.api.as_deref().unwrap_or("-"),
+                    status = self.status,
+                    error = %super::proxy::Chain(error),
+                    "backend response body cut off; the client's response is incomplete"
+                );
+                Some(BODY_CUT_OFF)
+            }
+            BodyEnd::ClientGone => {
+                tracing::debug!(
+                    api = self.api.as_deref().unwrap_or("-"),
+                    peer = %self.peer,
+                    "client went away before the end of its response body"
+                );
+                Some(error::CLIENT_CONNECTION_FAILURE)
+            }
+            // The drain's warning says what happened, and the idle timeout's line.
+            BodyEnd::Drained => Some(error::DRAIN_TIMEOUT),
+            BodyEnd::Idle => Some(error::IDLE_TIMEOUT),
+        };
+        if let Some(reason) = cut {
+            self.reason = Some(reason);
+            self.shared.stats.count_rejection(reason);
         }
         let api_metrics = match &self.backend {
             Some(backend) => backend.metrics.as_ref(),
@@ -256,7 +294,7 @@ impl Report {
         api_metrics.record(self.status, self.reason, self.latency);
         let logged = match self.shared.access_log {
             AccessLog::All => true,
-            AccessLog::Errors => self.status >= 400 || cut_off.is_some(),
+            AccessLog::Errors => self.status >= 400 || cut.is_some(),
             AccessLog::Off => false,
         };
         if !logged {
@@ -284,9 +322,10 @@ impl Report {
 /// A request whose outcome is not known yet. hyper drops the handler's future
 /// when the client goes away first: over HTTP/2, a client that resets its stream
 /// or closes its connection (in the middle of its request body, or while the
-/// backend has not answered). The request is then reported as APIM reports a client
-/// that went away (`ClientConnectionFailure`; its access event and counters).
-/// What passes costs a take of `report`.
+/// backend has not answered); over HTTP/1, a client that closes its connection. The request is then reported as
+/// APIM reports a client that went away (`ClientConnectionFailure`; its access
+/// event and counters), or as cut by the drain when the gateway cut the
+/// connection.
 struct Unfinished<'a> {
     /// The request as far as it is known (its API's backend once routed);
     /// `None` once its outcome is.
@@ -305,18 +344,23 @@ impl Drop for Unfinished<'_> {
             // A handler that panicked is answered and counted by panics.rs.
             return;
         }
+        report.latency = self.started.elapsed();
+        report.api = report.backend.as_ref().map(|backend| backend.name.clone());
         if self.activity.was_cut_off() {
             // The gateway cut the connection at the end of its drain time (a stop,
             // or a listener a reload removed): not the client's doing, and the
             // drain's warning says so.
             tracing::debug!(peer = %report.peer, "request cut off at the end of the drain time");
+            let rejection = Rejection::drain_cut();
+            report.status = rejection.status.as_u16();
+            report.reason = Some(rejection.reason);
+            report.shared.stats.count_rejection(rejection.reason);
+            report.done(BodyEnd::Whole);
             return;
         }
         let rejection = Rejection::client_gone();
         report.status = rejection.status.as_u16();
         report.reason = Some(rejection.reason);
-        report.latency = self.started.elapsed();
-        report.api = report.backend.as_ref().map(|backend| backend.name.clone());
         tracing::debug!(
             api = report.api.as_deref().unwrap_or("-"),
             peer = %report.peer,
@@ -331,7 +375,7 @@ impl Drop for Unfinished<'_> {
             report.api.as_deref(),
             None,
         );
-        report.done(None);
+        report.done(BodyEnd::Whole);
     }
 }
 
@@ -363,31 +407,60 @@ fn refused(
         .and_then(|sink| sink.rejected(peer.ip(), reason))
 }
 
-/// A response body that, when it ends (sent whole, failed, or dropped because the
-/// client went away), hands its byte count to `on_end` and reports its request
-/// (a backend's body: a failure is in the event).
+/// A response body that, when it ends (sent whole, failed, or dropped before its
+/// end), hands its byte count to `on_end` and reports its request (a backend's
+/// body: how it ended is in the event).
 struct Reported {
     inner: ResponseBody,
     /// Data bytes so far.
     bytes: u64,
+    /// Its end was reached (or it failed): a drop is no cut.
+    ended: bool,
     on_end: Option<OnEnd>,
     report: Option<Report>,
+    /// Its connection's: whether the gateway cut it (a body dropped before its
+    /// end is then the drain's doing, not the client's).
+    activity: Arc<Activity>,
 }
 
 impl Reported {
-    fn finish(&mut self, cut_off: Option<&(dyn std::error::Error + 'static)>) {
+    fn finish(&mut self, end: BodyEnd<'_>) {
+        self.ended = true;
         if let Some(on_end) = self.on_end.take() {
             on_end(self.bytes);
         }
         if let Some(report) = self.report.take() {
-            report.done(cut_off);
+            report.done(end);
+        }
+    }
+
+    /// Why hyper dropped the body before it saw its end: a response with no
+    /// content to send (to a HEAD, a 204 or a 304, which hyper does not poll) is
+    /// whole; else the gateway cut the connection (the drain) or the body (the
+    /// idle timeout), or the client went away (HTTP/1: its connection closed; HTTP/2: its stream reset or its
+    /// connection closed).
+    fn dropped_end(&self) -> BodyEnd<'static> {
+        let no_content = self.report.as_ref().is_some_and(|report| {
+            report.method == Some(http::Method::HEAD) || matches!(report.status, 204 | 304)
+        });
+        if no_content || self.inner.is_end_stream() {
+            BodyEnd::Whole
+        } else if self.activity.was_cut_off() {
+            BodyEnd::Drained
+        } else if self.activity.was_idle_cut() {
+            BodyEnd::Idle
+        } else {
+            BodyEnd::ClientGone
         }
     }
 }
 
 impl Drop for Reported {
     fn drop(&mut self) {
-        self.finish(None);
+        if !self.ended {
+            let end = self.dropped_end();
+            self.finish(end);
+        }
     }
 }
 
@@ -406,11 +479,11 @@ impl Body for Reported {
                     self.bytes += data.len() as u64;
                 }
                 if self.inner.is_end_stream() {
-                    self.finish(None);
+                    self.finish(BodyEnd::Whole);
                 }
             }
-            Poll::Ready(Some(Err(error))) => self.finish(Some(error.as_ref())),
-            Poll::Ready(None) => self.finish(None),
+            Poll::Ready(Some(Err(error))) => self.finish(BodyEnd::BackendFailed(error.as_ref())),
+            Poll::Ready(None) => self.finish(BodyEnd::Whole),
             Poll::Pending => {}
         }
         polled

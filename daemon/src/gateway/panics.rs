@@ -29,7 +29,7 @@ pub(crate) async fn handle_catching(
     shared: Arc<Shared>,
     conn: Connection,
     request: Request<Incoming>,
-    activity: &Activity,
+    activity: &Arc<Activity>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let stats = Arc::clone(&shared.stats);
     let peer = conn.peer;

@@ -479,6 +479,7 @@ async fn listener_task(
                 }
                 () = activity.idle_for(idle, || framing.http2()) => {
                     tracing::debug!(%peer, ?idle, "idle connection closed");
+                    activity.idle_cut();
                     abort.abort();
                     Ended::Cut
                 }

@@ -180,7 +180,8 @@ impl Backend {
 // ---------------------------------------------------------------------------
 
 /// rampartd with a TLS and a plain listener and an admin listener, one API `/b`
-/// (no subscription, both listeners) to the backend, `[gateway]` keys from `gateway`.
+/// (no subscription, both listeners) to the backend and one `/v` that validates
+/// JSON bodies (the plain listener), `[gateway]` keys from `gateway`.
 struct Served {
     _dir: TempDir,
     pki: Pki,
@@ -229,7 +230,10 @@ async fn serve_with(
          [[listener]]\naddress = \"127.0.0.1:{tls}\"\ntls = {{ cert = {cert:?}, key = {key:?} }}\n\
          [[listener]]\naddress = \"127.0.0.1:{plain}\"\nplain_http = true\n\
          [[api]]\nname = \"b\"\npath_prefix = \"/b\"\nbackend = \"http://{backend}/\"\nsubscription = \"none\"\n\
-         listeners = [\"127.0.0.1:{tls}\", \"127.0.0.1:{plain}\"]\n",
+         listeners = [\"127.0.0.1:{tls}\", \"127.0.0.1:{plain}\"]\n\
+         [[api]]\nname = \"v\"\npath_prefix = \"/v\"\nbackend = \"http://{backend}/\"\nsubscription = \"none\"\n\
+         validation = {{ content_types = [\"application/json\"], json_schema = {{ type = \"object\" }} }}\n\
+         listeners = [\"127.0.0.1:{plain}\"]\n",
         state = dir.0.join("state").display().to_string(),
         runtime = runtime.display().to_string(),
         cert = cert.cert_chain_pem.display().to_string(),
@@ -1099,6 +1103,55 @@ async fn a_request_cut_at_the_end_of_the_drain_time_says_so() {
     assert!(!log.contains("ClientConnectionFailure"), "{log}");
     connection.abort();
     drop((http1, http1_body, trickling));
+}
+
+/// A request body the gateway is still reading to validate it when the drain time
+/// ends: the gateway cut the connection, the client did nothing wrong. Over HTTP/2
+/// the body's read failed and the request was reported as a client that went away
+/// (`ClientConnectionFailure`, told to the automatic bans); over HTTP/1 it had no
+/// event. Both now say `DrainTimeout`.
+#[tokio::test]
+async fn a_request_body_cut_at_the_end_of_the_drain_time_is_not_a_client_failure() {
+    use tokio::io::AsyncWriteExt;
+    let backend = Backend::start().await;
+    let mut s = serve("drain-body", backend.addr, "drain_timeout_secs = 1").await;
+
+    let tcp = connect_from("127.0.0.1", s.plain, None).await;
+    let (client, connection) = h2_client(tcp).await;
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = Request::post(format!("{}/v/x", s.plain_base()))
+        .header("content-type", "application/json")
+        .header("content-length", "100")
+        .body(())
+        .unwrap();
+    let (_response, mut body) = client.send_request(request, false).unwrap();
+    body.send_data(Bytes::from_static(&[b' '; 50]), false)
+        .unwrap();
+    let mut http1 = connect_from("127.0.0.1", s.plain, None).await;
+    http1
+        .write_all(
+            b"POST /v/x HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    http1.write_all(&[b' '; 50]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert!(s.daemon.terminate().await.success());
+    let log = s.daemon.log();
+    assert!(log.contains("drain time over"), "{log}");
+    let events = access_events(&s, &["/v/x"], 2).await;
+    for event in &events {
+        assert!(
+            event.contains("status=503") && event.contains("reason=\"DrainTimeout\""),
+            "{event}\n{log}"
+        );
+    }
+    assert!(!log.contains("ClientConnectionFailure"), "{log}");
+    connection.abort();
+    drop((http1, body));
 }
 
 /// A client that goes away in the middle of a response body (HTTP/1: it closes

@@ -30,9 +30,12 @@ pub(crate) struct Activity {
     requests: AtomicBool,
     /// Requests waiting for their response head.
     in_flight: AtomicUsize,
-    /// The gateway cut the connection (the end of the drain time): its requests
-    /// left unanswered are not the client's doing.
-    cut_off: AtomicBool,
+    /// Its listener's drain time is over: the gateway cuts the connections left,
+    /// and their requests left unanswered are not the client's doing. Shared by
+    /// the listener's connections and set before any is cut, so that a request
+    /// dropped at any point after (its connection's task aborted, or the runtime
+    /// shutting down first) knows it.
+    cut_off: Arc<AtomicBool>,
     /// The gateway closed the connection for its idle timeout: a response body
     /// left unsent is not known to be the client's doing.
     idle_cut: AtomicBool,
@@ -44,20 +47,16 @@ pub(crate) struct Activity {
 }
 
 impl Activity {
-    pub(crate) fn new() -> Self {
+    /// `cut_off`: its listener's flag, set when its drain time is over.
+    pub(crate) fn new(cut_off: Arc<AtomicBool>) -> Self {
         Self {
             bytes: AtomicBool::new(true),
             requests: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
-            cut_off: AtomicBool::new(false),
+            cut_off,
             idle_cut: AtomicBool::new(false),
             streams: Mutex::new(Vec::new()),
         }
-    }
-
-    /// Marks the connection as cut by the gateway (before its task is aborted).
-    pub(crate) fn cut_off(&self) {
-        self.cut_off.store(true, Ordering::Relaxed);
     }
 
     /// Whether the gateway cut the connection.
@@ -364,7 +363,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn bytes_keep_http1_busy_but_not_http2() {
         for http2 in [false, true] {
-            let activity = Arc::new(Activity::new());
+            let activity = Arc::new(Activity::new(Arc::default()));
             let mut watch = Arc::clone(&activity);
             let pinging = async {
                 loop {
@@ -383,7 +382,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_waiting_request_or_a_moving_body_keeps_http2_busy() {
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(Arc::default()));
         let busy = Busy::new(Arc::clone(&activity));
         assert!(!idle_within(&activity, true, Duration::from_secs(5)).await);
         drop(busy);

@@ -126,6 +126,14 @@ pub(crate) async fn handle(
         };
         process(&report.shared, &conn, request, verdict, &mut report.backend).await
     };
+    if let Some(reason) = outcome.reason
+        && reason == error::CLIENT_CONNECTION_FAILURE
+        && activity.was_cut_off()
+    {
+        // The request body stopped because the gateway cut the connection at the
+        // end of its drain time, not because the client went away.
+        outcome = rejected(Rejection::drain_cut(), outcome.api);
+    }
     let Some(mut report) = unfinished.report.take() else {
         unreachable!("taken only here")
     };

@@ -9,6 +9,7 @@
 //! listeners go on.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -363,6 +364,8 @@ async fn listener_task(
     let graceful = GracefulShutdown::new();
     // Cancelled when the drain time is over: connections still open are dropped.
     let hard_stop = CancellationToken::new();
+    // Set then, first: the requests of those connections are cut by the gateway.
+    let drain_over = Arc::new(AtomicBool::new(false));
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
@@ -436,11 +439,12 @@ async fn listener_task(
         let tls = tls.load_full();
         let watcher = graceful.watcher();
         let hard_stop = hard_stop.clone();
+        let drain_over = Arc::clone(&drain_over);
         tokio::spawn(async move {
             // Connection-level settings are the ones current at accept.
             let generation = server.current();
             let stats = Arc::clone(&server.stats);
-            let activity = Arc::new(Activity::new());
+            let activity = Arc::new(Activity::new(drain_over));
             let framing = Arc::new(Framing::default());
             let (stream, mut returned) = Returning::new(stream);
             let stream = ActivityIo {
@@ -472,8 +476,7 @@ async fn listener_task(
                 served = serving => served.unwrap_or(Ended::Cut),
                 () = hard_stop.cancelled() => {
                     // Its requests still in progress are cut by the gateway, not
-                    // abandoned by the client (the handler's `Unfinished`).
-                    activity.cut_off();
+                    // abandoned by the client (`drain_over` says so).
                     abort.abort();
                     Ended::Cut
                 }
@@ -510,6 +513,9 @@ async fn listener_task(
     {
         tracing::warn!(addr = %local_addr, timeout = ?drain_timeout, "drain time over, closing remaining connections");
     }
+    // Before the cut, and before this listener counts as drained (the runtime may
+    // then stop and drop the connections' tasks before they see `hard_stop`).
+    drain_over.store(true, Ordering::Relaxed);
     hard_stop.cancel();
 }
 

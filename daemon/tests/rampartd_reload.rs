@@ -578,6 +578,84 @@ async fn rejections_reach_the_sink_with_the_tcp_peer_and_are_counted() {
     gateway.drained().await.unwrap();
 }
 
+/// A refusal's answer waits for what the rejection sink started (a ban being put
+/// into the kernel). A client that went away during that wait had no access
+/// event and was not counted in the responses: hyper dropped the request after
+/// the handler had let go of its report. It is now reported as any client gone
+/// before its answer: 400 `ClientConnectionFailure` (its refusal counted once).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_gone_while_its_refusal_waits_for_the_sink_is_reported() {
+    use tokio::io::AsyncWriteExt;
+    let setup = Setup::new("sink-wait").await;
+    let port = free_port();
+    let config = parse(&setup.text(
+        &[port],
+        "[[api]]\nname = \"keyed\"\npath_prefix = \"/keyed\"\nbackend = \"http://{backend}/\"\n",
+    ));
+    let shutdown = CancellationToken::new();
+    let gateway = running::start(&config, shutdown.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    // The sink starts a "ban" that never ends: the answer waits its full time.
+    let pending: Arc<Mutex<Vec<tokio::sync::oneshot::Sender<()>>>> = Arc::default();
+    let sink = Arc::clone(&pending);
+    gateway.set_rejection_sink(Some(Arc::new(move |_: IpAddr, _: &'static str| {
+        let (done, applied) = tokio::sync::oneshot::channel();
+        sink.lock().unwrap().push(done);
+        Some(applied)
+    })));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(setup.pki.client_config(&[b"http/1.1"])));
+    let mut tls = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"GET /keyed/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pending.lock().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sink was not told"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(tls);
+
+    let responses = |gateway: &running::RunningGateway| {
+        gateway
+            .http_metrics()
+            .into_iter()
+            .find(|api| api.api == "keyed")
+            .map(|api| api.responses)
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while responses(&gateway).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let responses = responses(&gateway);
+    assert_eq!(responses.len(), 1, "{responses:?}");
+    assert_eq!(
+        (
+            responses[0].status.as_str(),
+            responses[0].reason,
+            responses[0].count
+        ),
+        ("400", "ClientConnectionFailure", 1)
+    );
+    // The refusal itself was counted once, when it was made.
+    assert_eq!(gateway.stats().rejections, [("SubscriptionKeyNotFound", 1)]);
+    shutdown.cancel();
+    gateway.drained().await.unwrap();
+}
+
 /// `rampart --socket SOCKET reload`: exit code and stdout.
 fn rampart_reload(socket: &Path) -> (i32, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"))

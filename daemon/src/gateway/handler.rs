@@ -103,7 +103,7 @@ pub(crate) async fn handle(
     let lingering = Lingering::of(&shared.limits);
     let request = request.map(|body| ClientBody::new(body, version, lingering));
     // Reported as a client that went away if hyper drops this future before the
-    // outcome is known (`Unfinished`); completed below once it is.
+    // answer is handed to it (`Unfinished`); completed below once it is.
     let mut unfinished = Unfinished {
         report: Some(Report {
             shared,
@@ -117,6 +117,7 @@ pub(crate) async fn handle(
             subscription: None,
             reason: None,
         }),
+        refusal_told: false,
         started,
         activity,
     };
@@ -126,6 +127,10 @@ pub(crate) async fn handle(
         };
         process(&report.shared, &conn, request, verdict, &mut report.backend).await
     };
+    let head = unfinished
+        .report
+        .as_ref()
+        .is_some_and(|report| report.method == Some(http::Method::HEAD));
     if let Some(reason) = outcome.reason
         && reason == error::CLIENT_CONNECTION_FAILURE
         && activity.was_cut_off()
@@ -134,10 +139,6 @@ pub(crate) async fn handle(
         // end of its drain time, not because the client went away.
         outcome = rejected(Rejection::drain_cut(), outcome.api);
     }
-    let Some(mut report) = unfinished.report.take() else {
-        unreachable!("taken only here")
-    };
-    let shared = &report.shared;
     if body_pending
         && outcome.reason.is_some()
         && (expects_continue
@@ -161,7 +162,7 @@ pub(crate) async fn handle(
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    if outcome.reason.is_some() && report.method.as_ref() == Some(&http::Method::HEAD) {
+    if outcome.reason.is_some() && head {
         // The gateway's own answer to a HEAD has no content (RFC 9110 §9.3.2), and
         // keeps the `Content-Length` a GET would have had. hyper leaves the body out
         // over HTTP/1 only; over HTTP/2 it would send it, which clients take for a
@@ -172,17 +173,27 @@ pub(crate) async fn handle(
     if let Some(reason) = outcome.reason {
         let status = outcome.response.status().as_u16();
         let subscription = outcome.subscription.as_deref();
-        if let Some(done) = refused(
-            shared,
+        let Some(report) = unfinished.report.as_ref() else {
+            unreachable!("taken only below")
+        };
+        let done = refused(
+            &report.shared,
             conn.peer,
             reason,
             status,
             outcome.api.as_deref(),
             subscription,
-        ) {
+        );
+        // Counted and told: a client that goes away while the answer waits is
+        // reported (`Unfinished`), not counted again.
+        unfinished.refusal_told = true;
+        if let Some(done) = done {
             let _ = tokio::time::timeout(super::REJECTION_WAIT, done).await;
         }
     }
+    let Some(mut report) = unfinished.report.take() else {
+        unreachable!("taken only here")
+    };
     let Outcome {
         response,
         api,
@@ -327,17 +338,21 @@ impl Report {
     }
 }
 
-/// A request whose outcome is not known yet. hyper drops the handler's future
-/// when the client goes away first: over HTTP/2, a client that resets its stream
-/// or closes its connection (in the middle of its request body, or while the
-/// backend has not answered); over HTTP/1, a client that closes its connection. The request is then reported as
+/// A request whose answer has not been handed to hyper yet. hyper drops the
+/// handler's future when the client goes away first: over HTTP/2, a client that
+/// resets its stream or closes its connection (in the middle of its request body,
+/// while the backend has not answered, or while a refusal waits for its ban); over
+/// HTTP/1, a client that closes its connection. The request is then reported as
 /// APIM reports a client that went away (`ClientConnectionFailure`; its access
 /// event and counters), or as cut by the drain when the gateway cut the
 /// connection.
 struct Unfinished<'a> {
     /// The request as far as it is known (its API's backend once routed);
-    /// `None` once its outcome is.
+    /// `None` once its answer is handed on.
     report: Option<Report>,
+    /// Its refusal was counted and told to the rejection sink (the answer waits
+    /// for what the sink started): not counted again if the client goes away.
+    refusal_told: bool,
     started: Instant,
     /// Its connection's: whether the gateway cut it.
     activity: &'a Activity,
@@ -362,7 +377,9 @@ impl Drop for Unfinished<'_> {
             let rejection = Rejection::drain_cut();
             report.status = rejection.status.as_u16();
             report.reason = Some(rejection.reason);
-            report.shared.stats.count_rejection(rejection.reason);
+            if !self.refusal_told {
+                report.shared.stats.count_rejection(rejection.reason);
+            }
             report.done(BodyEnd::Whole);
             return;
         }
@@ -374,15 +391,17 @@ impl Drop for Unfinished<'_> {
             peer = %report.peer,
             "client went away before the answer to its request"
         );
-        // Nobody waits for an answer: nothing waits for the sink either.
-        let _ = refused(
-            &report.shared,
-            report.peer,
-            rejection.reason,
-            report.status,
-            report.api.as_deref(),
-            None,
-        );
+        if !self.refusal_told {
+            // Nobody waits for an answer: nothing waits for the sink either.
+            let _ = refused(
+                &report.shared,
+                report.peer,
+                rejection.reason,
+                report.status,
+                report.api.as_deref(),
+                None,
+            );
+        }
         report.done(BodyEnd::Whole);
     }
 }

@@ -1720,7 +1720,7 @@ async fn subscription_key_is_not_forwarded_by_apis_that_check_none() {
 /// The raw backend's answers in the tests of invalid backend answers: a plain 200
 /// to `GET /good`, and on `/bad` an answer with both `Content-Length` and
 /// `Transfer-Encoding` (the length is stale: the chunked body is 5 bytes).
-fn length_and_chunked_on_bad(request_line: &str) -> &'static [u8] {
+fn length_and_chunked_on_bad(request_line: &str, _: usize) -> &'static [u8] {
     if request_line.starts_with("GET /bad ") {
         b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
     } else {
@@ -1729,7 +1729,7 @@ fn length_and_chunked_on_bad(request_line: &str) -> &'static [u8] {
 }
 
 /// As above, with a 101 Switching Protocols (which nobody asked for) on `/bad`.
-fn switching_protocols_on_bad(request_line: &str) -> &'static [u8] {
+fn switching_protocols_on_bad(request_line: &str, _: usize) -> &'static [u8] {
     if request_line.starts_with("GET /bad ") {
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
     } else {
@@ -1738,7 +1738,7 @@ fn switching_protocols_on_bad(request_line: &str) -> &'static [u8] {
 }
 
 /// As above, with a status outside 100-599 (hunt9 L9: relayed, and counted as 5xx).
-fn status_out_of_range_on_bad(request_line: &str) -> &'static [u8] {
+fn status_out_of_range_on_bad(request_line: &str, _: usize) -> &'static [u8] {
     if request_line.starts_with("GET /bad ") {
         b"HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\nok"
     } else {
@@ -1751,7 +1751,7 @@ fn status_out_of_range_on_bad(request_line: &str) -> &'static [u8] {
 /// HTTP/1.1 and HTTP/2 clients get the gateway's 502, a following request on a
 /// fresh connection is answered, and the backend connection that carried the bad
 /// answer is not used again.
-async fn assert_invalid_backend_answer_gets_502(answer: fn(&str) -> &'static [u8]) {
+async fn assert_invalid_backend_answer_gets_502(answer: fn(&str, usize) -> &'static [u8]) {
     let pki = Pki::new();
     let plain = RawBackend::start(None, answer).await;
     let tls = RawBackend::start(Some(&pki), answer).await;
@@ -1836,7 +1836,7 @@ fn large_head(fields: usize) -> Vec<u8> {
 /// As above, with a head of 160 KiB (20 fields of 8 KiB) on `/bad`: over the
 /// gateway's 64 KiB for a response head; before, it was relayed whole to HTTP/1.1
 /// clients and broke the stream of HTTP/2 clients under a 200.
-fn large_head_on_bad(request_line: &str) -> &'static [u8] {
+fn large_head_on_bad(request_line: &str, _: usize) -> &'static [u8] {
     static HEAD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     if request_line.starts_with("GET /bad ") {
         HEAD.get_or_init(|| large_head(20))
@@ -1853,7 +1853,7 @@ async fn backend_response_head_over_64_kib_gets_502() {
 /// A response head of 40 KiB (5 fields of 8 KiB) is within the limit and relayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_response_head_under_64_kib_is_relayed() {
-    fn answer(_: &str) -> &'static [u8] {
+    fn answer(_: &str, _: usize) -> &'static [u8] {
         static HEAD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
         HEAD.get_or_init(|| large_head(5))
     }
@@ -1881,6 +1881,76 @@ async fn backend_response_head_under_64_kib_is_relayed() {
     assert_eq!(parts.status, StatusCode::OK, "{body}");
     assert_eq!(parts.headers["x-big-4"].len(), 8 * 1024);
     assert_eq!(body, "ok");
+}
+
+/// The raw backend's answer to a request that is the first on its connection; the
+/// next one on it closes the connection unanswered: a backend whose keep-alive
+/// timeout runs out just as the gateway reuses the connection.
+fn first_on_its_connection(_: &str, served_before: usize) -> &'static [u8] {
+    if served_before == 0 {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    } else {
+        b""
+    }
+}
+
+/// A GET on a reused backend connection that the backend closes unanswered is sent
+/// again, once, on a new connection, and answered: before, the client got 502. A
+/// POST with a body in the same place keeps its 502 and reaches the backend once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_on_a_backend_connection_closed_under_it_is_sent_again_a_post_is_not() {
+    let pki = Pki::new();
+    let backend = RawBackend::start(None, first_on_its_connection).await;
+    let apis = vec![api(
+        "keepalive",
+        None,
+        "/",
+        &format!("http://{}/", backend.addr),
+    )];
+    let gw = start_gateway_with(
+        tls_settings(pki.leaf("localhost", &["localhost"]), Vec::new()),
+        settings(apis, Limits::default()),
+        None,
+    )
+    .await;
+    let base = format!("https://localhost:{}", gw.tls.port());
+    let h1 = client(&pki, false);
+    for path in ["/first", "/again"] {
+        let (parts, body) = get(&h1, &format!("{base}{path}")).await;
+        assert_eq!(parts.status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(body, "ok");
+    }
+    let line = |connection: usize, line: &str| (connection, line.to_owned());
+    assert_eq!(
+        backend.requests(),
+        [
+            line(0, "GET /first HTTP/1.1"),
+            line(0, "GET /again HTTP/1.1"),
+            line(1, "GET /again HTTP/1.1"),
+        ]
+    );
+
+    let post = Request::post(format!("{base}/post"))
+        .body(http_body_util::Full::new(Bytes::from_static(b"once")))
+        .unwrap();
+    let (parts, body) = send(&client(&pki, false), post).await;
+    assert_apim_error(&parts, &body, 502, "Bad gateway");
+    assert_eq!(
+        backend.requests().last(),
+        Some(&line(1, "POST /post HTTP/1.1")),
+        "the POST went out once, on the connection the GET left in the pool"
+    );
+    assert_eq!(backend.requests().len(), 4, "{:?}", backend.requests());
+
+    let retries: u64 = (gw.stats.http.snapshot().iter())
+        .map(|api| api.backend_retries)
+        .sum();
+    assert_eq!(retries, 1, "rampart_backend_retries_total");
+    assert_eq!(
+        gw.stats.rejections(),
+        [("BackendConnectionFailure", 1)],
+        "rejection counters"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

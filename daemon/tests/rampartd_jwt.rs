@@ -1101,7 +1101,7 @@ async fn client_bytes_never_start_a_log_line_and_unsafe_claims_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_with_edge_whitespace_are_refused_and_never_forwarded() {
     let setup = Setup::new("padded-claim");
-    fn ok(_: &str) -> &'static [u8] {
+    fn ok(_: &str, _: usize) -> &'static [u8] {
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
     }
     let backend = RawBackend::start(None, ok).await;

@@ -327,6 +327,18 @@ fn gateway_families(
             out.sample(name, &[("api", &api.api)], n);
         }
     }
+    out.family(
+        "rampart_backend_retries_total",
+        Kind::Counter,
+        "Requests sent again on a new backend connection because the reused one was closed before answering, by API.",
+    );
+    for api in apis.iter().filter(|a| !a.api.is_empty()) {
+        out.sample(
+            "rampart_backend_retries_total",
+            &[("api", &api.api)],
+            api.backend_retries,
+        );
+    }
 
     out.family(
         "rampart_jwks_loaded",

@@ -86,6 +86,7 @@ fn every_family_renders_well_formed() {
         Some("RateLimitExceeded"),
         std::time::Duration::from_micros(100),
     );
+    orders.record_backend_retry();
     http.api("idle");
     http.unrouted().record(
         404,
@@ -160,6 +161,8 @@ fn every_family_renders_well_formed() {
         "rampart_rate_limited_total{api=\"orders\"} 1",
         "rampart_rate_limited_total{api=\"idle\"} 0",
         "rampart_quota_exceeded_total{api=\"orders\"} 0",
+        "rampart_backend_retries_total{api=\"orders\"} 1",
+        "rampart_backend_retries_total{api=\"idle\"} 0",
         "rampart_jwks_loaded{provider=\"never\"} 0",
         "rampart_jwks_age_seconds{provider=\"entra\"} 600",
         "rampart_jwks_fetch_failures_total{provider=\"never\"} 5",

@@ -1,5 +1,5 @@
 //! The gateway's request counters for `/metrics`: responses by API, status and
-//! reason, and a latency histogram per API.
+//! reason, a latency histogram per API, and requests sent again to its backend.
 //!
 //! Counting is on every request's path, so it costs three relaxed atomic
 //! additions and nothing else: each API's counters ([`ApiMetrics`]) are found
@@ -117,6 +117,9 @@ pub struct ApiMetrics {
     /// Per bucket (not cumulative), the last one past every bound.
     latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_ns: AtomicU64,
+    /// Requests sent again on a new backend connection after the reused one
+    /// they went out on turned out closed.
+    backend_retries: AtomicU64,
 }
 
 impl Default for ApiMetrics {
@@ -127,6 +130,7 @@ impl Default for ApiMetrics {
                 .collect(),
             latency: [const { AtomicU64::new(0) }; LATENCY_BUCKETS.len() + 1],
             latency_sum_ns: AtomicU64::new(0),
+            backend_retries: AtomicU64::new(0),
         }
     }
 }
@@ -146,6 +150,11 @@ impl ApiMetrics {
             counter.fetch_add(1, Ordering::Relaxed);
         }
         self.latency_sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Counts a request sent again on a new backend connection.
+    pub fn record_backend_retry(&self) {
+        self.backend_retries.fetch_add(1, Ordering::Relaxed);
     }
 
     fn snapshot(&self, api: &str) -> ApiSnapshot {
@@ -173,6 +182,7 @@ impl ApiMetrics {
             latency_buckets: buckets,
             latency_count: count,
             latency_sum_seconds: self.latency_sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            backend_retries: self.backend_retries.load(Ordering::Relaxed),
         }
     }
 }
@@ -197,6 +207,8 @@ pub struct ApiSnapshot {
     pub latency_buckets: Vec<(f64, u64)>,
     pub latency_count: u64,
     pub latency_sum_seconds: f64,
+    /// Requests sent again on a new backend connection (the reused one was closed).
+    pub backend_retries: u64,
 }
 
 /// Every API's counters, found by name when backends are built.

@@ -236,6 +236,7 @@ impl Backend {
                         host_header,
                         api.timeouts.connect,
                         api.timeouts.pool_idle,
+                        Arc::clone(&metrics),
                     ))
                 })
             })

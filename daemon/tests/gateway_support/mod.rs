@@ -280,17 +280,19 @@ pub async fn start_tls_backend(pki: &Pki) -> SocketAddr {
 }
 
 /// A backend that writes exact bytes: for each request head it reads (no body),
-/// the bytes `answer` gives for the request line, on the same connection, which
-/// it keeps open for more. It records each request line with the number of the
-/// connection it came on (0, 1, ...), so a test can tell whether a connection was
-/// used again. Over TLS (ALPN `http/1.1` only) when `pki` is given.
+/// the bytes `answer` gives for the request line and the request's number on its
+/// connection (0 for the first), on the same connection, which it keeps open for
+/// more; an empty answer closes the connection unanswered. It records each
+/// request line with the number of the connection it came on (0, 1, ...), so a
+/// test can tell whether a connection was used again. Over TLS (ALPN `http/1.1`
+/// only) when `pki` is given.
 pub struct RawBackend {
     pub addr: SocketAddr,
     pub requests: Arc<std::sync::Mutex<Vec<(usize, String)>>>,
 }
 
 impl RawBackend {
-    pub async fn start(pki: Option<&Pki>, answer: fn(&str) -> &'static [u8]) -> Self {
+    pub async fn start(pki: Option<&Pki>, answer: fn(&str, usize) -> &'static [u8]) -> Self {
         let acceptor = pki.map(|pki| {
             let mut config = tls_server_config(pki);
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -332,21 +334,23 @@ async fn raw_answers<S>(
     mut stream: S,
     connection: usize,
     seen: &std::sync::Mutex<Vec<(usize, String)>>,
-    answer: fn(&str) -> &'static [u8],
+    answer: fn(&str, usize) -> &'static [u8],
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
+    let mut served = 0;
     loop {
         while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
             buffer.drain(..end + 4);
             let line = head.lines().next().unwrap_or("").to_owned();
-            let bytes = answer(&line);
+            let bytes = answer(&line, served);
+            served += 1;
             seen.lock().unwrap().push((connection, line));
-            if stream.write_all(bytes).await.is_err() {
+            if bytes.is_empty() || stream.write_all(bytes).await.is_err() {
                 return;
             }
         }

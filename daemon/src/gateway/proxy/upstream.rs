@@ -7,24 +7,34 @@
 //! was not read through, or that failed, is dropped (and so closed). The most
 //! recently used connection is taken first (LIFO); idle ones close after the
 //! backend's idle timeout, and at most [`MAX_IDLE`] are kept.
+//!
+//! A request that fails on a reused connection because the backend closed it
+//! (its keep-alive timeout racing with the reuse, a restart) is sent once more,
+//! on a new connection, when that is safe: it was never written, or it is
+//! idempotent, has no body and no byte of its answer had come (see
+//! [`Http1Pool::send`]).
 
 use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
+use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{Builder, SendRequest};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::UpstreamBody;
+use crate::gateway::metrics::ApiMetrics;
 
 /// Idle connections kept per backend; more are closed when they come back.
 pub(super) const MAX_IDLE: usize = 1024;
@@ -58,11 +68,21 @@ pub(crate) struct Http1Pool {
     idle: Mutex<VecDeque<Idle>>,
     /// Whether the task closing expired idle connections runs.
     reaper: std::sync::atomic::AtomicBool,
+    /// The counters of the API this backend serves (requests sent again).
+    metrics: Arc<ApiMetrics>,
 }
 
 struct Idle {
-    sender: SendRequest<UpstreamBody>,
+    connection: Connection,
     since: Instant,
+}
+
+/// One connection to the backend: the handle requests are sent by, and how many
+/// bytes were read from it so far (its [`CountingStream`]'s count), by which a
+/// failed request tells whether any of its answer had come.
+struct Connection {
+    sender: SendRequest<UpstreamBody>,
+    received: Arc<AtomicU64>,
 }
 
 impl Http1Pool {
@@ -72,6 +92,7 @@ impl Http1Pool {
         host_header: HeaderValue,
         connect_timeout: Duration,
         idle_timeout: Duration,
+        metrics: Arc<ApiMetrics>,
     ) -> Self {
         Self {
             host,
@@ -81,12 +102,24 @@ impl Http1Pool {
             idle_timeout,
             idle: Mutex::new(VecDeque::new()),
             reaper: std::sync::atomic::AtomicBool::new(false),
+            metrics,
         }
     }
 
     /// Sends `request` (origin-form URI, no `Host` yet) and returns the response
     /// with its body streaming; the connection returns to the pool when that body
     /// has been read to its end.
+    ///
+    /// On a reused connection that turns out closed (the backend's keep-alive
+    /// timeout ran out as the request went, or it restarted), the request is sent
+    /// once more, on a new connection (another idle one may be just as stale),
+    /// when that cannot run it twice: hyper gave it back unwritten (all that
+    /// hyper-util's client retries), or it is idempotent (RFC 9110 §9.2.2: GET,
+    /// HEAD, OPTIONS, PUT, DELETE; TRACE is never forwarded), had no body, and the
+    /// connection closed or was reset before a byte of the answer came. A request
+    /// whose body went out, even in part, is never sent again: its 502 stays. A
+    /// failure on a new connection is the backend's and is not retried. The
+    /// caller's timer covers both attempts, so a retry never extends it.
     pub(crate) async fn send(
         self: &Arc<Self>,
         mut request: Request<UpstreamBody>,
@@ -96,36 +129,77 @@ impl Http1Pool {
             .headers_mut()
             .entry(http::header::HOST)
             .or_insert_with(|| self.host_header.clone());
-        loop {
-            let (mut sender, reused) = match self.checkout() {
-                Some(sender) => (sender, true),
-                // Boxed: a new connection is the rare case, and its future
-                // inline would grow every request's future (moved by value at
-                // each await up the chain) by its size.
-                None => (Box::pin(self.connect()).await?, false),
-            };
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    let (parts, body) = response.into_parts();
-                    let body = PooledBody::new(body, sender, Arc::downgrade(self));
-                    return Ok(Response::from_parts(parts, body));
-                }
-                Err(mut error) => match error.take_message() {
-                    // Never started on a connection that was idle (the backend
-                    // closed it meanwhile): another connection is tried, as
-                    // hyper-util's client does.
-                    Some(unsent) if reused => {
-                        tracing::trace!(error = %error.error(), "idle backend connection unusable, retrying");
-                        request = unsent;
-                    }
-                    _ => return Err(UpstreamError::Request(error.into_error())),
-                },
+        let Some(Connection {
+            mut sender,
+            received,
+        }) = self.checkout()
+        else {
+            // Boxed: a new connection is the rare case, and its future inline
+            // would grow every request's future (moved by value at each await
+            // up the chain) by its size.
+            let connection = Box::pin(self.connect()).await?;
+            return self.send_on(connection, request).await;
+        };
+        // What to send again once hyper has written the request: its head (its
+        // body is empty). A copy, as hyper keeps nothing of what it wrote.
+        let (head, body) = request.into_parts();
+        let replay = (head.method.is_idempotent() && body.is_end_stream()).then(|| head.clone());
+        let request = Request::from_parts(head, body);
+        let received_before = received.load(Ordering::Relaxed);
+        let mut error = match sender.try_send_request(request).await {
+            Ok(response) => return Ok(self.pooled(response, Connection { sender, received })),
+            Err(error) => error,
+        };
+        let again = match (error.take_message(), replay) {
+            (Some(unsent), _) => unsent,
+            (None, Some(head))
+                if received.load(Ordering::Relaxed) == received_before
+                    && connection_lost(error.error()) =>
+            {
+                Request::from_parts(head, Either::Right(Full::new(Bytes::new())))
             }
+            _ => return Err(UpstreamError::Request(error.into_error())),
+        };
+        tracing::debug!(
+            backend = ?self.host_header,
+            method = %again.method(),
+            error = %error.error(),
+            "reused backend connection closed before answering; sending the request again on a new connection"
+        );
+        self.metrics.record_backend_retry();
+        let connection = Box::pin(self.connect()).await?;
+        self.send_on(connection, again).await
+    }
+
+    /// Sends `request` on `connection`, with no second attempt.
+    async fn send_on(
+        self: &Arc<Self>,
+        connection: Connection,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let Connection {
+            mut sender,
+            received,
+        } = connection;
+        match sender.send_request(request).await {
+            Ok(response) => Ok(self.pooled(response, Connection { sender, received })),
+            Err(error) => Err(UpstreamError::Request(error)),
         }
     }
 
+    /// The response with its body holding `connection` until read to its end.
+    fn pooled(
+        self: &Arc<Self>,
+        response: Response<Incoming>,
+        connection: Connection,
+    ) -> Response<PooledBody> {
+        let (parts, body) = response.into_parts();
+        let body = PooledBody::new(body, connection, Arc::downgrade(self));
+        Response::from_parts(parts, body)
+    }
+
     /// The most recently used idle connection that is still open and ready.
-    fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
+    fn checkout(&self) -> Option<Connection> {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(entry) = idle.pop_back() {
@@ -134,8 +208,8 @@ impl Http1Pool {
                 idle.clear();
                 return None;
             }
-            if entry.sender.is_ready() {
-                return Some(entry.sender);
+            if entry.connection.sender.is_ready() {
+                return Some(entry.connection);
             }
         }
         None
@@ -143,30 +217,30 @@ impl Http1Pool {
 
     /// Puts back a connection whose exchange ended: now if it is ready for the
     /// next request, else once it is (a task waits for that), unless it closes.
-    fn put_back(pool: Weak<Self>, mut sender: SendRequest<UpstreamBody>) {
-        if sender.is_ready() {
+    fn put_back(pool: Weak<Self>, mut connection: Connection) {
+        if connection.sender.is_ready() {
             if let Some(pool) = pool.upgrade() {
-                pool.push(sender);
+                pool.push(connection);
             }
-        } else if !sender.is_closed() {
+        } else if !connection.sender.is_closed() {
             tokio::spawn(async move {
-                if sender.ready().await.is_ok()
+                if connection.sender.ready().await.is_ok()
                     && let Some(pool) = pool.upgrade()
                 {
-                    pool.push(sender);
+                    pool.push(connection);
                 }
             });
         }
     }
 
-    fn push(self: &Arc<Self>, sender: SendRequest<UpstreamBody>) {
+    fn push(self: &Arc<Self>, connection: Connection) {
         {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() >= MAX_IDLE {
                 idle.pop_front();
             }
             idle.push_back(Idle {
-                sender,
+                connection,
                 since: Instant::now(),
             });
         }
@@ -180,17 +254,17 @@ impl Http1Pool {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while idle.front().is_some_and(|e| {
-            now.duration_since(e.since) >= self.idle_timeout || e.sender.is_closed()
+            now.duration_since(e.since) >= self.idle_timeout || e.connection.sender.is_closed()
         }) {
             idle.pop_front();
         }
-        idle.retain(|e| !e.sender.is_closed());
+        idle.retain(|e| !e.connection.sender.is_closed());
     }
 
     /// A new connection: TCP (no delay) to the backend's addresses in turn, the
     /// connect timeout shared among them as hyper-util's connector does, then
     /// the HTTP/1.1 handshake; the connection runs in its own task.
-    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+    async fn connect(&self) -> Result<Connection, UpstreamError> {
         let connect_error = |e: std::io::Error| UpstreamError::Connect(Box::new(e));
         let addrs: Vec<SocketAddr> = match self.host.parse::<std::net::IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, self.port)],
@@ -232,6 +306,11 @@ impl Http1Pool {
             ));
         };
         stream.set_nodelay(true).map_err(connect_error)?;
+        let received = Arc::new(AtomicU64::new(0));
+        let stream = CountingStream {
+            inner: stream,
+            received: Arc::clone(&received),
+        };
         let (sender, connection) = Builder::new()
             .max_buf_size(super::MAX_RESPONSE_HEAD_BYTES)
             .handshake(TokioIo::new(stream))
@@ -242,7 +321,84 @@ impl Http1Pool {
                 tracing::debug!(%error, "backend connection error");
             }
         });
-        Ok(sender)
+        Ok(Connection { sender, received })
+    }
+}
+
+/// Whether `error` is the connection ending under a request (closed, reset, or
+/// its task gone) rather than something in the request or its answer.
+fn connection_lost(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() || error.is_canceled() || error.is_closed() {
+        return true;
+    }
+    let mut source = error.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// A backend connection's TCP stream, counting the bytes read from it: hyper
+/// gives the same error for a connection closed before an answer and for one
+/// closed in the middle of its head, and only the first may be sent again.
+/// Hand-written: no crate wraps a stream for a byte count alone.
+struct CountingStream {
+    inner: TcpStream,
+    received: Arc<AtomicU64>,
+}
+
+impl AsyncRead for CountingStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.received.fetch_add(read as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for CountingStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -263,14 +419,14 @@ async fn reap(pool: Weak<Http1Pool>, every: Duration) {
 /// to the end. Dropped before that (or failed), the connection is closed.
 pub(crate) struct PooledBody {
     inner: Incoming,
-    slot: Option<(SendRequest<UpstreamBody>, Weak<Http1Pool>)>,
+    slot: Option<(Connection, Weak<Http1Pool>)>,
 }
 
 impl PooledBody {
-    fn new(inner: Incoming, sender: SendRequest<UpstreamBody>, pool: Weak<Http1Pool>) -> Self {
+    fn new(inner: Incoming, connection: Connection, pool: Weak<Http1Pool>) -> Self {
         let mut body = Self {
             inner,
-            slot: Some((sender, pool)),
+            slot: Some((connection, pool)),
         };
         if body.inner.is_end_stream() {
             body.release();
@@ -279,8 +435,8 @@ impl PooledBody {
     }
 
     fn release(&mut self) {
-        if let Some((sender, pool)) = self.slot.take() {
-            Http1Pool::put_back(pool, sender);
+        if let Some((connection, pool)) = self.slot.take() {
+            Http1Pool::put_back(pool, connection);
         }
     }
 }
@@ -317,143 +473,4 @@ impl Body for PooledBody {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use http_body_util::{BodyExt, Either, Full};
-    use hyper::service::service_fn;
-
-    use super::*;
-
-    /// A backend answering `size` bytes to every request; counts its connections.
-    async fn backend(size: usize) -> (SocketAddr, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&accepted);
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<Incoming>| async move {
-                        let _read = request.into_body().collect().await;
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
-                            vec![b'x'; size],
-                        ))))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        (addr, accepted)
-    }
-
-    fn pool(addr: SocketAddr) -> Arc<Http1Pool> {
-        Arc::new(Http1Pool::new(
-            addr.ip().to_string(),
-            addr.port(),
-            HeaderValue::try_from(addr.to_string()).unwrap(),
-            Duration::from_secs(1),
-            Duration::from_secs(90),
-        ))
-    }
-
-    fn request() -> Request<UpstreamBody> {
-        Request::builder()
-            .uri("/")
-            .body(Either::Right(Full::new(Bytes::new())))
-            .unwrap()
-    }
-
-    #[tokio::test]
-    async fn a_connection_read_through_is_reused() {
-        let (addr, accepted) = backend(10).await;
-        let pool = pool(addr);
-        for _ in 0..5 {
-            let response = pool.send(request()).await.unwrap();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(body.len(), 10);
-        }
-        assert_eq!(accepted.load(Ordering::Relaxed), 1);
-    }
-
-    #[tokio::test]
-    async fn a_response_not_read_through_closes_its_connection() {
-        let (addr, accepted) = backend(1 << 20).await;
-        let pool = pool(addr);
-        let response = pool.send(request()).await.unwrap();
-        let mut body = response.into_body();
-        let _first = body.frame().await.unwrap().unwrap();
-        drop(body);
-        let response = pool.send(request()).await.unwrap();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(body.len(), 1 << 20);
-        assert_eq!(accepted.load(Ordering::Relaxed), 2);
-    }
-
-    #[tokio::test]
-    async fn an_idle_connection_the_backend_closed_is_replaced() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        // Answers one request per connection, keeping it alive, then closes it
-        // while the pool holds it idle.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&accepted);
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let n = stream.read(&mut buf).await.unwrap();
-                        assert!(n > 0);
-                        head.extend_from_slice(&buf[..n]);
-                    }
-                    stream
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                        .await
-                        .unwrap();
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                });
-            }
-        });
-        let pool = pool(addr);
-        for _ in 0..3 {
-            let response = pool.send(request()).await.unwrap();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(body, "ok");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        assert_eq!(accepted.load(Ordering::Relaxed), 3);
-    }
-
-    #[tokio::test]
-    async fn a_request_with_a_body_gets_its_answer_and_the_connection_is_reused() {
-        let (addr, accepted) = backend(10).await;
-        let pool = pool(addr);
-        for _ in 0..3 {
-            let request = Request::builder()
-                .method("POST")
-                .uri("/")
-                .body(Either::Right(Full::new(Bytes::from(vec![b'y'; 100_000]))))
-                .unwrap();
-            let response = pool.send(request).await.unwrap();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(body.len(), 10);
-        }
-        assert_eq!(accepted.load(Ordering::Relaxed), 1);
-    }
-
-    #[tokio::test]
-    async fn a_refused_connection_is_a_connect_error() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
-        let sent = pool(addr).send(request()).await;
-        assert!(matches!(sent, Err(error) if error.is_connect()));
-    }
-}
+mod tests;

@@ -1919,6 +1919,9 @@ async fn a_get_on_a_backend_connection_closed_under_it_is_sent_again_a_post_is_n
         let (parts, body) = get(&h1, &format!("{base}{path}")).await;
         assert_eq!(parts.status, StatusCode::OK, "{path}: {body}");
         assert_eq!(body, "ok");
+        // Idle long enough for a backend's keep-alive timeout (a connection used
+        // within the last second is not sent on again).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
     }
     let line = |connection: usize, line: &str| (connection, line.to_owned());
     assert_eq!(

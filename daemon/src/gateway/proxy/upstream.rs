@@ -11,7 +11,8 @@
 //! A request that fails on a reused connection because the backend closed it
 //! (its keep-alive timeout racing with the reuse, a restart) is sent once more,
 //! on a new connection, when that is safe: it was never written, or it is
-//! idempotent, has no body and no byte of its answer had come (see
+//! idempotent, has no body, its connection had been idle for a second and no
+//! byte of its answer had come (see
 //! [`Http1Pool::send`]).
 
 use std::collections::VecDeque;
@@ -35,6 +36,14 @@ use tokio::time::Instant;
 
 use super::UpstreamBody;
 use crate::gateway::metrics::ApiMetrics;
+
+/// How long a pooled connection must have been idle for a request written on it
+/// and lost unanswered to be sent again (when idempotent and without a body):
+/// backends close idle keep-alive connections after seconds (Node.js 5 s,
+/// gunicorn 2 s, nginx 75 s), so a connection used within the last second was
+/// not closed by such a timeout, and its requests are spared the copy a retry
+/// needs.
+pub(super) const REPLAY_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// Idle connections kept per backend; more are closed when they come back.
 pub(super) const MAX_IDLE: usize = 1024;
@@ -115,8 +124,9 @@ impl Http1Pool {
     /// once more, on a new connection (another idle one may be just as stale),
     /// when that cannot run it twice: hyper gave it back unwritten (all that
     /// hyper-util's client retries), or it is idempotent (RFC 9110 §9.2.2: GET,
-    /// HEAD, OPTIONS, PUT, DELETE; TRACE is never forwarded), had no body, and the
-    /// connection closed or was reset before a byte of the answer came. A request
+    /// HEAD, OPTIONS, PUT, DELETE; TRACE is never forwarded), had no body, the
+    /// connection had been idle for [`REPLAY_AFTER_IDLE`] at least, and it closed
+    /// or was reset before a byte of the answer came. A request
     /// whose body went out, even in part, is never sent again: its 502 stays. A
     /// failure on a new connection is the backend's and is not retried. The
     /// caller's timer covers both attempts, so a retry never extends it.
@@ -129,10 +139,13 @@ impl Http1Pool {
             .headers_mut()
             .entry(http::header::HOST)
             .or_insert_with(|| self.host_header.clone());
-        let Some(Connection {
-            mut sender,
-            received,
-        }) = self.checkout()
+        let Some((
+            Connection {
+                mut sender,
+                received,
+            },
+            idle_for,
+        )) = self.checkout()
         else {
             // Boxed: a new connection is the rare case, and its future inline
             // would grow every request's future (moved by value at each await
@@ -141,10 +154,20 @@ impl Http1Pool {
             return self.send_on(connection, request).await;
         };
         // What to send again once hyper has written the request: its head (its
-        // body is empty). A copy, as hyper keeps nothing of what it wrote.
-        let (head, body) = request.into_parts();
-        let replay = (head.method.is_idempotent() && body.is_end_stream()).then(|| head.clone());
-        let request = Request::from_parts(head, body);
+        // body is empty). A copy, as hyper keeps nothing of what it wrote; made
+        // only for a connection that was idle long enough for a backend's
+        // keep-alive timeout to close it, not on every busy connection's request.
+        let replay = if idle_for >= REPLAY_AFTER_IDLE
+            && request.method().is_idempotent()
+            && request.body().is_end_stream()
+        {
+            let (head, body) = request.into_parts();
+            let replay = head.clone();
+            request = Request::from_parts(head, body);
+            Some(replay)
+        } else {
+            None
+        };
         let received_before = received.load(Ordering::Relaxed);
         let mut error = match sender.try_send_request(request).await {
             Ok(response) => return Ok(self.pooled(response, Connection { sender, received })),
@@ -198,8 +221,9 @@ impl Http1Pool {
         Response::from_parts(parts, body)
     }
 
-    /// The most recently used idle connection that is still open and ready.
-    fn checkout(&self) -> Option<Connection> {
+    /// The most recently used idle connection that is still open and ready, and
+    /// how long it was idle.
+    fn checkout(&self) -> Option<(Connection, Duration)> {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(entry) = idle.pop_back() {
@@ -209,7 +233,7 @@ impl Http1Pool {
                 return None;
             }
             if entry.connection.sender.is_ready() {
-                return Some(entry.connection);
+                return Some((entry.connection, now.duration_since(entry.since)));
             }
         }
         None

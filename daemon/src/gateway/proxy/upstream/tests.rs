@@ -237,9 +237,10 @@ async fn a_get_on_a_reused_connection_closed_unanswered_is_sent_again_on_a_new_o
     let (addr, requests) = raw_backend(first_only).await;
     let metrics = crate::gateway::metrics::HttpMetrics::default();
     let pool = counted_pool(addr, metrics.api("t"));
-    for _ in 0..2 {
-        assert_eq!(send_within(&pool, request()).await.unwrap(), "ok");
-    }
+    assert_eq!(send_within(&pool, request()).await.unwrap(), "ok");
+    // Idle long enough for a backend's keep-alive timeout.
+    tokio::time::sleep(REPLAY_AFTER_IDLE).await;
+    assert_eq!(send_within(&pool, request()).await.unwrap(), "ok");
     assert_eq!(
         *requests.lock().unwrap(),
         [
@@ -252,11 +253,27 @@ async fn a_get_on_a_reused_connection_closed_unanswered_is_sent_again_on_a_new_o
 }
 
 #[tokio::test]
+async fn a_get_on_a_connection_used_within_the_second_is_not_sent_again() {
+    let (addr, requests) = raw_backend(first_only).await;
+    let metrics = crate::gateway::metrics::HttpMetrics::default();
+    let pool = counted_pool(addr, metrics.api("t"));
+    assert_eq!(send_within(&pool, request()).await.unwrap(), "ok");
+    let sent = send_within(&pool, request()).await;
+    assert!(matches!(&sent, Err(UpstreamError::Request(_))), "{sent:?}");
+    assert_eq!(
+        *requests.lock().unwrap(),
+        [line(0, "GET / HTTP/1.1"), line(0, "GET / HTTP/1.1")]
+    );
+    assert_eq!(retries(&metrics), 0);
+}
+
+#[tokio::test]
 async fn a_post_with_a_body_is_never_sent_twice() {
     let (addr, requests) = raw_backend(first_only).await;
     let metrics = crate::gateway::metrics::HttpMetrics::default();
     let pool = counted_pool(addr, metrics.api("t"));
     assert_eq!(send_within(&pool, request()).await.unwrap(), "ok");
+    tokio::time::sleep(REPLAY_AFTER_IDLE).await;
     let post = Request::builder()
         .method("POST")
         .uri("/")
@@ -284,6 +301,7 @@ async fn a_get_whose_answer_had_begun_is_not_sent_again() {
     let (addr, requests) = raw_backend(cut_in_the_head).await;
     let pool = pool(addr);
     assert_eq!(send_within(&pool, request()).await.unwrap(), "ok");
+    tokio::time::sleep(REPLAY_AFTER_IDLE).await;
     let sent = send_within(&pool, request()).await;
     assert!(
         matches!(&sent, Err(UpstreamError::Request(e)) if e.is_incomplete_message()),

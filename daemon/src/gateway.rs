@@ -47,9 +47,7 @@ pub use forwarded::{
     ClientHop, client_ip, remove_client_copies, remove_hop_by_hop, set_forwarding_headers,
 };
 pub(crate) use handler::refused_method;
-pub use policy::{
-    RequestContext, RequestPolicy, ResponseContext, Stop, StreamLimit, Subscriber, Transferred,
-};
+pub use policy::{RequestContext, RequestPolicy, ResponseContext, Stop, StreamLimit, Transferred};
 pub use routing::RouteTable;
 pub(crate) use routing::request_host;
 pub use serving::{AppliedGateway, GatewayHandle, PreparedGateway, ServingGateway};

@@ -172,9 +172,6 @@ struct QuotaRule {
 #[derive(Clone)]
 struct RequestOrigin(Option<HeaderValue>);
 
-/// The subscription a request was admitted under, for later policies and the log.
-pub use crate::gateway::Subscriber as SubscriptionName;
-
 /// Rate-limit headers for the response of an admitted request.
 #[derive(Clone)]
 struct LimitHeaders(HeaderMap);
@@ -225,13 +222,25 @@ impl ApiPolicies {
 /// an IPv6 client usually holds a whole /64 and could otherwise take a fresh allowance
 /// from each of its addresses. An IPv4-mapped address counts as the IPv4 address.
 fn client_key(client: IpAddr, ipv6_prefix: u8) -> String {
-    match client.to_canonical() {
+    use std::fmt::Write as _;
+    // Room for `ip:` and any address or network: one allocation.
+    let mut key = String::with_capacity(56);
+    let _ = match client.to_canonical() {
         IpAddr::V6(v6) if ipv6_prefix < 128 => match ipnet::Ipv6Net::new(v6, ipv6_prefix) {
-            Ok(net) => format!("ip:{}", net.trunc()),
-            Err(_) => format!("ip:{v6}"),
+            Ok(net) => write!(key, "ip:{}", net.trunc()),
+            Err(_) => write!(key, "ip:{v6}"),
         },
-        ip => format!("ip:{ip}"),
-    }
+        ip => write!(key, "ip:{ip}"),
+    };
+    key
+}
+
+/// `prefix` then `rest`, in one allocation of the exact size.
+fn prefixed(prefix: &str, rest: &str) -> String {
+    let mut key = String::with_capacity(prefix.len() + rest.len());
+    key.push_str(prefix);
+    key.push_str(rest);
+    key
 }
 
 /// The string a rate limit or quota counts under. Header values are hashed: they may
@@ -247,7 +256,7 @@ fn counter_key(
     let client = || client_key(client, ipv6_prefix);
     match counter {
         CounterConfig::Subscription => match subscription {
-            Some(name) => format!("s:{name}"),
+            Some(name) => prefixed("s:", name),
             None => client(),
         },
         CounterConfig::ClientIp => client(),
@@ -256,18 +265,18 @@ fn counter_key(
         CounterConfig::Header(name) => match headers.get(name.as_str()).filter(|v| !v.is_empty()) {
             Some(value) => {
                 let hash = KeyHash::of(value.as_bytes()).to_hex();
-                format!("h:{}", &hash[..32])
+                prefixed("h:", &hash[..32])
             }
             None => client(),
         },
         CounterConfig::Claim(name) => match identity.and_then(|t| t.claim(name)) {
             Some(serde_json::Value::String(value)) => {
                 let hash = KeyHash::of(value.as_bytes()).to_hex();
-                format!("c:{}", &hash[..32])
+                prefixed("c:", &hash[..32])
             }
             Some(other) => {
                 let hash = KeyHash::of(other.to_string().as_bytes()).to_hex();
-                format!("c:{}", &hash[..32])
+                prefixed("c:", &hash[..32])
             }
             None => client(),
         },
@@ -299,7 +308,7 @@ impl RequestPolicy for ApiPolicies {
         if let Some(name) = &subscription {
             // Known from here on, so that a later refusal (token, rate limit,
             // quota) names the subscription in its log event.
-            request.state.insert(SubscriptionName(name.clone()));
+            request.subscription = Some(Arc::clone(name));
         }
         let identity = match &api.jwt {
             Some(jwt) => Some(check_jwt(jwt, request)?),
@@ -459,7 +468,7 @@ impl ApiPolicies {
         &self,
         api: &ApiPipeline,
         request: &mut RequestContext<'_>,
-    ) -> Result<(Option<String>, Option<usize>), Stop> {
+    ) -> Result<(Option<Arc<str>>, Option<usize>), Stop> {
         let parts = &mut *request.parts;
         if api.subscription == SubscriptionRequirement::None {
             // No key is checked, but one sent (clients often send theirs on every
@@ -482,6 +491,8 @@ impl ApiPolicies {
             &api.key_header,
             &api.key_query,
         );
+        // The key borrows the request's head, which is changed below.
+        let had_key = presented.is_some();
         let result = match (&presented, api.subscription) {
             (None, SubscriptionRequirement::Optional) => Ok((None, None)),
             (None, _) => Err(KeyRejection::Missing),
@@ -493,12 +504,12 @@ impl ApiPolicies {
                             Scope::Product(name) => api.products.iter().position(|p| p == name),
                             Scope::AllApis | Scope::Api(_) => None,
                         };
-                        Ok((Some(sub.name.clone()), product))
+                        Ok((Some(Arc::from(sub.name.as_str())), product))
                     }
                     Err(refused) => {
                         // A genuine key of a suspended, cancelled or out-of-scope
                         // subscription: the refusal's log event names it.
-                        request.state.insert(SubscriptionName(sub.name.clone()));
+                        request.subscription = Some(Arc::from(sub.name.as_str()));
                         Err(refused)
                     }
                 },
@@ -509,7 +520,7 @@ impl ApiPolicies {
             let host = crate::gateway::request_host(&parts.uri, &parts.headers).unwrap_or_default();
             rejected.rejection(host, &api.key_header)
         })?;
-        if presented.is_some() && !api.forward_key {
+        if had_key && !api.forward_key {
             remove_key(api, parts);
         }
         Ok(admitted)
@@ -531,7 +542,10 @@ fn remove_key(api: &ApiPipeline, parts: &mut http::request::Parts) {
         &api.key_header,
         &api.key_query,
     );
-    parts.uri = with_query(&parts.uri, query.as_deref());
+    // The URI is made again only when its query lost a parameter.
+    if query.as_deref() != parts.uri.query() {
+        parts.uri = with_query(&parts.uri, query.as_deref());
+    }
 }
 
 /// Removes a key sent under APIM's default header and query names, for an API that

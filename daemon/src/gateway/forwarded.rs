@@ -55,15 +55,21 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(hop_by_hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // The names `Connection` lists, removed by name as text (looked up without
+    // making a `HeaderName`, which a name like `keep-alive` would allocate). The
+    // values are taken first (clones share their bytes), as a listed name may be
+    // `Connection` itself; a message rarely has more than one.
+    let (first, more) = {
+        let mut values = headers.get_all(CONNECTION).iter();
+        (values.next().cloned(), values.next().is_some())
+    };
+    if more {
+        let values: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
+        for value in &values {
+            remove_listed(headers, value);
+        }
+    } else if let Some(value) = first {
+        remove_listed(headers, &value);
     }
     for name in HOP_BY_HOP {
         headers.remove(name);
@@ -74,6 +80,20 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .cloned()
         .collect();
     for name in proxy {
+        headers.remove(name);
+    }
+}
+
+/// Removes the headers a `Connection` value names.
+fn remove_listed(headers: &mut HeaderMap, connection: &HeaderValue) {
+    let Ok(list) = connection.to_str() else {
+        return;
+    };
+    for name in list
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+    {
         headers.remove(name);
     }
 }
@@ -109,7 +129,7 @@ pub struct ClientHop<'a> {
     /// `https` or `http`: what the client spoke to the gateway.
     pub proto: &'a str,
     /// The host the client asked for (`Host` or the `:authority`).
-    pub host: Option<&'a str>,
+    pub host: Option<&'a HeaderValue>,
     /// The peer is a configured proxy: its forwarding headers are kept and extended.
     pub trusted: bool,
 }
@@ -127,40 +147,56 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: ClientHop<'_>) {
         });
     }
 
-    // The peer's text once, for both headers (IPv4 is the same in each).
-    let peer_text = peer.to_string();
+    // The peer's text once, for both headers (IPv4 is the same in each), written
+    // on the stack: the common case (an untrusted peer, no prior chain) makes two
+    // allocations, one for each value.
+    let mut peer_buf = [0u8; 48];
+    let peer_text = ip_text(peer, &mut peer_buf);
     let prior_xff = joined(headers, &X_FORWARDED_FOR);
-    let xff = match &prior_xff {
-        Some(prior) => format!("{prior}, {peer_text}"),
-        None => peer_text.clone(),
-    };
-    insert(headers, X_FORWARDED_FOR, &xff);
+    match &prior_xff {
+        Some(prior) => insert(headers, X_FORWARDED_FOR, &format!("{prior}, {peer_text}")),
+        None => insert(headers, X_FORWARDED_FOR, peer_text),
+    }
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, proto_value(hop.proto));
     }
     if let Some(host) = hop.host
         && !headers.contains_key(X_FORWARDED_HOST)
     {
-        insert(headers, X_FORWARDED_HOST, host);
+        // The client's own value (hyper checked it): shared, not copied.
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
 
-    let mut element = String::with_capacity(64);
+    let host = hop.host.and_then(|host| host.to_str().ok());
+    // Its exact length first: a value built to its capacity becomes the header's
+    // bytes without a copy.
+    let for_len = match peer {
+        IpAddr::V4(_) => peer_text.len(),
+        IpAddr::V6(_) => peer_text.len() + 4,
+    };
+    let len = "for=".len()
+        + for_len
+        + host.map_or(0, |host| ";host=".len() + forwarded_value_len(host))
+        + ";proto=".len()
+        + hop.proto.len();
+    let mut element = String::with_capacity(len);
     element.push_str("for=");
     match peer {
-        IpAddr::V4(_) => element.push_str(&peer_text),
+        IpAddr::V4(_) => element.push_str(peer_text),
         // RFC 7239 §6: an IPv6 node is quoted and bracketed.
         IpAddr::V6(_) => {
             element.push_str("\"[");
-            element.push_str(&peer_text);
+            element.push_str(peer_text);
             element.push_str("]\"");
         }
     }
-    if let Some(host) = hop.host {
+    if let Some(host) = host {
         element.push_str(";host=");
         push_forwarded_value(&mut element, host);
     }
     element.push_str(";proto=");
     element.push_str(hop.proto);
+    debug_assert_eq!(element.len(), len);
     // A trusted proxy that sent only `X-Forwarded-For` (most do: nginx, HAProxy and
     // the cloud load balancers by default) named the client there; carried over, so
     // that `Forwarded` names the client too and not only the proxy.
@@ -170,7 +206,19 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: ClientHop<'_>) {
         Some(prior) => format!("{prior}, {element}"),
         None => element,
     };
-    insert(headers, FORWARDED, &forwarded);
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)) {
+        headers.insert(FORWARDED, value);
+    }
+}
+
+/// `ip` as text, written into `buf` (an IPv6 address takes at most 45 bytes).
+fn ip_text(ip: IpAddr, buf: &mut [u8; 48]) -> &str {
+    use std::io::Write as _;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    // 48 bytes hold any address's text, so the write does not fail.
+    let _ = write!(cursor, "{ip}");
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
 }
 
 /// `Forwarded` elements for an `X-Forwarded-For` chain: `for=` each address (IPv6
@@ -273,13 +321,26 @@ fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-/// A token as is, anything else as a quoted-string.
-fn push_forwarded_value(out: &mut String, value: &str) {
-    let is_token = !value.is_empty()
+/// Whether `value` is an RFC 7230 token (sent as is in `Forwarded`).
+fn is_token(value: &str) -> bool {
+    !value.is_empty()
         && value
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if is_token {
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// The length of what [`push_forwarded_value`] writes for `value`.
+fn forwarded_value_len(value: &str) -> usize {
+    if is_token(value) {
+        value.len()
+    } else {
+        2 + value.len() + value.bytes().filter(|b| matches!(b, b'\\' | b'"')).count()
+    }
+}
+
+/// A token as is, anything else as a quoted-string.
+fn push_forwarded_value(out: &mut String, value: &str) {
+    if is_token(value) {
         out.push_str(value);
     } else {
         out.push('"');
@@ -308,11 +369,13 @@ mod tests {
         headers
     }
 
+    static API_HOST: HeaderValue = HeaderValue::from_static("api.example.com");
+
     fn hop(peer: &str, trusted: bool) -> ClientHop<'static> {
         ClientHop {
             peer: peer.parse().unwrap(),
             proto: "https",
-            host: Some("api.example.com"),
+            host: Some(&API_HOST),
             trusted,
         }
     }
@@ -406,10 +469,24 @@ mod tests {
     }
 
     #[test]
+    fn every_connection_value_is_read_even_after_one_naming_connection() {
+        let mut headers = map(&[
+            ("connection", "Connection"),
+            ("connection", "X-A"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+        ]);
+        remove_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-b"]);
+    }
+
+    #[test]
     fn forwarded_host_that_is_no_token_is_quoted_and_escaped() {
         let mut headers = HeaderMap::new();
+        let odd_host = HeaderValue::from_static(r#"a"b\c"#);
         let hop = ClientHop {
-            host: Some(r#"a"b\c"#),
+            host: Some(&odd_host),
             ..hop("192.0.2.7", false)
         };
         set_forwarding_headers(&mut headers, hop);
@@ -526,10 +603,11 @@ mod tests {
     #[test]
     fn ipv6_and_ported_host_are_quoted() {
         let mut headers = HeaderMap::new();
+        let v6_host = HeaderValue::from_static("[::1]:8080");
         let hop = ClientHop {
             peer: "2001:db8::1".parse().unwrap(),
             proto: "http",
-            host: Some("[::1]:8080"),
+            host: Some(&v6_host),
             trusted: false,
         };
         set_forwarding_headers(&mut headers, hop);

@@ -25,11 +25,9 @@ use super::forwarded::{ClientHop, client_ip, remove_hop_by_hop, set_forwarding_h
 use super::framing::Verdict;
 use super::lingering::Lingering;
 use super::path;
-use super::policy::{
-    RequestContext, RequestPolicy, ResponseContext, Stop, Subscriber, Transferred,
-};
+use super::policy::{RequestContext, RequestPolicy, ResponseContext, Stop, Transferred};
 use super::proxy::{Backend, ClientBody, UpstreamBody, declared_length};
-use super::routing::{RouteTable, request_host, valid_authority};
+use super::routing::{RouteTable, valid_authority};
 use super::settings::{AccessLog, Limits, is_trusted};
 use super::sources::{InFlight, SourceRequests};
 use super::{GatewayStats, RejectionSink, ResponseBody};
@@ -76,7 +74,7 @@ pub(crate) async fn handle(
     conn: Connection,
     request: Request<Incoming>,
     activity: &Arc<Activity>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<HandledBody>, Infallible> {
     let started = Instant::now();
     GatewayStats::bump(&shared.stats.requests);
     let verdict = request
@@ -218,20 +216,61 @@ pub(crate) async fn handle(
         None
     };
     if report.is_none() && on_end.is_none() {
-        return Ok(response);
+        return Ok(response.map(HandledBody::Plain));
     }
     let activity = Arc::clone(activity);
+    // Not boxed again: the body is already a box of its own.
     Ok(response.map(|body| {
-        Reported {
+        HandledBody::Reported(Reported {
             inner: body,
             bytes: 0,
             ended: false,
             on_end,
             report,
             activity,
-        }
-        .boxed_unsync()
+        })
     }))
+}
+
+/// A response body as the handler hands it on: reported at its end, or not (a
+/// gateway-made answer, reported when made). Not boxed once more over the body's
+/// own box.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "most responses are a backend's, reported: boxing that variant would bring back the allocation per request this type saves"
+)]
+pub(crate) enum HandledBody {
+    Reported(Reported),
+    Plain(ResponseBody),
+}
+
+impl Body for HandledBody {
+    type Data = Bytes;
+    type Error = super::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Reported(body) => Pin::new(body).poll_frame(cx),
+            Self::Plain(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Reported(body) => body.is_end_stream(),
+            Self::Plain(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Reported(body) => body.size_hint(),
+            Self::Plain(body) => body.size_hint(),
+        }
+    }
 }
 
 /// The reason of a response whose backend body failed after its head was sent:
@@ -266,8 +305,8 @@ struct Report {
     status: u16,
     /// From the request's arrival to its response head.
     latency: std::time::Duration,
-    api: Option<String>,
-    subscription: Option<String>,
+    api: Option<Arc<str>>,
+    subscription: Option<Arc<str>>,
     reason: Option<&'static str>,
 }
 
@@ -437,7 +476,7 @@ fn refused(
 /// A response body that, when it ends (sent whole, failed, or dropped before its
 /// end), hands its byte count to `on_end` and reports its request (a backend's
 /// body: how it ended is in the event).
-struct Reported {
+pub(crate) struct Reported {
     inner: ResponseBody,
     /// Data bytes so far.
     bytes: u64,
@@ -564,8 +603,8 @@ fn asterisk(shared: &Shared, method: &http::Method) -> Outcome {
 /// A request's response and what its access event reports.
 struct Outcome {
     response: Response<ResponseBody>,
-    api: Option<String>,
-    subscription: Option<String>,
+    api: Option<Arc<str>>,
+    subscription: Option<Arc<str>>,
     /// APIM's `LastError` reason of a gateway-made error.
     reason: Option<&'static str>,
     /// The body is the backend's, still streaming (it may yet fail).
@@ -578,7 +617,7 @@ struct Outcome {
 /// What a response body's end hands its byte count to.
 type OnEnd = Box<dyn FnOnce(u64) + Send>;
 
-fn rejected(rejection: Rejection, api: Option<String>) -> Outcome {
+fn rejected(rejection: Rejection, api: Option<Arc<str>>) -> Outcome {
     let reason = rejection.reason;
     Outcome {
         response: full(rejection.into_response()),
@@ -650,11 +689,17 @@ async fn process(
     if request.uri().path() == "*" {
         return asterisk(shared, request.method());
     }
-    let host = request_host(request.uri(), request.headers()).map(str::to_owned);
+    // The host the request names (its target's authority, else `Host`), kept as a
+    // value of its own for the forwarding headers: `Host`'s shares its bytes.
+    let host = match request.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => request.headers().get(HOST).cloned(),
+    }
+    .filter(|host| host.to_str().is_ok());
     let path = request.uri().path();
     let key = path::without_parameters(path);
-    let Some((backend, key_rest)) = shared.routes.route(conn.listener, host.as_deref(), &key)
-    else {
+    let host_text = host.as_ref().and_then(|host| host.to_str().ok());
+    let Some((backend, key_rest)) = shared.routes.route(conn.listener, host_text, &key) else {
         return rejected(Rejection::not_found(), None);
     };
     let backend: &Arc<Backend> = routed.insert(Arc::clone(backend));
@@ -685,6 +730,7 @@ async fn process(
         count_bytes: false,
         parts: &mut parts,
         state: &mut state,
+        subscription: None,
     };
     let mut stopped = None;
     for policy in &shared.policies {
@@ -702,6 +748,7 @@ async fn process(
     let count_bytes = ctx.count_bytes && stopped.is_none();
     let client_ip = ctx.client_ip;
     let has_body = ctx.has_body;
+    let subscription = ctx.subscription.take();
 
     // Only allocated when a policy asked for byte counts (not on the usual path).
     let request_bytes = count_bytes.then(|| Arc::new(AtomicU64::new(0)));
@@ -754,6 +801,7 @@ async fn process(
                             count_bytes,
                             parts: &mut parts,
                             state: &mut state,
+                            subscription: None,
                         };
                         for policy in &shared.policies {
                             policy.on_body(&mut ctx, collected.as_ref())?;
@@ -795,7 +843,7 @@ async fn process(
                     ClientHop {
                         peer: conn.peer.ip(),
                         proto: conn.proto,
-                        host: host.as_deref(),
+                        host: host.as_ref(),
                         trusted,
                     },
                 );
@@ -840,7 +888,6 @@ async fn process(
         }
         response = Response::from_parts(head, body);
     }
-    let subscription = state.get::<Subscriber>().map(|s| s.0.clone());
     let mut on_end: Option<OnEnd> = None;
     if count_bytes {
         let shared = Arc::clone(shared);
@@ -937,7 +984,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
 }
 
 /// A request refused as malformed: counted as such.
-fn refused_malformed(shared: &Shared, rejection: Rejection, api: Option<String>) -> Outcome {
+fn refused_malformed(shared: &Shared, rejection: Rejection, api: Option<Arc<str>>) -> Outcome {
     GatewayStats::bump(&shared.stats.malformed_requests);
     rejected(rejection, api)
 }

@@ -18,10 +18,10 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 
+use super::GatewayStats;
 use super::activity::Activity;
 use super::error::Rejection;
-use super::handler::{Connection, Shared, handle};
-use super::{GatewayStats, ResponseBody};
+use super::handler::{Connection, HandledBody, Shared, handle};
 
 /// [`handle`], with a panic answered `500 {"statusCode":500,"message":"Internal
 /// server error"}`.
@@ -30,7 +30,7 @@ pub(crate) async fn handle_catching(
     conn: Connection,
     request: Request<Incoming>,
     activity: &Arc<Activity>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<HandledBody>, Infallible> {
     let stats = Arc::clone(&shared.stats);
     let peer = conn.peer;
     // Unwind safety: what the request's future shares with others (counters,
@@ -51,7 +51,9 @@ pub(crate) async fn handle_catching(
             stats.count_rejection(INTERNAL_ERROR_REASON);
             tracing::error!(%peer, "request handler panicked; answered 500");
             let response: Response<Full<Bytes>> = internal_error().into_response();
-            Ok(response.map(|body| body.map_err(|never| match never {}).boxed_unsync()))
+            Ok(response.map(|body| {
+                HandledBody::Plain(body.map_err(|never| match never {}).boxed_unsync())
+            }))
         }
     }
 }

@@ -3,6 +3,7 @@
 //! the policies were added, and may stop the request.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Extensions, request, response};
@@ -37,8 +38,13 @@ pub struct RequestContext<'a> {
     /// the backend receives the changed request.
     pub parts: &'a mut request::Parts,
     /// Carried to [`RequestPolicy::on_response`] of every policy of this request
-    /// (e.g. the CORS origin that was allowed, the subscription name).
+    /// (e.g. the CORS origin that was allowed).
     pub state: &'a mut Extensions,
+    /// The subscription the request was admitted under (or whose genuine key a
+    /// policy refused): set by a policy that identifies the caller, reported in the
+    /// request's access event. A field, not in `state`: most requests carry one,
+    /// and `state` stays empty (unallocated) on the usual path.
+    pub subscription: Option<Arc<str>>,
 }
 
 /// A policy's limit on a streamed request body, and its answer past it.
@@ -56,11 +62,6 @@ pub struct ResponseContext<'a> {
     pub peer: SocketAddr,
     pub state: &'a Extensions,
 }
-
-/// The subscription a request was admitted under: a policy that identifies the
-/// caller inserts it into [`RequestContext::state`], and the access event reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subscriber(pub String);
 
 /// Body bytes that crossed the gateway for one request, reported at its end.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -150,7 +150,7 @@ impl hyper::body::Body for ClientBody {
 
 /// One API's backend: its base URL and its own connection pool.
 pub(crate) struct Backend {
-    pub(crate) name: String,
+    pub(crate) name: Arc<str>,
     base: Url,
     timeouts: BackendTimeouts,
     client: Client<timed::TimedConnect<HttpsConnector<HttpConnector>>, UpstreamBody>,
@@ -242,7 +242,7 @@ impl Backend {
             })
             .flatten();
         Ok(Self {
-            name: api.name.clone(),
+            name: Arc::from(api.name.as_str()),
             base: api.backend.clone(),
             timeouts: api.timeouts,
             client,
@@ -420,12 +420,9 @@ impl Backend {
         rest_of_path: &str,
         query: Option<&str>,
     ) -> Result<PathAndQuery, Rejection> {
-        let path = join_path(self.base.path(), rest_of_path);
-        let path_and_query = match query {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
-        };
-        PathAndQuery::try_from(path_and_query).map_err(|_| Rejection::bad_request())
+        let path_and_query = join_path(self.base.path(), rest_of_path, query);
+        PathAndQuery::from_maybe_shared(Bytes::from(path_and_query))
+            .map_err(|_| Rejection::bad_request())
     }
 
     #[expect(
@@ -555,16 +552,27 @@ fn host_for_uri(url: &Url) -> String {
 }
 
 /// Backend base path + what follows the API's prefix: `/api` + `/1` = `/api/1`.
-pub(crate) fn join_path(base: &str, rest: &str) -> String {
+pub(crate) fn join_path(base: &str, rest: &str, query: Option<&str>) -> String {
     let base = base.trim_end_matches('/');
-    let joined = format!("{base}{rest}");
-    if joined.is_empty() {
-        "/".to_owned()
-    } else if joined.starts_with('/') {
-        joined
+    let absolute = if base.is_empty() {
+        rest.starts_with('/')
     } else {
-        format!("/{joined}")
+        base.starts_with('/')
+    };
+    // Written once at its exact size, so that it becomes the URI's bytes uncopied.
+    let len =
+        usize::from(!absolute) + base.len() + rest.len() + query.map_or(0, |query| 1 + query.len());
+    let mut joined = String::with_capacity(len);
+    if !absolute {
+        joined.push('/');
     }
+    joined.push_str(base);
+    joined.push_str(rest);
+    if let Some(query) = query {
+        joined.push('?');
+        joined.push_str(query);
+    }
+    joined
 }
 
 /// The body length the client declared in `Content-Length`, if any.
@@ -651,11 +659,14 @@ mod tests {
 
     #[test]
     fn paths_join_without_double_slashes() {
-        assert_eq!(join_path("/", ""), "/");
-        assert_eq!(join_path("/", "/a"), "/a");
-        assert_eq!(join_path("/api/", "/a/b"), "/api/a/b");
-        assert_eq!(join_path("/api", ""), "/api");
-        assert_eq!(join_path("", ""), "/");
+        assert_eq!(join_path("/", "", None), "/");
+        assert_eq!(join_path("/", "/a", None), "/a");
+        assert_eq!(join_path("/api/", "/a/b", None), "/api/a/b");
+        assert_eq!(join_path("/api", "", None), "/api");
+        assert_eq!(join_path("", "", None), "/");
+        assert_eq!(join_path("api", "/a", None), "/api/a");
+        assert_eq!(join_path("", "a", Some("q=1")), "/a?q=1");
+        assert_eq!(join_path("/api", "/a", Some("")), "/api/a?");
     }
 
     fn cookies(headers: &HeaderMap) -> Vec<&str> {

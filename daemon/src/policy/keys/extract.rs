@@ -1,5 +1,7 @@
 //! Finding the key in a request, and removing it before the request is forwarded.
 
+use std::borrow::Cow;
+
 use http::HeaderMap;
 
 /// Where the key was found.
@@ -9,15 +11,15 @@ pub enum KeyLocation {
     Query,
 }
 
-/// A key as sent by the client (header or query value, percent-decoded for the query).
-/// `Debug` never shows it.
+/// A key as sent by the client (header or query value, percent-decoded for the query),
+/// borrowed from the request unless decoding changed it. `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct PresentedKey {
-    pub value: Vec<u8>,
+pub struct PresentedKey<'a> {
+    pub value: Cow<'a, [u8]>,
     pub location: KeyLocation,
 }
 
-impl std::fmt::Debug for PresentedKey {
+impl std::fmt::Debug for PresentedKey<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PresentedKey")
             .field("value", &"<redacted>")
@@ -29,12 +31,12 @@ impl std::fmt::Debug for PresentedKey {
 /// APIM's order: the header if present, else the query parameter ("the query parameter is
 /// checked only if the header isn't present"). An empty header value counts as absent.
 /// `query` is the raw query string (without `?`).
-pub fn extract_key(
-    headers: &HeaderMap,
-    query: Option<&str>,
+pub fn extract_key<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
     header_name: &str,
     query_param: &str,
-) -> Option<PresentedKey> {
+) -> Option<PresentedKey<'a>> {
     let from_header = headers
         .get_all(header_name)
         .iter()
@@ -42,7 +44,7 @@ pub fn extract_key(
         .find(|v| !v.is_empty());
     if let Some(value) = from_header {
         return Some(PresentedKey {
-            value: value.to_vec(),
+            value: Cow::Borrowed(value),
             location: KeyLocation::Header,
         });
     }
@@ -50,7 +52,10 @@ pub fn extract_key(
     form_urlencoded::parse(query.as_bytes())
         .find(|(name, value)| name == query_param && !value.is_empty())
         .map(|(_, value)| PresentedKey {
-            value: value.as_bytes().to_vec(),
+            value: match value {
+                Cow::Borrowed(value) => Cow::Borrowed(value.as_bytes()),
+                Cow::Owned(value) => Cow::Owned(value.into_bytes()),
+            },
             location: KeyLocation::Query,
         })
 }

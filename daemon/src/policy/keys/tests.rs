@@ -370,11 +370,11 @@ fn key_is_taken_from_header_first_then_query() {
     let mut headers = HeaderMap::new();
     let q = Some("a=1&subscription-key=from%2Dquery&b=2");
     let k = extract_key(&headers, q, DEFAULT_HEADER, DEFAULT_QUERY_PARAM).unwrap();
-    assert_eq!(k.value, b"from-query");
+    assert_eq!(&*k.value, b"from-query");
     assert_eq!(k.location, KeyLocation::Query);
     headers.insert(DEFAULT_HEADER, HeaderValue::from_static("from-header"));
     let k = extract_key(&headers, q, DEFAULT_HEADER, DEFAULT_QUERY_PARAM).unwrap();
-    assert_eq!(k.value, b"from-header");
+    assert_eq!(&*k.value, b"from-header");
     assert_eq!(k.location, KeyLocation::Header);
     assert!(!format!("{k:?}").contains("from-header"));
     // Header names are case-insensitive; custom names work.

@@ -271,7 +271,7 @@ pub fn load_client_cert(cert: &Path, key: &Path) -> Result<ClientCertificate, Ba
             source,
         },
     })?;
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
     rustls::sign::CertifiedKey::from_der(chain.clone(), private.clone_key(), &provider).map_err(
         |source| BackendAuthError::CertKeyMismatch {
             cert: cert.to_owned(),

@@ -37,8 +37,9 @@ use tokio::sync::watch;
 
 /// The backend: `/endless` streams 64 KiB chunks for ever (counting the bytes it
 /// produced), `/hold` answers only once released (counting the requests it holds),
-/// `/trickle` sends 10 chunks 300 ms apart, `/sleep` answers after 2 s, anything
-/// else "ok". It counts the connections it accepted.
+/// `/trickle` sends 10 chunks 300 ms apart, `/sleep` answers after 2 s, `/large`
+/// sends `large_body()` in one write, anything else "ok". It counts the
+/// connections it accepted.
 struct Backend {
     addr: SocketAddr,
     produced: Arc<AtomicU64>,
@@ -55,6 +56,11 @@ struct Counters {
 }
 
 type BackendBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
+/// `/large`'s body: 192 KiB, no two neighbouring KiB alike.
+fn large_body() -> Bytes {
+    (0..192 * 1024).map(|i: u32| (i % 251) as u8).collect()
+}
 
 /// One 64 KiB chunk after another, for ever.
 struct Endless {
@@ -115,6 +121,7 @@ async fn backend_service(
             counters.held.fetch_sub(1, Ordering::SeqCst);
             text("slept")
         }
+        "/large" => Response::new(http_body_util::Full::new(large_body()).boxed_unsync()),
         "/upload" => match request.into_body().collect().await {
             Ok(body) => Response::new(
                 http_body_util::Full::new(Bytes::from(format!("{} bytes", body.to_bytes().len())))
@@ -1013,6 +1020,70 @@ async fn an_http2_stream_whose_body_stops_moving_gives_its_backend_connection_ba
         "{event}"
     );
     // (The connection itself carried the 200s after the cut.)
+    connection.abort();
+    assert!(s.daemon.terminate().await.success());
+}
+
+/// A client reading a large response slowly but steadily was cut as stalled over
+/// HTTP/2: hyper took each of the backend's chunks (up to 64 KiB) whole and polled
+/// the body again only once h2 had sent it, so a client reading less than a chunk
+/// per idle timeout left the body unmoved for longer than that. Chunks now go on
+/// in pieces of the stream's 16 KiB send buffer: a client taking 4 KiB every
+/// 100 ms gets the whole body, over several idle timeouts, and nothing is cut.
+#[tokio::test]
+async fn a_slow_but_steady_http2_reader_of_a_large_body_is_not_cut() {
+    let backend = Backend::start().await;
+    let mut s = serve("h2-slow-reader", backend.addr, "idle_timeout_secs = 1").await;
+    let tcp = connect_from("127.0.0.1", s.plain, None).await;
+    let (client, connection) = h2_client(tcp).await;
+    let connection = tokio::spawn(connection);
+    let mut sender = client.ready().await.unwrap();
+    let request = Request::get(format!("{}/b/large", s.plain_base()))
+        .body(())
+        .unwrap();
+    let (response, _stream) = sender.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+
+    // The stream's window (64 KiB) is given back 4 KiB every 100 ms: about 40 KiB
+    // a second, less than one 64 KiB chunk per idle timeout.
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut unreleased = 0;
+    let mut release_at = tokio::time::Instant::now();
+    loop {
+        match tokio::time::timeout_at(release_at, body.data()).await {
+            Ok(Some(Ok(chunk))) => {
+                unreleased += chunk.len();
+                received.extend_from_slice(&chunk);
+            }
+            Ok(Some(Err(error))) => panic!(
+                "cut after {} bytes, {:?}: {error}\n{}",
+                received.len(),
+                started.elapsed(),
+                s.daemon.log()
+            ),
+            Ok(None) => break,
+            Err(_) => {
+                let n = unreleased.min(4096);
+                body.flow_control().release_capacity(n).unwrap();
+                unreleased -= n;
+                release_at += Duration::from_millis(100);
+            }
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        received == large_body(),
+        "{} bytes received",
+        received.len()
+    );
+    // It did read for several idle timeouts.
+    assert!(took > Duration::from_secs(2), "{took:?}");
+    let log = s.daemon.log();
+    assert!(!log.contains("did not move"), "{log}");
+    assert!(!log.contains("path=\"/b/large\""), "{log}");
     connection.abort();
     assert!(s.daemon.terminate().await.success());
 }

@@ -7,6 +7,13 @@
 //! Envoy's `idle_timeout`: one waiting for its response head, one starting, or a
 //! response body moving (a chunk handed to hyper, which happens only while the
 //! client reads).
+//!
+//! hyper polls an HTTP/2 body for its next chunk only once h2 has sent what it
+//! holds of the last one down to less than the stream's send buffer, and h2 takes
+//! a whole chunk at once: a client reading a backend's 64 KiB chunks slowly but
+//! steadily (less than one per idle timeout) was cut as stalled. Over HTTP/2 a
+//! chunk larger than the send buffer is handed on in pieces of its size, so that
+//! the body moves as often as the client reads that much.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,7 +24,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
+use super::server::H2_STREAM_SEND_BUFFER;
 use super::watched::{Watch, Watched};
+
+/// The largest piece of data an HTTP/2 body hands hyper at once: h2 buffers a
+/// stream's data up to this, so a piece is handed on each time the client has
+/// read about that much.
+const H2_PIECE: usize = H2_STREAM_SEND_BUFFER;
 
 /// What went on lately on a connection, for the idle timeout. Each event only sets
 /// a flag (no clock read); the watcher looks at the flags four times per idle
@@ -160,6 +173,9 @@ struct Stream<B> {
 struct StreamState<B> {
     /// `None` once cut.
     body: Option<B>,
+    /// What is left of a data chunk larger than `H2_PIECE`, handed on before the
+    /// body is polled again; dropped with it when cut.
+    rest: Bytes,
     waker: Option<Waker>,
 }
 
@@ -171,6 +187,7 @@ impl<B: Send> Stall for Stream<B> {
     fn cut(&self) {
         let (body, waker) = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.rest = Bytes::new();
             (state.body.take(), state.waker.take())
         };
         // The body's drop reports its request (handler.rs's `Reported`), on this
@@ -240,6 +257,7 @@ impl<B: Send + 'static> Tracked<B> {
             moved: AtomicBool::new(true),
             state: Mutex::new(StreamState {
                 body: Some(inner),
+                rest: Bytes::new(),
                 waker: None,
             }),
         });
@@ -284,17 +302,33 @@ where
             Inner::Direct(body) => Pin::new(body).poll_frame(cx),
             Inner::Stream(stream) => {
                 let mut state = stream.state.lock().unwrap_or_else(PoisonError::into_inner);
+                let state = &mut *state;
                 let Some(body) = state.body.as_mut() else {
                     return Poll::Ready(Some(Err(StreamStalled.into())));
                 };
-                let polled = Pin::new(body).poll_frame(cx);
-                if polled.is_pending() {
-                    match &mut state.waker {
+                let mut polled = if state.rest.is_empty() {
+                    Pin::new(body).poll_frame(cx)
+                } else {
+                    let piece = state.rest.split_to(state.rest.len().min(H2_PIECE));
+                    Poll::Ready(Some(Ok(Frame::data(piece))))
+                };
+                match &mut polled {
+                    Poll::Pending => match &mut state.waker {
                         Some(waker) if waker.will_wake(cx.waker()) => {}
                         waker => *waker = Some(cx.waker().clone()),
+                    },
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_mut()
+                            && data.len() > H2_PIECE
+                        {
+                            // The piece stays in the frame, the rest is kept
+                            // (no copy: both share the chunk's buffer).
+                            let piece = data.split_to(H2_PIECE);
+                            state.rest = std::mem::replace(data, piece);
+                        }
+                        stream.moved.store(true, Ordering::Relaxed);
                     }
-                } else if let Poll::Ready(Some(Ok(_))) = &polled {
-                    stream.moved.store(true, Ordering::Relaxed);
+                    Poll::Ready(_) => {}
                 }
                 polled
             }
@@ -308,29 +342,39 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Direct(body) => body.is_end_stream(),
-            Inner::Stream(stream) => stream.with_body(|body| body.is_some_and(Body::is_end_stream)),
+            Inner::Stream(stream) => stream
+                .with_body(|body, rest| rest.is_empty() && body.is_some_and(Body::is_end_stream)),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Direct(body) => body.size_hint(),
-            Inner::Stream(stream) => {
-                stream.with_body(|body| body.map_or_else(SizeHint::default, Body::size_hint))
-            }
+            Inner::Stream(stream) => stream.with_body(|body, rest| {
+                let Some(body) = body else {
+                    return SizeHint::default();
+                };
+                let mut hint = body.size_hint();
+                let rest = rest.len() as u64;
+                if rest > 0 {
+                    // The upper bound first: a lower one above it panics.
+                    if let Some(upper) = hint.upper() {
+                        hint.set_upper(upper.saturating_add(rest));
+                    }
+                    hint.set_lower(hint.lower().saturating_add(rest));
+                }
+                hint
+            }),
         }
     }
 }
 
 impl<B> Stream<B> {
-    /// `f` of its body (`None` once cut), under its lock.
-    fn with_body<R>(&self, f: impl FnOnce(Option<&B>) -> R) -> R {
-        f(self
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .body
-            .as_ref())
+    /// `f` of its body (`None` once cut) and the rest of its last chunk, under its
+    /// lock.
+    fn with_body<R>(&self, f: impl FnOnce(Option<&B>, &Bytes) -> R) -> R {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        f(state.body.as_ref(), &state.rest)
     }
 }
 
@@ -407,6 +451,127 @@ mod tests {
             took >= Duration::from_secs(1) && took <= Duration::from_millis(1250),
             "{took:?}"
         );
+    }
+
+    /// A body of the frames given, whose size hint is exact.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = crate::gateway::BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            let data = self.0.iter().filter_map(Frame::data_ref).map(Bytes::len);
+            SizeHint::with_exact(data.sum::<usize>() as u64)
+        }
+    }
+
+    /// The next frame of `body`, which must be ready.
+    fn next_frame<B>(body: &mut Tracked<B>) -> Option<Frame<Bytes>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: From<StreamStalled> + std::fmt::Debug,
+    {
+        let waker = std::task::Waker::noop();
+        match Pin::new(body).poll_frame(&mut Context::from_waker(waker)) {
+            Poll::Ready(frame) => frame.map(|frame| frame.unwrap()),
+            Poll::Pending => panic!("the fake body is never pending"),
+        }
+    }
+
+    /// What the connection's watcher holds of an HTTP/2 body.
+    fn stream_of<B>(body: &Tracked<B>) -> Arc<Stream<B>> {
+        match &body.inner {
+            Inner::Stream(stream) => Arc::clone(stream),
+            Inner::Direct(_) => panic!("not an HTTP/2 body"),
+        }
+    }
+
+    /// A data chunk larger than the HTTP/2 send buffer is handed on in pieces of
+    /// its size, whole and in order, then the trailers; the body is not at its
+    /// end, and its size hint counts the rest, while a piece is left.
+    #[test]
+    fn a_large_http2_chunk_is_handed_on_in_pieces() {
+        let chunk: Bytes = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames = [
+            Frame::data(chunk.clone()),
+            Frame::trailers(trailers.clone()),
+        ];
+        let activity = Arc::new(Activity::new(Arc::default()));
+        let mut body = Tracked::stream(Frames(frames.into()), activity);
+        let stream = stream_of(&body);
+        assert!(stream.moved(), "a new stream counts as moved");
+        assert_eq!(body.size_hint().exact(), Some(100 * 1024));
+
+        let mut received = Vec::new();
+        let mut pieces = 0;
+        while received.len() < chunk.len() {
+            pieces += 1;
+            let frame = next_frame(&mut body).expect("a piece");
+            let piece = frame.into_data().expect("data before the trailers");
+            assert_eq!(piece.len(), H2_PIECE.min(chunk.len() - received.len()));
+            received.extend_from_slice(&piece);
+            assert!(stream.moved(), "each piece counts as moving");
+            assert!(!body.is_end_stream(), "the trailers are still to come");
+            let left = (chunk.len() - received.len()) as u64;
+            assert_eq!(body.size_hint().exact(), Some(left));
+        }
+        assert_eq!(received, chunk);
+        assert_eq!(pieces, 7, "six of 16 KiB and one of 4 KiB");
+        let frame = next_frame(&mut body).expect("the trailers");
+        assert_eq!(frame.into_trailers().ok(), Some(trailers));
+        assert!(body.is_end_stream());
+        assert!(next_frame(&mut body).is_none());
+    }
+
+    /// The last piece of a body's last chunk is its end; a small chunk is handed
+    /// on as it is.
+    #[test]
+    fn the_last_piece_ends_an_http2_body() {
+        let big = Bytes::from(vec![b'x'; H2_PIECE + 1]);
+        let small = Bytes::from_static(b"small");
+        let frames = [Frame::data(small.clone()), Frame::data(big)];
+        let activity = Arc::new(Activity::new(Arc::default()));
+        let mut body = Tracked::stream(Frames(frames.into()), activity);
+        let first = next_frame(&mut body).and_then(|f| f.into_data().ok());
+        assert_eq!(first, Some(small));
+        let piece = next_frame(&mut body).and_then(|f| f.into_data().ok());
+        assert_eq!(piece.map(|p| p.len()), Some(H2_PIECE));
+        assert!(!body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(1));
+        let last = next_frame(&mut body).and_then(|f| f.into_data().ok());
+        assert_eq!(last.as_deref(), Some(&b"x"[..]));
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
+    }
+
+    /// A stream cut with a piece left ends with the error, the rest dropped.
+    #[test]
+    fn a_cut_http2_stream_drops_its_rest() {
+        let frames = [Frame::data(Bytes::from(vec![b'x'; 3 * H2_PIECE]))];
+        let activity = Arc::new(Activity::new(Arc::default()));
+        let mut body = Tracked::stream(Frames(frames.into()), activity);
+        let stream = stream_of(&body);
+        assert!(next_frame(&mut body).is_some());
+        stream.cut();
+        assert!(stream.with_body(|body, rest| body.is_none() && rest.is_empty()));
+        let waker = std::task::Waker::noop();
+        let polled = Pin::new(&mut body).poll_frame(&mut Context::from_waker(waker));
+        assert!(matches!(polled, Poll::Ready(Some(Err(_)))));
+        assert!(!body.is_end_stream());
     }
 
     /// An endless body of one-byte chunks.

@@ -91,9 +91,10 @@ pub(crate) async fn bind_socket(addr: SocketAddr) -> Result<TcpListener, Gateway
 /// has (hyper's default is 400 KiB). A client that opens large flow-control
 /// windows and then stops reading made each of its streams buffer that much: about
 /// 55 MB per connection with 100 streams. The backend's body is polled for its next
-/// chunk (at most 64 KiB, `MAX_RESPONSE_HEAD_BYTES`) only while less than this is
-/// buffered, so a stream holds at most this plus one chunk, and its backend
-/// connection is read no further meanwhile. Measured with 100 such streams per
+/// chunk (at most 64 KiB, `MAX_RESPONSE_HEAD_BYTES`, handed on in pieces of this
+/// size: activity.rs) only while less than this is buffered, so a stream holds at
+/// most this plus one chunk, and its backend connection is read no further
+/// meanwhile. Measured with 100 such streams per
 /// connection (daemon/tests/rampartd_limits.rs): 15 to 19 MB per connection at
 /// 16 KiB, 25 MB at 64 KiB (backend read buffers included). Throughput does not depend
 /// on it: the socket's send buffer, in the kernel, is what covers the network (4 x

@@ -560,7 +560,9 @@ fn remove_default_key(parts: &mut http::request::Parts) {
 }
 
 /// The API's client-certificate identities (403 without a matching certificate),
-/// then the certificate fields sent as headers (the client's copies removed first).
+/// then the certificate fields sent as headers (the client's copies removed first),
+/// percent-encoded where a header could not carry them as they are: the backend of
+/// an authenticated client always gets them.
 #[expect(
     clippy::result_large_err,
     reason = "a Rejection (with its HeaderMap) is built only when a request is refused; boxing it would cost an allocation there and buy nothing on the pass path"
@@ -590,10 +592,7 @@ fn check_client_certificate(
     }
     if let Some(cert) = request.client_cert {
         for (field, name) in &api.certificate_headers {
-            if let Some(value) = cert
-                .field(field)
-                .and_then(|v| HeaderValue::from_str(&v).ok())
-            {
+            if let Some(value) = cert.header_value(field) {
                 request.parts.headers.insert(name.clone(), value);
             }
         }
@@ -676,7 +675,10 @@ fn check_jwt(jwt: &ApiJwt, request: &mut RequestContext<'_>) -> Result<VerifiedT
 /// A claim's value as a header value, or what keeps it from being one: a control
 /// character, or a space or tab at either end (HTTP/1 parsing would trim it, but
 /// over HTTP/2 the field is malformed, RFC 9113 §8.2.1, and a backend may answer
-/// with a connection error that fails every request on that connection).
+/// with a connection error that fails every request on that connection). Unlike
+/// certificate fields, claims are not percent-encoded: a claim header carries the
+/// token's value exactly (`%` as it is, non-ASCII text as its UTF-8 bytes), and a
+/// backend given an encoded value would take it for another one.
 fn claim_header_value(value: &str) -> Result<HeaderValue, &'static str> {
     if value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) {
         return Err("it starts or ends with a space or tab");

@@ -1072,3 +1072,23 @@ fn cors_adds_origin_to_the_backends_vary_and_keeps_the_rest() {
     assert_eq!(vary(&["*"], app), ["*"]);
     assert_eq!(vary(&[], app), ["Origin"]);
 }
+
+/// Claims are not percent-encoded as certificate fields are: they go as they are, or
+/// the token is refused, saying why.
+#[test]
+fn claims_are_sent_as_they_are_or_refused_saying_why() {
+    for (value, problem) in [
+        ("a\nb", "it holds a control character"),
+        ("a\u{7f}b", "it holds a control character"),
+        ("alice ", "it starts or ends with a space or tab"),
+        ("\talice", "it starts or ends with a space or tab"),
+    ] {
+        assert_eq!(claim_header_value(value), Err(problem), "{value:?}");
+    }
+    for value in ["100%", "Alice Smith", "a\tb", "J%C3%A9", "José"] {
+        assert_eq!(
+            claim_header_value(value).map(|v| v.as_bytes().to_vec()),
+            Ok(value.as_bytes().to_vec())
+        );
+    }
+}

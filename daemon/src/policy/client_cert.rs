@@ -33,7 +33,7 @@
 
 use std::fmt;
 
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use x509_parser::certificate::X509Certificate;
@@ -42,6 +42,7 @@ use x509_parser::extensions::GeneralName;
 use super::Rejection;
 
 mod dn;
+mod header;
 #[cfg(test)]
 mod tests;
 
@@ -222,7 +223,7 @@ impl ClientCertificate {
     /// `common_name`, `serial_number`, `thumbprint` (SHA-1), `sha256_thumbprint`,
     /// `issuer_subject`, `dns_name` (the first one). `None` for an unknown name or a field
     /// the certificate lacks. Subjects may hold any Unicode text, including characters
-    /// that a header value cannot carry: the caller decides how to send them.
+    /// that a header value cannot carry: [`Self::header_value`] encodes them.
     pub fn field(&self, name: &str) -> Option<String> {
         match name {
             "subject" => Some(self.subject.clone()),
@@ -234,6 +235,13 @@ impl ClientCertificate {
             "dns_name" => self.dns_names.first().cloned(),
             _ => None,
         }
+    }
+
+    /// [`Self::field`] as the backend gets it in a header: `%`, control characters,
+    /// non-ASCII text and the spaces and tabs at either end percent-encoded (UTF-8,
+    /// uppercase hex), everything else as it is (see `client_cert/header.rs`).
+    pub fn header_value(&self, name: &str) -> Option<HeaderValue> {
+        self.field(name).map(|value| header::header_value(&value))
     }
 }
 

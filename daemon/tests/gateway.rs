@@ -1746,6 +1746,23 @@ fn status_out_of_range_on_bad(request_line: &str, _: usize) -> &'static [u8] {
     }
 }
 
+/// A gateway whose one API (at `/`) proxies over plain HTTP/1.1 to a raw backend
+/// answering with `answer`.
+async fn gateway_to_raw_backend(
+    answer: fn(&str, usize) -> &'static [u8],
+) -> (Pki, RawBackend, Running) {
+    let pki = Pki::new();
+    let backend = RawBackend::start(None, answer).await;
+    let apis = vec![api("raw", None, "/", &format!("http://{}/", backend.addr))];
+    let gw = start_gateway_with(
+        tls_settings(pki.leaf("localhost", &["localhost"]), Vec::new()),
+        settings(apis, Limits::default()),
+        None,
+    )
+    .await;
+    (pki, backend, gw)
+}
+
 /// A backend that answers `/bad` with something no client may be given, over
 /// plain HTTP/1.1 (the gateway's own pool) and over TLS (hyper-util's client):
 /// HTTP/1.1 and HTTP/2 clients get the gateway's 502, a following request on a
@@ -1857,20 +1874,7 @@ async fn backend_response_head_under_64_kib_is_relayed() {
         static HEAD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
         HEAD.get_or_init(|| large_head(5))
     }
-    let pki = Pki::new();
-    let backend = RawBackend::start(None, answer).await;
-    let apis = vec![api(
-        "plain",
-        None,
-        "/",
-        &format!("http://{}/", backend.addr),
-    )];
-    let gw = start_gateway_with(
-        tls_settings(pki.leaf("localhost", &["localhost"]), Vec::new()),
-        settings(apis, Limits::default()),
-        None,
-    )
-    .await;
+    let (pki, _backend, gw) = gateway_to_raw_backend(answer).await;
     // Over HTTP/1.1: the test's HTTP/2 client takes no more than 16 KiB of header
     // fields (hyper's default), a limit of its own.
     let (parts, body) = get(
@@ -1899,20 +1903,7 @@ fn first_on_its_connection(_: &str, served_before: usize) -> &'static [u8] {
 /// POST with a body in the same place keeps its 502 and reaches the backend once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_on_a_backend_connection_closed_under_it_is_sent_again_a_post_is_not() {
-    let pki = Pki::new();
-    let backend = RawBackend::start(None, first_on_its_connection).await;
-    let apis = vec![api(
-        "keepalive",
-        None,
-        "/",
-        &format!("http://{}/", backend.addr),
-    )];
-    let gw = start_gateway_with(
-        tls_settings(pki.leaf("localhost", &["localhost"]), Vec::new()),
-        settings(apis, Limits::default()),
-        None,
-    )
-    .await;
+    let (pki, backend, gw) = gateway_to_raw_backend(first_on_its_connection).await;
     let base = format!("https://localhost:{}", gw.tls.port());
     let h1 = client(&pki, false);
     for path in ["/first", "/again"] {

@@ -196,6 +196,19 @@ fn assert_error(
     assert_apim_error(parts, body, status, message);
 }
 
+/// rampartd asking for client certificates of `clients`' CA, without requiring one.
+async fn start_optional_client_auth(
+    dir: &Path,
+    server_cert: &CertFiles,
+    port: u16,
+    clients: &ClientPki,
+    apis: &str,
+) -> Rampartd {
+    let ca = clients.ca_pem.display().to_string();
+    let tls_extra = format!(", client_auth = \"optional\", client_ca = {ca:?}");
+    start(dir, server_cert, port, &tls_extra, apis).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn identities_decide_per_api_and_fields_reach_the_backend() {
     let dir = TempDir::new("mtls");
@@ -216,15 +229,7 @@ async fn identities_decide_per_api_and_fields_reach_the_backend() {
          [[api]]\nname = \"open\"\npath_prefix = \"/open\"\nbackend = \"http://{backend}/\"\nsubscription = \"none\"\n\
          certificate_headers = [{{ field = \"common_name\", header = \"X-Client-CN\" }}]\n"
     );
-    let ca = clients.ca_pem.display().to_string();
-    let daemon = start(
-        &dir.0,
-        &server_cert,
-        port,
-        &format!(", client_auth = \"optional\", client_ca = {ca:?}"),
-        &apis,
-    )
-    .await;
+    let daemon = start_optional_client_auth(&dir.0, &server_cert, port, &clients, &apis).await;
     let log = || std::fs::read_to_string(&daemon.log).unwrap_or_default();
     let partners = format!("https://localhost:{port}/partners/x");
     let open = format!("https://localhost:{port}/open/x");
@@ -327,15 +332,7 @@ async fn certificate_fields_a_header_cannot_carry_reach_the_backend_percent_enco
          {{ field = \"dns_name\", header = \"X-Client-DNS\" }}, \
          {{ field = \"thumbprint\", header = \"X-Client-Thumbprint\" }}]\n"
     );
-    let ca = clients.ca_pem.display().to_string();
-    let daemon = start(
-        &dir.0,
-        &server_cert,
-        port,
-        &format!(", client_auth = \"optional\", client_ca = {ca:?}"),
-        &apis,
-    )
-    .await;
+    let daemon = start_optional_client_auth(&dir.0, &server_cert, port, &clients, &apis).await;
     let log = || std::fs::read_to_string(&daemon.log).unwrap_or_default();
     let client = mtls_client(&server, Some(&jose));
     let (parts, body) = get(

@@ -89,13 +89,7 @@ impl ClientBodyError {
                 return h2.is_remote() || h2.is_io();
             }
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                return matches!(
-                    io.kind(),
-                    std::io::ErrorKind::ConnectionReset
-                        | std::io::ErrorKind::ConnectionAborted
-                        | std::io::ErrorKind::BrokenPipe
-                        | std::io::ErrorKind::UnexpectedEof
-                );
+                return connection_ended(io);
             }
             current = e.source();
         }
@@ -582,6 +576,18 @@ pub(crate) fn declared_length(parts: &request::Parts) -> Option<u64> {
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
+}
+
+/// Whether `io` says the connection ended under the reader or writer (reset,
+/// aborted, closed mid-write or mid-message), not that what it carried was bad.
+pub(crate) fn connection_ended(io: &std::io::Error) -> bool {
+    matches!(
+        io.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::UnexpectedEof
+    )
 }
 
 /// Whether an error of type `E` is somewhere in `error`'s source chain.

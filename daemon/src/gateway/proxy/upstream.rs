@@ -358,13 +358,7 @@ fn connection_lost(error: &hyper::Error) -> bool {
     let mut source = error.source();
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            );
+            return super::connection_ended(io);
         }
         source = e.source();
     }

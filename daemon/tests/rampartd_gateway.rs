@@ -99,6 +99,7 @@ async fn rampartd_serves_an_api_with_subscription_keys() {
         401,
         "Access denied due to missing subscription key. Make sure to include subscription key when making requests to an API.",
     );
+    let refused_bytes = body.len();
     assert!(
         parts.headers["www-authenticate"]
             .to_str()
@@ -114,6 +115,7 @@ async fn rampartd_serves_an_api_with_subscription_keys() {
     let (parts, body) = send(&client, request).await;
     assert_eq!(parts.status, 200, "{body}");
     assert!(body.starts_with("GET /x"), "{body}");
+    let passed_bytes = body.len();
     assert!(
         !body
             .to_ascii_lowercase()
@@ -151,6 +153,15 @@ async fn rampartd_serves_an_api_with_subscription_keys() {
     assert!(
         access[1].contains("status=200") && access[1].contains("subscription=\"e2e\""),
         "{log}"
+    );
+    // The body bytes sent, the gateway's own answer's and the backend's.
+    assert!(
+        access[0].contains(&format!(" bytes_sent={refused_bytes} ")),
+        "{refused_bytes}: {log}"
+    );
+    assert!(
+        access[1].contains(&format!(" bytes_sent={passed_bytes} ")),
+        "{passed_bytes}: {log}"
     );
     assert!(access[1].contains("api=\"echo\""), "{log}");
     assert!(!log.contains(s.keys.primary.expose()), "{log}");

@@ -1272,6 +1272,20 @@ async fn a_response_body_the_client_leaves_is_a_client_connection_failure() {
             s.daemon.log()
         );
     }
+    // The bytes sent before the client left: at least what each client read of the
+    // body (over HTTP/1, 100,000 bytes less the head; over HTTP/2, one frame).
+    let mut sent: Vec<u64> = events
+        .iter()
+        .map(|event| {
+            let value = event.split(" bytes_sent=").nth(1).unwrap_or_default();
+            let digits: String = value.chars().take_while(char::is_ascii_digit).collect();
+            digits
+                .parse()
+                .unwrap_or_else(|_| panic!("no bytes_sent: {event}"))
+        })
+        .collect();
+    sent.sort_unstable();
+    assert!(sent[0] > 0 && sent[1] >= 99_000, "{sent:?}: {events:?}");
     assert!(!connection.is_finished());
     connection.abort();
     assert!(s.daemon.terminate().await.success());

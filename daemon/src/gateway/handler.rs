@@ -114,6 +114,7 @@ pub(crate) async fn handle(
             api: None,
             subscription: None,
             reason: None,
+            bytes_sent: 0,
         }),
         refusal_told: false,
         started,
@@ -212,6 +213,8 @@ pub(crate) async fn handle(
     let report = if streamed {
         Some(report)
     } else {
+        // A body the gateway made, whole in memory.
+        report.bytes_sent = response.body().size_hint().exact().unwrap_or(0);
         report.done(BodyEnd::Whole);
         None
     };
@@ -308,6 +311,9 @@ struct Report {
     api: Option<Arc<str>>,
     subscription: Option<Arc<str>>,
     reason: Option<&'static str>,
+    /// Response body bytes handed on to the client's connection (as nginx's
+    /// `$body_bytes_sent`: up to the cut for a body cut before its end).
+    bytes_sent: u64,
 }
 
 impl Report {
@@ -365,6 +371,7 @@ impl Report {
             path = self.path.as_deref().unwrap_or("-"),
             status = self.status,
             latency_us = u64::try_from(self.latency.as_micros()).unwrap_or(u64::MAX),
+            bytes_sent = self.bytes_sent,
             api = self.api.as_deref().unwrap_or("-"),
             subscription = self.subscription.as_deref().unwrap_or("-"),
             reason = self.reason.unwrap_or("-"),
@@ -495,7 +502,8 @@ impl Reported {
         if let Some(on_end) = self.on_end.take() {
             on_end(self.bytes);
         }
-        if let Some(report) = self.report.take() {
+        if let Some(mut report) = self.report.take() {
+            report.bytes_sent = self.bytes;
             report.done(end);
         }
     }

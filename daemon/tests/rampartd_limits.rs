@@ -1291,6 +1291,44 @@ async fn a_response_body_the_client_leaves_is_a_client_connection_failure() {
     assert!(s.daemon.terminate().await.success());
 }
 
+/// An HTTP/1 client that stops reading a response body is cut at the idle timeout
+/// (no byte moves on its connection), and the request's access event says the
+/// gateway cut it: the status sent, reason `IdleTimeout`, not a client that went
+/// away (`ClientConnectionFailure`, which the automatic bans count).
+#[tokio::test]
+async fn an_http1_response_body_the_client_stops_reading_is_cut_as_idle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start().await;
+    let mut s = serve("h1-stalled", backend.addr, "idle_timeout_secs = 1").await;
+    let mut http1 = connect_from("127.0.0.1", s.plain, None).await;
+    http1
+        .write_all(b"GET /b/endless HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0; 64];
+    let read = http1.read(&mut head).await.unwrap();
+    assert!(
+        head[..read].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &head[..read]
+    );
+    // Nothing more is read: the socket buffers fill and the body stops moving.
+    let started = Instant::now();
+    let event = access_events(&s, &["/b/endless"], 1).await.remove(0);
+    assert!(
+        event.contains("status=200") && event.contains("reason=\"IdleTimeout\""),
+        "{event}\n{}",
+        s.daemon.log()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(http1);
+    assert!(s.daemon.terminate().await.success());
+}
+
 // ---------------------------------------------------------------------------
 // File descriptors
 // ---------------------------------------------------------------------------

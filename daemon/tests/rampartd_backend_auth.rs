@@ -34,9 +34,15 @@ const RAMPARTD: &str = env!("CARGO_BIN_EXE_rampartd");
 
 /// Starts rampartd with a plain HTTP listener on `port` and `rest` (APIs, `[gateway]`).
 async fn start(dir: &Path, port: u16, rest: &str) -> Rampartd {
+    start_with_admin(dir, port, None, rest).await
+}
+
+/// As [`start`], with the admin listener (`/metrics`) on `admin` when given.
+async fn start_with_admin(dir: &Path, port: u16, admin: Option<u16>, rest: &str) -> Rampartd {
     let config = dir.join(format!("rampart-{port}.toml"));
+    let admin = admin.map_or_else(|| "off".to_owned(), |admin| format!("127.0.0.1:{admin}"));
     let text = format!(
-        "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\n\n\
+        "[daemon]\nstate_dir = {state:?}\nruntime_dir = {runtime:?}\nadmin_listen = {admin:?}\n\n\
          [[listener]]\naddress = \"127.0.0.1:{port}\"\nplain_http = true\n\n{rest}\n",
         state = dir.join("state").display().to_string(),
         runtime = dir.join("run").display().to_string(),
@@ -386,7 +392,8 @@ async fn oauth2_tokens_are_fetched_once_and_missing_ones_give_503() {
         ),
     );
     let port = free_port();
-    let daemon = start(&dir.0, port, &rest).await;
+    let admin = free_port();
+    let daemon = start_with_admin(&dir.0, port, Some(admin), &rest).await;
     let client = plain_client();
     let managed = format!("http://127.0.0.1:{port}/managed/echo");
 
@@ -441,6 +448,24 @@ async fn oauth2_tokens_are_fetched_once_and_missing_ones_give_503() {
         !log.contains("s3cret"),
         "the secret is never logged:\n{log}"
     );
+
+    // The scrape says which API has its token and which one's requests fail.
+    let (parts, metrics) =
+        get_with(&client, &format!("http://127.0.0.1:{admin}/metrics"), &[]).await;
+    assert_eq!(parts.status, 200, "{metrics}");
+    let value = |line: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line)?.strip_prefix(' ')?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {line} in\n{metrics}"))
+    };
+    assert_eq!(value("rampart_backend_token_present{api=\"managed\"}"), 1);
+    assert_eq!(
+        value("rampart_backend_token_failures_total{api=\"managed\"}"),
+        0
+    );
+    assert_eq!(value("rampart_backend_token_present{api=\"idp-down\"}"), 0);
+    assert!(value("rampart_backend_token_failures_total{api=\"idp-down\"}") >= 1);
     assert!(!log.contains("at-1"), "the token is never logged:\n{log}");
 }
 

@@ -341,6 +341,35 @@ fn gateway_families(
     }
 
     out.family(
+        "rampart_backend_token_present",
+        Kind::Gauge,
+        "1 when the API has a backend_auth token to send (0: its requests get 503), for APIs with a token file or OAuth2 client credentials.",
+    );
+    for api in apis.iter().filter(|a| !a.api.is_empty()) {
+        if let Some(token) = api.backend_token {
+            out.sample(
+                "rampart_backend_token_present",
+                &[("api", &api.api)],
+                u64::from(token.present),
+            );
+        }
+    }
+    out.family(
+        "rampart_backend_token_failures_total",
+        Kind::Counter,
+        "backend_auth token requests (OAuth2) or token file reads that failed, by API.",
+    );
+    for api in apis.iter().filter(|a| !a.api.is_empty()) {
+        if let Some(token) = api.backend_token {
+            out.sample(
+                "rampart_backend_token_failures_total",
+                &[("api", &api.api)],
+                token.failures,
+            );
+        }
+    }
+
+    out.family(
         "rampart_jwks_loaded",
         Kind::Gauge,
         "1 when the JWT provider has keys (0: its APIs answer 503), for providers that fetch their keys.",

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use super::exposition::{Exposition, Kind};
 use super::render::{GatewayReadings, render};
 use super::{ControlSnapshot, KernelSnapshot};
@@ -87,6 +89,15 @@ fn every_family_renders_well_formed() {
         std::time::Duration::from_micros(100),
     );
     orders.record_backend_retry();
+    // A backend token from a file: there to send, no failed read.
+    let token_dir =
+        std::env::temp_dir().join(format!("rampart-admin-token-{}", std::process::id()));
+    std::fs::create_dir_all(&token_dir).unwrap();
+    let token_file = token_dir.join("token");
+    std::fs::write(&token_file, "t0ken\n").unwrap();
+    let credential =
+        Arc::new(crate::policy::backend_auth::Credential::from_file(&token_file).unwrap());
+    orders.watch_credential(Some(&credential));
     http.api("idle");
     http.unrouted().record(
         404,
@@ -163,6 +174,8 @@ fn every_family_renders_well_formed() {
         "rampart_quota_exceeded_total{api=\"orders\"} 0",
         "rampart_backend_retries_total{api=\"orders\"} 1",
         "rampart_backend_retries_total{api=\"idle\"} 0",
+        "rampart_backend_token_present{api=\"orders\"} 1",
+        "rampart_backend_token_failures_total{api=\"orders\"} 0",
         "rampart_jwks_loaded{provider=\"never\"} 0",
         "rampart_jwks_age_seconds{provider=\"entra\"} 600",
         "rampart_jwks_fetch_failures_total{provider=\"never\"} 5",
@@ -173,6 +186,18 @@ fn every_family_renders_well_formed() {
         );
     }
     assert!(!text.contains("rampart_jwks_age_seconds{provider=\"never\"}"));
+    assert!(
+        !text.contains("rampart_backend_token_present{api=\"idle\"}"),
+        "an API without backend_auth has no token gauge"
+    );
+    // Once the backend no longer holds the token, its gauge goes.
+    drop(credential);
+    let apis = http.snapshot();
+    assert!(
+        apis.iter().all(|api| api.backend_token.is_none()),
+        "{apis:?}"
+    );
+    let _ = std::fs::remove_dir_all(&token_dir);
     assert!(
         !text.contains("rampart_http_request_duration_seconds_count{api=\"idle\"}"),
         "an API without requests has no histogram"

@@ -187,9 +187,12 @@ fn build_one(
     Ok((backend, credential))
 }
 
-/// Starts the upkeep of every credential that has none yet.
+/// Starts the upkeep of every credential that has none yet, and points each API's
+/// counters at its token (none: no token metrics), now that these backends serve.
 pub(crate) fn start_upkeep(entries: &mut [BackendEntry], shutdown: &CancellationToken) {
     for entry in entries {
+        (entry.backend.metrics)
+            .watch_credential(entry.credential.as_ref().map(|upkeep| &upkeep.credential));
         if let Some(upkeep) = &mut entry.credential
             && upkeep.stop.is_none()
         {

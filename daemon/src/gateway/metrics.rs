@@ -15,8 +15,10 @@
 //! keeps its last values (Prometheus counters never go back).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
+
+use crate::policy::backend_auth::Credential;
 
 /// The status codes counted one by one; any other code is counted in its
 /// class (`"2xx"`, `"4xx"`, ...).
@@ -120,6 +122,9 @@ pub struct ApiMetrics {
     /// Requests sent again on a new backend connection after the reused one
     /// they went out on turned out closed.
     backend_retries: AtomicU64,
+    /// The API's `backend_auth` token, if it has one to keep (a token file or
+    /// OAuth2): set by its backend at each build, read at each scrape.
+    credential: Mutex<Option<Weak<Credential>>>,
 }
 
 impl Default for ApiMetrics {
@@ -131,6 +136,7 @@ impl Default for ApiMetrics {
             latency: [const { AtomicU64::new(0) }; LATENCY_BUCKETS.len() + 1],
             latency_sum_ns: AtomicU64::new(0),
             backend_retries: AtomicU64::new(0),
+            credential: Mutex::new(None),
         }
     }
 }
@@ -155,6 +161,28 @@ impl ApiMetrics {
     /// Counts a request sent again on a new backend connection.
     pub fn record_backend_retry(&self) {
         self.backend_retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The backend token the API's requests carry from now on (`None`: no
+    /// `backend_auth` token), for the scrapes.
+    pub(crate) fn watch_credential(&self, credential: Option<&Arc<Credential>>) {
+        *self
+            .credential
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = credential.map(Arc::downgrade);
+    }
+
+    fn backend_token(&self) -> Option<BackendTokenReading> {
+        let credential = self
+            .credential
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(Weak::upgrade)?;
+        Some(BackendTokenReading {
+            present: credential.authorization().is_some(),
+            failures: credential.failures(),
+        })
     }
 
     fn snapshot(&self, api: &str) -> ApiSnapshot {
@@ -183,8 +211,18 @@ impl ApiMetrics {
             latency_count: count,
             latency_sum_seconds: self.latency_sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
             backend_retries: self.backend_retries.load(Ordering::Relaxed),
+            backend_token: self.backend_token(),
         }
     }
+}
+
+/// An API's `backend_auth` token at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendTokenReading {
+    /// A token is there to send (else the API's requests get 503).
+    pub present: bool,
+    /// Token requests (OAuth2) or token file reads that failed.
+    pub failures: u64,
 }
 
 /// Responses of one status and reason.
@@ -209,6 +247,8 @@ pub struct ApiSnapshot {
     pub latency_sum_seconds: f64,
     /// Requests sent again on a new backend connection (the reused one was closed).
     pub backend_retries: u64,
+    /// Its `backend_auth` token, for an API that keeps one.
+    pub backend_token: Option<BackendTokenReading>,
 }
 
 /// Every API's counters, found by name when backends are built.

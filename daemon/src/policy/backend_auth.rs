@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
@@ -356,6 +357,8 @@ pub fn token_roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, Back
 pub struct Credential {
     current: ArcSwapOption<HeaderValue>,
     source: Source,
+    /// Token requests (OAuth2) or token file reads that failed.
+    failures: AtomicU64,
 }
 
 enum Source {
@@ -386,6 +389,7 @@ impl Credential {
         Ok(Self {
             current,
             source: Source::File(Mutex::new(file)),
+            failures: AtomicU64::new(0),
         })
     }
 
@@ -394,7 +398,13 @@ impl Credential {
         Ok(Self {
             current: ArcSwapOption::empty(),
             source: Source::OAuth2(Box::new(OAuth2Client::new(settings)?)),
+            failures: AtomicU64::new(0),
         })
+    }
+
+    /// Token requests (OAuth2) or token file reads that failed since it was made.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// The `Authorization` value to send, `None` while there is none (the request
@@ -415,7 +425,7 @@ impl Credential {
                 let changed = file
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .refresh_if_changed(&api);
+                    .refresh_if_changed(&api, &self.failures);
                 if let Some(token) = changed {
                     self.current.store(Some(Arc::new(token)));
                 }
@@ -448,6 +458,7 @@ impl Credential {
                         .unwrap_or(now + MAX_EXPIRES_IN)
                 }
                 Err(e) => {
+                    self.failures.fetch_add(1, Ordering::Relaxed);
                     let now = Instant::now();
                     let wait = retry;
                     retry = (retry * 2).min(RETRY_MAX);
@@ -566,7 +577,8 @@ impl TokenFile {
 
     /// Re-reads the file when its metadata changed; the new token, if any. An
     /// unreadable, empty or invalid file keeps the last good token (warned once).
-    fn refresh_if_changed(&mut self, api: &str) -> Option<HeaderValue> {
+    /// `failures` counts each read that fails (once a second while it does).
+    fn refresh_if_changed(&mut self, api: &str, failures: &AtomicU64) -> Option<HeaderValue> {
         let stamp = FileStamp::of(&self.path).ok();
         if stamp.is_some() && stamp == self.seen && !self.failing {
             return None;
@@ -588,6 +600,7 @@ impl TokenFile {
             }
             Err(e) => {
                 self.seen = stamp;
+                failures.fetch_add(1, Ordering::Relaxed);
                 if !self.failing {
                     self.failing = true;
                     tracing::warn!(
@@ -807,30 +820,34 @@ mod tests {
         let path = dir.join("token");
         std::fs::write(&path, "  token-1\n").unwrap();
         let mut file = TokenFile::open(&path).unwrap();
+        let failures = AtomicU64::new(0);
         assert_eq!(file.token, "Bearer token-1");
         assert!(file.token.is_sensitive());
         // Unchanged: nothing re-read.
-        assert_eq!(file.refresh_if_changed("t"), None);
+        assert_eq!(file.refresh_if_changed("t", &failures), None);
         // Rewritten (a new inode, as editors and secret stores do): the new token.
         std::fs::write(dir.join("next"), "token-22").unwrap();
         std::fs::rename(dir.join("next"), &path).unwrap();
         assert_eq!(
-            file.refresh_if_changed("t"),
+            file.refresh_if_changed("t", &failures),
             Some(HeaderValue::from_static("Bearer token-22"))
         );
         // Empty, then missing: the last good token stays.
         std::fs::write(&path, "\n").unwrap();
-        assert_eq!(file.refresh_if_changed("t"), None);
+        assert_eq!(file.refresh_if_changed("t", &failures), None);
         assert_eq!(file.token, "Bearer token-22");
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(file.refresh_if_changed("t"), None);
+        assert_eq!(file.refresh_if_changed("t", &failures), None);
         assert_eq!(file.token, "Bearer token-22");
+        // Each failed read counted (the scrapes' rampart_backend_token_failures_total).
+        assert_eq!(failures.load(Ordering::Relaxed), 2);
         // Back with a new token.
         std::fs::write(&path, "token-3").unwrap();
         assert_eq!(
-            file.refresh_if_changed("t"),
+            file.refresh_if_changed("t", &failures),
             Some(HeaderValue::from_static("Bearer token-3"))
         );
+        assert_eq!(failures.load(Ordering::Relaxed), 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -907,10 +924,11 @@ mod tests {
         let path = dir.join("token");
         std::fs::write(&path, "tok4\n").unwrap();
         let mut file = TokenFile::open(&path).unwrap();
+        let failures = AtomicU64::new(0);
         for bad in ["Bearer tok5\n", "tok 5\n"] {
             std::fs::write(dir.join("next"), bad).unwrap();
             std::fs::rename(dir.join("next"), &path).unwrap();
-            assert_eq!(file.refresh_if_changed("t"), None, "{bad:?}");
+            assert_eq!(file.refresh_if_changed("t", &failures), None, "{bad:?}");
             assert_eq!(file.token, "Bearer tok4");
         }
         std::fs::write(&path, "Bearer tok4").unwrap();

@@ -4,7 +4,7 @@
 use super::exposition::{Exposition, Kind, format_float};
 use super::{AdminSources, ControlSnapshot};
 use crate::gateway::StatsSnapshot;
-use crate::gateway::metrics::ApiSnapshot;
+use crate::gateway::metrics::{ApiSnapshot, BackendTokenReading};
 use crate::gateway::running::JwksStatus;
 
 /// What the gateway reports at one scrape.
@@ -340,32 +340,25 @@ fn gateway_families(
         );
     }
 
-    out.family(
-        "rampart_backend_token_present",
-        Kind::Gauge,
-        "1 when the API has a backend_auth token to send (0: its requests get 503), for APIs with a token file or OAuth2 client credentials.",
-    );
-    for api in apis.iter().filter(|a| !a.api.is_empty()) {
-        if let Some(token) = api.backend_token {
-            out.sample(
-                "rampart_backend_token_present",
-                &[("api", &api.api)],
-                u64::from(token.present),
-            );
-        }
-    }
-    out.family(
-        "rampart_backend_token_failures_total",
-        Kind::Counter,
-        "backend_auth token requests (OAuth2) or token file reads that failed, by API.",
-    );
-    for api in apis.iter().filter(|a| !a.api.is_empty()) {
-        if let Some(token) = api.backend_token {
-            out.sample(
-                "rampart_backend_token_failures_total",
-                &[("api", &api.api)],
-                token.failures,
-            );
+    for (name, kind, help, reading) in [
+        (
+            "rampart_backend_token_present",
+            Kind::Gauge,
+            "1 when the API has a backend_auth token to send (0: its requests get 503), for APIs with a token file or OAuth2 client credentials.",
+            (|token| u64::from(token.present)) as fn(&BackendTokenReading) -> u64,
+        ),
+        (
+            "rampart_backend_token_failures_total",
+            Kind::Counter,
+            "backend_auth token requests (OAuth2) or token file reads that failed, by API.",
+            |token| token.failures,
+        ),
+    ] {
+        out.family(name, kind, help);
+        for api in apis.iter().filter(|a| !a.api.is_empty()) {
+            if let Some(token) = &api.backend_token {
+                out.sample(name, &[("api", &api.api)], reading(token));
+            }
         }
     }
 

@@ -27,7 +27,7 @@ use super::lingering::Lingering;
 use super::path;
 use super::policy::{RequestContext, RequestPolicy, ResponseContext, Stop, Transferred};
 use super::proxy::{Backend, ClientBody, UpstreamBody, declared_length};
-use super::routing::{RouteTable, valid_authority};
+use super::routing::{RouteTable, request_host_value, valid_authority};
 use super::settings::{AccessLog, Limits, is_trusted};
 use super::sources::{InFlight, SourceRequests};
 use super::{GatewayStats, RejectionSink, ResponseBody};
@@ -237,7 +237,9 @@ pub(crate) async fn handle(
 
 /// A response body as the handler hands it on: reported at its end, or not (a
 /// gateway-made answer, reported when made). Not boxed once more over the body's
-/// own box.
+/// own box. Not `http_body_util::Either`: its `Body` bounds (`Into<Box<dyn Error>>`
+/// on each side's error) are not proven general enough for the connection's
+/// spawned future.
 #[expect(
     clippy::large_enum_variant,
     reason = "most responses are a backend's, reported: boxing that variant would bring back the allocation per request this type saves"
@@ -697,16 +699,10 @@ async fn process(
     if request.uri().path() == "*" {
         return asterisk(shared, request.method());
     }
-    // The host the request names (its target's authority, else `Host`), kept as a
-    // value of its own for the forwarding headers: `Host`'s shares its bytes.
-    let host = match request.uri().authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => request.headers().get(HOST).cloned(),
-    }
-    .filter(|host| host.to_str().is_ok());
+    let host = request_host_value(request.uri(), request.headers());
+    let host_text = host.as_ref().and_then(|host| host.to_str().ok());
     let path = request.uri().path();
     let key = path::without_parameters(path);
-    let host_text = host.as_ref().and_then(|host| host.to_str().ok());
     let Some((backend, key_rest)) = shared.routes.route(conn.listener, host_text, &key) else {
         return rejected(Rejection::not_found(), None);
     };
@@ -851,7 +847,8 @@ async fn process(
                     ClientHop {
                         peer: conn.peer.ip(),
                         proto: conn.proto,
-                        host: host.as_ref(),
+                        // Only a host that routing could read as text.
+                        host: host.as_ref().filter(|_| host_text.is_some()),
                         trusted,
                     },
                 );

@@ -192,6 +192,19 @@ pub(crate) fn request_host<'r>(
         })
 }
 
+/// [`request_host`] as a header value of its own, kept after the request is taken
+/// apart (the forwarding headers): `Host`'s shares its bytes, an authority is copied.
+/// `None` as for [`request_host`], also for a `Host` that is not visible ASCII.
+pub(crate) fn request_host_value(
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+) -> Option<http::HeaderValue> {
+    match uri.authority() {
+        Some(authority) => http::HeaderValue::from_str(authority.as_str()).ok(),
+        None => headers.get(http::header::HOST).cloned(),
+    }
+}
+
 /// Whether `authority` (a `Host` value, an HTTP/2 `:authority`, the authority of an
 /// absolute-form target) names a host the way DNS and IP addresses are written:
 /// a name of letters, digits, `-`, `_` and dots (no empty label; one trailing dot
